@@ -1,0 +1,76 @@
+"""Jobs and the compute tasks they run."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from celeriac.platform.models.base import Base, JSONType, TimestampMixin, new_id
+from celeriac.platform.models.enums import JobStage, JobState, Priority, TaskState, checked
+
+
+class Job(TimestampMixin, Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index(None, "tenant_id", "created_at"),
+        Index(None, "tenant_id", "state", "created_at"),
+        # The reconciler's scan for jobs that stopped moving.
+        Index(None, "state", "updated_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    priority: Mapped[Priority] = mapped_column(
+        checked(Priority, "priority"), default=Priority.NORMAL
+    )
+    # Resolved pipeline: dataset generators and analyzers with their parameters.
+    pipeline: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    state: Mapped[JobState] = mapped_column(checked(JobState, "job_state"), default=JobState.QUEUED)
+    stage: Mapped[JobStage | None] = mapped_column(checked(JobStage, "job_stage"))
+    # Finished stages with what the next stage needs ({"datasets": {...blob keys}}).
+    checkpoints: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    payload_key: Mapped[str] = mapped_column(String(500))
+    result_key: Mapped[str | None] = mapped_column(String(500))
+    record_count: Mapped[int] = mapped_column(default=0)
+    payload_bytes: Mapped[int] = mapped_column(default=0)
+    job_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    # Times the flow was (re)dispatched; the reconciler bounds it.
+    dispatch_count: Mapped[int] = mapped_column(default=0)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class JobTask(TimestampMixin, Base):
+    """One compute task of a job: one plugin over one chunk or dataset."""
+
+    __tablename__ = "job_tasks"
+    __table_args__ = (
+        # Deterministic per job, so a redelivered message finds its row instead of adding one.
+        UniqueConstraint("tenant_id", "job_id", "task_key"),
+        Index(None, "tenant_id", "job_id", "stage"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    task_key: Mapped[str] = mapped_column(String(300))
+    stage: Mapped[JobStage] = mapped_column(checked(JobStage, "job_stage"))
+    plugin: Mapped[str] = mapped_column(String(100))
+    plugin_version: Mapped[str] = mapped_column(String(40), default="")
+    chunk: Mapped[int | None]
+    input_key: Mapped[str] = mapped_column(String(500))
+    output_key: Mapped[str | None] = mapped_column(String(500))
+    state: Mapped[TaskState] = mapped_column(
+        checked(TaskState, "task_state"), default=TaskState.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(default=0)
+    celery_task_id: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    duration_ms: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)

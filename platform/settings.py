@@ -1,0 +1,251 @@
+"""The one typed settings object; nothing else in Celeriac reads the environment.
+
+Defaults are the embedded mode (one command on a laptop): SQLite under ``./var``, kombu's
+filesystem transport, a local blob directory and a local keyring file. Every production
+service is switched on by an environment variable prefixed ``CELERIAC_`` (nested fields use
+``__``: ``CELERIAC_WORKERS__COMPUTE_CONCURRENCY=4``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CELERIAC_"
+NESTED_DELIMITER = "__"
+
+
+class Pool(StrEnum):
+    """The three Celery worker pools; each serves only its own queues."""
+
+    ORCHESTRATION = "orchestration"
+    DISTRIBUTION = "distribution"
+    COMPUTE = "compute"
+
+
+def _scheme(url: str) -> str:
+    return urlsplit(url).scheme
+
+
+def _database_url(url: str) -> str:
+    if _scheme(url) not in {"sqlite", "postgresql+psycopg"}:
+        raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
+    return url
+
+
+_BROKER_SCHEMES = {"filesystem", "redis", "rediss", "amqp", "amqps", "pyamqp", "memory"}
+
+
+def _broker_url(url: str) -> str:
+    if _scheme(url) not in _BROKER_SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(sorted(_BROKER_SCHEMES))}")
+    return url
+
+
+def _redis_url(url: str | None) -> str | None:
+    if url is not None and _scheme(url) not in {"redis", "rediss", "unix"}:
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return url
+
+
+DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
+BrokerUrl = Annotated[str, AfterValidator(_broker_url)]
+RedisUrl = Annotated[str | None, AfterValidator(_redis_url)]
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    allow_http_webhooks: bool = False
+
+
+class AuthSettings(BaseModel):
+    """Admin/billing JWTs and the API-key pepper.
+
+    Secrets have no built-in values: when unset, :func:`load_settings` reads them from
+    (or creates them in) ``var/secrets`` so the embedded mode works with no set-up.
+    """
+
+    jwt_issuer: str = "celeriac"
+    jwt_audience: str = "celeriac-api"
+    jwt_hs256_secret: SecretStr | None = None
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=60)
+    api_key_pepper: SecretStr | None = None
+
+
+class BlobSettings(BaseModel):
+    backend: Literal["local", "s3"] = "local"
+    local_dir: Path = Path("var/blobs")  # default follows var_dir
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    region: str = "us-east-1"
+
+
+class KeySettings(BaseModel):
+    provider: Literal["local", "kms"] = "local"
+    keyring_path: Path = Path("var/keyring.json")  # default follows var_dir
+    kms_endpoint_url: str | None = None
+    mode: Literal["per_tenant", "pooled"] = "per_tenant"
+
+
+class WorkerSettings(BaseModel):
+    orchestration_concurrency: int = Field(default=100, ge=1)
+    distribution_concurrency: int = Field(default=100, ge=1)
+    compute_concurrency: int = Field(default=2, ge=1)
+    compute_max_tasks_per_child: int = Field(default=200, ge=1)
+    compute_soft_time_limit: int = Field(default=300, ge=1)
+    compute_hard_time_limit: int = Field(default=360, ge=1)
+    visibility_timeout: int = Field(default=3600, ge=60)
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool = True
+
+
+class Settings(BaseSettings):
+    """Everything Celeriac can be told, with the embedded mode as the defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    # Where the embedded mode keeps its files; the defaults below it follow it.
+    var_dir: Path = Path("var")
+    database_url: DatabaseUrl = "sqlite:///var/celeriac.db"
+    broker_url: BrokerUrl = "filesystem://"
+    # Redis for cache, rate limits and the result backend; None = in-process/SQLite equivalents.
+    redis_url: RedisUrl = None
+    result_backend: str | None = None
+    sentry_dsn: SecretStr | None = None
+    environment: str = "embedded"
+
+    api: ApiSettings = ApiSettings()
+    auth: AuthSettings = AuthSettings()
+    blob: BlobSettings = BlobSettings()
+    keys: KeySettings = KeySettings()
+    workers: WorkerSettings = WorkerSettings()
+    log: LogSettings = LogSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embedded_paths_follow_var_dir(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        var_dir = Path(data.get("var_dir") or "var")
+        data.setdefault("database_url", f"sqlite:///{var_dir / 'celeriac.db'}")
+        for section, field, default in (
+            ("blob", "local_dir", var_dir / "blobs"),
+            ("keys", "keyring_path", var_dir / "keyring.json"),
+        ):
+            values = data.setdefault(section, {})
+            if isinstance(values, dict):
+                values.setdefault(field, default)
+        return data
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return _scheme(self.broker_url) == "filesystem"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.var_dir / "broker"
+
+    @property
+    def celery_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.redis_url:
+            return self.redis_url
+        return f"db+sqlite:///{self.var_dir / 'results.db'}"
+
+    def jwt_secret(self) -> str:
+        return _secret_value(self.auth.jwt_hs256_secret)
+
+    def api_key_pepper(self) -> bytes:
+        return _secret_value(self.auth.api_key_pepper).encode()
+
+
+def _secret_value(secret: SecretStr | None) -> str:
+    if secret is None:  # load_settings fills it; a hand-built Settings may not
+        raise RuntimeError("secret not configured")
+    return secret.get_secret_value()
+
+
+class SettingsError(Exception):
+    """A setting has a value Celeriac cannot use; the message is one line naming it."""
+
+
+def _embedded_secret(var_dir: Path, name: str) -> SecretStr:
+    """Read or create a generated secret under ``var/secrets`` (mode 0600)."""
+    path = var_dir / "secrets" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return SecretStr(path.read_text().strip())
+
+
+def load_settings() -> Settings:
+    """Build the settings from the environment, or raise :class:`SettingsError`."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+    auth = settings.auth
+    updates: dict[str, SecretStr] = {}
+    if auth.jwt_hs256_secret is None:
+        updates["jwt_hs256_secret"] = _embedded_secret(settings.var_dir, "jwt-hs256")
+    if auth.api_key_pepper is None:
+        updates["api_key_pepper"] = _embedded_secret(settings.var_dir, "api-key-pepper")
+    if updates:
+        settings = settings.model_copy(update={"auth": auth.model_copy(update=updates)})
+    if len(settings.jwt_secret().encode()) < 32:
+        raise SettingsError(
+            f"{ENV_PREFIX}AUTH{NESTED_DELIMITER}JWT_HS256_SECRET: must be at least 32 bytes"
+        )
+    return settings
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad setting, named as the environment variable that sets it."""
+    lines = []
+    for error in exc.errors():
+        name = ENV_PREFIX + NESTED_DELIMITER.join(str(p) for p in error["loc"]).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {message}{_shown_input(name, error.get('input'))}")
+    return "; ".join(lines)
+
+
+def _shown_input(name: str, value: object) -> str:
+    """The rejected value for the message, never a secret or a URL's password."""
+    if isinstance(value, dict) or any(w in name for w in ("SECRET", "PEPPER", "DSN")):
+        return ""
+    if isinstance(value, str) and urlsplit(value).password:
+        parts = urlsplit(value)
+        value = parts._replace(netloc=f"{parts.username}:***@{parts.hostname}").geturl()
+    return f" (got {value!r})"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built once."""
+    return load_settings()

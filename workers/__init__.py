@@ -1,0 +1,1 @@
+"""Celeriac workers: the Celery app and its tasks (imports celeriac.platform, never the reverse)."""

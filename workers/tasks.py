@@ -1,0 +1,32 @@
+"""Tasks every pool serves. Names carry the pool so that ``task_routes`` route by glob."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+logger = logging.getLogger(__name__)
+
+
+def _ping(pool: str) -> str:
+    logger.info("ping", extra={"pool": pool})
+    return pool
+
+
+@shared_task(name="celeriac.orchestration.ping", ignore_result=False)
+def ping_orchestration() -> str:
+    """Answer from an orchestration worker (liveness check of the pool)."""
+    return _ping("orchestration")
+
+
+@shared_task(name="celeriac.distribution.ping", ignore_result=False)
+def ping_distribution() -> str:
+    """Answer from a distribution worker (liveness check of the pool)."""
+    return _ping("distribution")
+
+
+@shared_task(name="celeriac.compute.ping", ignore_result=False)
+def ping_compute() -> str:
+    """Answer from a compute worker (liveness check of the pool)."""
+    return _ping("compute")
