@@ -8,6 +8,7 @@ service is switched on by an environment variable prefixed ``CELERIAC_`` (nested
 
 from __future__ import annotations
 
+import os
 import secrets
 from enum import StrEnum
 from functools import lru_cache
@@ -206,6 +207,9 @@ def _embedded_secret(var_dir: Path, name: str) -> SecretStr:
 
 def load_settings() -> Settings:
     """Build the settings from the environment, or raise :class:`SettingsError`."""
+    unknown = sorted(set(_prefixed_variables()) - _known_variables())
+    if unknown:
+        raise SettingsError(f"{', '.join(unknown)}: unknown setting (a typo?)")
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -223,6 +227,24 @@ def load_settings() -> Settings:
             f"{ENV_PREFIX}AUTH{NESTED_DELIMITER}JWT_HS256_SECRET: must be at least 32 bytes"
         )
     return settings
+
+
+def _prefixed_variables() -> list[str]:
+    return [name.upper() for name in os.environ if name.upper().startswith(ENV_PREFIX)]
+
+
+def _known_variables() -> set[str]:
+    """Every CELERIAC_ variable a setting reads; pydantic-settings ignores the others,
+    which would make a misspelt variable silently fall back to a default."""
+    known = set()
+    for name, field in Settings.model_fields.items():
+        known.add(ENV_PREFIX + name.upper())
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            known |= {
+                f"{ENV_PREFIX}{name}{NESTED_DELIMITER}{sub}".upper() for sub in section.model_fields
+            }
+    return known
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -1,0 +1,41 @@
+# Everything a fresh machine needs comes from here: a virtualenv with the locked
+# dependencies (requirements.lock, compiled by uv from pyproject.toml).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+
+.PHONY: up test lint typecheck pytest install lock clean
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install --python $(PY) -q -r requirements.lock
+	$(VENV)/bin/uv pip install --python $(PY) -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the whole platform on its embedded defaults (SQLite, filesystem broker, local keys).
+up: $(STAMP)
+	$(VENV)/bin/celeriac up
+
+## Lint, type-check and run every test against the machine's PostgreSQL and Redis.
+test: $(STAMP) lint typecheck pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(VENV)/bin/pytest -n auto --dist loadgroup
+
+## Re-resolve requirements.lock after changing dependencies in pyproject.toml.
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock -q
+
+clean:
+	rm -rf $(VENV) var build dist *.egg-info

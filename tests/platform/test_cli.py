@@ -1,0 +1,87 @@
+"""The celeriac command: every subcommand explains itself; bad input is one clear line."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from celeriac.platform.auth.jwt import Role, verify_token
+from celeriac.platform.keys.tokens import parse_key
+from celeriac.platform.settings import load_settings
+
+from support import run_celeriac
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "multi-tenant"),
+        (["up"], "one machine"),
+        (["api"], "REST API"),
+        (["worker"], "--pool"),
+        (["beat"], "reconciler"),
+        (["migrate"], "migrations"),
+        (["admin"], "create-tenant"),
+        (["admin", "create-tenant"], "API key"),
+        (["admin", "token"], "JWT"),
+    ],
+)
+def test_help_explains_each_command(var_dir: Path, args: list[str], expected: str) -> None:
+    result = run_celeriac(var_dir, *args, "--help")
+    assert result.returncode == 0, result.stderr
+    assert expected in " ".join(result.stdout.split())
+
+
+def test_bad_setting_is_one_line_naming_it(var_dir: Path) -> None:
+    result = run_celeriac(var_dir, "migrate", broker_url="kafka://b:9092")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "CELERIAC_BROKER_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_pool_is_a_usage_error(var_dir: Path) -> None:
+    result = run_celeriac(var_dir, "worker", "--pool", "gpu")
+    assert result.returncode == 2
+    assert "'gpu' is not one of" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_up_on_a_port_in_use_says_so(var_dir: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run_celeriac(var_dir, "up", "--port", str(port))
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_create_tenant_prints_a_working_key_once(
+    var_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run_celeriac(var_dir, "migrate").returncode == 0
+    created = run_celeriac(var_dir, "admin", "create-tenant", "acme-corp", "--plan", "pro")
+    assert created.returncode == 0, created.stderr
+    fields = dict(line.split("=", 1) for line in created.stdout.split())
+    assert parse_key(fields["api_key"]) is not None
+
+    again = run_celeriac(var_dir, "admin", "create-tenant", "acme-corp")
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+    bad = run_celeriac(var_dir, "admin", "create-tenant", "Acme Corp")
+    assert bad.returncode == 1 and "lowercase letters" in bad.stderr
+
+
+def test_admin_token_verifies_with_the_same_settings(
+    var_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = run_celeriac(var_dir, "admin", "token", "--role", "billing", "--subject", "ops")
+    assert result.returncode == 0, result.stderr
+    monkeypatch.setenv("CELERIAC_VAR_DIR", str(var_dir))
+    principal = verify_token(load_settings(), result.stdout.strip())
+    assert (principal.subject, principal.role) == ("ops", Role.BILLING)
+
+    wrong = run_celeriac(var_dir, "admin", "token", "--role", "root")
+    assert wrong.returncode == 1 and "--role must be one of" in wrong.stderr

@@ -1,0 +1,103 @@
+"""`celeriac up` runs the whole platform on embedded defaults and stops it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from celeriac.platform.auth.jwt import Role, verify_token
+from celeriac.platform.keys.tokens import parse_key
+from celeriac.platform.settings import Pool, load_settings
+from celeriac.workers.celery_app import create_celery_app
+
+from support import celeriac_env, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _processes_with_env(marker: str) -> list[int]:
+    """PIDs whose environment contains ``marker`` (the test's own var dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+class Up:
+    def __init__(self, var_dir: Path, port: int) -> None:
+        self.var_dir, self.port = var_dir, port
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celeriac.platform.cli", "up", "--port", str(port)],
+            env=celeriac_env(var_dir), cwd=var_dir.parent,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        self.banner: dict[str, str] = {}
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if ":" in line and line.startswith("  "):
+                key, value = line.strip().split(":", 1)
+                self.banner[key] = value.strip()
+            if line.startswith("Press Ctrl-C"):
+                self.ready.set()
+
+
+@pytest.fixture
+def up(var_dir: Path) -> Iterator[Up]:
+    running = Up(var_dir, free_port())
+    yield running
+    if running.process.poll() is None:
+        running.process.kill()
+        running.process.wait()
+    for pid in _processes_with_env(f"CELERIAC_VAR_DIR={var_dir}\0"):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_up_serves_the_api_and_every_pool_then_stops_on_ctrl_c(
+    up: Up, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert up.ready.wait(90), "celeriac up printed no banner"
+    base = f"http://127.0.0.1:{up.port}"
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{base}/readyz").status_code == 200
+    assert parse_key(up.banner["API key"]) is not None
+
+    monkeypatch.setenv("CELERIAC_VAR_DIR", str(up.var_dir))
+    settings = load_settings()
+    assert verify_token(settings, up.banner["admin token"]).role is Role.ADMIN
+
+    # Every pool's worker consumes its own queue through the embedded broker.
+    client = create_celery_app(settings)
+    for pool in Pool:
+        assert client.send_task(f"celeriac.{pool.value}.ping").get(timeout=60) == pool.value
+
+    marker = f"CELERIAC_VAR_DIR={up.var_dir}\0"
+    assert len(_processes_with_env(marker)) >= 6  # up, api, 3 workers (+ children), beat
+    up.process.send_signal(signal.SIGINT)
+    assert up.process.wait(timeout=60) == 0
+    assert _processes_with_env(marker) == []
+
+    # A second run reuses the demo tenant and prints the same key.
+    again = Up(up.var_dir, free_port())
+    try:
+        assert again.ready.wait(90)
+        assert again.banner["API key"] == up.banner["API key"]
+    finally:
+        again.process.send_signal(signal.SIGINT)
+        assert again.process.wait(timeout=60) == 0
