@@ -15,18 +15,18 @@ def _ping(pool: str) -> str:
 
 
 @shared_task(name="celeriac.orchestration.ping", ignore_result=False)
-def ping_orchestration() -> str:
+def ping_orchestration(tenant_id: str | None = None) -> str:
     """Answer from an orchestration worker (liveness check of the pool)."""
     return _ping("orchestration")
 
 
 @shared_task(name="celeriac.distribution.ping", ignore_result=False)
-def ping_distribution() -> str:
+def ping_distribution(tenant_id: str | None = None) -> str:
     """Answer from a distribution worker (liveness check of the pool)."""
     return _ping("distribution")
 
 
 @shared_task(name="celeriac.compute.ping", ignore_result=False)
-def ping_compute() -> str:
+def ping_compute(tenant_id: str | None = None) -> str:
     """Answer from a compute worker (liveness check of the pool)."""
     return _ping("compute")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,15 +31,16 @@ def services(
 
 @pytest.fixture
 def compute_worker(var_dir: Path, services: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celeriac.platform.cli", "worker", "--pool", "compute",
-         "--concurrency", "1"],
-        env=celeriac_env(var_dir, **services), cwd=var_dir.parent,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    yield process
-    process.terminate()
-    process.wait(timeout=60)
+    with (var_dir / "worker.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celeriac.platform.cli", "worker", "--pool", "compute",
+             "--concurrency", "1"],
+            env=celeriac_env(var_dir, **services), cwd=var_dir.parent,
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+        yield process
+        process.terminate()
+        process.wait(timeout=60)
 
 
 def test_migrate_admin_and_worker_on_postgresql_and_redis(
@@ -64,5 +66,12 @@ def test_migrate_admin_and_worker_on_postgresql_and_redis(
         if key.startswith("CELERIAC_"):
             monkeypatch.setenv(key, value)
     client = create_celery_app(load_settings())
-    assert client.send_task("celeriac.compute.ping").get(timeout=60) == "compute"
+    result = client.send_task("celeriac.compute.ping", kwargs={"tenant_id": str(tenant.id)})
+    assert result.get(timeout=60) == "compute"
     assert compute_worker.poll() is None
+
+    # The task's log line is JSON and carries the task and tenant it ran for.
+    lines = [json.loads(line) for line in (var_dir / "worker.log").read_text().splitlines()
+             if line.startswith("{")]  # fmt: skip
+    (ping,) = [line for line in lines if line["message"] == "ping"]
+    assert (ping["task_id"], ping["tenant_id"]) == (result.id, str(tenant.id))
