@@ -72,7 +72,18 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
-    allow_http_webhooks: bool = False
+    # How long an Idempotency-Key's stored answer is replayed.
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=24 * 3600)
+    # Upper bound on how long a revoked key or suspended tenant keeps working per process.
+    auth_cache_poll_seconds: float = Field(default=1.0, gt=0, le=5)
+    page_size_max: int = Field(default=100, ge=1)
+
+
+class WebhookSettings(BaseModel):
+    # http:// targets only for local development.
+    allow_http: bool = False
+    # Admin allowlist: destinations in these CIDRs pass the private-address check.
+    allowed_cidrs: list[str] = []
 
 
 class AuthSettings(BaseModel):
@@ -85,6 +96,11 @@ class AuthSettings(BaseModel):
     jwt_issuer: str = "celeriac"
     jwt_audience: str = "celeriac-api"
     jwt_hs256_secret: SecretStr | None = None
+    # RS256 verification keys: a PEM public key and/or a JWKS file. Each key is pinned to
+    # one algorithm; an RS256 key is never used as an HS256 secret.
+    jwt_public_key_file: Path | None = None
+    jwt_public_key_id: str = "rs256"
+    jwt_jwks_file: Path | None = None
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=60)
     api_key_pepper: SecretStr | None = None
 
@@ -102,6 +118,9 @@ class KeySettings(BaseModel):
     keyring_path: Path = Path("var/keyring.json")  # default follows var_dir
     kms_endpoint_url: str | None = None
     mode: Literal["per_tenant", "pooled"] = "per_tenant"
+    # Plaintext data keys live only in process memory, bounded in count and age.
+    data_key_cache_size: int = Field(default=1024, ge=0)
+    data_key_cache_ttl_seconds: int = Field(default=300, ge=0)
 
 
 class WorkerSettings(BaseModel):
@@ -140,6 +159,7 @@ class Settings(BaseSettings):
     environment: str = "embedded"
 
     api: ApiSettings = ApiSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     auth: AuthSettings = AuthSettings()
     blob: BlobSettings = BlobSettings()
     keys: KeySettings = KeySettings()
