@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -13,6 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from celeriac.platform.settings import get_settings
+
+logger = logging.getLogger(__name__)
 
 
 def create_db_engine(url: str, **kwargs: Any) -> Engine:
@@ -56,3 +59,27 @@ def transaction() -> Iterator[Session]:
     """A session whose work commits when the block ends, or rolls back on error."""
     with get_sessionmaker().begin() as session:
         yield session
+
+
+_AFTER_COMMIT = "celeriac_after_commit"
+
+
+def run_after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once ``session``'s transaction has committed (and never if it rolls
+    back): tasks are published only for rows that exist."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit_callbacks(session: Session) -> None:
+    for callback in session.info.pop(_AFTER_COMMIT, []):
+        try:
+            callback()
+        except Exception:
+            # The commit stands; the reconciler re-dispatches work whose publish failed.
+            logger.exception("after-commit callback failed")
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_after_commit_callbacks(session: Session, _previous: Any) -> None:
+    session.info.pop(_AFTER_COMMIT, None)

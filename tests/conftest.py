@@ -8,12 +8,23 @@ its own Redis db numbers, so parallel runs and a developer's instance never coll
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from celeriac.platform import migrate
+from celeriac.platform.api.app import create_app
+from celeriac.platform.auth.jwt import Role, mint_token
+from celeriac.platform.db import create_db_engine, get_engine
+from celeriac.platform.models import Base
+from celeriac.platform.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
@@ -26,10 +37,8 @@ def _worker_index(worker_id: str) -> int:
     return 0 if worker_id == "master" else int(worker_id.removeprefix("gw"))
 
 
-@pytest.fixture(scope="session")
-def pg_url(worker_id: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test worker."""
-    name = f"celeriac_test_{worker_id}"
+@contextmanager
+def _fresh_database(name: str) -> Iterator[str]:
     admin_dsn = PG_SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -37,6 +46,31 @@ def pg_url(worker_id: str) -> Iterator[str]:
     yield f"{PG_SERVER}/{name}"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def empty_pg_url(worker_id: str) -> Iterator[str]:
+    """An empty PostgreSQL database of this test worker's own (for migration tests)."""
+    with _fresh_database(f"celeriac_test_{worker_id}_empty") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def migrated_pg_url(worker_id: str) -> Iterator[str]:
+    with _fresh_database(f"celeriac_test_{worker_id}") as url:
+        migrate.upgrade(url)
+        yield url
+
+
+@pytest.fixture
+def pg_url(migrated_pg_url: str) -> Iterator[str]:
+    """This worker's migrated database, emptied after the test."""
+    yield migrated_pg_url
+    engine = create_db_engine(migrated_pg_url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +97,91 @@ def var_dir(tmp_path: Path) -> Path:
     path = tmp_path / "var"
     path.mkdir()
     return path
+
+
+def clear_process_caches() -> None:
+    """Forget the process-wide settings, engine, clients and auth caches."""
+    from celeriac.platform import db, redis_client, settings
+    from celeriac.platform.api import deps
+
+    for cached in (
+        settings.get_settings, db.get_engine, db.get_sessionmaker, redis_client.get_redis,
+        deps.auth_generation, deps.api_key_authenticator,
+    ):  # fmt: skip
+        cached.cache_clear()
+
+
+@pytest.fixture
+def api_settings(
+    monkeypatch: pytest.MonkeyPatch,
+    var_dir: Path,
+    pg_url: str,
+    redis_broker_url: str,
+    redis_dbs: tuple[int, int],
+) -> Iterator[Settings]:
+    """Settings of an API on this worker's PostgreSQL database and Redis dbs."""
+    for key in list(os.environ):
+        if key.startswith("CELERIAC_"):
+            monkeypatch.delenv(key)
+    cache_url = f"{REDIS_SERVER}/{redis_dbs[1]}"
+    redis.Redis.from_url(cache_url).flushdb()
+    for key, value in {
+        "VAR_DIR": str(var_dir),
+        "DATABASE_URL": pg_url,
+        "BROKER_URL": redis_broker_url,
+        "REDIS_URL": cache_url,
+        "WEBHOOKS__ALLOW_HTTP": "true",
+        "WEBHOOKS__ALLOWED_CIDRS": '["127.0.0.0/8", "::1/128"]',
+        "API__AUTH_CACHE_POLL_SECONDS": "0.2",
+    }.items():
+        monkeypatch.setenv(f"CELERIAC_{key}", value)
+    clear_process_caches()
+    yield get_settings()
+    get_engine().dispose()
+    clear_process_caches()
+
+
+@pytest.fixture
+def client(api_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(api_settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def admin_headers(api_settings: Settings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(api_settings, 'ops@test', Role.ADMIN)}"}
+
+
+@dataclass
+class TenantFixture:
+    id: str
+    slug: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@pytest.fixture
+def make_tenant(client: TestClient, admin_headers: dict[str, str]) -> Callable[..., TenantFixture]:
+    """Create a tenant through the admin API and a key with the given scopes."""
+    counter = iter(range(1000))
+
+    def make(slug: str | None = None, scopes: list[str] | None = None) -> TenantFixture:
+        slug = slug or f"tenant-{next(counter)}"
+        created = client.post(
+            "/v1/admin/tenants", json={"slug": slug, "name": slug}, headers=admin_headers
+        )
+        assert created.status_code == 201, created.text
+        tenant_id = created.json()["id"]
+        key = client.post(
+            f"/v1/admin/tenants/{tenant_id}/keys",
+            json={"scopes": scopes or ["jobs:write", "jobs:read", "webhooks:manage",
+                                       "keys:manage"]},
+            headers=admin_headers,
+        )  # fmt: skip
+        assert key.status_code == 201, key.text
+        return TenantFixture(id=tenant_id, slug=slug, key=key.json()["key"])
+
+    return make

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Awaitable, Callable
+from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from celeriac.platform.api.middleware import RequestEnvelope
+from celeriac.platform.api.problems import PROBLEM_JSON, install_problem_handlers
+from celeriac.platform.api.schemas import Problem
+from celeriac.platform.broker import broker_connection
 from celeriac.platform.db import get_engine
-from celeriac.platform.logging import log_context
+from celeriac.platform.keys.routes import admin_router as admin_keys_router
+from celeriac.platform.keys.routes import tenant_router as keys_router
 from celeriac.platform.settings import Settings, get_settings
+from celeriac.platform.tenants.routes import router as tenants_router
 
-REQUEST_ID_HEADER = "X-Request-ID"
+JOBS_PATH = "/v1/jobs"
 
 
 def _database_ready() -> str | None:
@@ -21,19 +27,52 @@ def _database_ready() -> str | None:
         with get_engine().connect() as conn:
             conn.execute(text("select 1"))
     except Exception as exc:  # any failure means "not ready"; the message says which
-        return f"database: {type(exc).__name__}: {exc}"
+        return f"database: {type(exc).__name__}"
     return None
 
 
 def _broker_ready(settings: Settings) -> str | None:
-    from celeriac.platform.broker import broker_connection
-
     try:
         with broker_connection(settings) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
     except Exception as exc:
-        return f"broker: {type(exc).__name__}: {exc}"
+        return f"broker: {type(exc).__name__}"
     return None
+
+
+def _problem_openapi(app: FastAPI) -> dict[str, Any]:
+    """OpenAPI where every 4xx/5xx answer is documented as application/problem+json."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    for defs_name, definition in components["Problem"].pop("$defs", {}).items():
+        components[defs_name] = definition
+    problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            for code in _documented_errors(operation):
+                responses.setdefault(code, {"description": "Error"})
+            for code, response in responses.items():
+                if code[0] in "45":
+                    response["content"] = problem
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    app.openapi_schema = schema
+    return schema
+
+
+def _documented_errors(operation: dict[str, Any]) -> list[str]:
+    codes = ["400", "422"]
+    if operation.get("security"):
+        codes += ["401", "403", "404"]
+    if operation.get("requestBody"):
+        codes += ["413", "415"]
+    return codes
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -41,31 +80,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Celeriac",
         version="0.1.0",
-        description="Multi-tenant data-processing workflows on Celery.",
+        description=(
+            "Multi-tenant data-processing workflows on Celery. Tenants authenticate with "
+            "API keys (`Authorization: Bearer ck_live_...`); admins and billing with JWTs. "
+            "Every error is `application/problem+json` (RFC 9457)."
+        ),
     )
-
-    @app.middleware("http")
-    async def request_context(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        # Accept a caller's id only when it is short and printable; otherwise make one.
-        request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else ""
-        request_id = request_id or uuid.uuid4().hex
-        with log_context(request_id=request_id):
-            response = await call_next(request)
-        response.headers[REQUEST_ID_HEADER] = request_id
-        return response
+    install_problem_handlers(app)
+    app.add_middleware(
+        RequestEnvelope,
+        max_body_bytes=settings.api.max_body_bytes,
+        multipart_paths={JOBS_PATH},
+    )
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="The database and the broker are reachable")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="The database and the broker are reachable",
+        responses={503: {"description": "A dependency is unreachable"}},
+    )
     def readyz() -> JSONResponse:
         problems = [p for p in (_database_ready(), _broker_ready(settings)) if p]
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    for router in (tenants_router, admin_keys_router, keys_router):
+        app.include_router(router)
+    app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
     return app

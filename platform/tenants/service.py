@@ -1,23 +1,28 @@
-"""Tenant lifecycle."""
+"""Tenant lifecycle. Services flush; the request or command that called them commits."""
 
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import Callable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from celeriac.platform.audit import record_admin_action
-from celeriac.platform.models import SLUG_PATTERN, Tenant
+from celeriac.platform.db import run_after_commit
+from celeriac.platform.errors import Conflict, NotFound, ValidationFailed
+from celeriac.platform.models import SLUG_PATTERN, ApiKey, Tenant, TenantStatus, utcnow
+from celeriac.platform.repository import keyset_page
 
 _SLUG = re.compile(SLUG_PATTERN)
 
 
-class InvalidSlug(ValueError):
+class InvalidSlug(ValidationFailed):
     pass
 
 
-class SlugTaken(ValueError):
+class SlugTaken(Conflict):
     pass
 
 
@@ -39,18 +44,85 @@ def create_tenant(
     tenant = Tenant(slug=slug, name=name, plan=plan)
     session.add(tenant)
     session.flush()
-    record_admin_action(
-        session,
-        actor=actor,
-        actor_role="admin",
-        action="tenant.create",
-        target_type="tenant",
-        target_id=str(tenant.id),
-        tenant_id=tenant.id,
-        details={"slug": slug, "plan": plan},
-    )
+    _audit(session, actor, "tenant.create", tenant, {"slug": slug, "plan": plan})
     return tenant
 
 
 def get_tenant_by_slug(session: Session, slug: str) -> Tenant | None:
     return session.scalar(select(Tenant).where(Tenant.slug == slug))
+
+
+def get_tenant(session: Session, tenant_id: uuid.UUID, *, include_deleted: bool = True) -> Tenant:
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None or (not include_deleted and tenant.status is TenantStatus.DELETED):
+        raise NotFound(f"no tenant with id {tenant_id}")
+    return tenant
+
+
+def list_tenants(
+    session: Session, *, status: TenantStatus | None, cursor: str | None, limit: int
+) -> tuple[Sequence[Tenant], str | None]:
+    query = select(Tenant)
+    if status is not None:
+        query = query.where(Tenant.status == status)
+    return keyset_page(session, query, Tenant, cursor, limit)
+
+
+def update_tenant(
+    session: Session,
+    tenant: Tenant,
+    *,
+    changes: dict[str, object],
+    actor: str,
+    invalidate_auth: Callable[[], None],
+) -> Tenant:
+    if tenant.status is TenantStatus.DELETED:
+        raise Conflict("a deleted tenant cannot be changed")
+    before = {field: _plain(getattr(tenant, field)) for field in changes}
+    for field, value in changes.items():
+        setattr(tenant, field, TenantStatus(str(value)) if field == "status" else value)
+    session.flush()
+    if "status" in changes and before["status"] != changes["status"]:
+        run_after_commit(session, invalidate_auth)
+    _audit(session, actor, "tenant.update", tenant, {"before": before, "after": changes})
+    return tenant
+
+
+def delete_tenant(
+    session: Session, tenant: Tenant, *, actor: str, invalidate_auth: Callable[[], None]
+) -> Tenant:
+    """Soft delete: every key is revoked at once and no new job is accepted. Data removal
+    (key destruction, objects) follows from the tenant's key being destroyed."""
+    if tenant.status is TenantStatus.DELETED:
+        return tenant
+    now = utcnow()
+    tenant.status = TenantStatus.DELETED
+    tenant.deleted_at = now
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.tenant_id == tenant.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    session.flush()
+    run_after_commit(session, invalidate_auth)
+    _audit(session, actor, "tenant.delete", tenant, {})
+    return tenant
+
+
+def _plain(value: object) -> object:
+    return value.value if isinstance(value, TenantStatus) else value
+
+
+def _audit(
+    session: Session, actor: str, action: str, tenant: Tenant, details: dict[str, object]
+) -> None:
+    record_admin_action(
+        session,
+        actor=actor,
+        actor_role="admin",
+        action=action,
+        target_type="tenant",
+        target_id=str(tenant.id),
+        tenant_id=tenant.id,
+        details=details,
+    )

@@ -18,7 +18,7 @@ from celeriac.platform.models import Base
 @pytest.fixture(params=["postgresql", "sqlite"])
 def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Engine]]:
     if request.param == "postgresql":
-        url: str = request.getfixturevalue("pg_url")
+        url: str = request.getfixturevalue("empty_pg_url")
     else:
         url = f"sqlite:///{tmp_path / 'migrations.db'}"
     engine = create_db_engine(url)

@@ -1,0 +1,131 @@
+"""Request dependencies: the session, the settings and who is calling.
+
+``SessionDep`` commits when the route function returns (``scope="function"``: before the
+response is sent, so a 2xx means the rows exist) and rolls back on any error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from celeriac.platform.auth.api_keys import ApiKeyAuthenticator
+from celeriac.platform.auth.context import TenantContext
+from celeriac.platform.auth.invalidation import FileGeneration, Generation, RedisGeneration
+from celeriac.platform.auth.jwt import AdminPrincipal, InvalidToken, Role, verify_token
+from celeriac.platform.db import get_engine, get_sessionmaker
+from celeriac.platform.errors import Forbidden, Unauthorized
+from celeriac.platform.logging import bind_context
+from celeriac.platform.redis_client import get_redis
+from celeriac.platform.settings import Settings, get_settings
+
+
+def get_session() -> Iterator[Session]:
+    with get_sessionmaker()() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+@lru_cache(maxsize=1)
+def auth_generation() -> Generation:
+    """The shared cache-invalidation counter: Redis when configured, else a file in var/."""
+    client = get_redis()
+    if client is not None:
+        return RedisGeneration(client)
+    return FileGeneration(get_settings().var_dir / "auth-generation")
+
+
+@lru_cache(maxsize=1)
+def api_key_authenticator() -> ApiKeyAuthenticator:
+    settings = get_settings()
+    return ApiKeyAuthenticator(
+        get_engine(),
+        settings.api_key_pepper(),
+        auth_generation(),
+        settings.api.auth_cache_poll_seconds,
+    )
+
+
+def invalidate_auth() -> None:
+    """After a revocation, suspension or deletion: every process drops its auth cache
+    (this one now, the others within ``api.auth_cache_poll_seconds``)."""
+    api_key_authenticator().invalidate()
+
+
+_tenant_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="A tenant API key: `Authorization: Bearer ck_live_...`",
+)
+_admin_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="AdminJWT",
+    description="A JWT with role `admin` (or `billing` for usage reads).",
+)
+
+
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise Unauthorized(
+            "send a bearer token in the Authorization header", error="invalid_request"
+        )
+    return credentials.credentials
+
+
+class Authenticator:
+    """Dependency resolving the calling tenant from its API key and checking scopes."""
+
+    def __init__(self, *scopes: str) -> None:
+        self.scopes = scopes
+
+    async def __call__(
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_tenant_bearer)],
+    ) -> TenantContext:
+        # The lookup may query the database, so it runs in the thread pool; binding the log
+        # context here, in the request's own task, makes it visible to the route function.
+        token = _token(credentials)
+        context = await run_in_threadpool(api_key_authenticator().authenticate, token)
+        bind_context(tenant_id=context.tenant_id)
+        context.require(*self.scopes)
+        request.state.tenant = context
+        return context
+
+
+class AdminAuthenticator:
+    """Dependency verifying an admin/billing JWT and the roles allowed on the route."""
+
+    def __init__(self, *roles: Role) -> None:
+        self.roles = roles
+
+    def __call__(
+        self,
+        settings: SettingsDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
+    ) -> AdminPrincipal:
+        try:
+            principal = verify_token(settings, _token(credentials))
+        except InvalidToken:
+            raise Unauthorized("the bearer token is not a valid admin token") from None
+        if principal.role not in self.roles:
+            raise Forbidden(f"role {principal.role.value!r} may not call this route")
+        return principal
+
+
+AdminDep = Annotated[AdminPrincipal, Depends(AdminAuthenticator(Role.ADMIN))]
+BillingDep = Annotated[AdminPrincipal, Depends(AdminAuthenticator(Role.ADMIN, Role.BILLING))]

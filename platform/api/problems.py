@@ -1,0 +1,132 @@
+"""Every non-2xx answer is ``application/problem+json`` (RFC 9457)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from celeriac.platform.errors import ProblemError
+from celeriac.platform.logging import current_context
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://celeriac.dev/problems/"
+
+logger = logging.getLogger(__name__)
+
+_STATUS_CODES = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    413: ("payload-too-large", "Payload too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("validation-failed", "Validation failed"),
+    429: ("quota-exceeded", "Quota exceeded"),
+    500: ("internal-error", "Internal server error"),
+    503: ("service-unavailable", "Service unavailable"),
+}
+
+
+def problem_response(
+    request: Request,
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    errors: Sequence[Mapping[str, Any]] = (),
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "code": code,
+        "request_id": current_context().get("request_id"),
+    }
+    if errors:
+        body["errors"] = list(errors)
+    body.update(extra or {})
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _pointer(loc: Sequence[int | str]) -> str:
+    """A JSON pointer into the request: ("body", "records", 0) -> "#/body/records/0"."""
+    return "#/" + "/".join(str(part).replace("~", "~0").replace("/", "~1") for part in loc)
+
+
+def _on_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ProblemError)
+    return problem_response(
+        request, status=exc.status, code=exc.code, title=exc.title, detail=exc.detail,
+        errors=exc.errors, headers=exc.headers, extra=exc.extra,
+    )  # fmt: skip
+
+
+def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return problem_response(
+            request, status=400, code="malformed-body", title="Malformed request body",
+            detail="the request body is not valid JSON",
+        )  # fmt: skip
+    listed = [
+        {"pointer": _pointer(e.get("loc", ())), "detail": str(e.get("msg", "invalid"))}
+        for e in errors
+    ]
+    summary = "; ".join(f"{item['pointer']}: {item['detail']}" for item in listed[:3])
+    return problem_response(
+        request, status=422, code="validation-failed", title="Validation failed",
+        detail=f"the request is not valid: {summary}", errors=listed,
+    )  # fmt: skip
+
+
+def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code, title = _STATUS_CODES.get(exc.status_code, ("error", "Error"))
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route matches {request.method} {request.url.path}"
+    return problem_response(
+        request, status=exc.status_code, code=code, title=title, detail=detail,
+        headers=exc.headers,
+    )  # fmt: skip
+
+
+def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", extra={"path": request.url.path})
+    return problem_response(
+        request, status=500, code="internal-error", title="Internal server error",
+        detail="something went wrong on our side; quote the request_id when reporting it",
+    )  # fmt: skip
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+def problem_openapi(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries documenting problem answers for ``statuses``."""
+    return {
+        status: {
+            "description": _STATUS_CODES.get(status, ("", "Error"))[1],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }

@@ -1,0 +1,1 @@
+"""Webhooks: tenant-registered HTTP callbacks and their delivery."""
