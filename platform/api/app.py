@@ -9,6 +9,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from celeriac.platform.api.idempotency import install_idempotency
 from celeriac.platform.api.middleware import RequestEnvelope
 from celeriac.platform.api.problems import PROBLEM_JSON, install_problem_handlers
 from celeriac.platform.api.schemas import Problem
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
     )
     install_problem_handlers(app)
+    install_idempotency(app)  # inside the envelope: replays carry a fresh X-Request-ID
     app.add_middleware(
         RequestEnvelope,
         max_body_bytes=settings.api.max_body_bytes,

@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from celeriac.platform.api.idempotency import reserve
 from celeriac.platform.auth.api_keys import ApiKeyAuthenticator
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.auth.invalidation import FileGeneration, Generation, RedisGeneration
@@ -104,6 +105,7 @@ class Authenticator:
         bind_context(tenant_id=context.tenant_id)
         context.require(*self.scopes)
         request.state.tenant = context
+        await reserve(request, f"tenant:{context.tenant_id}", context.tenant_id)
         return context
 
 
@@ -113,8 +115,9 @@ class AdminAuthenticator:
     def __init__(self, *roles: Role) -> None:
         self.roles = roles
 
-    def __call__(
+    async def __call__(
         self,
+        request: Request,
         settings: SettingsDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
     ) -> AdminPrincipal:
@@ -124,6 +127,7 @@ class AdminAuthenticator:
             raise Unauthorized("the bearer token is not a valid admin token") from None
         if principal.role not in self.roles:
             raise Forbidden(f"role {principal.role.value!r} may not call this route")
+        await reserve(request, f"admin:{principal.subject}", None)
         return principal
 
 

@@ -17,6 +17,7 @@ from celeriac.platform.models.enums import (
 )
 from celeriac.platform.models.idempotency import IdempotencyKey
 from celeriac.platform.models.job import Job, JobTask
+from celeriac.platform.models.plugin import Plugin
 from celeriac.platform.models.tenant import SLUG_PATTERN, Quota, Tenant
 from celeriac.platform.models.usage import UsageRecord
 from celeriac.platform.models.webhook import (
@@ -40,6 +41,7 @@ __all__ = [
     "JobStage",
     "JobState",
     "JobTask",
+    "Plugin",
     "Priority",
     "Quota",
     "TargetState",

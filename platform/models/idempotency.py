@@ -6,22 +6,34 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from celeriac.platform.models.base import Base, JSONType, utcnow
+from celeriac.platform.models.base import Base, JSONType, new_id, utcnow
 from celeriac.platform.models.enums import IdempotencyState, checked
 
 
 class IdempotencyKey(Base):
-    __tablename__ = "idempotency_keys"
-    __table_args__ = (Index(None, "expires_at"),)
+    """One (caller, route, key): its request digest and, once answered, the answer.
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    ``principal`` is ``tenant:<id>`` for tenant keys (every key of a tenant shares the
+    namespace) or ``admin:<subject>`` for admin tokens, which have no tenant.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("principal", "route", "key"),
+        Index(None, "tenant_id", "created_at"),
+        Index(None, "expires_at"),
     )
-    route: Mapped[str] = mapped_column(String(200), primary_key=True)
-    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    principal: Mapped[str] = mapped_column(String(250))
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE")
+    )
+    route: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = mapped_column(String(255))
     # SHA-256 of the request body: the same key with another body is refused.
     request_digest: Mapped[str] = mapped_column(String(64))
     state: Mapped[IdempotencyState] = mapped_column(

@@ -103,8 +103,10 @@ def test_roll_returns_a_new_key_and_keeps_the_old_one_for_the_grace(
     expires = datetime.fromisoformat(old_now["expires_at"])
     assert timedelta(minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=1)
 
-    immediate = client.post(f"/v1/keys/{new['id']}/roll",
-                            json={"old_key_expires_in_seconds": 0}, headers=tenant.headers)  # fmt: skip
+    immediate = client.post(
+        f"/v1/keys/{new['id']}/roll", json={"old_key_expires_in_seconds": 0},
+        headers=tenant.headers,
+    )  # fmt: skip
     assert immediate.status_code == 201
     gone = client.get("/v1/keys", headers={"Authorization": f"Bearer {new['key']}"})
     assert gone.status_code == 401

@@ -1,0 +1,210 @@
+"""``Idempotency-Key`` on every POST (the IETF httpapi draft's semantics).
+
+The key is reserved when the caller is authenticated (so rejected auth stores nothing):
+a new key inserts an ``in_flight`` row in its own transaction, and the unique
+(principal, route, key) makes exactly one concurrent request the winner. The answer is
+captured by :class:`IdempotencyRecorder` and stored before it is sent, only when it is
+2xx; any other outcome (validation, quota, crash) deletes the reservation so the client
+can retry. A replay returns the stored answer with ``Idempotent-Replayed: true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from starlette.datastructures import UploadFile
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from celeriac.platform.db import get_sessionmaker
+from celeriac.platform.errors import BadRequest, Conflict, ValidationFailed
+from celeriac.platform.models import IdempotencyKey, IdempotencyState, utcnow
+from celeriac.platform.settings import get_settings
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+_STATE_KEY = "idempotency_reservation"
+# Response headers worth replaying; hop-by-hop and per-request ones are left out.
+_KEPT_HEADERS = {"content-type", "location", "cache-control"}
+
+
+class IdempotentReplay(Exception):
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        super().__init__("replay")
+        self.status, self.headers, self.body = status, headers, body
+
+
+async def _request_digest(request: Request) -> str:
+    digest = hashlib.sha256(request.method.encode() + b" " + request.url.path.encode())
+    try:
+        digest.update(await request.body())
+    except RuntimeError:  # multipart: FastAPI has already consumed the stream into a form
+        form = await request.form()
+        for name, value in sorted(form.multi_items(), key=lambda item: item[0]):
+            digest.update(name.encode() + b"\0")
+            if isinstance(value, UploadFile):
+                digest.update(await value.read())
+                await value.seek(0)
+            else:
+                digest.update(value.encode())
+    return digest.hexdigest()
+
+
+async def reserve(request: Request, principal: str, tenant_id: uuid.UUID | None) -> None:
+    """Reserve the request's Idempotency-Key, or raise the replay / conflict it meets."""
+    key = request.headers.get(HEADER)
+    if request.method != "POST" or key is None:
+        return
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise BadRequest(f"{HEADER} must be 1 to 255 printable characters")
+    digest = await _request_digest(request)
+    reservation = await run_in_threadpool(
+        _reserve, principal, tenant_id, request.url.path, key, digest
+    )
+    setattr(request.state, _STATE_KEY, reservation)
+
+
+def _reserve(
+    principal: str, tenant_id: uuid.UUID | None, route: str, key: str, digest: str
+) -> uuid.UUID:
+    ttl = timedelta(seconds=get_settings().api.idempotency_ttl_seconds)
+    for _ in range(2):
+        now = utcnow()
+        row_id = uuid.uuid4()
+        try:
+            with get_sessionmaker().begin() as session:
+                session.add(
+                    IdempotencyKey(
+                        id=row_id, principal=principal, tenant_id=tenant_id, route=route,
+                        key=key, request_digest=digest, created_at=now, expires_at=now + ttl,
+                    )
+                )  # fmt: skip
+            return row_id
+        except IntegrityError:
+            pass
+        with get_sessionmaker().begin() as session:
+            existing = session.scalars(
+                select(IdempotencyKey).where(
+                    IdempotencyKey.principal == principal,
+                    IdempotencyKey.route == route,
+                    IdempotencyKey.key == key,
+                )
+            ).one_or_none()
+            if existing is None:
+                continue  # deleted meanwhile: try to insert again
+            if existing.expires_at <= now:
+                session.delete(existing)
+                continue
+            if existing.request_digest != digest:
+                raise ValidationFailed(
+                    f"this {HEADER} was used with a different request body; "
+                    "use a new key for a new request"
+                )
+            if existing.state is IdempotencyState.IN_FLIGHT:
+                raise Conflict(
+                    f"a request with this {HEADER} is still being processed; retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+            raise IdempotentReplay(
+                existing.response_status or 200,
+                dict(existing.response_headers or {}),
+                existing.response_body or b"",
+            )
+    raise Conflict(f"could not reserve the {HEADER}; retry", headers={"Retry-After": "1"})
+
+
+def _complete(row_id: uuid.UUID, status: int, headers: dict[str, str], body: bytes) -> None:
+    with get_sessionmaker().begin() as session:
+        session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.id == row_id)
+            .values(
+                state=IdempotencyState.COMPLETED,
+                response_status=status,
+                response_headers=headers,
+                response_body=body,
+            )
+        )
+
+
+def _release(row_id: uuid.UUID) -> None:
+    with get_sessionmaker().begin() as session:
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == row_id))
+
+
+def _kept(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {
+        k.decode("latin-1"): v.decode("latin-1")
+        for k, v in raw
+        if k.decode("latin-1").lower() in _KEPT_HEADERS
+    }
+
+
+class IdempotencyRecorder:
+    """Stores the answer of a reserved request before sending it (ASGI middleware)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        def reservation() -> uuid.UUID | None:
+            state: dict[str, Any] = scope.get("state", {})
+            value = state.get(_STATE_KEY)
+            return value if isinstance(value, uuid.UUID) else None
+
+        async def capture(message: Message) -> None:
+            nonlocal start
+            row_id = reservation()
+            if row_id is None:
+                await send(message)
+                return
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            assert start is not None
+            body = b"".join(chunks)
+            status = int(start["status"])
+            if 200 <= status < 300:
+                headers = _kept(start.get("headers", []))
+                await run_in_threadpool(_complete, row_id, status, headers, body)
+            else:
+                await run_in_threadpool(_release, row_id)
+            scope["state"].pop(_STATE_KEY, None)
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+
+        try:
+            await self.app(scope, receive, capture)
+        except BaseException:
+            row_id = reservation()
+            if row_id is not None:
+                await run_in_threadpool(_release, row_id)
+            raise
+
+
+def _on_replay(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, IdempotentReplay)
+    headers = {**exc.headers, REPLAYED_HEADER: "true"}
+    return Response(exc.body, status_code=exc.status, headers=headers)
+
+
+def install_idempotency(app: FastAPI) -> None:
+    app.add_exception_handler(IdempotentReplay, _on_replay)
+    app.add_middleware(IdempotencyRecorder)

@@ -1,0 +1,67 @@
+"""Celery configuration and publishing by task name, shared by the API and the workers.
+
+The API publishes with a client-only Celery app that knows no task code: it sends
+``celeriac.orchestration.start_job`` by name to the tenant's queue. The workers build
+their app from the same configuration (``celeriac.workers.celery_app``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from celeriac.platform.broker import broker_transport_options
+from celeriac.platform.queues import TenantQueue
+from celeriac.platform.settings import Pool, Settings, get_settings
+
+START_JOB = "celeriac.orchestration.start_job"
+CANCEL_JOB = "celeriac.orchestration.cancel_job"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery's configuration, derived from the settings object."""
+    transport_options = broker_transport_options(settings)
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "result_backend": settings.celery_result_backend,
+        "result_backend_transport_options": {
+            k: v for k, v in transport_options.items() if k == "visibility_timeout"
+        },
+        "result_expires": 24 * 3600,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_routes": {f"celeriac.{pool.value}.*": {"queue": pool.value} for pool in Pool},
+        "task_default_queue": Pool.ORCHESTRATION.value,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_send_task_events": False,
+        "task_soft_time_limit": settings.workers.compute_soft_time_limit,
+        "task_time_limit": settings.workers.compute_hard_time_limit,
+        "beat_schedule": {},
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+@lru_cache(maxsize=1)
+def publisher() -> Celery:
+    """A client-only Celery app for publishing by name (no task modules imported)."""
+    app = Celery("celeriac-publisher", set_as_current=False)
+    app.conf.update(celery_config(get_settings()))
+    return app
+
+
+def publish(name: str, queue: TenantQueue, kwargs: dict[str, Any]) -> str:
+    """Send task ``name`` with JSON ``kwargs`` to ``queue``; returns the task id."""
+    result = publisher().send_task(name, kwargs=kwargs, queue=queue.name)
+    return str(result.id)
