@@ -15,6 +15,7 @@ from celeriac.platform.api.problems import PROBLEM_JSON, install_problem_handler
 from celeriac.platform.api.schemas import Problem
 from celeriac.platform.broker import broker_connection
 from celeriac.platform.db import get_engine
+from celeriac.platform.jobs.routes import router as jobs_router
 from celeriac.platform.keys.routes import admin_router as admin_keys_router
 from celeriac.platform.keys.routes import tenant_router as keys_router
 from celeriac.platform.settings import Settings, get_settings
@@ -111,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    for router in (tenants_router, admin_keys_router, keys_router):
+    for router in (tenants_router, admin_keys_router, keys_router, jobs_router):
         app.include_router(router)
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
     return app

@@ -14,6 +14,7 @@ from celeriac.platform.db import run_after_commit
 from celeriac.platform.errors import Conflict, NotFound, ValidationFailed
 from celeriac.platform.models import SLUG_PATTERN, ApiKey, Tenant, TenantStatus, utcnow
 from celeriac.platform.repository import keyset_page
+from celeriac.platform.tenant_data import key_provider
 
 _SLUG = re.compile(SLUG_PATTERN)
 
@@ -41,7 +42,10 @@ def create_tenant(
     validate_slug(slug)
     if session.scalar(select(Tenant.id).where(Tenant.slug == slug)) is not None:
         raise SlugTaken(f"a tenant with slug {slug!r} already exists")
-    tenant = Tenant(slug=slug, name=name, plan=plan)
+    tenant_id = uuid.uuid4()
+    # The tenant's own encryption key, made before the row that names it.
+    key_id = key_provider().create_tenant_key(str(tenant_id))
+    tenant = Tenant(id=tenant_id, slug=slug, name=name, plan=plan, key_id=key_id)
     session.add(tenant)
     session.flush()
     _audit(session, actor, "tenant.create", tenant, {"slug": slug, "plan": plan})

@@ -1,0 +1,42 @@
+"""Per-tenant envelope encryption: key providers (local keyring now, AWS KMS later) and
+the segmented AES-256-GCM envelope that payloads, results and secrets are stored in."""
+
+from celeriac.platform.crypto.envelope import (
+    Envelope,
+    EnvelopeInfo,
+    KeyProviderCalls,
+    describe_envelope,
+    envelope_from_settings,
+)
+from celeriac.platform.crypto.errors import (
+    CryptoError,
+    DecryptionFailed,
+    KeyUnavailable,
+    MalformedEnvelope,
+    TenantMismatch,
+)
+from celeriac.platform.crypto.keyring import LocalKeyring
+from celeriac.platform.crypto.keys import (
+    DataKey,
+    EncryptionContext,
+    KeyProvider,
+    key_provider_from_settings,
+)
+
+__all__ = [
+    "CryptoError",
+    "DataKey",
+    "DecryptionFailed",
+    "EncryptionContext",
+    "Envelope",
+    "EnvelopeInfo",
+    "KeyProvider",
+    "KeyProviderCalls",
+    "KeyUnavailable",
+    "LocalKeyring",
+    "MalformedEnvelope",
+    "TenantMismatch",
+    "describe_envelope",
+    "envelope_from_settings",
+    "key_provider_from_settings",
+]

@@ -1,0 +1,182 @@
+"""Pipelines validated against the plugin registry that compute workers publish.
+
+The API never imports plugin code: compute workers write each installed plugin's name,
+version, parameter schema and dataset kinds into the ``plugins`` table when they start,
+and a pipeline is valid when every step names a registered plugin with parameters that
+its JSON Schema accepts and every analyzer accepts a dataset the pipeline produces.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from celeriac.platform.errors import ValidationFailed
+from celeriac.platform.models import Plugin, utcnow
+
+DATASET = "dataset"
+ANALYZER = "analyzer"
+REGISTRY_TTL_SECONDS = 10.0
+
+# Pipelines a tenant can name instead of listing steps.
+NAMED_PIPELINES: dict[str, dict[str, list[dict[str, Any]]]] = {
+    "tabular-summary": {
+        "datasets": [{"name": "tabular"}],
+        "analyzers": [{"name": "summary"}, {"name": "anomalies"}],
+    },
+    "text-insights": {
+        "datasets": [{"name": "text"}],
+        "analyzers": [{"name": "sentiment"}, {"name": "keywords"}],
+    },
+    "full": {
+        "datasets": [{"name": "tabular"}, {"name": "text"}],
+        "analyzers": [
+            {"name": "summary"},
+            {"name": "anomalies"},
+            {"name": "sentiment"},
+            {"name": "keywords"},
+        ],
+    },
+}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    kind: str
+    name: str
+    version: str
+    parameters_schema: dict[str, Any]
+    produces: str | None = None
+    accepts: tuple[str, ...] = ()
+    description: str = ""
+
+
+def register_plugins(session: Session, plugins: Iterable[PluginInfo]) -> None:
+    """Insert or update registry rows (compute workers call this at start)."""
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    for info in plugins:
+        Draft202012Validator.check_schema(info.parameters_schema)
+        values = {
+            "kind": info.kind, "name": info.name, "version": info.version,
+            "description": info.description, "parameters_schema": info.parameters_schema,
+            "produces": info.produces, "accepts": list(info.accepts), "registered_at": utcnow(),
+        }  # fmt: skip
+        statement = insert(Plugin).values(**values)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["kind", "name"],
+                set_={k: statement.excluded[k] for k in values if k not in ("kind", "name")},
+            )
+        )
+    _registry_cache.clear()
+
+
+class _RegistryCache:
+    """The registry, read at most every REGISTRY_TTL_SECONDS per process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded_at = -REGISTRY_TTL_SECONDS
+        self._plugins: dict[tuple[str, str], PluginInfo] = {}
+
+    def get(self, session: Session) -> dict[tuple[str, str], PluginInfo]:
+        if time.monotonic() - self._loaded_at < REGISTRY_TTL_SECONDS:
+            return self._plugins
+        rows = session.scalars(select(Plugin)).all()
+        plugins = {
+            (row.kind, row.name): PluginInfo(
+                kind=row.kind, name=row.name, version=row.version,
+                parameters_schema=row.parameters_schema, produces=row.produces,
+                accepts=tuple(row.accepts), description=row.description,
+            )
+            for row in rows
+        }  # fmt: skip
+        with self._lock:
+            self._plugins, self._loaded_at = plugins, time.monotonic()
+        return plugins
+
+    def clear(self) -> None:
+        with self._lock:
+            self._loaded_at = -REGISTRY_TTL_SECONDS
+
+
+_registry_cache = _RegistryCache()
+
+
+def registered_plugins(session: Session) -> dict[tuple[str, str], PluginInfo]:
+    return _registry_cache.get(session)
+
+
+def resolve_pipeline(
+    session: Session, pipeline: str | dict[str, Any], pointer: str = "#/body/pipeline"
+) -> dict[str, Any]:
+    """The pipeline with plugin versions, or 422 listing every problem with a pointer."""
+    name = None
+    if isinstance(pipeline, str):
+        if pipeline not in NAMED_PIPELINES:
+            raise ValidationFailed(
+                f"unknown pipeline {pipeline!r}; named pipelines are "
+                f"{', '.join(sorted(NAMED_PIPELINES))}",
+                errors=[{"pointer": pointer, "detail": "unknown pipeline name"}],
+            )
+        name, pipeline = pipeline, NAMED_PIPELINES[pipeline]
+    plugins = registered_plugins(session)
+    errors: list[dict[str, str]] = []
+    resolved: dict[str, Any] = {"name": name, "datasets": [], "analyzers": []}
+    for section, kind in (("datasets", DATASET), ("analyzers", ANALYZER)):
+        for index, step in enumerate(pipeline.get(section, [])):
+            where = f"{pointer}/{section}/{index}"
+            info = plugins.get((kind, step["name"]))
+            if info is None:
+                known = sorted(n for k, n in plugins if k == kind)
+                errors.append({"pointer": f"{where}/name", "detail":
+                               f"no {kind} plugin named {step['name']!r} is registered "
+                               f"(registered: {', '.join(known) or 'none'})"})  # fmt: skip
+                continue
+            params = step.get("params") or {}
+            errors += _parameter_errors(info, params, f"{where}/params")
+            resolved[section].append({"name": info.name, "version": info.version,
+                                      "params": params, "produces": info.produces,
+                                      "accepts": list(info.accepts)})  # fmt: skip
+    produced = {d["produces"] for d in resolved["datasets"]}
+    for index, analyzer in enumerate(resolved["analyzers"]):
+        if analyzer["accepts"] and not produced & set(analyzer["accepts"]):
+            errors.append({"pointer": f"{pointer}/analyzers/{index}/name", "detail":
+                           f"analyzer {analyzer['name']!r} needs a dataset of kind "
+                           f"{' or '.join(analyzer['accepts'])}; the pipeline produces "
+                           f"{', '.join(sorted(p for p in produced if p)) or 'none'}"})  # fmt: skip
+    if errors:
+        raise ValidationFailed(
+            f"the pipeline is not valid: {errors[0]['detail']}"
+            + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""),
+            errors=errors,
+        )
+    return resolved
+
+
+def _parameter_errors(
+    info: PluginInfo, params: dict[str, Any], pointer: str
+) -> list[dict[str, str]]:
+    try:
+        validator = Draft202012Validator(info.parameters_schema)
+        found = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    except SchemaError:  # a broken registry entry is the platform's fault, not the caller's
+        return [{"pointer": pointer, "detail": f"plugin {info.name!r} has an invalid schema"}]
+    return [
+        {
+            "pointer": pointer + "".join(f"/{part}" for part in error.absolute_path),
+            "detail": f"{info.name}: {error.message}",
+        }
+        for error in found
+    ]

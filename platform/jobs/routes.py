@@ -1,0 +1,176 @@
+"""Tenant job routes: submit (JSON or multipart file), list, get, results, cancel."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import AwareDatetime, BaseModel, ValidationError
+
+from celeriac.platform.api.deps import Authenticator, SessionDep
+from celeriac.platform.api.schemas import Page
+from celeriac.platform.auth.context import TenantContext
+from celeriac.platform.errors import MalformedBody, ValidationFailed
+from celeriac.platform.jobs import payload, service
+from celeriac.platform.jobs.schemas import JobAccepted, JobCreate, JobOptions, JobOut
+from celeriac.platform.keys.service import Scope
+from celeriac.platform.models import Job, JobState
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+T = TypeVar("T", bound=BaseModel)
+
+JobWriter = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_WRITE))]
+JobReader = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_READ))]
+
+_MULTIPART_DOC = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["pipeline", "file"],
+                    "properties": {
+                        "pipeline": {"type": "string",
+                                     "description": "A pipeline name or its JSON spec."},
+                        "priority": {"type": "string", "enum": ["high", "normal", "low"]},
+                        "metadata": {"type": "string", "description": "A JSON object."},
+                        "file": {"type": "string", "format": "binary",
+                                 "description": "CSV (with a header row) or NDJSON."},
+                    },
+                }
+            },
+        },
+        "required": True,
+    }
+}  # fmt: skip
+
+
+def _accepted(job: Job, response: Response) -> JobAccepted:
+    location = f"/v1/jobs/{job.id}"
+    response.headers["Location"] = location
+    return JobAccepted(
+        id=job.id, state=job.state, priority=job.priority, record_count=job.record_count,
+        created_at=job.created_at, status_url=location, results_url=f"{location}/results",
+    )  # fmt: skip
+
+
+async def _multipart_job(request: Request) -> tuple[JobOptions, payload.Payload]:
+    form = await request.form()
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise ValidationFailed(
+            "send the records as a file part named 'file'",
+            errors=[{"pointer": "#/body/file", "detail": "missing"}],
+        )
+    fields: dict[str, Any] = {}
+    for name in ("pipeline", "priority", "metadata"):
+        value = form.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ValidationFailed(f"form field {name!r} must be text")
+        fields[name] = _form_json(name, value) if _is_json_field(name, value) else value
+    options = _validated(JobOptions, fields)
+    fmt = payload.file_format(upload.content_type, upload.filename)
+    return options, payload.from_file(await upload.read(), fmt)
+
+
+def _is_json_field(name: str, value: str) -> bool:
+    return name == "metadata" or (name == "pipeline" and value.lstrip().startswith("{"))
+
+
+def _form_json(name: str, value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ValidationFailed(
+            f"form field {name!r} is not valid JSON",
+            errors=[{"pointer": f"#/body/{name}", "detail": "not valid JSON"}],
+        ) from None
+
+
+def _validated(model: type[T], fields: Any) -> T:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        errors = [
+            {"pointer": "#/body" + "".join(f"/{p}" for p in e["loc"]), "detail": e["msg"]}
+            for e in exc.errors()
+        ]
+        raise ValidationFailed(
+            f"the job is not valid: {errors[0]['pointer']}: {errors[0]['detail']}", errors=errors
+        ) from None
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    openapi_extra=_MULTIPART_DOC,
+    summary="Submit a job",
+)
+async def submit_job(
+    request: Request, ctx: JobWriter, session: SessionDep, response: Response
+) -> JobAccepted:
+    """Accept records inline (`application/json`) or as a CSV / NDJSON file
+    (`multipart/form-data`) with a pipeline and a priority. Answers 202 with the job's id;
+    the job runs on the tenant's queues."""
+    options: JobOptions
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        options, parsed = await _multipart_job(request)
+    else:
+        try:
+            fields = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise MalformedBody("the request body is not valid JSON") from None
+        job = _validated(JobCreate, fields)
+        options, parsed = job, payload.from_records(job.records)
+    accepted = await run_in_threadpool(
+        service.submit_job, session, ctx, pipeline=options.pipeline_spec(), payload=parsed,
+        priority=options.priority, metadata=options.metadata,
+    )  # fmt: skip
+    return _accepted(accepted, response)
+
+
+@router.get("", response_model=Page[JobOut])
+def list_jobs(
+    ctx: JobReader,
+    session: SessionDep,
+    state: JobState | None = None,
+    created_after: AwareDatetime | None = None,
+    created_before: AwareDatetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+) -> Page[JobOut]:
+    """The tenant's jobs, newest first; filter by state and creation time."""
+    rows, next_cursor = service.list_jobs(
+        session, ctx, state=state, created_after=created_after,
+        created_before=created_before, cursor=cursor, limit=limit,
+    )  # fmt: skip
+    return Page(data=[service.job_summary(j) for j in rows], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: uuid.UUID, ctx: JobReader, session: SessionDep) -> JobOut:
+    """State, per-stage progress, timings and the errors of failed tasks."""
+    return service.job_detail(session, ctx, job_id)
+
+
+@router.get(
+    "/{job_id}/results",
+    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}},
+                     "description": "The result document"}},
+)  # fmt: skip
+def get_results(job_id: uuid.UUID, ctx: JobReader, session: SessionDep) -> Response:
+    """The result document of a finished job (409 while it runs)."""
+    return Response(service.job_results(session, ctx, job_id), media_type="application/json")
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: uuid.UUID, ctx: JobWriter, session: SessionDep) -> JobOut:
+    """Cancel a queued or running job: its pending tasks are revoked (409 if it ended)."""
+    return service.job_summary(service.cancel_job(session, ctx, job_id))

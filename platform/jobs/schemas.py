@@ -1,0 +1,114 @@
+"""Job API shapes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from celeriac.platform.models import JobStage, JobState, Priority
+
+STEP_NAME = r"^[a-z][a-z0-9_-]{0,99}$"
+MetadataValue = str | int | float | bool | None
+
+
+class PipelineStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=STEP_NAME, examples=["tabular"])
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    datasets: list[PipelineStep] = Field(min_length=1, max_length=10)
+    analyzers: list[PipelineStep] = Field(min_length=1, max_length=20)
+
+
+def _check_metadata(metadata: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
+    if len(metadata) > 50:
+        raise ValueError("at most 50 metadata keys")
+    for key, value in metadata.items():
+        if not 1 <= len(key) <= 100:
+            raise ValueError("metadata keys are 1 to 100 characters")
+        if isinstance(value, str) and len(value) > 1000:
+            raise ValueError(f"metadata value of {key!r} is longer than 1000 characters")
+    return metadata
+
+
+class JobOptions(BaseModel):
+    """What a job runs and how urgently (the form fields of a multipart submission)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str | PipelineSpec = Field(
+        description="A named pipeline (e.g. `full`) or explicit dataset and analyzer steps.",
+        examples=["full"],
+    )
+    priority: Priority = Priority.NORMAL
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+
+    _metadata = field_validator("metadata")(_check_metadata)
+
+    def pipeline_spec(self) -> str | dict[str, Any]:
+        return (
+            self.pipeline.model_dump() if isinstance(self.pipeline, PipelineSpec) else self.pipeline
+        )
+
+
+class JobCreate(JobOptions):
+    """A job with inline records (for files, send multipart/form-data instead)."""
+
+    records: list[dict[str, Any]] = Field(min_length=1, description="JSON objects to process.")
+
+
+class JobAccepted(BaseModel):
+    id: uuid.UUID
+    state: JobState
+    priority: Priority
+    record_count: int
+    created_at: datetime
+    status_url: str
+    results_url: str
+
+
+class StageProgress(BaseModel):
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
+
+
+class TaskError(BaseModel):
+    stage: JobStage
+    plugin: str
+    chunk: int | None
+    state: str
+    error: str | None
+    attempts: int
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    state: JobState
+    priority: Priority
+    stage: JobStage | None
+    pipeline: dict[str, Any]
+    record_count: int
+    payload_bytes: int
+    metadata: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None = None
+    progress: dict[str, StageProgress] = Field(default_factory=dict)
+    errors: list[TaskError] = Field(default_factory=list)

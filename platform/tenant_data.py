@@ -1,0 +1,26 @@
+"""The process-wide key provider, envelope and encrypted blob store, built from settings."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celeriac.platform.crypto.envelope import Envelope, envelope_from_settings
+from celeriac.platform.crypto.keys import KeyProvider, key_provider_from_settings
+from celeriac.platform.settings import get_settings
+from celeriac.platform.storage import EncryptedBlobStore, blob_store_from_settings
+
+
+@lru_cache(maxsize=1)
+def key_provider() -> KeyProvider:
+    return key_provider_from_settings(get_settings())
+
+
+@lru_cache(maxsize=1)
+def envelope() -> Envelope:
+    return envelope_from_settings(get_settings(), key_provider())
+
+
+@lru_cache(maxsize=1)
+def tenant_blobs() -> EncryptedBlobStore:
+    """Blobs encrypted under their tenant's key (payloads, datasets, results)."""
+    return EncryptedBlobStore(blob_store_from_settings(get_settings()), envelope())

@@ -1,0 +1,261 @@
+"""The local blob store on real files, key validation and layout, and the encrypted
+composition streaming both ways."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from celeriac.platform.crypto import DecryptionFailed, Envelope, LocalKeyring, TenantMismatch
+from celeriac.platform.settings import Settings
+from celeriac.platform.storage import (
+    BlobNotFound,
+    BlobStore,
+    EncryptedBlobStore,
+    LocalBlobStore,
+    blob_store_from_settings,
+    job_blob_key,
+    tenant_prefix,
+)
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalBlobStore:
+    return LocalBlobStore(tmp_path / "blobs", chunk_bytes=1000)
+
+
+@pytest.fixture
+def encrypted(tmp_path: Path, store: LocalBlobStore) -> EncryptedBlobStore:
+    keyring = LocalKeyring(tmp_path / "keys" / "keyring.json")
+    keyring.create_tenant_key("acme")
+    keyring.create_tenant_key("globex")
+    return EncryptedBlobStore(store, Envelope(keyring))
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+# -- the local store -----------------------------------------------------------------------
+
+
+def test_put_get_stream_size_exists_delete(store: LocalBlobStore) -> None:
+    assert isinstance(store, BlobStore)
+    key = "tenants/acme/jobs/j1/payload.json"
+    data = os.urandom(2500)
+    assert store.put(key, data) == 2500
+    assert store.exists(key)
+    assert store.size(key) == 2500
+    assert store.get(key) == data
+    chunks = list(store.stream(key))
+    assert [len(c) for c in chunks] == [1000, 1000, 500]
+    assert b"".join(chunks) == data
+
+    assert store.put(key, iter([b"new", b"", b" content"])) == 11  # replaces
+    assert store.get(key) == b"new content"
+    store.delete(key)
+    assert not store.exists(key)
+    store.delete(key)  # deleting a missing blob is fine
+    assert _files(store.root) == []  # emptied folders are pruned too
+
+
+def test_missing_blob_raises_blob_not_found(store: LocalBlobStore) -> None:
+    store.put("tenants/acme/a/b", b"x")
+    for key in ("tenants/acme/missing", "tenants/acme/a", "tenants/acme/a/b/c"):
+        with pytest.raises(BlobNotFound):
+            store.get(key)
+        with pytest.raises(BlobNotFound):
+            store.stream(key)  # at the call, not at the first next()
+        with pytest.raises(BlobNotFound):
+            store.size(key)
+        assert not store.exists(key)
+
+
+def test_failed_put_publishes_nothing(store: LocalBlobStore) -> None:
+    key = "tenants/acme/result"
+    store.put(key, b"old")
+
+    def failing() -> Iterator[bytes]:
+        yield b"partial"
+        raise RuntimeError("producer failed")
+
+    with pytest.raises(RuntimeError):
+        store.put(key, failing())
+    assert store.get(key) == b"old"
+    with pytest.raises(RuntimeError):
+        store.put("tenants/acme/other", failing())
+    assert not store.exists("tenants/acme/other")
+    assert list((store.root / ".staging").iterdir()) == []
+
+
+def test_stream_can_be_closed_early(store: LocalBlobStore) -> None:
+    store.put("tenants/acme/a", bytes(5000))
+    chunks = store.stream("tenants/acme/a")
+    assert len(next(chunks)) == 1000
+    chunks.close()  # type: ignore[attr-defined]
+    assert list(chunks) == []
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "/etc/passwd",
+        "../outside",
+        "tenants/../../outside",
+        "tenants/acme/..",
+        "tenants/./acme",
+        "tenants//acme",
+        "tenants/acme/",
+        "tenants\\acme\\x",
+        "tenants/acme/.hidden",
+        ".staging/x",
+        "tenants/acme/a b",
+        "tenants/acme/caf\u00e9",
+        "tenants/acme/a\x00b",
+        "tenants/acme/" + "x" * 1024,
+    ],
+)
+def test_invalid_keys_are_rejected(store: LocalBlobStore, key: str) -> None:
+    with pytest.raises(ValueError):
+        store.put(key, b"x")
+    for operation in (store.get, store.stream, store.exists, store.delete, store.size):
+        with pytest.raises(ValueError):
+            operation(key)
+    assert _files(store.root.parent) == []
+
+
+@pytest.mark.parametrize("prefix", ["", "/", "tenants/acme", "../", "tenants/../", "/tenants/"])
+def test_invalid_prefixes_are_rejected(store: LocalBlobStore, prefix: str) -> None:
+    with pytest.raises(ValueError):
+        store.delete_prefix(prefix)
+
+
+def test_key_that_clashes_with_a_prefix_is_a_value_error(store: LocalBlobStore) -> None:
+    store.put("tenants/acme/a", b"x")
+    with pytest.raises(ValueError, match="clashes"):
+        store.put("tenants/acme/a/b", b"y")
+    store.put("tenants/acme/c/d", b"y")
+    with pytest.raises(ValueError, match="clashes"):
+        store.put("tenants/acme/c", b"z")
+
+
+def test_delete_prefix_removes_only_that_tenants_blobs(store: LocalBlobStore) -> None:
+    keys = [
+        job_blob_key("t1", "j1", "payload"),
+        job_blob_key("t1", "j2", "chunks/0001"),
+        "tenants/t1/webhooks/secret",
+        job_blob_key("t10", "j1", "payload"),  # a tenant whose id starts with the other's
+        job_blob_key("t2", "j1", "payload"),
+    ]
+    for key in keys:
+        store.put(key, b"x")
+    assert store.delete_prefix(tenant_prefix("t1")) == 3
+    assert [store.exists(k) for k in keys] == [False, False, False, True, True]
+    assert not (store.root / "tenants" / "t1").exists()
+    assert store.delete_prefix(tenant_prefix("t1")) == 0
+
+
+def test_key_layout() -> None:
+    assert tenant_prefix("acme") == "tenants/acme/"
+    assert job_blob_key("acme", "j1", "out/result.json") == "tenants/acme/jobs/j1/out/result.json"
+    for bad in ("a/b", "..", "", ".x"):
+        with pytest.raises(ValueError):
+            tenant_prefix(bad)
+        with pytest.raises(ValueError):
+            job_blob_key("acme", bad, "x")
+    with pytest.raises(ValueError):
+        job_blob_key("acme", "j1", "../../other/x")
+
+
+def test_factory_builds_the_local_store(tmp_path: Path) -> None:
+    store = blob_store_from_settings(Settings(var_dir=tmp_path))
+    assert isinstance(store, LocalBlobStore)
+    assert store.root == tmp_path / "blobs"
+    with pytest.raises(NotImplementedError, match="S3"):
+        blob_store_from_settings(Settings(var_dir=tmp_path, blob={"backend": "s3"}))
+
+
+# -- encrypted blobs -----------------------------------------------------------------------
+
+
+def test_encrypted_round_trip_bytes_and_stream(encrypted: EncryptedBlobStore) -> None:
+    key = job_blob_key("acme", "j1", "payload")
+    data = b"record," * 1000
+    written = encrypted.put("acme", key, data)
+    stored = encrypted.store.get(key)
+    assert written == len(stored) > len(data)
+    assert b"record," not in stored
+    assert encrypted.get("acme", key) == data
+    assert b"".join(encrypted.stream("acme", key)) == data
+
+    encrypted.put("acme", key, iter([data[:10], data[10:]]))
+    assert encrypted.get("acme", key) == data
+    assert encrypted.exists("acme", key)
+    encrypted.delete("acme", key)
+    assert not encrypted.exists("acme", key)
+    with pytest.raises(BlobNotFound):
+        encrypted.stream("acme", key)
+
+
+def test_tenant_cannot_read_another_tenants_blob(encrypted: EncryptedBlobStore) -> None:
+    acme_key = job_blob_key("acme", "j1", "payload")
+    encrypted.put("acme", acme_key, b"acme only")
+    with pytest.raises(ValueError, match="outside"):
+        encrypted.get("globex", acme_key)
+    # Even copied under globex's prefix, acme's ciphertext does not decrypt for globex.
+    globex_key = job_blob_key("globex", "j1", "payload")
+    encrypted.store.put(globex_key, encrypted.store.get(acme_key))
+    with pytest.raises(TenantMismatch):
+        encrypted.get("globex", globex_key)
+
+
+def test_blob_moved_to_another_key_does_not_decrypt(encrypted: EncryptedBlobStore) -> None:
+    source = job_blob_key("acme", "j1", "result")
+    encrypted.put("acme", source, b"job 1's result")
+    target = job_blob_key("acme", "j2", "result")
+    encrypted.store.put(target, encrypted.store.get(source))
+    with pytest.raises(DecryptionFailed, match="context"):
+        encrypted.get("acme", target)
+
+
+def test_delete_tenant_removes_its_blobs(encrypted: EncryptedBlobStore) -> None:
+    encrypted.put("acme", job_blob_key("acme", "j1", "a"), b"x")
+    encrypted.put("acme", job_blob_key("acme", "j2", "b"), b"x")
+    encrypted.put("globex", job_blob_key("globex", "j1", "a"), b"x")
+    assert encrypted.delete_tenant("acme") == 2
+    assert encrypted.get("globex", job_blob_key("globex", "j1", "a")) == b"x"
+
+
+def test_large_blob_streams_both_ways_in_bounded_memory(encrypted: EncryptedBlobStore) -> None:
+    key = job_blob_key("acme", "j1", "dataset.parquet")
+    total = 32 * MiB
+    produced = hashlib.sha256()
+
+    def source() -> Iterator[bytes]:
+        for _ in range(total // (64 * 1024)):
+            chunk = os.urandom(64 * 1024)
+            produced.update(chunk)
+            yield chunk
+
+    consumed = hashlib.sha256()
+    tracemalloc.start()
+    try:
+        encrypted.put("acme", key, source())
+        largest = 0
+        for chunk in encrypted.stream("acme", key):
+            largest = max(largest, len(chunk))
+            consumed.update(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert consumed.digest() == produced.digest()
+    assert largest == MiB  # one envelope segment at a time
+    assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB for a {total // MiB} MiB blob"
