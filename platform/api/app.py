@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy import text
 
 from celeriac.platform.api.idempotency import install_idempotency
@@ -15,6 +16,7 @@ from celeriac.platform.api.problems import PROBLEM_JSON, install_problem_handler
 from celeriac.platform.api.schemas import Problem
 from celeriac.platform.broker import broker_connection
 from celeriac.platform.db import get_engine
+from celeriac.platform.errors import ValidationFailed
 from celeriac.platform.jobs.routes import router as jobs_router
 from celeriac.platform.keys.routes import admin_router as admin_keys_router
 from celeriac.platform.keys.routes import tenant_router as keys_router
@@ -56,9 +58,9 @@ def _problem_openapi(app: FastAPI) -> dict[str, Any]:
         components[defs_name] = definition
     problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
     for path_item in schema.get("paths", {}).values():
-        for operation in path_item.values():
+        for method, operation in path_item.items():
             responses = operation.setdefault("responses", {})
-            for code in _documented_errors(operation):
+            for code in _documented_errors(method, operation):
                 responses.setdefault(code, {"description": "Error"})
             for code, response in responses.items():
                 if code[0] in "45":
@@ -69,13 +71,46 @@ def _problem_openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
-def _documented_errors(operation: dict[str, Any]) -> list[str]:
+def _documented_errors(method: str, operation: dict[str, Any]) -> list[str]:
+    """Answers any operation of its kind can give: bad input, auth, limits, and for
+    writes the conflicts of state changes and of Idempotency-Key reuse."""
     codes = ["400", "422"]
     if operation.get("security"):
         codes += ["401", "403", "404"]
-    if operation.get("requestBody"):
-        codes += ["413", "415"]
+    if method in {"post", "put", "patch", "delete"}:
+        codes += ["409", "413", "415"]
     return codes
+
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}
+
+
+def _declared_query_names(route: APIRoute) -> frozenset[str]:
+    cached = _QUERY_NAMES.get(id(route))
+    if cached is not None:
+        return cached
+    names: set[str] = set()
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        names |= {param.alias for param in dependant.query_params}
+        pending.extend(dependant.dependencies)
+    _QUERY_NAMES[id(route)] = frozenset(names)
+    return _QUERY_NAMES[id(route)]
+
+
+async def reject_unknown_query_parameters(request: Request) -> None:
+    """A misspelt filter (``?stat=failed``) is an error, not a silently ignored no-op."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    unknown = sorted(set(request.query_params) - _declared_query_names(route))
+    if unknown:
+        raise ValidationFailed(
+            f"unknown query parameter(s): {', '.join(repr(u) for u in unknown)}",
+            errors=[{"pointer": f"#/query/{name}", "detail": "not a parameter of this route"}
+                    for name in unknown],
+        )  # fmt: skip
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -88,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "API keys (`Authorization: Bearer ck_live_...`); admins and billing with JWTs. "
             "Every error is `application/problem+json` (RFC 9457)."
         ),
+        dependencies=[Depends(reject_unknown_query_parameters)],
     )
     install_problem_handlers(app)
     install_idempotency(app)  # inside the envelope: replays carry a fresh X-Request-ID

@@ -8,10 +8,10 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AwareDatetime, BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from celeriac.platform.api.deps import Authenticator, SessionDep
-from celeriac.platform.api.schemas import Page
+from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.errors import MalformedBody, ValidationFailed
 from celeriac.platform.jobs import payload, service
@@ -141,8 +141,8 @@ def list_jobs(
     ctx: JobReader,
     session: SessionDep,
     state: JobState | None = None,
-    created_after: AwareDatetime | None = None,
-    created_before: AwareDatetime | None = None,
+    created_after: Timestamp | None = None,
+    created_before: Timestamp | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> Page[JobOut]:
