@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
@@ -28,10 +28,13 @@ from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.errors import BadRequest, Conflict, ValidationFailed
 from celeriac.platform.models import IdempotencyKey, IdempotencyState, utcnow
 from celeriac.platform.settings import get_settings
+from celeriac.platform.tenant_data import envelope
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _STATE_KEY = "idempotency_reservation"
+# Kept beside the replayed headers: how the body was stored (plain, encrypted, withheld).
+_STORED = "x-celeriac-stored"
 # Response headers worth replaying; hop-by-hop and per-request ones are left out.
 _KEPT_HEADERS = {"content-type", "location", "cache-control"}
 
@@ -113,26 +116,47 @@ def _reserve(
                     f"a request with this {HEADER} is still being processed; retry shortly",
                     headers={"Retry-After": "1"},
                 )
-            raise IdempotentReplay(
-                existing.response_status or 200,
-                dict(existing.response_headers or {}),
-                existing.response_body or b"",
-            )
+            raise _replay_of(existing)
     raise Conflict(f"could not reserve the {HEADER}; retry", headers={"Retry-After": "1"})
 
 
+def _body_context(row_id: uuid.UUID) -> dict[str, str]:
+    return {"purpose": "idempotent-response", "idempotency_key_id": str(row_id)}
+
+
 def _complete(row_id: uuid.UUID, status: int, headers: dict[str, str], body: bytes) -> None:
+    """Store the answer. A tenant's answer is encrypted under the tenant's key (it may hold
+    a secret shown once, such as a new API key or webhook secret). An admin's answer
+    marked ``no-store`` is not kept at all: there is no tenant key to protect it."""
     with get_sessionmaker().begin() as session:
-        session.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.id == row_id)
-            .values(
-                state=IdempotencyState.COMPLETED,
-                response_status=status,
-                response_headers=headers,
-                response_body=body,
-            )
+        row = session.get(IdempotencyKey, row_id)
+        if row is None:
+            return
+        stored = dict(headers)
+        if row.tenant_id is not None:
+            body = envelope().encrypt(str(row.tenant_id), body, _body_context(row_id))
+            stored[_STORED] = "encrypted"
+        elif "no-store" in headers.get("cache-control", headers.get("Cache-Control", "")):
+            body = b""
+            stored[_STORED] = "withheld"
+        row.state = IdempotencyState.COMPLETED
+        row.response_status = status
+        row.response_headers = stored
+        row.response_body = body
+
+
+def _replay_of(row: IdempotencyKey) -> Exception:
+    headers = dict(row.response_headers or {})
+    how = headers.pop(_STORED, "plain")
+    body = row.response_body or b""
+    if how == "withheld":
+        return Conflict(
+            "the first answer to this Idempotency-Key held a secret that is shown only once "
+            "and is not kept; list the resource to find what the first request created"
         )
+    if how == "encrypted" and row.tenant_id is not None:
+        body = envelope().decrypt(str(row.tenant_id), body, _body_context(row.id))
+    return IdempotentReplay(row.response_status or 200, headers, body)
 
 
 def _release(row_id: uuid.UUID) -> None:

@@ -95,3 +95,27 @@ def test_expired_keys_are_forgotten(client: TestClient, admin_headers: dict[str,
     fresh = client.post("/v1/admin/tenants", json={"slug": "second", "name": "x"},
                         headers=headers)  # fmt: skip
     assert fresh.status_code == 201 and fresh.json()["slug"] == "second"
+
+
+def test_stored_answers_never_hold_a_secret_in_clear(
+    client: TestClient, admin_headers: dict[str, str], make_tenant: Callable[..., TenantFixture]
+) -> None:
+    tenant = make_tenant()
+    headers = tenant.headers | {"Idempotency-Key": "new-key"}
+    first = client.post("/v1/keys", json={"scopes": ["jobs:read"]}, headers=headers)
+    replay = client.post("/v1/keys", json={"scopes": ["jobs:read"]}, headers=headers)
+    assert replay.json()["key"] == first.json()["key"]
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert "x-celeriac-stored" not in replay.headers
+
+    admin = admin_headers | {"Idempotency-Key": "admin-key"}
+    url = f"/v1/admin/tenants/{tenant.id}/keys"
+    created = client.post(url, json={"scopes": ["jobs:read"]}, headers=admin)
+    again = client.post(url, json={"scopes": ["jobs:read"]}, headers=admin)
+    assert created.status_code == 201
+    assert again.status_code == 409 and "shown only once" in again.json()["detail"]
+
+    with get_engine().connect() as conn:
+        bodies = [bytes(b or b"") for (b,) in conn.execute(select(IdempotencyKey.response_body))]
+    for secret in (first.json()["key"], created.json()["key"]):
+        assert all(secret.encode() not in body for body in bodies)

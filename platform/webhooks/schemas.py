@@ -1,0 +1,126 @@
+"""Webhook target shapes. The signing secret appears only in ``WebhookTargetWithSecret``,
+the answer to creation and rotation."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from celeriac.platform.models import TargetState
+from celeriac.platform.webhooks.destinations import MAX_URL_LENGTH
+from celeriac.platform.webhooks.service import (
+    DEFAULT_PREVIOUS_SECRET_GRACE,
+    MAX_PREVIOUS_SECRET_GRACE,
+    EventTypeFilter,
+)
+
+
+def _unique(filters: list[EventTypeFilter]) -> list[EventTypeFilter]:
+    seen: set[EventTypeFilter] = set()
+    for position, f in enumerate(filters):
+        if f in seen:
+            raise ValueError(f"event type {f.value!r} is listed twice (again at index {position})")
+        seen.add(f)
+    return filters
+
+
+TargetUrl = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_URL_LENGTH,
+        description="Where events are POSTed: an https URL on a public internet address.",
+        examples=["https://hooks.example.com/celeriac"],
+    ),
+]
+EventTypeFilters = Annotated[
+    list[EventTypeFilter],
+    Field(
+        min_length=1,
+        description="The events to receive, each listed once: exact types, a family "
+        "(`job.*`, `webhook.*`) or `*` for all.",
+        examples=[["job.succeeded", "job.failed"]],
+    ),
+    AfterValidator(_unique),
+]
+Description = Annotated[str, Field(max_length=500)]
+DeliveryRate = Annotated[
+    float,
+    Field(
+        gt=0,
+        le=1000,
+        description="The most deliveries sent to this target per second; null: no own limit.",
+    ),
+]
+
+
+class WebhookTargetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: TargetUrl
+    event_types: EventTypeFilters
+    description: Description = ""
+    max_deliveries_per_second: DeliveryRate | None = None
+
+
+class WebhookTargetUpdate(BaseModel):
+    """The fields to change; those left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: TargetUrl | None = None
+    event_types: EventTypeFilters | None = None
+    description: Description | None = None
+    max_deliveries_per_second: DeliveryRate | None = None
+
+    @field_validator("url", "event_types", "description")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        # Runs only on fields that were sent: leave a field out to keep it; null is no value.
+        if value is None:
+            raise ValueError("may be left out, but not null")
+        return value
+
+
+class SecretRotation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    previous_secret_expires_in_seconds: int = Field(
+        default=int(DEFAULT_PREVIOUS_SECRET_GRACE.total_seconds()),
+        ge=0,
+        le=int(MAX_PREVIOUS_SECRET_GRACE.total_seconds()),
+        description="How long the replaced secret keeps signing deliveries, beside the new "
+        "one (0 = stop now, at most 7 days).",
+    )
+
+
+class WebhookTargetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    url: str = Field(description="The URL as it will be called (normalised, no fragment).")
+    description: str
+    event_types: list[str]
+    state: TargetState
+    disabled_reason: str | None
+    failing_since: datetime | None = Field(
+        description="Start of the current run of failed deliveries; null after a success."
+    )
+    max_deliveries_per_second: float | None
+    previous_secret_expires_at: datetime | None = Field(
+        description="Until when deliveries are also signed with the secret replaced by the "
+        "last rotation."
+    )
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookTargetWithSecret(WebhookTargetOut):
+    secret: str = Field(
+        description="The signing secret (`whsec_` + base64 of 32 bytes). Shown only in this "
+        "answer; store it now."
+    )
