@@ -14,6 +14,7 @@ from celeriac.platform.api.idempotency import install_idempotency
 from celeriac.platform.api.middleware import RequestEnvelope
 from celeriac.platform.api.problems import PROBLEM_JSON, install_problem_handlers
 from celeriac.platform.api.schemas import Problem
+from celeriac.platform.auth.jwt import jwt_key_set
 from celeriac.platform.broker import broker_connection
 from celeriac.platform.db import get_engine
 from celeriac.platform.errors import ValidationFailed
@@ -115,6 +116,8 @@ async def reject_unknown_query_parameters(request: Request) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    if settings.auth.jwt_hs256_secret is not None:
+        jwt_key_set(settings)  # a bad key file fails at start, in one line, not per request
     app = FastAPI(
         title="Celeriac",
         version="0.1.0",
