@@ -1,0 +1,163 @@
+"""Fair dispatch: per-tenant backlogs released into each pool's ready queue.
+
+See docs/adr/0001-queue-topology.md. Work is published to its tenant queue
+(``compute.high.acme``, a real kombu queue on the Redis broker); workers consume only their
+pool's ready queue (``compute``). A Lua script moves messages from tenant backlogs to the
+ready queue, band first (high, normal, low) and round-robin across the tenants of a band,
+keeping the ready queue about as deep as the pool's live worker slots. So a tenant with a
+10,000-task backlog holds another tenant's task back by at most one round of the ready
+queue, and a worker's BRPOP covers one queue whatever the number of tenants.
+
+Only tenants with a backlog are in a band's ring, so idle tenants cost nothing. Suspended
+tenants are skipped. Releases happen when work is published, when a worker takes a task,
+and every second from beat, which also re-adds any tenant queue whose ring entry was lost
+(a crash between publish and notify, a broker restart).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+import redis
+
+from celeriac.platform.queues import TenantQueue, parse_queue
+from celeriac.platform.settings import Pool, get_settings
+
+RING = "celeriac:ring:{pool}.{band}"
+MEMBERS = "celeriac:ring-members:{pool}.{band}"
+CAPACITY = "celeriac:capacity:{pool}"
+SLOTS = "celeriac:slots:{pool}"
+SUSPENDED = "celeriac:suspended"
+CAPACITY_TTL_SECONDS = 15.0
+MAX_MOVES_PER_CALL = 500
+
+# ARGV: pool, now, min_depth, max_moves, then (band, tenant) pairs to add to the rings.
+_RELEASE = """
+local pool = ARGV[1]
+local now = tonumber(ARGV[2])
+local min_depth = tonumber(ARGV[3])
+local max_moves = tonumber(ARGV[4])
+local i = 5
+while ARGV[i] do
+  local key = pool .. '.' .. ARGV[i]
+  if redis.call('SADD', 'celeriac:ring-members:' .. key, ARGV[i + 1]) == 1 then
+    redis.call('RPUSH', 'celeriac:ring:' .. key, ARGV[i + 1])
+  end
+  i = i + 2
+end
+local capacity = 'celeriac:capacity:' .. pool
+redis.call('ZREMRANGEBYSCORE', capacity, '-inf', now)
+local slots = 0
+for _, host in ipairs(redis.call('ZRANGE', capacity, 0, -1)) do
+  slots = slots + tonumber(redis.call('HGET', 'celeriac:slots:' .. pool, host) or '0')
+end
+local depth = math.max(min_depth, slots)
+local ready_len = redis.call('LLEN', pool)
+local moved = 0
+for _, band in ipairs({'high', 'normal', 'low'}) do
+  local key = pool .. '.' .. band
+  local ring = 'celeriac:ring:' .. key
+  local left = redis.call('LLEN', ring)
+  while ready_len < depth and moved < max_moves and left > 0 do
+    local tenant = redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
+    local message = false
+    if redis.call('SISMEMBER', 'celeriac:suspended', tenant) == 0 then
+      message = redis.call('RPOP', key .. '.' .. tenant)
+    end
+    if message then
+      redis.call('LPUSH', pool, message)
+      ready_len = ready_len + 1
+      moved = moved + 1
+    else
+      redis.call('LREM', ring, -1, tenant)
+      redis.call('SREM', 'celeriac:ring-members:' .. key, tenant)
+      left = left - 1
+    end
+  end
+end
+return moved
+"""
+
+
+class FairDispatcher:
+    """Releases tenant backlogs into pool ready queues on a Redis broker."""
+
+    def __init__(self, client: redis.Redis, min_depth: int = 1) -> None:
+        self.client = client
+        self.min_depth = min_depth
+        self._release = client.register_script(_RELEASE)
+
+    def release(self, pool: Pool, added: Iterable[TenantQueue] = ()) -> int:
+        """Register backlogs in ``added`` and top up the pool's ready queue; returns how
+        many messages moved."""
+        argv: list[Any] = [pool.value, time.time(), self.min_depth, MAX_MOVES_PER_CALL]
+        for queue in added:
+            if queue.pool is not pool:
+                raise ValueError(f"{queue.name} is not a {pool.value} queue")
+            argv += [queue.band.value, queue.tenant]
+        return int(self._release(args=argv))
+
+    def register_capacity(self, pool: Pool, hostname: str, slots: int) -> None:
+        """A worker announces its slots; they count while it keeps announcing."""
+        expires = time.time() + CAPACITY_TTL_SECONDS
+        with self.client.pipeline() as pipe:
+            pipe.hset(SLOTS.format(pool=pool.value), hostname, slots)
+            pipe.zadd(CAPACITY.format(pool=pool.value), {hostname: expires})
+            pipe.execute()
+
+    def withdraw_capacity(self, pool: Pool, hostname: str) -> None:
+        with self.client.pipeline() as pipe:
+            pipe.zrem(CAPACITY.format(pool=pool.value), hostname)
+            pipe.hdel(SLOTS.format(pool=pool.value), hostname)
+            pipe.execute()
+
+    def set_suspended(self, tenant_slug: str, suspended: bool) -> None:
+        if suspended:
+            self.client.sadd(SUSPENDED, tenant_slug)
+        else:
+            self.client.srem(SUSPENDED, tenant_slug)
+
+    def tenant_backlogs(self, pool: Pool | None = None) -> dict[TenantQueue, int]:
+        """Messages waiting per tenant queue (the backlog KEDA and the admin view read).
+
+        Scans the broker's keys: its cost grows with the number of queues, which is why
+        it serves metrics and reconciliation, never the dispatch path."""
+        pattern = f"{pool.value}.*" if pool is not None else "*.*.*"
+        names = [
+            key.decode() if isinstance(key, bytes) else str(key)
+            for key in self.client.scan_iter(match=pattern, count=1000)
+        ]
+        queues = [q for q in (parse_queue(n) for n in names) if q is not None]
+        if not queues:
+            return {}
+        with self.client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.llen(queue.name)
+            lengths = pipe.execute()
+        return {q: int(n) for q, n in zip(queues, lengths, strict=True) if n}
+
+    def reconcile(self) -> int:
+        """Re-add every non-empty tenant queue to its ring, then release every pool;
+        returns how many messages moved."""
+        backlogs = self.tenant_backlogs()
+        moved = 0
+        for pool in Pool:
+            moved += self.release(pool, [q for q in backlogs if q.pool is pool])
+        return moved
+
+    def ready_depth(self, pool: Pool) -> int:
+        return int(self.client.llen(pool.value))
+
+
+@lru_cache(maxsize=1)
+def get_dispatcher() -> FairDispatcher | None:
+    """The dispatcher when the broker is Redis; None otherwise (work goes straight to the
+    pool queues: the embedded mode's filesystem broker has no fairness to keep)."""
+    settings = get_settings()
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return None
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
+    return FairDispatcher(client)
