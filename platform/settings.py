@@ -133,6 +133,24 @@ class WorkerSettings(BaseModel):
     visibility_timeout: int = Field(default=3600, ge=60)
 
 
+class JobSettings(BaseModel):
+    """How jobs are cut up, retried and watched."""
+
+    # Records per input chunk: one dataset task per (generator x chunk).
+    chunk_records: int = Field(default=5000, ge=1)
+    # A transient compute failure is retried this many times (exponential backoff, jitter).
+    task_max_retries: int = Field(default=3, ge=0)
+    retry_backoff_seconds: float = Field(default=1.0, gt=0)
+    retry_backoff_max_seconds: float = Field(default=60.0, gt=0)
+    # A task redelivered more often than this (its worker keeps dying) is recorded failed.
+    task_max_deliveries: int = Field(default=5, ge=1)
+    # The reconciler re-dispatches a queued/running job that has not moved for this long.
+    stall_seconds: float = Field(default=120.0, gt=0)
+    reconcile_interval_seconds: float = Field(default=10.0, gt=0)
+    # A job re-dispatched more often than this is failed rather than retried for ever.
+    max_dispatches: int = Field(default=5, ge=1)
+
+
 class LogSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = True
@@ -164,6 +182,7 @@ class Settings(BaseSettings):
     blob: BlobSettings = BlobSettings()
     keys: KeySettings = KeySettings()
     workers: WorkerSettings = WorkerSettings()
+    jobs: JobSettings = JobSettings()
     log: LogSettings = LogSettings()
 
     @model_validator(mode="before")

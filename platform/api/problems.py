@@ -125,7 +125,7 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error", extra={"path": request.url.path})
+    logger.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
     return problem_response(
         request, status=500, code="internal-error", title="Internal server error",
         detail="something went wrong on our side; quote the request_id when reporting it",

@@ -22,6 +22,19 @@ class Payload:
     record_count: int
 
 
+def chunks(payload: Payload, records_per_chunk: int) -> list[bytes]:
+    """The payload cut into NDJSON chunks of at most ``records_per_chunk`` records."""
+    lines = payload.ndjson.splitlines(keepends=True)
+    return [
+        b"".join(lines[start : start + records_per_chunk])
+        for start in range(0, len(lines), records_per_chunk)
+    ]
+
+
+def chunk_key(payload_prefix: str, index: int) -> str:
+    return f"{payload_prefix}{index:05d}.ndjson"
+
+
 def from_records(records: Iterable[dict[str, Any]]) -> Payload:
     lines = [json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in records]
     return Payload(("\n".join(lines) + "\n").encode(), len(lines))

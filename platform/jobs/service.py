@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.db import run_after_commit
 from celeriac.platform.errors import Conflict, NotFound
-from celeriac.platform.jobs.payload import Payload
+from celeriac.platform.jobs.payload import Payload, chunk_key
+from celeriac.platform.jobs.payload import chunks as payload_chunks
 from celeriac.platform.jobs.pipelines import resolve_pipeline
 from celeriac.platform.jobs.schemas import JobOut, StageProgress, TaskError
 from celeriac.platform.models import (
@@ -31,7 +32,7 @@ from celeriac.platform.models import (
 )
 from celeriac.platform.queues import queue_for
 from celeriac.platform.repository import TenantRepository
-from celeriac.platform.settings import Pool
+from celeriac.platform.settings import Pool, get_settings
 from celeriac.platform.storage import BlobNotFound, job_blob_key
 from celeriac.platform.tasks import CANCEL_JOB, START_JOB, publish
 from celeriac.platform.tenant_data import tenant_blobs
@@ -58,14 +59,22 @@ def submit_job(
     resolved = resolve_pipeline(session, pipeline)
     job_id = uuid.uuid4()
     tenant = str(ctx.tenant_id)
-    payload_key = job_blob_key(tenant, str(job_id), "payload.ndjson")
+    # Stored pre-cut into chunks, so that fanning out is bookkeeping, not data handling.
+    payload_prefix = job_blob_key(tenant, str(job_id), "payload") + "/"
+    pieces = payload_chunks(payload, get_settings().jobs.chunk_records)
     blobs = tenant_blobs()
-    stored_bytes = blobs.put(tenant, payload_key, payload.ndjson)
+    written: list[str] = []
+    stored_bytes = 0
     try:
+        for index, piece in enumerate(pieces):
+            key = chunk_key(payload_prefix, index)
+            written.append(key)
+            stored_bytes += blobs.put(tenant, key, piece)
         job = Job(
             id=job_id, tenant_id=ctx.tenant_id, priority=priority, pipeline=resolved,
-            state=JobState.QUEUED, payload_key=payload_key, record_count=payload.record_count,
-            payload_bytes=len(payload.ndjson), job_metadata=metadata,
+            state=JobState.QUEUED, payload_key=payload_prefix,
+            record_count=payload.record_count, payload_bytes=len(payload.ndjson),
+            job_metadata=metadata, checkpoints={"payload": {"chunks": len(pieces)}},
         )  # fmt: skip
         session.add(job)
         session.add(
@@ -80,7 +89,8 @@ def submit_job(
         )  # fmt: skip
         session.flush()
     except BaseException:
-        blobs.delete(tenant, payload_key)  # nothing half-written
+        for key in written:  # nothing half-written
+            blobs.delete(tenant, key)
         raise
     queue = queue_for(Pool.ORCHESTRATION, priority, ctx.tenant_slug)
     kwargs = {"tenant_id": tenant, "job_id": str(job_id)}

@@ -72,9 +72,10 @@ def test_inline_job_is_stored_encrypted_and_published_by_id(
     (job,) = _jobs()
     assert job.pipeline["analyzers"][0] == {"name": "summary", "version": "1.0", "params": {},
                                             "produces": None, "accepts": ["table"]}  # fmt: skip
-    stored = tenant_blobs().get(tenant.id, job.payload_key)
+    assert job.checkpoints == {"payload": {"chunks": 1}}
+    stored = tenant_blobs().get(tenant.id, job.payload_key + "00000.ndjson")
     assert [json.loads(line) for line in stored.splitlines()] == RECORDS
-    on_disk = (api_settings.blob.local_dir / job.payload_key).read_bytes()
+    on_disk = (api_settings.blob.local_dir / job.payload_key / "00000.ndjson").read_bytes()
     assert b"record 3" not in on_disk and b"amount" not in on_disk
 
     (message,) = _queued_messages(redis_broker_url, f"orchestration.high.{tenant.slug}")
