@@ -13,7 +13,9 @@ from typing import Any
 from celery import Celery
 
 from celeriac.platform.broker import broker_transport_options
-from celeriac.platform.queues import TenantQueue
+from celeriac.platform.dispatch import get_dispatcher
+from celeriac.platform.models import Priority
+from celeriac.platform.queues import queue_for
 from celeriac.platform.settings import Pool, Settings, get_settings
 
 START_JOB = "celeriac.orchestration.start_job"
@@ -61,7 +63,31 @@ def publisher() -> Celery:
     return app
 
 
-def publish(name: str, queue: TenantQueue, kwargs: dict[str, Any]) -> str:
-    """Send task ``name`` with JSON ``kwargs`` to ``queue``; returns the task id."""
-    result = publisher().send_task(name, kwargs=kwargs, queue=queue.name)
-    return str(result.id)
+def pool_of(task_name: str) -> Pool:
+    """Task names carry their pool: ``celeriac.<pool>.<name>``."""
+    return Pool(task_name.split(".")[1])
+
+
+def publish(
+    name: str,
+    *,
+    band: Priority | str,
+    tenant_slug: str,
+    kwargs: dict[str, Any],
+    app: Celery | None = None,
+) -> str:
+    """Send task ``name`` of a tenant's job; returns the Celery task id.
+
+    On a Redis broker it goes to the tenant's queue and the fair dispatcher releases it
+    into the pool's ready queue; on other brokers (the embedded filesystem) straight to the
+    pool queue.
+    """
+    app = app or publisher()
+    pool = pool_of(name)
+    dispatcher = get_dispatcher()
+    if dispatcher is None:
+        return str(app.send_task(name, kwargs=kwargs, queue=pool.value).id)
+    queue = queue_for(pool, band, tenant_slug)
+    task_id = str(app.send_task(name, kwargs=kwargs, queue=queue.name).id)
+    dispatcher.release(pool, [queue])
+    return task_id

@@ -16,11 +16,14 @@ from celeriac.platform.settings import Settings, get_settings
 from celeriac.platform.tasks import celery_config
 
 
+TASK_MODULES = ["celeriac.workers.tasks.ping"]
+
+
 def create_celery_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     celery_app = Celery("celeriac", set_as_current=True)
     celery_app.conf.update(celery_config(settings))
-    celery_app.autodiscover_tasks(["celeriac.workers"], related_name="tasks", force=True)
+    celery_app.conf.include = TASK_MODULES
     return celery_app
 
 

@@ -30,9 +30,8 @@ from celeriac.platform.models import (
     UsageRecord,
     utcnow,
 )
-from celeriac.platform.queues import queue_for
 from celeriac.platform.repository import TenantRepository
-from celeriac.platform.settings import Pool, get_settings
+from celeriac.platform.settings import get_settings
 from celeriac.platform.storage import BlobNotFound, job_blob_key
 from celeriac.platform.tasks import CANCEL_JOB, START_JOB, publish
 from celeriac.platform.tenant_data import tenant_blobs
@@ -92,19 +91,14 @@ def submit_job(
         for key in written:  # nothing half-written
             blobs.delete(tenant, key)
         raise
-    queue = queue_for(Pool.ORCHESTRATION, priority, ctx.tenant_slug)
     kwargs = {"tenant_id": tenant, "job_id": str(job_id)}
-    run_after_commit(session, lambda: _publish(START_JOB, queue.name, kwargs))
+    run_after_commit(session, lambda: _publish(START_JOB, priority, ctx.tenant_slug, kwargs))
     return job
 
 
-def _publish(name: str, queue_name: str, kwargs: dict[str, str]) -> None:
-    from celeriac.platform.queues import parse_queue
-
-    queue = parse_queue(queue_name)
-    assert queue is not None
+def _publish(name: str, band: Priority, tenant_slug: str, kwargs: dict[str, str]) -> None:
     try:
-        publish(name, queue, kwargs)
+        publish(name, band=band, tenant_slug=tenant_slug, kwargs=kwargs)
     except Exception:
         # The job row is committed and queued: the reconciler re-dispatches it.
         logger.exception("publishing %s failed", name, extra={"job_id": kwargs.get("job_id")})
@@ -208,9 +202,10 @@ def cancel_job(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> Job:
         session.refresh(job)
         raise Conflict(f"job {job.id} has already ended ({job.state.value})")
     session.refresh(job)
-    queue = queue_for(Pool.ORCHESTRATION, Priority.HIGH, ctx.tenant_slug)
     kwargs = {"tenant_id": str(ctx.tenant_id), "job_id": str(job.id)}
-    run_after_commit(session, lambda: _publish(CANCEL_JOB, queue.name, kwargs))
+    run_after_commit(
+        session, lambda: _publish(CANCEL_JOB, Priority.HIGH, ctx.tenant_slug, kwargs)
+    )
     return job
 
 

@@ -52,10 +52,18 @@ def _jobs() -> list[Job]:
         return list(session.scalars(select(Job)))
 
 
-def _queued_messages(broker_url: str, queue: str) -> list[dict[str, Any]]:
+def _queued_messages(broker_url: str, queue: str) -> list[Any]:
+    """Messages published for ``queue``: still in the tenant's backlog, or already
+    released by the fair dispatcher into the pool's ready queue."""
     client = redis.Redis.from_url(broker_url)
-    raw = [m for key in client.keys(f"{queue}*") for m in client.lrange(key, 0, -1)]
-    return [json.loads(base64.b64decode(json.loads(m)["body"])) for m in raw]
+    pool = queue.split(".")[0]
+    found = []
+    for key in (queue, pool):
+        for raw in client.lrange(key, 0, -1):
+            message = json.loads(raw)
+            if message["properties"]["delivery_info"]["routing_key"] == queue:
+                found.append(json.loads(base64.b64decode(message["body"])))
+    return found
 
 
 def test_inline_job_is_stored_encrypted_and_published_by_id(

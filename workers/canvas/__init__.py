@@ -1,0 +1,1 @@
+"""The job canvas as plain functions: plans, state transitions and steps (no Celery)."""

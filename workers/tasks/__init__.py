@@ -1,0 +1,1 @@
+"""Celery tasks, one module per pool; each task is a thin shell over plain functions."""
