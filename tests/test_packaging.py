@@ -3,6 +3,7 @@ the standard library's ``platform``."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -58,9 +59,15 @@ def test_platform_folder_does_not_shadow_the_standard_library() -> None:
 @pytest.mark.slow
 def test_wheel_installs_into_a_fresh_venv_and_imports_every_module(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
+    # Built from a copy: setuptools writes celeriac.egg-info into the source tree, and a
+    # stale one at the repo root would shadow the installed metadata (and its entry
+    # points) for any process started there.
+    source = tmp_path / "source"
+    skipped = (".git", ".venv", "var", "*.egg-info", "build", "dist", "__pycache__", ".*_cache")
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*skipped))
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist)],
-        cwd=REPO, check=True, capture_output=True,
+        cwd=source, check=True, capture_output=True,
     )  # fmt: skip
     (wheel,) = dist.glob("celeriac-*.whl")
     with zipfile.ZipFile(wheel) as zf:

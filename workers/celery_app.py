@@ -1,22 +1,82 @@
 """The Celery app, configured from Celeriac's settings and nothing else.
 
 Start workers through ``celeriac worker --pool ...``; it runs
-``celery -A celeriac.workers.celery_app worker`` with the pool's options.
+``celery -A celeriac.workers.celery_app worker`` with the pool's options. Each worker
+consumes only its pool's ready queue (``compute`` etc.); tenant queues are fed into it by
+the fair dispatcher (``celeriac.platform.dispatch``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, bootsteps, signals
 
+from celeriac.platform.db import transaction
+from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.logging import bind_context, clear_context
 from celeriac.platform.observability import init_process
-from celeriac.platform.settings import Settings, get_settings
-from celeriac.platform.tasks import celery_config
+from celeriac.platform.settings import Pool, Settings, get_settings
+from celeriac.platform.tasks import celery_config, pool_of
+
+logger = logging.getLogger(__name__)
+
+TASK_MODULES = [
+    "celeriac.workers.tasks.ping",
+    "celeriac.workers.tasks.orchestration",
+    "celeriac.workers.tasks.distribution",
+    "celeriac.workers.tasks.compute",
+    "celeriac.workers.tasks.maintenance",
+]
+CAPACITY_HEARTBEAT_SECONDS = 5.0
 
 
-TASK_MODULES = ["celeriac.workers.tasks.ping"]
+def pool_of_worker(hostname: str) -> Pool | None:
+    """``celeriac worker`` names workers ``<pool>@<host>``."""
+    try:
+        return Pool(hostname.split("@", 1)[0])
+    except ValueError:
+        return None
+
+
+class CapacityHeartbeat(bootsteps.StartStopStep):
+    """Announces this worker's slots to the fair dispatcher while it lives, so the pool's
+    ready queue is kept about as deep as the slots that can take from it."""
+
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        self.tref: Any = None
+        self.pool: Pool | None = None
+
+    def start(self, worker: Any) -> None:
+        self.pool = pool_of_worker(worker.hostname)
+        if self.pool is None or get_dispatcher() is None:
+            return
+        self._announce(worker)
+        self.tref = worker.timer.call_repeatedly(
+            CAPACITY_HEARTBEAT_SECONDS, self._announce, (worker,), priority=10
+        )
+
+    def _announce(self, worker: Any) -> None:
+        dispatcher = get_dispatcher()
+        if dispatcher is not None and self.pool is not None:
+            try:
+                dispatcher.register_capacity(self.pool, worker.hostname, worker.concurrency)
+                dispatcher.release(self.pool)
+            except Exception:  # the broker is briefly away; the next beat retries
+                logger.warning("capacity heartbeat failed", exc_info=True)
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+        dispatcher = get_dispatcher()
+        if dispatcher is not None and self.pool is not None:
+            try:
+                dispatcher.withdraw_capacity(self.pool, worker.hostname)
+            except Exception:
+                logger.warning("could not withdraw capacity", exc_info=True)
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
@@ -24,6 +84,19 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     celery_app = Celery("celeriac", set_as_current=True)
     celery_app.conf.update(celery_config(settings))
     celery_app.conf.include = TASK_MODULES
+    celery_app.conf.beat_schedule = {
+        "reconcile": {
+            "task": "celeriac.orchestration.reconcile",
+            "schedule": settings.jobs.reconcile_interval_seconds,
+            "options": {"expires": settings.jobs.reconcile_interval_seconds},
+        },
+        "release": {
+            "task": "celeriac.orchestration.release",
+            "schedule": 1.0,
+            "options": {"expires": 1.0},
+        },
+    }
+    celery_app.steps["worker"].add(CapacityHeartbeat)
     return celery_app
 
 
@@ -34,6 +107,38 @@ app = create_celery_app()
 def _setup_logging(**_: Any) -> None:
     # Connecting here stops Celery from configuring logging its own way.
     init_process(get_settings(), "worker")
+
+
+@signals.worker_process_init.connect
+def _load_plugins(**_: Any) -> None:
+    # Prefork children only (the compute pool): models and lexicons load once per process.
+    from celeriac.workers.compute import setup_plugins
+
+    setup_plugins()
+
+
+@signals.worker_ready.connect
+def _publish_registry(sender: Any = None, **_: Any) -> None:
+    if pool_of_worker(getattr(sender, "hostname", "")) is not Pool.COMPUTE:
+        return
+    from celeriac.platform.jobs.pipelines import register_plugins
+    from celeriac.workers.compute import get_registry
+
+    with transaction() as session:
+        register_plugins(session, get_registry().plugin_infos())
+    logger.info("plugin registry published")
+
+
+@signals.task_received.connect
+def _top_up(request: Any = None, **_: Any) -> None:
+    # The worker just took a message from its ready queue: refill it from the backlogs.
+    dispatcher = get_dispatcher()
+    if dispatcher is None or request is None:
+        return
+    try:
+        dispatcher.release(pool_of(request.task_name))
+    except Exception:
+        logger.warning("release after receive failed", exc_info=True)
 
 
 @signals.task_prerun.connect

@@ -56,7 +56,7 @@ def _queued_messages(broker_url: str, queue: str) -> list[Any]:
     """Messages published for ``queue``: still in the tenant's backlog, or already
     released by the fair dispatcher into the pool's ready queue."""
     client = redis.Redis.from_url(broker_url)
-    pool = queue.split(".")[0]
+    pool = queue.split(".", maxsplit=1)[0]
     found = []
     for key in (queue, pool):
         for raw in client.lrange(key, 0, -1):

@@ -1,0 +1,71 @@
+"""Real worker processes (all three pools, and beat when a test asks) on the test's
+PostgreSQL database and Redis dbs, for canvas tests driven through the API.
+
+The test plugin packages under ``tests/plugins/`` are installed into a directory of this
+test session's own and put on the workers' ``PYTHONPATH``: the compute registry finds
+them through their entry points like any third-party plugin, and the project's virtualenv
+is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from celeriac.platform.settings import Pool, Settings
+
+from support import celeriac_env
+from worker_support import Workers, wait_until
+
+PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+
+
+@pytest.fixture(scope="session")
+def test_plugins_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("plugins")
+    packages = sorted(str(p) for p in PLUGINS.iterdir() if (p / "pyproject.toml").exists())
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+         "--no-build-isolation", "--target", str(target), *packages],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return target
+
+
+@pytest.fixture
+def worker_env(api_settings: Settings, var_dir: Path, test_plugins_path: Path) -> dict[str, str]:
+    """The workers' environment; tests add CELERIAC_* overrides to it before starting."""
+    env = celeriac_env(
+        var_dir,
+        database_url=api_settings.database_url,
+        broker_url=api_settings.broker_url,
+        redis_url=str(api_settings.redis_url),
+    )
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(test_plugins_path),
+                                                      env.get("PYTHONPATH")]))  # fmt: skip
+    return env
+
+
+@pytest.fixture
+def workers(worker_env: dict[str, str], var_dir: Path) -> Iterator[Workers]:
+    """All three pools running; the compute pool has published its plugin registry."""
+    running = Workers(var_dir, worker_env)
+    running.start("orchestration", "worker", "--pool", Pool.ORCHESTRATION.value,
+                  "--concurrency", "20")  # fmt: skip
+    running.start("distribution", "worker", "--pool", Pool.DISTRIBUTION.value,
+                  "--concurrency", "20")  # fmt: skip
+    running.start("compute", "worker", "--pool", Pool.COMPUTE.value)
+    try:
+        wait_until(lambda: all(
+            "ready." in running.log(name) for name in ("orchestration", "distribution", "compute")
+        ), 90, "the three pools to start")  # fmt: skip
+        wait_until(lambda: "plugin registry published" in running.log("compute"), 60,
+                   "the compute pool to publish its plugins")  # fmt: skip
+        yield running
+    finally:
+        running.stop_all()

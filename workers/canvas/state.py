@@ -1,0 +1,231 @@
+"""The job state machine in the database: compare-and-set transitions only, so that a
+redelivered message, a reconciler re-dispatch and a racing sibling all do no double work.
+
+Every function takes the session of the task's transaction; the task commits.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from celeriac.platform.models import (
+    FINAL_JOB_STATES,
+    Job,
+    JobStage,
+    JobState,
+    JobTask,
+    TaskState,
+    utcnow,
+)
+from celeriac.workers.canvas.plan import PlannedTask
+
+OPEN_TASK_STATES = (TaskState.PENDING, TaskState.RUNNING)
+
+
+def _rowcount(result: object) -> int:
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
+
+
+def load_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
+    return session.scalars(
+        select(Job).where(Job.tenant_id == uuid.UUID(tenant_id), Job.id == uuid.UUID(job_id))
+    ).one_or_none()
+
+
+def start(session: Session, tenant_id: str, job_id: str) -> Job | None:
+    """queued -> running at the datasets stage; a running job is returned as it is (a
+    re-dispatch continues from its checkpoint); None for a finished or unknown job."""
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.tenant_id == uuid.UUID(tenant_id), Job.id == uuid.UUID(job_id),
+               Job.state == JobState.QUEUED)
+        .values(state=JobState.RUNNING, stage=JobStage.DATASETS, started_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    job = load_job(session, tenant_id, job_id)
+    if job is None or job.state is not JobState.RUNNING:
+        return None
+    session.refresh(job)
+    return job
+
+
+def ensure_tasks(session: Session, job: Job, planned: Sequence[PlannedTask]) -> list[JobTask]:
+    """Insert the planned tasks that do not exist yet; return the stage's open tasks."""
+    if planned:
+        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        now = utcnow()
+        rows = [
+            {"id": uuid.uuid4(), "tenant_id": job.tenant_id, "job_id": job.id, "task_key": p.key,
+             "stage": p.stage, "plugin": p.plugin, "plugin_version": p.plugin_version,
+             "chunk": p.chunk, "input_key": p.input_key, "output_key": p.output_key,
+             "state": TaskState.PENDING, "attempts": 0, "created_at": now, "updated_at": now}
+            for p in planned
+        ]  # fmt: skip
+        session.execute(
+            insert(JobTask)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["tenant_id", "job_id", "task_key"])
+        )
+    keys = [p.key for p in planned]
+    return list(
+        session.scalars(
+            select(JobTask).where(
+                JobTask.tenant_id == job.tenant_id,
+                JobTask.job_id == job.id,
+                JobTask.task_key.in_(keys),
+                JobTask.state.in_(OPEN_TASK_STATES),
+            )
+        )
+    )
+
+
+def lease_expired(task: JobTask, lease_seconds: float) -> bool:
+    """A running task whose run began longer ago than any run may last (the hard time
+    limit) has lost its worker and may be run again."""
+    began = task.started_at or task.updated_at
+    return began < utcnow() - timedelta(seconds=lease_seconds)
+
+
+def claimable(task: JobTask, message_id: str | None, lease_seconds: float) -> bool:
+    """Who may run a task: anyone while it is pending; while it runs, only a redelivery of
+    the message that runs it (its worker died) or anyone once the lease expired. A
+    duplicate message (the reconciler's, a second publish) is refused, so no task runs
+    twice at once."""
+    if task.state is TaskState.PENDING:
+        return True
+    if task.state is not TaskState.RUNNING:
+        return False
+    return message_id == task.celery_task_id or lease_expired(task, lease_seconds)
+
+
+def claim(
+    session: Session, tenant_id: str, task_id: str, message_id: str, lease_seconds: float
+) -> JobTask | None:
+    """Claim the task for ``message_id``: -> running with one more attempt, if its job
+    is still running and :func:`claimable` allows it."""
+    task = session.scalars(
+        select(JobTask).where(
+            JobTask.tenant_id == uuid.UUID(tenant_id), JobTask.id == uuid.UUID(task_id)
+        )
+    ).one_or_none()
+    if task is None or not claimable(task, message_id, lease_seconds):
+        return None
+    job_state = session.scalar(select(Job.state).where(Job.id == task.job_id))
+    if job_state is not JobState.RUNNING:
+        return None
+    now = utcnow()
+    claimed = session.execute(
+        update(JobTask)
+        .where(JobTask.id == task.id, JobTask.state.in_(OPEN_TASK_STATES),
+               JobTask.attempts == task.attempts)
+        .values(state=TaskState.RUNNING, attempts=task.attempts + 1, started_at=now,
+                updated_at=now, celery_task_id=message_id)
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    if _rowcount(claimed) != 1:
+        return None  # a sibling delivery of the same message got it
+    session.refresh(task)
+    return task
+
+
+def finish(
+    session: Session,
+    task: JobTask,
+    state: TaskState,
+    *,
+    error: str | None = None,
+    started: datetime | None = None,
+) -> bool:
+    """running -> a final state, once; touches the job so the reconciler sees progress."""
+    now = utcnow()
+    began = started or task.started_at or now
+    done = session.execute(
+        update(JobTask)
+        .where(JobTask.id == task.id, JobTask.state.in_(OPEN_TASK_STATES))
+        .values(state=state, error=error, finished_at=now, updated_at=now,
+                duration_ms=int((now - began).total_seconds() * 1000))
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    session.execute(
+        update(Job).where(Job.id == task.job_id).values(updated_at=now)
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    return _rowcount(done) == 1
+
+
+def stage_open_count(session: Session, job: Job, stage: JobStage) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(JobTask).where(
+                JobTask.tenant_id == job.tenant_id, JobTask.job_id == job.id,
+                JobTask.stage == stage, JobTask.state.in_(OPEN_TASK_STATES),
+            )
+        ) or 0
+    )  # fmt: skip
+
+
+def advance(session: Session, job: Job, from_stage: JobStage, to_stage: JobStage) -> bool:
+    """Move a running job to its next stage, once (the join)."""
+    moved = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state == JobState.RUNNING, Job.stage == from_stage)
+        .values(stage=to_stage, updated_at=utcnow(),
+                checkpoints=dict(job.checkpoints) | {from_stage.value: "done"})
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    return _rowcount(moved) == 1
+
+
+def stage_tasks(session: Session, job: Job, stage: JobStage) -> list[JobTask]:
+    return list(
+        session.scalars(
+            select(JobTask)
+            .where(JobTask.tenant_id == job.tenant_id, JobTask.job_id == job.id,
+                   JobTask.stage == stage)
+            .order_by(JobTask.task_key)
+        )
+    )  # fmt: skip
+
+
+def end_job(
+    session: Session, job: Job, state: JobState, *, result_key: str | None, error: str | None
+) -> bool:
+    """running -> a final state, once."""
+    assert state in FINAL_JOB_STATES
+    now = utcnow()
+    ended = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.state == JobState.RUNNING)
+        .values(state=state, result_key=result_key, error=error, finished_at=now,
+                updated_at=now, stage=JobStage.FINALIZE)
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    return _rowcount(ended) == 1
+
+
+def cancel_open_tasks(session: Session, job: Job) -> list[str]:
+    """Mark the job's open tasks cancelled; returns their Celery task ids to revoke."""
+    open_tasks = list(
+        session.scalars(
+            select(JobTask).where(
+                JobTask.tenant_id == job.tenant_id, JobTask.job_id == job.id,
+                JobTask.state.in_(OPEN_TASK_STATES),
+            )
+        )
+    )  # fmt: skip
+    session.execute(
+        update(JobTask)
+        .where(JobTask.id.in_([t.id for t in open_tasks]), JobTask.state.in_(OPEN_TASK_STATES))
+        .values(state=TaskState.CANCELLED, finished_at=utcnow(), updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    return [t.celery_task_id for t in open_tasks if t.celery_task_id]

@@ -1,0 +1,332 @@
+"""What each task of the canvas does, as plain functions over the database and the blob
+store. The Celery tasks in ``celeriac.workers.tasks`` are thin shells around these.
+
+Each step commits its own short transactions; between them it does I/O and computation
+with no transaction open, so a slow plugin never holds database locks.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from celeriac.platform.db import transaction
+from celeriac.platform.models import (
+    Job,
+    JobStage,
+    JobState,
+    JobTask,
+    Priority,
+    TaskState,
+    Tenant,
+    UsageRecord,
+    utcnow,
+)
+from celeriac.platform.settings import get_settings
+from celeriac.platform.storage import BlobNotFound
+from celeriac.platform.tasks import publish
+from celeriac.platform.tenant_data import tenant_blobs
+from celeriac.workers.canvas import plan, state
+
+logger = logging.getLogger(__name__)
+
+START_JOB = "celeriac.orchestration.start_job"
+FAN_OUT = "celeriac.distribution.fan_out"
+RUN_TASK = "celeriac.compute.run_task"
+FINALIZE = "celeriac.distribution.finalize"
+
+Send = Callable[..., str]
+
+
+class TransientError(Exception):
+    """A failure worth retrying (storage or database briefly unavailable)."""
+
+
+@dataclass(frozen=True)
+class JobRef:
+    tenant_id: str
+    job_id: str
+    tenant_slug: str
+    band: Priority
+
+    def kwargs(self, **extra: str) -> dict[str, str]:
+        return {"tenant_id": self.tenant_id, "job_id": self.job_id, **extra}
+
+
+def ref_of(session: Session, job: Job) -> JobRef:
+    slug = session.get(Tenant, job.tenant_id)
+    assert slug is not None
+    return JobRef(str(job.tenant_id), str(job.id), slug.slug, job.priority)
+
+
+def _send(ref: JobRef, name: str, send: Send, **extra: str) -> str:
+    return send(name, band=ref.band, tenant_slug=ref.tenant_slug, kwargs=ref.kwargs(**extra))
+
+
+# --- orchestration -------------------------------------------------------------------
+
+
+def start_job(tenant_id: str, job_id: str, send: Send = publish) -> str | None:
+    """Mark the job running and hand its current stage to the distributor. A job that is
+    already running continues from its last finished stage."""
+    with transaction() as session:
+        job = state.start(session, tenant_id, job_id)
+        if job is None:
+            return None
+        ref, stage = ref_of(session, job), job.stage or JobStage.DATASETS
+    if stage is JobStage.FINALIZE:
+        _send(ref, FINALIZE, send)
+    else:
+        _send(ref, FAN_OUT, send, stage=stage.value)
+    return stage.value
+
+
+# --- distribution --------------------------------------------------------------------
+
+
+def fan_out(tenant_id: str, job_id: str, stage: str, send: Send = publish) -> int:
+    """Create the stage's tasks (once) and publish every open one; returns how many.
+
+    Publishing an open task twice (reconciler) is harmless: the compute step claims it
+    with a compare-and-set and the loser does nothing."""
+    with transaction() as session:
+        job = state.load_job(session, tenant_id, job_id)
+        if job is None or job.state is not JobState.RUNNING or job.stage is not JobStage(stage):
+            return 0
+        ref = ref_of(session, job)
+        open_tasks = state.ensure_tasks(session, job, plan.planned(job, JobStage(stage)))
+        lease = lease_seconds()
+        # A running task is republished only when its run has outlived any possible run.
+        task_ids = [str(t.id) for t in open_tasks
+                    if t.state is TaskState.PENDING or state.lease_expired(t, lease)]  # fmt: skip
+    if not open_tasks:
+        join(tenant_id, job_id, JobStage(stage), send)
+        return 0
+    for task_id in task_ids:
+        celery_id = _send(ref, RUN_TASK, send, task_id=task_id)
+        _remember_celery_id(tenant_id, task_id, celery_id)
+    return len(task_ids)
+
+
+def lease_seconds() -> float:
+    """How long a compute run may last: the hard time limit, plus a margin."""
+    return get_settings().workers.compute_hard_time_limit + 30.0
+
+
+def _remember_celery_id(tenant_id: str, task_id: str, celery_id: str) -> None:
+    """Kept so that cancelling the job can revoke a message not yet running (a running
+    task's id is the one that claimed it)."""
+    with transaction() as session:
+        session.execute(
+            update(JobTask)
+            .where(JobTask.id == uuid.UUID(task_id), JobTask.tenant_id == uuid.UUID(tenant_id),
+                   JobTask.state == TaskState.PENDING)
+            .values(celery_task_id=celery_id)
+        )  # fmt: skip
+
+
+NEXT_STAGE = {JobStage.DATASETS: JobStage.ANALYSIS, JobStage.ANALYSIS: JobStage.FINALIZE}
+
+
+def join(tenant_id: str, job_id: str, stage: JobStage, send: Send = publish) -> bool:
+    """If ``stage`` has no open task left, move the job on (once) and dispatch what comes
+    next. Called after each task's result is committed, so the last one always sees it."""
+    with transaction() as session:
+        job = state.load_job(session, tenant_id, job_id)
+        if job is None or job.state is not JobState.RUNNING:
+            return False
+        if state.stage_open_count(session, job, stage) > 0:
+            return False
+        following = NEXT_STAGE[stage]
+        if not state.advance(session, job, stage, following):
+            return False
+        ref = ref_of(session, job)
+    if following is JobStage.FINALIZE:
+        _send(ref, FINALIZE, send)
+    else:
+        _send(ref, FAN_OUT, send, stage=following.value)
+    return True
+
+
+# --- compute -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claimed:
+    task_id: str
+    stage: JobStage
+    plugin: str
+    input_key: str
+    output_key: str
+    attempts: int
+    params: dict[str, Any]
+
+
+def claim(tenant_id: str, task_id: str, message_id: str) -> Claimed | None:
+    with transaction() as session:
+        task = state.claim(session, tenant_id, task_id, message_id, lease_seconds())
+        if task is None:
+            return None
+        job = session.get(Job, task.job_id)
+        assert job is not None
+        section = "datasets" if task.stage is JobStage.DATASETS else "analyzers"
+        step = next(s for s in job.pipeline[section] if s["name"] == task.plugin)
+        return Claimed(
+            task_id=str(task.id), stage=task.stage, plugin=task.plugin,
+            input_key=task.input_key, output_key=task.output_key or "",
+            attempts=task.attempts, params=dict(step.get("params") or {}),
+        )  # fmt: skip
+
+
+def record(tenant_id: str, task_id: str, outcome: TaskState, error: str | None = None) -> None:
+    with transaction() as session:
+        task = session.get(JobTask, uuid.UUID(task_id))
+        if task is not None and str(task.tenant_id) == tenant_id:
+            state.finish(session, task, outcome, error=error)
+
+
+def _records(raw: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def _succeeded_outputs(tenant_id: str, job_id: str, prefix: str) -> list[str]:
+    with transaction() as session:
+        job = state.load_job(session, tenant_id, job_id)
+        assert job is not None
+        return [
+            t.output_key or ""
+            for t in state.stage_tasks(session, job, JobStage.DATASETS)
+            if t.state is TaskState.SUCCEEDED and (t.output_key or "").startswith(prefix)
+        ]
+
+
+def compute(tenant_id: str, job_id: str, claimed: Claimed) -> None:
+    """Run the plugin and write its output blob (deterministic key: a rerun overwrites
+    the same object with the same content)."""
+    from celeriac.workers.compute import analyze_dataset, combine_partials, generate_partial
+
+    blobs = tenant_blobs()
+    try:
+        if claimed.stage is JobStage.DATASETS:
+            records = _records(blobs.get(tenant_id, claimed.input_key))
+            frame = generate_partial(claimed.plugin, records, claimed.params)
+            blobs.put(tenant_id, claimed.output_key, _parquet(frame))
+            return
+        dataset_name = claimed.input_key.rstrip("/").rsplit("/", 1)[-1]
+        keys = _succeeded_outputs(tenant_id, job_id, claimed.input_key)
+        if not keys:
+            raise ValueError(f"dataset {dataset_name!r} has no rows: every chunk of it failed")
+        partials = [pd.read_parquet(io.BytesIO(blobs.get(tenant_id, key))) for key in keys]
+        dataset = combine_partials(
+            dataset_name, partials, _dataset_params(tenant_id, job_id, dataset_name)
+        )
+        result = analyze_dataset(claimed.plugin, dataset, claimed.params)
+        body = json.dumps(result, allow_nan=False, separators=(",", ":")).encode()
+        blobs.put(tenant_id, claimed.output_key, body)
+    except BlobNotFound as exc:
+        raise TransientError(f"blob missing: {exc}") from exc
+    except OSError as exc:
+        raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _dataset_params(tenant_id: str, job_id: str, dataset: str) -> dict[str, Any]:
+    with transaction() as session:
+        job = state.load_job(session, tenant_id, job_id)
+        assert job is not None
+        step = next(s for s in job.pipeline["datasets"] if s["name"] == dataset)
+        return dict(step.get("params") or {})
+
+
+# --- finalize ------------------------------------------------------------------------
+
+
+def finalize(tenant_id: str, job_id: str) -> JobState | None:
+    """Assemble the result document, end the job (succeeded / partial / failed) and
+    record its usage, in one transaction with the state change."""
+    with transaction() as session:
+        job = state.load_job(session, tenant_id, job_id)
+        if job is None or job.state is not JobState.RUNNING:
+            return None
+        tasks = state.stage_tasks(session, job, JobStage.DATASETS)
+        tasks += state.stage_tasks(session, job, JobStage.ANALYSIS)
+        analysis_keys = [
+            (t.task_key, t.output_key)
+            for t in tasks
+            if t.stage is JobStage.ANALYSIS and t.state is TaskState.SUCCEEDED
+        ]
+        failures = [t for t in tasks if t.state in (TaskState.FAILED, TaskState.TIMED_OUT)]
+        compute_ms = sum(t.duration_ms or 0 for t in tasks)
+    blobs = tenant_blobs()
+    analyses: dict[str, dict[str, Any]] = {}
+    for task_key, output_key in analysis_keys:
+        _, analyzer, dataset = task_key.split("/")
+        analyses.setdefault(analyzer, {})[dataset] = json.loads(
+            blobs.get(tenant_id, output_key or "")
+        )
+    if not analyses:
+        outcome = JobState.FAILED
+    elif failures:
+        outcome = JobState.PARTIAL
+    else:
+        outcome = JobState.SUCCEEDED
+    errors = [{"stage": t.stage.value, "plugin": t.plugin, "chunk": t.chunk,
+               "state": t.state.value, "error": t.error} for t in failures]  # fmt: skip
+    document = {"job_id": job_id, "state": outcome.value, "analyses": analyses, "errors": errors}
+    with transaction() as session:
+        job = state.load_job(session, tenant_id, job_id)
+        assert job is not None
+        key = plan.result_key(job)
+        written = blobs.put(tenant_id, key, json.dumps(document, separators=(",", ":")).encode())
+        error = f"{len(failures)} task(s) failed" if failures else None
+        if not state.end_job(session, job, outcome, result_key=key, error=error):
+            return None
+        _record_usage(session, job, outcome, compute_ms, written)
+    return outcome
+
+
+def _record_usage(
+    session: Session, job: Job, outcome: JobState, compute_ms: int, written: int
+) -> None:
+    """Usage of a finished job; unique ids make a redelivered finalize insert nothing."""
+    now = utcnow()
+    properties = {
+        "job_id": str(job.id),
+        "priority": job.priority.value,
+        "pipeline": job.pipeline.get("name") or "custom",
+        "state": outcome.value,
+    }
+    facts = [
+        ("jobs.completed", Decimal(1), "job"),
+        ("records.processed", Decimal(job.record_count), "record"),
+        ("compute.seconds", Decimal(compute_ms) / 1000, "second"),
+        ("storage.bytes", Decimal(written + job.payload_bytes), "byte"),
+    ]  # fmt: skip
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(
+        insert(UsageRecord)
+        .values([
+            {"id": f"job_{job.id}:{metric}", "tenant_id": job.tenant_id, "metric": metric,
+             "quantity": quantity, "unit": unit, "occurred_at": now, "recorded_at": now,
+             "properties": properties, "source": "finalize"}
+            for metric, quantity, unit in facts
+        ])
+        .on_conflict_do_nothing(index_elements=["id"])
+    )  # fmt: skip

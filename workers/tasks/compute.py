@@ -1,0 +1,71 @@
+"""Compute pool (prefork, late acks): one plugin run over one chunk or dataset."""
+
+from __future__ import annotations
+
+import logging
+import random
+import traceback
+from typing import Any
+
+from celery import Task, current_app, shared_task
+from celery.exceptions import Retry, SoftTimeLimitExceeded
+
+from celeriac.platform.models import TaskState
+from celeriac.platform.settings import Pool, get_settings
+from celeriac.workers.canvas import steps
+
+logger = logging.getLogger(__name__)
+
+
+def _send(name: str, **kwargs: object) -> str:
+    from celeriac.platform.tasks import publish
+
+    return publish(name, app=current_app, **kwargs)  # type: ignore[arg-type]
+
+
+def backoff(retries: int) -> float:
+    """Exponential backoff with +-50% jitter, capped."""
+    jobs = get_settings().jobs
+    delay = min(jobs.retry_backoff_max_seconds, jobs.retry_backoff_seconds * 2**retries)
+    return float(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not a secret
+
+
+def _error_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
+
+
+@shared_task(name="celeriac.compute.run_task", bind=True)
+def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) -> None:
+    """Run one compute task of a job, record its outcome, then join its stage.
+
+    Transient failures are retried with backoff; after the last retry, or on any other
+    error, the task is recorded failed and the job goes on without it. A task over its
+    soft time limit is recorded as timed out. A message redelivered more often than
+    ``jobs.task_max_deliveries`` (its worker keeps dying) is recorded failed."""
+    claimed = steps.claim(tenant_id, task_id, str(self.request.id))
+    if claimed is None:
+        return  # finished, cancelled, or claimed by a sibling delivery
+    limit = get_settings().jobs
+    if claimed.attempts > limit.task_max_deliveries + limit.task_max_retries:
+        steps.record(tenant_id, task_id, TaskState.FAILED,
+                     f"gave up after {claimed.attempts - 1} deliveries (worker lost)")  # fmt: skip
+    else:
+        try:
+            steps.compute(tenant_id, job_id, claimed)
+        except steps.TransientError as exc:
+            if self.request.retries < limit.task_max_retries:
+                # Straight to the pool's ready queue: a retry already had its fair turn.
+                raise self.retry(
+                    exc=exc, countdown=backoff(self.request.retries), queue=Pool.COMPUTE.value
+                ) from exc
+            steps.record(tenant_id, task_id, TaskState.FAILED, _error_text(exc))
+        except SoftTimeLimitExceeded:
+            steps.record(tenant_id, task_id, TaskState.TIMED_OUT, "soft time limit exceeded")
+        except Retry:
+            raise
+        except Exception as exc:
+            logger.warning("compute task failed", exc_info=True)
+            steps.record(tenant_id, task_id, TaskState.FAILED, _error_text(exc))
+        else:
+            steps.record(tenant_id, task_id, TaskState.SUCCEEDED)
+    steps.join(tenant_id, job_id, claimed.stage, send=_send)

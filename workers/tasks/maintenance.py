@@ -1,0 +1,42 @@
+"""Periodic work started by beat, run on the orchestration pool."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import current_app, shared_task
+
+from celeriac.platform.dispatch import get_dispatcher
+from celeriac.workers.canvas import reconcile as reconciler
+
+logger = logging.getLogger(__name__)
+
+
+def _send(name: str, **kwargs: object) -> str:
+    from celeriac.platform.tasks import publish
+
+    return publish(name, app=current_app, **kwargs)  # type: ignore[arg-type]
+
+
+@shared_task(name="celeriac.orchestration.reconcile", ignore_result=True)
+def reconcile() -> int:
+    """Re-dispatch jobs that stopped moving, and re-add tenant backlogs that lost their
+    place in the fair dispatcher's rings."""
+    dispatcher = get_dispatcher()
+    moved = dispatcher.reconcile() if dispatcher is not None else 0
+    redispatched = reconciler.reconcile(send=_send)
+    if moved or redispatched:
+        logger.info("reconciled", extra={"released": moved, "redispatched": redispatched})
+    return redispatched
+
+
+@shared_task(name="celeriac.orchestration.release", ignore_result=True)
+def release() -> int:
+    """Top up every pool's ready queue from tenant backlogs (a safety net: releases also
+    happen on publish and whenever a worker takes a task)."""
+    dispatcher = get_dispatcher()
+    if dispatcher is None:
+        return 0
+    from celeriac.platform.settings import Pool
+
+    return sum(dispatcher.release(pool) for pool in Pool)
