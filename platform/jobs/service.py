@@ -203,9 +203,7 @@ def cancel_job(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> Job:
         raise Conflict(f"job {job.id} has already ended ({job.state.value})")
     session.refresh(job)
     kwargs = {"tenant_id": str(ctx.tenant_id), "job_id": str(job.id)}
-    run_after_commit(
-        session, lambda: _publish(CANCEL_JOB, Priority.HIGH, ctx.tenant_slug, kwargs)
-    )
+    run_after_commit(session, lambda: _publish(CANCEL_JOB, Priority.HIGH, ctx.tenant_slug, kwargs))
     return job
 
 
