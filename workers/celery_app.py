@@ -109,6 +109,16 @@ def _setup_logging(**_: Any) -> None:
     init_process(get_settings(), "worker")
 
 
+@signals.worker_init.connect
+def _import_plugins_before_fork(sender: Any = None, **_: Any) -> None:
+    # The compute pool's parent imports the plugins (pandas, scikit-learn: seconds) once,
+    # so that prefork children inherit them instead of importing them each.
+    if pool_of_worker(getattr(sender, "hostname", "")) is Pool.COMPUTE:
+        from celeriac.workers.compute import get_registry
+
+        get_registry()
+
+
 @signals.worker_process_init.connect
 def _load_plugins(**_: Any) -> None:
     # Prefork children only (the compute pool): models and lexicons load once per process.

@@ -10,6 +10,7 @@ is left as it was.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,7 +29,14 @@ PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 @pytest.fixture(scope="session")
 def test_plugins_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("plugins")
-    packages = sorted(str(p) for p in PLUGINS.iterdir() if (p / "pyproject.toml").exists())
+    sources = tmp_path_factory.mktemp("plugin-sources")
+    packages = []
+    for package in sorted(PLUGINS.iterdir()):
+        if (package / "pyproject.toml").exists():
+            # Built from a copy: setuptools leaves build/ and *.egg-info beside the source.
+            copy = sources / package.name
+            shutil.copytree(package, copy, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+            packages.append(str(copy))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
          "--no-build-isolation", "--target", str(target), *packages],
