@@ -40,7 +40,11 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # A pool as large as the API's thread pool can keep busy (overflow connections are
+    # closed on return, so a small pool reconnects under load); stale connections are
+    # recycled by age instead of a pre-ping round trip on every checkout.
+    options: dict[str, Any] = {"pool_size": 20, "max_overflow": 20, "pool_recycle": 1800}
+    return create_engine(url, **(options | kwargs))
 
 
 @lru_cache(maxsize=1)

@@ -86,8 +86,10 @@ def publish(
     pool = pool_of(name)
     dispatcher = get_dispatcher()
     if dispatcher is None:
-        return str(app.send_task(name, kwargs=kwargs, queue=pool.value).id)
+        return str(app.send_task(name, kwargs=kwargs, queue=pool.value, ignore_result=True).id)
     queue = queue_for(pool, band, tenant_slug)
-    task_id = str(app.send_task(name, kwargs=kwargs, queue=queue.name).id)
+    # ignore_result: send_task does not read task_ignore_result, and would otherwise
+    # subscribe to the result channel on every publish (two Redis round trips).
+    task_id = str(app.send_task(name, kwargs=kwargs, queue=queue.name, ignore_result=True).id)
     dispatcher.release(pool, [queue])
     return task_id

@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
 from celeriac.platform.auth.jwt import Role, verify_token
@@ -69,6 +71,41 @@ def up(var_dir: Path) -> Iterator[Up]:
         os.kill(pid, signal.SIGKILL)
 
 
+def _job_runs_end_to_end(base: str, admin_token: str) -> None:
+    """A tenant made through the admin API submits a job over HTTP; it succeeds, with the
+    numbers pandas computes directly (SQLite, filesystem broker, local keyring: no
+    server of any kind)."""
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    tenant = httpx.post(f"{base}/v1/admin/tenants", json={"slug": "laptop", "name": "Laptop"},
+                        headers=admin).json()  # fmt: skip
+    scopes = {"scopes": ["jobs:write", "jobs:read"]}
+    key = httpx.post(f"{base}/v1/admin/tenants/{tenant['id']}/keys", json=scopes,
+                     headers=admin).json()["key"]  # fmt: skip
+    headers = {"Authorization": f"Bearer {key}"}
+    records = [{"id": i, "amount": i * 2.5, "city": "Lyon" if i % 3 else "Oslo"}
+               for i in range(50)]  # fmt: skip
+    spec = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
+    deadline = time.monotonic() + 60
+    while True:  # the compute worker publishes its plugin registry when it is ready
+        submitted = httpx.post(f"{base}/v1/jobs", json={"pipeline": spec, "records": records},
+                               headers=headers)  # fmt: skip
+        if submitted.status_code == 202 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert submitted.status_code == 202, submitted.text
+    job_url = f"{base}/v1/jobs/{submitted.json()['id']}"
+    while (state := httpx.get(job_url, headers=headers).json()["state"]) in ("queued", "running"):
+        assert time.monotonic() < deadline + 60, "the job did not finish"
+        time.sleep(0.2)
+    assert state == "succeeded"
+    summary = httpx.get(f"{job_url}/results", headers=headers).json()["analyses"]["summary"]
+    amount = summary["tabular"]["numeric"]["amount"]
+    expected = pd.DataFrame(records)["amount"].describe()
+    assert amount["mean"] == pytest.approx(expected["mean"])
+    assert amount["std"] == pytest.approx(expected["std"])
+    assert amount["p75"] == pytest.approx(expected["75%"])
+
+
 def test_up_serves_the_api_and_every_pool_then_stops_on_ctrl_c(
     up: Up, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -86,6 +123,8 @@ def test_up_serves_the_api_and_every_pool_then_stops_on_ctrl_c(
     client = create_celery_app(settings)
     for pool in Pool:
         assert client.send_task(f"celeriac.{pool.value}.ping").get(timeout=60) == pool.value
+
+    _job_runs_end_to_end(base, up.banner["admin token"])
 
     marker = f"CELERIAC_VAR_DIR={up.var_dir}\0"
     assert len(_processes_with_env(marker)) >= 6  # up, api, 3 workers (+ children), beat
