@@ -122,3 +122,19 @@ def test_reconcile_finds_backlogs_whose_ring_entry_was_lost(broker: tuple) -> No
     assert dispatcher.reconcile() == 2
     assert _take(client, Pool.COMPUTE) == "compute-0"
     assert _take(client, Pool.ORCHESTRATION) == "orchestration-0"
+
+
+def test_admin_backlog_view(broker: tuple, client: object, admin_headers: dict[str, str]) -> None:
+    from fastapi.testclient import TestClient
+
+    assert isinstance(client, TestClient)
+    app, dispatcher, _ = broker
+    for i in range(3):
+        _publish(app, "acme", "low", f"low-{i}")
+    dispatcher.register_capacity(Pool.COMPUTE, "worker-1", 1)
+    dispatcher.release(Pool.COMPUTE, [queue_for(Pool.COMPUTE, "low", "acme")])
+    view = client.get("/v1/admin/backlog", headers=admin_headers).json()
+    assert view["fair_dispatch"] is True
+    assert view["ready"]["compute"] == 1
+    assert view["tenants"] == [{"queue": "compute.low.acme", "pool": "compute", "band": "low",
+                                "tenant": "acme", "messages": 2}]  # fmt: skip
