@@ -4,9 +4,13 @@ See docs/adr/0001-queue-topology.md. Work is published to its tenant queue
 (``compute.high.acme``, a real kombu queue on the Redis broker); workers consume only their
 pool's ready queue (``compute``). A Lua script moves messages from tenant backlogs to the
 ready queue, band first (high, normal, low) and round-robin across the tenants of a band,
-keeping the ready queue about as deep as the pool's live worker slots. So a tenant with a
-10,000-task backlog holds another tenant's task back by at most one round of the ready
-queue, and a worker's BRPOP covers one queue whatever the number of tenants.
+keeping the ready queue only as deep as the pool's free worker slots (slots announced by
+live workers, minus the tasks they hold: counted when a worker receives a task and when
+it finishes one, and reset by each worker's heartbeat). Nothing waits in the ready queue
+while the workers are busy, so the band and the tenant of the next task are chosen when
+a slot frees: a tenant with a 10,000-task backlog holds another tenant's task back by at
+most the tasks already running, and a worker's BRPOP covers one queue whatever the
+number of tenants.
 
 Only tenants with a backlog are in a band's ring, so idle tenants cost nothing. Suspended
 tenants are skipped. Releases happen when work is published, when a worker takes a task,
@@ -30,17 +34,23 @@ RING = "celeriac:ring:{pool}.{band}"
 MEMBERS = "celeriac:ring-members:{pool}.{band}"
 CAPACITY = "celeriac:capacity:{pool}"
 SLOTS = "celeriac:slots:{pool}"
+BUSY = "celeriac:busy:{pool}"
 SUSPENDED = "celeriac:suspended"
 CAPACITY_TTL_SECONDS = 15.0
 MAX_MOVES_PER_CALL = 500
 
-# ARGV: pool, now, min_depth, max_moves, then (band, tenant) pairs to add to the rings.
+# ARGV: pool, now, min_depth, max_moves, host, busy delta, then (band, tenant) pairs to add
+# to the rings.
 _RELEASE = """
 local pool = ARGV[1]
 local now = tonumber(ARGV[2])
 local min_depth = tonumber(ARGV[3])
 local max_moves = tonumber(ARGV[4])
-local i = 5
+local busy = 'celeriac:busy:' .. pool
+if ARGV[5] ~= '' and tonumber(ARGV[6]) ~= 0 then
+  if redis.call('HINCRBY', busy, ARGV[5], ARGV[6]) < 0 then redis.call('HSET', busy, ARGV[5], 0) end
+end
+local i = 7
 while ARGV[i] do
   local key = pool .. '.' .. ARGV[i]
   if redis.call('SADD', 'celeriac:ring-members:' .. key, ARGV[i + 1]) == 1 then
@@ -50,11 +60,16 @@ while ARGV[i] do
 end
 local capacity = 'celeriac:capacity:' .. pool
 redis.call('ZREMRANGEBYSCORE', capacity, '-inf', now)
-local slots = 0
-for _, host in ipairs(redis.call('ZRANGE', capacity, 0, -1)) do
-  slots = slots + tonumber(redis.call('HGET', 'celeriac:slots:' .. pool, host) or '0')
+local hosts = redis.call('ZRANGE', capacity, 0, -1)
+local depth = min_depth
+if #hosts > 0 then
+  depth = 0
+  for _, host in ipairs(hosts) do
+    local slots = tonumber(redis.call('HGET', 'celeriac:slots:' .. pool, host) or '0')
+    local taken = tonumber(redis.call('HGET', busy, host) or '0')
+    depth = depth + math.max(0, slots - taken)
+  end
 end
-local depth = math.max(min_depth, slots)
 local ready_len = redis.call('LLEN', pool)
 local moved = 0
 for _, band in ipairs({'high', 'normal', 'low'}) do
@@ -90,21 +105,31 @@ class FairDispatcher:
         self.min_depth = min_depth
         self._release = client.register_script(_RELEASE)
 
-    def release(self, pool: Pool, added: Iterable[TenantQueue] = ()) -> int:
-        """Register backlogs in ``added`` and top up the pool's ready queue; returns how
+    def release(
+        self, pool: Pool, added: Iterable[TenantQueue] = (), *, host: str = "", busy: int = 0
+    ) -> int:
+        """Register backlogs in ``added``, count ``busy`` more (or fewer) tasks taken by
+        worker ``host``, and top up the pool's ready queue to its free slots; returns how
         many messages moved."""
-        argv: list[Any] = [pool.value, time.time(), self.min_depth, MAX_MOVES_PER_CALL]
+        argv: list[Any] = [pool.value, time.time(), self.min_depth, MAX_MOVES_PER_CALL,
+                           host, busy]  # fmt: skip
         for queue in added:
             if queue.pool is not pool:
                 raise ValueError(f"{queue.name} is not a {pool.value} queue")
             argv += [queue.band.value, queue.tenant]
         return int(self._release(args=argv))
 
-    def register_capacity(self, pool: Pool, hostname: str, slots: int) -> None:
-        """A worker announces its slots; they count while it keeps announcing."""
+    def register_capacity(
+        self, pool: Pool, hostname: str, slots: int, busy: int | None = None
+    ) -> None:
+        """A worker announces its slots (and, when it knows, how many tasks it holds, which
+        corrects any drift of the counts kept on receive and finish); they count while it
+        keeps announcing."""
         expires = time.time() + CAPACITY_TTL_SECONDS
         with self.client.pipeline() as pipe:
             pipe.hset(SLOTS.format(pool=pool.value), hostname, slots)
+            if busy is not None:
+                pipe.hset(BUSY.format(pool=pool.value), hostname, busy)
             pipe.zadd(CAPACITY.format(pool=pool.value), {hostname: expires})
             pipe.execute()
 
@@ -112,6 +137,7 @@ class FairDispatcher:
         with self.client.pipeline() as pipe:
             pipe.zrem(CAPACITY.format(pool=pool.value), hostname)
             pipe.hdel(SLOTS.format(pool=pool.value), hostname)
+            pipe.hdel(BUSY.format(pool=pool.value), hostname)
             pipe.execute()
 
     def set_suspended(self, tenant_slug: str, suspended: bool) -> None:

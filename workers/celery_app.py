@@ -63,7 +63,12 @@ class CapacityHeartbeat(bootsteps.StartStopStep):
         dispatcher = get_dispatcher()
         if dispatcher is not None and self.pool is not None:
             try:
-                dispatcher.register_capacity(self.pool, worker.hostname, worker.concurrency)
+                from celery.worker import state as worker_state
+
+                held = len(worker_state.reserved_requests)
+                dispatcher.register_capacity(
+                    self.pool, worker.hostname, worker.concurrency, busy=held
+                )
                 dispatcher.release(self.pool)
             except Exception:  # the broker is briefly away; the next beat retries
                 logger.warning("capacity heartbeat failed", exc_info=True)
@@ -139,16 +144,34 @@ def _publish_registry(sender: Any = None, **_: Any) -> None:
     logger.info("plugin registry published")
 
 
-@signals.task_received.connect
-def _top_up(request: Any = None, **_: Any) -> None:
-    # The worker just took a message from its ready queue: refill it from the backlogs.
+def _count(task_name: str, hostname: str, busy: int) -> None:
     dispatcher = get_dispatcher()
-    if dispatcher is None or request is None:
+    if dispatcher is None:
         return
     try:
-        dispatcher.release(pool_of(request.task_name))
+        dispatcher.release(pool_of(task_name), host=hostname, busy=busy)
     except Exception:
-        logger.warning("release after receive failed", exc_info=True)
+        logger.warning("dispatcher update failed", exc_info=True)
+
+
+@signals.task_received.connect
+def _took_a_task(request: Any = None, **_: Any) -> None:
+    # A slot is taken: count it (the ready queue is kept as deep as the free slots).
+    if request is not None:
+        _count(request.task_name, request.hostname or "", +1)
+
+
+@signals.task_postrun.connect
+def _freed_a_slot(sender: Any = None, **_: Any) -> None:
+    # A slot is free again: count it and release the next task into the ready queue.
+    if sender is not None:
+        _count(sender.name, sender.request.hostname or "", -1)
+
+
+@signals.task_revoked.connect
+def _revoked(request: Any = None, **_: Any) -> None:
+    if request is not None:
+        _count(request.task_name, request.hostname or "", -1)
 
 
 @signals.task_prerun.connect
