@@ -7,20 +7,15 @@ import random
 import traceback
 from typing import Any
 
-from celery import Task, current_app, shared_task
+from celery import Task, shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from celeriac.platform.models import TaskState
 from celeriac.platform.settings import Pool, get_settings
 from celeriac.workers.canvas import steps
+from celeriac.workers.tasks import send
 
 logger = logging.getLogger(__name__)
-
-
-def _send(name: str, **kwargs: object) -> str:
-    from celeriac.platform.tasks import publish
-
-    return publish(name, app=current_app, **kwargs)  # type: ignore[arg-type]
 
 
 def backoff(retries: int) -> float:
@@ -68,4 +63,4 @@ def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) ->
             steps.record(tenant_id, task_id, TaskState.FAILED, _error_text(exc))
         else:
             steps.record(tenant_id, task_id, TaskState.SUCCEEDED)
-    steps.join(tenant_id, job_id, claimed.stage, send=_send)
+    steps.join(tenant_id, job_id, claimed.stage, send=send)

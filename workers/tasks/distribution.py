@@ -5,24 +5,19 @@ from __future__ import annotations
 
 import logging
 
-from celery import current_app, shared_task
+from celery import shared_task
 
 from celeriac.workers.canvas import steps
+from celeriac.workers.tasks import send
 
 logger = logging.getLogger(__name__)
-
-
-def _send(name: str, **kwargs: object) -> str:
-    from celeriac.platform.tasks import publish
-
-    return publish(name, app=current_app, **kwargs)  # type: ignore[arg-type]
 
 
 @shared_task(name="celeriac.distribution.fan_out")
 def fan_out(tenant_id: str, job_id: str, stage: str) -> None:
     """Create a stage's compute tasks (one per dataset generator x chunk, or analyzer x
     dataset) and publish every one still open."""
-    count = steps.fan_out(tenant_id, job_id, stage, send=_send)
+    count = steps.fan_out(tenant_id, job_id, stage, send=send)
     logger.info("stage fanned out", extra={"stage": stage, "tasks": count})
 
 

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from celery import current_app, shared_task
+from celery import shared_task
 
 from celeriac.platform.dispatch import get_dispatcher
 from celeriac.workers.canvas import reconcile as reconciler
+from celeriac.workers.tasks import send
 
 logger = logging.getLogger(__name__)
-
-
-def _send(name: str, **kwargs: object) -> str:
-    from celeriac.platform.tasks import publish
-
-    return publish(name, app=current_app, **kwargs)  # type: ignore[arg-type]
 
 
 @shared_task(name="celeriac.orchestration.reconcile", ignore_result=True)
@@ -24,7 +19,7 @@ def reconcile() -> int:
     place in the fair dispatcher's rings."""
     dispatcher = get_dispatcher()
     moved = dispatcher.reconcile() if dispatcher is not None else 0
-    redispatched = reconciler.reconcile(send=_send)
+    redispatched = reconciler.reconcile(send=send)
     if moved or redispatched:
         logger.info("reconciled", extra={"released": moved, "redispatched": redispatched})
     return redispatched

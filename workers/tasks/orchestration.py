@@ -9,20 +9,15 @@ from celery import current_app, shared_task
 
 from celeriac.platform.db import transaction
 from celeriac.workers.canvas import state, steps
+from celeriac.workers.tasks import send
 
 logger = logging.getLogger(__name__)
-
-
-def _send(name: str, **kwargs: object) -> str:
-    from celeriac.platform.tasks import publish
-
-    return publish(name, app=current_app, **kwargs)  # type: ignore[arg-type]
 
 
 @shared_task(name="celeriac.orchestration.start_job")
 def start_job(tenant_id: str, job_id: str) -> None:
     """Move a queued job to running and dispatch its current stage (idempotent)."""
-    stage = steps.start_job(tenant_id, job_id, send=_send)
+    stage = steps.start_job(tenant_id, job_id, send=send)
     logger.info("job dispatched", extra={"stage": stage})
 
 
