@@ -12,7 +12,10 @@ a slot frees: a tenant with a 10,000-task backlog holds another tenant's task ba
 most the tasks already running, and a worker's BRPOP covers one queue whatever the
 number of tenants.
 
-Only tenants with a backlog are in a band's ring, so idle tenants cost nothing. Suspended
+Only tenants with a backlog are in a band's ring, so idle tenants cost nothing. A tenant
+that becomes active joins at the head of its ring, so its first task goes to the next free
+slot instead of waiting a whole round behind every busy tenant (a tenant whose queue keeps
+emptying gains at most one task each time it comes back). Suspended
 tenants are skipped. Releases happen when work is published, when a worker takes a task,
 and every second from beat, which also re-adds any tenant queue whose ring entry was lost
 (a crash between publish and notify, a broker restart).
@@ -50,13 +53,14 @@ local busy = 'celeriac:busy:' .. pool
 if ARGV[5] ~= '' and tonumber(ARGV[6]) ~= 0 then
   if redis.call('HINCRBY', busy, ARGV[5], ARGV[6]) < 0 then redis.call('HSET', busy, ARGV[5], 0) end
 end
-local i = 7
-while ARGV[i] do
+-- New tenants join at the head of their ring; walking the pairs backwards keeps the
+-- order they were given in.
+local last = #ARGV - 1
+for i = last, 7, -2 do
   local key = pool .. '.' .. ARGV[i]
   if redis.call('SADD', 'celeriac:ring-members:' .. key, ARGV[i + 1]) == 1 then
-    redis.call('RPUSH', 'celeriac:ring:' .. key, ARGV[i + 1])
+    redis.call('LPUSH', 'celeriac:ring:' .. key, ARGV[i + 1])
   end
-  i = i + 2
 end
 local capacity = 'celeriac:capacity:' .. pool
 redis.call('ZREMRANGEBYSCORE', capacity, '-inf', now)
@@ -132,6 +136,10 @@ class FairDispatcher:
                 pipe.hset(BUSY.format(pool=pool.value), hostname, busy)
             pipe.zadd(CAPACITY.format(pool=pool.value), {hostname: expires})
             pipe.execute()
+
+    def busy(self, pool: Pool, hostname: str) -> int:
+        """Tasks the dispatcher counts as held by worker ``hostname``."""
+        return int(self.client.hget(BUSY.format(pool=pool.value), hostname) or 0)
 
     def withdraw_capacity(self, pool: Pool, hostname: str) -> None:
         with self.client.pipeline() as pipe:

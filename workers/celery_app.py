@@ -49,6 +49,7 @@ class CapacityHeartbeat(bootsteps.StartStopStep):
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         self.tref: Any = None
         self.pool: Pool | None = None
+        self.mismatch: tuple[int, int] | None = None
 
     def start(self, worker: Any) -> None:
         self.pool = pool_of_worker(worker.hostname)
@@ -63,15 +64,31 @@ class CapacityHeartbeat(bootsteps.StartStopStep):
         dispatcher = get_dispatcher()
         if dispatcher is not None and self.pool is not None:
             try:
-                from celery.worker import state as worker_state
-
-                held = len(worker_state.reserved_requests)
                 dispatcher.register_capacity(
-                    self.pool, worker.hostname, worker.concurrency, busy=held
+                    self.pool, worker.hostname, worker.concurrency, busy=self._resync(worker)
                 )
                 dispatcher.release(self.pool)
             except Exception:  # the broker is briefly away; the next beat retries
                 logger.warning("capacity heartbeat failed", exc_info=True)
+
+    def _resync(self, worker: Any) -> int | None:
+        """The busy count to write back, when the shared count has drifted from the tasks
+        this worker holds (a child killed before it could count its finish). A difference
+        seen once may be a finish in flight (the child counts it before the parent forgets
+        the task), so the count is corrected only when the same difference is seen on two
+        heartbeats in a row."""
+        from celery.worker import state as worker_state
+
+        dispatcher = get_dispatcher()
+        if dispatcher is None or self.pool is None:
+            return None
+        held = len(worker_state.reserved_requests)
+        shared = dispatcher.busy(self.pool, worker.hostname)
+        if shared == held:
+            self.mismatch = None
+            return None
+        seen, self.mismatch = self.mismatch, (shared, held)
+        return held if seen == (shared, held) else None
 
     def stop(self, worker: Any) -> None:
         if self.tref is not None:

@@ -1,0 +1,486 @@
+"""What ``tenants.py`` and ``fairness.py`` share: their environment, the compute worker they
+start, the no-op task they publish and how they read its start times.
+
+Both measure the queueing layer with a real Celery compute worker (prefork, two processes,
+``-O fair``, prefetch 1, late acks: what ``celeriac worker --pool compute`` runs) on the
+real Redis broker. The task is ``celeriac.compute.noop``: it logs one JSON line, ``noop
+started``, with the delay from its ``sent_at`` argument (the publisher's ``time.time()``) to
+its start, and then sleeps ``work_ms``. The bench publishes, reads those lines back from the
+worker's log and computes each task's start time as ``sent_at + delay_ms``.
+
+The environment is the bench's own: Redis db 4 (broker) and db 5 (results), flushed at
+the start, between runs and at the end; a temporary directory with a migrated SQLite
+database (a compute worker writes the plugin registry into it when it is ready), the
+worker logs and a bytecode cache. Every worker runs in a session of its own and is
+stopped, with its children, when the bench ends, fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+HOST = "127.0.0.1"
+REDIS_SERVER = f"redis://{HOST}:6379"
+BROKER_DB = 4
+RESULT_DB = 5
+NOOP = "celeriac.compute.noop"
+POOL_QUEUE = "compute"
+HOSTNAME = "compute@bench"
+CONCURRENCY = 2
+STARTUP_TIMEOUT_SECONDS = 120.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """Set-up or a worker failed; the message says which."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(f"stopped by {signal.Signals(signum).name}")
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP unwind like Ctrl-C does, so that every ``finally`` runs."""
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+
+
+def note(message: str) -> None:
+    """Progress goes to stderr; the tables go to stdout."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- the worker ---------------------------------------------------------------------------
+
+
+def worker_argv(queues: Sequence[str]) -> list[str]:
+    """``celeriac worker --pool compute --concurrency 2`` (see ``platform/cli.py``) with the
+    bench's queues and a fixed host name, without ``--max-tasks-per-child``: replacing a
+    child every 200 no-op tasks would measure plugin loading, not queueing."""
+    return [
+        sys.executable, "-m", "celery", "-A", "celeriac.workers.celery_app", "worker",
+        "--pool", "prefork", "--concurrency", str(CONCURRENCY),
+        "-O", "fair", "--prefetch-multiplier", "1",
+        "--queues", ",".join(queues),
+        "--hostname", HOSTNAME, "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
+
+
+# Runs before the worker (which it execs): the kernel sends the worker SIGTERM if the bench
+# dies without cleaning up (SIGKILL), so no worker is left running.
+_LAUNCHER = """
+import ctypes, os, signal, sys
+parent = int(sys.argv[1])
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() != parent:
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+@dataclass
+class Worker:
+    name: str
+    queues: Sequence[str]
+    env: dict[str, str]
+    cwd: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            # A session of its own: Ctrl-C reaches only the bench, which then stops the
+            # worker's whole process group.
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *worker_argv(self.queues)],
+                env=self.env, cwd=self.cwd,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise BenchError(
+                f"worker {self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
+            )
+
+    def stop(self, grace: float = 20.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(line[:400] for line in text[-lines:])
+
+
+@dataclass
+class Start:
+    task_id: str
+    delay_ms: float
+
+
+@dataclass
+class WorkerLog:
+    """Reads a worker's JSON-lines log as it grows: the ``noop started`` lines by label,
+    the run time of each task Celery reports as succeeded, and warnings or worse."""
+
+    path: Path
+    starts: dict[str, Start] = field(default_factory=dict)
+    runtimes: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    _offset: int = 0
+    _partial: bytes = b""
+
+    def poll(self) -> None:
+        try:
+            with self.path.open("rb") as log:
+                log.seek(self._offset)
+                chunk = log.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(chunk)
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if b'"noop started"' in line:
+                record = json.loads(line)
+                self.starts[record["label"]] = Start(record["task_id"], record["delay_ms"])
+            elif b"succeeded in" in line and line.startswith(b"{"):
+                record = json.loads(line)
+                data = record.get("data") or {}
+                if "id" in data and "runtime" in data:
+                    self.runtimes[data["id"]] = float(data["runtime"])
+            elif line.startswith(b"{") and any(
+                f'"level": "{level}"'.encode() in line for level in ("WARNING", "ERROR", "CRITICAL")
+            ):
+                self.problems.append(json.loads(line).get("message", "")[:300])
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for label in self.starts if label.startswith(prefix))
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, worker: Worker, log: WorkerLog
+) -> bool:
+    """Poll the log until ``condition`` holds; False at the deadline. Raises when the worker
+    died meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log.poll()
+        if condition():
+            return True
+        worker.check_alive()
+        if time.monotonic() > deadline:
+            note(f"  timed out after {timeout:.0f} s waiting for {what}")
+            return False
+        time.sleep(0.05)
+
+
+# --- publishing ---------------------------------------------------------------------------
+
+
+def noop_kwargs(tenant: str, label: str, sent_at: float, work_ms: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"tenant_id": tenant, "label": label, "sent_at": sent_at}
+    if work_ms:
+        kwargs["work_ms"] = work_ms
+    return kwargs
+
+
+@dataclass
+class Publisher:
+    """Publishes no-op tasks and remembers when each was sent."""
+
+    sent_at: dict[str, float] = field(default_factory=dict)
+    task_ids: dict[str, str] = field(default_factory=dict)
+
+    def fair(self, tenant: str, label: str, work_ms: int = 0) -> None:
+        """The product's path: the tenant's queue, then the fair dispatcher's release."""
+        from celeriac.platform.tasks import publish
+
+        sent = time.time()
+        self.sent_at[label] = sent
+        kwargs = noop_kwargs(tenant, label, sent, work_ms)
+        self.task_ids[label] = publish(NOOP, band="normal", tenant_slug=tenant, kwargs=kwargs)
+
+    def direct(self, queue: str, tenant: str, label: str, work_ms: int = 0) -> None:
+        """Straight to a broker queue by name, no dispatcher."""
+        from celeriac.platform.tasks import publisher
+
+        sent = time.time()
+        self.sent_at[label] = sent
+        result = publisher().send_task(
+            NOOP, kwargs=noop_kwargs(tenant, label, sent, work_ms), queue=queue
+        )
+        self.task_ids[label] = str(result.id)
+
+    def started_at(self, log: WorkerLog, label: str) -> float:
+        return self.sent_at[label] + log.starts[label].delay_ms / 1000
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (user, nice, system, irq, softirq,
+    steal)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values[:8]) - idle) / CLOCK_TICKS
+
+
+def wait_for_quiet_machine(
+    max_seconds: float = 10.0, busy_pct: float = 40.0, window: float = 0.5
+) -> float:
+    """Wait, up to ``max_seconds``, until the machine is less than ``busy_pct`` busy (in %
+    of one core) over ``window`` seconds, so that a run starts when others' load is low;
+    returns the last reading. Only lowers the odds of a noisy run: load can come back."""
+    deadline = time.monotonic() + max_seconds
+    while True:
+        before = _machine_busy_seconds()
+        time.sleep(window)
+        busy = 100 * (_machine_busy_seconds() - before) / window
+        if busy < busy_pct or time.monotonic() > deadline:
+            if busy >= busy_pct:
+                note(f"  the machine is {busy:.0f}% busy (of one core) before this run")
+            return busy
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class Probe:
+    """CPU seconds of the worker's main process, of its pool processes, of Redis, of this
+    process and of the whole machine, and Redis' per-command call counts and time, at one
+    instant. Redis' command statistics
+    are server-wide: anything else using this Redis meanwhile is counted too."""
+
+    at: float
+    main: float
+    children: float
+    redis: float
+    bench: float
+    machine: float
+    commands: dict[str, tuple[int, int]]
+
+    @classmethod
+    def take(cls, worker: Worker, client: redis.Redis) -> Probe:
+        info = client.info("commandstats")
+        commands = {
+            name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+            for name, v in info.items()
+        }
+        redis_pid = int(client.info("server")["process_id"])
+        return cls(
+            at=time.monotonic(),
+            main=_cpu_seconds(worker.pid),
+            children=sum(_cpu_seconds(child) for child in _children(worker.pid)),
+            redis=_cpu_seconds(redis_pid),
+            bench=_cpu_seconds(os.getpid()),
+            machine=_machine_busy_seconds(),
+            commands=commands,
+        )
+
+
+@dataclass
+class Usage:
+    """What happened between two probes: CPU as a percentage of one core, and per Redis
+    command the calls and the microseconds per call."""
+
+    seconds: float
+    main_pct: float
+    children_pct: float
+    redis_pct: float
+    bench_pct: float
+    other_pct: float
+    commands: dict[str, tuple[int, float]]
+
+    @classmethod
+    def between(cls, before: Probe, after: Probe) -> Usage:
+        seconds = max(after.at - before.at, 1e-9)
+        commands = {}
+        for name, (calls, usec) in after.commands.items():
+            calls0, usec0 = before.commands.get(name, (0, 0))
+            if calls > calls0:
+                commands[name] = (calls - calls0, (usec - usec0) / (calls - calls0))
+        main = after.main - before.main
+        children = after.children - before.children
+        redis_cpu = after.redis - before.redis
+        bench = after.bench - before.bench
+        other = after.machine - before.machine - main - children - redis_cpu - bench
+        return cls(
+            seconds=seconds,
+            main_pct=100 * main / seconds,
+            children_pct=100 * children / seconds,
+            redis_pct=100 * redis_cpu / seconds,
+            bench_pct=100 * bench / seconds,
+            other_pct=100 * max(other, 0.0) / seconds,
+            commands=commands,
+        )
+
+    def cpu_ms_per_task(self, tasks: int) -> float:
+        """Worker (main and pool processes) plus Redis CPU time per task, in ms: unlike
+        tasks/s, barely moved by what else the machine runs."""
+        busy = (self.main_pct + self.children_pct + self.redis_pct) / 100 * self.seconds
+        return 1000 * busy / tasks if tasks else float("nan")
+
+    def per_task(self, command: str, tasks: int) -> tuple[float, float]:
+        """Calls per task and microseconds per call of one Redis command."""
+        calls, usec = self.commands.get(command, (0, 0.0))
+        return (calls / tasks if tasks else float("nan"), usec)
+
+
+# --- the environment ----------------------------------------------------------------------
+
+
+@dataclass
+class BenchEnv:
+    root: Path
+    child_env: dict[str, str]
+    broker: redis.Redis
+    results: redis.Redis
+    workers: list[Worker] = field(default_factory=list)
+
+    def flush(self) -> None:
+        self.broker.flushdb()
+        self.results.flushdb()
+
+    def start_worker(self, name: str, queues: Sequence[str]) -> Worker:
+        worker = Worker(name, queues, self.child_env, self.root, self.root / f"{name}.log")
+        self.workers.append(worker)
+        worker.start()
+        return worker
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers.clear()
+
+
+def _clear_process_caches() -> None:
+    from celeriac.platform import dispatch, settings, tasks
+
+    for cached in (settings.get_settings, dispatch.get_dispatcher, tasks.publisher):
+        cached.cache_clear()
+
+
+def _prewarm(env: dict[str, str], cwd: Path) -> None:
+    """Import the worker's code once, plugins included, so that it is compiled into the
+    bench's bytecode cache. A pool process loads the plugins before it reports itself up,
+    and Celery kills one that takes more than ``worker_proc_alive_timeout`` (4 s): compiling
+    scikit-learn from source on every start (PYTHONDONTWRITEBYTECODE) can take longer."""
+    code = (
+        "import celeriac.workers.celery_app\n"
+        "from celeriac.workers.compute import get_registry\n"
+        "get_registry()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise BenchError(f"importing the worker's code failed:\n{done.stderr[-2000:]}")
+
+
+@contextlib.contextmanager
+def bench_env(name: str) -> Iterator[BenchEnv]:
+    """The bench's own settings (also in this process's environment, for ``publish``),
+    Redis dbs, migrated SQLite database and temporary directory, all removed at the end."""
+    from celeriac.platform import migrate
+
+    root = Path(tempfile.mkdtemp(prefix=f"celeriac-bench-{name}-"))
+    var_dir = root / "var"
+    var_dir.mkdir()
+    database_url = f"sqlite:///{var_dir / 'celeriac.db'}"
+    settings = {
+        "CELERIAC_VAR_DIR": str(var_dir),
+        "CELERIAC_DATABASE_URL": database_url,
+        "CELERIAC_BROKER_URL": f"{REDIS_SERVER}/{BROKER_DB}",
+        "CELERIAC_REDIS_URL": f"{REDIS_SERVER}/{RESULT_DB}",
+        # INFO: the "noop started" lines are what the bench reads.
+        "CELERIAC_LOG__LEVEL": "INFO",
+    }
+    saved = {k: v for k, v in os.environ.items() if k.upper().startswith("CELERIAC_")}
+    for key in saved:
+        del os.environ[key]
+    os.environ.update(settings)
+    _clear_process_caches()
+    child_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    child_env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
+    broker = redis.Redis.from_url(settings["CELERIAC_BROKER_URL"], socket_timeout=30)
+    results = redis.Redis.from_url(settings["CELERIAC_REDIS_URL"], socket_timeout=30)
+    bench = BenchEnv(root, child_env, broker, results)
+    try:
+        bench.flush()
+        migrate.upgrade(database_url)
+        note("compiling the worker's code into the bench's bytecode cache ...")
+        _prewarm(child_env, root)
+        yield bench
+    finally:
+        bench.stop_workers()
+        with contextlib.suppress(redis.RedisError):
+            bench.flush()
+        broker.close()
+        results.close()
+        _clear_process_caches()
+        for key in settings:
+            os.environ.pop(key, None)
+        os.environ.update(saved)
+        shutil.rmtree(root, ignore_errors=True)
