@@ -143,9 +143,13 @@ def _import_plugins_before_fork(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_process_init.connect
 def _load_plugins(**_: Any) -> None:
-    # Prefork children only (the compute pool): models and lexicons load once per process.
+    # Prefork children only (the compute pool). A child must not use the database
+    # connections it inherited from its parent (two processes on one socket): drop them
+    # without closing them, as SQLAlchemy prescribes after a fork.
+    from celeriac.platform.db import get_engine
     from celeriac.workers.compute import setup_plugins
 
+    get_engine().dispose(close=False)
     setup_plugins()
 
 
@@ -158,6 +162,10 @@ def _publish_registry(sender: Any = None, **_: Any) -> None:
 
     with transaction() as session:
         register_plugins(session, get_registry().plugin_infos())
+    # Children forked later (max_tasks_per_child) must not inherit this connection.
+    from celeriac.platform.db import get_engine
+
+    get_engine().dispose()
     logger.info("plugin registry published")
 
 

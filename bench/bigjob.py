@@ -1,0 +1,477 @@
+"""One 100,000-record job end to end: wall time, records/s and where the time goes.
+
+Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1)::
+
+    .venv/bin/python bench/bigjob.py [--records 100000] [--chunks 5000,25000] [--runs 3]
+        [--texts distinct|sample] [--py-spy DIR]
+
+The records are tests/data/sample_1000.ndjson repeated and perturbed, deterministically:
+unique ids, amounts and temperatures shifted, texts shuffled and, by default, made
+distinct with a reference number (`` Ref 000042.``). The sample has only 463 distinct
+texts and ``sentiment`` scores each distinct text once, so with ``--texts sample`` it is
+nearly free; real reviews are all different. The job goes in as a user would send it: an
+NDJSON file (43 MB) in a multipart ``POST /v1/jobs`` to ``celeriac api``; the file is
+larger than the API's default 10 MB body limit, so the bench raises
+``CELERIAC_API__MAX_BODY_BYTES`` for its API. Pipeline: datasets ``tabular`` and ``text``;
+analyzers ``summary`` and ``anomalies`` (accept table), ``sentiment`` and ``keywords``
+(accept text): per chunk one task per dataset, then 4 analysis tasks.
+
+For each chunk size (``CELERIAC_JOBS__CHUNK_RECORDS``, read by the API when it cuts the
+payload; the API is restarted for each) it runs one unmeasured warm-up job of 1,000
+records and then ``--runs`` measured jobs, one at a time, each once the machine is quiet
+(or after 20 s), and reads the job and task rows (PostgreSQL) for the stage timings. The
+table shows, per run, how much CPU other processes on the machine took meanwhile.
+Workers: the three pools with the command line ``celeriac worker --pool P`` execs, the
+compute pool with prefork concurrency 2, its processes not replaced during the run (see
+``--max-tasks-per-child`` in ``harness.py``).
+
+``--py-spy DIR`` runs one more job per chunk size (not in the medians) while py-spy samples
+the API and the compute pool (pool processes included), keeps the raw profiles in DIR and
+prints the functions where most samples were taken.
+
+Environment (removed at the end, also on error or Ctrl-C): database
+``celeriac_bench_bigjob`` (dropped and created), Redis db 2 (broker) and 3 (cache,
+results), a temporary var directory. Target: under 10 s wall time on the 2-core machine.
+Exit status 0 when the median of every chunk size meets it, 1 when not, 2 when the set-up
+or a process failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from harness import (
+    FINAL_STATES,
+    BenchError,
+    CpuMeter,
+    Env,
+    Process,
+    Profiler,
+    add_common_options,
+    environment,
+    install_signal_handlers,
+    note,
+    sample_records,
+    settings_from_options,
+    summarize_profile,
+    wait_for_quiet_machine,
+)
+
+DATABASE = "celeriac_bench_bigjob"
+TARGET_SECONDS = 10.0
+JOB_TIMEOUT_SECONDS = 600.0
+PIPELINE: dict[str, Any] = {
+    "datasets": [{"name": "tabular"}, {"name": "text"}],
+    "analyzers": [
+        {"name": "summary"},
+        {"name": "anomalies"},
+        {"name": "sentiment"},
+        {"name": "keywords"},
+    ],
+}
+COMPONENTS = ("api", "orchestration", "distribution", "compute", "postgres", "redis")
+
+
+# --- the records --------------------------------------------------------------------------
+
+
+def make_records(count: int, distinct_texts: bool = True) -> bytes:
+    """``count`` records as NDJSON: the sample repeated, each copy perturbed (same output
+    on every run). The sample has only 463 distinct texts and ``sentiment`` scores each
+    distinct text once, so with ``distinct_texts`` every text gets a reference number
+    (`` Ref 000042.``), as real reviews are all different."""
+    sample = sample_records()
+    texts = [r.get("text") for r in sample]
+    lines = []
+    for i in range(count):
+        record = json.loads(json.dumps(sample[i % len(sample)]))
+        record["id"] = i + 1
+        order = record.get("order")
+        if isinstance(order, dict) and _number(order.get("amount")):
+            order["amount"] = round(order["amount"] * (1 + ((i * 7919) % 201 - 100) / 1000), 2)
+        sensor = record.get("sensor")
+        if isinstance(sensor, dict) and _number(sensor.get("temperature")):
+            sensor["temperature"] = round(sensor["temperature"] + ((i * 31) % 21 - 10) / 10, 2)
+        if "text" in record:
+            text = texts[(i * 37 + i // len(sample)) % len(sample)]
+            if distinct_texts and isinstance(text, str):
+                text = f"{text} Ref {i:06d}."
+            record["text"] = text
+        lines.append(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# --- one job ------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskRow:
+    stage: str
+    plugin: str
+    chunk: int | None
+    state: str
+    started: float
+    finished: float
+    duration_ms: int
+
+
+@dataclass
+class Run:
+    chunk_records: int
+    index: int
+    job_id: str = ""
+    state: str = ""
+    submitted: float = 0.0  # wall clock just before the POST
+    accepted: float = 0.0  # wall clock when the 202 arrived
+    seen: float = 0.0  # wall clock when the bench saw the final state
+    created: float = 0.0
+    running: float = 0.0
+    done: float = 0.0
+    tasks: list[TaskRow] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return self.seen - self.submitted
+
+    def others(self) -> float:
+        """CPU seconds the machine was busy beyond what the bench's processes, PostgreSQL
+        and Redis used: other people's work on a shared machine."""
+        ours = sum(self.cpu.get(c, 0.0) for c in (*COMPONENTS, "bench"))
+        return max(0.0, self.cpu.get("machine", 0.0) - ours)
+
+    def stage(self, stage: str) -> tuple[float, float]:
+        rows = [t for t in self.tasks if t.stage == stage]
+        return min(t.started for t in rows), max(t.finished for t in rows)
+
+    def segments(self) -> dict[str, float]:
+        d0, d1 = self.stage("datasets")
+        a0, a1 = self.stage("analysis")
+        return {
+            "POST>202": self.accepted - self.submitted,
+            "202>running": self.running - self.accepted,
+            "running>d0": d0 - self.running,
+            "datasets": d1 - d0,
+            "d1>a0": a0 - d1,
+            "analysis": a1 - a0,
+            "a1>done": self.done - a1,
+            "done>seen": self.seen - self.done,
+        }
+
+
+def submit(client: httpx.Client, data: bytes, run: Run) -> None:
+    files = {"file": ("records.ndjson", data, "application/x-ndjson")}
+    form = {"pipeline": json.dumps(PIPELINE)}
+    run.submitted = time.time()
+    answer = client.post("/v1/jobs", files=files, data=form)
+    run.accepted = time.time()
+    if answer.status_code != 202:
+        raise BenchError(f"POST /v1/jobs answered {answer.status_code}: {answer.text[:500]}")
+    run.job_id = answer.json()["id"]
+
+
+def wait_final(env: Env, run: Run, poll_seconds: float = 0.02) -> None:
+    with env.db() as conn:
+        while True:
+            row = conn.execute("SELECT state FROM jobs WHERE id = %s", (run.job_id,)).fetchone()
+            if row is not None and row[0] in FINAL_STATES:
+                run.seen = time.time()
+                run.state = row[0]
+                return
+            if time.time() - run.submitted > JOB_TIMEOUT_SECONDS:
+                raise BenchError(
+                    f"job {run.job_id} did not end in {JOB_TIMEOUT_SECONDS:.0f} s\n"
+                    + env.diagnose_job(run.job_id)
+                )
+            env.check_alive()
+            time.sleep(poll_seconds)
+
+
+def read_rows(env: Env, run: Run) -> None:
+    with env.db() as conn:
+        job = conn.execute(
+            "SELECT extract(epoch FROM created_at), extract(epoch FROM started_at), "
+            "extract(epoch FROM finished_at) FROM jobs WHERE id = %s",
+            (run.job_id,),
+        ).fetchone()
+        assert job is not None
+        run.created, run.running, run.done = (float(v) for v in job)
+        rows = conn.execute(
+            "SELECT stage, plugin, chunk, state, extract(epoch FROM started_at), "
+            "extract(epoch FROM finished_at), duration_ms FROM job_tasks WHERE job_id = %s",
+            (run.job_id,),
+        ).fetchall()
+    run.tasks = [
+        TaskRow(r[0], r[1], r[2], r[3], float(r[4]), float(r[5]), int(r[6] or 0)) for r in rows
+    ]
+
+
+def one_job(env: Env, client: httpx.Client, data: bytes, run: Run) -> Run:
+    submit(client, data, run)
+    wait_final(env, run)
+    read_rows(env, run)
+    return run
+
+
+def measured_job(
+    env: Env, client: httpx.Client, data: bytes, run: Run, groups: dict[int, str]
+) -> Run:
+    busy = wait_for_quiet_machine()
+    if busy > 30:
+        note(f"  the machine is {busy:.0f}% busy (of one core) before this run")
+    meter = CpuMeter(groups)
+    with meter:
+        one_job(env, client, data, run)
+    run.cpu = {**meter.totals, "wall": meter.wall}
+    return run
+
+
+def profiled_job(
+    env: Env,
+    client: httpx.Client,
+    data: bytes,
+    run: Run,
+    groups: dict[int, str],
+    out: Path,
+    targets: dict[str, Process],
+) -> Run:
+    profilers = [
+        Profiler(target, out / f"bigjob-{run.chunk_records}-{name}.txt")
+        for name, target in targets.items()
+    ]
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        return measured_job(env, client, data, run, groups)
+    finally:
+        for profiler in profilers:
+            profiler.stop()
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def print_run(run: Run, records: int) -> None:
+    segs = run.segments()
+    others = 100 * run.others() / run.cpu.get("wall", run.total)
+    print(
+        f"{run.chunk_records:>7}{run.index:>4}  {run.state:<10}"
+        + "".join(f"{v:>10.2f}" for v in segs.values())
+        + f"{run.total:>9.2f}{records / run.total:>8.0f}{others:>8.0f}%",
+        flush=True,
+    )
+
+
+def print_header() -> None:
+    names = (
+        "POST>202",
+        "202>run",
+        "run>d0",
+        "datasets",
+        "d1>a0",
+        "analysis",
+        "a1>done",
+        "done>seen",
+    )
+    print(
+        "\n(seconds; d0/d1: first dataset task start / last end, a0/a1: the same for "
+        "analysis; others: CPU other processes on the machine used meanwhile, % of one core)"
+    )
+    print(
+        f"{'chunk':>7}{'run':>4}  {'state':<10}"
+        + "".join(f"{n:>10}" for n in names)
+        + f"{'total s':>9}{'rec/s':>8}{'others':>9}"
+    )
+
+
+def print_tasks(run: Run, which: str) -> None:
+    print(
+        f"\n  tasks of chunk {run.chunk_records}, {which} (run {run.index}, job {run.job_id}): "
+        "seconds per task"
+    )
+    print(
+        f"  {'stage':<10}{'plugin':<11}{'tasks':>6}{'mean':>8}{'max':>8}{'sum':>8}"
+        f"{'first start':>13}{'last end':>10}   (s after POST)"
+    )
+    groups: dict[tuple[str, str], list[TaskRow]] = {}
+    for task in run.tasks:
+        groups.setdefault((task.stage, task.plugin), []).append(task)
+    for (stage, plugin), rows in sorted(
+        groups.items(), key=lambda kv: min(t.started for t in kv[1])
+    ):
+        durations = [t.duration_ms / 1000 for t in rows]
+        states = {t.state for t in rows}
+        flag = "" if states == {"succeeded"} else f"  states {sorted(states)}"
+        print(
+            f"  {stage:<10}{plugin:<11}{len(rows):>6}{statistics.fmean(durations):>8.2f}"
+            f"{max(durations):>8.2f}{sum(durations):>8.2f}"
+            f"{min(t.started for t in rows) - run.submitted:>13.2f}"
+            f"{max(t.finished for t in rows) - run.submitted:>10.2f}{flag}"
+        )
+    busy = sum(t.duration_ms for t in run.tasks) / 1000
+    print(
+        f"  compute task-seconds {busy:.1f} over {run.total:.1f} s wall: "
+        f"{100 * busy / (2 * run.total):.0f}% of 2 compute processes"
+    )
+    cpu = run.cpu
+    wall = cpu.get("wall", run.total)
+    print(
+        "  CPU seconds during the run: "
+        + ", ".join(f"{c} {cpu.get(c, 0.0):.1f}" for c in (*COMPONENTS, "bench"))
+        + f"; machine busy {cpu.get('machine', 0.0):.1f} of {2 * wall:.1f} core-s, of which "
+        f"{run.others():.1f} by other processes"
+    )
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument(
+        "--chunks",
+        default="5000,25000",
+        help="chunk sizes (CELERIAC_JOBS__CHUNK_RECORDS), comma separated",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="measured jobs per chunk size")
+    parser.add_argument(
+        "--texts",
+        choices=["distinct", "sample"],
+        default="distinct",
+        help="make every text distinct (default), or keep the sample's 463",
+    )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="profile the API and compute pool in one more run per chunk size",
+    )
+    add_common_options(parser)
+    args = parser.parse_args()
+    try:
+        args.chunk_sizes = [int(c) for c in args.chunks.split(",") if c.strip()]
+    except ValueError:
+        parser.error("--chunks must be comma-separated integers")
+    if args.records <= 0 or args.runs <= 0 or not args.chunk_sizes or min(args.chunk_sizes) <= 0:
+        parser.error("--records, --runs and the chunk sizes must be positive")
+    return args
+
+
+def run(args: argparse.Namespace) -> bool:
+    note(f"generating {args.records} records ...")
+    data = make_records(args.records, distinct_texts=args.texts == "distinct")
+    warmup = make_records(1000)
+    body_limit = max(10 * 1024 * 1024, int(len(data) * 1.2))
+    print(
+        f"bigjob: {args.records} records ({args.texts} texts), {len(data) / 1e6:.1f} MB NDJSON "
+        f"(multipart upload; CELERIAC_API__MAX_BODY_BYTES={body_limit}); pipeline datasets "
+        "[tabular, text] x analyzers [summary, anomalies | sentiment, keywords]; compute "
+        "pool prefork -c 2"
+    )
+    if args.py_spy is not None:
+        args.py_spy.mkdir(parents=True, exist_ok=True)
+    results: dict[int, list[Run]] = {}
+    profiles: dict[int, Run] = {}
+    with environment(
+        "bigjob", DATABASE, args.log_level, settings_from_options(args), args.keep_logs
+    ) as env:
+        workers = env.start_workers(concurrency={"compute": 2})
+        api: Process | None = None
+        print_header()
+        for chunk in args.chunk_sizes:
+            if api is not None:
+                env.stop(api)
+            api = env.start_api(
+                {
+                    "CELERIAC_API__MAX_BODY_BYTES": str(body_limit),
+                    "CELERIAC_JOBS__CHUNK_RECORDS": str(chunk),
+                }
+            )
+            groups = {api.pid: "api", **{w.pid: pool for pool, w in workers.items()}}
+            headers = {"Authorization": f"Bearer {env.api_key}"}
+            with httpx.Client(base_url=env.api_url, headers=headers, timeout=300) as client:
+                one_job(env, client, warmup, Run(chunk, 0))
+                results[chunk] = []
+                for index in range(1, args.runs + 1):
+                    result = measured_job(env, client, data, Run(chunk, index), groups)
+                    results[chunk].append(result)
+                    print_run(result, args.records)
+                if args.py_spy is not None:
+                    profiled = profiled_job(
+                        env,
+                        client,
+                        data,
+                        Run(chunk, 0),
+                        groups,
+                        args.py_spy,
+                        {"api": api, "compute": workers["compute"]},
+                    )
+                    profiles[chunk] = profiled
+        return report(results, profiles, args)
+
+
+def report(
+    results: dict[int, list[Run]], profiles: dict[int, Run], args: argparse.Namespace
+) -> bool:
+    for chunk, runs in results.items():
+        ordered = sorted(runs, key=lambda r: r.total)
+        print_tasks(ordered[len(ordered) // 2], "the median run")
+        if chunk in profiles:
+            profiled = profiles[chunk]
+            print(
+                f"\n  py-spy (100 samples/s per process), an extra run of chunk {chunk}, "
+                f"not in the medians: {profiled.total:.1f} s"
+            )
+            for name in ("api", "compute"):
+                summarize_profile(args.py_spy / f"bigjob-{chunk}-{name}.txt")
+    print(f"\nmedian of {args.runs} run(s) per chunk size:")
+    print(
+        f"{'chunk':>7}{'dataset tasks':>15}{'submit s':>10}{'datasets s':>12}{'analysis s':>12}"
+        f"{'total s':>9}{'records/s':>11}  target < {TARGET_SECONDS:.0f} s"
+    )
+    ok = True
+    for chunk, runs in results.items():
+        total = statistics.median(r.total for r in runs)
+        met = total < TARGET_SECONDS and all(r.state == "succeeded" for r in runs)
+        ok = ok and met
+        tasks = sum(1 for t in runs[0].tasks if t.stage == "datasets")
+        submit_s = statistics.median(r.segments()["POST>202"] for r in runs)
+        datasets = statistics.median(r.segments()["datasets"] for r in runs)
+        analysis = statistics.median(r.segments()["analysis"] for r in runs)
+        verdict = "met" if met else "NOT met"
+        print(
+            f"{chunk:>7}{tasks:>15}{submit_s:>10.2f}{datasets:>12.2f}{analysis:>12.2f}"
+            f"{total:>9.2f}{args.records / total:>11.0f}  {verdict}"
+        )
+    return ok
+
+
+def main() -> None:
+    install_signal_handlers()
+    args = _parse_args()
+    try:
+        ok = run(args)
+    except BenchError as exc:
+        print(f"bench/bigjob: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("bench/bigjob: interrupted; processes stopped, database dropped", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
