@@ -41,13 +41,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from common import run_main
 from harness import (
     FINAL_STATES,
     BenchError,
@@ -461,16 +461,7 @@ def report(
 
 def main() -> None:
     install_signal_handlers()
-    args = _parse_args()
-    try:
-        ok = run(args)
-    except BenchError as exc:
-        print(f"bench/bigjob: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("bench/bigjob: interrupted; processes stopped, database dropped", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(0 if ok else 1)
+    run_main("bigjob", _parse_args, run, (BenchError,), "processes stopped, database dropped")
 
 
 if __name__ == "__main__":

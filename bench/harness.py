@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 import psycopg
 import redis
+from common import flush_redis
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -71,17 +72,6 @@ def install_signal_handlers() -> None:
     signal.signal(signal.SIGHUP, _terminate)
     # Even when started with SIGINT ignored (as a background job of a script).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def free_port() -> int:
@@ -505,12 +495,7 @@ def _drop_database(database: str) -> None:
 
 
 def _flush_redis() -> None:
-    for db in (BROKER_DB, RESULT_DB):
-        client = redis.Redis.from_url(f"{REDIS_SERVER}/{db}", socket_connect_timeout=5)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
+    flush_redis(REDIS_SERVER, (BROKER_DB, RESULT_DB))
 
 
 def _clear_process_caches() -> None:

@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 import psycopg
 import redis
+from common import flush_redis
 
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
@@ -94,12 +95,7 @@ def _drop_database() -> None:
 
 
 def _flush_redis() -> None:
-    for db in (BROKER_DB, CACHE_DB):
-        client = redis.Redis.from_url(f"{REDIS_SERVER}/{db}", socket_connect_timeout=5)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
+    flush_redis(REDIS_SERVER, (BROKER_DB, CACHE_DB))
 
 
 def _child_env(var_dir: Path) -> dict[str, str]:

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -65,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import percentile, run_main
 from harness import (
     FINAL_STATES,
     BenchError,
@@ -76,7 +76,6 @@ from harness import (
     environment,
     install_signal_handlers,
     note,
-    percentile,
     sample_records,
     settings_from_options,
     summarize_profile,
@@ -524,16 +523,7 @@ def run(args: argparse.Namespace) -> bool:
 
 def main() -> None:
     install_signal_handlers()
-    args = _parse_args()
-    try:
-        ok = run(args)
-    except BenchError as exc:
-        print(f"bench/latency: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("bench/latency: interrupted; processes stopped, database dropped", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(0 if ok else 1)
+    run_main("latency", _parse_args, run, (BenchError,), "processes stopped, database dropped")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from common import percentile
 from queue_bench import (
     POOL_QUEUE,
     STARTUP_TIMEOUT_SECONDS,
@@ -59,7 +60,6 @@ from queue_bench import (
     bench_env,
     install_signal_handlers,
     note,
-    percentile,
     wait_for,
     wait_for_quiet_machine,
 )
