@@ -29,6 +29,8 @@ from celeriac.platform.settings import Settings, get_settings
 REPO = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_SERVER = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+# Two checkouts testing at once on one machine set different prefixes (and Redis servers).
+DB_PREFIX = os.environ.get("TEST_DB_PREFIX", "celeriac_test")
 # Redis dbs 8..15 belong to the tests: two per xdist worker (broker, cache).
 REDIS_FIRST_DB = 8
 
@@ -51,13 +53,13 @@ def _fresh_database(name: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def empty_pg_url(worker_id: str) -> Iterator[str]:
     """An empty PostgreSQL database of this test worker's own (for migration tests)."""
-    with _fresh_database(f"celeriac_test_{worker_id}_empty") as url:
+    with _fresh_database(f"{DB_PREFIX}_{worker_id}_empty") as url:
         yield url
 
 
 @pytest.fixture(scope="session")
 def migrated_pg_url(worker_id: str) -> Iterator[str]:
-    with _fresh_database(f"celeriac_test_{worker_id}") as url:
+    with _fresh_database(f"{DB_PREFIX}_{worker_id}") as url:
         migrate.upgrade(url)
         yield url
 
