@@ -24,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -36,7 +35,7 @@ from typing import Any
 import httpx
 import psycopg
 import redis
-from common import flush_redis
+from common import flush_redis, scratch_dir
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -409,7 +408,7 @@ def environment(
 ) -> Iterator[Env]:
     """Build the bench's environment; remove it (processes, database, Redis dbs,
     directory) when the block ends, however it ends."""
-    root = Path(tempfile.mkdtemp(prefix=f"celeriac-bench-{name}-"))
+    root = scratch_dir(f"celeriac-bench-{name}-")
     var_dir = root / "var"
     var_dir.mkdir()
     settings = {

@@ -28,7 +28,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -40,7 +39,7 @@ from typing import Any
 import httpx
 import psycopg
 import redis
-from common import flush_redis
+from common import flush_redis, scratch_dir
 
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
@@ -588,8 +587,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--var-root", type=Path, default=None, metavar="DIR",
         help="where the temporary var directory (blobs, keyring) is made; default: the "
-        "system's temporary directory. The blob store writes a file and a folder per job "
-        "there, so its filesystem is part of what is measured",
+        "repository's var/bench (bench/common.py says why not /tmp). The blob store writes "
+        "a file and a folder per job there, so its filesystem is part of what is measured",
     )  # fmt: skip
     parser.add_argument(
         "--api-entry", default="celeriac.platform.cli", metavar="MODULE",
@@ -606,7 +605,7 @@ def _parse_args() -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> bool:
-    var_dir = Path(tempfile.mkdtemp(prefix="celeriac-bench-", dir=args.var_root))
+    var_dir = scratch_dir("celeriac-bench-", args.var_root)
     servers: list[Server] = []
     probe: Probe | None = None
     database_created = False

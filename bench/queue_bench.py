@@ -24,7 +24,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from common import scratch_dir
 
 HOST = "127.0.0.1"
 REDIS_SERVER = f"redis://{HOST}:6379"
@@ -434,7 +434,7 @@ def bench_env(name: str) -> Iterator[BenchEnv]:
     Redis dbs, migrated SQLite database and temporary directory, all removed at the end."""
     from celeriac.platform import migrate
 
-    root = Path(tempfile.mkdtemp(prefix=f"celeriac-bench-{name}-"))
+    root = scratch_dir(f"celeriac-bench-{name}-")
     var_dir = root / "var"
     var_dir.mkdir()
     database_url = f"sqlite:///{var_dir / 'celeriac.db'}"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -18,6 +21,7 @@ from celeriac.platform.auth.jwt import jwt_key_set
 from celeriac.platform.broker import broker_connection
 from celeriac.platform.db import get_engine
 from celeriac.platform.errors import ValidationFailed
+from celeriac.platform.jobs.ingest import IngestWriter
 from celeriac.platform.jobs.routes import router as jobs_router
 from celeriac.platform.keys.routes import admin_router as admin_keys_router
 from celeriac.platform.keys.routes import tenant_router as keys_router
@@ -119,7 +123,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     if settings.auth.jwt_hs256_secret is not None:
         jwt_key_set(settings)  # a bad key file fails at start, in one line, not per request
+    writer = IngestWriter()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(writer.close)  # what is queued is written before exit
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Celeriac",
         version="0.1.0",
         description=(
@@ -129,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         dependencies=[Depends(reject_unknown_query_parameters)],
     )
+    app.state.ingest_writer = writer
     install_problem_handlers(app)
     install_idempotency(app)  # inside the envelope: replays carry a fresh X-Request-ID
     app.add_middleware(

@@ -98,10 +98,14 @@ class Authenticator:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_tenant_bearer)],
     ) -> TenantContext:
-        # The lookup may query the database, so it runs in the thread pool; binding the log
-        # context here, in the request's own task, makes it visible to the route function.
+        # A cached key is checked on the event loop; a lookup that may query the database
+        # runs in the thread pool. Binding the log context here, in the request's own task,
+        # makes it visible to the route function.
         token = _token(credentials)
-        context = await run_in_threadpool(api_key_authenticator().authenticate, token)
+        authenticator = api_key_authenticator()
+        context = authenticator.authenticate_cached(token)
+        if context is None:
+            context = await run_in_threadpool(authenticator.authenticate, token)
         bind_context(tenant_id=context.tenant_id)
         context.require(*self.scopes)
         request.state.tenant = context

@@ -57,17 +57,41 @@ class ApiKeyAuthenticator:
         self._checked_at = time.monotonic()
 
     def authenticate(self, presented: str) -> TenantContext:
-        """The tenant context of a valid key, or 401 / 403."""
+        """The tenant context of a valid key, or 401 / 403. May query the database."""
         if parse_key(presented) is None:
             raise Unauthorized("the API key is malformed")
         digest = key_digest(self.pepper, presented)
         self._drop_cache_if_invalidated()
-        record = self._cache.get(digest)
+        with self._lock:
+            record = self._cache.get(digest)
         if record is None:
             record = self._load(digest)
             with self._lock:
                 self._cache[digest] = record
         now = utcnow()
+        context = self._context(record, now)
+        if _touch_due(record, now):
+            self._touch(digest, record, now)
+        return context
+
+    def authenticate_cached(self, presented: str) -> TenantContext | None:
+        """:meth:`authenticate` when it needs no I/O (the key is cached, the generation was
+        polled recently, ``last_used_at`` is fresh), else None: the event loop calls this
+        first and leaves the thread pool to the rare request that needs the database."""
+        if parse_key(presented) is None:
+            raise Unauthorized("the API key is malformed")
+        if time.monotonic() - self._checked_at >= self.poll_seconds:
+            return None
+        digest = key_digest(self.pepper, presented)
+        with self._lock:
+            record = self._cache.get(digest)
+        now = utcnow()
+        if record is None or _touch_due(record, now):
+            return None
+        return self._context(record, now)
+
+    @staticmethod
+    def _context(record: _KeyRecord, now: datetime) -> TenantContext:
         if record.revoked_at is not None and record.revoked_at <= now:
             raise Unauthorized("the API key has been revoked")
         if record.expires_at is not None and record.expires_at <= now:
@@ -76,8 +100,6 @@ class ApiKeyAuthenticator:
             raise Unauthorized("the API key's tenant has been deleted")
         if record.tenant_status is TenantStatus.SUSPENDED:
             raise Forbidden("the tenant is suspended; contact your administrator")
-        if record.last_used_at is None or now - record.last_used_at > LAST_USED_RESOLUTION:
-            self._touch(digest, record, now)
         return TenantContext(
             tenant_id=record.tenant_id,
             tenant_slug=record.tenant_slug,
@@ -130,3 +152,7 @@ class ApiKeyAuthenticator:
             self._cache[digest] = replace(record, last_used_at=now)
         with self.engine.begin() as conn:
             conn.execute(update(ApiKey).where(ApiKey.id == record.key_id).values(last_used_at=now))
+
+
+def _touch_due(record: _KeyRecord, now: datetime) -> bool:
+    return record.last_used_at is None or now - record.last_used_at > LAST_USED_RESOLUTION

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.errors import ValidationFailed
 from celeriac.platform.models import Plugin, utcnow
 
@@ -106,6 +107,12 @@ class _RegistryCache:
             self._plugins, self._loaded_at = plugins, time.monotonic()
         return plugins
 
+    def fresh(self) -> dict[tuple[str, str], PluginInfo] | None:
+        """The registry if it was read within the TTL, else None (no I/O)."""
+        if time.monotonic() - self._loaded_at < REGISTRY_TTL_SECONDS:
+            return self._plugins
+        return None
+
     def clear(self) -> None:
         with self._lock:
             self._loaded_at = -REGISTRY_TTL_SECONDS
@@ -118,10 +125,30 @@ def registered_plugins(session: Session) -> dict[tuple[str, str], PluginInfo]:
     return _registry_cache.get(session)
 
 
+def cached_plugins() -> dict[tuple[str, str], PluginInfo] | None:
+    """The registry as this process last read it, if that was within the TTL."""
+    return _registry_cache.fresh()
+
+
+def load_plugins() -> dict[tuple[str, str], PluginInfo]:
+    """The registry, read through a session of its own when the cached copy is stale."""
+    with get_sessionmaker()() as session:
+        return _registry_cache.get(session)
+
+
 def resolve_pipeline(
     session: Session, pipeline: str | dict[str, Any], pointer: str = "#/body/pipeline"
 ) -> dict[str, Any]:
     """The pipeline with plugin versions, or 422 listing every problem with a pointer."""
+    return resolve_against(registered_plugins(session), pipeline, pointer)
+
+
+def resolve_against(
+    plugins: Mapping[tuple[str, str], PluginInfo],
+    pipeline: str | dict[str, Any],
+    pointer: str = "#/body/pipeline",
+) -> dict[str, Any]:
+    """:func:`resolve_pipeline` against a registry already in hand."""
     name = None
     if isinstance(pipeline, str):
         if pipeline not in NAMED_PIPELINES:
@@ -131,7 +158,6 @@ def resolve_pipeline(
                 errors=[{"pointer": pointer, "detail": "unknown pipeline name"}],
             )
         name, pipeline = pipeline, NAMED_PIPELINES[pipeline]
-    plugins = registered_plugins(session)
     errors: list[dict[str, str]] = []
     resolved: dict[str, Any] = {"name": name, "datasets": [], "analyzers": []}
     for section, kind in (("datasets", DATASET), ("analyzers", ANALYZER)):

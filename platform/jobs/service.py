@@ -7,8 +7,6 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
@@ -16,9 +14,6 @@ from sqlalchemy.orm import Session
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.db import run_after_commit
 from celeriac.platform.errors import Conflict, NotFound
-from celeriac.platform.jobs.payload import Payload, chunk_key
-from celeriac.platform.jobs.payload import chunks as payload_chunks
-from celeriac.platform.jobs.pipelines import resolve_pipeline
 from celeriac.platform.jobs.schemas import JobOut, StageProgress, TaskError
 from celeriac.platform.models import (
     FINAL_JOB_STATES,
@@ -27,13 +22,11 @@ from celeriac.platform.models import (
     JobTask,
     Priority,
     TaskState,
-    UsageRecord,
     utcnow,
 )
 from celeriac.platform.repository import TenantRepository
-from celeriac.platform.settings import get_settings
-from celeriac.platform.storage import BlobNotFound, job_blob_key
-from celeriac.platform.tasks import CANCEL_JOB, START_JOB, publish
+from celeriac.platform.storage import BlobNotFound
+from celeriac.platform.tasks import CANCEL_JOB, publish
 from celeriac.platform.tenant_data import tenant_blobs
 
 logger = logging.getLogger(__name__)
@@ -42,58 +35,6 @@ logger = logging.getLogger(__name__)
 class JobRepository(TenantRepository[Job]):
     model = Job
     not_found = "job"
-
-
-def submit_job(
-    session: Session,
-    ctx: TenantContext,
-    *,
-    pipeline: str | dict[str, Any],
-    payload: Payload,
-    priority: Priority,
-    metadata: dict[str, Any],
-) -> Job:
-    """Validate, store the payload encrypted, insert the job (queued) and its usage record,
-    and publish ``start_job`` once the transaction commits."""
-    resolved = resolve_pipeline(session, pipeline)
-    job_id = uuid.uuid4()
-    tenant = str(ctx.tenant_id)
-    # Stored pre-cut into chunks, so that fanning out is bookkeeping, not data handling.
-    payload_prefix = job_blob_key(tenant, str(job_id), "payload") + "/"
-    pieces = payload_chunks(payload, get_settings().jobs.chunk_records)
-    blobs = tenant_blobs()
-    written: list[str] = []
-    stored_bytes = 0
-    try:
-        for index, piece in enumerate(pieces):
-            key = chunk_key(payload_prefix, index)
-            written.append(key)
-            stored_bytes += blobs.put(tenant, key, piece)
-        job = Job(
-            id=job_id, tenant_id=ctx.tenant_id, priority=priority, pipeline=resolved,
-            state=JobState.QUEUED, payload_key=payload_prefix,
-            record_count=payload.record_count, payload_bytes=len(payload.ndjson),
-            job_metadata=metadata, checkpoints={"payload": {"chunks": len(pieces)}},
-        )  # fmt: skip
-        session.add(job)
-        session.add(
-            UsageRecord(
-                id=f"job_{job_id}:jobs.submitted", tenant_id=ctx.tenant_id,
-                metric="jobs.submitted", quantity=Decimal(1), unit="job",
-                occurred_at=utcnow(), source="api",
-                properties={"job_id": str(job_id), "priority": priority.value,
-                            "pipeline": resolved.get("name") or "custom",
-                            "records": payload.record_count, "stored_bytes": stored_bytes},
-            )
-        )  # fmt: skip
-        session.flush()
-    except BaseException:
-        for key in written:  # nothing half-written
-            blobs.delete(tenant, key)
-        raise
-    kwargs = {"tenant_id": tenant, "job_id": str(job_id)}
-    run_after_commit(session, lambda: _publish(START_JOB, priority, ctx.tenant_slug, kwargs))
-    return job
 
 
 def _publish(name: str, band: Priority, tenant_slug: str, kwargs: dict[str, str]) -> None:

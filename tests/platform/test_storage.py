@@ -138,13 +138,25 @@ def test_invalid_prefixes_are_rejected(store: LocalBlobStore, prefix: str) -> No
         store.delete_prefix(prefix)
 
 
-def test_key_that_clashes_with_a_prefix_is_a_value_error(store: LocalBlobStore) -> None:
+def test_below_a_tenant_a_key_and_a_longer_key_coexist_as_on_s3(store: LocalBlobStore) -> None:
     store.put("tenants/acme/a", b"x")
+    store.put("tenants/acme/a/b", b"y")
+    assert (store.get("tenants/acme/a"), store.get("tenants/acme/a/b")) == (b"x", b"y")
+    store.put("tenants/other", b"z")  # the tenant folders themselves still cannot be files
     with pytest.raises(ValueError, match="clashes"):
-        store.put("tenants/acme/a/b", b"y")
-    store.put("tenants/acme/c/d", b"y")
-    with pytest.raises(ValueError, match="clashes"):
-        store.put("tenants/acme/c", b"z")
+        store.put("tenants/other/x", b"w")
+
+
+def test_a_jobs_blobs_share_their_tenants_folder(store: LocalBlobStore) -> None:
+    store.put(job_blob_key("t1", "j1", "payload/00000.ndjson"), b"x")
+    store.put(job_blob_key("t1", "j1", "results/summary.json"), b"y")
+    store.put(job_blob_key("t1", "j10", "payload/00000.ndjson"), b"z")  # j1 is its prefix
+    folders = sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*") if p.is_dir())
+    assert folders == [".staging", "tenants", "tenants/t1"]
+    assert store.delete_prefix("tenants/t1/jobs/j1/") == 2
+    assert store.get(job_blob_key("t1", "j10", "payload/00000.ndjson")) == b"z"
+    assert store.delete_prefix("tenants/t1/jobs/j10/") == 1
+    assert not (store.root / "tenants" / "t1").exists()  # emptied folders are pruned
 
 
 def test_delete_prefix_removes_only_that_tenants_blobs(store: LocalBlobStore) -> None:
