@@ -9,6 +9,7 @@ media type the API does not accept with 415.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -18,7 +19,14 @@ from celeriac.platform.api.problems import PROBLEM_JSON, TYPE_BASE
 from celeriac.platform.errors import PayloadTooLarge
 from celeriac.platform.logging import log_context
 
+logger = logging.getLogger(__name__)
+
 REQUEST_ID_HEADER = "X-Request-ID"
+_INTERNAL_ERROR = (
+    500,
+    "internal-error",
+    "something went wrong on our side; quote the request_id when reporting it",
+)
 SMALL_BODY_LIMIT = 1024 * 1024
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _JSON_TYPES = ("application/json",)
@@ -49,8 +57,12 @@ class RequestEnvelope:
         request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else ""
         request_id = request_id or uuid.uuid4().hex
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [
                     *message.get("headers", []),
                     (REQUEST_ID_HEADER.encode(), request_id.encode()),
@@ -62,7 +74,16 @@ class RequestEnvelope:
             if problem is not None:
                 await _send_problem(send_with_id, scope, request_id, problem)
                 return
-            await self.app(scope, self._counting(receive, self._limit(scope["path"])), send_with_id)
+            counted = self._counting(receive, self._limit(scope["path"]))
+            try:
+                await self.app(scope, counted, send_with_id)
+            except Exception:
+                # An error no handler answered. Starlette's outermost middleware would
+                # answer it outside this envelope, without the request id; answer here.
+                if started:
+                    raise
+                logger.exception("unhandled error", extra={"path": scope["path"]})
+                await _send_problem(send_with_id, scope, request_id, _INTERNAL_ERROR)
 
     def _refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[int, str, str] | None:
         if scope["method"] not in _BODY_METHODS:
@@ -115,7 +136,8 @@ async def _send_problem(
     send: Send, scope: Scope, request_id: str, refusal: tuple[int, str, str]
 ) -> None:
     status, code, detail = refusal
-    titles = {400: "Bad request", 413: "Payload too large", 415: "Unsupported media type"}
+    titles = {400: "Bad request", 413: "Payload too large", 415: "Unsupported media type",
+              500: "Internal server error"}  # fmt: skip
     body: dict[str, Any] = {
         "type": TYPE_BASE + code,
         "title": titles[status],

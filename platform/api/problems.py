@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -124,11 +125,15 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
-def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+def _on_data_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database refused a value the schemas let through (a NUL character in text, for
+    one): the client's input, rejected whole, since the transaction rolled back."""
+    assert isinstance(exc, DataError)
+    logger.info("the database refused a value: %s", exc.orig)
     return problem_response(
-        request, status=500, code="internal-error", title="Internal server error",
-        detail="something went wrong on our side; quote the request_id when reporting it",
+        request, status=422, code="validation-failed", title="Validation failed",
+        detail="a value in the request cannot be stored (text may not contain NUL "
+        "characters, numbers must fit their fields); nothing was changed",
     )  # fmt: skip
 
 
@@ -136,7 +141,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
-    app.add_exception_handler(Exception, _on_unexpected)
+    app.add_exception_handler(DataError, _on_data_error)
 
 
 def problem_openapi(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -33,11 +33,11 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
 from starlette.applications import Starlette
 
 from celeriac.platform.db import get_engine
-from celeriac.platform.errors import ProblemError, ServiceUnavailable
+from celeriac.platform.errors import ProblemError, ServiceUnavailable, ValidationFailed
 from celeriac.platform.jobs.payload import Payload, chunk_key, chunks
 from celeriac.platform.models import Job, JobState, Priority, UsageRecord, utcnow
 from celeriac.platform.settings import get_settings
@@ -277,6 +277,8 @@ def _unavailable(exc: BaseException) -> BaseException:
     """What the client sees: its own problem, or a 503 for the platform's failures."""
     if isinstance(exc, ProblemError):
         return exc
+    if isinstance(exc, DataError):  # alone in its batch, so it is this job's own value
+        return ValidationFailed("a value in the job cannot be stored; nothing was kept")
     if isinstance(exc, DBAPIError | OSError):
         logger.error("a job could not be stored: %s", exc)
     else:

@@ -14,11 +14,29 @@ STEP_NAME = r"^[a-z][a-z0-9_-]{0,99}$"
 MetadataValue = str | int | float | bool | None
 
 
+def _without_nul(value: Any) -> Any:
+    """Reject NUL characters anywhere in a JSON value stored in a JSONB column, which
+    PostgreSQL refuses (the job would fail to store, whatever the client retried)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str) and "\x00" in item:
+            raise ValueError("text may not contain NUL characters (\\u0000)")
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return value
+
+
 class PipelineStep(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=STEP_NAME, examples=["tabular"])
     params: dict[str, Any] = Field(default_factory=dict)
+
+    _params = field_validator("params")(_without_nul)
 
 
 class PipelineSpec(BaseModel):
@@ -29,6 +47,7 @@ class PipelineSpec(BaseModel):
 
 
 def _check_metadata(metadata: dict[str, MetadataValue]) -> dict[str, MetadataValue]:
+    _without_nul(metadata)
     if len(metadata) > 50:
         raise ValueError("at most 50 metadata keys")
     for key, value in metadata.items():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from conftest import TenantFixture, clear_process_caches
@@ -15,8 +18,18 @@ from sqlalchemy import func, select, update
 
 from celeriac.platform.api.app import create_app
 from celeriac.platform.db import get_engine, get_sessionmaker
-from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
-from celeriac.platform.models import Job, JobStage, JobState, JobTask, TaskState
+from celeriac.platform.errors import ValidationFailed
+from celeriac.platform.jobs.ingest import Submission, _Waiting, ingest_writer, write_batch
+from celeriac.platform.jobs.payload import from_records
+from celeriac.platform.jobs.pipelines import (
+    ANALYZER,
+    DATASET,
+    PluginInfo,
+    load_plugins,
+    register_plugins,
+    resolve_against,
+)
+from celeriac.platform.models import Job, JobStage, JobState, JobTask, Priority, TaskState
 from celeriac.platform.settings import Settings
 from celeriac.platform.storage import blob_store_from_settings, job_blob_key
 from celeriac.platform.tenant_data import tenant_blobs
@@ -131,6 +144,12 @@ def test_file_upload_jobs(
         ({"pipeline": SPEC, "records": RECORDS, "priority": "urgent"}, 422, "#/body/priority"),
         ({"pipeline": SPEC, "records": RECORDS, "extra": 1}, 422, "#/body/extra"),
         ({"records": RECORDS}, 422, "#/body/pipeline"),
+        # PostgreSQL's JSONB refuses NUL: caught as the client's error, not a failed store
+        ({"pipeline": SPEC, "records": RECORDS, "metadata": {"k": "a\u0000b"}}, 422,
+         "#/body/metadata"),
+        ({"pipeline": {"datasets": [{"name": "tabular", "params": {"x": ["\u0000"]}}],
+                       "analyzers": [{"name": "summary"}]}, "records": RECORDS}, 422,
+         "#/body/pipeline/PipelineSpec/datasets/0/params"),
     ],
 )  # fmt: skip
 def test_invalid_jobs_are_422_with_pointers_and_leave_nothing(
@@ -298,3 +317,68 @@ def test_submission_counts_in_usage(client: TestClient, tenant: TenantFixture) -
     with get_engine().connect() as conn:
         rows = conn.execute(select(UsageRecord.id, UsageRecord.metric)).all()
     assert [tuple(r) for r in rows] == [(f"job_{job_id}:jobs.submitted", "jobs.submitted")]
+
+
+def test_a_job_that_fails_to_store_fails_alone_and_leaves_nothing(
+    client: TestClient, tenant: TenantFixture, redis_broker_url: str, api_settings: Settings
+) -> None:
+    """Two submissions in one group commit: the batch's INSERT fails on the bad one, each is
+    retried alone, the good one is stored and published, the bad one fails with its
+    payload blob removed: a value the database refuses is the client's 422."""
+    resolved = resolve_against(load_plugins(), SPEC)
+    tenant_id = uuid.UUID(tenant.id)
+
+    def submission(metadata: dict[str, Any]) -> Submission:
+        return Submission(
+            tenant_id=tenant_id, tenant_slug=tenant.slug, pipeline=resolved,
+            payload=from_records(RECORDS), priority=Priority.NORMAL, metadata=metadata,
+        )  # fmt: skip
+
+    good, bad = submission({"ok": True}), submission({"bad": "\x00"})  # skips API checks
+
+    async def write_both() -> list[BaseException | None]:
+        loop = asyncio.get_running_loop()
+        batch = [_Waiting(s, loop.create_future(), loop) for s in (good, bad)]
+        await asyncio.to_thread(write_batch, batch)
+        results = await asyncio.gather(*(w.future for w in batch), return_exceptions=True)
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    outcome = asyncio.run(write_both())
+    assert outcome[0] is None and isinstance(outcome[1], ValidationFailed)
+    assert [job.id for job in _jobs()] == [good.id]
+    assert [m[1]["job_id"] for m in _queued_messages(
+        redis_broker_url, f"orchestration.normal.{tenant.slug}")] == [str(good.id)]  # fmt: skip
+    store = blob_store_from_settings(api_settings)
+    assert store.exists(good.payload_prefix + "00000.ndjson")
+    assert not store.exists(bad.payload_prefix + "00000.ndjson")
+
+
+def test_concurrent_submissions_are_each_stored_once(
+    api_settings: Settings, tenant: TenantFixture, redis_broker_url: str
+) -> None:
+    """Requests in flight together share group commits; every 202 is one job row and one
+    start_job message, and every job has its own payload."""
+
+    async def submit_many() -> list[httpx.Response]:
+        app = create_app(api_settings)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            answers = await asyncio.gather(*(
+                http.post("/v1/jobs", headers=tenant.headers,
+                          json={"pipeline": SPEC, "records": [{"n": n}]})
+                for n in range(40)
+            ))  # fmt: skip
+        ingest_writer(app).close()
+        return list(answers)
+
+    answers = asyncio.run(submit_many())
+    assert [a.status_code for a in answers] == [202] * 40
+    ids = sorted(a.json()["id"] for a in answers)
+    assert sorted(str(job.id) for job in _jobs()) == ids
+    messages = _queued_messages(redis_broker_url, f"orchestration.normal.{tenant.slug}")
+    assert sorted(m[1]["job_id"] for m in messages) == ids
+    for answer in answers:
+        sent = json.loads(answer.request.content)["records"]
+        key = job_blob_key(tenant.id, answer.json()["id"], "payload/00000.ndjson")
+        stored = tenant_blobs().get(tenant.id, key)
+        assert [json.loads(line) for line in stored.splitlines()] == sent

@@ -61,3 +61,30 @@ def test_readiness_reports_an_unreachable_database(
         assert unready.get("/healthz").status_code == 200
     assert answer.status_code == 503
     assert answer.json()["problems"] == ["database: OperationalError"]
+
+
+def test_an_unhandled_error_is_a_problem_with_the_request_id(api_settings: Settings) -> None:
+    app = create_app(api_settings)
+
+    @app.get("/v1/boom", include_in_schema=False)
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/v1/boom", headers={"X-Request-ID": "trace-me"})
+    assert answer.status_code == 500
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["X-Request-ID"] == "trace-me" == answer.json()["request_id"]
+    assert "a bug" not in answer.text  # no internals leak
+
+
+def test_text_the_database_cannot_store_is_422_and_changes_nothing(
+    client: TestClient, admin_headers: dict[str, str]
+) -> None:
+    answer = client.post(
+        "/v1/admin/tenants", json={"slug": "nul-tenant", "name": "a\u0000b"}, headers=admin_headers
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    listed = client.get("/v1/admin/tenants", headers=admin_headers).json()["data"]
+    assert "nul-tenant" not in [t["slug"] for t in listed]
