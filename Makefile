@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
+# checkov (tests/deploy) pins packaging<24 and boto3==1.35.*, which would hold celery, kombu
+# and redis back a release in the project's environment: it gets a virtualenv of its own.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
 .PHONY: up test lint typecheck pytest install lock clean
 
@@ -14,14 +18,19 @@ $(STAMP): requirements.lock pyproject.toml
 	$(VENV)/bin/uv pip install --python $(PY) -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+$(CHECKOV_STAMP): requirements-checkov.lock $(STAMP)
+	test -x $(CHECKOV_VENV)/bin/python || python3 -m venv $(CHECKOV_VENV)
+	$(VENV)/bin/uv pip install --python $(CHECKOV_VENV)/bin/python -q -r requirements-checkov.lock
+	touch $(CHECKOV_STAMP)
+
+install: $(STAMP) $(CHECKOV_STAMP)
 
 ## Run the whole platform on its embedded defaults (SQLite, filesystem broker, local keys).
 up: $(STAMP)
 	$(VENV)/bin/celeriac up
 
 ## Lint, type-check and run every test against the machine's PostgreSQL and Redis.
-test: $(STAMP) lint typecheck pytest
+test: $(STAMP) $(CHECKOV_STAMP) lint typecheck pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -30,12 +39,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(CHECKOV_STAMP)
 	$(VENV)/bin/pytest -n auto --dist loadgroup
 
-## Re-resolve requirements.lock after changing dependencies in pyproject.toml.
+## Re-resolve requirements.lock (and requirements-checkov.lock) after changing dependencies.
 lock: $(STAMP)
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock -q
+	$(VENV)/bin/uv pip compile requirements-checkov.in --python-version 3.11 -o requirements-checkov.lock -q
 
 clean:
-	rm -rf $(VENV) var build dist *.egg-info
+	rm -rf $(VENV) $(CHECKOV_VENV) var build dist *.egg-info

@@ -185,6 +185,19 @@ class FairDispatcher:
     def ready_depth(self, pool: Pool) -> int:
         return int(self.client.llen(pool.value))
 
+    def held(self, pool: Pool) -> int:
+        """Tasks the pool's live workers hold (the busy counts the release script reads,
+        for workers whose capacity has not expired): the running side of the demand that
+        KEDA scales on. Read-only; not on the dispatch path."""
+        # Live workers: the release script drops expired ones with ZREMRANGEBYSCORE ..now.
+        hosts: list[Any] = self.client.zrangebyscore(
+            CAPACITY.format(pool=pool.value), f"({time.time()}", "+inf"
+        )
+        if not hosts:
+            return 0
+        counts = self.client.hmget(BUSY.format(pool=pool.value), hosts)
+        return sum(max(0, int(count or 0)) for count in counts)
+
 
 @lru_cache(maxsize=1)
 def get_dispatcher() -> FairDispatcher | None:

@@ -26,6 +26,7 @@ from celeriac.platform.jobs.ingest import IngestWriter
 from celeriac.platform.jobs.routes import router as jobs_router
 from celeriac.platform.keys.routes import admin_router as admin_keys_router
 from celeriac.platform.keys.routes import tenant_router as keys_router
+from celeriac.platform.ops.routes import metrics_router
 from celeriac.platform.ops.routes import router as ops_router
 from celeriac.platform.settings import Settings, get_settings
 from celeriac.platform.tenants.routes import router as tenants_router
@@ -172,6 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in (
         tenants_router, admin_keys_router, keys_router, jobs_router, webhooks_router, ops_router,
+        metrics_router,
     ):  # fmt: skip
         app.include_router(router)
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]

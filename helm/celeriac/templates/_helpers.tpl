@@ -1,0 +1,171 @@
+{{/* Names and labels. */}}
+{{- define "celeriac.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "celeriac.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "celeriac.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "celeriac.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Selector labels of one component: pass (dict "root" $ "component" "api"). */}}
+{{- define "celeriac.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "celeriac.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "celeriac.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "celeriac.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "celeriac.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret every pod reads its secret CELERIAC_* variables from. */}}
+{{- define "celeriac.secretName" -}}
+{{- if .Values.secrets.existingSecret }}
+{{- .Values.secrets.existingSecret }}
+{{- else if .Values.secrets.create }}
+{{- printf "%s-secrets" (include "celeriac.fullname" .) }}
+{{- else }}
+{{- fail "set secrets.existingSecret (preferred) or secrets.create with secrets.env" }}
+{{- end }}
+{{- end }}
+
+{{/* Where the processes keep files (beat's schedule): an emptyDir, as the root fs is read-only. */}}
+{{- define "celeriac.varDir" -}}/var/lib/celeriac{{- end }}
+
+{{/*
+The non-secret CELERIAC_* environment as a YAML map, shared by the ConfigMap and the
+migration Job (a pre-install hook runs before the ConfigMap exists). Names are fields of
+platform/settings.py.
+*/}}
+{{- define "celeriac.configEnv" -}}
+{{- $w := .Values.workers }}
+{{- if not (lt (int $w.compute.softTimeLimit) (int $w.compute.hardTimeLimit)) }}
+{{- fail "workers.compute.softTimeLimit must be below workers.compute.hardTimeLimit" }}
+{{- end }}
+{{- if not (lt (int $w.compute.hardTimeLimit) (int $w.visibilityTimeout)) }}
+{{- fail "workers.visibilityTimeout must exceed workers.compute.hardTimeLimit (or long tasks run twice)" }}
+{{- end }}
+{{- $env := dict
+  "CELERIAC_ENVIRONMENT" .Values.config.environment
+  "CELERIAC_VAR_DIR" (include "celeriac.varDir" .)
+  "CELERIAC_API__HOST" "0.0.0.0"
+  "CELERIAC_API__PORT" .Values.api.port
+  "CELERIAC_BLOB__BACKEND" .Values.config.blob.backend
+  "CELERIAC_BLOB__REGION" .Values.config.blob.region
+  "CELERIAC_KEYS__PROVIDER" .Values.config.keys.provider
+  "CELERIAC_KEYS__MODE" .Values.config.keys.mode
+  "CELERIAC_LOG__LEVEL" .Values.config.log.level
+  "CELERIAC_LOG__JSON_LINES" .Values.config.log.jsonLines
+  "CELERIAC_WORKERS__VISIBILITY_TIMEOUT" $w.visibilityTimeout
+  "CELERIAC_WORKERS__COMPUTE_MAX_TASKS_PER_CHILD" $w.compute.maxTasksPerChild
+  "CELERIAC_WORKERS__COMPUTE_SOFT_TIME_LIMIT" $w.compute.softTimeLimit
+  "CELERIAC_WORKERS__COMPUTE_HARD_TIME_LIMIT" $w.compute.hardTimeLimit
+}}
+{{- if .Values.config.blob.s3Bucket }}
+{{- $_ := set $env "CELERIAC_BLOB__S3_BUCKET" .Values.config.blob.s3Bucket }}
+{{- else if eq .Values.config.blob.backend "s3" }}
+{{- fail "config.blob.s3Bucket is required with config.blob.backend=s3 (Terraform output blob_bucket)" }}
+{{- end }}
+{{- range $pool, $spec := $w }}
+{{- if kindIs "map" $spec }}
+{{- $_ := set $env (printf "CELERIAC_WORKERS__%s_CONCURRENCY" (upper $pool)) $spec.concurrency }}
+{{- end }}
+{{- end }}
+{{- range $name, $value := .Values.config.extra }}
+{{- if not (hasPrefix "CELERIAC_" $name) }}
+{{- fail (printf "config.extra.%s: only CELERIAC_* settings belong here" $name) }}
+{{- end }}
+{{- if hasKey $env $name }}
+{{- fail (printf "config.extra.%s: set by the chart from its own value" $name) }}
+{{- end }}
+{{- $_ := set $env $name $value }}
+{{- end }}
+{{- range $name, $value := $env }}
+{{ $name }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level settings shared by every Celeriac pod. */}}
+{{- define "celeriac.podSpecCommon" -}}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumes:
+  - name: tmp
+    emptyDir:
+      sizeLimit: 1Gi
+  - name: var
+    emptyDir:
+      sizeLimit: 64Mi
+{{- end }}
+
+{{/* Container fields shared by every Celeriac container. */}}
+{{- define "celeriac.containerCommon" -}}
+image: {{ include "celeriac.image" . | quote }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+envFrom:
+  - configMapRef:
+      name: {{ include "celeriac.fullname" . }}-config
+  - secretRef:
+      name: {{ include "celeriac.secretName" . }}
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
+  - name: var
+    mountPath: {{ include "celeriac.varDir" . }}
+{{- end }}
+
+{{/* Pod template annotations: roll the pods when the configuration changes. */}}
+{{- define "celeriac.podAnnotations" -}}
+checksum/config: {{ include "celeriac.configEnv" . | sha256sum }}
+{{- with .Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
