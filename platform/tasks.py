@@ -96,6 +96,7 @@ class Publication:
     band: Priority | str
     tenant_slug: str
     kwargs: dict[str, Any]
+    task_id: str | None = None  # Celery's message id, when the caller chose it
 
 
 def publish_many(publications: Sequence[Publication], app: Celery | None = None) -> list[str]:
@@ -117,7 +118,7 @@ def publish_many(publications: Sequence[Publication], app: Celery | None = None)
                 queue_name = queue.name
             result = app.send_task(
                 item.name, kwargs=item.kwargs, queue=queue_name, ignore_result=True,
-                producer=producer,
+                producer=producer, task_id=item.task_id,
             )  # fmt: skip
             ids.append(str(result.id))
     if dispatcher is not None:

@@ -109,9 +109,10 @@ def claimable(task: JobTask, message_id: str | None, lease_seconds: float) -> bo
 
 def claim(
     session: Session, tenant_id: str, task_id: str, message_id: str, lease_seconds: float
-) -> JobTask | None:
+) -> tuple[JobTask, Job] | None:
     """Claim the task for ``message_id``: -> running with one more attempt, if its job
-    is still running and :func:`claimable` allows it."""
+    is still running and :func:`claimable` allows it. Returns the task as claimed and its
+    job."""
     task = session.scalars(
         select(JobTask).where(
             JobTask.tenant_id == uuid.UUID(tenant_id), JobTask.id == uuid.UUID(task_id)
@@ -119,8 +120,8 @@ def claim(
     ).one_or_none()
     if task is None or not claimable(task, message_id, lease_seconds):
         return None
-    job_state = session.scalar(select(Job.state).where(Job.id == task.job_id))
-    if job_state is not JobState.RUNNING:
+    job = session.get(Job, task.job_id)
+    if job is None or job.state is not JobState.RUNNING:
         return None
     now = utcnow()
     claimed = session.execute(
@@ -133,30 +134,58 @@ def claim(
     )  # fmt: skip
     if _rowcount(claimed) != 1:
         return None  # a sibling delivery of the same message got it
-    session.refresh(task)
-    return task
+    task.state, task.attempts, task.started_at = TaskState.RUNNING, task.attempts + 1, now
+    task.celery_task_id = message_id
+    return task, job
+
+
+def assign_messages(session: Session, tasks: Sequence[JobTask]) -> dict[uuid.UUID, str]:
+    """Give each task the id of the message about to run it (kept so that cancelling
+    the job can revoke a message not yet running); returns them by task id."""
+    ids = {task.id: str(uuid.uuid4()) for task in tasks}
+    for task in tasks:
+        session.execute(
+            update(JobTask)
+            .where(JobTask.id == task.id, JobTask.state.in_(OPEN_TASK_STATES))
+            .values(celery_task_id=ids[task.id])
+            .execution_options(synchronize_session=False)
+        )
+    return ids
+
+
+def lock_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
+    """Touch the job (the reconciler sees progress) and hold its row until commit: the
+    tasks of one job that finish together then commit one after the other, so the last
+    one's count of open tasks sees every sibling's outcome. (An UPDATE, not SELECT ... FOR
+    UPDATE, so that SQLite, whose writers take the database lock, serialises the same.)"""
+    now = utcnow()
+    touched = session.execute(
+        update(Job)
+        .where(Job.tenant_id == uuid.UUID(tenant_id), Job.id == uuid.UUID(job_id))
+        .values(updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(touched) != 1:
+        return None
+    return load_job(session, tenant_id, job_id)
 
 
 def finish(
     session: Session,
-    task: JobTask,
+    task_id: str,
     state: TaskState,
     *,
+    started: datetime | None,
     error: str | None = None,
-    started: datetime | None = None,
 ) -> bool:
-    """running -> a final state, once; touches the job so the reconciler sees progress."""
+    """running -> a final state, once."""
     now = utcnow()
-    began = started or task.started_at or now
+    began = started or now
     done = session.execute(
         update(JobTask)
-        .where(JobTask.id == task.id, JobTask.state.in_(OPEN_TASK_STATES))
+        .where(JobTask.id == uuid.UUID(task_id), JobTask.state.in_(OPEN_TASK_STATES))
         .values(state=state, error=error, finished_at=now, updated_at=now,
                 duration_ms=int((now - began).total_seconds() * 1000))
-        .execution_options(synchronize_session=False)
-    )  # fmt: skip
-    session.execute(
-        update(Job).where(Job.id == task.job_id).values(updated_at=now)
         .execution_options(synchronize_session=False)
     )  # fmt: skip
     return _rowcount(done) == 1

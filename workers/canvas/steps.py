@@ -11,13 +11,14 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import update
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -27,7 +28,6 @@ from celeriac.platform.models import (
     Job,
     JobStage,
     JobState,
-    JobTask,
     Priority,
     TaskState,
     Tenant,
@@ -36,7 +36,7 @@ from celeriac.platform.models import (
 )
 from celeriac.platform.settings import get_settings
 from celeriac.platform.storage import BlobNotFound
-from celeriac.platform.tasks import publish
+from celeriac.platform.tasks import Publication, publish, publish_many
 from celeriac.platform.tenant_data import tenant_blobs
 from celeriac.workers.canvas import plan, state
 
@@ -48,6 +48,7 @@ RUN_TASK = "celeriac.compute.run_task"
 FINALIZE = "celeriac.distribution.finalize"
 
 Send = Callable[..., str]
+SendMany = Callable[[Sequence[Publication]], list[str]]
 
 
 class TransientError(Exception):
@@ -65,10 +66,26 @@ class JobRef:
         return {"tenant_id": self.tenant_id, "job_id": self.job_id, **extra}
 
 
+# A tenant's slug never changes (the API cannot update it), so each process keeps the ones
+# it has read; the bound only caps memory.
+_SLUGS: dict[uuid.UUID, str] = {}
+_SLUGS_MAX = 10_000
+
+
+def tenant_slug(session: Session, tenant_id: uuid.UUID) -> str:
+    slug = _SLUGS.get(tenant_id)
+    if slug is None:
+        found = session.scalar(select(Tenant.slug).where(Tenant.id == tenant_id))
+        assert found is not None
+        if len(_SLUGS) >= _SLUGS_MAX:
+            _SLUGS.clear()
+        slug = _SLUGS[tenant_id] = found
+    return slug
+
+
 def ref_of(session: Session, job: Job) -> JobRef:
-    slug = session.get(Tenant, job.tenant_id)
-    assert slug is not None
-    return JobRef(str(job.tenant_id), str(job.id), slug.slug, job.priority)
+    return JobRef(str(job.tenant_id), str(job.id), tenant_slug(session, job.tenant_id),
+                  job.priority)  # fmt: skip
 
 
 def _send(ref: JobRef, name: str, send: Send, **extra: str) -> str:
@@ -96,7 +113,10 @@ def start_job(tenant_id: str, job_id: str, send: Send = publish) -> str | None:
 # --- distribution --------------------------------------------------------------------
 
 
-def fan_out(tenant_id: str, job_id: str, stage: str, send: Send = publish) -> int:
+def fan_out(
+    tenant_id: str, job_id: str, stage: str, send: Send = publish,
+    send_many: SendMany = publish_many,
+) -> int:  # fmt: skip
     """Create the stage's tasks (once) and publish every open one; returns how many.
 
     Publishing an open task twice (reconciler) is harmless: the compute step claims it
@@ -109,32 +129,23 @@ def fan_out(tenant_id: str, job_id: str, stage: str, send: Send = publish) -> in
         open_tasks = state.ensure_tasks(session, job, plan.planned(job, JobStage(stage)))
         lease = lease_seconds()
         # A running task is republished only when its run has outlived any possible run.
-        task_ids = [str(t.id) for t in open_tasks
-                    if t.state is TaskState.PENDING or state.lease_expired(t, lease)]  # fmt: skip
+        due = [t for t in open_tasks
+               if t.state is TaskState.PENDING or state.lease_expired(t, lease)]  # fmt: skip
+        message_ids = state.assign_messages(session, due)
     if not open_tasks:
         join(tenant_id, job_id, JobStage(stage), send)
         return 0
-    for task_id in task_ids:
-        celery_id = _send(ref, RUN_TASK, send, task_id=task_id)
-        _remember_celery_id(tenant_id, task_id, celery_id)
-    return len(task_ids)
+    send_many([
+        Publication(RUN_TASK, ref.band, ref.tenant_slug, ref.kwargs(task_id=str(t.id)),
+                    task_id=message_ids[t.id])
+        for t in due
+    ])  # fmt: skip
+    return len(due)
 
 
 def lease_seconds() -> float:
     """How long a compute run may last: the hard time limit, plus a margin."""
     return get_settings().workers.compute_hard_time_limit + 30.0
-
-
-def _remember_celery_id(tenant_id: str, task_id: str, celery_id: str) -> None:
-    """Kept so that cancelling the job can revoke a message not yet running (a running
-    task's id is the one that claimed it)."""
-    with transaction() as session:
-        session.execute(
-            update(JobTask)
-            .where(JobTask.id == uuid.UUID(task_id), JobTask.tenant_id == uuid.UUID(tenant_id),
-                   JobTask.state == TaskState.PENDING)
-            .values(celery_task_id=celery_id)
-        )  # fmt: skip
 
 
 NEXT_STAGE = {JobStage.DATASETS: JobStage.ANALYSIS, JobStage.ANALYSIS: JobStage.FINALIZE}
@@ -145,19 +156,31 @@ def join(tenant_id: str, job_id: str, stage: JobStage, send: Send = publish) -> 
     next. Called after each task's result is committed, so the last one always sees it."""
     with transaction() as session:
         job = state.load_job(session, tenant_id, job_id)
-        if job is None or job.state is not JobState.RUNNING:
+        following = _advance_if_done(session, job, stage)
+        if following is None:
             return False
-        if state.stage_open_count(session, job, stage) > 0:
-            return False
-        following = NEXT_STAGE[stage]
-        if not state.advance(session, job, stage, following):
-            return False
+        assert job is not None
         ref = ref_of(session, job)
+    _dispatch(ref, following, send)
+    return True
+
+
+def _advance_if_done(session: Session, job: Job | None, stage: JobStage) -> JobStage | None:
+    if job is None or job.state is not JobState.RUNNING:
+        return None
+    if state.stage_open_count(session, job, stage) > 0:
+        return None
+    following = NEXT_STAGE[stage]
+    if not state.advance(session, job, stage, following):
+        return None
+    return following
+
+
+def _dispatch(ref: JobRef, following: JobStage, send: Send) -> None:
     if following is JobStage.FINALIZE:
         _send(ref, FINALIZE, send)
     else:
         _send(ref, FAN_OUT, send, stage=following.value)
-    return True
 
 
 # --- compute -------------------------------------------------------------------------
@@ -172,29 +195,62 @@ class Claimed:
     output_key: str
     attempts: int
     params: dict[str, Any]
+    started_at: datetime
+    # Analysis only: the dataset's partial outputs that succeeded, and its parameters.
+    inputs: tuple[str, ...] = ()
+    dataset_params: dict[str, Any] = field(default_factory=dict)
 
 
 def claim(tenant_id: str, task_id: str, message_id: str) -> Claimed | None:
+    """Claim the task and read everything its run needs, in one transaction."""
     with transaction() as session:
-        task = state.claim(session, tenant_id, task_id, message_id, lease_seconds())
-        if task is None:
+        claimed = state.claim(session, tenant_id, task_id, message_id, lease_seconds())
+        if claimed is None:
             return None
-        job = session.get(Job, task.job_id)
-        assert job is not None
+        task, job = claimed
+        inputs: tuple[str, ...] = ()
+        dataset_params: dict[str, Any] = {}
+        if task.stage is JobStage.ANALYSIS:
+            dataset = task.input_key.rstrip("/").rsplit("/", 1)[-1]
+            inputs = tuple(
+                key
+                for t in state.stage_tasks(session, job, JobStage.DATASETS)
+                if t.state is TaskState.SUCCEEDED
+                and (key := t.output_key or "").startswith(task.input_key)
+            )
+            dataset_params = _step_params(job, "datasets", dataset)
         section = "datasets" if task.stage is JobStage.DATASETS else "analyzers"
-        step = next(s for s in job.pipeline[section] if s["name"] == task.plugin)
         return Claimed(
             task_id=str(task.id), stage=task.stage, plugin=task.plugin,
             input_key=task.input_key, output_key=task.output_key or "",
-            attempts=task.attempts, params=dict(step.get("params") or {}),
+            attempts=task.attempts, params=_step_params(job, section, task.plugin),
+            started_at=task.started_at or utcnow(), inputs=inputs,
+            dataset_params=dataset_params,
         )  # fmt: skip
 
 
-def record(tenant_id: str, task_id: str, outcome: TaskState, error: str | None = None) -> None:
+def _step_params(job: Job, section: str, name: str) -> dict[str, Any]:
+    step = next(s for s in job.pipeline[section] if s["name"] == name)
+    return dict(step.get("params") or {})
+
+
+def finish(
+    tenant_id: str, job_id: str, claimed: Claimed, outcome: TaskState,
+    error: str | None = None, send: Send = publish,
+) -> bool:  # fmt: skip
+    """Record the task's outcome and, if it was its stage's last open task, move the job
+    on: one transaction, holding the job's row so that siblings finishing at the same
+    moment commit one after the other and exactly one of them sees the stage done."""
     with transaction() as session:
-        task = session.get(JobTask, uuid.UUID(task_id))
-        if task is not None and str(task.tenant_id) == tenant_id:
-            state.finish(session, task, outcome, error=error)
+        job = state.lock_job(session, tenant_id, job_id)
+        state.finish(session, claimed.task_id, outcome, started=claimed.started_at, error=error)
+        following = _advance_if_done(session, job, claimed.stage)
+        if following is None:
+            return False
+        assert job is not None
+        ref = ref_of(session, job)
+    _dispatch(ref, following, send)
+    return True
 
 
 def _records(raw: bytes) -> list[dict[str, Any]]:
@@ -205,17 +261,6 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
-
-
-def _succeeded_outputs(tenant_id: str, job_id: str, prefix: str) -> list[str]:
-    with transaction() as session:
-        job = state.load_job(session, tenant_id, job_id)
-        assert job is not None
-        return [
-            t.output_key or ""
-            for t in state.stage_tasks(session, job, JobStage.DATASETS)
-            if t.state is TaskState.SUCCEEDED and (t.output_key or "").startswith(prefix)
-        ]
 
 
 def compute(tenant_id: str, job_id: str, claimed: Claimed) -> None:
@@ -231,13 +276,12 @@ def compute(tenant_id: str, job_id: str, claimed: Claimed) -> None:
             blobs.put(tenant_id, claimed.output_key, _parquet(frame))
             return
         dataset_name = claimed.input_key.rstrip("/").rsplit("/", 1)[-1]
-        keys = _succeeded_outputs(tenant_id, job_id, claimed.input_key)
-        if not keys:
+        if not claimed.inputs:
             raise ValueError(f"dataset {dataset_name!r} has no rows: every chunk of it failed")
-        partials = [pd.read_parquet(io.BytesIO(blobs.get(tenant_id, key))) for key in keys]
-        dataset = combine_partials(
-            dataset_name, partials, _dataset_params(tenant_id, job_id, dataset_name)
-        )
+        partials = [
+            pd.read_parquet(io.BytesIO(blobs.get(tenant_id, key))) for key in claimed.inputs
+        ]
+        dataset = combine_partials(dataset_name, partials, claimed.dataset_params)
         result = analyze_dataset(claimed.plugin, dataset, claimed.params)
         body = json.dumps(result, allow_nan=False, separators=(",", ":")).encode()
         blobs.put(tenant_id, claimed.output_key, body)
@@ -245,14 +289,6 @@ def compute(tenant_id: str, job_id: str, claimed: Claimed) -> None:
         raise TransientError(f"blob missing: {exc}") from exc
     except OSError as exc:
         raise TransientError(f"{type(exc).__name__}: {exc}") from exc
-
-
-def _dataset_params(tenant_id: str, job_id: str, dataset: str) -> dict[str, Any]:
-    with transaction() as session:
-        job = state.load_job(session, tenant_id, job_id)
-        assert job is not None
-        step = next(s for s in job.pipeline["datasets"] if s["name"] == dataset)
-        return dict(step.get("params") or {})
 
 
 # --- finalize ------------------------------------------------------------------------

@@ -42,9 +42,10 @@ def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) ->
         return  # finished, cancelled, or claimed by a sibling delivery
     limit = get_settings().jobs
     if claimed.attempts > limit.task_max_deliveries + limit.task_max_retries:
-        steps.record(tenant_id, task_id, TaskState.FAILED,
-                     f"gave up after {claimed.attempts - 1} deliveries (worker lost)")  # fmt: skip
+        outcome = TaskState.FAILED
+        error: str | None = f"gave up after {claimed.attempts - 1} deliveries (worker lost)"
     else:
+        outcome, error = TaskState.SUCCEEDED, None
         try:
             steps.compute(tenant_id, job_id, claimed)
         except steps.TransientError as exc:
@@ -53,14 +54,12 @@ def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) ->
                 raise self.retry(
                     exc=exc, countdown=backoff(self.request.retries), queue=Pool.COMPUTE.value
                 ) from exc
-            steps.record(tenant_id, task_id, TaskState.FAILED, _error_text(exc))
+            outcome, error = TaskState.FAILED, _error_text(exc)
         except SoftTimeLimitExceeded:
-            steps.record(tenant_id, task_id, TaskState.TIMED_OUT, "soft time limit exceeded")
+            outcome, error = TaskState.TIMED_OUT, "soft time limit exceeded"
         except Retry:
             raise
         except Exception as exc:
             logger.warning("compute task failed", exc_info=True)
-            steps.record(tenant_id, task_id, TaskState.FAILED, _error_text(exc))
-        else:
-            steps.record(tenant_id, task_id, TaskState.SUCCEEDED)
-    steps.join(tenant_id, job_id, claimed.stage, send=send)
+            outcome, error = TaskState.FAILED, _error_text(exc)
+    steps.finish(tenant_id, job_id, claimed, outcome, error, send=send)

@@ -8,7 +8,7 @@ import logging
 from celery import shared_task
 
 from celeriac.workers.canvas import steps
-from celeriac.workers.tasks import send
+from celeriac.workers.tasks import send, send_many
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 def fan_out(tenant_id: str, job_id: str, stage: str) -> None:
     """Create a stage's compute tasks (one per dataset generator x chunk, or analyzer x
     dataset) and publish every one still open."""
-    count = steps.fan_out(tenant_id, job_id, stage, send=send)
+    count = steps.fan_out(tenant_id, job_id, stage, send=send, send_many=send_many)
     logger.info("stage fanned out", extra={"stage": stage, "tasks": count})
 
 
