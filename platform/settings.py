@@ -79,11 +79,32 @@ class ApiSettings(BaseModel):
     page_size_max: int = Field(default=100, ge=1)
 
 
+# Standard Webhooks' schedule: after each failed attempt, the wait before the next one.
+DEFAULT_RETRY_SCHEDULE = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0,
+                          86400.0]  # fmt: skip
+
+
 class WebhookSettings(BaseModel):
     # http:// targets only for local development.
     allow_http: bool = False
     # Admin allowlist: destinations in these CIDRs pass the private-address check.
     allowed_cidrs: list[str] = []
+    # Waits after each failed attempt (seconds, +-10% jitter); after the last, it failed.
+    retry_schedule_seconds: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE), min_length=1
+    )
+    # A 2xx within this long is a success; anything else (redirects too) a failure.
+    timeout_seconds: float = Field(default=15.0, gt=0, le=60)
+    # A receiver's Retry-After (429/503) is honoured up to this long.
+    max_retry_after_seconds: float = Field(default=86400.0, gt=0)
+    # A target failing without a break for this long is disabled.
+    disable_after_seconds: float = Field(default=5 * 86400.0, gt=0)
+    # Deliveries per second to one target, unless the target sets its own.
+    deliveries_per_second: float = Field(default=10.0, gt=0)
+    # How often beat looks for deliveries that are due (retries, lost messages).
+    scan_interval_seconds: float = Field(default=1.0, gt=0)
+    # Where tenants fetch results: the results URL in an event is built on it.
+    public_api_url: str = "http://127.0.0.1:8000"
 
 
 class AuthSettings(BaseModel):

@@ -117,6 +117,11 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
             "schedule": 1.0,
             "options": {"expires": 1.0},
         },
+        "webhooks": {
+            "task": "celeriac.distribution.deliver_due_webhooks",
+            "schedule": settings.webhooks.scan_interval_seconds,
+            "options": {"expires": settings.webhooks.scan_interval_seconds},
+        },
     }
     celery_app.steps["worker"].add(CapacityHeartbeat)
     return celery_app

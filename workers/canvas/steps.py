@@ -38,6 +38,7 @@ from celeriac.platform.settings import get_settings
 from celeriac.platform.storage import BlobNotFound
 from celeriac.platform.tasks import Publication, publish, publish_many
 from celeriac.platform.tenant_data import tenant_blobs
+from celeriac.platform.webhooks import events
 from celeriac.workers.canvas import plan, state
 
 logger = logging.getLogger(__name__)
@@ -335,6 +336,7 @@ def finalize(tenant_id: str, job_id: str) -> JobState | None:
         if not state.end_job(session, job, outcome, result_key=key, error=error):
             return None
         _record_usage(session, job, outcome, compute_ms, written)
+        events.job_ended(session, job, outcome, error)
     return outcome
 
 
