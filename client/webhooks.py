@@ -61,9 +61,7 @@ def verify(
     timestamp = lowered.get("webhook-timestamp")
     signatures = lowered.get("webhook-signature")
     if not message_id or not timestamp or not signatures:
-        raise InvalidSignature(
-            "missing webhook-id, webhook-timestamp or webhook-signature header"
-        )
+        raise InvalidSignature("missing webhook-id, webhook-timestamp or webhook-signature header")
     try:
         sent_at = int(timestamp)
     except ValueError:
