@@ -13,6 +13,7 @@ from celeriac.platform.crypto.envelope import (
 from celeriac.platform.crypto.errors import (
     CryptoError,
     DecryptionFailed,
+    KeyOperationRefused,
     KeyUnavailable,
     MalformedEnvelope,
     TenantMismatch,
@@ -32,6 +33,7 @@ __all__ = [
     "EncryptionContext",
     "Envelope",
     "EnvelopeInfo",
+    "KeyOperationRefused",
     "KeyProvider",
     "KeyProviderCalls",
     "KeyUnavailable",

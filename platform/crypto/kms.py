@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from celeriac.platform.crypto.errors import CryptoError, DecryptionFailed, KeyUnavailable
+from celeriac.platform.crypto.errors import DecryptionFailed, KeyOperationRefused, KeyUnavailable
 from celeriac.platform.crypto.keys import DataKey, EncryptionContext
 
 if TYPE_CHECKING:
@@ -53,11 +53,6 @@ _NOT_AUTHENTIC = {"InvalidCiphertextException", "IncorrectKeyException"}
 # Decrypt of a ciphertext that names a key this account may not use: from the platform's
 # side indistinguishable from a tampered key reference (as in the local keyring).
 _FOREIGN_KEY = "AccessDeniedException"
-
-
-class KeyOperationRefused(CryptoError):
-    """The provider cannot do this to the key (a pooled key is not rotated or destroyed
-    for one tenant; KMS refused a rotation, e.g. its on-demand rotation limit)."""
 
 
 class KmsKeyProvider:

@@ -23,6 +23,7 @@ import pytest
 from celeriac.platform.crypto import (
     DecryptionFailed,
     Envelope,
+    KeyOperationRefused,
     KeyProvider,
     KeyUnavailable,
     LocalKeyring,
@@ -32,7 +33,7 @@ from celeriac.platform.crypto import (
     envelope_from_settings,
     key_provider_from_settings,
 )
-from celeriac.platform.crypto.kms import KeyOperationRefused, KmsKeyProvider
+from celeriac.platform.crypto.kms import KmsKeyProvider
 from celeriac.platform.settings import Settings
 
 from aws_support import Aws
