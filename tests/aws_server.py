@@ -9,6 +9,9 @@ one pending deletion. The middleware below gives those answers, from moto's own 
 the key's state, so that crypto-shredding is tested against the errors production sees.
 (moto's ``RotateKeyOnDemand`` records a rotation without new key material; the tests say
 which property they prove on which backend.)
+
+It also counts the KMS calls it answers, by operation: ``GET /_celeriac/kms-calls`` returns
+them as JSON (``tests/workers/test_no_plaintext.py`` and ``bench/crypto.py`` read it).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import io
 import json
 import re
 import sys
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,6 +36,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 
 _CHECKED = {"TrentService.Decrypt", "TrentService.GenerateDataKey", "TrentService.Encrypt"}
+COUNTER_PATH = "/_celeriac/kms-calls"
 _REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/kms/")
 
 
@@ -39,9 +45,19 @@ class KeyStateEnforcement:
 
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") == COUNTER_PATH:
+            with self._lock:
+                payload = json.dumps(dict(self.calls)).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [payload]
         target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target.startswith("TrentService."):
+            with self._lock:
+                self.calls[target.removeprefix("TrentService.")] += 1
         if target in _CHECKED:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length)

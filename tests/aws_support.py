@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import boto3
+import httpx
 from botocore.config import Config
 
 if TYPE_CHECKING:
@@ -44,6 +45,13 @@ class Aws:
             "s3", region_name=REGION, endpoint_url=self.endpoint_url,
             config=Config(s3={"addressing_style": "path"}),
         )  # fmt: skip
+
+    def kms_calls(self) -> dict[str, int]:
+        """KMS calls the server answered so far, by operation (all clients together)."""
+        answer = httpx.get(f"{self.endpoint_url}/_celeriac/kms-calls", timeout=10)
+        answer.raise_for_status()
+        calls: dict[str, int] = answer.json()
+        return calls
 
     def new_bucket(self) -> str:
         name = f"celeriac-test-{uuid.uuid4().hex[:16]}"

@@ -169,6 +169,7 @@ def test_no_record_content_in_broker_redis_database_or_logs(
     key = api.post(f"/v1/admin/tenants/{tenant.json()['id']}/keys", headers=admin,
                    json={"scopes": ["jobs:write", "jobs:read"]}).json()["key"]  # fmt: skip
     headers = {"Authorization": f"Bearer {key}"}
+    kms_before = aws.kms_calls()
     submitted = api.post("/v1/jobs", json={"pipeline": PIPELINE, "records": RECORDS},
                          headers=headers)  # fmt: skip
     assert submitted.status_code == 202, submitted.text
@@ -182,6 +183,15 @@ def test_no_record_content_in_broker_redis_database_or_logs(
     assert job["state"] == "succeeded", (job, workers.log("compute")[-3000:])
     results = api.get(f"/v1/jobs/{job_id}/results", headers=headers)
     assert results.status_code == 200 and MARKER in results.text  # processed, in the result
+    # Data keys are cached per process: at most one GenerateDataKey per process that
+    # writes (API, two compute processes, the pool that finalizes) and one Decrypt per
+    # other writer's data key it reads, however many blobs (bench/crypto.py: 100 vs
+    # 100,000 records).
+    kms_after = aws.kms_calls()
+    calls = {op: n - kms_before.get(op, 0) for op, n in kms_after.items()}
+    calls = {op: n for op, n in calls.items() if n}
+    assert set(calls) <= {"GenerateDataKey", "Decrypt"}, calls
+    assert 0 < calls["GenerateDataKey"] <= 4 and calls.get("Decrypt", 0) <= 4 * 3, calls
 
     # S3 holds only envelopes.
     s3 = aws.s3()
