@@ -121,7 +121,7 @@ def job_runs(
             counted(client, data, f"{args.records} records, cold processes")
         else:
             one_job(env, client, make_records(1000), Run(CHUNK_RECORDS, 0))
-        with client:
+        try:
             for index in range(1, args.runs + 1):
                 before = aws.kms_calls() if aws is not None else {}
                 run = measured_job(env, client, data, Run(CHUNK_RECORDS, index), groups)
@@ -133,6 +133,8 @@ def job_runs(
                     calls[f"{args.records} records, warm run {index}"] = _delta(
                         before, aws.kms_calls()
                     )
+        finally:
+            client.close()
     return runs, calls
 
 
