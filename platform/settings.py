@@ -28,6 +28,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CELERIAC_"
 NESTED_DELIMITER = "__"
+# The only environment in which keys.encryption may be turned off.
+BENCHMARK_ENVIRONMENT = "benchmark"
 
 
 class Pool(StrEnum):
@@ -130,18 +132,43 @@ class BlobSettings(BaseModel):
     backend: Literal["local", "s3"] = "local"
     local_dir: Path = Path("var/blobs")  # default follows var_dir
     s3_bucket: str | None = None
+    # Only for an S3-compatible endpoint other than AWS (the tests' moto server).
     s3_endpoint_url: str | None = None
     region: str = "us-east-1"
+    # Server-side encryption of every object, beneath the platform's own envelope:
+    # "bucket" leaves it to the bucket's default (Terraform: SSE-KMS with the platform's
+    # data key); "tenant_key" asks for SSE-KMS with the object's tenant key (needs
+    # keys.provider=kms), so that destroying the tenant key also locks S3's own copy.
+    s3_sse: Literal["bucket", "tenant_key"] = "bucket"
 
 
 class KeySettings(BaseModel):
     provider: Literal["local", "kms"] = "local"
     keyring_path: Path = Path("var/keyring.json")  # default follows var_dir
-    kms_endpoint_url: str | None = None
+    kms_endpoint_url: str | None = None  # only for a KMS-compatible endpoint (tests: moto)
+    kms_region: str | None = None  # None: the same as blob.region
+    # per_tenant: a KMS key of its own per tenant (alias kms_alias_prefix + tenant id),
+    # destroyed when the tenant is deleted. pooled: one shared key (kms_pooled_key_id) for
+    # every tenant, with the tenant id in every data key's encryption context; deleting a
+    # tenant then removes its blobs but cannot shred the shared key (docs/adr/0008).
     mode: Literal["per_tenant", "pooled"] = "per_tenant"
+    kms_alias_prefix: str = Field(
+        default="alias/celeriac/tenant/", pattern=r"^alias/[A-Za-z0-9/_-]+/$"
+    )
+    # The tag every tenant key carries (value: the tenant id); Terraform's IAM policy lets
+    # the platform use only keys with it (terraform/variables.tf tenant_tag_key).
+    kms_tenant_tag_key: str = "celeriac:tenant"
+    kms_pooled_key_id: str | None = None  # key id, ARN, alias or alias ARN (mode=pooled)
+    # KMS ScheduleKeyDeletion window for a deleted tenant's key. The key is disabled at
+    # once (its data is unreadable from then on); the window is how long an operator can
+    # still cancel the deletion of a tenant deleted by mistake. KMS allows 7 to 30.
+    deletion_window_days: int = Field(default=30, ge=7, le=30)
     # Plaintext data keys live only in process memory, bounded in count and age.
     data_key_cache_size: int = Field(default=1024, ge=0)
     data_key_cache_ttl_seconds: int = Field(default=300, ge=0)
+    # BENCHMARKS ONLY: false stores tenant blobs unencrypted, to measure what encryption
+    # costs. Refused unless CELERIAC_ENVIRONMENT=benchmark as well (see Settings).
+    encryption: bool = True
 
 
 class WorkerSettings(BaseModel):
@@ -221,6 +248,26 @@ class Settings(BaseSettings):
             if isinstance(values, dict):
                 values.setdefault(field, default)
         return data
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Settings:
+        if not self.keys.encryption and self.environment != BENCHMARK_ENVIRONMENT:
+            raise ValueError(
+                "CELERIAC_KEYS__ENCRYPTION=false stores tenant data in clear and is for "
+                f"benchmarks only: it needs CELERIAC_ENVIRONMENT={BENCHMARK_ENVIRONMENT} too"
+            )
+        pooled = self.keys.provider == "kms" and self.keys.mode == "pooled"
+        if pooled and not self.keys.kms_pooled_key_id:
+            raise ValueError("CELERIAC_KEYS__MODE=pooled needs CELERIAC_KEYS__KMS_POOLED_KEY_ID")
+        if self.blob.backend == "s3" and not self.blob.s3_bucket:
+            raise ValueError("CELERIAC_BLOB__BACKEND=s3 needs CELERIAC_BLOB__S3_BUCKET")
+        if self.blob.s3_sse == "tenant_key" and self.keys.provider != "kms":
+            raise ValueError("CELERIAC_BLOB__S3_SSE=tenant_key needs CELERIAC_KEYS__PROVIDER=kms")
+        return self
+
+    @property
+    def kms_region(self) -> str:
+        return self.keys.kms_region or self.blob.region
 
     @property
     def is_embedded_broker(self) -> bool:
@@ -311,8 +358,11 @@ def describe_validation_error(exc: ValidationError) -> str:
     """One line per bad setting, named as the environment variable that sets it."""
     lines = []
     for error in exc.errors():
-        name = ENV_PREFIX + NESTED_DELIMITER.join(str(p) for p in error["loc"]).upper()
         message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a rule across settings: its message names them
+            lines.append(message)
+            continue
+        name = ENV_PREFIX + NESTED_DELIMITER.join(str(p) for p in error["loc"]).upper()
         lines.append(f"{name}: {message}{_shown_input(name, error.get('input'))}")
     return "; ".join(lines)
 
