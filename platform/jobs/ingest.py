@@ -247,7 +247,7 @@ def _job_row(s: Submission) -> dict[str, Any]:
     return {
         "id": s.id, "tenant_id": s.tenant_id, "priority": s.priority, "pipeline": s.pipeline,
         "state": s.state, "payload_key": s.payload_prefix, "record_count": s.record_count,
-        "payload_bytes": len(s.payload.ndjson), "metadata": s.metadata,
+        "payload_bytes": s.payload.size, "metadata": s.metadata,
         "checkpoints": {"payload": {"chunks": s._chunks}}, "dispatch_count": 0,
         "created_at": s.created_at, "updated_at": s.created_at,
     }  # fmt: skip

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from celeriac.platform.db import transaction
+from celeriac.platform.jobs import payload
 from celeriac.platform.models import (
     Job,
     JobStage,
@@ -254,10 +255,6 @@ def finish(
     return True
 
 
-def _records(raw: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in raw.splitlines() if line.strip()]
-
-
 def _parquet(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
@@ -272,7 +269,7 @@ def compute(tenant_id: str, job_id: str, claimed: Claimed) -> None:
     blobs = tenant_blobs()
     try:
         if claimed.stage is JobStage.DATASETS:
-            records = _records(blobs.get(tenant_id, claimed.input_key))
+            records = payload.records(blobs.get(tenant_id, claimed.input_key))
             frame = generate_partial(claimed.plugin, records, claimed.params)
             blobs.put(tenant_id, claimed.output_key, _parquet(frame))
             return
