@@ -26,6 +26,7 @@ from celeriac.workers.compute import (
     ParameterError,
     UnknownPlugin,
     analyze_dataset,
+    analyze_slice,
     build_dataset,
     get_registry,
     merge_analyses,
@@ -492,6 +493,25 @@ def test_sentiment_on_row_slices_merges_into_the_whole_result(
             assert merged == {**whole, "mean_compound": pytest.approx(whole["mean_compound"])}
     with pytest.raises(TypeError, match="not row-wise"):
         merge_analyses("keywords", [whole])
+
+
+@pytest.mark.parametrize("include_records", [True, False])
+def test_sentiment_slices_as_the_canvas_runs_them_merge_exactly(
+    texts: pd.DataFrame, include_records: bool
+) -> None:
+    """analyze_slice runs a slice with the parameters the analyzer asks for (sentiment:
+    every record's scores), so the merge is the whole result to the last bit."""
+    params = {"include_records": include_records}
+    whole = _json_round_trip(analyze_dataset("sentiment", texts, params))
+    for sizes in (*CHUNKINGS, [1000], [999, 1]):
+        bounds = itertools.pairwise(np.cumsum([0, *sizes]))
+        parts = [
+            _json_round_trip(analyze_slice("sentiment", texts.iloc[a:b], params)) for a, b in bounds
+        ]
+        assert all("records" in p for p in parts)
+        assert _json_round_trip(merge_analyses("sentiment", parts, params)) == whole
+    with pytest.raises(TypeError, match="not row-wise"):
+        analyze_slice("keywords", texts, {})
 
 
 @pytest.mark.parametrize(

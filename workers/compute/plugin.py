@@ -156,6 +156,7 @@ class Plugin(ABC, Generic[P]):
             produces=getattr(self, "produces", None),
             accepts=tuple(getattr(self, "accepts", ())),
             description=self.description,
+            rowwise=bool(getattr(self, "rowwise", False)),
         )
 
     def __repr__(self) -> str:
@@ -204,6 +205,14 @@ class Analyzer(Plugin[P]):
     @abstractmethod
     def analyze(self, dataset: pd.DataFrame, params: P) -> dict[str, Any]:
         """The result of the analysis (JSON-serialisable)."""
+
+    def slice_params(self, params: P) -> P:
+        """The parameters each slice runs with (row-wise analyzers only; default: the
+        job's). An analyzer whose merge needs more than its result shows asks for it
+        here: ``sentiment`` keeps every record's scores in its slices' results, so that
+        the merged mean is the whole dataset's to the last bit, and ``merge``, which gets
+        the job's parameters, leaves them out again if the job did not ask for them."""
+        return params
 
     def merge(self, results: Sequence[Mapping[str, Any]], params: P) -> dict[str, Any]:
         """The result on the whole dataset from results on consecutive row slices, in
