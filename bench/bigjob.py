@@ -295,18 +295,26 @@ def print_header() -> None:
     )
 
 
+def _label(task: TaskRow, sliced: set[str]) -> str:
+    """The plugin, and for a row-wise analyzer run in slices which of its tasks."""
+    if task.stage != "analysis" or task.plugin not in sliced:
+        return task.plugin
+    return f"{task.plugin}/{'slice' if task.chunk is not None else 'merge'}"
+
+
 def print_tasks(run: Run, which: str) -> None:
     print(
         f"\n  tasks of chunk {run.chunk_records}, {which} (run {run.index}, job {run.job_id}): "
         "seconds per task"
     )
     print(
-        f"  {'stage':<10}{'plugin':<11}{'tasks':>6}{'mean':>8}{'max':>8}{'sum':>8}"
+        f"  {'stage':<10}{'plugin':<16}{'tasks':>6}{'mean':>8}{'max':>8}{'sum':>8}"
         f"{'first start':>13}{'last end':>10}   (s after POST)"
     )
     groups: dict[tuple[str, str], list[TaskRow]] = {}
+    sliced = {t.plugin for t in run.tasks if t.stage == "analysis" and t.chunk is not None}
     for task in run.tasks:
-        groups.setdefault((task.stage, task.plugin), []).append(task)
+        groups.setdefault((task.stage, _label(task, sliced)), []).append(task)
     for (stage, plugin), rows in sorted(
         groups.items(), key=lambda kv: min(t.started for t in kv[1])
     ):
@@ -314,7 +322,7 @@ def print_tasks(run: Run, which: str) -> None:
         states = {t.state for t in rows}
         flag = "" if states == {"succeeded"} else f"  states {sorted(states)}"
         print(
-            f"  {stage:<10}{plugin:<11}{len(rows):>6}{statistics.fmean(durations):>8.2f}"
+            f"  {stage:<10}{plugin:<16}{len(rows):>6}{statistics.fmean(durations):>8.2f}"
             f"{max(durations):>8.2f}{sum(durations):>8.2f}"
             f"{min(t.started for t in rows) - run.submitted:>13.2f}"
             f"{max(t.finished for t in rows) - run.submitted:>10.2f}{flag}"

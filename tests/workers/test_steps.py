@@ -19,7 +19,7 @@ from celeriac.platform.jobs.pipelines import register_plugins
 from celeriac.platform.models import Job, JobStage, JobState, JobTask, TaskState
 from celeriac.platform.settings import get_settings
 from celeriac.platform.tenant_data import tenant_blobs
-from celeriac.workers.canvas import steps
+from celeriac.workers.canvas import plan, steps
 from celeriac.workers.compute import analyze_dataset, build_dataset, discover
 
 RECORDS = [{"id": i, "amount": i * 1.5, "note": f"record {i}"} for i in range(4)]
@@ -190,6 +190,9 @@ def test_slices_run_first_and_the_last_one_publishes_the_merge(
     tenant, job_id = sliced_job
     slices = [f"analysis/sentiment/text/{i:05d}" for i in range(3)]
     merge, keywords = "analysis/sentiment/text", "analysis/keywords/text"
+    # Whole analyses first, then the slices that fill in behind them, then the merge.
+    assert [p.key for p in plan.planned(_job(job_id), JobStage.ANALYSIS)] == [
+        keywords, *slices, merge]  # fmt: skip
     assert steps.fan_out(tenant.id, job_id, "analysis") == 4  # 3 slices and keywords
     tasks = _by_key(job_id)
     published = set(_run_task_message_ids(redis_broker_url, tenant.slug))

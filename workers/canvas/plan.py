@@ -88,7 +88,13 @@ def slice_count(job: Job) -> int:
 
 def analysis_tasks(job: Job) -> list[PlannedTask]:
     """One task per (analyzer x dataset it accepts); a row-wise analyzer on a job with
-    several slices: one per slice, then the merge."""
+    several slices: one per slice, then the merge.
+
+    Whole analyses come first, then the slices, then the merges, and the stage's tasks are
+    published in this order: the compute slots take the indivisible work first and the
+    slices, many short pieces, fill in behind it, so that no long whole analysis is left
+    to run alone at the end (with keywords after the slices, the bigjob's analysis stage
+    took 3.35 s, not 3.0)."""
     tenant, job_id = str(job.tenant_id), str(job.id)
     slices = slice_count(job)
     tasks: list[PlannedTask] = []
@@ -114,7 +120,8 @@ def analysis_tasks(job: Job) -> list[PlannedTask]:
             tasks += sliced
             tasks.append(PlannedTask(key, JobStage.ANALYSIS, name, version, None, parts, result,
                                      Role.MERGE, after=tuple(t.key for t in sliced)))  # fmt: skip
-    return tasks
+    order = (Role.ANALYZE, Role.SLICE, Role.MERGE)
+    return sorted(tasks, key=lambda t: order.index(t.role))  # stable: plan order within
 
 
 def planned(job: Job, stage: JobStage) -> list[PlannedTask]:
