@@ -236,7 +236,10 @@ def claim(tenant_id: str, task_id: str, message_id: str) -> Claimed | None:
             return None
         task, job = claimed
         planned = plan.planned_task(job, task.stage, task.task_key)
-        role = planned.role if planned is not None else plan.Role.ANALYZE
+        if planned is not None:
+            role = planned.role
+        else:  # not in today's plan (none such is made): run it as its stage runs tasks
+            role = plan.Role.GENERATE if task.stage is JobStage.DATASETS else plan.Role.ANALYZE
         inputs: tuple[str, ...] = ()
         dataset_params: dict[str, Any] = {}
         failed_parts: tuple[str, ...] = ()
