@@ -71,7 +71,7 @@ def records(chunk: bytes) -> list[dict[str, Any]]:
     """The records of a stored NDJSON chunk: exactly what ``json.loads`` of each line
     gives, about three times faster (orjson; ``json`` for what orjson parses otherwise)."""
     lines = [line for line in chunk.splitlines() if line.strip()]
-    with _collector_paused():
+    with collector_paused():
         if _orjson_reads_as_json(chunk):
             with contextlib.suppress(orjson.JSONDecodeError):
                 return [orjson.loads(line) for line in lines]
@@ -80,7 +80,7 @@ def records(chunk: bytes) -> list[dict[str, Any]]:
 
 def json_document(raw: bytes) -> Any:
     """One JSON document, exactly as ``json.loads`` reads it (orjson where they agree)."""
-    with _collector_paused():
+    with collector_paused():
         if _orjson_reads_as_json(raw):
             with contextlib.suppress(orjson.JSONDecodeError):
                 return orjson.loads(raw)
@@ -92,7 +92,7 @@ def _orjson_reads_as_json(raw: bytes) -> bool:
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """No cyclic garbage collection while records are parsed.
 
     Parsing 100,000 records creates millions of dicts and lists, and each 700 new

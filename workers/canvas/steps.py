@@ -346,8 +346,15 @@ def compute(tenant_id: str, job_id: str, claimed: Claimed) -> None:
     blobs = tenant_blobs()
     try:
         if claimed.role is plan.Role.GENERATE:
-            records = payload.records(blobs.get(tenant_id, claimed.input_key))
-            frame = generate_partial(claimed.plugin, records, claimed.params)
+            raw = blobs.get(tenant_id, claimed.input_key)
+            # The records are freed before the collector resumes: a collection after the
+            # parse would walk them all for nothing (0.34 s of the bigjob's compute CPU,
+            # at the first allocation once the parse was over). A generator's own
+            # reference cycles, if it makes any, are collected once it has returned.
+            with payload.collector_paused():
+                records = payload.records(raw)
+                frame = generate_partial(claimed.plugin, records, claimed.params)
+                del records
             blobs.put(tenant_id, claimed.output_key, _parquet(frame))
             return
         if claimed.role is plan.Role.MERGE:
