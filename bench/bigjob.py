@@ -16,7 +16,7 @@ larger than the API's default 10 MB body limit, so the bench raises
 analyzers ``summary`` and ``anomalies`` (accept table), ``sentiment`` and ``keywords``
 (accept text): per chunk one task per dataset, then ``summary``, ``anomalies`` and
 ``keywords`` on their whole dataset and ``sentiment``, which is row-wise, in
-ceil(records / ``--slice-records``) slices and a merge (docs/adr/0007).
+ceil(records / ``--slice-records``) slices and a merge (docs/adr/0009).
 
 For each chunk size (``CELERIAC_JOBS__CHUNK_RECORDS``, read by the API when it cuts the
 payload; the API is restarted for each) it runs one unmeasured warm-up job of 1,000

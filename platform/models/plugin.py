@@ -30,6 +30,6 @@ class Plugin(Base):
     # Analyzers: the dataset kinds accepted. Datasets: [].
     accepts: Mapped[list[str]] = mapped_column(JSONType, default=list)
     # Analyzers: whether the canvas may run it on slices of a dataset's rows and merge the
-    # results (ADR 0007). Datasets: False.
+    # results (ADR 0009). Datasets: False.
     rowwise: Mapped[bool] = mapped_column(default=False, server_default=false())
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -5,7 +5,7 @@ A row-wise analyzer (``rowwise`` in the registry, e.g. ``sentiment``) on a job c
 more than one slice (``checkpoints["slices"]``, fixed when the job was accepted) runs as
 one ``SLICE`` task per slice of the dataset's rows, then one ``MERGE`` task that joins
 their results into the analyzer's result, in the same stage: the merge runs ``after`` its
-slices have ended (ADR 0007). Every other analysis runs whole, as one ``ANALYZE`` task.
+slices have ended (ADR 0009). Every other analysis runs whole, as one ``ANALYZE`` task.
 """
 
 from __future__ import annotations
