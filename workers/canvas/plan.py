@@ -6,6 +6,9 @@ more than one slice (``checkpoints["slices"]``, fixed when the job was accepted)
 one ``SLICE`` task per slice of the dataset's rows, then one ``MERGE`` task that joins
 their results into the analyzer's result, in the same stage: the merge runs ``after`` its
 slices have ended (ADR 0009). Every other analysis runs whole, as one ``ANALYZE`` task.
+That fan-in is what a Celery chord does, but through the result backend, which loses it
+with a Redis restart; like the stage join, it is kept in the task rows instead, so that a
+redelivery or the reconciler finds it where it was.
 """
 
 from __future__ import annotations

@@ -248,6 +248,8 @@ def claim(tenant_id: str, task_id: str, message_id: str) -> Claimed | None:
             inputs = tuple(t.output_key or "" for t in parts)
             failed_parts = tuple(f"slice {t.chunk} {t.state.value}: {t.error or ''}".strip()
                                  for t in parts if t.state is not TaskState.SUCCEEDED)  # fmt: skip
+            if len(parts) != len(planned.after):  # rows are inserted together: never seen
+                failed_parts += (f"{len(planned.after) - len(parts)} slice(s) have no task",)
         elif task.stage is JobStage.ANALYSIS:
             dataset = task.input_key.rstrip("/").rsplit("/", 1)[-1]
             inputs = tuple(
