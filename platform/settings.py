@@ -151,6 +151,21 @@ class JobSettings(BaseModel):
     max_dispatches: int = Field(default=5, ge=1)
 
 
+class CacheSettings(BaseModel):
+    """The cache-aside layer on the cache Redis (``redis_url``; no Redis, no cache).
+
+    Blobs are cached as the ciphertext the blob store holds, never as plaintext.
+    """
+
+    enabled: bool = True
+    # Blobs larger than this are read from the store every time; 0 caches no blob.
+    blob_max_bytes: int = Field(default=4 * 1024 * 1024, ge=0, le=64 * 1024 * 1024)
+    # A hot blob is read by the tasks of one job, within seconds of each other.
+    blob_ttl_seconds: float = Field(default=60.0, gt=0)
+    # Tenant profiles and the plugin registry; changing them also deletes them.
+    config_ttl_seconds: float = Field(default=300.0, gt=0)
+
+
 class LogSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = True
@@ -183,6 +198,7 @@ class Settings(BaseSettings):
     keys: KeySettings = KeySettings()
     workers: WorkerSettings = WorkerSettings()
     jobs: JobSettings = JobSettings()
+    cache: CacheSettings = CacheSettings()
     log: LogSettings = LogSettings()
 
     @model_validator(mode="before")

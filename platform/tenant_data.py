@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from celeriac.platform.cache import get_cache
 from celeriac.platform.crypto.envelope import Envelope, envelope_from_settings
 from celeriac.platform.crypto.keys import KeyProvider, key_provider_from_settings
 from celeriac.platform.settings import get_settings
-from celeriac.platform.storage import EncryptedBlobStore, blob_store_from_settings
+from celeriac.platform.storage import (
+    BlobStore,
+    CachedBlobStore,
+    EncryptedBlobStore,
+    blob_store_from_settings,
+)
 
 
 @lru_cache(maxsize=1)
@@ -22,5 +28,16 @@ def envelope() -> Envelope:
 
 @lru_cache(maxsize=1)
 def tenant_blobs() -> EncryptedBlobStore:
-    """Blobs encrypted under their tenant's key (payloads, datasets, results)."""
-    return EncryptedBlobStore(blob_store_from_settings(get_settings()), envelope())
+    """Blobs encrypted under their tenant's key (payloads, datasets, results). Small ones
+    are read through the shared cache, which holds their ciphertext (encryption is on top)."""
+    settings = get_settings()
+    store: BlobStore = blob_store_from_settings(settings)
+    cache = get_cache()
+    if cache.enabled and settings.cache.blob_max_bytes > 0:
+        store = CachedBlobStore(
+            store,
+            cache,
+            max_entry_bytes=settings.cache.blob_max_bytes,
+            ttl_seconds=settings.cache.blob_ttl_seconds,
+        )
+    return EncryptedBlobStore(store, envelope())

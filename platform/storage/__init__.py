@@ -13,6 +13,7 @@ from celeriac.platform.storage.blobs import (
     validate_key,
     validate_prefix,
 )
+from celeriac.platform.storage.cached import CachedBlobStore
 from celeriac.platform.storage.encrypted import EncryptedBlobStore
 from celeriac.platform.storage.local import LocalBlobStore
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BlobNotFound",
     "BlobStore",
+    "CachedBlobStore",
     "EncryptedBlobStore",
     "LocalBlobStore",
     "blob_store_from_settings",
