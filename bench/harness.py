@@ -110,10 +110,10 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         "fail once pool processes are replaced)",
     )  # fmt: skip
     parser.add_argument(
-        "--cache", default="on", choices=["on", "config", "off"],
-        help="the shared Redis cache (CELERIAC_CACHE__*): on (hot blobs and configuration, "
-        "the default), config (configuration only: CACHE__BLOB_MAX_BYTES=0) or off "
-        "(CACHE__ENABLED=false), to measure what it changes",
+        "--cache", default="default", choices=["default", "blobs", "config", "off"],
+        help="the shared Redis cache (CELERIAC_CACHE__*): the platform's default (on a local "
+        "blob store, configuration only), blobs (hot blobs too: CACHE__BLOBS=on), config "
+        "(CACHE__BLOBS=off) or off (CACHE__ENABLED=false), to measure what it changes",
     )  # fmt: skip
     parser.add_argument(
         "--keep-logs", action="store_true",
@@ -125,8 +125,9 @@ def settings_from_options(args: argparse.Namespace) -> dict[str, str]:
     if args.max_tasks_per_child < 0:
         raise BenchError("--max-tasks-per-child must not be negative")
     settings = {
-        "on": {},
-        "config": {"CELERIAC_CACHE__BLOB_MAX_BYTES": "0"},
+        "default": {},
+        "blobs": {"CELERIAC_CACHE__BLOBS": "on"},
+        "config": {"CELERIAC_CACHE__BLOBS": "off"},
         "off": {"CELERIAC_CACHE__ENABLED": "false"},
     }[args.cache]
     if args.max_tasks_per_child != 0:

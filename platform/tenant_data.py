@@ -13,6 +13,7 @@ from celeriac.platform.storage import (
     CachedBlobStore,
     EncryptedBlobStore,
     blob_store_from_settings,
+    hot_job_blob,
 )
 
 
@@ -28,16 +29,17 @@ def envelope() -> Envelope:
 
 @lru_cache(maxsize=1)
 def tenant_blobs() -> EncryptedBlobStore:
-    """Blobs encrypted under their tenant's key (payloads, datasets, results). Small ones
-    are read through the shared cache, which holds their ciphertext (encryption is on top)."""
+    """Blobs encrypted under their tenant's key (payloads, datasets, results). When
+    ``settings.caches_blobs``, a job's hot blobs are read through the shared cache, which
+    holds their ciphertext (the encryption is on top of it)."""
     settings = get_settings()
     store: BlobStore = blob_store_from_settings(settings)
-    cache = get_cache()
-    if cache.enabled and settings.cache.blob_max_bytes > 0:
+    if settings.caches_blobs:
         store = CachedBlobStore(
             store,
-            cache,
+            get_cache(),
             max_entry_bytes=settings.cache.blob_max_bytes,
             ttl_seconds=settings.cache.blob_ttl_seconds,
+            cacheable=hot_job_blob,
         )
     return EncryptedBlobStore(store, envelope())

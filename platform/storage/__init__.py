@@ -13,7 +13,7 @@ from celeriac.platform.storage.blobs import (
     validate_key,
     validate_prefix,
 )
-from celeriac.platform.storage.cached import CachedBlobStore
+from celeriac.platform.storage.cached import CachedBlobStore, hot_job_blob
 from celeriac.platform.storage.encrypted import EncryptedBlobStore
 from celeriac.platform.storage.local import LocalBlobStore
 
@@ -27,6 +27,7 @@ __all__ = [
     "EncryptedBlobStore",
     "LocalBlobStore",
     "blob_store_from_settings",
+    "hot_job_blob",
     "job_blob_key",
     "tenant_prefix",
     "validate_key",

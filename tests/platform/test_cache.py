@@ -29,12 +29,13 @@ from celeriac.platform.jobs.pipelines import (
     resolve_against,
 )
 from celeriac.platform.models import Tenant, TenantStatus
-from celeriac.platform.settings import CacheSettings, Settings, load_settings
+from celeriac.platform.settings import BlobSettings, CacheSettings, Settings, load_settings
 from celeriac.platform.storage import (
     BlobNotFound,
     CachedBlobStore,
     EncryptedBlobStore,
     LocalBlobStore,
+    hot_job_blob,
     job_blob_key,
 )
 from celeriac.platform.tenant_data import tenant_blobs
@@ -166,6 +167,37 @@ def test_a_blob_over_the_entry_bound_is_not_cached(
     assert cache_client.keys("*lease*") == []  # the big blob's reader gave its lease back
 
 
+def test_only_what_several_tasks_of_a_job_read_is_cached(
+    tmp_path: Path, store: CountingStore, cache_client: redis.Redis
+) -> None:
+    keyring = LocalKeyring(tmp_path / "keys" / "keyring.json")
+    keyring.create_tenant_key(ACME)
+    cache = _cache(cache_client)
+    cached = CachedBlobStore(store, cache, max_entry_bytes=4096, ttl_seconds=60,
+                             cacheable=hot_job_blob)  # fmt: skip
+    blobs = EncryptedBlobStore(cached, Envelope(keyring))
+    hot = [job_blob_key(ACME, "j1", "payload/00000.ndjson"),
+           job_blob_key(ACME, "j1", "datasets/tabular/00000.parquet")]  # fmt: skip
+    once = [job_blob_key(ACME, "j1", "analysis/summary--tabular.json"),
+            job_blob_key(ACME, "j1", "result.json")]  # fmt: skip
+    for key in hot + once:
+        blobs.put(ACME, key, b"data")
+        blobs.get(ACME, key)
+        blobs.get(ACME, key)
+    assert store.reads == 2 * 1 + 2 * 2
+    assert [cache_client.exists(blob_entry(k)) for k in hot + once] == [1, 1, 0, 0]
+
+
+def test_blobs_are_cached_over_a_remote_store_unless_asked_for() -> None:
+    url = "redis://cache:6379/1"
+    on, off = CacheSettings(blobs="on"), CacheSettings(blobs="on", enabled=False)
+    assert not Settings(redis_url=url).caches_blobs  # local: its page cache is faster
+    assert Settings(redis_url=url, blob=BlobSettings(backend="s3")).caches_blobs
+    assert Settings(redis_url=url, cache=on).caches_blobs
+    assert not Settings(cache=on).caches_blobs  # no Redis
+    assert not Settings(redis_url=url, cache=off).caches_blobs
+
+
 def test_an_entry_expires_after_its_ttl(
     tmp_path: Path, store: CountingStore, cache_client: redis.Redis
 ) -> None:
@@ -273,8 +305,7 @@ def test_a_tenant_profile_is_cached_until_the_tenant_changes_or_is_deleted(
 
     # Deleting the tenant deletes every entry of its own, blob ciphertext included.
     key = job_blob_key(tenant.id, "j1", "payload/00000.ndjson")
-    tenant_blobs().put(tenant.id, key, b"records")
-    tenant_blobs().get(tenant.id, key)
+    get_cache().get_or_load(blob_entry(key), lambda: b"CLRE...", ttl_seconds=60)
     cache_client = get_cache().client
     assert cache_client is not None
     assert cache_client.exists(blob_entry(key), tenant_entry(tenant.id, "profile")) == 2
