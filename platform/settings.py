@@ -28,6 +28,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CELERIAC_"
 NESTED_DELIMITER = "__"
+# The only environment in which keys.encryption may be turned off.
+BENCHMARK_ENVIRONMENT = "benchmark"
 
 
 class Pool(StrEnum):
@@ -79,11 +81,32 @@ class ApiSettings(BaseModel):
     page_size_max: int = Field(default=100, ge=1)
 
 
+# Standard Webhooks' schedule: after each failed attempt, the wait before the next one.
+DEFAULT_RETRY_SCHEDULE = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0,
+                          86400.0]  # fmt: skip
+
+
 class WebhookSettings(BaseModel):
     # http:// targets only for local development.
     allow_http: bool = False
     # Admin allowlist: destinations in these CIDRs pass the private-address check.
     allowed_cidrs: list[str] = []
+    # Waits after each failed attempt (seconds, +-10% jitter); after the last, it failed.
+    retry_schedule_seconds: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE), min_length=1
+    )
+    # A 2xx within this long is a success; anything else (redirects too) a failure.
+    timeout_seconds: float = Field(default=15.0, gt=0, le=60)
+    # A receiver's Retry-After (429/503) is honoured up to this long.
+    max_retry_after_seconds: float = Field(default=86400.0, gt=0)
+    # A target failing without a break for this long is disabled.
+    disable_after_seconds: float = Field(default=5 * 86400.0, gt=0)
+    # Deliveries per second to one target, unless the target sets its own.
+    deliveries_per_second: float = Field(default=10.0, gt=0)
+    # How often beat looks for deliveries that are due (retries, lost messages).
+    scan_interval_seconds: float = Field(default=1.0, gt=0)
+    # Where tenants fetch results: the results URL in an event is built on it.
+    public_api_url: str = "http://127.0.0.1:8000"
 
 
 class AuthSettings(BaseModel):
@@ -109,18 +132,43 @@ class BlobSettings(BaseModel):
     backend: Literal["local", "s3"] = "local"
     local_dir: Path = Path("var/blobs")  # default follows var_dir
     s3_bucket: str | None = None
+    # Only for an S3-compatible endpoint other than AWS (the tests' moto server).
     s3_endpoint_url: str | None = None
     region: str = "us-east-1"
+    # Server-side encryption of every object, beneath the platform's own envelope:
+    # "bucket" leaves it to the bucket's default (Terraform: SSE-KMS with the platform's
+    # data key); "tenant_key" asks for SSE-KMS with the object's tenant key (needs
+    # keys.provider=kms), so that destroying the tenant key also locks S3's own copy.
+    s3_sse: Literal["bucket", "tenant_key"] = "bucket"
 
 
 class KeySettings(BaseModel):
     provider: Literal["local", "kms"] = "local"
     keyring_path: Path = Path("var/keyring.json")  # default follows var_dir
-    kms_endpoint_url: str | None = None
+    kms_endpoint_url: str | None = None  # only for a KMS-compatible endpoint (tests: moto)
+    kms_region: str | None = None  # None: the same as blob.region
+    # per_tenant: a KMS key of its own per tenant (alias kms_alias_prefix + tenant id),
+    # destroyed when the tenant is deleted. pooled: one shared key (kms_pooled_key_id) for
+    # every tenant, with the tenant id in every data key's encryption context; deleting a
+    # tenant then removes its blobs but cannot shred the shared key (docs/adr/0008).
     mode: Literal["per_tenant", "pooled"] = "per_tenant"
+    kms_alias_prefix: str = Field(
+        default="alias/celeriac/tenant/", pattern=r"^alias/[A-Za-z0-9/_-]+/$"
+    )
+    # The tag every tenant key carries (value: the tenant id); Terraform's IAM policy lets
+    # the platform use only keys with it (terraform/variables.tf tenant_tag_key).
+    kms_tenant_tag_key: str = "celeriac:tenant"
+    kms_pooled_key_id: str | None = None  # key id, ARN, alias or alias ARN (mode=pooled)
+    # KMS ScheduleKeyDeletion window for a deleted tenant's key. The key is disabled at
+    # once (its data is unreadable from then on); the window is how long an operator can
+    # still cancel the deletion of a tenant deleted by mistake. KMS allows 7 to 30.
+    deletion_window_days: int = Field(default=30, ge=7, le=30)
     # Plaintext data keys live only in process memory, bounded in count and age.
     data_key_cache_size: int = Field(default=1024, ge=0)
     data_key_cache_ttl_seconds: int = Field(default=300, ge=0)
+    # BENCHMARKS ONLY: false stores tenant blobs unencrypted, to measure what encryption
+    # costs. Refused unless CELERIAC_ENVIRONMENT=benchmark as well (see Settings).
+    encryption: bool = True
 
 
 class WorkerSettings(BaseModel):
@@ -221,6 +269,26 @@ class Settings(BaseSettings):
                 values.setdefault(field, default)
         return data
 
+    @model_validator(mode="after")
+    def _combinations(self) -> Settings:
+        if not self.keys.encryption and self.environment != BENCHMARK_ENVIRONMENT:
+            raise ValueError(
+                "CELERIAC_KEYS__ENCRYPTION=false stores tenant data in clear and is for "
+                f"benchmarks only: it needs CELERIAC_ENVIRONMENT={BENCHMARK_ENVIRONMENT} too"
+            )
+        pooled = self.keys.provider == "kms" and self.keys.mode == "pooled"
+        if pooled and not self.keys.kms_pooled_key_id:
+            raise ValueError("CELERIAC_KEYS__MODE=pooled needs CELERIAC_KEYS__KMS_POOLED_KEY_ID")
+        if self.blob.backend == "s3" and not self.blob.s3_bucket:
+            raise ValueError("CELERIAC_BLOB__BACKEND=s3 needs CELERIAC_BLOB__S3_BUCKET")
+        if self.blob.s3_sse == "tenant_key" and self.keys.provider != "kms":
+            raise ValueError("CELERIAC_BLOB__S3_SSE=tenant_key needs CELERIAC_KEYS__PROVIDER=kms")
+        return self
+
+    @property
+    def kms_region(self) -> str:
+        return self.keys.kms_region or self.blob.region
+
     @property
     def caches_blobs(self) -> bool:
         """Whether hot blobs are read through the shared cache (see :class:`CacheSettings`)."""
@@ -317,8 +385,11 @@ def describe_validation_error(exc: ValidationError) -> str:
     """One line per bad setting, named as the environment variable that sets it."""
     lines = []
     for error in exc.errors():
-        name = ENV_PREFIX + NESTED_DELIMITER.join(str(p) for p in error["loc"]).upper()
         message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a rule across settings: its message names them
+            lines.append(message)
+            continue
+        name = ENV_PREFIX + NESTED_DELIMITER.join(str(p) for p in error["loc"]).upper()
         lines.append(f"{name}: {message}{_shown_input(name, error.get('input'))}")
     return "; ".join(lines)
 

@@ -37,6 +37,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             k: v for k, v in transport_options.items() if k == "visibility_timeout"
         },
         "result_expires": 24 * 3600,
+        # Celery keeps a result backend per thread unless told it is thread-safe, and under
+        # gevent a thread is a greenlet: every task built a new Redis backend (and pool)
+        # just to return an AsyncResult from send_task. redis-py's pool is thread-safe.
+        "result_backend_thread_safe": settings.celery_result_backend.startswith(
+            ("redis://", "rediss://")
+        ),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
 from celeriac.platform.cache import get_cache
@@ -11,10 +12,13 @@ from celeriac.platform.settings import get_settings
 from celeriac.platform.storage import (
     BlobStore,
     CachedBlobStore,
+    ClearBlobStoreForBenchmarks,
     EncryptedBlobStore,
     blob_store_from_settings,
     hot_job_blob,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -33,7 +37,11 @@ def tenant_blobs() -> EncryptedBlobStore:
     ``settings.caches_blobs``, a job's hot blobs are read through the shared cache, which
     holds their ciphertext (the encryption is on top of it)."""
     settings = get_settings()
-    store: BlobStore = blob_store_from_settings(settings)
+    store: BlobStore = blob_store_from_settings(settings, key_provider())
+    if not settings.keys.encryption:  # only with CELERIAC_ENVIRONMENT=benchmark
+        # Never cached: the cache would hold plaintext.
+        logger.warning("tenant blobs are stored UNENCRYPTED (keys.encryption=false, benchmark)")
+        return ClearBlobStoreForBenchmarks(store, envelope())
     if settings.caches_blobs:
         store = CachedBlobStore(
             store,

@@ -26,6 +26,8 @@ from celeriac.platform.db import create_db_engine, get_engine
 from celeriac.platform.models import Base
 from celeriac.platform.settings import Settings, get_settings
 
+from aws_support import Aws, moto_server
+
 REPO = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_SERVER = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -92,6 +94,13 @@ def redis_broker_url(redis_dbs: tuple[int, int]) -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def aws() -> Iterator[Aws]:
+    """A moto server (KMS, S3) on 127.0.0.1 for this test process, started on first use."""
+    with moto_server() as server:
+        yield server
 
 
 @pytest.fixture

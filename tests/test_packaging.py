@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE_ROOTS = {"celeriac.platform": "platform", "celeriac.workers": "workers",
-                 "celeriac.migrations": "migrations"}  # fmt: skip
+                 "celeriac.migrations": "migrations", "celeriac.client": "client"}  # fmt: skip
 
 
 def _source_packages() -> set[str]:

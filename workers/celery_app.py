@@ -101,6 +101,10 @@ class CapacityHeartbeat(bootsteps.StartStopStep):
                 logger.warning("could not withdraw capacity", exc_info=True)
 
 
+# How often beat finishes the destruction of deleted tenants (retries included).
+TENANT_DESTRUCTION_INTERVAL_SECONDS = 60.0
+
+
 def create_celery_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     celery_app = Celery("celeriac", set_as_current=True)
@@ -116,6 +120,16 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
             "task": "celeriac.orchestration.release",
             "schedule": 1.0,
             "options": {"expires": 1.0},
+        },
+        "webhooks": {
+            "task": "celeriac.distribution.deliver_due_webhooks",
+            "schedule": settings.webhooks.scan_interval_seconds,
+            "options": {"expires": settings.webhooks.scan_interval_seconds},
+        },
+        "destroy-deleted-tenants": {
+            "task": "celeriac.orchestration.destroy_deleted_tenants",
+            "schedule": TENANT_DESTRUCTION_INTERVAL_SECONDS,
+            "options": {"expires": TENANT_DESTRUCTION_INTERVAL_SECONDS},
         },
     }
     celery_app.steps["worker"].add(CapacityHeartbeat)

@@ -30,6 +30,7 @@ from celeriac.platform.ops.routes import metrics_router
 from celeriac.platform.ops.routes import router as ops_router
 from celeriac.platform.settings import Settings, get_settings
 from celeriac.platform.tenants.routes import router as tenants_router
+from celeriac.platform.webhooks.routes import messages_router as webhook_messages_router
 from celeriac.platform.webhooks.routes import router as webhooks_router
 
 JOBS_PATH = "/v1/jobs"
@@ -172,7 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"status": "ok"})
 
     for router in (
-        tenants_router, admin_keys_router, keys_router, jobs_router, webhooks_router, ops_router,
+        tenants_router, admin_keys_router, keys_router, jobs_router, webhook_messages_router,
+        webhooks_router, ops_router,
         metrics_router,
     ):  # fmt: skip
         app.include_router(router)

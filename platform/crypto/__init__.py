@@ -1,4 +1,6 @@
-"""Per-tenant envelope encryption: key providers (local keyring now, AWS KMS later) and
+"""Per-tenant envelope encryption: key providers (a local keyring
+file in the embedded mode, AWS KMS in production:
+:mod:`celeriac.platform.crypto.kms`) and
 the segmented AES-256-GCM envelope that payloads, results and secrets are stored in."""
 
 from celeriac.platform.crypto.envelope import (
@@ -11,6 +13,7 @@ from celeriac.platform.crypto.envelope import (
 from celeriac.platform.crypto.errors import (
     CryptoError,
     DecryptionFailed,
+    KeyOperationRefused,
     KeyUnavailable,
     MalformedEnvelope,
     TenantMismatch,
@@ -30,6 +33,7 @@ __all__ = [
     "EncryptionContext",
     "Envelope",
     "EnvelopeInfo",
+    "KeyOperationRefused",
     "KeyProvider",
     "KeyProviderCalls",
     "KeyUnavailable",

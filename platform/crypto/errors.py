@@ -34,3 +34,8 @@ class MalformedEnvelope(DecryptionFailed):
 
 class TenantMismatch(DecryptionFailed):
     """The envelope's encryption context names another tenant than the caller's."""
+
+
+class KeyOperationRefused(CryptoError):
+    """The provider will not do this to the key: a pooled key is not rotated or destroyed
+    for one tenant; KMS refused an on-demand rotation (its limit per key, or one running)."""

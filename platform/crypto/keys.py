@@ -9,7 +9,7 @@ The operations are the ones AWS KMS offers, so a KMS implementation is a thin ma
 | ``generate_data_key`` | ``GenerateDataKey`` (``KeySpec=AES_256``, ``EncryptionContext``) |
 | ``decrypt_data_key`` | ``Decrypt`` (``CiphertextBlob``, ``EncryptionContext``) |
 | ``rotate_tenant_key`` | ``RotateKeyOnDemand`` (old backing keys stay usable for ``Decrypt``) |
-| ``destroy_tenant_key`` | ``ScheduleKeyDeletion`` (``Decrypt`` fails from that moment) |
+| ``destroy_tenant_key`` | ``DisableKey`` + ``ScheduleKeyDeletion`` (``Decrypt`` fails at once) |
 
 The wrapped data key is opaque and names its own master key (and version), as a KMS
 ciphertext blob does, so decrypting needs no key id. The encryption context is bound to
@@ -88,10 +88,9 @@ def key_provider_from_settings(settings: Settings) -> KeyProvider:
     """The key provider that ``settings.keys`` selects."""
     keys = settings.keys
     if keys.provider == "kms":
-        raise NotImplementedError(
-            "CELERIAC_KEYS__PROVIDER=kms: the AWS KMS key provider comes with the KMS/S3 "
-            "issue; use 'local' until then"
-        )
+        from celeriac.platform.crypto.kms import kms_key_provider_from_settings
+
+        return kms_key_provider_from_settings(settings)
     if keys.mode != "per_tenant":
         # A pooled local key could not crypto-shred one tenant without the others.
         raise NotImplementedError(

@@ -29,6 +29,10 @@ class Tenant(TimestampMixin, Base):
     # Key provider's id for this tenant's key (KMS key ARN or keyring entry).
     key_id: Mapped[str | None] = mapped_column(String(300))
     deleted_at: Mapped[datetime | None]
+    # After deletion: when the key was destroyed (KMS: disabled, deletion scheduled) and
+    # when the blobs were removed. NULL on a deleted tenant = still to do (beat retries).
+    key_destroyed_at: Mapped[datetime | None]
+    blobs_deleted_at: Mapped[datetime | None]
 
 
 class Quota(TimestampMixin, Base):

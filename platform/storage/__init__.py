@@ -1,5 +1,5 @@
-"""Blob storage for payloads, datasets and results: a local directory now, S3 later,
-with tenant encryption composed on top."""
+"""Blob storage for payloads, datasets and results: a local directory (embedded mode) or
+S3, with tenant encryption composed on top."""
 
 from __future__ import annotations
 
@@ -14,16 +14,18 @@ from celeriac.platform.storage.blobs import (
     validate_prefix,
 )
 from celeriac.platform.storage.cached import CachedBlobStore, hot_job_blob
-from celeriac.platform.storage.encrypted import EncryptedBlobStore
+from celeriac.platform.storage.encrypted import ClearBlobStoreForBenchmarks, EncryptedBlobStore
 from celeriac.platform.storage.local import LocalBlobStore
 
 if TYPE_CHECKING:
+    from celeriac.platform.crypto.keys import KeyProvider
     from celeriac.platform.settings import Settings
 
 __all__ = [
     "BlobNotFound",
     "BlobStore",
     "CachedBlobStore",
+    "ClearBlobStoreForBenchmarks",
     "EncryptedBlobStore",
     "LocalBlobStore",
     "blob_store_from_settings",
@@ -35,11 +37,23 @@ __all__ = [
 ]
 
 
-def blob_store_from_settings(settings: Settings) -> BlobStore:
-    """The blob store that ``settings.blob`` selects."""
+def blob_store_from_settings(
+    settings: Settings, key_provider: KeyProvider | None = None
+) -> BlobStore:
+    """The blob store that ``settings.blob`` selects; ``key_provider`` names the tenant
+    keys for SSE-KMS when ``blob.s3_sse=tenant_key``."""
     if settings.blob.backend == "s3":
-        raise NotImplementedError(
-            "CELERIAC_BLOB__BACKEND=s3: the S3 blob store comes with the KMS/S3 issue; "
-            "use 'local' until then"
+        from celeriac.platform.storage.s3 import S3BlobStore, s3_client
+
+        assert settings.blob.s3_bucket is not None  # Settings refuses s3 without a bucket
+        sse_key_for = None
+        if settings.blob.s3_sse == "tenant_key":
+            if key_provider is None:
+                from celeriac.platform.crypto.keys import key_provider_from_settings
+
+                key_provider = key_provider_from_settings(settings)
+            sse_key_for = key_provider.tenant_key_id
+        return S3BlobStore(
+            s3_client(settings), settings.blob.s3_bucket, sse_kms_key_for=sse_key_for
         )
     return LocalBlobStore(settings.blob.local_dir)

@@ -8,10 +8,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from celeriac.platform.api.deps import AdminDep, SessionDep, SettingsDep, invalidate_auth
+from celeriac.platform.api.problems import problem_openapi
 from celeriac.platform.api.schemas import Page
 from celeriac.platform.models import TenantStatus
 from celeriac.platform.tenants import service
-from celeriac.platform.tenants.schemas import TenantCreate, TenantOut, TenantUpdate
+from celeriac.platform.tenants.schemas import (
+    TenantCreate,
+    TenantKeyRotation,
+    TenantOut,
+    TenantUpdate,
+)
 
 router = APIRouter(prefix="/v1/admin/tenants", tags=["tenants (admin)"])
 
@@ -66,9 +72,32 @@ def update_tenant(
 
 @router.delete("/{tenant_id}", response_model=TenantOut)
 def delete_tenant(tenant_id: uuid.UUID, admin: AdminDep, session: SessionDep) -> TenantOut:
-    """Soft-delete: revokes every key and stops new jobs. Idempotent."""
+    """Delete: revokes every API key and stops new jobs at once; then destroys the tenant's
+    encryption key (its data is unreadable from then on; KMS deletes the key after
+    `keys.deletion_window_days`) and deletes its stored objects. Usage records and the
+    audit log stay. Idempotent."""
     tenant = service.get_tenant(session, tenant_id)
     tenant = service.delete_tenant(
         session, tenant, actor=admin.subject, invalidate_auth=invalidate_auth
     )
     return TenantOut.model_validate(tenant)
+
+
+@router.post(
+    "/{tenant_id}/rotate-key",
+    response_model=TenantKeyRotation,
+    responses=problem_openapi(409),
+)
+def rotate_tenant_key(
+    tenant_id: uuid.UUID, admin: AdminDep, session: SessionDep
+) -> TenantKeyRotation:
+    """Rotate the tenant's encryption key: new data is encrypted under new key material
+    (every API and worker process within `keys.data_key_cache_ttl_seconds`), data written
+    before stays readable. Audited. 409 for a deleted tenant, in `keys.mode=pooled` (the
+    shared key rotates in KMS for every tenant) or when KMS refuses (its on-demand limit)."""
+    tenant = service.get_tenant(session, tenant_id)
+    tenant = service.rotate_tenant_key(session, tenant, actor=admin.subject)
+    assert tenant.key_id is not None
+    return TenantKeyRotation(
+        tenant_id=tenant.id, key_id=tenant.key_id, rotated_at=tenant.updated_at
+    )

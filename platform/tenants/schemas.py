@@ -48,3 +48,16 @@ class TenantOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+    key_destroyed_at: datetime | None = Field(
+        description="After deletion: when the tenant's encryption key was destroyed (its "
+        "data unreadable from then on)."
+    )
+    blobs_deleted_at: datetime | None = Field(
+        description="After deletion: when the tenant's stored objects were removed."
+    )
+
+
+class TenantKeyRotation(BaseModel):
+    tenant_id: uuid.UUID
+    key_id: str = Field(description="The tenant's key (KMS key ARN, or keyring key id).")
+    rotated_at: datetime

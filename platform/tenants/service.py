@@ -12,11 +12,13 @@ from sqlalchemy.orm import Session
 
 from celeriac.platform.audit import record_admin_action
 from celeriac.platform.cache import get_cache, tenant_entry
+from celeriac.platform.crypto import KeyOperationRefused, KeyUnavailable
 from celeriac.platform.db import run_after_commit
 from celeriac.platform.errors import Conflict, NotFound, ValidationFailed
 from celeriac.platform.models import SLUG_PATTERN, ApiKey, Tenant, TenantStatus, utcnow
 from celeriac.platform.repository import keyset_page
-from celeriac.platform.tenant_data import key_provider
+from celeriac.platform.tenant_data import envelope, key_provider
+from celeriac.platform.tenants.destruction import destroy_key_after_commit
 
 _SLUG = re.compile(SLUG_PATTERN)
 
@@ -26,6 +28,10 @@ class InvalidSlug(ValidationFailed):
 
 
 class SlugTaken(Conflict):
+    pass
+
+
+class KeyRotationRefused(Conflict):
     pass
 
 
@@ -135,9 +141,11 @@ def update_tenant(
 def delete_tenant(
     session: Session, tenant: Tenant, *, actor: str, invalidate_auth: Callable[[], None]
 ) -> Tenant:
-    """Soft delete: every key is revoked at once, no new job is accepted and every cached
-    entry of the tenant (blob ciphertext, profile) is deleted. Data removal (key
-    destruction, objects) follows from the tenant's key being destroyed."""
+    """Soft delete: every API key is revoked at once, no new job is accepted and every
+    cached entry of the tenant (blob ciphertext, profile) is deleted. Once this commits,
+    the tenant's encryption key is destroyed (its data is unreadable from then on) and
+    beat's sweep deletes its blobs (:mod:`celeriac.platform.tenants.destruction`).
+    Usage records and the audit log stay."""
     if tenant.status is TenantStatus.DELETED:
         return tenant
     now = utcnow()
@@ -150,13 +158,33 @@ def delete_tenant(
     )
     session.flush()
     run_after_commit(session, invalidate_auth)
-    tenant_id = str(tenant.id)
+    tenant_id = tenant.id
+    run_after_commit(session, lambda: destroy_key_after_commit(tenant_id))
 
     def forget_cached() -> None:
-        get_cache().forget_tenant(tenant_id)
+        get_cache().forget_tenant(str(tenant_id))
 
     run_after_commit(session, forget_cached)
     _audit(session, actor, "tenant.delete", tenant, {})
+    return tenant
+
+
+def rotate_tenant_key(session: Session, tenant: Tenant, *, actor: str) -> Tenant:
+    """New key material for the tenant's new data keys (KMS ``RotateKeyOnDemand``; the
+    keyring adds a version); everything encrypted before stays readable. This process drops
+    its cached data keys at once, other processes when their cache TTL ends."""
+    if tenant.status is TenantStatus.DELETED or tenant.key_id is None:
+        raise KeyRotationRefused("a deleted tenant's key is destroyed; there is nothing to rotate")
+    try:
+        key_provider().rotate_tenant_key(tenant.key_id)
+    except KeyOperationRefused as exc:
+        raise KeyRotationRefused(str(exc)) from None
+    except KeyUnavailable as exc:
+        raise KeyRotationRefused(f"the tenant's key cannot be rotated: {exc}") from None
+    envelope().forget_tenant(str(tenant.id))
+    tenant.updated_at = utcnow()
+    session.flush()
+    _audit(session, actor, "tenant.rotate_key", tenant, {"key_id": tenant.key_id})
     return tenant
 
 

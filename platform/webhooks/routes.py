@@ -11,13 +11,21 @@ from fastapi import APIRouter, Depends, Query, Response, status
 
 from celeriac.platform.api.deps import Authenticator, SessionDep, SettingsDep
 from celeriac.platform.api.problems import problem_openapi
-from celeriac.platform.api.schemas import Page
+from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.keys.service import Scope
-from celeriac.platform.webhooks import service
+from celeriac.platform.models import AttemptTrigger, WebhookDelivery, WebhookMessage
+from celeriac.platform.webhooks import log, service
 from celeriac.platform.webhooks.destinations import Resolver, resolve_host
 from celeriac.platform.webhooks.schemas import (
+    DeliveriesRestarted,
+    RecoverRequest,
+    ResendRequest,
     SecretRotation,
+    TestEventSent,
+    WebhookAttemptOut,
+    WebhookDeliveryOut,
+    WebhookMessageOut,
     WebhookTargetCreate,
     WebhookTargetOut,
     WebhookTargetUpdate,
@@ -25,6 +33,9 @@ from celeriac.platform.webhooks.schemas import (
 )
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+# Messages live beside targets, not under them: /v1/webhooks/messages would also match
+# /v1/webhooks/{target_id} for every method the target routes have.
+messages_router = APIRouter(prefix="/v1/webhook-messages", tags=["webhooks"])
 
 WebhooksManager = Annotated[TenantContext, Depends(Authenticator(Scope.WEBHOOKS_MANAGE))]
 Limit = Annotated[int, Query(ge=1, le=100)]
@@ -134,3 +145,95 @@ def rotate_secret(
     grace = timedelta(seconds=(body or SecretRotation()).previous_secret_expires_in_seconds)
     issued = service.rotate_secret(session, ctx, target_id, previous_secret_grace=grace)
     return _with_secret(issued, response)
+
+
+@router.post("/{target_id}/end-secret-overlap", response_model=WebhookTargetOut)
+def end_secret_overlap(
+    target_id: uuid.UUID, ctx: WebhooksManager, session: SessionDep
+) -> WebhookTargetOut:
+    """Stop signing with the secret replaced by the last rotation, before its grace ends
+    (once every receiver uses the new one)."""
+    return WebhookTargetOut.model_validate(service.end_secret_overlap(session, ctx, target_id))
+
+
+@router.get("/{target_id}/attempts", response_model=Page[WebhookAttemptOut])
+def list_attempts(
+    target_id: uuid.UUID, ctx: WebhooksManager, session: SessionDep,
+    status_code: Annotated[int | None, Query(ge=100, le=599)] = None,
+    succeeded: bool | None = None, trigger: AttemptTrigger | None = None,
+    since: Timestamp | None = None, until: Timestamp | None = None,
+    cursor: str | None = None, limit: Limit = 50,
+) -> Page[WebhookAttemptOut]:  # fmt: skip
+    """Every delivery attempt to the target, newest first: status code, the first 8 KiB of
+    the answer, duration, error, what triggered it and when the next one is due."""
+    rows, next_cursor = log.attempts_page(
+        session, ctx, target_id, status_code=status_code, succeeded=succeeded,
+        trigger=trigger, since=since, until=until, cursor=cursor, limit=limit,
+    )  # fmt: skip
+    return Page(data=[WebhookAttemptOut.model_validate(a) for a in rows], next_cursor=next_cursor)
+
+
+@router.post(
+    "/{target_id}/recover", status_code=status.HTTP_202_ACCEPTED,
+    response_model=DeliveriesRestarted,
+)  # fmt: skip
+def recover(
+    target_id: uuid.UUID, body: RecoverRequest, ctx: WebhooksManager, session: SessionDep
+) -> DeliveriesRestarted:
+    """Send again every failed delivery to the target of messages since `since`."""
+    restarted = log.recover(session, ctx, target_id, body.since)
+    return DeliveriesRestarted(deliveries=[WebhookDeliveryOut.model_validate(d) for d in restarted])
+
+
+@router.post(
+    "/{target_id}/test", status_code=status.HTTP_202_ACCEPTED, response_model=TestEventSent,
+    responses=problem_openapi(409),
+)  # fmt: skip
+def send_test_event(
+    target_id: uuid.UUID, ctx: WebhooksManager, session: SessionDep
+) -> TestEventSent:
+    """Send a `webhook.test` event to this target (409 if it is disabled)."""
+    return TestEventSent(message_id=log.send_test(session, ctx, target_id))
+
+
+def _message_out(message: WebhookMessage, deliveries: list[WebhookDelivery]) -> WebhookMessageOut:
+    return WebhookMessageOut(
+        **{k: getattr(message, k) for k in ("id", "event_type", "payload", "created_at")},
+        deliveries=[WebhookDeliveryOut.model_validate(d) for d in deliveries],
+    )
+
+
+@messages_router.get("", response_model=Page[WebhookMessageOut])
+def list_messages(
+    ctx: WebhooksManager, session: SessionDep, event_type: str | None = None,
+    cursor: str | None = None, limit: Limit = 50,
+) -> Page[WebhookMessageOut]:  # fmt: skip
+    """The tenant's events, newest first, each with its delivery state per target."""
+    filters = [] if event_type is None else [WebhookMessage.event_type == event_type]
+    rows, next_cursor = log.MessageRepository(session, ctx).page(
+        *filters, cursor=cursor, limit=limit
+    )
+    deliveries = log.message_deliveries(session, ctx, [m.id for m in rows])
+    return Page(
+        data=[_message_out(m, list(deliveries[m.id])) for m in rows], next_cursor=next_cursor
+    )
+
+
+@messages_router.get("/{message_id}", response_model=WebhookMessageOut)
+def get_message(message_id: str, ctx: WebhooksManager, session: SessionDep) -> WebhookMessageOut:
+    """One event and its delivery state per target."""
+    message = log.MessageRepository(session, ctx).get(message_id)
+    deliveries = log.message_deliveries(session, ctx, [message.id])
+    return _message_out(message, list(deliveries[message.id]))
+
+
+@messages_router.post(
+    "/{message_id}/resend", status_code=status.HTTP_202_ACCEPTED,
+    response_model=DeliveriesRestarted,
+)  # fmt: skip
+def resend_message(
+    message_id: str, ctx: WebhooksManager, session: SessionDep, body: ResendRequest | None = None
+) -> DeliveriesRestarted:
+    """Send the event again, now, to every target it went to (or `target_id` only)."""
+    restarted = log.resend(session, ctx, message_id, (body or ResendRequest()).target_id)
+    return DeliveriesRestarted(deliveries=[WebhookDeliveryOut.model_validate(d) for d in restarted])

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from celeriac.platform.models import TargetState
+from celeriac.platform.api.schemas import Timestamp
+from celeriac.platform.models import AttemptTrigger, DeliveryState, TargetState
 from celeriac.platform.webhooks.destinations import MAX_URL_LENGTH
 from celeriac.platform.webhooks.service import (
     DEFAULT_PREVIOUS_SECRET_GRACE,
@@ -124,3 +125,58 @@ class WebhookTargetWithSecret(WebhookTargetOut):
         description="The signing secret (`whsec_` + base64 of 32 bytes). Shown only in this "
         "answer; store it now."
     )
+
+
+class WebhookDeliveryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    target_id: uuid.UUID
+    state: DeliveryState
+    attempt_count: int
+    next_attempt_at: datetime | None = Field(description="When the next attempt is due.")
+    last_attempt_at: datetime | None
+
+
+class WebhookMessageOut(BaseModel):
+    id: str = Field(description="The `webhook-id` header of every attempt of this message.")
+    event_type: str
+    payload: dict[str, Any] = Field(description="The body sent (`type`, `timestamp`, `data`).")
+    created_at: datetime
+    deliveries: list[WebhookDeliveryOut]
+
+
+class WebhookAttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    delivery_id: uuid.UUID
+    attempted_at: datetime
+    trigger: AttemptTrigger
+    status_code: int | None
+    response_body: str | None = Field(description="The first 8 KiB of the answer.")
+    duration_ms: int | None
+    error: str | None
+    next_attempt_at: datetime | None
+
+
+class ResendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_id: uuid.UUID | None = Field(
+        default=None, description="Only this target (default: every target it went to)."
+    )
+
+
+class RecoverRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: Timestamp = Field(description="Failed deliveries of messages created since then.")
+
+
+class DeliveriesRestarted(BaseModel):
+    deliveries: list[WebhookDeliveryOut]
+
+
+class TestEventSent(BaseModel):
+    message_id: str

@@ -235,6 +235,15 @@ def rotate_secret(
     return IssuedSecret(target=target, secret=_shown(secret))
 
 
+def end_secret_overlap(session: Session, scope: HasTenant, target_id: uuid.UUID) -> WebhookTarget:
+    """Drop the secret replaced by the last rotation: deliveries carry one signature."""
+    target = WebhookTargetRepository(session, scope).get(target_id, for_update=True)
+    target.previous_secret_ciphertext = None
+    target.previous_secret_expires_at = None
+    session.flush()
+    return target
+
+
 def signing_secrets(target: WebhookTarget, *, now: datetime | None = None) -> list[bytes]:
     """The raw secrets to sign a delivery to ``target`` with: the current one first, then the
     previous one while its grace lasts. Decrypted with ``target``'s tenant key; a ciphertext

@@ -192,7 +192,7 @@ def test_blobs_are_cached_over_a_remote_store_unless_asked_for() -> None:
     url = "redis://cache:6379/1"
     on, off = CacheSettings(blobs="on"), CacheSettings(blobs="on", enabled=False)
     assert not Settings(redis_url=url).caches_blobs  # local: its page cache is faster
-    assert Settings(redis_url=url, blob=BlobSettings(backend="s3")).caches_blobs
+    assert Settings(redis_url=url, blob=BlobSettings(backend="s3", s3_bucket="b")).caches_blobs
     assert Settings(redis_url=url, cache=on).caches_blobs
     assert not Settings(cache=on).caches_blobs  # no Redis
     assert not Settings(redis_url=url, cache=off).caches_blobs

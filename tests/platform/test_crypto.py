@@ -1,5 +1,9 @@
-"""Per-tenant envelope encryption on a real keyring file: round trips, tenant isolation,
-tamper/truncation/reordering detection, rotation, crypto-shredding and the data key cache."""
+"""Per-tenant envelope encryption: round trips, tenant isolation, tamper/truncation/
+reordering detection, rotation, crypto-shredding and the data key cache.
+
+Tests that take ``provider`` (and ``envelope``, built on it) run twice: on a real keyring
+file and on AWS KMS through boto3 against the tests' moto server (tests/aws_server.py).
+Tests that take ``keyring`` are about the keyring file itself."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import pytest
 from celeriac.platform.crypto import (
     DecryptionFailed,
     Envelope,
+    KeyOperationRefused,
     KeyProvider,
     KeyUnavailable,
     LocalKeyring,
@@ -28,7 +33,10 @@ from celeriac.platform.crypto import (
     envelope_from_settings,
     key_provider_from_settings,
 )
+from celeriac.platform.crypto.kms import KmsKeyProvider
 from celeriac.platform.settings import Settings
+
+from aws_support import Aws
 
 SEGMENT = 64  # small segments make multi-segment objects cheap to build and tamper with
 TAG = 16
@@ -47,11 +55,23 @@ def keyring(tmp_path: Path) -> LocalKeyring:
     return LocalKeyring(tmp_path / "keys" / "keyring.json")
 
 
+@pytest.fixture(params=["local", "kms"])
+def provider(request: pytest.FixtureRequest, tmp_path: Path) -> KeyProvider:
+    """The local keyring, or KMS (keys of this test's own alias prefix) on moto."""
+    if request.param == "local":
+        return LocalKeyring(tmp_path / "keys" / "keyring.json")
+    aws: Aws = request.getfixturevalue("aws")
+    return KmsKeyProvider(aws.kms(), alias_prefix=aws.new_alias_prefix())
+
+
 @pytest.fixture
-def envelope(keyring: LocalKeyring) -> Envelope:
-    keyring.create_tenant_key("acme")
-    keyring.create_tenant_key("globex")
-    return Envelope(keyring, segment_bytes=SEGMENT)
+def key_ids(provider: KeyProvider) -> dict[str, str]:
+    return {tenant: provider.create_tenant_key(tenant) for tenant in ("acme", "globex")}
+
+
+@pytest.fixture
+def envelope(provider: KeyProvider, key_ids: dict[str, str]) -> Envelope:
+    return Envelope(provider, segment_bytes=SEGMENT)
 
 
 def _body_start(blob: bytes) -> int:
@@ -94,9 +114,10 @@ def test_bytes_and_stream_forms_round_trip_and_interoperate(envelope: Envelope, 
     assert blob != streamed  # fresh salt and nonce prefix per object
 
 
-def test_five_mib_streams_in_segment_sized_chunks(keyring: LocalKeyring) -> None:
-    keyring.create_tenant_key("acme")
-    envelope = Envelope(keyring)  # the default 1 MiB segments
+def test_five_mib_streams_in_segment_sized_chunks(
+    provider: KeyProvider, key_ids: dict[str, str]
+) -> None:
+    envelope = Envelope(provider)  # the default 1 MiB segments
     data = os.urandom(5 * 1024 * 1024)
 
     encrypted = list(envelope.encrypt_stream("acme", _chunked(data, 64 * 1024)))
@@ -120,15 +141,18 @@ def test_plaintext_does_not_appear_in_the_ciphertext(envelope: Envelope) -> None
 # -- tenant isolation and context binding ------------------------------------------------
 
 
-def test_wrapped_data_key_unwraps_only_with_its_context(keyring: LocalKeyring) -> None:
-    key_id = keyring.create_tenant_key("acme")
-    data_key = keyring.generate_data_key(key_id, {"tenant_id": "acme", "purpose": "test"})
+def test_wrapped_data_key_unwraps_only_with_its_context(
+    provider: KeyProvider, key_ids: dict[str, str]
+) -> None:
+    data_key = provider.generate_data_key(
+        provider.tenant_key_id("acme"), {"tenant_id": "acme", "purpose": "test"}
+    )
     assert len(data_key.plaintext) == 32
     reordered = {"purpose": "test", "tenant_id": "acme"}
-    assert keyring.decrypt_data_key(data_key.wrapped, reordered) == data_key.plaintext
+    assert provider.decrypt_data_key(data_key.wrapped, reordered) == data_key.plaintext
     for other in ({"tenant_id": "globex", "purpose": "test"}, {"tenant_id": "acme"}):
         with pytest.raises(DecryptionFailed):
-            keyring.decrypt_data_key(data_key.wrapped, other)
+            provider.decrypt_data_key(data_key.wrapped, other)
 
 
 def test_tenant_cannot_decrypt_another_tenants_object(envelope: Envelope) -> None:
@@ -141,14 +165,14 @@ def test_tenant_cannot_decrypt_another_tenants_object(envelope: Envelope) -> Non
 
 @pytest.mark.parametrize("fresh_process", [False, True])
 def test_forged_header_naming_another_tenant_does_not_unwrap_the_key(
-    envelope: Envelope, keyring: LocalKeyring, fresh_process: bool
+    envelope: Envelope, provider: KeyProvider, fresh_process: bool
 ) -> None:
     blob = envelope.encrypt("acme", b"acme's payload")
     document = _header_document(blob)
     document["ctx"] = {"tenant_id": "globex"}
     forged = _with_header(blob, document)
     # The same process has acme's key cached; it must not be served to globex.
-    reader = Envelope(keyring, segment_bytes=SEGMENT) if fresh_process else envelope
+    reader = Envelope(provider, segment_bytes=SEGMENT) if fresh_process else envelope
     with pytest.raises(DecryptionFailed, match="wrapped data key"):
         reader.decrypt("globex", forged)
 
@@ -166,10 +190,10 @@ def test_extra_context_must_match(envelope: Envelope) -> None:
 # -- integrity -----------------------------------------------------------------------------
 
 
-def test_every_flipped_byte_fails_authentication(envelope: Envelope, keyring: LocalKeyring) -> None:
+def test_every_flipped_byte_fails_authentication(envelope: Envelope, provider: KeyProvider) -> None:
     data = os.urandom(3 * SEGMENT + 10)
     blob = envelope.encrypt("acme", data)
-    fresh = Envelope(keyring, segment_bytes=SEGMENT)  # no cached data key: unwraps each time
+    fresh = Envelope(provider, segment_bytes=SEGMENT)  # no cached data key: unwraps each time
     for position in range(len(blob)):
         tampered = bytearray(blob)
         tampered[position] ^= 0x01
@@ -181,7 +205,7 @@ def test_every_flipped_byte_fails_authentication(envelope: Envelope, keyring: Lo
 
 
 def test_tampered_wrapped_key_fails_at_unwrapping(
-    envelope: Envelope, keyring: LocalKeyring
+    envelope: Envelope, provider: KeyProvider
 ) -> None:
     blob = envelope.encrypt("acme", b"payload")
     document = _header_document(blob)
@@ -189,7 +213,7 @@ def test_tampered_wrapped_key_fails_at_unwrapping(
     wrapped[-1] ^= 0x01  # the wrapping tag
     document["wdk"] = base64.b64encode(bytes(wrapped)).decode()
     with pytest.raises(DecryptionFailed, match="wrapped data key"):
-        Envelope(keyring).decrypt("acme", _with_header(blob, document))
+        Envelope(provider).decrypt("acme", _with_header(blob, document))
 
 
 def test_truncated_streams_fail(envelope: Envelope) -> None:
@@ -245,8 +269,10 @@ def test_garbage_is_a_malformed_envelope(envelope: Envelope) -> None:
 
 
 def test_rotation_keeps_old_objects_readable_and_uses_the_new_version(
-    envelope: Envelope, keyring: LocalKeyring
+    keyring: LocalKeyring,
 ) -> None:
+    keyring.create_tenant_key("acme")
+    envelope = Envelope(keyring, segment_bytes=SEGMENT)
     before = envelope.encrypt("acme", b"written before rotation")
     key_id = keyring.tenant_key_id("acme")
     keyring.rotate_tenant_key(key_id)
@@ -264,25 +290,44 @@ def test_rotation_keeps_old_objects_readable_and_uses_the_new_version(
 
 
 def test_destroyed_key_makes_old_objects_unreadable(
-    envelope: Envelope, keyring: LocalKeyring
+    envelope: Envelope, provider: KeyProvider, key_ids: dict[str, str]
 ) -> None:
     blob = envelope.encrypt("acme", b"to be shredded")
-    key_id = keyring.tenant_key_id("acme")
-    keyring.rotate_tenant_key(key_id)
-    material = json.loads(keyring.path.read_text())["keys"][key_id]["versions"]
-    keyring.destroy_tenant_key(key_id)
+    provider.rotate_tenant_key(key_ids["acme"])
+    provider.destroy_tenant_key(key_ids["acme"])
+    provider.destroy_tenant_key(key_ids["acme"])  # idempotent
     envelope.forget_tenant("acme")
 
     with pytest.raises(KeyUnavailable, match="destroyed"):
         envelope.decrypt("acme", blob)
     with pytest.raises(KeyUnavailable, match="destroyed"):
-        Envelope(keyring).decrypt("acme", blob)
+        Envelope(provider).decrypt("acme", blob)
     with pytest.raises(KeyUnavailable):
         envelope.encrypt("acme", b"new data")
-    stored = keyring.path.read_text()
-    assert all(secret not in stored for secret in material.values())
     # Globex is untouched.
     assert envelope.decrypt("globex", envelope.encrypt("globex", b"ok")) == b"ok"
+
+
+def test_destroyed_keyring_key_leaves_no_material_in_the_file(keyring: LocalKeyring) -> None:
+    key_id = keyring.create_tenant_key("acme")
+    keyring.rotate_tenant_key(key_id)
+    material = json.loads(keyring.path.read_text())["keys"][key_id]["versions"]
+    keyring.destroy_tenant_key(key_id)
+    stored = keyring.path.read_text()
+    assert all(secret not in stored for secret in material.values())
+
+
+def test_rotation_keeps_old_objects_readable_and_new_ones_use_a_fresh_data_key(
+    envelope: Envelope, provider: KeyProvider, key_ids: dict[str, str]
+) -> None:
+    before = envelope.encrypt("acme", b"written before rotation")
+    provider.rotate_tenant_key(key_ids["acme"])
+    envelope.forget_tenant("acme")
+    after = envelope.encrypt("acme", b"written after rotation")
+    assert describe_envelope(before).wrapped_key != describe_envelope(after).wrapped_key
+    reader = Envelope(provider, segment_bytes=SEGMENT)
+    assert reader.decrypt("acme", before) == b"written before rotation"
+    assert reader.decrypt("acme", after) == b"written after rotation"
 
 
 def test_key_creation_is_idempotent_and_a_new_key_follows_destruction(
@@ -366,23 +411,22 @@ def test_concurrent_key_creation_from_several_processes_loses_no_key(tmp_path: P
 
 
 def test_one_data_key_serves_many_objects_within_the_ttl(
-    envelope: Envelope, keyring: LocalKeyring
+    envelope: Envelope, provider: KeyProvider
 ) -> None:
     blobs = [envelope.encrypt("acme", b"record %d" % i) for i in range(100)]
     assert envelope.provider_calls.generate_data_key == 1
     assert [envelope.decrypt("acme", b) for b in blobs][-1] == b"record 99"
     assert envelope.provider_calls.total == 1  # the generated key was cached for reading too
 
-    reader = Envelope(keyring, segment_bytes=SEGMENT)
+    reader = Envelope(provider, segment_bytes=SEGMENT)
     for blob in blobs:
         reader.decrypt("acme", blob)
     assert reader.provider_calls.decrypt_data_key == 1
 
 
-def test_cache_expires_after_the_ttl(keyring: LocalKeyring) -> None:
-    keyring.create_tenant_key("acme")
+def test_cache_expires_after_the_ttl(provider: KeyProvider, key_ids: dict[str, str]) -> None:
     clock = FakeClock()
-    envelope = Envelope(keyring, cache_ttl_seconds=300, clock=clock)
+    envelope = Envelope(provider, cache_ttl_seconds=300, clock=clock)
     blob = envelope.encrypt("acme", b"x")
     clock.now += 299
     envelope.encrypt("acme", b"x")
@@ -406,10 +450,10 @@ def test_cache_expires_after_the_ttl(keyring: LocalKeyring) -> None:
     )
 
 
-def test_cache_holds_at_most_its_size(keyring: LocalKeyring) -> None:
+def test_cache_holds_at_most_its_size(provider: KeyProvider) -> None:
     for tenant in ("a", "b", "c"):
-        keyring.create_tenant_key(tenant)
-    envelope = Envelope(keyring, cache_size=2)
+        provider.create_tenant_key(tenant)
+    envelope = Envelope(provider, cache_size=2)
     for tenant in ("a", "b", "a", "c"):  # c evicts b, the least recently used
         envelope.encrypt(tenant, b"x")
     assert envelope.provider_calls.generate_data_key == 3
@@ -419,9 +463,10 @@ def test_cache_holds_at_most_its_size(keyring: LocalKeyring) -> None:
     assert envelope.provider_calls.generate_data_key == 4
 
 
-def test_cache_size_zero_calls_the_provider_every_time(keyring: LocalKeyring) -> None:
-    keyring.create_tenant_key("acme")
-    envelope = Envelope(keyring, cache_size=0)
+def test_cache_size_zero_calls_the_provider_every_time(
+    provider: KeyProvider, key_ids: dict[str, str]
+) -> None:
+    envelope = Envelope(provider, cache_size=0)
     for _ in range(3):
         envelope.decrypt("acme", envelope.encrypt("acme", b"x"))
     assert (
@@ -448,7 +493,83 @@ def test_factories_build_the_local_implementations(tmp_path: Path) -> None:
     assert envelope.decrypt("acme", envelope.encrypt("acme", b"x")) == b"x"
 
 
-def test_kms_is_not_available_yet(tmp_path: Path) -> None:
-    settings = Settings(var_dir=tmp_path, keys={"provider": "kms"})
-    with pytest.raises(NotImplementedError, match="KMS"):
-        key_provider_from_settings(settings)
+def test_factory_builds_the_kms_provider(tmp_path: Path, aws: Aws) -> None:
+    prefix = aws.new_alias_prefix()
+    settings = Settings(
+        var_dir=tmp_path,
+        keys={"provider": "kms", "kms_endpoint_url": aws.endpoint_url, "kms_alias_prefix": prefix,
+              "deletion_window_days": 7},
+    )  # fmt: skip
+    provider = key_provider_from_settings(settings)
+    assert isinstance(provider, KmsKeyProvider)
+    assert isinstance(provider, KeyProvider)
+    assert (provider.alias_prefix, provider.deletion_window_days) == (prefix, 7)
+    envelope = envelope_from_settings(settings, provider)
+    provider.create_tenant_key("acme")
+    assert envelope.decrypt("acme", envelope.encrypt("acme", b"x")) == b"x"
+
+
+# -- KMS specifics -------------------------------------------------------------------------
+
+
+def test_kms_tenant_key_is_tagged_aliased_rotating_and_created_once(aws: Aws) -> None:
+    kms = aws.kms()
+    provider = KmsKeyProvider(kms, alias_prefix=aws.new_alias_prefix())
+    arn = provider.create_tenant_key("acme")
+    assert provider.create_tenant_key("acme") == arn  # a retried creation makes no second key
+    assert arn.startswith("arn:aws:kms:") and ":key/" in arn
+    assert provider.tenant_key_id("acme") == f"{provider.alias_prefix}acme"
+    metadata = kms.describe_key(KeyId=provider.tenant_key_id("acme"))["KeyMetadata"]
+    assert (metadata["Arn"], metadata["KeySpec"], metadata["KeyUsage"]) == (
+        arn, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT",
+    )  # fmt: skip
+    tags = kms.list_resource_tags(KeyId=arn)["Tags"]
+    assert {"TagKey": "celeriac:tenant", "TagValue": "acme"} in tags
+    assert kms.get_key_rotation_status(KeyId=arn)["KeyRotationEnabled"]
+    # The envelope's header names the key KMS used.
+    envelope = Envelope(provider)
+    assert describe_envelope(envelope.encrypt("acme", b"x")).key_id == arn
+
+
+def test_kms_rotation_is_on_demand_and_destruction_disables_and_schedules(aws: Aws) -> None:
+    """moto records RotateKeyOnDemand without new key material (new material for new data
+    keys is proven on the keyring, by
+    test_rotation_keeps_old_objects_readable_and_uses_the_new_version); what is proven
+    here is the calls and the key's state."""
+    kms = aws.kms()
+    provider = KmsKeyProvider(kms, alias_prefix=aws.new_alias_prefix(), deletion_window_days=7)
+    arn = provider.create_tenant_key("acme")
+    provider.rotate_tenant_key(arn)
+    rotations = kms.list_key_rotations(KeyId=arn)["Rotations"]
+    assert [r["RotationType"] for r in rotations] == ["ON_DEMAND"]
+
+    provider.destroy_tenant_key(arn)
+    metadata = kms.describe_key(KeyId=arn)["KeyMetadata"]
+    assert metadata["KeyState"] == "PendingDeletion"
+    assert not metadata["Enabled"]
+    window = metadata["DeletionDate"] - metadata["CreationDate"]
+    assert 6.9 < window.total_seconds() / 86400 < 7.1
+    with pytest.raises(KeyUnavailable, match="PendingDeletion"):
+        provider.create_tenant_key("acme")  # no silent new key under a destroyed tenant
+
+
+def test_kms_pooled_mode_shares_one_key_and_still_separates_tenants(aws: Aws) -> None:
+    kms = aws.kms()
+    shared = kms.create_key(Description="pooled")["KeyMetadata"]
+    provider = KmsKeyProvider(kms, mode="pooled", pooled_key_id=shared["KeyId"])
+    assert (
+        provider.create_tenant_key("acme")
+        == provider.create_tenant_key("globex")
+        == (shared["Arn"])
+    )
+    envelope = Envelope(provider)
+    blob = envelope.encrypt("acme", b"acme's")
+    document = _header_document(blob)
+    document["ctx"] = {"tenant_id": "globex"}
+    with pytest.raises(DecryptionFailed, match="wrapped data key"):
+        Envelope(provider).decrypt("globex", _with_header(blob, document))
+    with pytest.raises(KeyOperationRefused, match="pooled"):
+        provider.rotate_tenant_key(shared["Arn"])
+    provider.destroy_tenant_key(shared["Arn"])  # never destroys the shared key
+    assert kms.describe_key(KeyId=shared["KeyId"])["KeyMetadata"]["KeyState"] == "Enabled"
+    assert envelope.decrypt("acme", blob) == b"acme's"

@@ -92,3 +92,36 @@ def test_settings_are_immutable() -> None:
     with pytest.raises(ValueError, match="frozen"):
         settings.environment = "prod"  # type: ignore[misc]
     assert isinstance(settings, Settings)
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"KEYS__ENCRYPTION": "false"}, "CELERIAC_ENVIRONMENT=benchmark"),
+        ({"KEYS__ENCRYPTION": "false", "ENVIRONMENT": "production"}, "benchmarks only"),
+        ({"KEYS__PROVIDER": "kms", "KEYS__MODE": "pooled"}, "KMS_POOLED_KEY_ID"),
+        ({"BLOB__BACKEND": "s3"}, "CELERIAC_BLOB__S3_BUCKET"),
+        ({"BLOB__S3_SSE": "tenant_key"}, "CELERIAC_KEYS__PROVIDER=kms"),
+        ({"KEYS__DELETION_WINDOW_DAYS": "3"}, "CELERIAC_KEYS__DELETION_WINDOW_DAYS"),
+        ({"KEYS__KMS_ALIAS_PREFIX": "celeriac/"}, "CELERIAC_KEYS__KMS_ALIAS_PREFIX"),
+    ],
+)
+def test_unsafe_or_incomplete_key_and_blob_settings_are_refused(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], message: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(f"CELERIAC_{name}", value)
+    with pytest.raises(SettingsError, match=message):
+        load_settings()
+
+
+def test_encryption_can_be_turned_off_only_in_the_benchmark_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CELERIAC_KEYS__ENCRYPTION", "false")
+    monkeypatch.setenv("CELERIAC_ENVIRONMENT", "benchmark")
+    assert not load_settings().keys.encryption
+    monkeypatch.delenv("CELERIAC_KEYS__ENCRYPTION")
+    defaults = load_settings().keys
+    assert defaults.encryption  # on by default
+    assert (defaults.mode, defaults.deletion_window_days) == ("per_tenant", 30)

@@ -21,6 +21,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("PATCH", "/v1/webhooks/{target_id}"): {"description": "changed"},
     ("POST", "/v1/webhooks/{target_id}/rotate-secret"): {},
     ("POST", "/v1/keys/{key_id}/roll"): {},
+    ("POST", "/v1/webhooks/{target_id}/recover"): {"since": "2020-01-01T00:00:00Z"},
 }
 
 
@@ -45,7 +46,10 @@ def owner_objects(
     key = client.post("/v1/keys", json={"scopes": ["jobs:read"]}, headers=owner.headers).json()
     target = client.post("/v1/webhooks", headers=owner.headers, json={
         "url": "https://hooks.example.com/x", "event_types": ["job.*"]}).json()  # fmt: skip
-    return owner, {"job_id": job["id"], "key_id": key["id"], "target_id": target["id"]}
+    test = client.post(f"/v1/webhooks/{target['id']}/test", headers=owner.headers)
+    assert test.status_code == 202, test.text
+    return owner, {"job_id": job["id"], "key_id": key["id"], "target_id": target["id"],
+                   "message_id": test.json()["message_id"]}  # fmt: skip
 
 
 def _tenant_operations(client: TestClient) -> list[tuple[str, str]]:
@@ -79,7 +83,8 @@ def test_every_tenant_route_hides_other_tenants_objects(
 
     # The owner still sees everything, unchanged by the intruder's attempts.
     for path in (f"/v1/jobs/{ids['job_id']}", f"/v1/keys/{ids['key_id']}",
-                 f"/v1/webhooks/{ids['target_id']}"):  # fmt: skip
+                 f"/v1/webhooks/{ids['target_id']}",
+                 f"/v1/webhook-messages/{ids['message_id']}"):  # fmt: skip
         assert client.get(path, headers=owner.headers).status_code == 200
     assert client.get(f"/v1/jobs/{ids['job_id']}", headers=owner.headers).json()["state"] == (
         "queued"
@@ -93,7 +98,7 @@ def test_listings_show_only_the_callers_objects(
 ) -> None:
     _, ids = owner_objects
     intruder = make_tenant("intruder")
-    for path in ("/v1/jobs", "/v1/keys", "/v1/webhooks"):
+    for path in ("/v1/jobs", "/v1/keys", "/v1/webhooks", "/v1/webhook-messages"):
         listed = client.get(path, headers=intruder.headers).json()["data"]
         assert not {item["id"] for item in listed} & set(ids.values()), path
 

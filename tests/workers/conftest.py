@@ -54,6 +54,9 @@ def worker_env(api_settings: Settings, var_dir: Path, test_plugins_path: Path) -
         broker_url=api_settings.broker_url,
         redis_url=str(api_settings.redis_url),
     )
+    # Webhook receivers in tests listen on loopback over http, as the API's settings allow.
+    env["CELERIAC_WEBHOOKS__ALLOW_HTTP"] = "true"
+    env["CELERIAC_WEBHOOKS__ALLOWED_CIDRS"] = '["127.0.0.0/8", "::1/128"]'
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(test_plugins_path),
                                                       env.get("PYTHONPATH")]))  # fmt: skip
     return env

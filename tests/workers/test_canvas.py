@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 from conftest import TenantFixture
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from standardwebhooks.webhooks import Webhook
 
 from celeriac.platform.db import get_engine
 from celeriac.platform.models import JobTask, UsageRecord
 
-from worker_support import Workers, wait_for_job
+from worker_support import Receiver, Workers, wait_for_job, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +28,9 @@ SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_1000.ndjson"
 def test_small_job_runs_through_every_stage(
     client: TestClient, workers: Workers, make_tenant: Callable[..., TenantFixture]
 ) -> None:
-    tenant = make_tenant()
+    tenant, hook = make_tenant(), Receiver()
+    target = client.post("/v1/webhooks", headers=tenant.headers,
+                         json={"url": hook.url, "event_types": ["job.*"]}).json()  # fmt: skip
     records = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:100]]
     submitted = client.post("/v1/jobs", headers=tenant.headers, json={
         "pipeline": {"datasets": [{"name": "tabular"}],
@@ -39,6 +43,20 @@ def test_small_job_runs_through_every_stage(
     summary = results["analyses"]["summary"]["tabular"]
     expected = pd.json_normalize(records)["order.amount"].describe()
     assert summary is not None and expected["count"] > 0
+
+    # The tenant is called back, signed (Standard Webhooks), once the job has ended.
+    def attempts() -> list[dict[str, Any]]:
+        url = f"/v1/webhooks/{target['id']}/attempts"
+        found: list[dict[str, Any]] = client.get(url, headers=tenant.headers).json()["data"]
+        return found
+
+    wait_until(attempts, 60, "a webhook attempt", every=0.2)
+    assert attempts()[0]["status_code"] == 200, attempts()[0]["error"]
+    hook.close()
+    (got,) = hook.received
+    event = Webhook(target["secret"]).verify(got.body, got.headers)
+    assert event["type"] == "job.succeeded" and event["data"]["job_id"] == job["id"]
+    assert event["data"]["results_url"].endswith(f"/v1/jobs/{job['id']}/results")
     with get_engine().connect() as conn:
         tasks = conn.execute(select(JobTask.task_key, JobTask.state)).all()
         usage = {r.metric for r in conn.execute(select(UsageRecord.metric))}
@@ -47,4 +65,4 @@ def test_small_job_runs_through_every_stage(
         ("datasets/tabular/00000", "succeeded"),
     ]
     assert usage == {"jobs.submitted", "jobs.completed", "records.processed",
-                     "compute.seconds", "storage.bytes"}  # fmt: skip
+                     "compute.seconds", "storage.bytes", "webhooks.delivered"}  # fmt: skip

@@ -21,6 +21,7 @@ from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.models import Job, JobStage, JobState, Tenant, utcnow
 from celeriac.platform.settings import get_settings
 from celeriac.platform.tasks import publish
+from celeriac.platform.webhooks import events
 from celeriac.workers.canvas import state, steps
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ def _redispatch(tenant_id: str, job_id: str, send: steps.Send) -> int:
                 session.execute(update(Job).where(Job.id == job.id).values(state=JobState.RUNNING))
                 session.refresh(job)
             error = f"stopped moving; re-dispatched {job.dispatch_count} times"
-            state.end_job(session, job, JobState.FAILED, result_key=None, error=error)
+            if state.end_job(session, job, JobState.FAILED, result_key=None, error=error):
+                events.job_ended(session, job, JobState.FAILED, error)
             return 1
         session.execute(
             update(Job)

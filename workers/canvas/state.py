@@ -58,8 +58,12 @@ def start(session: Session, tenant_id: str, job_id: str) -> Job | None:
     return job
 
 
-def ensure_tasks(session: Session, job: Job, planned: Sequence[PlannedTask]) -> list[JobTask]:
-    """Insert the planned tasks that do not exist yet; return the stage's open tasks."""
+def ensure_tasks(
+    session: Session, job: Job, planned: Sequence[PlannedTask]
+) -> tuple[list[JobTask], set[uuid.UUID]]:
+    """Insert the planned tasks that do not exist yet, each with the id of the message that
+    will run it; return the stage's open tasks and the ids of those inserted now."""
+    inserted: set[uuid.UUID] = set()
     if planned:
         insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
         now = utcnow()
@@ -67,13 +71,17 @@ def ensure_tasks(session: Session, job: Job, planned: Sequence[PlannedTask]) -> 
             {"id": uuid.uuid4(), "tenant_id": job.tenant_id, "job_id": job.id, "task_key": p.key,
              "stage": p.stage, "plugin": p.plugin, "plugin_version": p.plugin_version,
              "chunk": p.chunk, "input_key": p.input_key, "output_key": p.output_key,
-             "state": TaskState.PENDING, "attempts": 0, "created_at": now, "updated_at": now}
+             "state": TaskState.PENDING, "attempts": 0, "created_at": now, "updated_at": now,
+             "celery_task_id": str(uuid.uuid4())}
             for p in planned
         ]  # fmt: skip
-        session.execute(
-            insert(JobTask)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["tenant_id", "job_id", "task_key"])
+        inserted = set(
+            session.scalars(
+                insert(JobTask)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["tenant_id", "job_id", "task_key"])
+                .returning(JobTask.id)
+            )
         )
     keys = [p.key for p in planned]
     return list(
@@ -85,7 +93,7 @@ def ensure_tasks(session: Session, job: Job, planned: Sequence[PlannedTask]) -> 
                 JobTask.state.in_(OPEN_TASK_STATES),
             )
         )
-    )
+    ), inserted
 
 
 def lease_expired(task: JobTask, lease_seconds: float) -> bool:
@@ -139,11 +147,19 @@ def claim(
     return task, job
 
 
-def assign_messages(session: Session, tasks: Sequence[JobTask]) -> dict[uuid.UUID, str]:
-    """Give each task the id of the message about to run it (kept so that cancelling
-    the job can revoke a message not yet running); returns them by task id."""
-    ids = {task.id: str(uuid.uuid4()) for task in tasks}
+def assign_messages(
+    session: Session, tasks: Sequence[JobTask], inserted: set[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """The id of the message about to run each task (kept so that cancelling the job can
+    revoke a message not yet running). Tasks inserted by this transaction keep the id they
+    were inserted with; the others (a republish) get a fresh one, since a claim tells a
+    duplicate from a redelivery by its message id."""
+    ids: dict[uuid.UUID, str] = {}
     for task in tasks:
+        if task.id in inserted and task.celery_task_id:
+            ids[task.id] = task.celery_task_id
+            continue
+        ids[task.id] = str(uuid.uuid4())
         session.execute(
             update(JobTask)
             .where(JobTask.id == task.id, JobTask.state.in_(OPEN_TASK_STATES))

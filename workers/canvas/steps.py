@@ -37,6 +37,7 @@ from celeriac.platform.storage import BlobNotFound
 from celeriac.platform.tasks import Publication, publish, publish_many
 from celeriac.platform.tenant_data import tenant_blobs
 from celeriac.platform.tenants.service import tenant_profile
+from celeriac.platform.webhooks import events
 from celeriac.workers.canvas import plan, state
 
 logger = logging.getLogger(__name__)
@@ -125,12 +126,12 @@ def fan_out(
         if job is None or job.state is not JobState.RUNNING or job.stage is not JobStage(stage):
             return 0
         ref = ref_of(session, job)
-        open_tasks = state.ensure_tasks(session, job, plan.planned(job, JobStage(stage)))
+        open_tasks, inserted = state.ensure_tasks(session, job, plan.planned(job, JobStage(stage)))
         lease = lease_seconds()
         # A running task is republished only when its run has outlived any possible run.
         due = [t for t in open_tasks
                if t.state is TaskState.PENDING or state.lease_expired(t, lease)]  # fmt: skip
-        message_ids = state.assign_messages(session, due)
+        message_ids = state.assign_messages(session, due, inserted)
     if not open_tasks:
         join(tenant_id, job_id, JobStage(stage), send)
         return 0
@@ -334,6 +335,7 @@ def finalize(tenant_id: str, job_id: str) -> JobState | None:
         if not state.end_job(session, job, outcome, result_key=key, error=error):
             return None
         _record_usage(session, job, outcome, compute_ms, written)
+        events.job_ended(session, job, outcome, error)
     return outcome
 
 

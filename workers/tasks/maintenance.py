@@ -7,6 +7,7 @@ import logging
 from celery import shared_task
 
 from celeriac.platform.dispatch import get_dispatcher
+from celeriac.platform.tenants import destruction
 from celeriac.workers.canvas import reconcile as reconciler
 from celeriac.workers.tasks import send
 
@@ -35,3 +36,11 @@ def release() -> int:
     from celeriac.platform.settings import Pool
 
     return sum(dispatcher.release(pool) for pool in Pool)
+
+
+@shared_task(name="celeriac.orchestration.destroy_deleted_tenants", ignore_result=True)
+def destroy_deleted_tenants() -> int:
+    """Finish crypto-shredding deleted tenants: destroy keys the API could not, then
+    delete their blobs (network calls to KMS/S3 or short file deletes: nothing that
+    computes)."""
+    return destruction.destroy_deleted_tenants()
