@@ -3,7 +3,7 @@
 Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1)::
 
     .venv/bin/python bench/bigjob.py [--records 100000] [--chunks 5000,25000] [--runs 3]
-        [--texts distinct|sample] [--py-spy DIR]
+        [--slice-records N] [--texts distinct|sample] [--py-spy DIR]
 
 The records are tests/data/sample_1000.ndjson repeated and perturbed, deterministically:
 unique ids, amounts and temperatures shifted, texts shuffled and, by default, made
@@ -14,7 +14,9 @@ NDJSON file (43 MB) in a multipart ``POST /v1/jobs`` to ``celeriac api``; the fi
 larger than the API's default 10 MB body limit, so the bench raises
 ``CELERIAC_API__MAX_BODY_BYTES`` for its API. Pipeline: datasets ``tabular`` and ``text``;
 analyzers ``summary`` and ``anomalies`` (accept table), ``sentiment`` and ``keywords``
-(accept text): per chunk one task per dataset, then 4 analysis tasks.
+(accept text): per chunk one task per dataset, then ``summary``, ``anomalies`` and
+``keywords`` on their whole dataset and ``sentiment``, which is row-wise, in
+ceil(records / ``--slice-records``) slices and a merge (docs/adr/0009).
 
 For each chunk size (``CELERIAC_JOBS__CHUNK_RECORDS``, read by the API when it cuts the
 payload; the API is restarted for each) it runs one unmeasured warm-up job of 1,000
@@ -295,18 +297,26 @@ def print_header() -> None:
     )
 
 
+def _label(task: TaskRow, sliced: set[str]) -> str:
+    """The plugin, and for a row-wise analyzer run in slices which of its tasks."""
+    if task.stage != "analysis" or task.plugin not in sliced:
+        return task.plugin
+    return f"{task.plugin}/{'slice' if task.chunk is not None else 'merge'}"
+
+
 def print_tasks(run: Run, which: str) -> None:
     print(
         f"\n  tasks of chunk {run.chunk_records}, {which} (run {run.index}, job {run.job_id}): "
         "seconds per task"
     )
     print(
-        f"  {'stage':<10}{'plugin':<11}{'tasks':>6}{'mean':>8}{'max':>8}{'sum':>8}"
+        f"  {'stage':<10}{'plugin':<16}{'tasks':>6}{'mean':>8}{'max':>8}{'sum':>8}"
         f"{'first start':>13}{'last end':>10}   (s after POST)"
     )
     groups: dict[tuple[str, str], list[TaskRow]] = {}
+    sliced = {t.plugin for t in run.tasks if t.stage == "analysis" and t.chunk is not None}
     for task in run.tasks:
-        groups.setdefault((task.stage, task.plugin), []).append(task)
+        groups.setdefault((task.stage, _label(task, sliced)), []).append(task)
     for (stage, plugin), rows in sorted(
         groups.items(), key=lambda kv: min(t.started for t in kv[1])
     ):
@@ -314,7 +324,7 @@ def print_tasks(run: Run, which: str) -> None:
         states = {t.state for t in rows}
         flag = "" if states == {"succeeded"} else f"  states {sorted(states)}"
         print(
-            f"  {stage:<10}{plugin:<11}{len(rows):>6}{statistics.fmean(durations):>8.2f}"
+            f"  {stage:<10}{plugin:<16}{len(rows):>6}{statistics.fmean(durations):>8.2f}"
             f"{max(durations):>8.2f}{sum(durations):>8.2f}"
             f"{min(t.started for t in rows) - run.submitted:>13.2f}"
             f"{max(t.finished for t in rows) - run.submitted:>10.2f}{flag}"
@@ -347,6 +357,14 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, default=3, help="measured jobs per chunk size")
     parser.add_argument(
+        "--slice-records",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CELERIAC_JOBS__SLICE_RECORDS for the API (default: the platform's, 25000): "
+        "sentiment runs as ceil(records / N) slices and a merge",
+    )
+    parser.add_argument(
         "--texts",
         choices=["distinct", "sample"],
         default="distinct",
@@ -367,6 +385,8 @@ def _parse_args() -> argparse.Namespace:
         parser.error("--chunks must be comma-separated integers")
     if args.records <= 0 or args.runs <= 0 or not args.chunk_sizes or min(args.chunk_sizes) <= 0:
         parser.error("--records, --runs and the chunk sizes must be positive")
+    if args.slice_records is not None and args.slice_records <= 0:
+        parser.error("--slice-records must be positive")
     return args
 
 
@@ -379,7 +399,8 @@ def run(args: argparse.Namespace) -> bool:
         f"bigjob: {args.records} records ({args.texts} texts), {len(data) / 1e6:.1f} MB NDJSON "
         f"(multipart upload; CELERIAC_API__MAX_BODY_BYTES={body_limit}); pipeline datasets "
         "[tabular, text] x analyzers [summary, anomalies | sentiment, keywords]; compute "
-        "pool prefork -c 2"
+        "pool prefork -c 2; slice records "
+        f"{args.slice_records if args.slice_records is not None else 'default (25000)'}"
     )
     if args.py_spy is not None:
         args.py_spy.mkdir(parents=True, exist_ok=True)
@@ -394,12 +415,13 @@ def run(args: argparse.Namespace) -> bool:
         for chunk in args.chunk_sizes:
             if api is not None:
                 env.stop(api)
-            api = env.start_api(
-                {
-                    "CELERIAC_API__MAX_BODY_BYTES": str(body_limit),
-                    "CELERIAC_JOBS__CHUNK_RECORDS": str(chunk),
-                }
-            )
+            api_env = {
+                "CELERIAC_API__MAX_BODY_BYTES": str(body_limit),
+                "CELERIAC_JOBS__CHUNK_RECORDS": str(chunk),
+            }
+            if args.slice_records is not None:
+                api_env["CELERIAC_JOBS__SLICE_RECORDS"] = str(args.slice_records)
+            api = env.start_api(api_env)
             groups = {api.pid: "api", **{w.pid: pool for pool, w in workers.items()}}
             headers = {"Authorization": f"Bearer {env.api_key}"}
             with httpx.Client(base_url=env.api_url, headers=headers, timeout=300) as client:

@@ -186,6 +186,11 @@ class JobSettings(BaseModel):
 
     # Records per input chunk: one dataset task per (generator x chunk).
     chunk_records: int = Field(default=5000, ge=1)
+    # Records per analysis slice: a row-wise analyzer (``sentiment``) runs as one task per
+    # slice of the dataset's rows, ceil(records / slice_records) slices, and one merge.
+    # Each slice reads and combines the whole dataset, so slices much smaller than this
+    # cost more than they save (ADR 0009).
+    slice_records: int = Field(default=25_000, ge=1)
     # A transient compute failure is retried this many times (exponential backoff, jitter).
     task_max_retries: int = Field(default=3, ge=0)
     retry_backoff_seconds: float = Field(default=1.0, gt=0)

@@ -68,6 +68,7 @@ class Submission:
     _blob_keys: list[str] = field(default_factory=list)
     _stored_bytes: int = 0
     _chunks: int = 0
+    _slices: int = 1
 
     @property
     def record_count(self) -> int:
@@ -216,12 +217,16 @@ def _store_payload(submission: Submission) -> None:
     """The payload, encrypted, pre-cut into chunks so that fanning out is bookkeeping."""
     tenant = str(submission.tenant_id)
     blobs = tenant_blobs()
-    pieces = chunks(submission.payload, get_settings().jobs.chunk_records)
+    jobs = get_settings().jobs
+    pieces = chunks(submission.payload, jobs.chunk_records)
     for index, piece in enumerate(pieces):
         key = chunk_key(submission.payload_prefix, index)
         submission._blob_keys.append(key)
         submission._stored_bytes += blobs.put(tenant, key, piece)
     submission._chunks = len(pieces)
+    # Fixed with the job, like its chunks, so that every planning of its analysis stage
+    # (a redelivery, the reconciler, a worker with other settings) plans the same tasks.
+    submission._slices = -(-submission.record_count // jobs.slice_records)
 
 
 def _delete_blobs(submission: Submission) -> None:
@@ -247,8 +252,9 @@ def _job_row(s: Submission) -> dict[str, Any]:
     return {
         "id": s.id, "tenant_id": s.tenant_id, "priority": s.priority, "pipeline": s.pipeline,
         "state": s.state, "payload_key": s.payload_prefix, "record_count": s.record_count,
-        "payload_bytes": len(s.payload.ndjson), "metadata": s.metadata,
-        "checkpoints": {"payload": {"chunks": s._chunks}}, "dispatch_count": 0,
+        "payload_bytes": s.payload.size, "metadata": s.metadata,
+        "checkpoints": {"payload": {"chunks": s._chunks}, "slices": s._slices},
+        "dispatch_count": 0,
         "created_at": s.created_at, "updated_at": s.created_at,
     }  # fmt: skip
 

@@ -1,34 +1,115 @@
 """Turning what a tenant sends (inline JSON, CSV or NDJSON) into the stored payload:
-newline-delimited JSON objects, one record per line."""
+newline-delimited JSON objects, one record per line.
+
+An NDJSON file is stored as it was sent, line for line (blank lines dropped): each line
+is only checked to be a JSON object, not parsed into Python objects and encoded again.
+For a 43 MB file that took 2.0 of the 2.2 s the API spent accepting it (``json.loads``
+and ``json.dumps`` of 100,000 records); checking each line with orjson takes 0.12 s.
+orjson parses exactly what ``json.loads`` parses, but refuses the few things only
+Python's parser takes (``NaN``, ``Infinity``, numbers too large for a double, unpaired
+UTF-16 surrogates): such a line is parsed with ``json`` as before and stored re-encoded
+as before, so what a job computes does not depend on the path its records took.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from celeriac.platform.errors import ValidationFailed
 
 CSV_TYPES = {"text/csv", "application/csv"}
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl"}
+_UTF8_BOM = b"\xef\xbb\xbf"
+# orjson reads an integer beyond 64 bits as a float where json.loads keeps it an int; such
+# a number has at least 19 digits, and so a chunk with a run of 19 digits (a long number
+# or just a long string of digits) is parsed with json. Found by mapping every digit to
+# "0" and everything else to " " and searching for 19 zeros: 1.3 ms for a 2 MB chunk,
+# where the regular expression \d{19} took 18 ms.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGITS = b"0" * 19
 
 
 @dataclass(frozen=True)
 class Payload:
-    ndjson: bytes
-    record_count: int
+    """The records, one JSON object per item (UTF-8, no line break)."""
+
+    lines: Sequence[bytes]
+
+    @property
+    def record_count(self) -> int:
+        return len(self.lines)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the payload as NDJSON (a line break after each record)."""
+        return sum(map(len, self.lines)) + len(self.lines)
+
+    @property
+    def ndjson(self) -> bytes:
+        return b"\n".join(self.lines) + b"\n" if self.lines else b""
 
 
 def chunks(payload: Payload, records_per_chunk: int) -> list[bytes]:
     """The payload cut into NDJSON chunks of at most ``records_per_chunk`` records."""
-    lines = payload.ndjson.splitlines(keepends=True)
+    lines = payload.lines
     return [
-        b"".join(lines[start : start + records_per_chunk])
+        b"\n".join(lines[start : start + records_per_chunk]) + b"\n"
         for start in range(0, len(lines), records_per_chunk)
     ]
+
+
+def records(chunk: bytes) -> list[dict[str, Any]]:
+    """The records of a stored NDJSON chunk: exactly what ``json.loads`` of each line
+    gives, about three times faster (orjson; ``json`` for what orjson parses otherwise)."""
+    lines = [line for line in chunk.splitlines() if line.strip()]
+    with collector_paused():
+        if _orjson_reads_as_json(chunk):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                return [orjson.loads(line) for line in lines]
+        return [json.loads(line) for line in lines]
+
+
+def json_document(raw: bytes) -> Any:
+    """One JSON document, exactly as ``json.loads`` reads it (orjson where they agree)."""
+    with collector_paused():
+        if _orjson_reads_as_json(raw):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                return orjson.loads(raw)
+        return json.loads(raw)
+
+
+def _orjson_reads_as_json(raw: bytes) -> bool:
+    return _LONG_DIGITS not in raw.translate(_DIGITS_AS_ZEROS)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while records are parsed.
+
+    Parsing 100,000 records creates millions of dicts and lists, and each 700 new
+    containers start a collection whose older generations are walked again and again:
+    ``json.loads`` of 100,000 records took 1.5 s with the collector on and 0.5 s with it
+    paused (orjson: 0.67 s and 0.19 s). Parsed JSON holds no reference cycles, so the
+    pause leaves no garbage behind. The switch is per process: call this only where one
+    thread runs (compute pool processes, the distribution pool's greenlets, which cannot
+    switch inside a parse), never in the API.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def chunk_key(payload_prefix: str, index: int) -> str:
@@ -36,8 +117,12 @@ def chunk_key(payload_prefix: str, index: int) -> str:
 
 
 def from_records(records: Iterable[dict[str, Any]]) -> Payload:
-    lines = [json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in records]
-    return Payload(("\n".join(lines) + "\n").encode(), len(lines))
+    return Payload([_encoded(r) for r in records])
+
+
+def _encoded(record: dict[str, Any]) -> bytes:
+    # json, not orjson: orjson writes NaN as null, and inline records may hold NaN.
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def file_format(content_type: str | None, filename: str | None) -> str:
@@ -61,34 +146,70 @@ def _bad_line(line: int, detail: str) -> ValidationFailed:
 
 
 def from_file(raw: bytes, fmt: str) -> Payload:
-    """Parse a CSV (header row, values as strings) or NDJSON file into records."""
+    """Check a CSV (header row, values as strings) or NDJSON file and turn it into the
+    payload: CSV rows become JSON objects, NDJSON lines are kept as they are."""
+    payload = _csv(raw) if fmt == "csv" else _ndjson(raw)
+    if not payload.lines:
+        raise ValidationFailed("the file holds no records")
+    return payload
+
+
+def _csv(raw: bytes) -> Payload:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ValidationFailed("the file is not UTF-8 text") from None
     records: list[dict[str, Any]] = []
-    if fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        if not reader.fieldnames:
-            raise ValidationFailed("the CSV file has no header row")
-        try:
-            for row in reader:
-                if None in row:
-                    raise _bad_line(reader.line_num, "more values than header columns")
-                records.append(dict(row))
-        except csv.Error as exc:
-            raise _bad_line(reader.line_num, str(exc)) from None
-    else:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise _bad_line(number, f"not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise _bad_line(number, "each line must be a JSON object")
-            records.append(record)
-    if not records:
-        raise ValidationFailed("the file holds no records")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames:
+        raise ValidationFailed("the CSV file has no header row")
+    try:
+        for row in reader:
+            if None in row:
+                raise _bad_line(reader.line_num, "more values than header columns")
+            records.append(dict(row))
+    except csv.Error as exc:
+        raise _bad_line(reader.line_num, str(exc)) from None
     return from_records(records)
+
+
+def _ndjson(raw: bytes) -> Payload:
+    """Every non-blank line, checked to be a JSON object (lines end at LF, CR or CRLF)."""
+    lines: list[bytes] = []
+    loads = orjson.loads
+    for number, line in enumerate(raw.removeprefix(_UTF8_BOM).splitlines(), start=1):
+        try:
+            # One record alive at a time: nothing piles up for the garbage collector.
+            record = loads(line)
+        except orjson.JSONDecodeError:
+            fallback = _python_json_line(line, number)
+            if fallback is not None:
+                lines.append(fallback)
+            continue
+        if not isinstance(record, dict):
+            raise _bad_line(number, "each line must be a JSON object")
+        lines.append(line)
+    return Payload(lines)
+
+
+def _python_json_line(line: bytes, number: int) -> bytes | None:
+    """A line orjson refused: blank (None), or what ``json.loads`` parses (see the
+    module docstring), re-encoded as before; anything else is the client's error."""
+    try:
+        text = line.decode()
+    except UnicodeDecodeError:
+        raise ValidationFailed("the file is not UTF-8 text") from None
+    if not text.strip():
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _bad_line(number, f"not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise _bad_line(number, "not valid JSON (nested too deeply)") from None
+    if not isinstance(record, dict):
+        raise _bad_line(number, "each line must be a JSON object")
+    try:
+        return _encoded(record)
+    except UnicodeEncodeError:
+        raise _bad_line(number, "a string holds an unpaired UTF-16 surrogate") from None

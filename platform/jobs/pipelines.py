@@ -66,6 +66,7 @@ class PluginInfo:
     produces: str | None = None
     accepts: tuple[str, ...] = ()
     description: str = ""
+    rowwise: bool = False
 
 
 def register_plugins(session: Session, plugins: Iterable[PluginInfo]) -> None:
@@ -77,7 +78,8 @@ def register_plugins(session: Session, plugins: Iterable[PluginInfo]) -> None:
         values = {
             "kind": info.kind, "name": info.name, "version": info.version,
             "description": info.description, "parameters_schema": info.parameters_schema,
-            "produces": info.produces, "accepts": list(info.accepts), "registered_at": utcnow(),
+            "produces": info.produces, "accepts": list(info.accepts), "rowwise": info.rowwise,
+            "registered_at": utcnow(),
         }  # fmt: skip
         statement = insert(Plugin).values(**values)
         session.execute(
@@ -136,7 +138,7 @@ def _registry_rows(session: Session) -> list[dict[str, Any]]:
     return [
         {"kind": row.kind, "name": row.name, "version": row.version,
          "parameters_schema": row.parameters_schema, "produces": row.produces,
-         "accepts": list(row.accepts), "description": row.description}
+         "accepts": list(row.accepts), "description": row.description, "rowwise": row.rowwise}
         for row in session.scalars(select(Plugin))
     ]  # fmt: skip
 
@@ -197,7 +199,8 @@ def resolve_against(
             errors += _parameter_errors(info, params, f"{where}/params")
             resolved[section].append({"name": info.name, "version": info.version,
                                       "params": params, "produces": info.produces,
-                                      "accepts": list(info.accepts)})  # fmt: skip
+                                      "accepts": list(info.accepts),
+                                      "rowwise": info.rowwise})  # fmt: skip
     produced = {d["produces"] for d in resolved["datasets"]}
     for index, analyzer in enumerate(resolved["analyzers"]):
         if analyzer["accepts"] and not produced & set(analyzer["accepts"]):

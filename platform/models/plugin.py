@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, Text
+from sqlalchemy import String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from celeriac.platform.models.base import Base, JSONType, utcnow
@@ -29,4 +29,7 @@ class Plugin(Base):
     produces: Mapped[str | None] = mapped_column(String(40))
     # Analyzers: the dataset kinds accepted. Datasets: [].
     accepts: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # Analyzers: whether the canvas may run it on slices of a dataset's rows and merge the
+    # results (ADR 0009). Datasets: False.
+    rowwise: Mapped[bool] = mapped_column(default=False, server_default=false())
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)

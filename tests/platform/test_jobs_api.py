@@ -92,8 +92,9 @@ def test_inline_job_is_stored_encrypted_and_published_by_id(
 
     (job,) = _jobs()
     assert job.pipeline["analyzers"][0] == {"name": "summary", "version": "1.0", "params": {},
-                                            "produces": None, "accepts": ["table"]}  # fmt: skip
-    assert job.checkpoints == {"payload": {"chunks": 1}}
+                                            "produces": None, "accepts": ["table"],
+                                            "rowwise": False}  # fmt: skip
+    assert job.checkpoints == {"payload": {"chunks": 1}, "slices": 1}
     stored = tenant_blobs().get(tenant.id, job.payload_key + "00000.ndjson")
     assert [json.loads(line) for line in stored.splitlines()] == RECORDS
     on_disk = blob_store_from_settings(api_settings).get(job.payload_key + "00000.ndjson")

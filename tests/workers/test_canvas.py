@@ -17,6 +17,8 @@ from standardwebhooks.webhooks import Webhook
 
 from celeriac.platform.db import get_engine
 from celeriac.platform.models import JobTask, UsageRecord
+from celeriac.platform.settings import get_settings
+from celeriac.workers.compute import analyze_dataset, build_dataset
 
 from worker_support import Receiver, Workers, wait_for_job, wait_until
 
@@ -66,3 +68,31 @@ def test_small_job_runs_through_every_stage(
     ]
     assert usage == {"jobs.submitted", "jobs.completed", "records.processed",
                      "compute.seconds", "storage.bytes", "webhooks.delivered"}  # fmt: skip
+
+
+def test_a_sliced_job_gives_what_the_plugins_give_on_the_whole_input(
+    client: TestClient, workers: Workers, make_tenant: Callable[..., TenantFixture],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # 250 records in chunks of 100 and slices of 100: sentiment runs as 3 slices and a merge.
+    monkeypatch.setenv("CELERIAC_JOBS__CHUNK_RECORDS", "100")
+    monkeypatch.setenv("CELERIAC_JOBS__SLICE_RECORDS", "100")
+    get_settings.cache_clear()
+    tenant = make_tenant()
+    records = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:250]]
+    submitted = client.post("/v1/jobs", headers=tenant.headers,
+                            json={"pipeline": "full", "records": records})  # fmt: skip
+    assert submitted.status_code == 202, submitted.text
+    job = wait_for_job(client, tenant.headers, submitted.json()["id"])
+    assert job["state"] == "succeeded", (job, workers.log("compute")[-3000:])
+    assert job["progress"]["analysis"]["succeeded"] == 3 + 4  # 3 slices, 4 results
+
+    results = client.get(f"/v1/jobs/{job['id']}/results", headers=tenant.headers).json()
+    datasets = {"tabular": build_dataset("tabular", [records]),
+                "text": build_dataset("text", [records])}  # fmt: skip
+    expected = {
+        analyzer: {dataset: json.loads(json.dumps(analyze_dataset(analyzer, datasets[dataset])))}
+        for analyzer, dataset in (("summary", "tabular"), ("anomalies", "tabular"),
+                                  ("sentiment", "text"), ("keywords", "text"))
+    }  # fmt: skip
+    assert results["analyses"] == expected

@@ -120,6 +120,8 @@ def test_plugin_infos_are_what_the_platform_registers() -> None:
         "type": "number",
     }
     assert infos[(DATASET, "timeseries")].parameters_schema["required"] == ["timestamp_field"]
+    # The canvas may slice only row-wise analyzers (sentiment), and learns it from here.
+    assert {name for (_, name), info in infos.items() if info.rowwise} == {"sentiment"}
 
 
 def test_named_pipelines_resolve_against_the_published_registry(pg_url: str) -> None:
@@ -131,6 +133,10 @@ def test_named_pipelines_resolve_against_the_published_registry(pg_url: str) -> 
             for name in NAMED_PIPELINES:
                 resolved = resolve_pipeline(session, name)
                 assert all(step["version"] == "1.0.0" for step in resolved["datasets"])
+            rowwise = {a["name"]: a["rowwise"] for a in resolve_pipeline(session, "full")[
+                "analyzers"]}  # fmt: skip
+            assert rowwise == {"summary": False, "anomalies": False, "sentiment": True,
+                               "keywords": False}  # fmt: skip
             resolve_pipeline(
                 session,
                 {

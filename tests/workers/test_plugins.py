@@ -26,11 +26,12 @@ from celeriac.workers.compute import (
     ParameterError,
     UnknownPlugin,
     analyze_dataset,
+    analyze_slice,
     build_dataset,
     get_registry,
     merge_analyses,
 )
-from celeriac.workers.compute.plugin import flatten_records
+from celeriac.workers.compute.plugin import flatten_records, json_safe
 from celeriac.workers.compute.plugins.text import text_features
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_1000.ndjson"
@@ -494,6 +495,25 @@ def test_sentiment_on_row_slices_merges_into_the_whole_result(
         merge_analyses("keywords", [whole])
 
 
+@pytest.mark.parametrize("include_records", [True, False])
+def test_sentiment_slices_as_the_canvas_runs_them_merge_exactly(
+    texts: pd.DataFrame, include_records: bool
+) -> None:
+    """analyze_slice runs a slice with the parameters the analyzer asks for (sentiment:
+    every record's scores), so the merge is the whole result to the last bit."""
+    params = {"include_records": include_records}
+    whole = _json_round_trip(analyze_dataset("sentiment", texts, params))
+    for sizes in (*CHUNKINGS, [1000], [999, 1]):
+        bounds = itertools.pairwise(np.cumsum([0, *sizes]))
+        parts = [
+            _json_round_trip(analyze_slice("sentiment", texts.iloc[a:b], params)) for a, b in bounds
+        ]
+        assert all("records" in p for p in parts)
+        assert _json_round_trip(merge_analyses("sentiment", parts, params)) == whole
+    with pytest.raises(TypeError, match="not row-wise"):
+        analyze_slice("keywords", texts, {})
+
+
 @pytest.mark.parametrize(
     "params",
     [
@@ -654,3 +674,14 @@ def test_generators_accept_no_records() -> None:
     for name, params in (("tabular", {}), ("text", {}), ("timeseries", {"timestamp_field": "t"})):
         dataset = build_dataset(name, [[], []], params)
         assert len(dataset) == 0, name
+
+
+def test_json_safe_lists_of_plain_and_numpy_values() -> None:
+    values = [1.5, math.nan, math.inf, -math.inf, None, True, 3, "x", np.float64(2.5),
+              np.float64(math.nan), np.int64(7), np.bool_(False), [math.nan, {"k": np.nan}],
+              (1, math.inf), pd.Timestamp("2024-01-01T00:00:00Z")]  # fmt: skip
+    assert json_safe(values) == [1.5, None, None, None, None, True, 3, "x", 2.5, None, 7,
+                                 False, [None, {"k": None}], [1, None],
+                                 "2024-01-01T00:00:00+00:00"]  # fmt: skip
+    assert [type(v) for v in json_safe([np.float64(1), np.int64(1), np.bool_(True)])] == [
+        float, int, bool]  # fmt: skip

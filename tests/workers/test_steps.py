@@ -16,9 +16,11 @@ from sqlalchemy import select
 
 from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.jobs.pipelines import register_plugins
-from celeriac.platform.models import JobTask, TaskState
-from celeriac.workers.canvas import steps
-from celeriac.workers.compute import discover
+from celeriac.platform.models import Job, JobStage, JobState, JobTask, TaskState
+from celeriac.platform.settings import get_settings
+from celeriac.platform.tenant_data import tenant_blobs
+from celeriac.workers.canvas import plan, steps
+from celeriac.workers.compute import analyze_dataset, build_dataset, discover
 
 RECORDS = [{"id": i, "amount": i * 1.5, "note": f"record {i}"} for i in range(4)]
 PIPELINE = {"datasets": [{"name": "tabular"}, {"name": "text"}],
@@ -109,3 +111,153 @@ def test_the_last_sibling_to_finish_moves_the_job_on_once(
     states = {t.plugin: (t.state, t.error) for t in _tasks(job_id).values()}
     assert states[first.plugin] == (TaskState.SUCCEEDED, None)
     assert states[second.plugin] == (TaskState.FAILED, "boom")
+
+
+# --- a row-wise analyzer in slices ------------------------------------------------------
+
+TEXTS = ["Great product, I love it!", "Terrible. Never again.", None, "It is okay, I guess.",
+         "Not bad at all :)", "The worst support ever!!!", "fine", "Absolutely wonderful.",
+         "meh"]  # fmt: skip
+SLICED = {"datasets": [{"name": "text"}],
+          "analyzers": [{"name": "sentiment", "params": {"include_records": False}},
+                        {"name": "keywords"}]}  # fmt: skip
+
+
+@pytest.fixture
+def sliced_job(
+    client: TestClient, make_tenant: Any, redis_broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[TenantFixture, str]:
+    """9 records in 3 chunks and 3 slices, through its datasets stage."""
+    monkeypatch.setenv("CELERIAC_JOBS__CHUNK_RECORDS", "4")
+    monkeypatch.setenv("CELERIAC_JOBS__SLICE_RECORDS", "4")
+    get_settings.cache_clear()
+    with get_sessionmaker().begin() as session:
+        register_plugins(session, discover().plugin_infos())
+    tenant = make_tenant("slices")
+    records = [{"id": i, "text": text} for i, text in enumerate(TEXTS)]
+    answer = client.post("/v1/jobs", json={"pipeline": SLICED, "records": records},
+                         headers=tenant.headers)  # fmt: skip
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["id"]
+    steps.start_job(tenant.id, job_id)
+    assert steps.fan_out(tenant.id, job_id, "datasets") == 3
+    for task in _by_key(job_id).values():
+        assert _run(tenant, job_id, task) is not None
+    assert _job(job_id).stage is JobStage.ANALYSIS
+    return tenant, job_id
+
+
+def _by_key(job_id: str) -> dict[str, JobTask]:
+    with get_sessionmaker()() as session:
+        rows = session.scalars(select(JobTask).where(JobTask.job_id == uuid.UUID(job_id)))
+        return {t.task_key: t for t in rows}
+
+
+def _job(job_id: str) -> Job:
+    with get_sessionmaker()() as session:
+        job = session.get(Job, uuid.UUID(job_id))
+        assert job is not None
+        return job
+
+
+def _run(
+    tenant: TenantFixture, job_id: str, task: JobTask, fail: str | None = None
+) -> steps.Claimed | None:
+    """What run_task does: claim, compute (or fail with ``fail``), finish."""
+    claimed = steps.claim(tenant.id, str(task.id), task.celery_task_id or "")
+    if claimed is None:
+        return None
+    outcome, error = TaskState.SUCCEEDED, fail
+    if fail is None:
+        try:
+            steps.compute(tenant.id, job_id, claimed)
+        except Exception as exc:
+            outcome, error = TaskState.FAILED, str(exc)
+    else:
+        outcome = TaskState.FAILED
+    steps.finish(tenant.id, job_id, claimed, outcome, error)
+    return claimed
+
+
+def _whole_sentiment(params: dict[str, Any]) -> dict[str, Any]:
+    dataset = build_dataset("text", [[{"id": i, "text": t} for i, t in enumerate(TEXTS)]])
+    return analyze_dataset("sentiment", dataset, params)
+
+
+def test_slices_run_first_and_the_last_one_publishes_the_merge(
+    sliced_job: tuple[TenantFixture, str], redis_broker_url: str
+) -> None:
+    tenant, job_id = sliced_job
+    slices = [f"analysis/sentiment/text/{i:05d}" for i in range(3)]
+    merge, keywords = "analysis/sentiment/text", "analysis/keywords/text"
+    # Whole analyses first, then the slices that fill in behind them, then the merge.
+    assert [p.key for p in plan.planned(_job(job_id), JobStage.ANALYSIS)] == [
+        keywords, *slices, merge]  # fmt: skip
+    assert steps.fan_out(tenant.id, job_id, "analysis") == 4  # 3 slices and keywords
+    tasks = _by_key(job_id)
+    published = set(_run_task_message_ids(redis_broker_url, tenant.slug))
+    assert {tasks[k].celery_task_id for k in (*slices, keywords)} <= published
+    assert tasks[merge].celery_task_id not in published
+
+    # A merge message before its slices end (a republish, say) leaves it pending.
+    assert steps.claim(tenant.id, str(tasks[merge].id), str(uuid.uuid4())) is None
+    assert _by_key(job_id)[merge].state is TaskState.PENDING
+    for key in slices[:2]:
+        assert _run(tenant, job_id, tasks[key]) is not None
+    assert set(_run_task_message_ids(redis_broker_url, tenant.slug)) == published
+    assert _run(tenant, job_id, tasks[slices[2]]) is not None
+    merge_task = _by_key(job_id)[merge]
+    assert set(_run_task_message_ids(redis_broker_url, tenant.slug)) - published == {
+        merge_task.celery_task_id
+    }
+    assert _run(tenant, job_id, merge_task) is not None
+    assert _run(tenant, job_id, tasks[keywords]) is not None
+    assert _job(job_id).stage is JobStage.FINALIZE
+
+    assert steps.finalize(tenant.id, job_id) is JobState.SUCCEEDED
+    document = json.loads(tenant_blobs().get(tenant.id, _job(job_id).result_key or ""))
+    assert set(document["analyses"]) == {"sentiment", "keywords"}
+    # Slices kept their records (for an exact mean); the merge left them out, as asked.
+    assert document["analyses"]["sentiment"]["text"] == _whole_sentiment({"include_records": False})
+
+
+def test_a_failed_slice_fails_the_merge_and_the_job_is_partial(
+    sliced_job: tuple[TenantFixture, str],
+) -> None:
+    tenant, job_id = sliced_job
+    steps.fan_out(tenant.id, job_id, "analysis")
+    tasks = _by_key(job_id)
+    _run(tenant, job_id, tasks["analysis/sentiment/text/00001"], fail="boom")
+    for key in ("analysis/sentiment/text/00000", "analysis/sentiment/text/00002",
+                "analysis/keywords/text"):  # fmt: skip
+        _run(tenant, job_id, tasks[key])
+    merged = _by_key(job_id)["analysis/sentiment/text"]
+    assert _run(tenant, job_id, merged) is not None
+    merged = _by_key(job_id)["analysis/sentiment/text"]
+    assert merged.state is TaskState.FAILED
+    assert "nothing to merge: slice 1 failed: boom" in (merged.error or "")
+
+    assert steps.finalize(tenant.id, job_id) is JobState.PARTIAL
+    document = json.loads(tenant_blobs().get(tenant.id, _job(job_id).result_key or ""))
+    assert set(document["analyses"]) == {"keywords"}
+    assert {(e["plugin"], e["chunk"]) for e in document["errors"]} == {
+        ("sentiment", 1), ("sentiment", None)}  # fmt: skip
+
+
+def test_a_lost_merge_message_is_published_again_by_the_next_fan_out(
+    sliced_job: tuple[TenantFixture, str], redis_broker_url: str
+) -> None:
+    tenant, job_id = sliced_job
+    steps.fan_out(tenant.id, job_id, "analysis")
+    for key, task in _by_key(job_id).items():
+        if key.startswith("analysis/sentiment/text/"):
+            _run(tenant, job_id, task)
+    lost = _by_key(job_id)["analysis/sentiment/text"].celery_task_id
+    redis.Redis.from_url(redis_broker_url).flushdb()  # the merge's message is gone
+
+    assert steps.fan_out(tenant.id, job_id, "analysis") == 2  # the merge and keywords
+    merge = _by_key(job_id)["analysis/sentiment/text"]
+    assert merge.celery_task_id != lost
+    assert merge.celery_task_id in _run_task_message_ids(redis_broker_url, tenant.slug)
+    assert _run(tenant, job_id, merge) is not None
+    assert _by_key(job_id)["analysis/sentiment/text"].state is TaskState.SUCCEEDED

@@ -1,14 +1,31 @@
 """Which compute tasks a job's stage consists of. Every key is deterministic, so a
-re-planned stage (redelivery, reconciler) finds the tasks it already has."""
+re-planned stage (redelivery, reconciler) finds the tasks it already has.
+
+A row-wise analyzer (``rowwise`` in the registry, e.g. ``sentiment``) on a job cut into
+more than one slice (``checkpoints["slices"]``, fixed when the job was accepted) runs as
+one ``SLICE`` task per slice of the dataset's rows, then one ``MERGE`` task that joins
+their results into the analyzer's result, in the same stage: the merge runs ``after`` its
+slices have ended (ADR 0009). Every other analysis runs whole, as one ``ANALYZE`` task.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from celeriac.platform.jobs.payload import chunk_key
 from celeriac.platform.models import Job, JobStage
 from celeriac.platform.storage import job_blob_key
+
+
+class Role(StrEnum):
+    """What a task does with its plugin."""
+
+    GENERATE = "generate"  # a dataset generator on one input chunk
+    ANALYZE = "analyze"  # an analyzer on a whole dataset
+    SLICE = "slice"  # a row-wise analyzer on one slice of a dataset's rows
+    MERGE = "merge"  # joins the results of a row-wise analyzer's slices
 
 
 @dataclass(frozen=True)
@@ -17,9 +34,23 @@ class PlannedTask:
     stage: JobStage
     plugin: str
     plugin_version: str
-    chunk: int | None
+    chunk: int | None  # GENERATE: the input chunk; SLICE: the slice
     input_key: str
     output_key: str
+    role: Role
+    slices: int = 1  # SLICE: how many slices the dataset's rows are cut into
+    after: tuple[str, ...] = ()  # keys of the tasks that must end before this one runs
+
+    @property
+    def gives_result(self) -> bool:
+        """Whether its output is an analysis of the result document."""
+        return self.role in (Role.ANALYZE, Role.MERGE)
+
+    @property
+    def analyzer_and_dataset(self) -> tuple[str, str]:
+        """Analysis tasks: the analyzer and the dataset it analyses."""
+        _, analyzer, dataset, *_ = self.key.split("/")
+        return analyzer, dataset
 
 
 def dataset_prefix(job: Job, dataset: str) -> str:
@@ -38,6 +69,7 @@ def dataset_tasks(job: Job) -> list[PlannedTask]:
             chunk=index,
             input_key=chunk_key(job.payload_key, index),
             output_key=f"{dataset_prefix(job, step['name'])}{index:05d}.parquet",
+            role=Role.GENERATE,
         )
         for step in job.pipeline["datasets"]
         for index in range(chunks)
@@ -49,25 +81,47 @@ def _accepts(analyzer: dict[str, Any], dataset: dict[str, Any]) -> bool:
     return not accepts or dataset.get("produces") in accepts
 
 
+def slice_count(job: Job) -> int:
+    """Slices of a dataset's rows a row-wise analyzer runs on (1: it runs whole)."""
+    return max(1, int(job.checkpoints.get("slices", 1)))
+
+
 def analysis_tasks(job: Job) -> list[PlannedTask]:
-    """One task per (analyzer x dataset it accepts)."""
+    """One task per (analyzer x dataset it accepts); a row-wise analyzer on a job with
+    several slices: one per slice, then the merge.
+
+    Whole analyses come first, then the slices, then the merges, and the stage's tasks are
+    published in this order: the compute slots take the indivisible work first and the
+    slices, many short pieces, fill in behind it, so that no long whole analysis is left
+    to run alone at the end (with keywords after the slices, the bigjob's analysis stage
+    took 3.35 s, not 3.0)."""
     tenant, job_id = str(job.tenant_id), str(job.id)
-    return [
-        PlannedTask(
-            key=f"analysis/{analyzer['name']}/{dataset['name']}",
-            stage=JobStage.ANALYSIS,
-            plugin=analyzer["name"],
-            plugin_version=analyzer.get("version", ""),
-            chunk=None,
-            input_key=dataset_prefix(job, dataset["name"]),
-            output_key=job_blob_key(
-                tenant, job_id, f"analysis/{analyzer['name']}--{dataset['name']}.json"
-            ),
-        )
-        for analyzer in job.pipeline["analyzers"]
-        for dataset in job.pipeline["datasets"]
-        if _accepts(analyzer, dataset)
-    ]
+    slices = slice_count(job)
+    tasks: list[PlannedTask] = []
+    for analyzer in job.pipeline["analyzers"]:
+        for dataset in job.pipeline["datasets"]:
+            if not _accepts(analyzer, dataset):
+                continue
+            name, version = analyzer["name"], analyzer.get("version", "")
+            key = f"analysis/{name}/{dataset['name']}"
+            result = job_blob_key(tenant, job_id, f"analysis/{name}--{dataset['name']}.json")
+            if not analyzer.get("rowwise") or slices == 1:
+                tasks.append(PlannedTask(key, JobStage.ANALYSIS, name, version, None,
+                                         dataset_prefix(job, dataset["name"]), result,
+                                         Role.ANALYZE))  # fmt: skip
+                continue
+            parts = job_blob_key(tenant, job_id, f"analysis/{name}--{dataset['name']}") + "/"
+            sliced = [
+                PlannedTask(f"{key}/{index:05d}", JobStage.ANALYSIS, name, version, index,
+                            dataset_prefix(job, dataset["name"]), f"{parts}{index:05d}.json",
+                            Role.SLICE, slices=slices)
+                for index in range(slices)
+            ]  # fmt: skip
+            tasks += sliced
+            tasks.append(PlannedTask(key, JobStage.ANALYSIS, name, version, None, parts, result,
+                                     Role.MERGE, after=tuple(t.key for t in sliced)))  # fmt: skip
+    order = (Role.ANALYZE, Role.SLICE, Role.MERGE)
+    return sorted(tasks, key=lambda t: order.index(t.role))  # stable: plan order within
 
 
 def planned(job: Job, stage: JobStage) -> list[PlannedTask]:
@@ -76,6 +130,11 @@ def planned(job: Job, stage: JobStage) -> list[PlannedTask]:
     if stage is JobStage.ANALYSIS:
         return analysis_tasks(job)
     return []
+
+
+def planned_task(job: Job, stage: JobStage, key: str) -> PlannedTask | None:
+    """The planned task with that key (None for a row no longer in the plan)."""
+    return next((p for p in planned(job, stage) if p.key == key), None)
 
 
 def result_key(job: Job) -> str:

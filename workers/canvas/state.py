@@ -7,7 +7,7 @@ Every function takes the session of the task's transaction; the task commits.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import CursorResult, func, select, update
@@ -116,11 +116,12 @@ def claimable(task: JobTask, message_id: str | None, lease_seconds: float) -> bo
 
 
 def claim(
-    session: Session, tenant_id: str, task_id: str, message_id: str, lease_seconds: float
-) -> tuple[JobTask, Job] | None:
+    session: Session, tenant_id: str, task_id: str, message_id: str, lease_seconds: float,
+    ready: Callable[[JobTask, Job], bool] | None = None,
+) -> tuple[JobTask, Job] | None:  # fmt: skip
     """Claim the task for ``message_id``: -> running with one more attempt, if its job
-    is still running and :func:`claimable` allows it. Returns the task as claimed and its
-    job."""
+    is still running, :func:`claimable` allows it and ``ready`` (the tasks it runs after
+    have ended) holds. Returns the task as claimed and its job."""
     task = session.scalars(
         select(JobTask).where(
             JobTask.tenant_id == uuid.UUID(tenant_id), JobTask.id == uuid.UUID(task_id)
@@ -131,6 +132,8 @@ def claim(
     job = session.get(Job, task.job_id)
     if job is None or job.state is not JobState.RUNNING:
         return None
+    if ready is not None and not ready(task, job):
+        return None  # left pending: the last of the tasks it waits for publishes it
     now = utcnow()
     claimed = session.execute(
         update(JobTask)
@@ -228,6 +231,18 @@ def advance(session: Session, job: Job, from_stage: JobStage, to_stage: JobStage
         .execution_options(synchronize_session=False)
     )  # fmt: skip
     return _rowcount(moved) == 1
+
+
+def tasks_by_key(session: Session, job: Job, keys: Collection[str]) -> list[JobTask]:
+    """The job's tasks with those keys, in key order."""
+    return list(
+        session.scalars(
+            select(JobTask)
+            .where(JobTask.tenant_id == job.tenant_id, JobTask.job_id == job.id,
+                   JobTask.task_key.in_(list(keys)))
+            .order_by(JobTask.task_key)
+        )
+    )  # fmt: skip
 
 
 def stage_tasks(session: Session, job: Job, stage: JobStage) -> list[JobTask]:

@@ -17,16 +17,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pandas as pd
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from celeriac.platform.db import transaction
+from celeriac.platform.jobs import payload
 from celeriac.platform.models import (
     Job,
     JobStage,
     JobState,
+    JobTask,
     Priority,
     TaskState,
     UsageRecord,
@@ -126,11 +129,18 @@ def fan_out(
         if job is None or job.state is not JobState.RUNNING or job.stage is not JobStage(stage):
             return 0
         ref = ref_of(session, job)
-        open_tasks, inserted = state.ensure_tasks(session, job, plan.planned(job, JobStage(stage)))
+        planned = plan.planned(job, JobStage(stage))
+        open_tasks, inserted = state.ensure_tasks(session, job, planned)
         lease = lease_seconds()
+        # A task that runs after others (a merge after its slices) waits for them: the
+        # last of them to end publishes it (finish), or a later fan-out does.
+        open_keys = {t.task_key for t in open_tasks}
+        waiting = {p.key for p in planned if open_keys.intersection(p.after)}
         # A running task is republished only when its run has outlived any possible run.
-        due = [t for t in open_tasks
-               if t.state is TaskState.PENDING or state.lease_expired(t, lease)]  # fmt: skip
+        due = [t for t in open_tasks if t.task_key not in waiting
+               and (t.state is TaskState.PENDING or state.lease_expired(t, lease))]  # fmt: skip
+        order = {p.key: index for index, p in enumerate(planned)}
+        due.sort(key=lambda t: order.get(t.task_key, len(order)))  # published in plan order
         message_ids = state.assign_messages(session, due, inserted)
     if not open_tasks:
         join(tenant_id, job_id, JobStage(stage), send)
@@ -189,28 +199,55 @@ def _dispatch(ref: JobRef, following: JobStage, send: Send) -> None:
 @dataclass(frozen=True)
 class Claimed:
     task_id: str
+    task_key: str
     stage: JobStage
+    role: plan.Role
     plugin: str
     input_key: str
     output_key: str
     attempts: int
     params: dict[str, Any]
     started_at: datetime
-    # Analysis only: the dataset's partial outputs that succeeded, and its parameters.
+    # ANALYZE and SLICE: the dataset's partial outputs that succeeded, and its parameters;
+    # MERGE: the outputs of its slices.
     inputs: tuple[str, ...] = ()
     dataset_params: dict[str, Any] = field(default_factory=dict)
+    # SLICE: which slice of how many.
+    slice: int = 0
+    slices: int = 1
+    # MERGE: why slices did not succeed (then there is nothing to merge).
+    failed_parts: tuple[str, ...] = ()
 
 
 def claim(tenant_id: str, task_id: str, message_id: str) -> Claimed | None:
     """Claim the task and read everything its run needs, in one transaction."""
     with transaction() as session:
-        claimed = state.claim(session, tenant_id, task_id, message_id, lease_seconds())
+
+        def ready(task: JobTask, job: Job) -> bool:
+            planned = plan.planned_task(job, task.stage, task.task_key)
+            if planned is None or not planned.after:
+                return True
+            before = state.tasks_by_key(session, job, planned.after)
+            return not any(t.state in state.OPEN_TASK_STATES for t in before)
+
+        claimed = state.claim(session, tenant_id, task_id, message_id, lease_seconds(), ready)
         if claimed is None:
             return None
         task, job = claimed
+        planned = plan.planned_task(job, task.stage, task.task_key)
+        if planned is not None:
+            role = planned.role
+        else:  # not in today's plan (none such is made): run it as its stage runs tasks
+            role = plan.Role.GENERATE if task.stage is JobStage.DATASETS else plan.Role.ANALYZE
         inputs: tuple[str, ...] = ()
         dataset_params: dict[str, Any] = {}
-        if task.stage is JobStage.ANALYSIS:
+        failed_parts: tuple[str, ...] = ()
+        if role is plan.Role.MERGE and planned is not None:
+            parts = state.tasks_by_key(session, job, planned.after)
+            inputs = tuple(t.output_key or "" for t in parts)
+            failed_parts = tuple(f"slice {t.chunk} {t.state.value}: {t.error or ''}".strip()
+                                 for t in parts if t.state is not TaskState.SUCCEEDED)  # fmt: skip
+        elif task.stage is JobStage.ANALYSIS:
             dataset = task.input_key.rstrip("/").rsplit("/", 1)[-1]
             inputs = tuple(
                 key
@@ -221,11 +258,12 @@ def claim(tenant_id: str, task_id: str, message_id: str) -> Claimed | None:
             dataset_params = _step_params(job, "datasets", dataset)
         section = "datasets" if task.stage is JobStage.DATASETS else "analyzers"
         return Claimed(
-            task_id=str(task.id), stage=task.stage, plugin=task.plugin,
-            input_key=task.input_key, output_key=task.output_key or "",
+            task_id=str(task.id), task_key=task.task_key, stage=task.stage, role=role,
+            plugin=task.plugin, input_key=task.input_key, output_key=task.output_key or "",
             attempts=task.attempts, params=_step_params(job, section, task.plugin),
             started_at=task.started_at or utcnow(), inputs=inputs,
-            dataset_params=dataset_params,
+            dataset_params=dataset_params, slice=task.chunk or 0,
+            slices=planned.slices if planned is not None else 1, failed_parts=failed_parts,
         )  # fmt: skip
 
 
@@ -236,25 +274,45 @@ def _step_params(job: Job, section: str, name: str) -> dict[str, Any]:
 
 def finish(
     tenant_id: str, job_id: str, claimed: Claimed, outcome: TaskState,
-    error: str | None = None, send: Send = publish,
+    error: str | None = None, send: Send = publish, send_many: SendMany = publish_many,
 ) -> bool:  # fmt: skip
     """Record the task's outcome and, if it was its stage's last open task, move the job
     on: one transaction, holding the job's row so that siblings finishing at the same
-    moment commit one after the other and exactly one of them sees the stage done."""
+    moment commit one after the other and exactly one of them sees the stage done (or,
+    for the slices of a row-wise analyzer, that every slice has ended: that one publishes
+    the merge)."""
     with transaction() as session:
         job = state.lock_job(session, tenant_id, job_id)
         state.finish(session, claimed.task_id, outcome, started=claimed.started_at, error=error)
-        following = _advance_if_done(session, job, claimed.stage)
-        if following is None:
+        if job is None:
             return False
-        assert job is not None
+        unblocked = _unblocked(session, job, claimed)
+        message_ids = state.assign_messages(session, unblocked, set())
+        following = _advance_if_done(session, job, claimed.stage)
         ref = ref_of(session, job)
+    if unblocked:
+        send_many([
+            Publication(RUN_TASK, ref.band, ref.tenant_slug, ref.kwargs(task_id=str(t.id)),
+                        task_id=message_ids[t.id])
+            for t in unblocked
+        ])  # fmt: skip
+    if following is None:
+        return False
     _dispatch(ref, following, send)
     return True
 
 
-def _records(raw: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+def _unblocked(session: Session, job: Job, claimed: Claimed) -> list[JobTask]:
+    """The pending tasks that ran after ``claimed`` and everything else they wait for."""
+    waiting = [p for p in plan.planned(job, claimed.stage) if claimed.task_key in p.after]
+    unblocked = []
+    for task in waiting:
+        rows = {t.task_key: t for t in state.tasks_by_key(session, job, (*task.after, task.key))}
+        before_open = any(rows[k].state in state.OPEN_TASK_STATES for k in task.after if k in rows)
+        row = rows.get(task.key)
+        if row is not None and row.state is TaskState.PENDING and not before_open:
+            unblocked.append(row)
+    return unblocked
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:
@@ -263,28 +321,62 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+def _json(value: Any) -> bytes:
+    """An analysis result (JSON-safe: no NaN, string keys) as JSON. orjson writes the
+    100,000 records of a sentiment result in 10 ms, json in 60 to 130; it refuses only
+    integers beyond 64 bits, which json writes."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
+
+
 def compute(tenant_id: str, job_id: str, claimed: Claimed) -> None:
     """Run the plugin and write its output blob (deterministic key: a rerun overwrites
     the same object with the same content)."""
-    from celeriac.workers.compute import analyze_dataset, combine_partials, generate_partial
+    from celeriac.workers.compute import (
+        analyze_dataset,
+        analyze_slice,
+        combine_partials,
+        generate_partial,
+        merge_analyses,
+    )
 
     blobs = tenant_blobs()
     try:
-        if claimed.stage is JobStage.DATASETS:
-            records = _records(blobs.get(tenant_id, claimed.input_key))
-            frame = generate_partial(claimed.plugin, records, claimed.params)
+        if claimed.role is plan.Role.GENERATE:
+            raw = blobs.get(tenant_id, claimed.input_key)
+            # The records are freed before the collector resumes: a collection after the
+            # parse would walk them all for nothing (0.34 s of the bigjob's compute CPU,
+            # at the first allocation once the parse was over). A generator's own
+            # reference cycles, if it makes any, are collected once it has returned.
+            with payload.collector_paused():
+                records = payload.records(raw)
+                frame = generate_partial(claimed.plugin, records, claimed.params)
+                del records
             blobs.put(tenant_id, claimed.output_key, _parquet(frame))
             return
-        dataset_name = claimed.input_key.rstrip("/").rsplit("/", 1)[-1]
-        if not claimed.inputs:
-            raise ValueError(f"dataset {dataset_name!r} has no rows: every chunk of it failed")
-        partials = [
-            pd.read_parquet(io.BytesIO(blobs.get(tenant_id, key))) for key in claimed.inputs
-        ]
-        dataset = combine_partials(dataset_name, partials, claimed.dataset_params)
-        result = analyze_dataset(claimed.plugin, dataset, claimed.params)
-        body = json.dumps(result, allow_nan=False, separators=(",", ":")).encode()
-        blobs.put(tenant_id, claimed.output_key, body)
+        if claimed.role is plan.Role.MERGE:
+            if claimed.failed_parts:
+                raise ValueError("nothing to merge: " + "; ".join(claimed.failed_parts))
+            parts = [payload.json_document(blobs.get(tenant_id, key)) for key in claimed.inputs]
+            result = merge_analyses(claimed.plugin, parts, claimed.params)
+        else:
+            dataset_name = claimed.input_key.rstrip("/").rsplit("/", 1)[-1]
+            if not claimed.inputs:
+                raise ValueError(f"dataset {dataset_name!r} has no rows: every chunk of it failed")
+            partials = [
+                pd.read_parquet(io.BytesIO(blobs.get(tenant_id, key))) for key in claimed.inputs
+            ]
+            dataset = combine_partials(dataset_name, partials, claimed.dataset_params)
+            if claimed.role is plan.Role.SLICE:
+                rows = len(dataset)
+                start = rows * claimed.slice // claimed.slices
+                end = rows * (claimed.slice + 1) // claimed.slices
+                result = analyze_slice(claimed.plugin, dataset.iloc[start:end], claimed.params)
+            else:
+                result = analyze_dataset(claimed.plugin, dataset, claimed.params)
+        blobs.put(tenant_id, claimed.output_key, _json(result))
     except BlobNotFound as exc:
         raise TransientError(f"blob missing: {exc}") from exc
     except OSError as exc:
@@ -303,20 +395,19 @@ def finalize(tenant_id: str, job_id: str) -> JobState | None:
             return None
         tasks = state.stage_tasks(session, job, JobStage.DATASETS)
         tasks += state.stage_tasks(session, job, JobStage.ANALYSIS)
+        results = {p.key: p for p in plan.planned(job, JobStage.ANALYSIS) if p.gives_result}
         analysis_keys = [
-            (t.task_key, t.output_key)
+            (results[t.task_key].analyzer_and_dataset, t.output_key)
             for t in tasks
-            if t.stage is JobStage.ANALYSIS and t.state is TaskState.SUCCEEDED
+            if t.task_key in results and t.state is TaskState.SUCCEEDED
         ]
         failures = [t for t in tasks if t.state in (TaskState.FAILED, TaskState.TIMED_OUT)]
         compute_ms = sum(t.duration_ms or 0 for t in tasks)
     blobs = tenant_blobs()
     analyses: dict[str, dict[str, Any]] = {}
-    for task_key, output_key in analysis_keys:
-        _, analyzer, dataset = task_key.split("/")
-        analyses.setdefault(analyzer, {})[dataset] = json.loads(
-            blobs.get(tenant_id, output_key or "")
-        )
+    for (analyzer, dataset), output_key in analysis_keys:
+        blob = blobs.get(tenant_id, output_key or "")
+        analyses.setdefault(analyzer, {})[dataset] = payload.json_document(blob)
     if not analyses:
         outcome = JobState.FAILED
     elif failures:
@@ -330,7 +421,7 @@ def finalize(tenant_id: str, job_id: str) -> JobState | None:
         job = state.load_job(session, tenant_id, job_id)
         assert job is not None
         key = plan.result_key(job)
-        written = blobs.put(tenant_id, key, json.dumps(document, separators=(",", ":")).encode())
+        written = blobs.put(tenant_id, key, _json(document))
         error = f"{len(failures)} task(s) failed" if failures else None
         if not state.end_job(session, job, outcome, result_key=key, error=error):
             return None

@@ -3,7 +3,8 @@
 A dataset is built per input chunk and then combined: ``generate_partial`` runs on each
 chunk of records (in parallel), ``combine_partials`` turns the partials into the dataset,
 and ``analyze_dataset`` runs an analyzer on it (a row-wise analyzer may also run on
-slices of the dataset's rows, in parallel, and ``merge_analyses`` joins the results).
+slices of the dataset's rows, in parallel, with ``analyze_slice``, and ``merge_analyses``
+joins the results).
 Plugins are found through the entry point groups ``celeriac.datasets`` and
 ``celeriac.analyzers``. Nothing here imports Celery.
 """
@@ -26,6 +27,7 @@ from celeriac.workers.compute.plugin import (
 from celeriac.workers.compute.registry import Registry, discover, get_registry, setup_plugins
 from celeriac.workers.compute.run import (
     analyze_dataset,
+    analyze_slice,
     build_dataset,
     combine_partials,
     generate_partial,
@@ -48,6 +50,7 @@ __all__ = [
     "Registry",
     "UnknownPlugin",
     "analyze_dataset",
+    "analyze_slice",
     "build_dataset",
     "combine_partials",
     "discover",

@@ -156,6 +156,7 @@ class Plugin(ABC, Generic[P]):
             produces=getattr(self, "produces", None),
             accepts=tuple(getattr(self, "accepts", ())),
             description=self.description,
+            rowwise=bool(getattr(self, "rowwise", False)),
         )
 
     def __repr__(self) -> str:
@@ -204,6 +205,14 @@ class Analyzer(Plugin[P]):
     @abstractmethod
     def analyze(self, dataset: pd.DataFrame, params: P) -> dict[str, Any]:
         """The result of the analysis (JSON-serialisable)."""
+
+    def slice_params(self, params: P) -> P:
+        """The parameters each slice runs with (row-wise analyzers only; default: the
+        job's). An analyzer whose merge needs more than its result shows asks for it
+        here: ``sentiment`` keeps every record's scores in its slices' results, so that
+        the merged mean is the whole dataset's to the last bit, and ``merge``, which gets
+        the job's parameters, leaves them out again if the job did not ask for them."""
+        return params
 
     def merge(self, results: Sequence[Mapping[str, Any]], params: P) -> dict[str, Any]:
         """The result on the whole dataset from results on consecutive row slices, in
@@ -265,6 +274,10 @@ def float_list(values: Iterable[Any] | np.ndarray[Any, Any] | pd.Series[Any]) ->
     return numbers
 
 
+_PLAIN = frozenset((str, int, bool, type(None)))
+_isfinite = math.isfinite
+
+
 def json_safe(value: Any) -> Any:
     """``value`` with numpy/pandas scalars, timestamps and NaN made JSON-serialisable.
 
@@ -277,7 +290,12 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
+        # Plain values are taken as they are without a call each: a sentiment result
+        # holds 400,000 numbers, 68 ms one call at a time, 15 ms so.
+        return [
+            v if (kind := type(v)) in _PLAIN or (kind is float and _isfinite(v)) else json_safe(v)
+            for v in value
+        ]
     if isinstance(value, np.ndarray | pd.Series | pd.Index):
         return [json_safe(v) for v in value.tolist()]
     if isinstance(value, np.generic):

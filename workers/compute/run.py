@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel
 
 from celeriac.workers.compute.plugin import DatasetKindError, Plugin, Records, json_safe
 from celeriac.workers.compute.registry import Registry, get_registry
@@ -66,7 +67,7 @@ def build_dataset(
 def analyze_dataset(
     name: str,
     dataset: pd.DataFrame,
-    params: Params = None,
+    params: Params | BaseModel = None,
     *,
     kind: str | None = None,
     registry: Registry | None = None,
@@ -89,6 +90,22 @@ def analyze_dataset(
         raise TypeError(f"analyzer {name!r} returned {type(result).__name__}, not a dict")
     safe: dict[str, Any] = json_safe(result)
     return safe
+
+
+def analyze_slice(
+    name: str,
+    rows: pd.DataFrame,
+    params: Params = None,
+    *,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """A row-wise analyzer's result on one slice of a dataset's rows, with the parameters
+    it asks slices to run with (``Analyzer.slice_params``), for :func:`merge_analyses`."""
+    analyzer = (registry or get_registry()).analyzer(name)
+    if not analyzer.rowwise:
+        raise TypeError(f"analyzer {name!r} is not row-wise: run it on the whole dataset")
+    sliced = analyzer.slice_params(analyzer.parse_params(params))
+    return analyze_dataset(name, rows, sliced, registry=registry)
 
 
 def merge_analyses(

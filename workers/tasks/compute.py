@@ -13,7 +13,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celeriac.platform.models import TaskState
 from celeriac.platform.settings import Pool, get_settings
 from celeriac.workers.canvas import steps
-from celeriac.workers.tasks import send
+from celeriac.workers.tasks import send, send_many
 
 logger = logging.getLogger(__name__)
 
@@ -62,4 +62,4 @@ def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) ->
         except Exception as exc:
             logger.warning("compute task failed", exc_info=True)
             outcome, error = TaskState.FAILED, _error_text(exc)
-    steps.finish(tenant_id, job_id, claimed, outcome, error, send=send)
+    steps.finish(tenant_id, job_id, claimed, outcome, error, send=send, send_many=send_many)

@@ -81,27 +81,35 @@ class Sentiment(Analyzer[SentimentParameters]):
             result["records"] = {name: float_list(scores[name]) for name in SCORES}
         return result
 
+    def slice_params(self, params: SentimentParameters) -> SentimentParameters:
+        """Slices keep every record's scores, whatever the job asked: the merge then
+        recomputes the mean from them, exactly as on the whole dataset."""
+        return params.model_copy(update={"include_records": True})
+
     def merge(
         self, results: Sequence[Mapping[str, Any]], params: SentimentParameters
     ) -> dict[str, Any]:
         """The result on the whole dataset from results on consecutive row slices.
 
-        With ``include_records`` it is recomputed from the records, so it is exactly
-        the whole dataset's; without, the mean is the document-weighted mean of the
-        slices' means (equal up to floating-point rounding).
+        From slices with their records (as ``slice_params`` makes them), everything is
+        recomputed from the records: exactly the whole dataset's result, with the records
+        only if ``include_records``. From slices without, the mean is the
+        document-weighted mean of the slices' means (equal up to floating-point rounding).
         """
-        if params.include_records:
+        if all("records" in r for r in results):
             records = {name: [v for r in results for v in r["records"][name]] for name in SCORES}
             compound = np.array(records["compound"], dtype=np.float64)
             present = ~np.isnan(compound)
-            return {
+            merged: dict[str, Any] = {
                 "documents": int(present.sum()),
                 "mean_compound": float(compound[present].mean()) if present.any() else None,
                 "positive": sum(int(r["positive"]) for r in results),
                 "negative": sum(int(r["negative"]) for r in results),
                 "neutral": sum(int(r["neutral"]) for r in results),
-                "records": records,
             }
+            if params.include_records:
+                merged["records"] = records
+            return merged
         documents = sum(int(r["documents"]) for r in results)
         weighted = sum(r["mean_compound"] * r["documents"] for r in results if r["documents"])
         return {
