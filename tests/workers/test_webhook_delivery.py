@@ -276,7 +276,10 @@ def test_a_target_failing_for_too_long_is_disabled(
     client: TestClient, make_tenant: Callable[..., TenantFixture],
     receiver: Callable[..., Receiver], fast_retries: Settings, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    monkeypatch.setenv("CELERIAC_WEBHOOKS__DISABLE_AFTER_SECONDS", "0.2")
+    # Waits of 0.2 s (+-10%): the third attempt comes at least 0.36 s after the first
+    # failure, past the 0.3 s after which a failing target is disabled.
+    monkeypatch.setenv("CELERIAC_WEBHOOKS__RETRY_SCHEDULE_SECONDS", "[0.2, 0.2, 0.2]")
+    monkeypatch.setenv("CELERIAC_WEBHOOKS__DISABLE_AFTER_SECONDS", "0.3")
     get_settings.cache_clear()
     tenant, hook = make_tenant(), receiver(Reply(500))
     target = _target(client, tenant, hook.url)
