@@ -110,6 +110,12 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         "fail once pool processes are replaced)",
     )  # fmt: skip
     parser.add_argument(
+        "--cache", default="default", choices=["default", "blobs", "config", "off"],
+        help="the shared Redis cache (CELERIAC_CACHE__*): the platform's default (on a local "
+        "blob store, configuration only), blobs (hot blobs too: CACHE__BLOBS=on), config "
+        "(CACHE__BLOBS=off) or off (CACHE__ENABLED=false), to measure what it changes",
+    )  # fmt: skip
+    parser.add_argument(
         "--keep-logs", action="store_true",
         help="keep the temporary directory (process logs) instead of removing it at the end",
     )  # fmt: skip
@@ -118,9 +124,16 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 def settings_from_options(args: argparse.Namespace) -> dict[str, str]:
     if args.max_tasks_per_child < 0:
         raise BenchError("--max-tasks-per-child must not be negative")
-    if args.max_tasks_per_child == 0:
-        return {}
-    return {"CELERIAC_WORKERS__COMPUTE_MAX_TASKS_PER_CHILD": str(args.max_tasks_per_child)}
+    settings = {
+        "default": {},
+        "blobs": {"CELERIAC_CACHE__BLOBS": "on"},
+        "config": {"CELERIAC_CACHE__BLOBS": "off"},
+        "off": {"CELERIAC_CACHE__ENABLED": "false"},
+    }[args.cache]
+    if args.max_tasks_per_child != 0:
+        limit = str(args.max_tasks_per_child)
+        settings["CELERIAC_WORKERS__COMPUTE_MAX_TASKS_PER_CHILD"] = limit
+    return settings
 
 
 # --- processes ----------------------------------------------------------------------------

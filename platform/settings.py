@@ -204,6 +204,25 @@ class JobSettings(BaseModel):
     max_dispatches: int = Field(default=5, ge=1)
 
 
+class CacheSettings(BaseModel):
+    """The cache-aside layer on the cache Redis (``redis_url``; no Redis, no cache).
+
+    Hot blobs are cached as the ciphertext the blob store holds, never as plaintext, and
+    by default only over a remote store: a local store's files are in the page cache
+    already, which Redis is slower than (docs/adr/0007-redis-cache-aside.md). Every process
+    must have the same ``blobs`` setting: one that does not cache does not invalidate.
+    """
+
+    enabled: bool = True
+    blobs: Literal["auto", "on", "off"] = "auto"  # auto: on unless the blob store is local
+    # Blobs larger than this are read from the store every time.
+    blob_max_bytes: int = Field(default=4 * 1024 * 1024, gt=0, le=64 * 1024 * 1024)
+    # A hot blob is read by the tasks of one job, within seconds of each other.
+    blob_ttl_seconds: float = Field(default=60.0, gt=0)
+    # Tenant profiles and the plugin registry; changing them also deletes them.
+    config_ttl_seconds: float = Field(default=300.0, gt=0)
+
+
 class LogSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = True
@@ -236,6 +255,7 @@ class Settings(BaseSettings):
     keys: KeySettings = KeySettings()
     workers: WorkerSettings = WorkerSettings()
     jobs: JobSettings = JobSettings()
+    cache: CacheSettings = CacheSettings()
     log: LogSettings = LogSettings()
 
     @model_validator(mode="before")
@@ -273,6 +293,13 @@ class Settings(BaseSettings):
     @property
     def kms_region(self) -> str:
         return self.keys.kms_region or self.blob.region
+
+    @property
+    def caches_blobs(self) -> bool:
+        """Whether hot blobs are read through the shared cache (see :class:`CacheSettings`)."""
+        if self.redis_url is None or not self.cache.enabled or self.cache.blobs == "off":
+            return False
+        return self.cache.blobs == "on" or self.blob.backend != "local"
 
     @property
     def is_embedded_broker(self) -> bool:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
+from celeriac.platform.cache import get_cache
 from celeriac.platform.crypto.envelope import Envelope, envelope_from_settings
 from celeriac.platform.crypto.keys import KeyProvider, key_provider_from_settings
 from celeriac.platform.settings import get_settings
 from celeriac.platform.storage import (
+    BlobStore,
+    CachedBlobStore,
     ClearBlobStoreForBenchmarks,
     EncryptedBlobStore,
     blob_store_from_settings,
+    hot_job_blob,
 )
 
 logger = logging.getLogger(__name__)
@@ -29,10 +33,21 @@ def envelope() -> Envelope:
 
 @lru_cache(maxsize=1)
 def tenant_blobs() -> EncryptedBlobStore:
-    """Blobs encrypted under their tenant's key (payloads, datasets, results)."""
+    """Blobs encrypted under their tenant's key (payloads, datasets, results). When
+    ``settings.caches_blobs``, a job's hot blobs are read through the shared cache, which
+    holds their ciphertext (the encryption is on top of it)."""
     settings = get_settings()
-    store = blob_store_from_settings(settings, key_provider())
+    store: BlobStore = blob_store_from_settings(settings, key_provider())
     if not settings.keys.encryption:  # only with CELERIAC_ENVIRONMENT=benchmark
+        # Never cached: the cache would hold plaintext.
         logger.warning("tenant blobs are stored UNENCRYPTED (keys.encryption=false, benchmark)")
         return ClearBlobStoreForBenchmarks(store, envelope())
+    if settings.caches_blobs:
+        store = CachedBlobStore(
+            store,
+            get_cache(),
+            max_entry_bytes=settings.cache.blob_max_bytes,
+            ttl_seconds=settings.cache.blob_ttl_seconds,
+            cacheable=hot_job_blob,
+        )
     return EncryptedBlobStore(store, envelope())

@@ -112,11 +112,12 @@ def var_dir(tmp_path: Path) -> Path:
 
 def clear_process_caches() -> None:
     """Forget the process-wide settings, engine, clients and auth caches."""
-    from celeriac.platform import db, dispatch, redis_client, settings, tasks, tenant_data
+    from celeriac.platform import cache, db, dispatch, redis_client, settings, tasks, tenant_data
     from celeriac.platform.api import deps
 
     for cached in (
         settings.get_settings, db.get_engine, db.get_sessionmaker, redis_client.get_redis,
+        cache.get_cache,
         deps.auth_generation, deps.api_key_authenticator, tasks.publisher,
         tenant_data.key_provider, tenant_data.envelope, tenant_data.tenant_blobs,
         dispatch.get_dispatcher,

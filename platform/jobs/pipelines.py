@@ -4,6 +4,10 @@ The API never imports plugin code: compute workers write each installed plugin's
 version, parameter schema and dataset kinds into the ``plugins`` table when they start,
 and a pipeline is valid when every step names a registered plugin with parameters that
 its JSON Schema accepts and every analyzer accepts a dataset the pipeline produces.
+
+Each API process keeps the registry for ``REGISTRY_TTL_SECONDS``; when that copy is stale
+it reads the shared cache (one Redis round trip) before the database. Publishing the
+registry deletes the shared copy once the publish has committed.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from celeriac.platform.db import get_sessionmaker
+from celeriac.platform.cache import get_cache, global_entry
+from celeriac.platform.db import get_sessionmaker, run_after_commit
 from celeriac.platform.errors import ValidationFailed
 from celeriac.platform.models import Plugin, utcnow
 
 DATASET = "dataset"
 ANALYZER = "analyzer"
 REGISTRY_TTL_SECONDS = 10.0
+REGISTRY_ENTRY = global_entry("plugins")
 
 # Pipelines a tenant can name instead of listing steps.
 NAMED_PIPELINES: dict[str, dict[str, list[dict[str, Any]]]] = {
@@ -83,6 +89,13 @@ def register_plugins(session: Session, plugins: Iterable[PluginInfo]) -> None:
             )
         )
     _registry_cache.clear()
+    run_after_commit(session, forget_registry)
+
+
+def forget_registry() -> None:
+    """Drop this process's copy of the registry and the shared one (after a publish)."""
+    _registry_cache.clear()
+    get_cache().invalidate(REGISTRY_ENTRY)
 
 
 class _RegistryCache:
@@ -96,15 +109,16 @@ class _RegistryCache:
     def get(self, session: Session) -> dict[tuple[str, str], PluginInfo]:
         if time.monotonic() - self._loaded_at < REGISTRY_TTL_SECONDS:
             return self._plugins
-        rows = session.scalars(select(Plugin)).all()
+        cache = get_cache()
+        rows = cache.get_or_load_json(
+            REGISTRY_ENTRY,
+            lambda: _registry_rows(session),
+            ttl_seconds=cache.settings.config_ttl_seconds,
+        )
         plugins = {
-            (row.kind, row.name): PluginInfo(
-                kind=row.kind, name=row.name, version=row.version,
-                parameters_schema=row.parameters_schema, produces=row.produces,
-                accepts=tuple(row.accepts), description=row.description, rowwise=row.rowwise,
-            )
+            (row["kind"], row["name"]): PluginInfo(**{**row, "accepts": tuple(row["accepts"])})
             for row in rows
-        }  # fmt: skip
+        }
         with self._lock:
             self._plugins, self._loaded_at = plugins, time.monotonic()
         return plugins
@@ -118,6 +132,15 @@ class _RegistryCache:
     def clear(self) -> None:
         with self._lock:
             self._loaded_at = -REGISTRY_TTL_SECONDS
+
+
+def _registry_rows(session: Session) -> list[dict[str, Any]]:
+    return [
+        {"kind": row.kind, "name": row.name, "version": row.version,
+         "parameters_schema": row.parameters_schema, "produces": row.produces,
+         "accepts": list(row.accepts), "description": row.description, "rowwise": row.rowwise}
+        for row in session.scalars(select(Plugin))
+    ]  # fmt: skip
 
 
 _registry_cache = _RegistryCache()

@@ -13,6 +13,7 @@ from celeriac.platform.storage.blobs import (
     validate_key,
     validate_prefix,
 )
+from celeriac.platform.storage.cached import CachedBlobStore, hot_job_blob
 from celeriac.platform.storage.encrypted import ClearBlobStoreForBenchmarks, EncryptedBlobStore
 from celeriac.platform.storage.local import LocalBlobStore
 
@@ -23,10 +24,12 @@ if TYPE_CHECKING:
 __all__ = [
     "BlobNotFound",
     "BlobStore",
+    "CachedBlobStore",
     "ClearBlobStoreForBenchmarks",
     "EncryptedBlobStore",
     "LocalBlobStore",
     "blob_store_from_settings",
+    "hot_job_blob",
     "job_blob_key",
     "tenant_prefix",
     "validate_key",

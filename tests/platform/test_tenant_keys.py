@@ -20,7 +20,7 @@ from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
 from celeriac.platform.models import AuditEntry, Job, Tenant, UsageRecord
 from celeriac.platform.settings import Settings, get_settings
-from celeriac.platform.storage import BlobStore, LocalBlobStore, tenant_prefix
+from celeriac.platform.storage import BlobStore, CachedBlobStore, LocalBlobStore, tenant_prefix
 from celeriac.platform.storage.s3 import S3BlobStore
 from celeriac.platform.tenant_data import key_provider, tenant_blobs
 from celeriac.platform.tenants import destruction
@@ -69,6 +69,8 @@ def _submit(client: TestClient, tenant: TenantFixture) -> Job:
 
 def _stored(store: BlobStore, tenant_id: str) -> list[str]:
     prefix = tenant_prefix(tenant_id)
+    if isinstance(store, CachedBlobStore):  # S3 with the shared cache in front (ADR 0007)
+        store = store.store
     if isinstance(store, LocalBlobStore):
         folder = store.root / prefix
         return sorted(p.name for p in folder.iterdir()) if folder.exists() else []

@@ -1,6 +1,7 @@
 """A plugin from a separate distribution (tests/plugins/celeriac-example-plugin), installed
-with pip, is discovered through its entry point and runs on a dataset: no core code
-names it. ``test_plugins_path`` (conftest.py) is the folder pip installed it into."""
+with pip, is discovered through its entry point and runs on a dataset, and through a job
+on real workers: no core code names it. ``test_plugins_path`` (conftest.py) is the folder
+pip installed it into; the ``workers`` fixture puts it on the workers' ``PYTHONPATH``."""
 
 from __future__ import annotations
 
@@ -9,15 +10,22 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import TenantFixture
+from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from celeriac.platform.db import get_engine
 from celeriac.platform.jobs.pipelines import ANALYZER
+from celeriac.platform.models import JobTask
 from celeriac.workers.compute import analyze_dataset, build_dataset, discover
+
+from worker_support import Workers, wait_for_job
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_1000.ndjson"
 
@@ -94,3 +102,32 @@ def test_a_fresh_process_finds_it_through_its_path_alone(test_plugins_path: Path
         "rows": 3,
         "groups": [{"value": "Lyon", "rows": 2}, {"value": "Porto", "rows": 1}],
     }
+
+
+@pytest.mark.slow
+def test_a_job_names_the_installed_plugin_and_real_workers_run_it(
+    client: TestClient, workers: Workers, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    # The compute pool found the plugin on its path and published it; the API accepts a
+    # pipeline naming it, and the result document carries its numbers.
+    tenant = make_tenant()
+    records = _records()
+    submitted = client.post("/v1/jobs", headers=tenant.headers, json={
+        "pipeline": {"datasets": [{"name": "tabular"}],
+                     "analyzers": [{"name": "row_count", "params": {"by": "customer.segment"}},
+                                   {"name": "summary"}]},
+        "records": records})  # fmt: skip
+    assert submitted.status_code == 202, submitted.text
+    job = wait_for_job(client, tenant.headers, submitted.json()["id"])
+    assert job["state"] == "succeeded", (job, workers.log("compute")[-3000:])
+
+    results = client.get(f"/v1/jobs/{job['id']}/results", headers=tenant.headers).json()
+    assert results["analyses"]["row_count"]["tabular"] == {
+        "rows": len(records),
+        "groups": _expected_groups(records),
+    }
+    with get_engine().connect() as conn:
+        ran = conn.execute(
+            select(JobTask.plugin_version, JobTask.state).where(JobTask.plugin == "row_count")
+        ).one()
+    assert (ran.plugin_version, ran.state.value) == ("0.1.0", "succeeded")

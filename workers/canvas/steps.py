@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 import pandas as pd
-from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -33,7 +32,6 @@ from celeriac.platform.models import (
     JobTask,
     Priority,
     TaskState,
-    Tenant,
     UsageRecord,
     utcnow,
 )
@@ -41,6 +39,7 @@ from celeriac.platform.settings import get_settings
 from celeriac.platform.storage import BlobNotFound
 from celeriac.platform.tasks import Publication, publish, publish_many
 from celeriac.platform.tenant_data import tenant_blobs
+from celeriac.platform.tenants.service import tenant_profile
 from celeriac.platform.webhooks import events
 from celeriac.workers.canvas import plan, state
 
@@ -71,7 +70,8 @@ class JobRef:
 
 
 # A tenant's slug never changes (the API cannot update it), so each process keeps the ones
-# it has read; the bound only caps memory.
+# it has read; the bound only caps memory. A process that has not read it yet (a new pool
+# process or pod) gets it from the tenant profile in the shared cache.
 _SLUGS: dict[uuid.UUID, str] = {}
 _SLUGS_MAX = 10_000
 
@@ -79,8 +79,7 @@ _SLUGS_MAX = 10_000
 def tenant_slug(session: Session, tenant_id: uuid.UUID) -> str:
     slug = _SLUGS.get(tenant_id)
     if slug is None:
-        found = session.scalar(select(Tenant.slug).where(Tenant.id == tenant_id))
-        assert found is not None
+        found = tenant_profile(session, tenant_id).slug
         if len(_SLUGS) >= _SLUGS_MAX:
             _SLUGS.clear()
         slug = _SLUGS[tenant_id] = found
