@@ -28,6 +28,9 @@ from celeriac.platform.keys.routes import admin_router as admin_keys_router
 from celeriac.platform.keys.routes import tenant_router as keys_router
 from celeriac.platform.ops.routes import metrics_router
 from celeriac.platform.ops.routes import router as ops_router
+from celeriac.platform.quotas.enforce import RateLimitHeaders
+from celeriac.platform.quotas.routes import admin_router as admin_quotas_router
+from celeriac.platform.quotas.routes import tenant_router as quotas_router
 from celeriac.platform.settings import Settings, get_settings
 from celeriac.platform.tenants.routes import router as tenants_router
 from celeriac.platform.webhooks.routes import router as webhooks_router
@@ -149,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ingest_writer = writer
     install_problem_handlers(app)
     install_idempotency(app)  # inside the envelope: replays carry a fresh X-Request-ID
+    app.add_middleware(RateLimitHeaders)  # outside the recorder: replays get them too
     app.add_middleware(
         RequestEnvelope,
         max_body_bytes=settings.api.max_body_bytes,
@@ -172,8 +176,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"status": "ok"})
 
     for router in (
-        tenants_router, admin_keys_router, keys_router, jobs_router, webhooks_router, ops_router,
-        metrics_router,
+        tenants_router, admin_keys_router, admin_quotas_router, keys_router, quotas_router,
+        jobs_router, webhooks_router, ops_router, metrics_router,
     ):  # fmt: skip
         app.include_router(router)
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]

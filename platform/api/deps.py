@@ -23,6 +23,7 @@ from celeriac.platform.auth.jwt import AdminPrincipal, InvalidToken, Role, verif
 from celeriac.platform.db import get_engine, get_sessionmaker
 from celeriac.platform.errors import Forbidden, Unauthorized
 from celeriac.platform.logging import bind_context
+from celeriac.platform.quotas.enforce import check_rate
 from celeriac.platform.redis_client import get_redis
 from celeriac.platform.settings import Settings, get_settings
 
@@ -109,6 +110,9 @@ class Authenticator:
         bind_context(tenant_id=context.tenant_id)
         context.require(*self.scopes)
         request.state.tenant = context
+        # After authentication and scopes, so that a 401 or 403 consumes no quota; before
+        # the Idempotency-Key, so that a replay is a request like any other.
+        await check_rate(request, context.tenant_id)
         await reserve(request, f"tenant:{context.tenant_id}", context.tenant_id)
         return context
 

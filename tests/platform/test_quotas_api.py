@@ -1,0 +1,146 @@
+"""Quotas through the API: admins override a tenant's plan limits (audited), tenants read
+theirs with their current use, and the request rate limit answers 429 with the IETF
+RateLimit headers. 401 and 403 answers consume nothing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+from conftest import TenantFixture
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from celeriac.platform.auth.jwt import Role, mint_token
+from celeriac.platform.db import get_sessionmaker
+from celeriac.platform.models import AuditEntry
+from celeriac.platform.quotas.plans import PLANS
+from celeriac.platform.settings import Settings
+
+FREE = PLANS["free"].as_dict()
+
+
+@pytest.fixture
+def tenant(make_tenant: Callable[..., TenantFixture]) -> TenantFixture:
+    return make_tenant("quota-tenant")
+
+
+def _quotas_path(tenant: TenantFixture) -> str:
+    return f"/v1/admin/tenants/{tenant.id}/quotas"
+
+
+def test_admin_overrides_are_audited_and_null_follows_the_plan(
+    client: TestClient, tenant: TenantFixture, admin_headers: dict[str, str]
+) -> None:
+    path = _quotas_path(tenant)
+    first = client.get(path, headers=admin_headers).json()
+    assert first["plan"] == "free" and first["limits"] == FREE == first["plan_defaults"]
+    assert set(first["overrides"].values()) == {None} and first["updated_at"] is None
+
+    put = client.put(path, json={"max_running_jobs": 1, "jobs_per_month": 5},
+                     headers=admin_headers)  # fmt: skip
+    assert put.status_code == 200, put.text
+    assert put.json()["limits"] == FREE | {"max_running_jobs": 1, "jobs_per_month": 5}
+    # PUT replaces: what is left out follows the plan again
+    again = client.put(path, json={"jobs_per_month": 7}, headers=admin_headers).json()
+    assert again["limits"] == FREE | {"jobs_per_month": 7}
+    assert again["overrides"]["max_running_jobs"] is None
+
+    with get_sessionmaker()() as session:
+        entries = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "tenant.quotas.update")
+            .order_by(AuditEntry.occurred_at)
+        ).all()  # fmt: skip
+    assert [(e.actor, str(e.tenant_id)) for e in entries] == [("ops@test", tenant.id)] * 2
+    assert entries[1].details["before"]["max_running_jobs"] == 1
+    assert entries[1].details["after"]["jobs_per_month"] == 7
+    assert entries[1].request_id
+
+    # the plan's defaults are the limits: a plan change moves them
+    client.patch(f"/v1/admin/tenants/{tenant.id}", json={"plan": "pro"}, headers=admin_headers)
+    pro = client.get(path, headers=admin_headers).json()
+    assert pro["limits"] == PLANS["pro"].as_dict() | {"jobs_per_month": 7}
+
+
+@pytest.mark.parametrize(
+    "body", [{"max_running_jobs": 0}, {"jobs_per_month": -1}, {"colour": 1},
+             {"request_burst": 3_000_000_000}, {"max_payload_bytes": "big"}],
+)  # fmt: skip
+def test_invalid_overrides_are_422_and_change_nothing(
+    client: TestClient, tenant: TenantFixture, admin_headers: dict[str, str], body: object
+) -> None:
+    answer = client.put(_quotas_path(tenant), json=body, headers=admin_headers)
+    assert answer.status_code == 422 and answer.headers["content-type"] == (
+        "application/problem+json"
+    )
+    assert client.get(_quotas_path(tenant), headers=admin_headers).json()["updated_at"] is None
+
+
+def test_quota_routes_check_roles_and_tenants(
+    client: TestClient, tenant: TenantFixture, api_settings: Settings,
+    admin_headers: dict[str, str],
+) -> None:  # fmt: skip
+    billing = {"Authorization": f"Bearer {mint_token(api_settings, 'bill', Role.BILLING)}"}
+    assert client.get(_quotas_path(tenant), headers=billing).status_code == 403
+    assert client.put(_quotas_path(tenant), json={}, headers=tenant.headers).status_code == 401
+    unknown = "/v1/admin/tenants/00000000-0000-0000-0000-000000000000/quotas"
+    assert client.get(unknown, headers=admin_headers).status_code == 404
+    assert client.put(unknown, json={}, headers=admin_headers).status_code == 404
+    client.delete(f"/v1/admin/tenants/{tenant.id}", headers=admin_headers)
+    assert client.put(_quotas_path(tenant), json={}, headers=admin_headers).status_code == 409
+
+
+def test_a_tenant_reads_its_limits_and_use(
+    client: TestClient, tenant: TenantFixture, admin_headers: dict[str, str]
+) -> None:
+    client.put(_quotas_path(tenant), json={"max_webhook_targets": 4}, headers=admin_headers)
+    client.app.dependency_overrides.clear()  # type: ignore[attr-defined]
+    answer = client.get("/v1/quotas", headers=tenant.headers)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["plan"] == "free" and body["limits"] == FREE | {"max_webhook_targets": 4}
+    usage = body["usage"]
+    assert usage["webhook_targets"] == {"limit": 4, "used": 0, "remaining": 4,
+                                        "resets_at": None}  # fmt: skip
+    assert usage["running_jobs"]["used"] == 0
+    assert usage["jobs_this_month"]["limit"] == FREE["jobs_per_month"]
+    assert usage["jobs_this_month"]["resets_at"].endswith("T00:00:00Z")
+
+
+_POLICY = re.compile(r'^"requests";q=(\d+);w=(\d+)$')
+_STATUS = re.compile(r'^"requests";r=(\d+);t=(\d+)$')
+
+
+def test_rate_limit_headers_429_and_failed_auth_consumes_nothing(
+    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    admin_headers: dict[str, str],
+) -> None:  # fmt: skip
+    tenant = make_tenant(scopes=["jobs:read"])
+    client.put(_quotas_path(tenant), json={"requests_per_second": 1, "request_burst": 3},
+               headers=admin_headers)  # fmt: skip
+    bad = {"Authorization": "Bearer ck_live_" + "x" * 40}
+    for _ in range(5):  # neither a bad key nor a missing scope is counted
+        assert client.get("/v1/jobs", headers=bad).status_code == 401
+        assert client.get("/v1/webhooks", headers=tenant.headers).status_code == 403
+
+    seen = []
+    for _ in range(3):
+        answer = client.get("/v1/jobs", headers=tenant.headers)
+        assert answer.status_code == 200, answer.text
+        policy = _POLICY.match(answer.headers["RateLimit-Policy"])
+        status = _STATUS.match(answer.headers["RateLimit"])
+        assert policy is not None and status is not None
+        assert policy.groups() == ("3", "3")
+        seen.append(int(status.group(1)))
+    assert seen == [2, 1, 0]
+    refused = client.get("/v1/jobs", headers=tenant.headers)
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == "application/problem+json"
+    problem = refused.json()
+    assert problem["type"].endswith("/quota-exceeded") and problem["policy"] == "requests"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert _STATUS.match(refused.headers["RateLimit"]).group(1) == "0"  # type: ignore[union-attr]
+    # other tenants have buckets of their own
+    other = make_tenant()
+    assert client.get("/v1/jobs", headers=other.headers).status_code == 200
