@@ -106,13 +106,14 @@ def clear_process_caches() -> None:
     from celeriac.platform import db, dispatch, redis_client, settings, tasks, tenant_data
     from celeriac.platform.api import deps
     from celeriac.platform.quotas import cache as quota_cache
-    from celeriac.platform.quotas import ratelimit
+    from celeriac.platform.quotas import monthly, ratelimit
 
     for cached in (
         settings.get_settings, db.get_engine, db.get_sessionmaker, redis_client.get_redis,
         deps.auth_generation, deps.api_key_authenticator, tasks.publisher,
         tenant_data.key_provider, tenant_data.envelope, tenant_data.tenant_blobs,
         dispatch.get_dispatcher, quota_cache.quota_cache, ratelimit.rate_limiter,
+        monthly.monthly_counter,
     ):  # fmt: skip
         cached.cache_clear()
 

@@ -83,11 +83,14 @@ def _problem_openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def _documented_errors(method: str, operation: dict[str, Any]) -> list[str]:
-    """Answers any operation of its kind can give: bad input, auth, limits, and for
-    writes the conflicts of state changes and of Idempotency-Key reuse."""
+    """Answers any operation of its kind can give: bad input, auth, limits (a tenant's
+    rate limit), and for writes the conflicts of state changes and of Idempotency-Key
+    reuse."""
     codes = ["400", "422"]
     if operation.get("security"):
         codes += ["401", "403", "404"]
+    if any("ApiKey" in requirement for requirement in operation.get("security", [])):
+        codes.append("429")  # tenant requests are rate limited
     if method in {"post", "put", "patch", "delete"}:
         codes += ["409", "413", "415"]
     return codes

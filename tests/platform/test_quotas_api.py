@@ -4,17 +4,20 @@ RateLimit headers. 401 and 403 answers consume nothing."""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 from conftest import TenantFixture
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from celeriac.platform.auth.jwt import Role, mint_token
-from celeriac.platform.db import get_sessionmaker
-from celeriac.platform.models import AuditEntry
+from celeriac.platform.db import get_engine, get_sessionmaker
+from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
+from celeriac.platform.models import AuditEntry, Job, UsageRecord
 from celeriac.platform.quotas.plans import PLANS
 from celeriac.platform.settings import Settings
 
@@ -144,3 +147,93 @@ def test_rate_limit_headers_429_and_failed_auth_consumes_nothing(
     # other tenants have buckets of their own
     other = make_tenant()
     assert client.get("/v1/jobs", headers=other.headers).status_code == 200
+
+
+SPEC = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
+
+
+@pytest.fixture
+def registry(api_settings: Settings) -> None:
+    with get_sessionmaker().begin() as session:
+        register_plugins(session, [
+            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+        ])  # fmt: skip
+
+
+def _job_count() -> int:
+    with get_engine().connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(Job)).scalar_one())
+
+
+def _submitted_records() -> int:
+    with get_engine().connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(UsageRecord).where(
+            UsageRecord.metric == "jobs.submitted")).scalar_one())  # fmt: skip
+
+
+def test_payload_over_the_tenants_limits_is_413_and_stores_nothing(
+    client: TestClient, tenant: TenantFixture, admin_headers: dict[str, str], registry: None
+) -> None:
+    client.put(_quotas_path(tenant), json={"max_payload_bytes": 600, "max_records_per_job": 3},
+               headers=admin_headers)  # fmt: skip
+    ok = client.post("/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}] * 3},
+                     headers=tenant.headers)  # fmt: skip
+    assert ok.status_code == 202, ok.text
+    too_many = client.post("/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}] * 4},
+                           headers=tenant.headers)  # fmt: skip
+    assert too_many.status_code == 413 and too_many.json()["policy"] == "records-per-job"
+    assert "limit is 3" in too_many.json()["detail"]
+    big = {"pipeline": SPEC, "records": [{"text": "x" * 700}]}
+    too_big = client.post("/v1/jobs", json=big, headers=tenant.headers)
+    assert too_big.status_code == 413 and too_big.json()["policy"] == "payload-bytes"
+    assert too_big.headers["content-type"] == "application/problem+json"
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the body read is measured
+        yield json.dumps(big).encode()
+
+    streamed = client.post(
+        "/v1/jobs", content=chunked(), headers=tenant.headers | {"Content-Type": "application/json"}
+    )
+    assert streamed.status_code == 413  # fmt: skip
+    upload = client.post("/v1/jobs", headers=tenant.headers, data={"pipeline": "full"},
+                         files={"file": ("x.ndjson", b'{"t": "' + b"y" * 700 + b'"}\n',
+                                         "application/x-ndjson")})  # fmt: skip
+    assert upload.status_code == 413 and upload.json()["policy"] == "payload-bytes"
+    assert _job_count() == 1 and _submitted_records() == 1
+
+
+def test_monthly_job_quota_is_429_replays_do_not_count_and_raising_it_applies(
+    client: TestClient, tenant: TenantFixture, admin_headers: dict[str, str], registry: None,
+    api_settings: Settings,
+) -> None:  # fmt: skip
+    client.put(_quotas_path(tenant), json={"jobs_per_month": 2}, headers=admin_headers)
+    job = {"pipeline": SPEC, "records": [{"n": 1}]}
+    first = client.post("/v1/jobs", json=job, headers=tenant.headers | {"Idempotency-Key": "a"})
+    assert first.status_code == 202, first.text
+    assert '"jobs-monthly";q=2;w=' in first.headers["RateLimit-Policy"]
+    assert '"jobs-monthly";r=1;t=' in first.headers["RateLimit"]
+    replay = client.post("/v1/jobs", json=job, headers=tenant.headers | {"Idempotency-Key": "a"})
+    assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json()["id"] == first.json()["id"]
+    second = client.post("/v1/jobs", json=job, headers=tenant.headers)
+    assert second.status_code == 202 and '"jobs-monthly";r=0;' in second.headers["RateLimit"]
+
+    refused = client.post("/v1/jobs", json=job, headers=tenant.headers)
+    assert refused.status_code == 429, refused.text
+    problem = refused.json()
+    assert problem["code"] == "quota-exceeded" and problem["policy"] == "jobs-monthly"
+    assert "quota of 2 jobs per calendar month is used up" in problem["detail"]
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert _job_count() == 2 and _submitted_records() == 2
+
+    # A lost counter (Redis flushed) is seeded again from the usage records.
+    cache = redis.Redis.from_url(str(api_settings.redis_url))
+    assert cache.delete(*cache.keys("celeriac:jobs:*")) == 1
+    again = client.post("/v1/jobs", json=job, headers=tenant.headers)
+    assert again.status_code == 429
+
+    client.put(_quotas_path(tenant), json={"jobs_per_month": 3}, headers=admin_headers)
+    after_raise = client.post("/v1/jobs", json=job, headers=tenant.headers)
+    assert after_raise.status_code == 202, after_raise.text
+    assert _job_count() == 3 and _submitted_records() == 3
