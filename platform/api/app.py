@@ -33,6 +33,8 @@ from celeriac.platform.quotas.routes import admin_router as admin_quotas_router
 from celeriac.platform.quotas.routes import tenant_router as quotas_router
 from celeriac.platform.settings import Settings, get_settings
 from celeriac.platform.tenants.routes import router as tenants_router
+from celeriac.platform.usage.routes import admin_router as admin_usage_router
+from celeriac.platform.usage.routes import router as usage_router
 from celeriac.platform.webhooks.routes import router as webhooks_router
 
 JOBS_PATH = "/v1/jobs"
@@ -180,7 +182,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in (
         tenants_router, admin_keys_router, admin_quotas_router, keys_router, quotas_router,
-        jobs_router, webhooks_router, ops_router, metrics_router,
+        jobs_router, webhooks_router, usage_router, admin_usage_router, ops_router,
+        metrics_router,
     ):  # fmt: skip
         app.include_router(router)
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
