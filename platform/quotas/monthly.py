@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 import redis.exceptions
@@ -61,6 +61,18 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+
+
+# Compare-and-set: KEYS[1] a counter, ARGV[1] the value it had when the database was
+# counted, ARGV[2] that count.
+_CORRECT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
+"""
+OBSERVED = "celeriac:jobs-observed:{month}"  # not matched by KEY's pattern
 
 
 def month_key(now: datetime) -> str:
@@ -138,6 +150,44 @@ class RedisMonthlyJobCounter:
                 pipe.execute()
         except (redis.exceptions.RedisError, OSError) as exc:
             logger.warning("monthly job reservations not given back: %s", exc)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def reconcile_counters(client: redis.Redis, now: datetime) -> int:
+    """Correct this month's counters that drifted from the usage records (a process that
+    died between reserving and storing, say): a counter is set to the database's count when
+    both differ the same way on two consecutive runs and the counter did not move in
+    between. A difference seen once may be a reservation in flight, which commits a moment
+    later. Run by beat; returns how many counters were corrected."""
+    month = month_key(now)
+    observed_key = OBSERVED.format(month=month)
+    previous = {_text(k): _text(v) for k, v in client.hgetall(observed_key).items()}
+    correct = client.register_script(_CORRECT)
+    current: dict[Any, Any] = {}  # key -> "counter:count" (redis-py's mapping type)
+    corrected = 0
+    for raw in client.scan_iter(match=KEY.format(tenant_id="*", month=month), count=1000):
+        key = _text(raw)
+        value = client.get(key)
+        if value is None:
+            continue
+        tenant_id = uuid.UUID(key.split(":")[2])
+        count = _seed_counts([tenant_id], now)[tenant_id]
+        seen = current[key] = f"{int(value)}:{count}"
+        if int(value) != count and previous.get(key) == seen:
+            corrected += int(correct(keys=[key], args=[int(value), count]))
+            logger.warning("monthly job counter corrected from the database",
+                           extra={"tenant_id": str(tenant_id), "was": int(value),
+                                  "now": count})  # fmt: skip
+    with client.pipeline() as pipe:
+        pipe.delete(observed_key)
+        if current:
+            pipe.hset(observed_key, mapping=current)
+            pipe.expire(observed_key, 86400)
+        pipe.execute()
+    return corrected
 
 
 class LocalMonthlyJobCounter:

@@ -17,7 +17,8 @@ from sqlalchemy import func, select
 from celeriac.platform.auth.jwt import Role, mint_token
 from celeriac.platform.db import get_engine, get_sessionmaker
 from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
-from celeriac.platform.models import AuditEntry, Job, UsageRecord
+from celeriac.platform.models import AuditEntry, Job, UsageRecord, utcnow
+from celeriac.platform.quotas.monthly import reconcile_counters
 from celeriac.platform.quotas.plans import PLANS
 from celeriac.platform.settings import Settings
 
@@ -237,3 +238,21 @@ def test_monthly_job_quota_is_429_replays_do_not_count_and_raising_it_applies(
     after_raise = client.post("/v1/jobs", json=job, headers=tenant.headers)
     assert after_raise.status_code == 202, after_raise.text
     assert _job_count() == 3 and _submitted_records() == 3
+
+
+def test_a_drifted_monthly_counter_is_corrected_after_two_runs(
+    client: TestClient, tenant: TenantFixture, admin_headers: dict[str, str], registry: None,
+    api_settings: Settings,
+) -> None:  # fmt: skip
+    job = {"pipeline": SPEC, "records": [{"n": 1}]}
+    assert client.post("/v1/jobs", json=job, headers=tenant.headers).status_code == 202
+    cache = redis.Redis.from_url(str(api_settings.redis_url))
+    (key,) = cache.keys("celeriac:jobs:*")
+    assert cache.get(key) == b"1"
+    cache.set(key, 40, keepttl=True)  # say, reservations of a process that died
+    now = utcnow()
+    assert reconcile_counters(cache, now) == 0  # seen once: may be in flight
+    assert reconcile_counters(cache, now) == 1
+    assert cache.get(key) == b"1" and cache.ttl(key) > 0
+    cache.incr(key)  # moving: left alone
+    assert reconcile_counters(cache, now) == 0

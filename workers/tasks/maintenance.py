@@ -35,3 +35,15 @@ def release() -> int:
     from celeriac.platform.settings import Pool
 
     return sum(dispatcher.release(pool) for pool in Pool)
+
+
+@shared_task(name="celeriac.orchestration.reconcile_quota_counters", ignore_result=True)
+def reconcile_quota_counters() -> int:
+    """Correct monthly job counters that drifted from the usage records (see
+    ``celeriac.platform.quotas.monthly.reconcile_counters``)."""
+    from celeriac.platform.models import utcnow
+    from celeriac.platform.quotas.monthly import reconcile_counters
+    from celeriac.platform.redis_client import get_redis
+
+    client = get_redis()
+    return reconcile_counters(client, utcnow()) if client is not None else 0
