@@ -36,17 +36,9 @@ from sqlalchemy.exc import DataError, DBAPIError
 from starlette.applications import Starlette
 
 from celeriac.platform.db import get_engine
-from celeriac.platform.errors import (
-    ProblemError,
-    QuotaExceeded,
-    ServiceUnavailable,
-    ValidationFailed,
-)
+from celeriac.platform.errors import ProblemError, ServiceUnavailable, ValidationFailed
 from celeriac.platform.jobs.payload import Payload, chunk_key, chunks
 from celeriac.platform.models import Job, JobState, Priority, UsageRecord, utcnow
-from celeriac.platform.quotas.monthly import POLICY, monthly_counter, monthly_status
-from celeriac.platform.quotas.ratelimit import PolicyStatus
-from celeriac.platform.quotas.service import next_month_start
 from celeriac.platform.settings import get_settings
 from celeriac.platform.storage import job_blob_key
 from celeriac.platform.tasks import START_JOB, Publication, publish_many
@@ -73,10 +65,6 @@ class Submission:
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     created_at: datetime = field(default_factory=utcnow)
     state: JobState = JobState.QUEUED
-    # The tenant's jobs_per_month quota (None: not counted); the writer reserves the job
-    # against it and leaves the policy's state for the RateLimit headers.
-    jobs_per_month: int | None = None
-    monthly: PolicyStatus | None = None
     _blob_keys: list[str] = field(default_factory=list)
     _stored_bytes: int = 0
     _chunks: int = 0
@@ -181,63 +169,6 @@ def ingest_writer(app: Starlette) -> IngestWriter:
 
 def write_batch(batch: Sequence[_Waiting]) -> None:
     """Store, insert and publish ``batch``; settle every request with its own outcome."""
-    now = utcnow()
-    admitted = _reserve_monthly(batch, now)
-    committed = {id(w) for w in _write(admitted)}
-    _release_monthly([w for w in admitted if id(w) not in committed], now)
-
-
-def _reserve_monthly(batch: Sequence[_Waiting], now: datetime) -> list[_Waiting]:
-    """Count the batch against its tenants' monthly job quotas (one call for the batch);
-    the submissions over a quota are refused with 429, the others returned."""
-    wanted: dict[uuid.UUID, tuple[int, int]] = {}
-    for waiting in batch:
-        s = waiting.submission
-        if s.jobs_per_month is not None:
-            number, _ = wanted.get(s.tenant_id, (0, s.jobs_per_month))
-            wanted[s.tenant_id] = (number + 1, s.jobs_per_month)
-    if not wanted:
-        return list(batch)
-    counts = monthly_counter().reserve(wanted, now)
-    if counts is None:  # the counter is unavailable: admitted, uncounted
-        return list(batch)
-    left = {tenant_id: admitted for tenant_id, (admitted, _) in counts.items()}
-    admitted_batch = []
-    for waiting in batch:
-        s = waiting.submission
-        if s.jobs_per_month is None:
-            admitted_batch.append(waiting)
-            continue
-        used = counts[s.tenant_id][1]
-        s.monthly = monthly_status(s.jobs_per_month, used, now)
-        if left[s.tenant_id] > 0:
-            left[s.tenant_id] -= 1
-            admitted_batch.append(waiting)
-            continue
-        waiting.settle(
-            QuotaExceeded(
-                f"the tenant's quota of {s.jobs_per_month} jobs per calendar month is used "
-                f"up; it renews on {next_month_start(now):%Y-%m-%d} 00:00 UTC (an admin can "
-                "raise it)",
-                policy=POLICY, limit=s.jobs_per_month, retry_after=s.monthly.reset,
-            )
-        )  # fmt: skip
-    return admitted_batch
-
-
-def _release_monthly(failed: Sequence[_Waiting], now: datetime) -> None:
-    """Give back the reservations of submissions that were not stored."""
-    given_back: dict[uuid.UUID, int] = {}
-    for waiting in failed:
-        if waiting.submission.jobs_per_month is not None:
-            tenant_id = waiting.submission.tenant_id
-            given_back[tenant_id] = given_back.get(tenant_id, 0) + 1
-    if given_back:
-        monthly_counter().release(given_back, now)
-
-
-def _write(batch: Sequence[_Waiting]) -> list[_Waiting]:
-    """Store, insert and publish; returns the submissions committed."""
     stored: list[_Waiting] = []
     for waiting in batch:
         try:
@@ -248,7 +179,7 @@ def _write(batch: Sequence[_Waiting]) -> list[_Waiting]:
         else:
             stored.append(waiting)
     if not stored:
-        return []
+        return
     committed = _insert_all_or_each(stored)
     publications = [_start_job(w.submission) for w in committed]
     try:
@@ -258,7 +189,6 @@ def _write(batch: Sequence[_Waiting]) -> list[_Waiting]:
         logger.exception("publishing %d start_job messages failed", len(publications))
     for waiting in committed:
         waiting.settle()
-    return committed
 
 
 def _insert_all_or_each(stored: list[_Waiting]) -> list[_Waiting]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Annotated, Any, TypeVar
@@ -19,13 +20,14 @@ from celeriac.platform.jobs.ingest import Submission, ingest_writer
 from celeriac.platform.jobs.schemas import JobAccepted, JobCreate, JobOptions, JobOut
 from celeriac.platform.keys.service import Scope
 from celeriac.platform.models import JobState
-from celeriac.platform.quotas.enforce import add_policy, limits_for, request_limits
+from celeriac.platform.quotas.enforce import limits_for, release_job, request_limits
 from celeriac.platform.quotas.plans import Limits
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 T = TypeVar("T", bound=BaseModel)
 
-JobSubmitter = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_WRITE))]
+JobSubmitter = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_WRITE, counts_job=True))]
+JobWriter = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_WRITE))]
 JobReader = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_READ))]
 
 _MULTIPART_DOC = {
@@ -123,7 +125,18 @@ async def submit_job(request: Request, ctx: JobSubmitter, response: Response) ->
     once the job is stored; it runs on the tenant's queues."""
     # Everything up to the writer runs on the event loop: with the key, the tenant's limits
     # and the plugin registry cached, a submission touches no thread pool and no database
-    # before the writer (platform/jobs/ingest.py).
+    # before the writer (platform/jobs/ingest.py). Its monthly reservation was made with
+    # the rate limit; a submission that fails gives it back.
+    try:
+        return await _submit(request, ctx, response)
+    except asyncio.CancelledError:
+        raise  # the client left; its job may be stored (beat corrects a drifted count)
+    except BaseException:
+        await release_job(request)
+        raise
+
+
+async def _submit(request: Request, ctx: TenantContext, response: Response) -> JobAccepted:
     limits = request_limits(request) or await limits_for(ctx.tenant_id)
     _check_size(limits, request.headers.get("content-length"))
     options: JobOptions
@@ -151,14 +164,8 @@ async def submit_job(request: Request, ctx: JobSubmitter, response: Response) ->
         tenant_id=ctx.tenant_id, tenant_slug=ctx.tenant_slug,
         pipeline=pipelines.resolve_against(plugins, options.pipeline_spec()),
         payload=parsed, priority=options.priority, metadata=options.metadata,
-        jobs_per_month=limits.jobs_per_month,
     )  # fmt: skip
-    try:
-        stored = await ingest_writer(request.app).submit(submission)
-    finally:
-        if submission.monthly is not None:
-            add_policy(request, submission.monthly)
-    return _accepted(stored, response)
+    return _accepted(await ingest_writer(request.app).submit(submission), response)
 
 
 def _check_size(limits: Limits, size: int | str | None) -> None:
@@ -211,6 +218,6 @@ def get_results(job_id: uuid.UUID, ctx: JobReader, session: SessionDep) -> Respo
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: uuid.UUID, ctx: JobSubmitter, session: SessionDep) -> JobOut:
+def cancel_job(job_id: uuid.UUID, ctx: JobWriter, session: SessionDep) -> JobOut:
     """Cancel a queued or running job: its pending tasks are revoked (409 if it ended)."""
     return service.job_summary(service.cancel_job(session, ctx, job_id))

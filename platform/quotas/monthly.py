@@ -1,9 +1,10 @@
 """Each tenant's count of jobs submitted this calendar month (UTC), kept in Redis.
 
-The ingest writer (platform/jobs/ingest.py) reserves a batch's submissions with one script
-call for the whole batch, before anything is stored: a tenant's submissions beyond its
-``jobs_per_month`` are refused (429) and the rest are counted. Reservations whose job then
-fails to store are given back. The counter of a month is ``celeriac:jobs:<tenant>:<YYYY-MM>``;
+A job submission reserves one job of its tenant's ``jobs_per_month`` in the same Redis call
+as its rate limit (``celeriac.platform.quotas.ratelimit``), once its key and scopes are
+accepted: beyond the quota it is refused (429). A submission that then fails (invalid,
+too large, not stored) or turns out to be an Idempotency-Key replay gives its reservation
+back. The counter of a month is ``celeriac:jobs:<tenant>:<YYYY-MM>``;
 when it does not exist (a new month, a flushed or replaced Redis) it is seeded from the
 usage records (jobs.submitted since the month began), once, by whichever process needs it
 first (SET NX), so the database stays the source of truth and the hot path has no query.
@@ -79,6 +80,10 @@ def month_key(now: datetime) -> str:
     return f"{now:%Y-%m}"
 
 
+def counter_key(tenant_id: uuid.UUID, now: datetime) -> str:
+    return KEY.format(tenant_id=tenant_id, month=month_key(now))
+
+
 def monthly_status(limit: int, used: int, now: datetime) -> PolicyStatus:
     """The policy as the RateLimit headers show it: ``limit`` jobs per calendar month."""
     days = calendar.monthrange(now.year, now.month)[1]
@@ -105,12 +110,15 @@ class MonthlyJobCounter(Protocol):
 
 
 class RedisMonthlyJobCounter:
+    """Reservations outside the rate-limit call: seeding a missing counter, giving back,
+    and batches (any number of tenants in one call)."""
+
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._reserve = client.register_script(_RESERVE)
 
     def _key(self, tenant_id: uuid.UUID, now: datetime) -> str:
-        return KEY.format(tenant_id=tenant_id, month=month_key(now))
+        return counter_key(tenant_id, now)
 
     def reserve(
         self, wanted: Mapping[uuid.UUID, tuple[int, int]], now: datetime

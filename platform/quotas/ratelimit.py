@@ -11,7 +11,9 @@ checked in turn (two round trips that are not atomic together), and the numbers 
 RateLimit headers need come from ``get_window_stats``, one more round trip per limit. Its
 moving window also keeps one sorted-set entry per admitted request (a burst of 1,000 is
 1,000 entries per tenant). GCRA answers admit/refuse, remaining and reset in one call and
-one key.
+one key. On a job submission the same call also reserves the job against the tenant's
+monthly quota (``celeriac.platform.quotas.monthly``), so ``POST /v1/jobs`` still costs one
+round trip.
 
 The script reads Redis's clock (``TIME``), so API hosts whose clocks disagree still share
 one bucket. Without Redis (the embedded mode, one machine) the same algorithm runs in
@@ -43,10 +45,14 @@ logger = logging.getLogger(__name__)
 KEY = "celeriac:rate:{tenant_id}"
 REQUESTS_POLICY = "requests"
 
-# KEYS[1]: the tenant's theoretical arrival time (microseconds on Redis's clock).
-# ARGV[1]: emission interval (microseconds per request), ARGV[2]: burst.
-# Returns {admitted (0/1), remaining, microseconds until the bucket is full,
-# microseconds until a refused request would be admitted}.
+# KEYS[1]: the tenant's theoretical arrival time (microseconds on Redis's clock);
+# KEYS[2], for a job submission only: the tenant's monthly job counter.
+# ARGV[1]: emission interval (microseconds per request), ARGV[2]: burst, ARGV[3]: the
+# monthly job limit (with KEYS[2]).
+# Returns {admitted (0/1), remaining, microseconds until the bucket is full, microseconds
+# until a refused request would be admitted, monthly state, monthly count}; the monthly
+# state is 1 reserved, 0 refused (the quota is used up), -1 the counter must be seeded
+# first, -2 not asked (or the request was refused by the rate limit).
 _GCRA = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -57,12 +63,36 @@ if tat < now then tat = now end
 local new_tat = tat + interval
 local allow_at = new_tat - burst * interval
 if allow_at > now then
-  return {0, 0, tat - now, allow_at - now}
+  return {0, 0, tat - now, allow_at - now, -2, 0}
 end
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat),
            'PX', math.ceil((new_tat - now) / 1000) + 1000)
-return {1, math.floor((now - allow_at) / interval), new_tat - now, 0}
+local monthly, count = -2, 0
+if KEYS[2] then
+  local current = redis.call('GET', KEYS[2])
+  if not current then
+    monthly = -1
+  else
+    count = tonumber(current)
+    if count < tonumber(ARGV[3]) then
+      count = redis.call('INCR', KEYS[2])
+      monthly = 1
+    else
+      monthly = 0
+    end
+  end
+end
+return {1, math.floor((now - allow_at) / interval), new_tat - now, 0, monthly, count}
 """
+MONTHLY_RESERVED, MONTHLY_REFUSED, MONTHLY_UNSEEDED = 1, 0, -1
+
+
+@dataclass(frozen=True)
+class MonthlyAsk:
+    """Reserve one job of the month's quota in the same call."""
+
+    key: str
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -88,6 +118,9 @@ class RateDecision:
     admitted: bool
     status: PolicyStatus
     retry_after: float
+    # With a MonthlyAsk: (MONTHLY_* state, the month's count); None when not asked or
+    # when this limiter does not count months (the caller then uses the monthly counter).
+    monthly: tuple[int, int] | None = None
 
 
 def _interval_us(limits: Limits) -> float:
@@ -95,7 +128,7 @@ def _interval_us(limits: Limits) -> float:
 
 
 def _decision(limits: Limits, admitted: bool, remaining: int, full_in_us: float,
-              retry_us: float) -> RateDecision:  # fmt: skip
+              retry_us: float, monthly: tuple[int, int] | None = None) -> RateDecision:  # fmt: skip
     status = PolicyStatus(
         name=REQUESTS_POLICY,
         quota=limits.request_burst,
@@ -104,11 +137,15 @@ def _decision(limits: Limits, admitted: bool, remaining: int, full_in_us: float,
         remaining=max(0, int(remaining)),
         reset=max(0, math.ceil(full_in_us / 1_000_000)),
     )
-    return RateDecision(admitted, status, retry_us / 1_000_000)
+    return RateDecision(admitted, status, retry_us / 1_000_000, monthly)
 
 
 class RateLimiter(Protocol):
-    async def hit(self, tenant_id: uuid.UUID, limits: Limits) -> RateDecision | None: ...
+    async def hit(
+        self, tenant_id: uuid.UUID, limits: Limits, monthly: MonthlyAsk | None = None
+    ) -> RateDecision | None:
+        """Count one request; None when the limiter is unavailable (admit it)."""
+        ...
 
 
 class RedisRateLimiter:
@@ -132,16 +169,24 @@ class RedisRateLimiter:
             found = self._clients[loop] = client.register_script(_GCRA)
         return found
 
-    async def hit(self, tenant_id: uuid.UUID, limits: Limits) -> RateDecision | None:
+    async def hit(
+        self, tenant_id: uuid.UUID, limits: Limits, monthly: MonthlyAsk | None = None
+    ) -> RateDecision | None:
+        keys = [KEY.format(tenant_id=tenant_id)]
+        args: list[float | int] = [_interval_us(limits), limits.request_burst]
+        if monthly is not None:
+            keys.append(monthly.key)
+            args.append(monthly.limit)
         try:
-            admitted, remaining, full_in, retry = await self._script()(
-                keys=[KEY.format(tenant_id=tenant_id)],
-                args=[_interval_us(limits), limits.request_burst],
+            admitted, remaining, full_in, retry, state, count = await self._script()(
+                keys=keys, args=args
             )
         except (redis.exceptions.RedisError, OSError) as exc:
             logger.warning("rate limit not checked (Redis failed): %s", exc)
             return None
-        return _decision(limits, bool(admitted), int(remaining), float(full_in), float(retry))
+        asked = (int(state), int(count)) if monthly is not None and admitted else None
+        return _decision(limits, bool(admitted), int(remaining), float(full_in), float(retry),
+                         asked)  # fmt: skip
 
 
 class LocalRateLimiter:
@@ -151,7 +196,10 @@ class LocalRateLimiter:
         self._tat: dict[uuid.UUID, float] = {}
         self._lock = threading.Lock()
 
-    async def hit(self, tenant_id: uuid.UUID, limits: Limits) -> RateDecision | None:
+    async def hit(
+        self, tenant_id: uuid.UUID, limits: Limits, monthly: MonthlyAsk | None = None
+    ) -> RateDecision | None:
+        # Months are counted by the monthly counter (celeriac.platform.quotas.monthly).
         return self.hit_now(tenant_id, limits, time.monotonic() * 1_000_000)
 
     def hit_now(self, tenant_id: uuid.UUID, limits: Limits, now: float) -> RateDecision:

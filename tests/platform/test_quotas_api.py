@@ -227,6 +227,10 @@ def test_monthly_job_quota_is_429_replays_do_not_count_and_raising_it_applies(
     assert "quota of 2 jobs per calendar month is used up" in problem["detail"]
     assert int(refused.headers["Retry-After"]) >= 1
     assert _job_count() == 2 and _submitted_records() == 2
+    # A retried request still gets its first answer, the quota used up or not.
+    late_replay = client.post("/v1/jobs", json=job,
+                              headers=tenant.headers | {"Idempotency-Key": "a"})  # fmt: skip
+    assert late_replay.status_code == 202 and late_replay.json()["id"] == first.json()["id"]
 
     # A lost counter (Redis flushed) is seeded again from the usage records.
     cache = redis.Redis.from_url(str(api_settings.redis_url))
@@ -256,3 +260,27 @@ def test_a_drifted_monthly_counter_is_corrected_after_two_runs(
     assert cache.get(key) == b"1" and cache.ttl(key) > 0
     cache.incr(key)  # moving: left alone
     assert reconcile_counters(cache, now) == 0
+
+
+def test_a_submission_that_fails_gives_its_monthly_reservation_back(
+    client: TestClient, tenant: TenantFixture, admin_headers: dict[str, str], registry: None
+) -> None:
+    client.put(_quotas_path(tenant), json={"jobs_per_month": 1, "max_records_per_job": 2},
+               headers=admin_headers)  # fmt: skip
+    for bad in (
+        {"pipeline": "nope", "records": [{"n": 1}]},  # 422
+        {"pipeline": SPEC, "records": [{"n": 1}] * 3},
+    ):  # 413
+        answer = client.post("/v1/jobs", json=bad, headers=tenant.headers)
+        assert answer.status_code in (413, 422), answer.text
+    malformed = client.post("/v1/jobs", content=b"{", headers=tenant.headers | {
+        "Content-Type": "application/json"})  # fmt: skip
+    assert malformed.status_code == 400
+    ok = client.post("/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}]},
+                     headers=tenant.headers)  # fmt: skip
+    assert ok.status_code == 202, ok.text
+    assert '"jobs-monthly";r=0;' in ok.headers["RateLimit"]
+    over = client.post("/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}]},
+                       headers=tenant.headers)  # fmt: skip
+    assert over.status_code == 429 and over.json()["policy"] == "jobs-monthly"
+    assert _job_count() == 1
