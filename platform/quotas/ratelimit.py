@@ -11,9 +11,11 @@ checked in turn (two round trips that are not atomic together), and the numbers 
 RateLimit headers need come from ``get_window_stats``, one more round trip per limit. Its
 moving window also keeps one sorted-set entry per admitted request (a burst of 1,000 is
 1,000 entries per tenant). GCRA answers admit/refuse, remaining and reset in one call and
-one key. On a job submission the same call also reserves the job against the tenant's
-monthly quota (``celeriac.platform.quotas.monthly``), so ``POST /v1/jobs`` still costs one
-round trip.
+one key. The requests of a process that wait while a call is in flight go together in
+the next call (as ADR 0006's group commit does for job rows), so under load a request
+costs a fraction of a round trip. On a job submission the same call also reserves the job
+against the tenant's monthly quota (``celeriac.platform.quotas.monthly``), so
+``POST /v1/jobs`` still costs at most one round trip.
 
 The script reads Redis's clock (``TIME``), so API hosts whose clocks disagree still share
 one bucket. Without Redis (the embedded mode, one machine) the same algorithm runs in
@@ -45,44 +47,58 @@ logger = logging.getLogger(__name__)
 KEY = "celeriac:rate:{tenant_id}"
 REQUESTS_POLICY = "requests"
 
-# KEYS[1]: the tenant's theoretical arrival time (microseconds on Redis's clock);
-# KEYS[2], for a job submission only: the tenant's monthly job counter.
-# ARGV[1]: emission interval (microseconds per request), ARGV[2]: burst, ARGV[3]: the
-# monthly job limit (with KEYS[2]).
-# Returns {admitted (0/1), remaining, microseconds until the bucket is full, microseconds
-# until a refused request would be admitted, monthly state, monthly count}; the monthly
-# state is 1 reserved, 0 refused (the quota is used up), -1 the counter must be seeded
-# first, -2 not asked (or the request was refused by the rate limit).
+# Decides a batch of requests, in order, atomically (one call for every request that
+# reached the limiter while the previous call was in flight). ARGV[1]: the number of
+# requests; then per request: its number of keys (1, or 2 for a job submission), the
+# emission interval (microseconds per request), the burst, the monthly job limit. KEYS, per
+# request: the tenant's theoretical arrival time (microseconds on Redis's clock), then for
+# a job submission the tenant's monthly job counter. Returns six values per request:
+# admitted (0/1), remaining, microseconds until the bucket is full, microseconds until a
+# refused request would be admitted, the monthly state (1 reserved, 0 refused: the quota
+# is used up, -1 the counter must be seeded first, -2 not asked or rate-limited) and the
+# month's count.
 _GCRA = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - burst * interval
-if allow_at > now then
-  return {0, 0, tat - now, allow_at - now, -2, 0}
-end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat),
-           'PX', math.ceil((new_tat - now) / 1000) + 1000)
-local monthly, count = -2, 0
-if KEYS[2] then
-  local current = redis.call('GET', KEYS[2])
-  if not current then
-    monthly = -1
+local out = {}
+local k, a = 1, 2
+for _ = 1, tonumber(ARGV[1]) do
+  local nkeys = tonumber(ARGV[a])
+  local interval = tonumber(ARGV[a + 1])
+  local burst = tonumber(ARGV[a + 2])
+  local limit = tonumber(ARGV[a + 3])
+  local rate_key, month_key = KEYS[k], nil
+  if nkeys == 2 then month_key = KEYS[k + 1] end
+  k, a = k + nkeys, a + 4
+  local tat = tonumber(redis.call('GET', rate_key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - burst * interval
+  if allow_at > now then
+    for _, v in ipairs({0, 0, tat - now, allow_at - now, -2, 0}) do out[#out + 1] = v end
   else
-    count = tonumber(current)
-    if count < tonumber(ARGV[3]) then
-      count = redis.call('INCR', KEYS[2])
-      monthly = 1
-    else
-      monthly = 0
+    redis.call('SET', rate_key, string.format('%.0f', new_tat),
+               'PX', math.ceil((new_tat - now) / 1000) + 1000)
+    local monthly, count = -2, 0
+    if month_key then
+      local current = redis.call('GET', month_key)
+      if not current then
+        monthly = -1
+      else
+        count = tonumber(current)
+        if count < limit then
+          count = redis.call('INCR', month_key)
+          monthly = 1
+        else
+          monthly = 0
+        end
+      end
     end
+    for _, v in ipairs({1, math.floor((now - allow_at) / interval), new_tat - now, 0,
+                        monthly, count}) do out[#out + 1] = v end
   end
 end
-return {1, math.floor((now - allow_at) / interval), new_tat - now, 0, monthly, count}
+return out
 """
 MONTHLY_RESERVED, MONTHLY_REFUSED, MONTHLY_UNSEEDED = 1, 0, -1
 
@@ -148,38 +164,87 @@ class RateLimiter(Protocol):
         ...
 
 
+class _Batcher:
+    """The requests of one event loop waiting for the limiter, sent as one script call.
+
+    Group commit again (docs/adr/0006): at most one call is in flight; the requests that
+    arrive meanwhile wait for it to return and go together in the next. Alone, a request
+    is a batch of one and waits for nothing. Each call is atomic in Redis, so what it
+    decides is exactly what one call per request would have decided."""
+
+    def __init__(self, script: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.script = script
+        self.loop = loop
+        self.pending: list[tuple[list[str], list[float | int], asyncio.Future[list[int]]]] = []
+        self.sending = False
+
+    def add(self, keys: list[str], args: list[float | int]) -> asyncio.Future[list[int]]:
+        future: asyncio.Future[list[int]] = self.loop.create_future()
+        self.pending.append((keys, args, future))
+        if not self.sending:
+            self.sending = True
+            self.loop.create_task(self._send())
+        return future
+
+    async def _send(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                keys = [key for entry in batch for key in entry[0]]
+                args: list[float | int] = [len(batch)]
+                for entry in batch:
+                    args += entry[1]
+                try:
+                    values = await self.script(keys=keys, args=args)
+                except Exception as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                except BaseException:  # the loop is closing: nobody will wait for these
+                    for _, _, future in batch + self.pending:
+                        future.cancel()
+                    raise
+                for index, (_, _, future) in enumerate(batch):
+                    if not future.done():  # a request that was cancelled meanwhile
+                        future.set_result(values[6 * index : 6 * index + 6])
+        finally:
+            self.sending = False
+
+
 class RedisRateLimiter:
-    """The shared limiter: one EVALSHA per request on the cache Redis."""
+    """The shared limiter: each request is decided by the script on the cache Redis, in
+    one call with the other requests of its process waiting at that moment."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         # redis.asyncio connections belong to the event loop that made them (a test
-        # client runs its own loop): one client per loop.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+        # client runs its own loop): one client, and one batcher, per loop.
+        self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher] = (
             weakref.WeakKeyDictionary()
         )
 
-    def _script(self) -> Any:
+    def _batcher(self) -> _Batcher:
         loop = asyncio.get_running_loop()
-        found = self._clients.get(loop)
+        found = self._batchers.get(loop)
         if found is None:
             client = redis.asyncio.Redis.from_url(
                 self.url, socket_timeout=1, socket_connect_timeout=1
             )
-            found = self._clients[loop] = client.register_script(_GCRA)
+            found = self._batchers[loop] = _Batcher(client.register_script(_GCRA), loop)
         return found
 
     async def hit(
         self, tenant_id: uuid.UUID, limits: Limits, monthly: MonthlyAsk | None = None
     ) -> RateDecision | None:
         keys = [KEY.format(tenant_id=tenant_id)]
-        args: list[float | int] = [_interval_us(limits), limits.request_burst]
+        args: list[float | int] = [1, _interval_us(limits), limits.request_burst, 0]
         if monthly is not None:
             keys.append(monthly.key)
-            args.append(monthly.limit)
+            args[0], args[3] = 2, monthly.limit
         try:
-            admitted, remaining, full_in, retry, state, count = await self._script()(
-                keys=keys, args=args
+            admitted, remaining, full_in, retry, state, count = await self._batcher().add(
+                keys, args
             )
         except (redis.exceptions.RedisError, OSError) as exc:
             logger.warning("rate limit not checked (Redis failed): %s", exc)
