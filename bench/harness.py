@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import psycopg
 import redis
-from common import flush_redis, scratch_dir
+from common import UNLIMITED_QUOTAS, flush_redis, scratch_dir
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -462,6 +462,7 @@ def environment(
         if not keys:
             raise BenchError(f"celeriac admin create-tenant printed no api_key= line: {out!r}")
         env.api_key = keys[0]
+        env.celeriac("admin", "set-quotas", TENANT_SLUG, *UNLIMITED_QUOTAS)
         note("compiling the worker code into the bench's bytecode cache ...")
         _prewarm(child_env, root)
         yield env

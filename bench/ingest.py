@@ -8,7 +8,8 @@ Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1, as the te
 It builds its own environment: a PostgreSQL database ``celeriac_bench`` (dropped and
 created), Redis db 7 as the broker and db 6 as the cache (both flushed at the start and
 the end), a temporary var directory, a migrated schema, a tenant ``bench`` with an API key
-and the plugin registry rows the pipeline names (no compute worker is needed to accept a
+(and quotas too high to refuse anything: the checks run, nothing is throttled) and the
+plugin registry rows the pipeline names (no compute worker is needed to accept a
 job). It then starts ``celeriac api`` and ``bench/echo_app.py`` under the same uvicorn
 options and drives each, alternately, from ``bench/loadgen.py`` in a process of its own.
 Everything it started is stopped, and the database dropped, when it ends, fails or is
@@ -39,7 +40,7 @@ from typing import Any
 import httpx
 import psycopg
 import redis
-from common import flush_redis, scratch_dir
+from common import UNLIMITED_QUOTAS, flush_redis, scratch_dir
 
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
@@ -621,6 +622,7 @@ def run(args: argparse.Namespace) -> bool:
         env = _child_env(var_dir)
         _celeriac(env, var_dir, "migrate")
         key = _create_tenant(env, var_dir)
+        _celeriac(env, var_dir, "admin", "set-quotas", TENANT_SLUG, *UNLIMITED_QUOTAS)
         _register_plugins()
 
         api_port, echo_port = _free_port(), _free_port()

@@ -166,6 +166,42 @@ def create_tenant(
         typer.echo(f"api_key={issued.plaintext}")
 
 
+@admin.command("set-quotas")
+def set_quotas(
+    slug: Annotated[str, typer.Argument(help="The tenant's slug.")],
+    limits: Annotated[
+        list[str] | None,
+        typer.Argument(help="NAME=VALUE overrides, e.g. requests_per_second=100; "
+                       "NAME=plan follows the plan. Names not given follow the plan."),
+    ] = None,
+) -> None:  # fmt: skip
+    """Replace a tenant's quota overrides (as PUT /v1/admin/tenants/{id}/quotas; audited)."""
+    from pydantic import ValidationError
+
+    from celeriac.platform.db import transaction
+    from celeriac.platform.quotas.schemas import QuotaOverrides
+    from celeriac.platform.quotas.service import set_quotas as replace_quotas
+    from celeriac.platform.tenants import service as tenants
+
+    _settings()
+    values: dict[str, str | None] = {}
+    for item in limits or []:
+        name, _, value = item.partition("=")
+        values[name] = None if value == "plan" else value
+    try:
+        overrides = QuotaOverrides.model_validate(values)
+    except ValidationError as exc:
+        raise CommandError(f"invalid quotas: {exc.errors()[0]['loc']}: "
+                           f"{exc.errors()[0]['msg']}") from None  # fmt: skip
+    with transaction() as session:
+        tenant = tenants.get_tenant_by_slug(session, slug)
+        if tenant is None:
+            raise CommandError(f"no tenant with slug {slug!r}")
+        view = replace_quotas(session, tenant, overrides, actor="cli", actor_role="admin")
+    for name, value in view.limits.model_dump().items():
+        typer.echo(f"{name}={value}")
+
+
 @admin.command("token")
 def token(
     role: Annotated[str, typer.Option(help="admin or billing.")] = "admin",

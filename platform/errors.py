@@ -6,6 +6,7 @@ Services raise these; one handler in ``celeriac.platform.api.problems`` renders 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -110,3 +111,15 @@ class ServiceUnavailable(ProblemError):
     status = 503
     code = "service-unavailable"
     title = "Service unavailable"
+
+
+class QuotaExceeded(TooManyRequests):
+    """A quota policy refused the request: the body names the policy and its limit, and
+    ``Retry-After`` says when trying again can succeed."""
+
+    def __init__(self, detail: str, *, policy: str, limit: int, retry_after: float) -> None:
+        super().__init__(
+            detail,
+            headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+            extra={"policy": policy, "limit": limit},
+        )

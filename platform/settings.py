@@ -78,6 +78,8 @@ class ApiSettings(BaseModel):
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=24 * 3600)
     # Upper bound on how long a revoked key or suspended tenant keeps working per process.
     auth_cache_poll_seconds: float = Field(default=1.0, gt=0, le=5)
+    # Upper bound on how long an admin's change of a tenant's quotas takes to reach a process.
+    quota_cache_poll_seconds: float = Field(default=1.0, gt=0, le=5)
     page_size_max: int = Field(default=100, ge=1)
 
 

@@ -114,13 +114,16 @@ def clear_process_caches() -> None:
     """Forget the process-wide settings, engine, clients and auth caches."""
     from celeriac.platform import cache, db, dispatch, redis_client, settings, tasks, tenant_data
     from celeriac.platform.api import deps
+    from celeriac.platform.quotas import cache as quota_cache
+    from celeriac.platform.quotas import monthly, ratelimit
 
     for cached in (
         settings.get_settings, db.get_engine, db.get_sessionmaker, redis_client.get_redis,
         cache.get_cache,
         deps.auth_generation, deps.api_key_authenticator, tasks.publisher,
         tenant_data.key_provider, tenant_data.envelope, tenant_data.tenant_blobs,
-        dispatch.get_dispatcher,
+        dispatch.get_dispatcher, quota_cache.quota_cache, ratelimit.rate_limiter,
+        monthly.monthly_counter,
     ):  # fmt: skip
         cached.cache_clear()
 
@@ -147,6 +150,7 @@ def api_settings(
         "WEBHOOKS__ALLOW_HTTP": "true",
         "WEBHOOKS__ALLOWED_CIDRS": '["127.0.0.0/8", "::1/128"]',
         "API__AUTH_CACHE_POLL_SECONDS": "0.2",
+        "API__QUOTA_CACHE_POLL_SECONDS": "0.2",
     }.items():
         monkeypatch.setenv(f"CELERIAC_{key}", value)
     clear_process_caches()

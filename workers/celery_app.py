@@ -31,6 +31,8 @@ TASK_MODULES = [
     "celeriac.workers.tasks.maintenance",
 ]
 CAPACITY_HEARTBEAT_SECONDS = 5.0
+# Monthly job counters are compared with the usage records this often (drift needs two runs).
+QUOTA_COUNTERS_INTERVAL_SECONDS = 300.0
 
 
 def pool_of_worker(hostname: str) -> Pool | None:
@@ -131,6 +133,11 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
             "task": "celeriac.orchestration.destroy_deleted_tenants",
             "schedule": TENANT_DESTRUCTION_INTERVAL_SECONDS,
             "options": {"expires": TENANT_DESTRUCTION_INTERVAL_SECONDS},
+        },
+        "quota-counters": {
+            "task": "celeriac.orchestration.reconcile_quota_counters",
+            "schedule": QUOTA_COUNTERS_INTERVAL_SECONDS,
+            "options": {"expires": QUOTA_COUNTERS_INTERVAL_SECONDS},
         },
     }
     celery_app.steps["worker"].add(CapacityHeartbeat)

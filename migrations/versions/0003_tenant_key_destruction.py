@@ -26,6 +26,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("tenants") as batch:
-        batch.drop_column("blobs_deleted_at")
-        batch.drop_column("key_destroyed_at")
+    # Not batch mode: on SQLite it rebuilds "tenants", and dropping the old table fails its
+    # foreign keys as soon as a usage record (append-only) refers to a tenant. SQLite has
+    # had ALTER TABLE ... DROP COLUMN since 3.35.
+    for column in ("blobs_deleted_at", "key_destroyed_at"):
+        if op.get_bind().dialect.name == "sqlite":
+            op.execute(f"ALTER TABLE tenants DROP COLUMN {column}")
+        else:
+            op.drop_column("tenants", column)

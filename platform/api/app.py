@@ -28,8 +28,13 @@ from celeriac.platform.keys.routes import admin_router as admin_keys_router
 from celeriac.platform.keys.routes import tenant_router as keys_router
 from celeriac.platform.ops.routes import metrics_router
 from celeriac.platform.ops.routes import router as ops_router
+from celeriac.platform.quotas.enforce import RateLimitHeaders
+from celeriac.platform.quotas.routes import admin_router as admin_quotas_router
+from celeriac.platform.quotas.routes import tenant_router as quotas_router
 from celeriac.platform.settings import Settings, get_settings
 from celeriac.platform.tenants.routes import router as tenants_router
+from celeriac.platform.usage.routes import admin_router as admin_usage_router
+from celeriac.platform.usage.routes import router as usage_router
 from celeriac.platform.webhooks.routes import messages_router as webhook_messages_router
 from celeriac.platform.webhooks.routes import router as webhooks_router
 
@@ -81,11 +86,14 @@ def _problem_openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def _documented_errors(method: str, operation: dict[str, Any]) -> list[str]:
-    """Answers any operation of its kind can give: bad input, auth, limits, and for
-    writes the conflicts of state changes and of Idempotency-Key reuse."""
+    """Answers any operation of its kind can give: bad input, auth, limits (a tenant's
+    rate limit), and for writes the conflicts of state changes and of Idempotency-Key
+    reuse."""
     codes = ["400", "422"]
     if operation.get("security"):
         codes += ["401", "403", "404"]
+    if any("ApiKey" in requirement for requirement in operation.get("security", [])):
+        codes.append("429")  # tenant requests are rate limited
     if method in {"post", "put", "patch", "delete"}:
         codes += ["409", "413", "415"]
     return codes
@@ -150,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ingest_writer = writer
     install_problem_handlers(app)
     install_idempotency(app)  # inside the envelope: replays carry a fresh X-Request-ID
+    app.add_middleware(RateLimitHeaders)  # outside the recorder: replays get them too
     app.add_middleware(
         RequestEnvelope,
         max_body_bytes=settings.api.max_body_bytes,
@@ -173,8 +182,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"status": "ok"})
 
     for router in (
-        tenants_router, admin_keys_router, keys_router, jobs_router, webhook_messages_router,
-        webhooks_router, ops_router,
+        tenants_router, admin_keys_router, admin_quotas_router, keys_router, quotas_router,
+        jobs_router, webhook_messages_router, webhooks_router, usage_router, admin_usage_router,
+        ops_router,
         metrics_router,
     ):  # fmt: skip
         app.include_router(router)

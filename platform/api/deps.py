@@ -23,6 +23,7 @@ from celeriac.platform.auth.jwt import AdminPrincipal, InvalidToken, Role, verif
 from celeriac.platform.db import get_engine, get_sessionmaker
 from celeriac.platform.errors import Forbidden, Unauthorized
 from celeriac.platform.logging import bind_context
+from celeriac.platform.quotas.enforce import check_rate, monthly_refusal, release_job
 from celeriac.platform.redis_client import get_redis
 from celeriac.platform.settings import Settings, get_settings
 
@@ -90,8 +91,10 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
 class Authenticator:
     """Dependency resolving the calling tenant from its API key and checking scopes."""
 
-    def __init__(self, *scopes: str) -> None:
+    def __init__(self, *scopes: str, counts_job: bool = False) -> None:
         self.scopes = scopes
+        # A job submission: also reserved against the tenant's monthly job quota.
+        self.counts_job = counts_job
 
     async def __call__(
         self,
@@ -109,7 +112,19 @@ class Authenticator:
         bind_context(tenant_id=context.tenant_id)
         context.require(*self.scopes)
         request.state.tenant = context
-        await reserve(request, f"tenant:{context.tenant_id}", context.tenant_id)
+        # After authentication and scopes, so that a 401 or 403 consumes no quota; before
+        # the Idempotency-Key, so that a replay is a request like any other for the rate
+        # limit. A replay gives back its monthly job reservation, and answers as the first
+        # request did even when the month's quota is now used up.
+        await check_rate(request, context.tenant_id, counts_job=self.counts_job)
+        try:
+            await reserve(request, f"tenant:{context.tenant_id}", context.tenant_id)
+        except BaseException:
+            await release_job(request)
+            raise
+        refusal = monthly_refusal(request)
+        if refusal is not None:
+            raise refusal
         return context
 
 

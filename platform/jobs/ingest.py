@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import insert
@@ -44,6 +43,7 @@ from celeriac.platform.settings import get_settings
 from celeriac.platform.storage import job_blob_key
 from celeriac.platform.tasks import START_JOB, Publication, publish_many
 from celeriac.platform.tenant_data import tenant_blobs
+from celeriac.platform.usage.metrics import Metric, job_cause, usage_row
 
 logger = logging.getLogger(__name__)
 
@@ -260,14 +260,13 @@ def _job_row(s: Submission) -> dict[str, Any]:
 
 
 def _usage_row(s: Submission) -> dict[str, Any]:
-    return {
-        "id": f"job_{s.id}:jobs.submitted", "tenant_id": s.tenant_id,
-        "metric": "jobs.submitted", "quantity": Decimal(1), "unit": "job",
-        "occurred_at": s.created_at, "recorded_at": s.created_at, "source": "api",
-        "properties": {"job_id": str(s.id), "priority": s.priority.value,
-                       "pipeline": s.pipeline.get("name") or "custom",
-                       "records": s.record_count, "stored_bytes": s._stored_bytes},
-    }  # fmt: skip
+    return usage_row(
+        cause=job_cause(s.id), tenant_id=s.tenant_id, metric=Metric.JOBS_SUBMITTED,
+        quantity=1, occurred_at=s.created_at, source="api",
+        properties={"job_id": str(s.id), "priority": s.priority.value,
+                    "pipeline": s.pipeline.get("name") or "custom",
+                    "records": s.record_count, "stored_bytes": s._stored_bytes},
+    )  # fmt: skip
 
 
 def _start_job(s: Submission) -> Publication:

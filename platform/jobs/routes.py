@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Annotated, Any, TypeVar
@@ -13,17 +14,20 @@ from pydantic import BaseModel, ValidationError
 from celeriac.platform.api.deps import Authenticator, SessionDep
 from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
-from celeriac.platform.errors import MalformedBody, ValidationFailed
+from celeriac.platform.errors import MalformedBody, PayloadTooLarge, ValidationFailed
 from celeriac.platform.jobs import payload, pipelines, service
 from celeriac.platform.jobs.ingest import Submission, ingest_writer
 from celeriac.platform.jobs.schemas import JobAccepted, JobCreate, JobOptions, JobOut
 from celeriac.platform.keys.service import Scope
 from celeriac.platform.models import JobState
+from celeriac.platform.quotas.enforce import limits_for, release_job, request_limits
+from celeriac.platform.quotas.plans import Limits
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 T = TypeVar("T", bound=BaseModel)
 
-JobSubmitter = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_WRITE))]
+JobSubmitter = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_WRITE, counts_job=True))]
+JobWriter = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_WRITE))]
 JobReader = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_READ))]
 
 _MULTIPART_DOC = {
@@ -59,7 +63,7 @@ def _accepted(job: Submission, response: Response) -> JobAccepted:
     )  # fmt: skip
 
 
-async def _multipart_job(request: Request) -> tuple[JobOptions, payload.Payload]:
+async def _multipart_job(request: Request, limits: Limits) -> tuple[JobOptions, payload.Payload]:
     form = await request.form()
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
@@ -67,6 +71,7 @@ async def _multipart_job(request: Request) -> tuple[JobOptions, payload.Payload]
             "send the records as a file part named 'file'",
             errors=[{"pointer": "#/body/file", "detail": "missing"}],
         )
+    _check_size(limits, upload.size)
     fields: dict[str, Any] = {}
     for name in ("pipeline", "priority", "metadata"):
         value = form.get(name)
@@ -118,18 +123,40 @@ async def submit_job(request: Request, ctx: JobSubmitter, response: Response) ->
     """Accept records inline (`application/json`) or as a CSV / NDJSON file
     (`multipart/form-data`) with a pipeline and a priority. Answers 202 with the job's id
     once the job is stored; it runs on the tenant's queues."""
-    # Everything up to the writer runs on the event loop: with the key and the plugin
-    # registry cached, a submission touches no thread pool (platform/jobs/ingest.py).
+    # Everything up to the writer runs on the event loop: with the key, the tenant's limits
+    # and the plugin registry cached, a submission touches no thread pool and no database
+    # before the writer (platform/jobs/ingest.py). Its monthly reservation was made with
+    # the rate limit; a submission that fails gives it back.
+    try:
+        return await _submit(request, ctx, response)
+    except asyncio.CancelledError:
+        raise  # the client left; its job may be stored (beat corrects a drifted count)
+    except BaseException:
+        await release_job(request)
+        raise
+
+
+async def _submit(request: Request, ctx: TenantContext, response: Response) -> JobAccepted:
+    limits = request_limits(request) or await limits_for(ctx.tenant_id)
+    _check_size(limits, request.headers.get("content-length"))
     options: JobOptions
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        options, parsed = await _multipart_job(request)
+        options, parsed = await _multipart_job(request, limits)
     else:
+        body = await request.body()
+        _check_size(limits, len(body))
         try:
-            fields = await request.json()
+            fields = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise MalformedBody("the request body is not valid JSON") from None
         job = _validated(JobCreate, fields)
         options, parsed = job, payload.from_records(job.records)
+    if parsed.record_count > limits.max_records_per_job:
+        raise PayloadTooLarge(
+            f"the job has {parsed.record_count} records; this tenant's limit is "
+            f"{limits.max_records_per_job} per job (split it into several jobs)",
+            extra={"policy": "records-per-job", "limit": limits.max_records_per_job},
+        )
     plugins = pipelines.cached_plugins()
     if plugins is None:
         plugins = await run_in_threadpool(pipelines.load_plugins)
@@ -139,6 +166,21 @@ async def submit_job(request: Request, ctx: JobSubmitter, response: Response) ->
         payload=parsed, priority=options.priority, metadata=options.metadata,
     )  # fmt: skip
     return _accepted(await ingest_writer(request.app).submit(submission), response)
+
+
+def _check_size(limits: Limits, size: int | str | None) -> None:
+    """413 for a body over the tenant's ``max_payload_bytes`` (a Content-Length is checked
+    before the body is read)."""
+    try:
+        length = int(size) if size is not None else 0
+    except ValueError:
+        return  # the request envelope answers a malformed Content-Length
+    if length > limits.max_payload_bytes:
+        raise PayloadTooLarge(
+            f"the job is {length} bytes; this tenant's limit is {limits.max_payload_bytes} "
+            "bytes per job (split it into several jobs)",
+            extra={"policy": "payload-bytes", "limit": limits.max_payload_bytes},
+        )
 
 
 @router.get("", response_model=Page[JobOut])
@@ -176,6 +218,6 @@ def get_results(job_id: uuid.UUID, ctx: JobReader, session: SessionDep) -> Respo
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: uuid.UUID, ctx: JobSubmitter, session: SessionDep) -> JobOut:
+def cancel_job(job_id: uuid.UUID, ctx: JobWriter, session: SessionDep) -> JobOut:
     """Cancel a queued or running job: its pending tasks are revoked (409 if it ended)."""
     return service.job_summary(service.cancel_job(session, ctx, job_id))

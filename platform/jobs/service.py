@@ -28,6 +28,7 @@ from celeriac.platform.repository import TenantRepository
 from celeriac.platform.storage import BlobNotFound
 from celeriac.platform.tasks import CANCEL_JOB, publish
 from celeriac.platform.tenant_data import tenant_blobs
+from celeriac.platform.usage.metrics import record_job_completed
 from celeriac.platform.webhooks import events
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ def cancel_job(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> Job:
         raise Conflict(f"job {job.id} has already ended ({job.state.value})")
     session.refresh(job)
     events.job_ended(session, job, JobState.CANCELLED)
+    record_job_completed(session, job, JobState.CANCELLED, source="api")
     kwargs = {"tenant_id": str(ctx.tenant_id), "job_id": str(job.id)}
     run_after_commit(session, lambda: _publish(CANCEL_JOB, Priority.HIGH, ctx.tenant_slug, kwargs))
     return job

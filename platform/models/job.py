@@ -43,6 +43,9 @@ class Job(TimestampMixin, Base):
     dispatch_count: Mapped[int] = mapped_column(default=0)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Set while a queued job waits for a free slot of its tenant's max_running_jobs quota:
+    # the orchestrator deferred it, and the end of one of the tenant's jobs releases it.
+    held_since: Mapped[datetime | None]
 
 
 class JobTask(TimestampMixin, Base):

@@ -16,6 +16,7 @@ from celeriac.platform.crypto import KeyOperationRefused, KeyUnavailable
 from celeriac.platform.db import run_after_commit
 from celeriac.platform.errors import Conflict, NotFound, ValidationFailed
 from celeriac.platform.models import SLUG_PATTERN, ApiKey, Tenant, TenantStatus, utcnow
+from celeriac.platform.quotas.cache import invalidate_quotas
 from celeriac.platform.repository import keyset_page
 from celeriac.platform.tenant_data import envelope, key_provider
 from celeriac.platform.tenants.destruction import destroy_key_after_commit
@@ -134,6 +135,8 @@ def update_tenant(
     run_after_commit(session, lambda: get_cache().invalidate(_profile_entry(tenant_id)))
     if "status" in changes and before["status"] != changes["status"]:
         run_after_commit(session, invalidate_auth)
+    if "plan" in changes and before["plan"] != changes["plan"]:
+        run_after_commit(session, invalidate_quotas)  # the plan's defaults are its limits
     _audit(session, actor, "tenant.update", tenant, {"before": before, "after": changes})
     return tenant
 

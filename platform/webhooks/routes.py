@@ -68,7 +68,7 @@ def create_target(
 ) -> WebhookTargetWithSecret:  # fmt: skip
     """Register a URL to receive the tenant's events. The URL must be https on a public
     address. The answer carries the signing secret, shown only this once. A tenant has at
-    most 20 targets (409 beyond)."""
+    most its `max_webhook_targets` quota of targets (409 beyond; see `GET /v1/quotas`)."""
     issued = service.create_target(
         session, ctx, url=body.url, event_types=body.event_types, description=body.description,
         max_deliveries_per_second=body.max_deliveries_per_second,

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from celeriac.platform.crypto.keys import EncryptionContext
 from celeriac.platform.errors import Conflict, ValidationFailed
 from celeriac.platform.models import TargetState, Tenant, WebhookTarget, utcnow
+from celeriac.platform.quotas.plans import tenant_limits
 from celeriac.platform.repository import HasTenant, TenantRepository
 from celeriac.platform.settings import WebhookSettings
 from celeriac.platform.tenant_data import envelope
@@ -33,8 +34,6 @@ from celeriac.platform.webhooks.destinations import (
     resolve_host,
 )
 
-# A later quota issue replaces this with the plan's limit (quotas.max_webhook_targets).
-MAX_TARGETS_PER_TENANT = 20
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 SECRET_BYTES = 32
 DEFAULT_PREVIOUS_SECRET_GRACE = timedelta(hours=24)
@@ -122,16 +121,17 @@ def create_target(
     settings: WebhookSettings,
     resolve: Resolver = resolve_host,
 ) -> IssuedSecret:
-    """Register a target (at most :data:`MAX_TARGETS_PER_TENANT` per tenant) with a new
+    """Register a target (at most the tenant's ``max_webhook_targets`` quota) with a new
     signing secret."""
     # Resolve before taking any lock: DNS may take seconds.
     normalised = checked_url(url, settings, resolve)
     _lock_tenant(session, scope.tenant_id)
-    if WebhookTargetRepository(session, scope).count() >= MAX_TARGETS_PER_TENANT:
+    limit = tenant_limits(session, scope.tenant_id).max_webhook_targets
+    if WebhookTargetRepository(session, scope).count() >= limit:
         raise TargetLimitReached(
-            f"a tenant may have at most {MAX_TARGETS_PER_TENANT} webhook targets; "
+            f"this tenant may have at most {limit} webhook targets (its quota); "
             "delete one before adding another",
-            extra={"limit": MAX_TARGETS_PER_TENANT},
+            extra={"limit": limit, "policy": "webhook-targets"},
         )
     # The id is bound into the secret's encryption context, so it is chosen before the row.
     target_id = uuid.uuid4()

@@ -26,6 +26,7 @@ from support import run_celeriac
         (["admin"], "create-tenant"),
         (["admin", "create-tenant"], "API key"),
         (["admin", "token"], "JWT"),
+        (["admin", "set-quotas"], "overrides"),
     ],
 )
 def test_help_explains_each_command(var_dir: Path, args: list[str], expected: str) -> None:
@@ -72,6 +73,20 @@ def test_create_tenant_prints_a_working_key_once(
 
     bad = run_celeriac(var_dir, "admin", "create-tenant", "Acme Corp")
     assert bad.returncode == 1 and "lowercase letters" in bad.stderr
+
+
+def test_set_quotas_overrides_the_plan_and_says_what_is_wrong(var_dir: Path) -> None:
+    assert run_celeriac(var_dir, "migrate").returncode == 0
+    assert run_celeriac(var_dir, "admin", "create-tenant", "quota-cli").returncode == 0
+    done = run_celeriac(var_dir, "admin", "set-quotas", "quota-cli", "max_running_jobs=7",
+                        "request_burst=plan")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    limits = dict(line.split("=", 1) for line in done.stdout.split())
+    assert limits["max_running_jobs"] == "7" and limits["request_burst"] == "50"
+    bad = run_celeriac(var_dir, "admin", "set-quotas", "quota-cli", "max_running_jobs=0")
+    assert bad.returncode == 1 and "max_running_jobs" in bad.stderr
+    missing = run_celeriac(var_dir, "admin", "set-quotas", "nobody", "jobs_per_month=1")
+    assert missing.returncode == 1 and "no tenant with slug" in missing.stderr
 
 
 def test_admin_token_verifies_with_the_same_settings(

@@ -24,9 +24,11 @@ def test_every_operation_documents_auth_and_problem_answers(client: TestClient) 
         assert op.get("summary") or op.get("description"), (method, path)
         if path.startswith("/v1/"):
             (requirement,) = op["security"]
-            expected = "AdminJWT" if path.startswith("/v1/admin") else "ApiKey"
+            # Admin and billing routes take a JWT; tenant routes an API key.
+            expected = "AdminJWT" if path.startswith(("/v1/admin", "/v1/usage")) else "ApiKey"
             assert set(requirement) == {expected}, (method, path)
-            for status in ("401", "403", "404", "422"):
+            statuses = ["401", "403", "404", "422"] + (["429"] if expected == "ApiKey" else [])
+            for status in statuses:
                 content = op["responses"][status]["content"]
                 assert list(content) == ["application/problem+json"], (method, path, status)
 

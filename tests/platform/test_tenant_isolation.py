@@ -103,6 +103,29 @@ def test_listings_show_only_the_callers_objects(
         assert not {item["id"] for item in listed} & set(ids.values()), path
 
 
+def test_quotas_show_only_the_callers_own_limits_and_use(
+    client: TestClient,
+    admin_headers: dict[str, str],
+    make_tenant: Callable[..., TenantFixture],
+    owner_objects: tuple[TenantFixture, dict[str, str]],
+) -> None:
+    owner, _ = owner_objects
+    intruder = make_tenant("intruder")
+    client.put(f"/v1/admin/tenants/{owner.id}/quotas", json={"jobs_per_month": 9},
+               headers=admin_headers)  # fmt: skip
+    mine = client.get("/v1/quotas", headers=intruder.headers).json()
+    theirs = client.get("/v1/quotas", headers=owner.headers).json()
+    assert theirs["usage"]["jobs_this_month"] == {**theirs["usage"]["jobs_this_month"],
+                                                  "limit": 9, "used": 1}  # fmt: skip
+    assert theirs["usage"]["webhook_targets"]["used"] == 1
+    assert mine["limits"]["jobs_per_month"] != 9
+    assert mine["usage"]["jobs_this_month"]["used"] == 0
+    assert mine["usage"]["webhook_targets"]["used"] == 0
+    # Usage records are billing's: a tenant key cannot read anyone's, its own included.
+    for path in ("/v1/usage/records", "/v1/usage/summary"):
+        assert client.get(path, headers=owner.headers).status_code == 401
+
+
 def test_admin_routes_do_not_cross_tenants(
     client: TestClient,
     admin_headers: dict[str, str],

@@ -419,20 +419,25 @@ def test_delete_removes_the_target_and_its_delivery_history(
 # --- limits, pages, isolation, scopes ----------------------------------------------------
 
 
-def test_a_tenant_has_at_most_20_targets(
-    client: TestClient, make_tenant: Callable[..., TenantFixture]
+def test_the_number_of_targets_is_the_tenants_quota(
+    client: TestClient, make_tenant: Callable[..., TenantFixture], admin_headers: dict[str, str]
 ) -> None:
     tenant, other = make_tenant(), make_tenant()
-    ids = [_create(client, tenant)["id"] for _ in range(service.MAX_TARGETS_PER_TENANT)]
+    quotas = f"/v1/admin/tenants/{tenant.id}/quotas"
+    assert client.get(quotas, headers=admin_headers).json()["limits"]["max_webhook_targets"] == 20
+    assert client.put(quotas, json={"max_webhook_targets": 3}, headers=admin_headers).is_success
+    ids = [_create(client, tenant)["id"] for _ in range(3)]
     over = client.post("/v1/webhooks", json={"url": HOOK, "event_types": ["*"]},
                        headers=tenant.headers)  # fmt: skip
     assert over.status_code == 409 and over.headers["content-type"] == PROBLEM
-    assert "at most 20 webhook targets" in over.json()["detail"]
-    assert over.json()["limit"] == 20
+    assert "at most 3 webhook targets" in over.json()["detail"]
+    assert over.json()["limit"] == 3 and over.json()["policy"] == "webhook-targets"
     _create(client, other)  # the limit is per tenant
 
     client.delete(f"/v1/webhooks/{ids[0]}", headers=tenant.headers)
     _create(client, tenant)
+    assert client.put(quotas, json={"max_webhook_targets": 4}, headers=admin_headers).is_success
+    _create(client, tenant)  # a raised quota applies to the next request
 
 
 def test_list_pages_through_every_target_once(client: TestClient, tenant: TenantFixture) -> None:

@@ -21,6 +21,7 @@ from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.models import Job, JobStage, JobState, Tenant, utcnow
 from celeriac.platform.settings import get_settings
 from celeriac.platform.tasks import publish
+from celeriac.platform.usage.metrics import record_job_completed
 from celeriac.platform.webhooks import events
 from celeriac.workers.canvas import state, steps
 
@@ -43,7 +44,12 @@ def reconcile(send: steps.Send = publish, limit: int = 500) -> int:
         rows = session.execute(
             select(Job.id, Job.tenant_id, Tenant.slug)
             .join(Tenant, Tenant.id == Job.tenant_id)
-            .where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]), Job.updated_at < cutoff)
+            .where(
+                Job.state.in_([JobState.QUEUED, JobState.RUNNING]),
+                Job.updated_at < cutoff,
+                # A held job waits for its tenant's slot, not for a lost message.
+                Job.held_since.is_(None),
+            )
             .order_by(Job.updated_at)
             .limit(limit)
         ).all()
@@ -52,11 +58,27 @@ def reconcile(send: steps.Send = publish, limit: int = 500) -> int:
         if slug in waiting:
             continue
         handled += _redispatch(str(tenant_id), str(job_id), send)
-    return handled
+    return handled + release_stranded(send)
+
+
+def release_stranded(send: steps.Send = publish) -> int:
+    """Safety net for the running-job limit: start the held jobs of every tenant that has
+    a free slot (an end whose release was lost: a crash after its commit, a failed
+    publish). Returns how many were released."""
+    with transaction() as session:
+        tenants = state.tenants_with_held_jobs(session)
+    released = 0
+    for tenant_id in tenants:
+        with transaction() as session:
+            refs = steps.release_held(session, tenant_id)
+        steps.start_released(refs, send)
+        released += len(refs)
+    return released
 
 
 def _redispatch(tenant_id: str, job_id: str, send: steps.Send) -> int:
     jobs = get_settings().jobs
+    released: list[steps.JobRef] | None = None
     with transaction() as session:
         job = state.load_job(session, tenant_id, job_id)
         if job is None or job.state not in (JobState.QUEUED, JobState.RUNNING):
@@ -68,14 +90,19 @@ def _redispatch(tenant_id: str, job_id: str, send: steps.Send) -> int:
             error = f"stopped moving; re-dispatched {job.dispatch_count} times"
             if state.end_job(session, job, JobState.FAILED, result_key=None, error=error):
                 events.job_ended(session, job, JobState.FAILED, error)
-            return 1
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id)
-            .values(dispatch_count=Job.dispatch_count + 1, updated_at=utcnow())
-        )
+                record_job_completed(session, job, JobState.FAILED, source="reconciler")
+            released = steps.release_held(session, job.tenant_id)
+        else:
+            session.execute(
+                update(Job)
+                .where(Job.id == job.id)
+                .values(dispatch_count=Job.dispatch_count + 1, updated_at=utcnow())
+            )
         queued, stage = job.state is JobState.QUEUED, job.stage
         ref = steps.ref_of(session, job)
+    if released is not None:
+        steps.start_released(released, send)
+        return 1
     logger.warning("re-dispatching a stalled job",
                    extra={"job_id": job_id, "tenant_id": tenant_id,
                           "stage": stage.value if stage else None})  # fmt: skip

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -21,9 +22,12 @@ from celeriac.platform.models import (
     JobStage,
     JobState,
     JobTask,
+    Priority,
     TaskState,
+    Tenant,
     utcnow,
 )
+from celeriac.platform.quotas.plans import tenant_limits
 from celeriac.workers.canvas.plan import PlannedTask
 
 OPEN_TASK_STATES = (TaskState.PENDING, TaskState.RUNNING)
@@ -40,22 +44,109 @@ def load_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
     ).one_or_none()
 
 
-def start(session: Session, tenant_id: str, job_id: str) -> Job | None:
-    """queued -> running at the datasets stage; a running job is returned as it is (a
-    re-dispatch continues from its checkpoint); None for a finished or unknown job."""
-    now = utcnow()
-    session.execute(
-        update(Job)
-        .where(Job.tenant_id == uuid.UUID(tenant_id), Job.id == uuid.UUID(job_id),
-               Job.state == JobState.QUEUED)
-        .values(state=JobState.RUNNING, stage=JobStage.DATASETS, started_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
+def lock_tenant(session: Session, tenant_id: uuid.UUID) -> None:
+    """Serialise, per tenant, the decisions that count its running jobs (start, release):
+    two starts at the same moment cannot both take the last free slot. NO KEY UPDATE
+    leaves the foreign-key checks of concurrent inserts (KEY SHARE) unblocked; SQLite
+    (embedded mode) serialises writers anyway."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
+
+
+def running_count(session: Session, tenant_id: uuid.UUID) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(Job)
+            .where(Job.tenant_id == tenant_id, Job.state == JobState.RUNNING)
+        ) or 0
     )  # fmt: skip
+
+
+def start(session: Session, tenant_id: str, job_id: str) -> Job | Held | None:
+    """queued -> running at the datasets stage, if the tenant has a free slot of its
+    ``max_running_jobs`` quota; otherwise the job stays queued, marked held, until one of
+    the tenant's jobs ends and releases it (:func:`release_held`). A running job is
+    returned as it is (a re-dispatch continues from its checkpoint); None for a finished
+    or unknown job."""
+    tenant, job_uuid = uuid.UUID(tenant_id), uuid.UUID(job_id)
+    queued = session.scalar(
+        select(Job.id).where(Job.tenant_id == tenant, Job.id == job_uuid,
+                             Job.state == JobState.QUEUED)
+    )  # fmt: skip
+    now = utcnow()
+    if queued is not None:
+        lock_tenant(session, tenant)
+        limit = tenant_limits(session, tenant).max_running_jobs
+        if running_count(session, tenant) >= limit:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_uuid, Job.state == JobState.QUEUED)
+                .values(held_since=func.coalesce(Job.held_since, now), updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return Held(limit)
+        session.execute(
+            update(Job)
+            .where(Job.id == job_uuid, Job.state == JobState.QUEUED)
+            .values(state=JobState.RUNNING, stage=JobStage.DATASETS, started_at=now,
+                    updated_at=now, held_since=None)
+            .execution_options(synchronize_session=False)
+        )  # fmt: skip
     job = load_job(session, tenant_id, job_id)
     if job is None or job.state is not JobState.RUNNING:
         return None
     session.refresh(job)
     return job
+
+
+@dataclass(frozen=True)
+class Held:
+    """The job waits, queued, for a free slot of its tenant's running-job limit."""
+
+    limit: int
+
+
+_BAND_ORDER = case(
+    (Job.priority == Priority.HIGH, 0), (Job.priority == Priority.NORMAL, 1), else_=2
+)
+
+
+def release_held(session: Session, tenant_id: uuid.UUID) -> list[Job]:
+    """The tenant's held jobs that its free slots can take now (high band first, then the
+    oldest), unmarked: the caller publishes their start_job after its commit, and
+    :func:`start` decides again (a slot taken meanwhile holds the job again). Called in
+    the transaction that ends one of the tenant's jobs, so no end goes unnoticed."""
+    lock_tenant(session, tenant_id)
+    free = tenant_limits(session, tenant_id).max_running_jobs - running_count(session, tenant_id)
+    if free <= 0:
+        return []
+    jobs = list(
+        session.scalars(
+            select(Job)
+            .where(Job.tenant_id == tenant_id, Job.state == JobState.QUEUED,
+                   Job.held_since.is_not(None))
+            .order_by(_BAND_ORDER, Job.created_at, Job.id)
+            .limit(free)
+        )
+    )  # fmt: skip
+    if jobs:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_([j.id for j in jobs]), Job.state == JobState.QUEUED)
+            .values(held_since=None, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    return jobs
+
+
+def tenants_with_held_jobs(session: Session, limit: int = 1000) -> list[uuid.UUID]:
+    return list(
+        session.scalars(
+            select(Job.tenant_id)
+            .where(Job.state == JobState.QUEUED, Job.held_since.is_not(None))
+            .distinct()
+            .limit(limit)
+        )
+    )
 
 
 def ensure_tasks(

@@ -14,13 +14,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import orjson
 import pandas as pd
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from celeriac.platform.db import transaction
@@ -32,7 +29,6 @@ from celeriac.platform.models import (
     JobTask,
     Priority,
     TaskState,
-    UsageRecord,
     utcnow,
 )
 from celeriac.platform.settings import get_settings
@@ -40,6 +36,7 @@ from celeriac.platform.storage import BlobNotFound
 from celeriac.platform.tasks import Publication, publish, publish_many
 from celeriac.platform.tenant_data import tenant_blobs
 from celeriac.platform.tenants.service import tenant_profile
+from celeriac.platform.usage.metrics import insert_usage, job_completed_rows
 from celeriac.platform.webhooks import events
 from celeriac.workers.canvas import plan, state
 
@@ -49,6 +46,7 @@ START_JOB = "celeriac.orchestration.start_job"
 FAN_OUT = "celeriac.distribution.fan_out"
 RUN_TASK = "celeriac.compute.run_task"
 FINALIZE = "celeriac.distribution.finalize"
+HELD = "held"
 
 Send = Callable[..., str]
 SendMany = Callable[[Sequence[Publication]], list[str]]
@@ -100,9 +98,13 @@ def _send(ref: JobRef, name: str, send: Send, **extra: str) -> str:
 
 def start_job(tenant_id: str, job_id: str, send: Send = publish) -> str | None:
     """Mark the job running and hand its current stage to the distributor. A job that is
-    already running continues from its last finished stage."""
+    already running continues from its last finished stage. A job over its tenant's
+    running-job limit stays queued, held, until one of the tenant's jobs ends."""
     with transaction() as session:
         job = state.start(session, tenant_id, job_id)
+        if isinstance(job, state.Held):
+            logger.info("job held: its tenant runs its limit of %d jobs", job.limit)
+            return HELD
         if job is None:
             return None
         ref, stage = ref_of(session, job), job.stage or JobStage.DATASETS
@@ -388,7 +390,7 @@ def compute(tenant_id: str, job_id: str, claimed: Claimed) -> None:
 # --- finalize ------------------------------------------------------------------------
 
 
-def finalize(tenant_id: str, job_id: str) -> JobState | None:
+def finalize(tenant_id: str, job_id: str, send: Send = publish) -> JobState | None:
     """Assemble the result document, end the job (succeeded / partial / failed) and
     record its usage, in one transaction with the state change."""
     with transaction() as session:
@@ -429,34 +431,30 @@ def finalize(tenant_id: str, job_id: str) -> JobState | None:
             return None
         _record_usage(session, job, outcome, compute_ms, written)
         events.job_ended(session, job, outcome, error)
+        released = release_held(session, job.tenant_id)
+    start_released(released, send)
     return outcome
+
+
+def release_held(session: Session, tenant_id: uuid.UUID) -> list[JobRef]:
+    """In the transaction that ended one of the tenant's jobs: the held jobs its free
+    slots take now (publish them with :func:`start_released` after the commit)."""
+    return [ref_of(session, job) for job in state.release_held(session, tenant_id)]
+
+
+def start_released(refs: Sequence[JobRef], send: Send = publish) -> None:
+    for ref in refs:
+        try:
+            _send(ref, START_JOB, send)
+        except Exception:
+            # The job is queued and no longer held: the reconciler re-dispatches it.
+            logger.exception("publishing start_job of a released job failed",
+                             extra={"job_id": ref.job_id})  # fmt: skip
 
 
 def _record_usage(
     session: Session, job: Job, outcome: JobState, compute_ms: int, written: int
 ) -> None:
     """Usage of a finished job; unique ids make a redelivered finalize insert nothing."""
-    now = utcnow()
-    properties = {
-        "job_id": str(job.id),
-        "priority": job.priority.value,
-        "pipeline": job.pipeline.get("name") or "custom",
-        "state": outcome.value,
-    }
-    facts = [
-        ("jobs.completed", Decimal(1), "job"),
-        ("records.processed", Decimal(job.record_count), "record"),
-        ("compute.seconds", Decimal(compute_ms) / 1000, "second"),
-        ("storage.bytes", Decimal(written + job.payload_bytes), "byte"),
-    ]  # fmt: skip
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(
-        insert(UsageRecord)
-        .values([
-            {"id": f"job_{job.id}:{metric}", "tenant_id": job.tenant_id, "metric": metric,
-             "quantity": quantity, "unit": unit, "occurred_at": now, "recorded_at": now,
-             "properties": properties, "source": "finalize"}
-            for metric, quantity, unit in facts
-        ])
-        .on_conflict_do_nothing(index_elements=["id"])
-    )  # fmt: skip
+    insert_usage(session, job_completed_rows(
+        job, outcome, source="finalize", compute_ms=compute_ms, stored_bytes=written))  # fmt: skip

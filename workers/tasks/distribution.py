@@ -26,7 +26,7 @@ def fan_out(tenant_id: str, job_id: str, stage: str) -> None:
 @shared_task(name="celeriac.distribution.finalize")
 def finalize(tenant_id: str, job_id: str) -> None:
     """Assemble the result document and end the job with its usage records."""
-    outcome = steps.finalize(tenant_id, job_id)
+    outcome = steps.finalize(tenant_id, job_id, send=send)
     logger.info("job finished", extra={"state": outcome.value if outcome else None})
 
 

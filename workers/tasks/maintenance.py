@@ -44,3 +44,15 @@ def destroy_deleted_tenants() -> int:
     delete their blobs (network calls to KMS/S3 or short file deletes: nothing that
     computes)."""
     return destruction.destroy_deleted_tenants()
+
+
+@shared_task(name="celeriac.orchestration.reconcile_quota_counters", ignore_result=True)
+def reconcile_quota_counters() -> int:
+    """Correct monthly job counters that drifted from the usage records (see
+    ``celeriac.platform.quotas.monthly.reconcile_counters``)."""
+    from celeriac.platform.models import utcnow
+    from celeriac.platform.quotas.monthly import reconcile_counters
+    from celeriac.platform.redis_client import get_redis
+
+    client = get_redis()
+    return reconcile_counters(client, utcnow()) if client is not None else 0

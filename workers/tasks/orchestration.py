@@ -30,6 +30,9 @@ def cancel_job(tenant_id: str, job_id: str) -> None:
         if job is None:
             return
         celery_ids = state.cancel_open_tasks(session, job)
+        # The cancelled job's slot of the tenant's running-job limit is free.
+        released = steps.release_held(session, job.tenant_id)
+    steps.start_released(released, send)
     if celery_ids:
         current_app.control.revoke(celery_ids, terminate=True, signal="SIGTERM")
     logger.info("job cancelled", extra={"revoked": len(celery_ids)})

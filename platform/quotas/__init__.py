@@ -1,0 +1,1 @@
+"""Quotas: per-tenant limits (plan defaults, admin overrides), rate limits and their checks."""

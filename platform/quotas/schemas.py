@@ -1,0 +1,68 @@
+"""Quota API shapes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Columns are 32-bit integers.
+LimitValue = Annotated[int, Field(ge=1, le=2_000_000_000)]
+
+
+class QuotaLimits(BaseModel):
+    requests_per_second: int = Field(description="Sustained requests per second.")
+    request_burst: int = Field(description="Requests admitted at once before the sustained "
+                               "rate applies.")  # fmt: skip
+    max_running_jobs: int = Field(description="Jobs running at once; more wait, queued.")
+    jobs_per_month: int = Field(description="Job submissions per calendar month (UTC).")
+    max_payload_bytes: int = Field(description="Largest request body of a job submission.")
+    max_records_per_job: int
+    max_webhook_targets: int
+
+
+class QuotaOverrides(BaseModel):
+    """A tenant's exceptions to its plan. A field left out or null follows the plan."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_second: LimitValue | None = None
+    request_burst: LimitValue | None = None
+    max_running_jobs: LimitValue | None = None
+    jobs_per_month: LimitValue | None = None
+    max_payload_bytes: LimitValue | None = None
+    max_records_per_job: LimitValue | None = None
+    max_webhook_targets: LimitValue | None = None
+
+
+class TenantQuotas(BaseModel):
+    tenant_id: uuid.UUID
+    plan: str
+    limits: QuotaLimits = Field(description="In force: the overrides over the plan's defaults.")
+    overrides: QuotaOverrides
+    plan_defaults: QuotaLimits
+    updated_at: datetime | None = Field(description="When the overrides last changed.")
+
+
+class Meter(BaseModel):
+    limit: int
+    used: int
+    remaining: int
+    resets_at: datetime | None = Field(default=None, description="For monthly quotas.")
+
+
+class QuotaUsage(BaseModel):
+    running_jobs: Meter
+    jobs_this_month: Meter
+    webhook_targets: Meter
+
+
+class QuotaStatus(BaseModel):
+    """The calling tenant's limits and what it uses of them. The request rate's current
+    state is in this answer's `RateLimit` header, as on every answer."""
+
+    plan: str
+    limits: QuotaLimits
+    usage: QuotaUsage

@@ -1,0 +1,102 @@
+"""Usage routes: billing reads records and totals (JWT role billing or admin); admins
+record adjustments."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from celeriac.platform.api.deps import AdminDep, BillingDep, SessionDep
+from celeriac.platform.api.schemas import Timestamp
+from celeriac.platform.usage import service
+from celeriac.platform.usage.schemas import (
+    AdjustmentCreate,
+    Granularity,
+    UsagePage,
+    UsageRecordOut,
+    UsageSummary,
+)
+
+router = APIRouter(prefix="/v1/usage", tags=["usage (billing)"])
+admin_router = APIRouter(prefix="/v1/admin/usage", tags=["usage (admin)"])
+
+CSV = "text/csv"
+Metric = Annotated[str | None, Query(max_length=60, description="e.g. compute.seconds")]
+
+
+def _wants_csv(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return CSV in accept and "application/json" not in accept
+
+
+@router.get(
+    "/records",
+    response_model=UsagePage,
+    responses={200: {"content": {CSV: {"schema": {"type": "string"}}},
+                     "description": "A page of records (CSV with `Accept: text/csv`)"}},
+)  # fmt: skip
+def list_records(
+    request: Request,
+    response: Response,
+    billing: BillingDep,
+    session: SessionDep,
+    tenant_id: uuid.UUID | None = None,
+    metric: Metric = None,
+    occurred_after: Timestamp | None = None,
+    occurred_before: Timestamp | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> UsagePage | Response:
+    """Usage records, oldest first in (occurred_at, id) order, filtered by tenant, metric
+    and time (`occurred_after` inclusive, `occurred_before` exclusive). With
+    `Accept: text/csv` the page is CSV with the same columns (`properties` as JSON text);
+    the next page's link is in the `Link` header either way."""
+    rows, next_cursor = service.list_records(
+        session, tenant_id=tenant_id, metric=metric, occurred_after=occurred_after,
+        occurred_before=occurred_before, cursor=cursor, limit=limit,
+    )  # fmt: skip
+    headers = {}
+    if next_cursor is not None:
+        params = {k: v for k, v in request.query_params.items() if k != "cursor"}
+        link = f"{request.url.path}?{urlencode(params | {'cursor': next_cursor})}"
+        headers["Link"] = f'<{link}>; rel="next"'
+    if _wants_csv(request):
+        return Response(service.records_csv(rows), media_type=f"{CSV}; charset=utf-8",
+                        headers=headers)  # fmt: skip
+    response.headers.update(headers)
+    return UsagePage(data=[UsageRecordOut.model_validate(r) for r in rows],
+                     next_cursor=next_cursor)  # fmt: skip
+
+
+@router.get("/summary", response_model=UsageSummary)
+def summary(
+    billing: BillingDep,
+    session: SessionDep,
+    granularity: Granularity = Granularity.DAY,
+    tenant_id: uuid.UUID | None = None,
+    metric: Metric = None,
+    occurred_after: Timestamp | None = None,
+    occurred_before: Timestamp | None = None,
+) -> UsageSummary:
+    """Totals per tenant, metric and hour, day or month (UTC), adjustments included: each
+    total is the sum of the records `GET /v1/usage/records` lists with the same filters."""
+    totals = service.summarize(
+        session, granularity=granularity, tenant_id=tenant_id, metric=metric,
+        occurred_after=occurred_after, occurred_before=occurred_before,
+    )  # fmt: skip
+    return UsageSummary(granularity=granularity, data=totals)
+
+
+@admin_router.post("/adjustments", status_code=status.HTTP_201_CREATED,
+                   response_model=UsageRecordOut)  # fmt: skip
+def create_adjustment(
+    body: AdjustmentCreate, admin: AdminDep, session: SessionDep, response: Response
+) -> UsageRecordOut:
+    """Correct a usage record: a new record referencing it (`adjusts_id`) whose quantity
+    is added to it (negative to reduce); the original is never changed. Audited."""
+    record = service.adjust(session, body, actor=admin.subject, actor_role=admin.role.value)
+    response.headers["Location"] = f"/v1/usage/records?metric={record.metric}"
+    return UsageRecordOut.model_validate(record)
