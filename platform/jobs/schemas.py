@@ -128,6 +128,11 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    held_since: datetime | None = Field(
+        default=None,
+        description="Set while the job waits, queued, for a free slot of the tenant's "
+        "max_running_jobs quota (GET /v1/quotas).",
+    )
     duration_ms: int | None = None
     progress: dict[str, StageProgress] = Field(default_factory=dict)
     errors: list[TaskError] = Field(default_factory=list)

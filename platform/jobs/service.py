@@ -73,7 +73,7 @@ def job_summary(job: Job) -> JobOut:
         id=job.id, state=job.state, priority=job.priority, stage=job.stage,
         pipeline=job.pipeline, record_count=job.record_count, payload_bytes=job.payload_bytes,
         metadata=job.job_metadata, error=job.error, created_at=job.created_at,
-        started_at=job.started_at, finished_at=job.finished_at,
+        started_at=job.started_at, finished_at=job.finished_at, held_since=job.held_since,
         duration_ms=_duration_ms(job),
     )  # fmt: skip
 

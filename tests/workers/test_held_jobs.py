@@ -79,6 +79,8 @@ def test_start_holds_over_the_limit_and_an_end_releases_by_band_then_age(
     assert steps.start_job(limited.id, low, send=send) == steps.HELD
     assert steps.start_job(limited.id, normal, send=send) == steps.HELD
     assert _job(low).state is JobState.QUEUED and _job(low).held_since is not None
+    shown = client.get(f"/v1/jobs/{low}", headers=limited.headers).json()
+    assert shown["state"] == "queued" and shown["held_since"] is not None
     assert steps.start_job(limited.id, low, send=send) == steps.HELD  # a duplicate: still held
     assert [name for name, _ in send.messages] == [steps.FAN_OUT]
 
