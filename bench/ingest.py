@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 import psycopg
 import redis
-from common import UNLIMITED_QUOTAS, flush_redis, scratch_dir
+from common import UNLIMITED_QUOTAS, flush_redis, run_main, scratch_dir
 
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
@@ -666,16 +666,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     # Even when started with SIGINT ignored (as a background job of a script).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    args = _parse_args()
-    try:
-        ok = run(args)
-    except BenchError as exc:
-        print(f"bench/ingest: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("bench/ingest: interrupted; servers stopped and database dropped", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(0 if ok else 1)
+    run_main("ingest", _parse_args, run, (BenchError,), "servers stopped and database dropped")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import ingest
 import psycopg
-from common import UNLIMITED_QUOTAS, scratch_dir
+from common import UNLIMITED_QUOTAS, run_main, scratch_dir
 
 METRICS = [("jobs.submitted", "job"), ("jobs.completed", "job"), ("records.processed", "record"),
            ("compute.seconds", "second"), ("storage.bytes", "byte"),
@@ -258,16 +258,9 @@ def _parse_args() -> argparse.Namespace:
 def main() -> None:
     signal.signal(signal.SIGTERM, ingest._terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    args = _parse_args()
-    try:
-        ok = run(args)
-    except ingest.BenchError as exc:
-        print(f"bench/usage: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("bench/usage: interrupted; servers stopped and database dropped", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(0 if ok else 1)
+    run_main(
+        "usage", _parse_args, run, (ingest.BenchError,), "servers stopped and database dropped"
+    )
 
 
 if __name__ == "__main__":

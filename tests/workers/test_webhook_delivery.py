@@ -83,6 +83,33 @@ def _test_event(client: TestClient, tenant: TenantFixture, target: Target) -> st
     return message_id
 
 
+@dataclass
+class Sent:
+    """A tenant, its receiver, a target pointing at it and one test event on its way."""
+
+    tenant: TenantFixture
+    hook: Receiver
+    target: Target
+    message_id: str
+
+    @property
+    def delivery(self) -> WebhookDelivery:
+        return _delivery(self.message_id)
+
+
+@pytest.fixture
+def sent(
+    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    receiver: Callable[..., Receiver],
+) -> Callable[..., Sent]:  # fmt: skip
+    def send(*replies: Reply) -> Sent:
+        tenant, hook = make_tenant(), receiver(*replies)
+        target = _target(client, tenant, hook.url)
+        return Sent(tenant, hook, target, _test_event(client, tenant, target))
+
+    return send
+
+
 def _delivery(message_id: str) -> WebhookDelivery:
     with get_sessionmaker()() as session:
         return session.scalars(
@@ -122,12 +149,12 @@ def _run_until_final(delivery_id: uuid.UUID, deadline_seconds: float = 20) -> De
 
 
 def test_a_delivery_verifies_with_the_standard_webhooks_library(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
     receiver: Callable[..., Receiver],
 ) -> None:  # fmt: skip
-    tenant, hook = make_tenant(), receiver()
-    target = _target(client, tenant, hook.url)
-    message_id = _test_event(client, tenant, target)
+    it = sent()
+    hook, target = it.hook, it.target
+    message_id = it.message_id
     delivery = _delivery(message_id)
     assert webhooks.deliver(str(delivery.id)) is DeliveryState.SUCCEEDED
 
@@ -198,12 +225,12 @@ def test_failures_are_retried_on_schedule_then_succeed_once(
 
 
 def test_after_the_last_retry_the_delivery_fails_and_can_be_recovered(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
     receiver: Callable[..., Receiver], fast_retries: Settings,
 ) -> None:  # fmt: skip
-    tenant, hook = make_tenant(), receiver(Reply(500))
-    target = _target(client, tenant, hook.url)
-    message_id = _test_event(client, tenant, target)
+    it = sent(Reply(500))
+    tenant, hook, target = it.tenant, it.hook, it.target
+    message_id = it.message_id
     delivery = _delivery(message_id)
     assert _run_until_final(delivery.id) is DeliveryState.FAILED
     assert len(_attempts(delivery.id)) == 4  # the first attempt and three retries
@@ -220,11 +247,11 @@ def test_after_the_last_retry_the_delivery_fails_and_can_be_recovered(
 
 
 def test_no_answer_within_the_timeout_is_a_failure(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
     receiver: Callable[..., Receiver], fast_retries: Settings,
 ) -> None:  # fmt: skip
-    tenant, hook = make_tenant(), receiver(Reply(200, delay=3.0))
-    delivery = _delivery(_test_event(client, tenant, _target(client, tenant, hook.url)))
+    it = sent(Reply(200, delay=3.0))
+    delivery = it.delivery
     assert webhooks.deliver(str(delivery.id)) is DeliveryState.PENDING
     (attempt,) = _attempts(delivery.id)
     assert attempt.status_code is None and "no answer within 1 s" in (attempt.error or "")
@@ -244,12 +271,12 @@ def test_a_redirect_is_a_failure_and_is_not_followed(
 
 
 def test_410_gone_disables_the_target_at_once(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
     receiver: Callable[..., Receiver],
 ) -> None:  # fmt: skip
-    tenant, hook = make_tenant(), receiver(Reply(410))
-    target = _target(client, tenant, hook.url)
-    delivery = _delivery(_test_event(client, tenant, target))
+    it = sent(Reply(410))
+    tenant, target = it.tenant, it.target
+    delivery = it.delivery
     assert webhooks.deliver(str(delivery.id)) is DeliveryState.FAILED
     shown = client.get(f"/v1/webhooks/{target.id}", headers=tenant.headers).json()
     assert shown["state"] == "disabled" and "410" in shown["disabled_reason"]
@@ -259,11 +286,11 @@ def test_410_gone_disables_the_target_at_once(
 
 
 def test_429_with_retry_after_sets_the_next_attempt(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
     receiver: Callable[..., Receiver], fast_retries: Settings,
 ) -> None:  # fmt: skip
-    tenant, hook = make_tenant(), receiver(Reply(429, headers={"retry-after": "120"}))
-    delivery = _delivery(_test_event(client, tenant, _target(client, tenant, hook.url)))
+    it = sent(Reply(429, headers={"retry-after": "120"}))
+    delivery = it.delivery
     before = utcnow()
     assert webhooks.deliver(str(delivery.id)) is DeliveryState.PENDING
     due = _delivery(delivery.message_id).next_attempt_at
@@ -273,7 +300,7 @@ def test_429_with_retry_after_sets_the_next_attempt(
 
 
 def test_a_target_failing_for_too_long_is_disabled(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
     receiver: Callable[..., Receiver], fast_retries: Settings, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     # Waits of 0.2 s (+-10%): the third attempt comes at least 0.36 s after the first
@@ -281,9 +308,9 @@ def test_a_target_failing_for_too_long_is_disabled(
     monkeypatch.setenv("CELERIAC_WEBHOOKS__RETRY_SCHEDULE_SECONDS", "[0.2, 0.2, 0.2]")
     monkeypatch.setenv("CELERIAC_WEBHOOKS__DISABLE_AFTER_SECONDS", "0.3")
     get_settings.cache_clear()
-    tenant, hook = make_tenant(), receiver(Reply(500))
-    target = _target(client, tenant, hook.url)
-    delivery = _delivery(_test_event(client, tenant, target))
+    it = sent(Reply(500))
+    target = it.target
+    delivery = it.delivery
     assert _run_until_final(delivery.id) is DeliveryState.FAILED
     with get_sessionmaker()() as session:
         stored = session.get(WebhookTarget, uuid.UUID(target.id))
@@ -355,12 +382,12 @@ def test_the_address_is_checked_again_at_delivery_and_connected_to(
 
 
 def test_the_event_payload_is_small_and_points_at_the_results(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
     receiver: Callable[..., Receiver],
 ) -> None:  # fmt: skip
-    tenant, hook = make_tenant(), receiver()
-    target = _target(client, tenant, hook.url)
-    message_id = _test_event(client, tenant, target)
+    it = sent()
+    tenant, hook, target = it.tenant, it.hook, it.target
+    message_id = it.message_id
     resent = client.post(f"/v1/webhook-messages/{message_id}/resend", headers=tenant.headers,
                          json={"target_id": target.id})  # fmt: skip
     assert resent.status_code == 202 and resent.json()["deliveries"][0]["state"] == "pending"
