@@ -356,7 +356,8 @@ class Env:
         (found on PYTHONPATH = bench/) when asked. Returns once every pool answers a ping
         and the compute pool has published the plugin registry."""
         from celeriac.platform.cli import worker_argv
-        from celeriac.platform.settings import Pool, get_settings
+        from celeriac.platform.queues import Pool
+        from celeriac.platform.settings import get_settings
 
         settings = get_settings()
         extra = {
@@ -514,8 +515,9 @@ def _flush_redis() -> None:
 def _clear_process_caches() -> None:
     from celeriac.platform import dispatch, settings, tasks
 
-    for cached in (settings.get_settings, dispatch.get_dispatcher, tasks.publisher):
+    for cached in (settings.get_settings, dispatch.get_dispatcher):
         cached.cache_clear()
+    tasks.reset_default_publisher()
     _client_app.cache_clear()
 
 

@@ -225,16 +225,19 @@ class Publisher:
 
     def fair(self, tenant: str, label: str, work_ms: int = 0) -> None:
         """The product's path: the tenant's queue, then the fair dispatcher's release."""
-        from celeriac.platform.tasks import publish
+        from celeriac.platform.queues import TaskName
+        from celeriac.platform.tasks import Publication, default_publisher
 
         sent = time.time()
         self.sent_at[label] = sent
         kwargs = noop_kwargs(tenant, label, sent, work_ms)
-        self.task_ids[label] = publish(NOOP, band="normal", tenant_slug=tenant, kwargs=kwargs)
+        self.task_ids[label] = default_publisher().publish(
+            Publication(TaskName.NOOP, "normal", tenant, kwargs)
+        )
 
     def direct(self, queue: str, tenant: str, label: str, work_ms: int = 0) -> None:
         """Straight to a broker queue by name, no dispatcher."""
-        from celeriac.platform.tasks import publisher
+        from celeriac.platform.tasks import publisher_app as publisher
 
         sent = time.time()
         self.sent_at[label] = sent
@@ -406,8 +409,9 @@ class BenchEnv:
 def _clear_process_caches() -> None:
     from celeriac.platform import dispatch, settings, tasks
 
-    for cached in (settings.get_settings, dispatch.get_dispatcher, tasks.publisher):
+    for cached in (settings.get_settings, dispatch.get_dispatcher):
         cached.cache_clear()
+    tasks.reset_default_publisher()
 
 
 def _prewarm(env: dict[str, str], cwd: Path) -> None:

@@ -19,7 +19,8 @@ from typing import Annotated
 
 import typer
 
-from celeriac.platform.settings import Pool, Settings, SettingsError, get_settings
+from celeriac.platform.queues import Pool
+from celeriac.platform.settings import Settings, SettingsError, get_settings
 
 CELERY_APP = "celeriac.workers.celery_app"
 

@@ -23,6 +23,7 @@ and every second from beat, which also re-adds any tenant queue whose ring entry
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from functools import lru_cache
@@ -30,8 +31,8 @@ from typing import Any
 
 import redis
 
-from celeriac.platform.queues import TenantQueue, parse_queue
-from celeriac.platform.settings import Pool, get_settings
+from celeriac.platform.queues import Pool, TenantQueue, parse_queue
+from celeriac.platform.settings import get_settings
 
 RING = "celeriac:ring:{pool}.{band}"
 MEMBERS = "celeriac:ring-members:{pool}.{band}"
@@ -41,6 +42,11 @@ BUSY = "celeriac:busy:{pool}"
 SUSPENDED = "celeriac:suspended"
 CAPACITY_TTL_SECONDS = 15.0
 MAX_MOVES_PER_CALL = 500
+# How far the reconciler reads into one tenant queue looking for a job's message.
+QUEUED_SCAN_LIMIT = 20_000
+_BANDS = ("high", "normal", "low")
+# Celery's protocol-2 header ``kwargsrepr`` holds the task's kwargs, job_id among them.
+_JOB_ID = re.compile(rb"'job_id': '([0-9a-f-]{36})'")
 
 # ARGV: pool, now, min_depth, max_moves, host, busy delta, then (band, tenant) pairs to add
 # to the rings.
@@ -153,6 +159,45 @@ class FairDispatcher:
             self.client.sadd(SUSPENDED, tenant_slug)
         else:
             self.client.srem(SUSPENDED, tenant_slug)
+
+    def replace_suspended(self, tenant_slugs: Iterable[str]) -> None:
+        """Make the set of suspended tenants exactly ``tenant_slugs`` (beat rebuilds it from
+        the database, so a Redis restart cannot forget a suspension)."""
+        slugs = sorted(set(tenant_slugs))
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(SUSPENDED)
+            if slugs:
+                pipe.sadd(SUSPENDED, *slugs)
+            pipe.execute()
+
+    def queued_job_ids(
+        self, tenant_slugs: Iterable[str], max_messages: int = QUEUED_SCAN_LIMIT
+    ) -> tuple[set[str], set[str]]:
+        """The ids of the jobs that have a message waiting in these tenants' queues (any
+        pool, any band) or in a pool's ready queue: what the reconciler leaves alone, since
+        such a job waits its turn and is not lost. Read from Celery's own header
+        (``kwargsrepr``) without decoding the bodies. A tenant whose backlog is longer than
+        ``max_messages`` is not read past it, and all its jobs count as waiting (the
+        reconciler must never re-dispatch work that is merely queued). Returns the job ids
+        and the slugs of such tenants. Not on the dispatch path: beat calls it for the
+        tenants of stalled jobs only."""
+        found: set[str] = set()
+        unread: set[str] = set()
+        names = [pool.value for pool in Pool]
+        for slug in tenant_slugs:
+            names += [f"{pool.value}.{band}.{slug}" for pool in Pool for band in _BANDS]
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.lrange(name, 0, max_messages - 1)
+            contents = pipe.execute()
+        for name, messages in zip(names, contents, strict=True):
+            if len(messages) >= max_messages and name.count(".") == 2:
+                unread.add(name.rsplit(".", 1)[-1])
+            for message in messages:
+                match = _JOB_ID.search(message)
+                if match is not None:
+                    found.add(match.group(1).decode())
+        return found, unread
 
     def tenant_backlogs(self, pool: Pool | None = None) -> dict[TenantQueue, int]:
         """Messages waiting per tenant queue (the backlog KEDA and the admin view read).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,14 +29,6 @@ ENV_PREFIX = "CELERIAC_"
 NESTED_DELIMITER = "__"
 # The only environment in which keys.encryption may be turned off.
 BENCHMARK_ENVIRONMENT = "benchmark"
-
-
-class Pool(StrEnum):
-    """The three Celery worker pools; each serves only its own queues."""
-
-    ORCHESTRATION = "orchestration"
-    DISTRIBUTION = "distribution"
-    COMPUTE = "compute"
 
 
 def _scheme(url: str) -> str:

@@ -114,18 +114,22 @@ def clear_process_caches() -> None:
     """Forget the process-wide settings, engine, clients and auth caches."""
     from celeriac.platform import cache, db, dispatch, redis_client, settings, tasks, tenant_data
     from celeriac.platform.api import deps
+    from celeriac.platform.jobs import pipelines
     from celeriac.platform.quotas import cache as quota_cache
     from celeriac.platform.quotas import monthly, ratelimit
 
     for cached in (
         settings.get_settings, db.get_engine, db.get_sessionmaker, redis_client.get_redis,
         cache.get_cache,
-        deps.auth_generation, deps.api_key_authenticator, tasks.publisher,
+        deps.auth_generation, deps.api_key_authenticator,
         tenant_data.key_provider, tenant_data.envelope, tenant_data.tenant_blobs,
         dispatch.get_dispatcher, quota_cache.quota_cache, ratelimit.rate_limiter,
         monthly.monthly_counter,
     ):  # fmt: skip
         cached.cache_clear()
+    tasks.reset_default_publisher()
+    # A registry read by an earlier test (other plugins) must not outlive it.
+    pipelines.forget_local_registry()
 
 
 @pytest.fixture

@@ -6,7 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
+
+from celeriac.platform.tasks import Publication, Publisher
 
 
 def free_port() -> int:
@@ -37,3 +41,20 @@ def run_celeriac(
         timeout=120,
         check=False,
     )
+
+
+class RecordingPublisher(Publisher):
+    """A publisher that records what the steps publish instead of sending it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.publications: list[Publication] = []
+
+    def publish_many(self, publications: Sequence[Publication]) -> list[str]:
+        self.publications += publications
+        return [p.message_id or str(uuid.uuid4()) for p in publications]
+
+    @property
+    def messages(self) -> list[tuple[str, str]]:
+        """(task name, job id) of each publication, in order."""
+        return [(str(p.name), p.kwargs.get("job_id", "")) for p in self.publications]

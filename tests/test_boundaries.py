@@ -47,3 +47,54 @@ def test_api_process_loads_no_compute_library(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def _calls_naming(path: Path, names: set[str], callees: set[str]) -> list[str]:
+    """Calls of ``callees`` (by their last name) whose arguments mention one of ``names``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        callee = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if callee not in callees:
+            continue
+        mentioned = {n.id for arg in node.args for n in ast.walk(arg) if isinstance(n, ast.Name)}
+        if mentioned & names:
+            found.append(f"{path.relative_to(REPO)}:{node.lineno} {callee}")
+    return found
+
+
+def test_only_the_metrics_module_writes_usage_records() -> None:
+    """Billing has one definition of each metric: ``platform/usage/metrics.py`` is the one
+    module that builds a usage record or inserts one."""
+    metrics = REPO / "platform" / "usage" / "metrics.py"
+    offenders = [
+        hit
+        for folder in ("platform", "workers")
+        for path in (REPO / folder).rglob("*.py")
+        if path != metrics and "models" not in path.parts
+        for hit in _calls_naming(path, {"UsageRecord"}, {"UsageRecord", "insert", "add"})
+    ]
+    offenders += [
+        f"{path.relative_to(REPO)}: UsageRecord(...)"
+        for folder in ("platform", "workers")
+        for path in (REPO / folder).rglob("*.py")
+        if path != metrics and "models" not in path.parts and "UsageRecord(" in path.read_text()
+    ]
+    assert offenders == []
+
+
+def test_every_job_statement_is_in_the_jobs_repository() -> None:
+    """Statements on ``jobs`` and ``job_tasks`` live in ``platform/jobs/repository.py``,
+    scoped by tenant there."""
+    repository = REPO / "platform" / "jobs" / "repository.py"
+    callees = {"select", "update", "insert", "delete", "select_from", "get"}
+    offenders = [
+        hit
+        for folder in ("platform", "workers")
+        for path in (REPO / folder).rglob("*.py")
+        if path != repository and "models" not in path.parts
+        for hit in _calls_naming(path, {"Job", "JobTask"}, callees)
+    ]
+    assert offenders == []

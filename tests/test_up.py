@@ -17,7 +17,8 @@ import pytest
 
 from celeriac.platform.auth.jwt import Role, verify_token
 from celeriac.platform.keys.tokens import parse_key
-from celeriac.platform.settings import Pool, load_settings
+from celeriac.platform.queues import Pool
+from celeriac.platform.settings import load_settings
 from celeriac.workers.celery_app import create_celery_app
 
 from support import celeriac_env, free_port

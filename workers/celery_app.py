@@ -18,8 +18,9 @@ from celeriac.platform.db import transaction
 from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.logging import bind_context, clear_context
 from celeriac.platform.observability import init_process
-from celeriac.platform.settings import Pool, Settings, get_settings
-from celeriac.platform.tasks import celery_config, pool_of
+from celeriac.platform.queues import Pool, TaskName
+from celeriac.platform.settings import Settings, get_settings
+from celeriac.platform.tasks import celery_config, default_publisher, use_app
 
 logger = logging.getLogger(__name__)
 
@@ -115,27 +116,27 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     celery_app.conf.include = TASK_MODULES
     celery_app.conf.beat_schedule = {
         "reconcile": {
-            "task": "celeriac.orchestration.reconcile",
+            "task": TaskName.RECONCILE,
             "schedule": settings.jobs.reconcile_interval_seconds,
             "options": {"expires": settings.jobs.reconcile_interval_seconds},
         },
         "release": {
-            "task": "celeriac.orchestration.release",
+            "task": TaskName.RELEASE,
             "schedule": 1.0,
             "options": {"expires": 1.0},
         },
         "webhooks": {
-            "task": "celeriac.distribution.deliver_due_webhooks",
+            "task": TaskName.DELIVER_DUE_WEBHOOKS,
             "schedule": settings.webhooks.scan_interval_seconds,
             "options": {"expires": settings.webhooks.scan_interval_seconds},
         },
         "destroy-deleted-tenants": {
-            "task": "celeriac.orchestration.destroy_deleted_tenants",
+            "task": TaskName.DESTROY_DELETED_TENANTS,
             "schedule": TENANT_DESTRUCTION_INTERVAL_SECONDS,
             "options": {"expires": TENANT_DESTRUCTION_INTERVAL_SECONDS},
         },
         "quota-counters": {
-            "task": "celeriac.orchestration.reconcile_quota_counters",
+            "task": TaskName.RECONCILE_QUOTA_COUNTERS,
             "schedule": QUOTA_COUNTERS_INTERVAL_SECONDS,
             "options": {"expires": QUOTA_COUNTERS_INTERVAL_SECONDS},
         },
@@ -145,6 +146,8 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_celery_app()
+# Work this process publishes goes out on the worker's own app (its connections).
+use_app(app)
 
 
 @signals.setup_logging.connect
@@ -158,6 +161,7 @@ def _import_plugins_before_fork(sender: Any = None, **_: Any) -> None:
     # The compute pool's parent imports the plugins (pandas, scikit-learn: seconds) once,
     # so that prefork children inherit them instead of importing them each.
     if pool_of_worker(getattr(sender, "hostname", "")) is Pool.COMPUTE:
+        import celeriac.workers.flow.compute  # noqa: F401 - the compute steps (pandas)
         from celeriac.workers.compute import get_registry
 
         get_registry()
@@ -201,7 +205,7 @@ def _count(task_name: str, hostname: str, busy: int) -> None:
     if dispatcher is None:
         return
     try:
-        dispatcher.release(pool_of(task_name), host=hostname, busy=busy)
+        dispatcher.release(default_publisher().pool_of(task_name), host=hostname, busy=busy)
     except Exception:
         logger.warning("dispatcher update failed", exc_info=True)
 

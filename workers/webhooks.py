@@ -26,13 +26,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from ipaddress import IPv6Address
 
 import certifi
 import httpx
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from celeriac.platform.db import transaction
@@ -41,17 +39,15 @@ from celeriac.platform.models import (
     DeliveryState,
     Priority,
     TargetState,
-    Tenant,
-    UsageRecord,
     WebhookAttempt,
-    WebhookDelivery,
-    WebhookMessage,
     WebhookTarget,
     utcnow,
 )
 from celeriac.platform.redis_client import get_redis
 from celeriac.platform.settings import get_settings
-from celeriac.platform.webhooks import events
+from celeriac.platform.tasks import default_publisher
+from celeriac.platform.usage.metrics import insert_usage, webhook_delivered_row
+from celeriac.platform.webhooks import events, repository
 from celeriac.platform.webhooks.destinations import (
     Resolver,
     UnsafeDestination,
@@ -108,7 +104,7 @@ def deliver(
     if claimed is None:
         return None
     if not _within_rate(claimed):
-        _postpone(claimed.delivery_id, seconds=1.0)
+        _postpone(claimed, seconds=1.0)
         return DeliveryState.PENDING
     response = send(claimed, resolve)
     return _record(claimed, response, trigger)
@@ -117,30 +113,18 @@ def deliver(
 def _claim(delivery_id: uuid.UUID) -> Claimed | None:
     now = utcnow()
     with transaction() as session:
-        row = session.execute(
-            update(WebhookDelivery)
-            .where(
-                WebhookDelivery.id == delivery_id,
-                WebhookDelivery.state == DeliveryState.PENDING,
-                WebhookDelivery.next_attempt_at <= now,
-            )
-            .values(next_attempt_at=now + lease(), updated_at=now)
-            .returning(WebhookDelivery.target_id, WebhookDelivery.message_id)
-        ).one_or_none()
-        if row is None:
+        claimed = repository.claim_delivery(session, delivery_id, lease())
+        if claimed is None:
             return None
-        target = session.get(WebhookTarget, row.target_id)
-        message = session.get(WebhookMessage, row.message_id)
-        assert target is not None and message is not None
+        delivery, target, message = claimed
         if target.state is not TargetState.ENABLED:
-            session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery_id)
-                .values(state=DeliveryState.FAILED, next_attempt_at=None, updated_at=now)
-            )
+            repository.set_delivery(
+                session, target.tenant_id, delivery_id,
+                state=DeliveryState.FAILED, next_attempt_at=None, updated_at=now,
+            )  # fmt: skip
             return None
         return Claimed(
-            delivery_id=delivery_id, tenant_id=target.tenant_id, target_id=target.id,
+            delivery_id=delivery.id, tenant_id=target.tenant_id, target_id=target.id,
             message_id=message.id, url=target.url,
             body=json.dumps(message.payload, separators=(",", ":")).encode(),
             secrets=tuple(signing_secrets(target, now=now)),
@@ -165,15 +149,12 @@ def _within_rate(claimed: Claimed) -> bool:
     return count <= allowed
 
 
-def _postpone(delivery_id: uuid.UUID, seconds: float) -> None:
+def _postpone(claimed: Claimed, seconds: float) -> None:
     with transaction() as session:
-        session.execute(
-            update(WebhookDelivery)
-            .where(
-                WebhookDelivery.id == delivery_id, WebhookDelivery.state == DeliveryState.PENDING
-            )
-            .values(next_attempt_at=utcnow() + timedelta(seconds=seconds))
-        )
+        repository.set_delivery(
+            session, claimed.tenant_id, claimed.delivery_id,
+            next_attempt_at=utcnow() + timedelta(seconds=seconds),
+        )  # fmt: skip
 
 
 def sign(secret: bytes, message_id: str, timestamp: int, body: bytes) -> str:
@@ -286,16 +267,16 @@ def _record(claimed: Claimed, response: Response, trigger: AttemptTrigger) -> De
     now = utcnow()
     attempt_id = uuid.uuid4()
     with transaction() as session:
-        delivery = session.get(WebhookDelivery, claimed.delivery_id, with_for_update=True)
-        target = session.get(WebhookTarget, claimed.target_id, with_for_update=True)
-        assert delivery is not None and target is not None
+        delivery, target = repository.lock_delivery_and_target(
+            session, claimed.tenant_id, claimed.delivery_id, claimed.target_id
+        )
         delivery.attempt_count += 1
         delivery.last_attempt_at = now
         next_at = None
         if response.succeeded:
             delivery.state = DeliveryState.SUCCEEDED
             target.failing_since = None
-            _count_delivered(session, claimed, attempt_id, now)
+            _count_delivered(session, claimed, now)
         elif response.status_code == 410:
             delivery.state = DeliveryState.FAILED
             _disable(session, target, "the receiver answered 410 Gone")
@@ -319,7 +300,8 @@ def _record(claimed: Claimed, response: Response, trigger: AttemptTrigger) -> De
                     delivery.state, next_at = DeliveryState.FAILED, None
         delivery.next_attempt_at = next_at
         delivery.updated_at = now
-        session.add(
+        repository.add_attempt(
+            session,
             WebhookAttempt(
                 id=attempt_id, tenant_id=claimed.tenant_id, delivery_id=claimed.delivery_id,
                 target_id=claimed.target_id, attempted_at=now, trigger=trigger,
@@ -340,38 +322,28 @@ def _disable(session: Session, target: WebhookTarget, reason: str) -> None:
     )  # fmt: skip
 
 
-def _count_delivered(
-    session: Session, claimed: Claimed, attempt_id: uuid.UUID, now: datetime
-) -> None:
-    """Billing counts each successful attempt (a manual resend that arrives again counts
-    again); the attempt's id makes the record unique."""
-    session.add(
-        UsageRecord(
-            id=f"webhook_{attempt_id}:webhooks.delivered", tenant_id=claimed.tenant_id,
-            metric="webhooks.delivered", quantity=Decimal(1), unit="delivery",
-            occurred_at=now, recorded_at=now, source="delivery",
-            properties={"message_id": claimed.message_id, "target_id": str(claimed.target_id),
-                        "delivery_id": str(claimed.delivery_id)},
-        )
-    )  # fmt: skip
+def _count_delivered(session: Session, claimed: Claimed, now: datetime) -> None:
+    """``webhooks.delivered``: one record per delivery (a message to one target) that got
+    a 2xx, whatever the attempts it took; a manual resend of a delivered message, or an
+    attempt redone after a worker died just after its 2xx, bills nothing more (the id comes
+    from the delivery; ADR 0010)."""
+    insert_usage(session, [webhook_delivered_row(
+        delivery_id=claimed.delivery_id, tenant_id=claimed.tenant_id,
+        target_id=claimed.target_id, message_id=claimed.message_id, delivered_at=now,
+    )])  # fmt: skip
 
 
 def due_deliveries(limit: int = 1000) -> int:
     """Publish every delivery that is due (beat): retries whose time came, deliveries whose
     message was lost or whose worker died. Duplicates are harmless (the claim)."""
-    now = utcnow()
     with transaction() as session:
-        rows = session.execute(
-            select(WebhookDelivery.id, Tenant.slug)
-            .join(Tenant, Tenant.id == WebhookDelivery.tenant_id)
-            .where(WebhookDelivery.state == DeliveryState.PENDING,
-                   WebhookDelivery.next_attempt_at <= now)
-            .order_by(WebhookDelivery.next_attempt_at)
-            .limit(limit)
-        ).all()  # fmt: skip
+        rows = repository.unscoped_due_deliveries(session, utcnow(), limit)
     by_tenant: dict[str, list[str]] = {}
     for delivery_id, slug in rows:
         by_tenant.setdefault(slug, []).append(str(delivery_id))
+    publisher = default_publisher()
     for slug, ids in by_tenant.items():
-        events.publish_deliveries(ids, slug, Priority.NORMAL, AttemptTrigger.SCHEDULED.value)
+        publisher.publish_or_leave(
+            events.delivery_messages(ids, slug, Priority.NORMAL, AttemptTrigger.SCHEDULED.value)
+        )
     return len(rows)

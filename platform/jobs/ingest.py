@@ -31,19 +31,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.exc import DataError, DBAPIError
 from starlette.applications import Starlette
 
 from celeriac.platform.db import get_engine
 from celeriac.platform.errors import ProblemError, ServiceUnavailable, ValidationFailed
+from celeriac.platform.jobs import lifecycle, repository
 from celeriac.platform.jobs.payload import Payload, chunk_key, chunks
-from celeriac.platform.models import Job, JobState, Priority, UsageRecord, utcnow
+from celeriac.platform.models import JobState, Priority, utcnow
 from celeriac.platform.settings import get_settings
 from celeriac.platform.storage import job_blob_key
-from celeriac.platform.tasks import START_JOB, Publication, publish_many
+from celeriac.platform.tasks import Publication, default_publisher
 from celeriac.platform.tenant_data import tenant_blobs
-from celeriac.platform.usage.metrics import Metric, job_cause, usage_row
+from celeriac.platform.usage.metrics import Metric, insert_usage, job_cause, usage_row
 
 logger = logging.getLogger(__name__)
 
@@ -182,12 +182,7 @@ def write_batch(batch: Sequence[_Waiting]) -> None:
     if not stored:
         return
     committed = _insert_all_or_each(stored)
-    publications = [_start_job(w.submission) for w in committed]
-    try:
-        publish_many(publications)
-    except Exception:
-        # The rows are committed and queued: the reconciler re-dispatches them.
-        logger.exception("publishing %d start_job messages failed", len(publications))
+    default_publisher().publish_or_leave([_start_job(w.submission) for w in committed])
     for waiting in committed:
         waiting.settle()
 
@@ -244,8 +239,8 @@ def _insert(submissions: Sequence[Submission]) -> None:
     jobs = [_job_row(s) for s in submissions]
     usage = [_usage_row(s) for s in submissions]
     with get_engine().begin() as conn:
-        conn.execute(insert(Job.__table__), jobs)  # type: ignore[arg-type]
-        conn.execute(insert(UsageRecord.__table__), usage)  # type: ignore[arg-type]
+        repository.insert_jobs(conn, jobs)
+        insert_usage(conn, usage)
 
 
 def _job_row(s: Submission) -> dict[str, Any]:
@@ -270,12 +265,10 @@ def _usage_row(s: Submission) -> dict[str, Any]:
 
 
 def _start_job(s: Submission) -> Publication:
-    return Publication(
-        name=START_JOB,
-        band=s.priority,
-        tenant_slug=s.tenant_slug,
-        kwargs={"tenant_id": str(s.tenant_id), "job_id": str(s.id)},
-    )
+    ref = lifecycle.JobRef(str(s.tenant_id), str(s.id), s.tenant_slug, s.priority)
+    message = lifecycle.stage_message(ref, JobState.QUEUED, None)
+    assert message is not None
+    return message
 
 
 def _unavailable(exc: BaseException) -> BaseException:

@@ -94,8 +94,14 @@ def register_plugins(session: Session, plugins: Iterable[PluginInfo]) -> None:
 
 def forget_registry() -> None:
     """Drop this process's copy of the registry and the shared one (after a publish)."""
-    _registry_cache.clear()
+    forget_local_registry()
     get_cache().invalidate(REGISTRY_ENTRY)
+
+
+def forget_local_registry() -> None:
+    """Drop this process's copy of the registry (the next read goes to the cache or the
+    database)."""
+    _registry_cache.clear()
 
 
 class _RegistryCache:

@@ -1,5 +1,5 @@
-"""Submitting, reading and cancelling jobs. Every query goes through ``JobRepository``,
-which is scoped to the calling tenant."""
+"""Reading and cancelling jobs (submitting is :mod:`celeriac.platform.jobs.ingest`). Every
+statement is in :mod:`celeriac.platform.jobs.repository`, scoped to the calling tenant."""
 
 from __future__ import annotations
 
@@ -8,43 +8,25 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from celeriac.platform.auth.context import TenantContext
-from celeriac.platform.db import run_after_commit
 from celeriac.platform.errors import Conflict, NotFound
+from celeriac.platform.jobs import lifecycle, repository
+from celeriac.platform.jobs.repository import JobRepository
 from celeriac.platform.jobs.schemas import JobOut, StageProgress, TaskError
 from celeriac.platform.models import (
     FINAL_JOB_STATES,
     Job,
     JobState,
-    JobTask,
-    Priority,
-    TaskState,
     utcnow,
 )
-from celeriac.platform.repository import TenantRepository
 from celeriac.platform.storage import BlobNotFound
-from celeriac.platform.tasks import CANCEL_JOB, publish
+from celeriac.platform.tasks import default_publisher
 from celeriac.platform.tenant_data import tenant_blobs
-from celeriac.platform.usage.metrics import record_job_completed
-from celeriac.platform.webhooks import events
 
 logger = logging.getLogger(__name__)
-
-
-class JobRepository(TenantRepository[Job]):
-    model = Job
-    not_found = "job"
-
-
-def _publish(name: str, band: Priority, tenant_slug: str, kwargs: dict[str, str]) -> None:
-    try:
-        publish(name, band=band, tenant_slug=tenant_slug, kwargs=kwargs)
-    except Exception:
-        # The job row is committed and queued: the reconciler re-dispatches it.
-        logger.exception("publishing %s failed", name, extra={"job_id": kwargs.get("job_id")})
 
 
 def list_jobs(
@@ -81,26 +63,13 @@ def job_summary(job: Job) -> JobOut:
 def job_detail(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> JobOut:
     """State, per-stage progress, timings and task errors."""
     job = JobRepository(session, ctx).get(job_id)
-    counts = session.execute(
-        select(JobTask.stage, JobTask.state, func.count())
-        .where(JobTask.tenant_id == ctx.tenant_id, JobTask.job_id == job.id)
-        .group_by(JobTask.stage, JobTask.state)
-    ).all()
+    counts = repository.task_counts(session, ctx.tenant_id, job.id)
     progress: dict[str, StageProgress] = {}
     for stage, task_state, count in counts:
         entry = progress.setdefault(stage.value, StageProgress())
         setattr(entry, task_state.value, getattr(entry, task_state.value) + count)
         entry.total += count
-    failed = session.scalars(
-        select(JobTask)
-        .where(
-            JobTask.tenant_id == ctx.tenant_id,
-            JobTask.job_id == job.id,
-            JobTask.state.in_([TaskState.FAILED, TaskState.TIMED_OUT]),
-        )
-        .order_by(JobTask.stage, JobTask.plugin, JobTask.chunk)
-        .limit(100)
-    ).all()
+    failed = repository.failed_tasks(session, ctx.tenant_id, job.id)
     out = job_summary(job)
     out.progress = progress
     out.errors = [
@@ -128,27 +97,15 @@ def job_results(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> byte
 
 
 def cancel_job(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> Job:
-    """Move a queued or running job to ``cancelled`` (compare-and-set) and ask the
-    orchestrator to revoke its pending tasks."""
+    """End a queued or running job ``cancelled`` (through the lifecycle's one
+    :func:`~celeriac.platform.jobs.lifecycle.end_job`); after the commit the orchestrator
+    revokes its open tasks. 409 once the job has ended."""
     job = JobRepository(session, ctx).get(job_id)
-    cancelled = session.execute(
-        update(Job)
-        .where(
-            Job.tenant_id == ctx.tenant_id,
-            Job.id == job.id,
-            Job.state.in_([JobState.QUEUED, JobState.RUNNING]),
-        )
-        .values(state=JobState.CANCELLED, finished_at=utcnow(), updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if cancelled.rowcount == 0:  # type: ignore[attr-defined]
-        session.refresh(job)
-        raise Conflict(f"job {job.id} has already ended ({job.state.value})")
+    publications = lifecycle.end_job(session, job, JobState.CANCELLED, source="api")
     session.refresh(job)
-    events.job_ended(session, job, JobState.CANCELLED)
-    record_job_completed(session, job, JobState.CANCELLED, source="api")
-    kwargs = {"tenant_id": str(ctx.tenant_id), "job_id": str(job.id)}
-    run_after_commit(session, lambda: _publish(CANCEL_JOB, Priority.HIGH, ctx.tenant_slug, kwargs))
+    if publications is None:
+        raise Conflict(f"job {job.id} has already ended ({job.state.value})")
+    default_publisher().after_commit(session, publications)
     return job
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from celeriac.platform.api.deps import AdminDep
 from celeriac.platform.dispatch import FairDispatcher, get_dispatcher
 from celeriac.platform.errors import ServiceUnavailable
-from celeriac.platform.settings import Pool
+from celeriac.platform.queues import Pool
 
 router = APIRouter(prefix="/v1/admin/backlog", tags=["operations (admin)"])
 # Unauthenticated and left out of the OpenAPI document: it is read by KEDA's metrics-api

@@ -12,9 +12,8 @@ from sqlalchemy.orm import Session
 from celeriac.platform.audit import record_admin_action
 from celeriac.platform.db import run_after_commit
 from celeriac.platform.errors import Conflict
+from celeriac.platform.jobs import repository
 from celeriac.platform.models import (
-    Job,
-    JobState,
     Quota,
     Tenant,
     TenantStatus,
@@ -101,14 +100,7 @@ def jobs_submitted_since(session: Session, tenant_id: uuid.UUID, since: datetime
 
 
 def running_jobs(session: Session, tenant_id: uuid.UUID) -> int:
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.tenant_id == tenant_id, Job.state == JobState.RUNNING)
-        )
-        or 0
-    )
+    return repository.running_count(session, tenant_id)
 
 
 def quota_status(session: Session, tenant: Tenant) -> QuotaStatus:

@@ -5,21 +5,23 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from celeriac.platform.audit import record_admin_action
-from celeriac.platform.cache import get_cache, tenant_entry
+from celeriac.platform.cache import get_cache
 from celeriac.platform.crypto import KeyOperationRefused, KeyUnavailable
 from celeriac.platform.db import run_after_commit
 from celeriac.platform.errors import Conflict, NotFound, ValidationFailed
+from celeriac.platform.jobs import lifecycle
 from celeriac.platform.models import SLUG_PATTERN, ApiKey, Tenant, TenantStatus, utcnow
 from celeriac.platform.quotas.cache import invalidate_quotas
 from celeriac.platform.repository import keyset_page
+from celeriac.platform.tasks import default_publisher
 from celeriac.platform.tenant_data import envelope, key_provider
 from celeriac.platform.tenants.destruction import destroy_key_after_commit
+from celeriac.platform.tenants.profile import profile_entry
 
 _SLUG = re.compile(SLUG_PATTERN)
 
@@ -72,42 +74,6 @@ def get_tenant(session: Session, tenant_id: uuid.UUID, *, include_deleted: bool 
     return tenant
 
 
-@dataclass(frozen=True)
-class TenantProfile:
-    """What workers need to know of a tenant on every task, cached for all of them."""
-
-    id: uuid.UUID
-    slug: str
-    status: TenantStatus
-    plan: str
-
-
-def _profile_entry(tenant_id: uuid.UUID) -> str:
-    return tenant_entry(str(tenant_id), "profile")
-
-
-def tenant_profile(session: Session, tenant_id: uuid.UUID) -> TenantProfile:
-    """The tenant's slug, status and plan, read through the shared cache (``session`` is
-    used on a miss). Changing or deleting the tenant deletes the cached copy."""
-
-    def load() -> dict[str, str]:
-        row = session.execute(
-            select(Tenant.slug, Tenant.status, Tenant.plan).where(Tenant.id == tenant_id)
-        ).one_or_none()
-        if row is None:
-            raise NotFound(f"no tenant with id {tenant_id}")
-        return {"slug": row.slug, "status": TenantStatus(row.status).value, "plan": row.plan}
-
-    cache = get_cache()
-    cached = cache.get_or_load_json(
-        _profile_entry(tenant_id), load, ttl_seconds=cache.settings.config_ttl_seconds
-    )
-    return TenantProfile(
-        id=tenant_id, slug=cached["slug"], status=TenantStatus(cached["status"]),
-        plan=cached["plan"],
-    )  # fmt: skip
-
-
 def list_tenants(
     session: Session, *, status: TenantStatus | None, cursor: str | None, limit: int
 ) -> tuple[Sequence[Tenant], str | None]:
@@ -132,9 +98,12 @@ def update_tenant(
         setattr(tenant, field, TenantStatus(str(value)) if field == "status" else value)
     session.flush()
     tenant_id = tenant.id
-    run_after_commit(session, lambda: get_cache().invalidate(_profile_entry(tenant_id)))
+    run_after_commit(session, lambda: get_cache().invalidate(profile_entry(tenant_id)))
     if "status" in changes and before["status"] != changes["status"]:
         run_after_commit(session, invalidate_auth)
+        default_publisher().after_commit(
+            session, lifecycle.tenant_status_changed(session, tenant, tenant.status)
+        )
     if "plan" in changes and before["plan"] != changes["plan"]:
         run_after_commit(session, invalidate_quotas)  # the plan's defaults are its limits
     _audit(session, actor, "tenant.update", tenant, {"before": before, "after": changes})
@@ -144,11 +113,12 @@ def update_tenant(
 def delete_tenant(
     session: Session, tenant: Tenant, *, actor: str, invalidate_auth: Callable[[], None]
 ) -> Tenant:
-    """Soft delete: every API key is revoked at once, no new job is accepted and every
-    cached entry of the tenant (blob ciphertext, profile) is deleted. Once this commits,
-    the tenant's encryption key is destroyed (its data is unreadable from then on) and
-    beat's sweep deletes its blobs (:mod:`celeriac.platform.tenants.destruction`).
-    Usage records and the audit log stay."""
+    """Soft delete: every API key is revoked at once, no new job is accepted, its queued
+    and running jobs end ``cancelled`` (with their events) and every cached entry of the
+    tenant (blob ciphertext, profile) is deleted. Once this commits, the tenant's
+    encryption key is destroyed (its data is unreadable from then on) and beat's sweep
+    deletes its blobs (:mod:`celeriac.platform.tenants.destruction`). Usage records and
+    the audit log stay."""
     if tenant.status is TenantStatus.DELETED:
         return tenant
     now = utcnow()
@@ -160,6 +130,8 @@ def delete_tenant(
         .values(revoked_at=now)
     )
     session.flush()
+    # Its queued and running jobs end cancelled now, before its key is destroyed.
+    default_publisher().after_commit(session, lifecycle.end_tenant_jobs(session, tenant.id))
     run_after_commit(session, invalidate_auth)
     tenant_id = tenant.id
     run_after_commit(session, lambda: destroy_key_after_commit(tenant_id))

@@ -17,6 +17,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -73,11 +74,14 @@ def usage_row(
     }  # fmt: skip
 
 
-def insert_usage(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert ``rows`` in the session's transaction; a row whose id exists is skipped."""
+def insert_usage(session: Session | Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``rows`` in the session's (or connection's) transaction; a row whose id
+    exists is skipped. The one writer of usage records (a test checks no other module
+    builds one)."""
     if not rows:
         return
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
+    insert = pg_insert if dialect.name == "postgresql" else sqlite_insert
     session.execute(
         insert(UsageRecord).values(list(rows)).on_conflict_do_nothing(index_elements=["id"])
     )
@@ -122,15 +126,42 @@ def record_job_completed(session: Session, job: Job, outcome: JobState, *, sourc
 
 def webhook_delivered_row(
     *, delivery_id: uuid.UUID | str, tenant_id: uuid.UUID, target_id: uuid.UUID | str,
-    event_type: str, job_id: str | None, delivered_at: datetime,
+    message_id: str, delivered_at: datetime,
 ) -> dict[str, Any]:  # fmt: skip
-    """The ``webhooks.delivered`` record of a delivery that succeeded: for the delivery
-    worker to insert (:func:`insert_usage`) in the transaction that marks it delivered.
-    One per delivery, whatever the attempts it took."""
+    """The ``webhooks.delivered`` record of a delivery (a message to one target) that
+    succeeded, for the delivery worker to insert in the transaction that marks it
+    delivered: one per delivery, whatever the attempts it took (ADR 0010)."""
     return usage_row(
         cause=f"delivery_{delivery_id}", tenant_id=tenant_id,
         metric=Metric.WEBHOOKS_DELIVERED, quantity=1, occurred_at=delivered_at,
         properties={"delivery_id": str(delivery_id), "target_id": str(target_id),
-                    "event_type": event_type, "job_id": job_id},
+                    "message_id": message_id},
         source="delivery",
     )  # fmt: skip
+
+
+def insert_adjustment(
+    session: Session, original: UsageRecord, quantity: Decimal, *, reason: str, actor: str
+) -> UsageRecord:
+    """A correction of ``original``: a new record of its tenant, metric and unit whose
+    quantity is added to it (the original is never changed)."""
+    now = utcnow()
+    record = UsageRecord(
+        id=f"adjustment_{uuid.uuid4().hex}:{original.metric}",
+        tenant_id=original.tenant_id,
+        metric=original.metric,
+        quantity=quantity,
+        unit=original.unit,
+        occurred_at=now,
+        recorded_at=now,
+        source="adjustment",
+        adjusts_id=original.id,
+        properties={
+            "reason": reason,
+            "by": actor,
+            "original_occurred_at": original.occurred_at.isoformat(),
+        },
+    )
+    session.add(record)
+    session.flush()
+    return record

@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from celeriac.platform.audit import record_admin_action
 from celeriac.platform.errors import BadRequest, NotFound, ValidationFailed
-from celeriac.platform.models import UsageRecord, utcnow
+from celeriac.platform.models import UsageRecord
+from celeriac.platform.usage.metrics import insert_adjustment
 from celeriac.platform.usage.schemas import (
     RECORD_COLUMNS,
     AdjustmentCreate,
@@ -177,17 +178,9 @@ def adjust(session: Session, body: AdjustmentCreate, *, actor: str, actor_role: 
             f"{original.unit}; usage cannot be negative",
             errors=[{"pointer": "#/body/quantity", "detail": "total below zero"}],
         )
-    now = utcnow()
-    record = UsageRecord(
-        id=f"adjustment_{uuid.uuid4().hex}:{original.metric}", tenant_id=original.tenant_id,
-        metric=original.metric, quantity=body.quantity.quantize(SCALE), unit=original.unit,
-        occurred_at=now,
-        recorded_at=now, source="adjustment", adjusts_id=original.id,
-        properties={"reason": body.reason, "by": actor,
-                    "original_occurred_at": original.occurred_at.isoformat()},
-    )  # fmt: skip
-    session.add(record)
-    session.flush()
+    record = insert_adjustment(
+        session, original, body.quantity.quantize(SCALE), reason=body.reason, actor=actor
+    )
     record_admin_action(
         session, actor=actor, actor_role=actor_role, action="usage.adjust",
         target_type="usage_record", target_id=original.id[:100], tenant_id=original.tenant_id,

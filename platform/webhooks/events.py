@@ -17,31 +17,23 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from celeriac.platform.db import run_after_commit
 from celeriac.platform.models import (
-    DeliveryState,
     Job,
     JobState,
     Priority,
-    TargetState,
-    Tenant,
-    WebhookDelivery,
-    WebhookMessage,
     WebhookTarget,
     utcnow,
 )
+from celeriac.platform.queues import TaskName
 from celeriac.platform.settings import get_settings
-from celeriac.platform.tasks import Publication, publish_many
+from celeriac.platform.tasks import Publication, default_publisher
+from celeriac.platform.webhooks import repository
 from celeriac.platform.webhooks.service import EventType, event_type_matches
 
 logger = logging.getLogger(__name__)
 
-DELIVER = "celeriac.distribution.deliver_webhook"
 MAX_PAYLOAD_BYTES = 20 * 1024
 JOB_EVENTS = {
     JobState.SUCCEEDED: EventType.JOB_SUCCEEDED,
@@ -49,10 +41,6 @@ JOB_EVENTS = {
     JobState.FAILED: EventType.JOB_FAILED,
     JobState.CANCELLED: EventType.JOB_CANCELLED,
 }
-
-
-def _insert(session: Session) -> Any:
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
 def enqueue(
@@ -74,48 +62,32 @@ def enqueue(
     if len(json.dumps(payload, separators=(",", ":")).encode()) > MAX_PAYLOAD_BYTES:
         raise ValueError(f"a webhook payload is limited to {MAX_PAYLOAD_BYTES} bytes")
     message_id = "msg_" + uuid.uuid4().hex
-    inserted = session.scalar(
-        _insert(session)(WebhookMessage)
-        .values(id=message_id, tenant_id=tenant_id, event_type=event_type.value,
-                event_key=event_key, payload=payload, created_at=now)
-        .on_conflict_do_nothing(index_elements=["tenant_id", "event_key"])
-        .returning(WebhookMessage.id)
-    )  # fmt: skip
-    if inserted is None:
+    if not repository.insert_message(
+        session, tenant_id, message_id=message_id, event_type=event_type.value,
+        event_key=event_key, payload=payload, created_at=now,
+    ):  # fmt: skip
         return None
     if targets is None:
-        candidates = session.scalars(
-            select(WebhookTarget).where(
-                WebhookTarget.tenant_id == tenant_id, WebhookTarget.state == TargetState.ENABLED
-            )
-        ).all()
+        candidates = repository.enabled_targets(session, tenant_id)
         targets = [t for t in candidates if event_type_matches(t.event_types, event_type)]
     if not targets:
         return message_id
-    rows = [
-        {"id": uuid.uuid4(), "tenant_id": tenant_id, "message_id": message_id,
-         "target_id": t.id, "state": DeliveryState.PENDING, "attempt_count": 0,
-         "next_attempt_at": now, "created_at": now, "updated_at": now}
-        for t in targets
-    ]  # fmt: skip
-    session.execute(_insert(session)(WebhookDelivery).values(rows))
-    slug = session.scalar(select(Tenant.slug).where(Tenant.id == tenant_id)) or ""
-    ids = [str(row["id"]) for row in rows]
-    run_after_commit(session, lambda: publish_deliveries(ids, slug, band, trigger))
+    ids = repository.insert_deliveries(session, tenant_id, message_id, targets, now)
+    slug = repository.tenant_slug(session, tenant_id)
+    default_publisher().after_commit(session, delivery_messages(ids, slug, band, trigger))
     return message_id
 
 
-def publish_deliveries(
+def delivery_messages(
     delivery_ids: Sequence[str], tenant_slug: str, band: Priority | str, trigger: str
-) -> None:
-    """Ask the distribution pool to send these deliveries now (beat is the safety net)."""
-    try:
-        publish_many([
-            Publication(DELIVER, band, tenant_slug, {"delivery_id": d, "trigger": trigger})
-            for d in delivery_ids
-        ])  # fmt: skip
-    except Exception:
-        logger.exception("publishing %d webhook deliveries failed", len(delivery_ids))
+) -> list[Publication]:
+    """The messages that ask the distribution pool to send these deliveries now (beat
+    re-publishes any that are due, so a lost one is only late)."""
+    return [
+        Publication(TaskName.DELIVER_WEBHOOK, band, tenant_slug,
+                    {"delivery_id": d, "trigger": trigger})
+        for d in delivery_ids
+    ]  # fmt: skip
 
 
 def job_ended(session: Session, job: Job, state: JobState, error: str | None = None) -> str | None:

@@ -8,47 +8,29 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
-from celeriac.platform.db import run_after_commit
 from celeriac.platform.errors import Conflict, NotFound
 from celeriac.platform.models import (
     AttemptTrigger,
     DeliveryState,
     Priority,
     TargetState,
-    Tenant,
     WebhookAttempt,
     WebhookDelivery,
-    WebhookMessage,
-    utcnow,
 )
-from celeriac.platform.repository import HasTenant, TenantRepository, encode_cursor, keyset_after
-from celeriac.platform.webhooks import events
-from celeriac.platform.webhooks.service import EventType, WebhookTargetRepository
-
-
-class MessageRepository(TenantRepository[WebhookMessage]):
-    model = WebhookMessage
-    not_found = "webhook message"
+from celeriac.platform.repository import HasTenant, encode_cursor
+from celeriac.platform.tasks import default_publisher
+from celeriac.platform.webhooks import events, repository
+from celeriac.platform.webhooks.repository import MessageRepository, WebhookTargetRepository
+from celeriac.platform.webhooks.service import EventType
 
 
 def message_deliveries(
     session: Session, scope: HasTenant, message_ids: Sequence[str]
 ) -> dict[str, list[WebhookDelivery]]:
-    found: dict[str, list[WebhookDelivery]] = {m: [] for m in message_ids}
-    if not message_ids:
-        return found
-    rows = session.scalars(
-        select(WebhookDelivery)
-        .where(WebhookDelivery.tenant_id == scope.tenant_id,
-               WebhookDelivery.message_id.in_(message_ids))
-        .order_by(WebhookDelivery.created_at)
-    )  # fmt: skip
-    for row in rows:
-        found[row.message_id].append(row)
-    return found
+    return repository.message_deliveries(session, scope, message_ids)
 
 
 def attempts_page(
@@ -66,9 +48,7 @@ def attempts_page(
 ) -> tuple[list[WebhookAttempt], str | None]:
     """A target's attempts, newest first (keyset on attempted_at, id)."""
     WebhookTargetRepository(session, scope).get(target_id)  # 404 for another tenant's
-    filters: list[ColumnElement[bool]] = [
-        WebhookAttempt.tenant_id == scope.tenant_id, WebhookAttempt.target_id == target_id,
-    ]  # fmt: skip
+    filters: list[ColumnElement[bool]] = []
     if status_code is not None:
         filters.append(WebhookAttempt.status_code == status_code)
     if succeeded is not None:
@@ -80,16 +60,7 @@ def attempts_page(
         filters.append(WebhookAttempt.attempted_at >= since)
     if until is not None:
         filters.append(WebhookAttempt.attempted_at < until)
-    if cursor:
-        filters.append(keyset_after(WebhookAttempt.attempted_at, WebhookAttempt.id, cursor))
-    rows = list(
-        session.scalars(
-            select(WebhookAttempt)
-            .where(*filters)
-            .order_by(WebhookAttempt.attempted_at.desc(), WebhookAttempt.id.desc())
-            .limit(limit + 1)
-        )
-    )
+    rows = repository.attempts(session, scope, target_id, filters, cursor, limit + 1)
     if len(rows) <= limit:
         return rows, None
     last = rows[limit - 1]
@@ -101,8 +72,7 @@ def resend(
 ) -> list[WebhookDelivery]:
     """Send a message again to its targets (or one of them), now, as a new round."""
     MessageRepository(session, scope).get(message_id)
-    filters = [WebhookDelivery.tenant_id == scope.tenant_id,
-               WebhookDelivery.message_id == message_id]  # fmt: skip
+    filters: list[ColumnElement[bool]] = [WebhookDelivery.message_id == message_id]
     if target_id is not None:
         WebhookTargetRepository(session, scope).get(target_id)
         filters.append(WebhookDelivery.target_id == target_id)
@@ -117,10 +87,11 @@ def recover(
 ) -> list[WebhookDelivery]:
     """Send again every delivery to the target that failed, of messages since ``since``."""
     WebhookTargetRepository(session, scope).get(target_id)
-    filters = [WebhookDelivery.tenant_id == scope.tenant_id,
-               WebhookDelivery.target_id == target_id,
-               WebhookDelivery.state == DeliveryState.FAILED,
-               WebhookDelivery.created_at >= since]  # fmt: skip
+    filters: list[ColumnElement[bool]] = [
+        WebhookDelivery.target_id == target_id,
+        WebhookDelivery.state == DeliveryState.FAILED,
+        WebhookDelivery.created_at >= since,
+    ]
     return _restart(session, scope, filters, AttemptTrigger.REPLAY)
 
 
@@ -142,20 +113,12 @@ def _restart(
     session: Session, scope: HasTenant, filters: list[ColumnElement[bool]],
     trigger: AttemptTrigger,
 ) -> list[WebhookDelivery]:  # fmt: skip
-    now = utcnow()
-    deliveries = list(session.scalars(select(WebhookDelivery).where(*filters).with_for_update()))
+    deliveries = repository.restart_deliveries(session, scope, filters)
     if not deliveries:
         return []
-    session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_([d.id for d in deliveries]))
-        .values(state=DeliveryState.PENDING, attempt_count=0, next_attempt_at=now,
-                updated_at=now)
-        .execution_options(synchronize_session="fetch")
-    )  # fmt: skip
-    slug = session.scalar(select(Tenant.slug).where(Tenant.id == scope.tenant_id)) or ""
+    slug = repository.tenant_slug(session, scope.tenant_id)
     ids = [str(d.id) for d in deliveries]
-    run_after_commit(
-        session, lambda: events.publish_deliveries(ids, slug, Priority.NORMAL, trigger.value)
+    default_publisher().after_commit(
+        session, events.delivery_messages(ids, slug, Priority.NORMAL, trigger.value)
     )
     return deliveries

@@ -15,7 +15,7 @@ from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.keys.service import Scope
 from celeriac.platform.models import AttemptTrigger, WebhookDelivery, WebhookMessage
-from celeriac.platform.webhooks import log, service
+from celeriac.platform.webhooks import log, repository, service
 from celeriac.platform.webhooks.destinations import Resolver, resolve_host
 from celeriac.platform.webhooks.schemas import (
     DeliveriesRestarted,
@@ -83,7 +83,7 @@ def list_targets(
     ctx: WebhooksManager, session: SessionDep, cursor: str | None = None, limit: Limit = 50
 ) -> Page[WebhookTargetOut]:
     """The tenant's webhook targets, newest first, with cursor pagination."""
-    rows, next_cursor = service.WebhookTargetRepository(session, ctx).page(
+    rows, next_cursor = repository.WebhookTargetRepository(session, ctx).page(
         cursor=cursor, limit=limit
     )
     return Page(data=[WebhookTargetOut.model_validate(t) for t in rows], next_cursor=next_cursor)
@@ -93,7 +93,7 @@ def list_targets(
 def get_target(target_id: uuid.UUID, ctx: WebhooksManager, session: SessionDep) -> WebhookTargetOut:
     """One webhook target (never its secret)."""
     return WebhookTargetOut.model_validate(
-        service.WebhookTargetRepository(session, ctx).get(target_id)
+        repository.WebhookTargetRepository(session, ctx).get(target_id)
     )
 
 
@@ -210,7 +210,7 @@ def list_messages(
 ) -> Page[WebhookMessageOut]:  # fmt: skip
     """The tenant's events, newest first, each with its delivery state per target."""
     filters = [] if event_type is None else [WebhookMessage.event_type == event_type]
-    rows, next_cursor = log.MessageRepository(session, ctx).page(
+    rows, next_cursor = repository.MessageRepository(session, ctx).page(
         *filters, cursor=cursor, limit=limit
     )
     deliveries = log.message_deliveries(session, ctx, [m.id for m in rows])
@@ -222,7 +222,7 @@ def list_messages(
 @messages_router.get("/{message_id}", response_model=WebhookMessageOut)
 def get_message(message_id: str, ctx: WebhooksManager, session: SessionDep) -> WebhookMessageOut:
     """One event and its delivery state per target."""
-    message = log.MessageRepository(session, ctx).get(message_id)
+    message = repository.MessageRepository(session, ctx).get(message_id)
     deliveries = log.message_deliveries(session, ctx, [message.id])
     return _message_out(message, list(deliveries[message.id]))
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from celeriac.platform.crypto.keys import EncryptionContext
 from celeriac.platform.errors import Conflict, ValidationFailed
 from celeriac.platform.models import TargetState, Tenant, WebhookTarget, utcnow
 from celeriac.platform.quotas.plans import tenant_limits
-from celeriac.platform.repository import HasTenant, TenantRepository
+from celeriac.platform.repository import HasTenant
 from celeriac.platform.settings import WebhookSettings
 from celeriac.platform.tenant_data import envelope
 from celeriac.platform.webhooks.destinations import (
@@ -33,6 +33,7 @@ from celeriac.platform.webhooks.destinations import (
     parse_allowed_networks,
     resolve_host,
 )
+from celeriac.platform.webhooks.repository import WebhookTargetRepository
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 SECRET_BYTES = 32
@@ -72,14 +73,6 @@ def event_type_matches(filters: Iterable[str], event_type: str) -> bool:
         f in ("*", event_type) or (f.endswith(".*") and event_type.startswith(f[:-1]))
         for f in filters
     )
-
-
-class WebhookTargetRepository(TenantRepository[WebhookTarget]):
-    model = WebhookTarget
-    not_found = "webhook target"
-
-    def count(self) -> int:
-        return self.session.scalar(select(func.count()).select_from(self.select().subquery())) or 0
 
 
 class TargetLimitReached(Conflict):

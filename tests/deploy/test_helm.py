@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from celeriac.platform.ops.routes import PoolDemand, metrics_router
-from celeriac.platform.queues import parse_queue
-from celeriac.platform.settings import Pool, Settings, load_settings
+from celeriac.platform.queues import Pool, parse_queue
+from celeriac.platform.settings import Settings, load_settings
 
 from deploy_support import REPO, failures, run_checkov, unjustified_skips
 

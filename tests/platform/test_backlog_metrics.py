@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 from celeriac.platform.api.app import create_app
 from celeriac.platform.dispatch import FairDispatcher
-from celeriac.platform.queues import queue_for
-from celeriac.platform.settings import Pool, Settings
+from celeriac.platform.queues import Pool, queue_for
+from celeriac.platform.settings import Settings
 
 
 def _publish(app: Celery, pool: Pool, band: str, tenant: str, count: int) -> None:

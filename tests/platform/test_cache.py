@@ -39,7 +39,7 @@ from celeriac.platform.storage import (
     job_blob_key,
 )
 from celeriac.platform.tenant_data import tenant_blobs
-from celeriac.platform.tenants.service import tenant_profile
+from celeriac.platform.tenants.profile import tenant_profile
 
 from support import free_port
 from worker_support import wait_until

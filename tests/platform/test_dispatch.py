@@ -13,8 +13,7 @@ from celery import Celery
 
 from celeriac.platform.dispatch import FairDispatcher
 from celeriac.platform.models import Priority
-from celeriac.platform.queues import queue_for
-from celeriac.platform.settings import Pool
+from celeriac.platform.queues import Pool, queue_for
 
 
 @pytest.fixture

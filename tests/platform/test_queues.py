@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from celeriac.platform.models import Priority
-from celeriac.platform.queues import parse_queue, queue_for, tenant_queues
-from celeriac.platform.settings import Pool
+from celeriac.platform.queues import Pool, parse_queue, queue_for, tenant_queues
 
 
 def test_name_round_trips() -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from celeriac.platform.settings import Pool, Settings
+from celeriac.platform.queues import Pool
+from celeriac.platform.settings import Settings
 
 from support import celeriac_env
 from worker_support import Workers, wait_until

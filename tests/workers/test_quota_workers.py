@@ -19,7 +19,8 @@ from sqlalchemy import func, select
 
 from celeriac.platform.db import get_engine
 from celeriac.platform.models import FINAL_JOB_STATES, Job, UsageRecord
-from celeriac.platform.tasks import publish
+from celeriac.platform.queues import TaskName
+from celeriac.platform.tasks import Publication, default_publisher
 
 from worker_support import Workers, wait_for_job, wait_until
 
@@ -27,7 +28,6 @@ pytestmark = pytest.mark.slow
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_1000.ndjson"
 PIPELINE = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
-FINALIZE = "celeriac.distribution.finalize"
 
 
 def _submit(client: TestClient, tenant: TenantFixture, records: list[Any], **headers: str) -> str:
@@ -101,8 +101,9 @@ def test_running_job_limit_holds_a_tenants_jobs_and_usage_is_exactly_once(
 
     # A redelivered finalize and a replayed submission change no total.
     log_lines = workers.log("distribution").count('"job finished"')
-    publish(FINALIZE, band="normal", tenant_slug=a.slug,
-            kwargs={"tenant_id": a.id, "job_id": a_ids[0]})  # fmt: skip
+    default_publisher().publish(
+        Publication(TaskName.FINALIZE, "normal", a.slug, {"tenant_id": a.id, "job_id": a_ids[0]})
+    )
     wait_until(lambda: workers.log("distribution").count('"job finished"') > log_lines, 60,
                "the redelivered finalize to run")  # fmt: skip
     replay = client.post("/v1/jobs", headers=b.headers | {"Idempotency-Key": "b-first"},

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 from celery import Celery
 
-from celeriac.platform.settings import Pool, Settings
-from celeriac.platform.tasks import celery_config, publish
+from celeriac.platform.queues import Pool, TaskName
+from celeriac.platform.settings import Settings
+from celeriac.platform.tasks import Publication, Publisher, celery_config
 
 from worker_support import Workers, wait_until
 
@@ -40,8 +41,8 @@ def _started(workers: Workers) -> list[str]:
 
 
 def _noop(app: Celery, tenant: str, band: str, label: str, work_ms: int = 0) -> None:
-    publish("celeriac.compute.noop", band=band, tenant_slug=tenant, app=app,
-            kwargs={"label": label, "sent_at": time.time(), "work_ms": work_ms})  # fmt: skip
+    kwargs = {"label": label, "sent_at": time.time(), "work_ms": work_ms}
+    Publisher(app).publish(Publication(TaskName.NOOP, band, tenant, kwargs))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The canvas steps against real PostgreSQL and Redis, without workers: what a redelivered
+"""The flow steps against real PostgreSQL and Redis, without workers: what a redelivered
 or republished message may and may not do."""
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from sqlalchemy import select
 from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.jobs.pipelines import register_plugins
 from celeriac.platform.models import Job, JobStage, JobState, JobTask, TaskState
+from celeriac.platform.queues import TaskName
 from celeriac.platform.settings import get_settings
 from celeriac.platform.tenant_data import tenant_blobs
-from celeriac.workers.canvas import plan, steps
 from celeriac.workers.compute import analyze_dataset, build_dataset, discover
+from celeriac.workers.flow import compute, distribution, orchestration, plan
 
 RECORDS = [{"id": i, "amount": i * 1.5, "note": f"record {i}"} for i in range(4)]
 PIPELINE = {"datasets": [{"name": "tabular"}, {"name": "text"}],
@@ -34,7 +35,7 @@ def _run_task_message_ids(broker_url: str, slug: str) -> list[str]:
     for key in (f"compute.normal.{slug}", "compute"):
         for raw in client.lrange(key, 0, -1):
             message = json.loads(raw)
-            if message["headers"]["task"] == steps.RUN_TASK:
+            if message["headers"]["task"] == TaskName.RUN_TASK:
                 ids.append(message["headers"]["id"])
                 json.loads(base64.b64decode(message["body"]))  # well-formed
     return ids
@@ -58,7 +59,7 @@ def started_job(
     )
     assert answer.status_code == 202, answer.text
     job_id = answer.json()["id"]
-    assert steps.start_job(tenant.id, job_id) == "datasets"
+    assert orchestration.start_job(tenant.id, job_id) == "datasets"
     return tenant, job_id
 
 
@@ -66,7 +67,7 @@ def test_fan_out_publishes_each_task_under_the_id_stored_with_it(
     started_job: tuple[TenantFixture, str], redis_broker_url: str
 ) -> None:
     tenant, job_id = started_job
-    assert steps.fan_out(tenant.id, job_id, "datasets") == 2
+    assert distribution.fan_out(tenant.id, job_id, "datasets") == 2
     tasks = _tasks(job_id)
     assert sorted(_run_task_message_ids(redis_broker_url, tenant.slug)) == sorted(
         t.celery_task_id for t in tasks.values()
@@ -77,37 +78,37 @@ def test_a_republished_task_gets_a_new_message_id_so_the_old_message_cannot_run_
     started_job: tuple[TenantFixture, str], redis_broker_url: str
 ) -> None:
     tenant, job_id = started_job
-    steps.fan_out(tenant.id, job_id, "datasets")
+    distribution.fan_out(tenant.id, job_id, "datasets")
     first = {name: t.celery_task_id for name, t in _tasks(job_id).items()}
     tabular = _tasks(job_id)["tabular"]
-    assert steps.claim(tenant.id, str(tabular.id), first["tabular"]) is not None
+    assert compute.claim(tenant.id, str(tabular.id), first["tabular"]) is not None
 
     # The reconciler re-dispatches the stage: the running task is left alone, the pending
     # one is published again under a new id.
-    assert steps.fan_out(tenant.id, job_id, "datasets") == 1
+    assert distribution.fan_out(tenant.id, job_id, "datasets") == 1
     second = {name: t.celery_task_id for name, t in _tasks(job_id).items()}
     assert second["tabular"] == first["tabular"]
     assert second["text"] != first["text"]
     text = _tasks(job_id)["text"]
-    assert steps.claim(tenant.id, str(text.id), second["text"]) is not None
+    assert compute.claim(tenant.id, str(text.id), second["text"]) is not None
     # The first message for "text" arrives late: a duplicate, not a redelivery.
-    assert steps.claim(tenant.id, str(text.id), first["text"]) is None
+    assert compute.claim(tenant.id, str(text.id), first["text"]) is None
     # A redelivery of the message that runs "tabular" (its worker died) may run it again.
-    assert steps.claim(tenant.id, str(tabular.id), first["tabular"]) is not None
+    assert compute.claim(tenant.id, str(tabular.id), first["tabular"]) is not None
 
 
 def test_the_last_sibling_to_finish_moves_the_job_on_once(
     started_job: tuple[TenantFixture, str], redis_broker_url: str
 ) -> None:
     tenant, job_id = started_job
-    steps.fan_out(tenant.id, job_id, "datasets")
-    claimed = [steps.claim(tenant.id, str(t.id), t.celery_task_id or "")
+    distribution.fan_out(tenant.id, job_id, "datasets")
+    claimed = [compute.claim(tenant.id, str(t.id), t.celery_task_id or "")
                for t in _tasks(job_id).values()]  # fmt: skip
     assert all(c is not None for c in claimed)
     first, second = (c for c in claimed if c is not None)
-    assert steps.finish(tenant.id, job_id, first, TaskState.SUCCEEDED) is False
-    assert steps.finish(tenant.id, job_id, second, TaskState.FAILED, "boom") is True
-    assert steps.finish(tenant.id, job_id, second, TaskState.SUCCEEDED) is False  # redelivered
+    assert compute.finish(tenant.id, job_id, first, TaskState.SUCCEEDED) is False
+    assert compute.finish(tenant.id, job_id, second, TaskState.FAILED, "boom") is True
+    assert compute.finish(tenant.id, job_id, second, TaskState.SUCCEEDED) is False  # redelivered
     states = {t.plugin: (t.state, t.error) for t in _tasks(job_id).values()}
     assert states[first.plugin] == (TaskState.SUCCEEDED, None)
     assert states[second.plugin] == (TaskState.FAILED, "boom")
@@ -139,8 +140,8 @@ def sliced_job(
                          headers=tenant.headers)  # fmt: skip
     assert answer.status_code == 202, answer.text
     job_id = answer.json()["id"]
-    steps.start_job(tenant.id, job_id)
-    assert steps.fan_out(tenant.id, job_id, "datasets") == 3
+    orchestration.start_job(tenant.id, job_id)
+    assert distribution.fan_out(tenant.id, job_id, "datasets") == 3
     for task in _by_key(job_id).values():
         assert _run(tenant, job_id, task) is not None
     assert _job(job_id).stage is JobStage.ANALYSIS
@@ -162,20 +163,20 @@ def _job(job_id: str) -> Job:
 
 def _run(
     tenant: TenantFixture, job_id: str, task: JobTask, fail: str | None = None
-) -> steps.Claimed | None:
+) -> compute.Claimed | None:
     """What run_task does: claim, compute (or fail with ``fail``), finish."""
-    claimed = steps.claim(tenant.id, str(task.id), task.celery_task_id or "")
+    claimed = compute.claim(tenant.id, str(task.id), task.celery_task_id or "")
     if claimed is None:
         return None
     outcome, error = TaskState.SUCCEEDED, fail
     if fail is None:
         try:
-            steps.compute(tenant.id, job_id, claimed)
+            compute.compute(tenant.id, job_id, claimed)
         except Exception as exc:
             outcome, error = TaskState.FAILED, str(exc)
     else:
         outcome = TaskState.FAILED
-    steps.finish(tenant.id, job_id, claimed, outcome, error)
+    compute.finish(tenant.id, job_id, claimed, outcome, error)
     return claimed
 
 
@@ -193,14 +194,14 @@ def test_slices_run_first_and_the_last_one_publishes_the_merge(
     # Whole analyses first, then the slices that fill in behind them, then the merge.
     assert [p.key for p in plan.planned(_job(job_id), JobStage.ANALYSIS)] == [
         keywords, *slices, merge]  # fmt: skip
-    assert steps.fan_out(tenant.id, job_id, "analysis") == 4  # 3 slices and keywords
+    assert distribution.fan_out(tenant.id, job_id, "analysis") == 4  # 3 slices and keywords
     tasks = _by_key(job_id)
     published = set(_run_task_message_ids(redis_broker_url, tenant.slug))
     assert {tasks[k].celery_task_id for k in (*slices, keywords)} <= published
     assert tasks[merge].celery_task_id not in published
 
     # A merge message before its slices end (a republish, say) leaves it pending.
-    assert steps.claim(tenant.id, str(tasks[merge].id), str(uuid.uuid4())) is None
+    assert compute.claim(tenant.id, str(tasks[merge].id), str(uuid.uuid4())) is None
     assert _by_key(job_id)[merge].state is TaskState.PENDING
     for key in slices[:2]:
         assert _run(tenant, job_id, tasks[key]) is not None
@@ -214,7 +215,7 @@ def test_slices_run_first_and_the_last_one_publishes_the_merge(
     assert _run(tenant, job_id, tasks[keywords]) is not None
     assert _job(job_id).stage is JobStage.FINALIZE
 
-    assert steps.finalize(tenant.id, job_id) is JobState.SUCCEEDED
+    assert distribution.finalize(tenant.id, job_id) is JobState.SUCCEEDED
     document = json.loads(tenant_blobs().get(tenant.id, _job(job_id).result_key or ""))
     assert set(document["analyses"]) == {"sentiment", "keywords"}
     # Slices kept their records (for an exact mean); the merge left them out, as asked.
@@ -225,7 +226,7 @@ def test_a_failed_slice_fails_the_merge_and_the_job_is_partial(
     sliced_job: tuple[TenantFixture, str],
 ) -> None:
     tenant, job_id = sliced_job
-    steps.fan_out(tenant.id, job_id, "analysis")
+    distribution.fan_out(tenant.id, job_id, "analysis")
     tasks = _by_key(job_id)
     _run(tenant, job_id, tasks["analysis/sentiment/text/00001"], fail="boom")
     for key in ("analysis/sentiment/text/00000", "analysis/sentiment/text/00002",
@@ -237,7 +238,7 @@ def test_a_failed_slice_fails_the_merge_and_the_job_is_partial(
     assert merged.state is TaskState.FAILED
     assert "nothing to merge: slice 1 failed: boom" in (merged.error or "")
 
-    assert steps.finalize(tenant.id, job_id) is JobState.PARTIAL
+    assert distribution.finalize(tenant.id, job_id) is JobState.PARTIAL
     document = json.loads(tenant_blobs().get(tenant.id, _job(job_id).result_key or ""))
     assert set(document["analyses"]) == {"keywords"}
     assert {(e["plugin"], e["chunk"]) for e in document["errors"]} == {
@@ -248,14 +249,14 @@ def test_a_lost_merge_message_is_published_again_by_the_next_fan_out(
     sliced_job: tuple[TenantFixture, str], redis_broker_url: str
 ) -> None:
     tenant, job_id = sliced_job
-    steps.fan_out(tenant.id, job_id, "analysis")
+    distribution.fan_out(tenant.id, job_id, "analysis")
     for key, task in _by_key(job_id).items():
         if key.startswith("analysis/sentiment/text/"):
             _run(tenant, job_id, task)
     lost = _by_key(job_id)["analysis/sentiment/text"].celery_task_id
     redis.Redis.from_url(redis_broker_url).flushdb()  # the merge's message is gone
 
-    assert steps.fan_out(tenant.id, job_id, "analysis") == 2  # the merge and keywords
+    assert distribution.fan_out(tenant.id, job_id, "analysis") == 2  # the merge and keywords
     merge = _by_key(job_id)["analysis/sentiment/text"]
     assert merge.celery_task_id != lost
     assert merge.celery_task_id in _run_task_message_ids(redis_broker_url, tenant.slug)

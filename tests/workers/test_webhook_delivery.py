@@ -22,6 +22,7 @@ from standardwebhooks.webhooks import Webhook
 from celeriac.client.webhooks import InvalidSignature, verify
 from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.models import (
+    AttemptTrigger,
     DeliveryState,
     TargetState,
     UsageRecord,
@@ -174,6 +175,28 @@ def test_a_delivery_verifies_with_the_standard_webhooks_library(
             select(UsageRecord).where(UsageRecord.metric == "webhooks.delivered")
         ).all()
         assert usage.properties["delivery_id"] == str(delivery.id)
+
+
+def test_a_delivery_is_billed_once_however_often_it_is_attempted_or_resent(
+    client: TestClient, sent: Callable[..., Sent]
+) -> None:
+    """``webhooks.delivered`` counts deliveries (a message to one target), not attempts: a
+    redelivered task, a 2xx sent again after a worker died before recording the first, and
+    a manual resend all bill the one record (ADR 0010)."""
+    it = sent()
+    delivery = it.delivery
+    assert webhooks.deliver(str(delivery.id)) is DeliveryState.SUCCEEDED
+    assert webhooks.deliver(str(delivery.id)) is None  # the task message redelivered
+    resent = client.post(f"/v1/webhook-messages/{it.message_id}/resend", headers=it.tenant.headers)
+    assert resent.status_code == 202, resent.text
+    assert webhooks.deliver(str(delivery.id), AttemptTrigger.MANUAL) is DeliveryState.SUCCEEDED
+    assert len(it.hook.received) == 2  # at least once: the receiver saw both
+    assert len(_attempts(delivery.id)) == 2  # both attempts are in the log
+    with get_sessionmaker()() as session:
+        billed = session.scalars(
+            select(UsageRecord).where(UsageRecord.metric == "webhooks.delivered")
+        ).all()
+    assert [r.id for r in billed] == [f"delivery_{delivery.id}:webhooks.delivered"]
 
 
 def test_after_a_rotation_both_secrets_sign_until_the_overlap_ends(

@@ -11,9 +11,8 @@ from celery import Task, shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from celeriac.platform.models import TaskState
-from celeriac.platform.settings import Pool, get_settings
-from celeriac.workers.canvas import steps
-from celeriac.workers.tasks import send, send_many
+from celeriac.platform.queues import Pool, TaskName
+from celeriac.platform.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ def _error_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
 
 
-@shared_task(name="celeriac.compute.run_task", bind=True)
+@shared_task(name=TaskName.RUN_TASK, bind=True)
 def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) -> None:
     """Run one compute task of a job, record its outcome, then join its stage.
 
@@ -37,6 +36,10 @@ def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) ->
     error, the task is recorded failed and the job goes on without it. A task over its
     soft time limit is recorded as timed out. A message redelivered more often than
     ``jobs.task_max_deliveries`` (its worker keeps dying) is recorded failed."""
+    # pandas is loaded only where compute runs: the compute pool imports the steps before
+    # it forks (celery_app), the other pools register this task's name and never run it.
+    from celeriac.workers.flow import compute as steps
+
     claimed = steps.claim(tenant_id, task_id, str(self.request.id))
     if claimed is None:
         return  # finished, cancelled, or claimed by a sibling delivery
@@ -62,4 +65,4 @@ def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) ->
         except Exception as exc:
             logger.warning("compute task failed", exc_info=True)
             outcome, error = TaskState.FAILED, _error_text(exc)
-    steps.finish(tenant_id, job_id, claimed, outcome, error, send=send, send_many=send_many)
+    steps.finish(tenant_id, job_id, claimed, outcome, error)

@@ -7,38 +7,40 @@ import logging
 from celery import shared_task
 
 from celeriac.platform.dispatch import get_dispatcher
+from celeriac.platform.queues import Pool, TaskName
 from celeriac.platform.tenants import destruction
-from celeriac.workers.canvas import reconcile as reconciler
-from celeriac.workers.tasks import send
+from celeriac.workers.flow import orchestration as steps
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="celeriac.orchestration.reconcile", ignore_result=True)
+@shared_task(name=TaskName.RECONCILE, ignore_result=True)
 def reconcile() -> int:
-    """Re-dispatch jobs that stopped moving, and re-add tenant backlogs that lost their
-    place in the fair dispatcher's rings."""
+    """Rebuild the dispatcher's set of suspended tenants, re-add tenant backlogs that lost
+    their place in the fair dispatcher's rings, and re-dispatch jobs that are lost."""
+    suspended = steps.sync_suspended()
     dispatcher = get_dispatcher()
     moved = dispatcher.reconcile() if dispatcher is not None else 0
-    redispatched = reconciler.reconcile(send=send)
+    redispatched = steps.reconcile()
     if moved or redispatched:
-        logger.info("reconciled", extra={"released": moved, "redispatched": redispatched})
+        logger.info(
+            "reconciled",
+            extra={"released": moved, "redispatched": redispatched, "suspended": suspended},
+        )
     return redispatched
 
 
-@shared_task(name="celeriac.orchestration.release", ignore_result=True)
+@shared_task(name=TaskName.RELEASE, ignore_result=True)
 def release() -> int:
     """Top up every pool's ready queue from tenant backlogs (a safety net: releases also
     happen on publish and whenever a worker takes a task)."""
     dispatcher = get_dispatcher()
     if dispatcher is None:
         return 0
-    from celeriac.platform.settings import Pool
-
     return sum(dispatcher.release(pool) for pool in Pool)
 
 
-@shared_task(name="celeriac.orchestration.destroy_deleted_tenants", ignore_result=True)
+@shared_task(name=TaskName.DESTROY_DELETED_TENANTS, ignore_result=True)
 def destroy_deleted_tenants() -> int:
     """Finish crypto-shredding deleted tenants: destroy keys the API could not, then
     delete their blobs (network calls to KMS/S3 or short file deletes: nothing that
@@ -46,7 +48,7 @@ def destroy_deleted_tenants() -> int:
     return destruction.destroy_deleted_tenants()
 
 
-@shared_task(name="celeriac.orchestration.reconcile_quota_counters", ignore_result=True)
+@shared_task(name=TaskName.RECONCILE_QUOTA_COUNTERS, ignore_result=True)
 def reconcile_quota_counters() -> int:
     """Correct monthly job counters that drifted from the usage records (see
     ``celeriac.platform.quotas.monthly.reconcile_counters``)."""

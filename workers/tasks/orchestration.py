@@ -7,32 +7,24 @@ import logging
 
 from celery import current_app, shared_task
 
-from celeriac.platform.db import transaction
-from celeriac.workers.canvas import state, steps
-from celeriac.workers.tasks import send
+from celeriac.platform.queues import TaskName
+from celeriac.workers.flow import orchestration as steps
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="celeriac.orchestration.start_job")
+@shared_task(name=TaskName.START_JOB)
 def start_job(tenant_id: str, job_id: str) -> None:
     """Move a queued job to running and dispatch its current stage (idempotent)."""
-    stage = steps.start_job(tenant_id, job_id, send=send)
+    stage = steps.start_job(tenant_id, job_id)
     logger.info("job dispatched", extra={"stage": stage})
 
 
-@shared_task(name="celeriac.orchestration.cancel_job")
+@shared_task(name=TaskName.CANCEL_JOB)
 def cancel_job(tenant_id: str, job_id: str) -> None:
-    """The API has set the job ``cancelled``: mark its open tasks cancelled and revoke
-    their messages, terminating any that already run."""
-    with transaction() as session:
-        job = state.load_job(session, tenant_id, job_id)
-        if job is None:
-            return
-        celery_ids = state.cancel_open_tasks(session, job)
-        # The cancelled job's slot of the tenant's running-job limit is free.
-        released = steps.release_held(session, job.tenant_id)
-    steps.start_released(released, send)
+    """The job has ended ``cancelled``: mark its open tasks cancelled and revoke their
+    messages, terminating any that already run."""
+    celery_ids = steps.cancel_tasks(tenant_id, job_id)
     if celery_ids:
         current_app.control.revoke(celery_ids, terminate=True, signal="SIGTERM")
     logger.info("job cancelled", extra={"revoked": len(celery_ids)})

@@ -7,6 +7,8 @@ import time
 
 from celery import shared_task
 
+from celeriac.platform.queues import TaskName
+
 logger = logging.getLogger(__name__)
 
 
@@ -15,29 +17,31 @@ def _ping(pool: str) -> str:
     return pool
 
 
-@shared_task(name="celeriac.orchestration.ping", ignore_result=False)
+@shared_task(name=TaskName.PING_ORCHESTRATION, ignore_result=False)
 def ping_orchestration(tenant_id: str | None = None) -> str:
     """Answer from an orchestration worker (liveness check of the pool)."""
     return _ping("orchestration")
 
 
-@shared_task(name="celeriac.distribution.ping", ignore_result=False)
+@shared_task(name=TaskName.PING_DISTRIBUTION, ignore_result=False)
 def ping_distribution(tenant_id: str | None = None) -> str:
     """Answer from a distribution worker (liveness check of the pool)."""
     return _ping("distribution")
 
 
-@shared_task(name="celeriac.compute.ping", ignore_result=False)
+@shared_task(name=TaskName.PING_COMPUTE, ignore_result=False)
 def ping_compute(tenant_id: str | None = None) -> str:
     """Answer from a compute worker (liveness check of the pool)."""
     return _ping("compute")
 
 
-@shared_task(name="celeriac.compute.noop", ignore_result=True)
+@shared_task(name=TaskName.NOOP, ignore_result=True)
 def noop_compute(
-    tenant_id: str | None = None, label: str | None = None, sent_at: float = 0.0,
+    tenant_id: str | None = None,
+    label: str | None = None,
+    sent_at: float = 0.0,
     work_ms: int = 0,
-) -> None:  # fmt: skip
+) -> None:
     """Benchmarks measure the queueing and dispatch layer with it: logs the delay from
     ``sent_at`` (the publisher's ``time.time()``) to its start, then sleeps ``work_ms``
     (a stand-in for a task's work)."""

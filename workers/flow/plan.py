@@ -19,6 +19,7 @@ from typing import Any
 
 from celeriac.platform.jobs.payload import chunk_key
 from celeriac.platform.models import Job, JobStage
+from celeriac.platform.settings import get_settings
 from celeriac.platform.storage import job_blob_key
 
 
@@ -109,20 +110,48 @@ def analysis_tasks(job: Job) -> list[PlannedTask]:
             key = f"analysis/{name}/{dataset['name']}"
             result = job_blob_key(tenant, job_id, f"analysis/{name}--{dataset['name']}.json")
             if not analyzer.get("rowwise") or slices == 1:
-                tasks.append(PlannedTask(key, JobStage.ANALYSIS, name, version, None,
-                                         dataset_prefix(job, dataset["name"]), result,
-                                         Role.ANALYZE))  # fmt: skip
+                tasks.append(
+                    PlannedTask(
+                        key,
+                        JobStage.ANALYSIS,
+                        name,
+                        version,
+                        None,
+                        dataset_prefix(job, dataset["name"]),
+                        result,
+                        Role.ANALYZE,
+                    )
+                )
                 continue
             parts = job_blob_key(tenant, job_id, f"analysis/{name}--{dataset['name']}") + "/"
             sliced = [
-                PlannedTask(f"{key}/{index:05d}", JobStage.ANALYSIS, name, version, index,
-                            dataset_prefix(job, dataset["name"]), f"{parts}{index:05d}.json",
-                            Role.SLICE, slices=slices)
+                PlannedTask(
+                    f"{key}/{index:05d}",
+                    JobStage.ANALYSIS,
+                    name,
+                    version,
+                    index,
+                    dataset_prefix(job, dataset["name"]),
+                    f"{parts}{index:05d}.json",
+                    Role.SLICE,
+                    slices=slices,
+                )
                 for index in range(slices)
-            ]  # fmt: skip
+            ]
             tasks += sliced
-            tasks.append(PlannedTask(key, JobStage.ANALYSIS, name, version, None, parts, result,
-                                     Role.MERGE, after=tuple(t.key for t in sliced)))  # fmt: skip
+            tasks.append(
+                PlannedTask(
+                    key,
+                    JobStage.ANALYSIS,
+                    name,
+                    version,
+                    None,
+                    parts,
+                    result,
+                    Role.MERGE,
+                    after=tuple(t.key for t in sliced),
+                )
+            )
     order = (Role.ANALYZE, Role.SLICE, Role.MERGE)
     return sorted(tasks, key=lambda t: order.index(t.role))  # stable: plan order within
 
@@ -142,3 +171,8 @@ def planned_task(job: Job, stage: JobStage, key: str) -> PlannedTask | None:
 
 def result_key(job: Job) -> str:
     return job_blob_key(str(job.tenant_id), str(job.id), "result.json")
+
+
+def lease_seconds() -> float:
+    """How long a compute run may last: the hard time limit, plus a margin."""
+    return get_settings().workers.compute_hard_time_limit + 30.0

@@ -1,1 +1,0 @@
-"""The job canvas as plain functions: plans, state transitions and steps (no Celery)."""

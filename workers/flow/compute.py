@@ -1,0 +1,231 @@
+"""Compute pool (prefork, late acks): claim a task, run its plugin on its input, record
+the outcome and, for the last task of a stage, move the job on. The only step module that
+imports pandas.
+
+Each step commits its own short transactions; between them it does I/O and computation
+with no transaction open, so a slow plugin never holds database locks.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.orm import Session
+
+from celeriac.platform.db import transaction
+from celeriac.platform.jobs import lifecycle, payload, repository
+from celeriac.platform.models import Job, JobStage, JobTask, TaskState, utcnow
+from celeriac.platform.queues import TaskName
+from celeriac.platform.storage import BlobNotFound
+from celeriac.platform.tasks import Publication, Publisher, default_publisher
+from celeriac.platform.tenant_data import tenant_blobs
+from celeriac.workers.flow import plan
+
+
+class TransientError(Exception):
+    """A failure worth retrying (storage or database briefly unavailable)."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    task_id: str
+    task_key: str
+    stage: JobStage
+    role: plan.Role
+    plugin: str
+    input_key: str
+    output_key: str
+    attempts: int
+    params: dict[str, Any]
+    started_at: datetime
+    # ANALYZE and SLICE: the dataset's partial outputs that succeeded, and its parameters;
+    # MERGE: the outputs of its slices.
+    inputs: tuple[str, ...] = ()
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    # SLICE: which slice of how many.
+    slice: int = 0
+    slices: int = 1
+    # MERGE: why slices did not succeed (then there is nothing to merge).
+    failed_parts: tuple[str, ...] = ()
+
+
+def claim(tenant_id: str, task_id: str, message_id: str) -> Claimed | None:
+    """Claim the task and read everything its run needs, in one transaction."""
+    with transaction() as session:
+
+        def ready(task: JobTask, job: Job) -> bool:
+            planned = plan.planned_task(job, task.stage, task.task_key)
+            if planned is None or not planned.after:
+                return True
+            before = repository.tasks_by_key(session, job, planned.after)
+            return not any(t.state in repository.OPEN_TASK_STATES for t in before)
+
+        claimed = repository.claim_task(
+            session, tenant_id, task_id, message_id, plan.lease_seconds(), ready
+        )
+        if claimed is None:
+            return None
+        task, job = claimed
+        planned = plan.planned_task(job, task.stage, task.task_key)
+        if planned is not None:
+            role = planned.role
+        else:  # not in today's plan (none such is made): run it as its stage runs tasks
+            role = plan.Role.GENERATE if task.stage is JobStage.DATASETS else plan.Role.ANALYZE
+        inputs: tuple[str, ...] = ()
+        dataset_params: dict[str, Any] = {}
+        failed_parts: tuple[str, ...] = ()
+        if role is plan.Role.MERGE and planned is not None:
+            parts = repository.tasks_by_key(session, job, planned.after)
+            inputs = tuple(t.output_key or "" for t in parts)
+            failed_parts = tuple(
+                f"slice {t.chunk} {t.state.value}: {t.error or ''}".strip()
+                for t in parts
+                if t.state is not TaskState.SUCCEEDED
+            )
+            if len(parts) != len(planned.after):  # rows are inserted together: never seen
+                failed_parts += (f"{len(planned.after) - len(parts)} slice(s) have no task",)
+        elif task.stage is JobStage.ANALYSIS:
+            dataset = task.input_key.rstrip("/").rsplit("/", 1)[-1]
+            inputs = tuple(
+                key
+                for t in repository.stage_tasks(session, job, JobStage.DATASETS)
+                if t.state is TaskState.SUCCEEDED
+                and (key := t.output_key or "").startswith(task.input_key)
+            )
+            dataset_params = _step_params(job, "datasets", dataset)
+        section = "datasets" if task.stage is JobStage.DATASETS else "analyzers"
+        return Claimed(
+            task_id=str(task.id),
+            task_key=task.task_key,
+            stage=task.stage,
+            role=role,
+            plugin=task.plugin,
+            input_key=task.input_key,
+            output_key=task.output_key or "",
+            attempts=task.attempts,
+            params=_step_params(job, section, task.plugin),
+            started_at=task.started_at or utcnow(),
+            inputs=inputs,
+            dataset_params=dataset_params,
+            slice=task.chunk or 0,
+            slices=planned.slices if planned is not None else 1,
+            failed_parts=failed_parts,
+        )
+
+
+def _step_params(job: Job, section: str, name: str) -> dict[str, Any]:
+    step = next(s for s in job.pipeline[section] if s["name"] == name)
+    return dict(step.get("params") or {})
+
+
+def finish(
+    tenant_id: str,
+    job_id: str,
+    claimed: Claimed,
+    outcome: TaskState,
+    error: str | None = None,
+    publisher: Publisher | None = None,
+) -> bool:
+    """Record the task's outcome and, if it was its stage's last open task, move the job
+    on: one transaction, holding the job's row so that siblings finishing at the same
+    moment commit one after the other and exactly one of them sees the stage done (or,
+    for the slices of a row-wise analyzer, that every slice has ended: that one publishes
+    the merge). Returns whether this task moved the job to its next stage."""
+    with transaction() as session:
+        job = repository.touch_job(session, tenant_id, job_id)
+        repository.finish_task(
+            session, tenant_id, claimed.task_id, outcome, started=claimed.started_at, error=error
+        )
+        if job is None:
+            return False
+        ref = lifecycle.ref_of(session, job)
+        unblocked = _unblocked(session, job, claimed)
+        message_ids = repository.assign_messages(session, unblocked, set())
+        publications: list[Publication] = [
+            ref.message(TaskName.RUN_TASK, message_id=message_ids[t.id], task_id=str(t.id))
+            for t in unblocked
+        ]
+        following = lifecycle.advance_if_done(session, job, claimed.stage)
+        if following is not None:
+            publications.append(following)
+        (publisher or default_publisher()).after_commit(session, publications)
+    return following is not None
+
+
+def _unblocked(session: Session, job: Job, claimed: Claimed) -> list[JobTask]:
+    """The pending tasks that ran after ``claimed`` and everything else they wait for."""
+    waiting = [p for p in plan.planned(job, claimed.stage) if claimed.task_key in p.after]
+    unblocked = []
+    for task in waiting:
+        rows = {
+            t.task_key: t for t in repository.tasks_by_key(session, job, (*task.after, task.key))
+        }
+        before_open = any(
+            rows[k].state in repository.OPEN_TASK_STATES for k in task.after if k in rows
+        )
+        row = rows.get(task.key)
+        if row is not None and row.state is TaskState.PENDING and not before_open:
+            unblocked.append(row)
+    return unblocked
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def compute(tenant_id: str, job_id: str, claimed: Claimed) -> None:
+    """Run the plugin and write its output blob (deterministic key: a rerun overwrites
+    the same object with the same content)."""
+    from celeriac.workers.compute import (
+        analyze_dataset,
+        analyze_slice,
+        combine_partials,
+        generate_partial,
+        merge_analyses,
+    )
+
+    blobs = tenant_blobs()
+    try:
+        if claimed.role is plan.Role.GENERATE:
+            raw = blobs.get(tenant_id, claimed.input_key)
+            # The records are freed before the collector resumes: a collection after the
+            # parse would walk them all for nothing (0.34 s of the bigjob's compute CPU,
+            # at the first allocation once the parse was over). A generator's own
+            # reference cycles, if it makes any, are collected once it has returned.
+            with payload.collector_paused():
+                records = payload.records(raw)
+                frame = generate_partial(claimed.plugin, records, claimed.params)
+                del records
+            blobs.put(tenant_id, claimed.output_key, _parquet(frame))
+            return
+        if claimed.role is plan.Role.MERGE:
+            if claimed.failed_parts:
+                raise ValueError("nothing to merge: " + "; ".join(claimed.failed_parts))
+            parts = [payload.json_document(blobs.get(tenant_id, key)) for key in claimed.inputs]
+            result = merge_analyses(claimed.plugin, parts, claimed.params)
+        else:
+            dataset_name = claimed.input_key.rstrip("/").rsplit("/", 1)[-1]
+            if not claimed.inputs:
+                raise ValueError(f"dataset {dataset_name!r} has no rows: every chunk of it failed")
+            partials = [
+                pd.read_parquet(io.BytesIO(blobs.get(tenant_id, key))) for key in claimed.inputs
+            ]
+            dataset = combine_partials(dataset_name, partials, claimed.dataset_params)
+            if claimed.role is plan.Role.SLICE:
+                rows = len(dataset)
+                start = rows * claimed.slice // claimed.slices
+                end = rows * (claimed.slice + 1) // claimed.slices
+                result = analyze_slice(claimed.plugin, dataset.iloc[start:end], claimed.params)
+            else:
+                result = analyze_dataset(claimed.plugin, dataset, claimed.params)
+        blobs.put(tenant_id, claimed.output_key, payload.json_bytes(result))
+    except BlobNotFound as exc:
+        raise TransientError(f"blob missing: {exc}") from exc
+    except OSError as exc:
+        raise TransientError(f"{type(exc).__name__}: {exc}") from exc
