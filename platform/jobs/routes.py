@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Annotated, Any, TypeVar
 
@@ -11,10 +10,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 
+from celeriac.platform import json_input
 from celeriac.platform.api.deps import Authenticator, SessionDep
 from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
-from celeriac.platform.errors import MalformedBody, PayloadTooLarge, ValidationFailed
+from celeriac.platform.errors import PayloadTooLarge, ProblemError, ValidationFailed
 from celeriac.platform.jobs import payload, pipelines, service
 from celeriac.platform.jobs.ingest import Submission, ingest_writer
 from celeriac.platform.jobs.schemas import JobAccepted, JobCreate, JobOptions, JobOut
@@ -30,6 +30,8 @@ JobSubmitter = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_WRITE, 
 JobWriter = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_WRITE))]
 JobReader = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_READ))]
 
+# Referenced below by $ref; the app puts their schemas in the document's components.
+BODY_MODELS: tuple[type[BaseModel], ...] = (JobCreate,)
 _MULTIPART_DOC = {
     "requestBody": {
         "content": {
@@ -91,11 +93,10 @@ def _is_json_field(name: str, value: str) -> bool:
 
 def _form_json(name: str, value: str) -> Any:
     try:
-        return json.loads(value)
-    except json.JSONDecodeError:
+        return json_input.parse(value, what=f"form field {name!r}")
+    except ProblemError as exc:
         raise ValidationFailed(
-            f"form field {name!r} is not valid JSON",
-            errors=[{"pointer": f"#/body/{name}", "detail": "not valid JSON"}],
+            exc.detail, errors=[{"pointer": f"#/body/{name}", "detail": exc.detail}]
         ) from None
 
 
@@ -145,11 +146,7 @@ async def _submit(request: Request, ctx: TenantContext, response: Response) -> J
     else:
         body = await request.body()
         _check_size(limits, len(body))
-        try:
-            fields = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise MalformedBody("the request body is not valid JSON") from None
-        job = _validated(JobCreate, fields)
+        job = _validated(JobCreate, json_input.parse(body))
         options, parsed = job, payload.from_records(job.records)
     if parsed.record_count > limits.max_records_per_job:
         raise PayloadTooLarge(
