@@ -58,8 +58,8 @@ def _resolves(document: dict[str, Any], ref: str) -> bool:
     if not ref.startswith("#/"):
         return False  # the document is self-contained: no remote references
     node: Any = document
-    for part in ref[2:].split("/"):
-        part = part.replace("~1", "/").replace("~0", "~")
+    for escaped in ref[2:].split("/"):
+        part = escaped.replace("~1", "/").replace("~0", "~")
         if not isinstance(node, dict) or part not in node:
             return False
         node = node[part]
