@@ -9,17 +9,20 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
 
 from celeriac.platform import json_input
+from celeriac.platform.api import idempotency
 from celeriac.platform.api.deps import Authenticator, SessionDep
 from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
+from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.errors import PayloadTooLarge, ProblemError, ValidationFailed
 from celeriac.platform.jobs import payload, pipelines, service
 from celeriac.platform.jobs.ingest import Submission, ingest_writer
 from celeriac.platform.jobs.schemas import JobAccepted, JobCreate, JobOptions, JobOut
 from celeriac.platform.keys.service import Scope
-from celeriac.platform.models import JobState
+from celeriac.platform.models import Job, JobState
 from celeriac.platform.quotas.enforce import limits_for, release_job, request_limits
 from celeriac.platform.quotas.plans import Limits
 
@@ -162,7 +165,31 @@ async def _submit(request: Request, ctx: TenantContext, response: Response) -> J
         pipeline=pipelines.resolve_against(plugins, options.pipeline_spec()),
         payload=parsed, priority=options.priority, metadata=options.metadata,
     )  # fmt: skip
+    # Under an Idempotency-Key the job takes the reservation's id: if this process dies
+    # before the answer is stored, a retry finds the job (_recover_submission).
+    submission.id = idempotency.reservation_id(request) or submission.id
     return _accepted(await ingest_writer(request.app).submit(submission), response)
+
+
+def _recover_submission(
+    tenant_id: uuid.UUID | None, reservation: uuid.UUID
+) -> tuple[int, dict[str, str], bytes] | None:
+    """The 202 of a submission whose API died after storing the job, rebuilt from the job
+    (stored under the reservation's id), or None when the job was never stored."""
+    with get_sessionmaker()() as session:
+        job = session.scalar(select(Job).where(Job.id == reservation, Job.tenant_id == tenant_id))
+    if job is None:
+        return None
+    location = f"/v1/jobs/{job.id}"
+    accepted = JobAccepted(
+        id=job.id, state=JobState.QUEUED, priority=job.priority, record_count=job.record_count,
+        created_at=job.created_at, status_url=location, results_url=f"{location}/results",
+    )  # fmt: skip
+    headers = {"content-type": "application/json", "location": location}
+    return status.HTTP_202_ACCEPTED, headers, accepted.model_dump_json().encode()
+
+
+idempotency.recover_abandoned(router.prefix, _recover_submission)
 
 
 def _check_size(limits: Limits, size: int | str | None) -> None:
