@@ -185,10 +185,11 @@ def set_quotas(
     from celeriac.platform.tenants import service as tenants
 
     _settings()
-    values: dict[str, str | None] = {}
+    values: dict[str, int | str | None] = {}
     for item in limits or []:
         name, _, value = item.partition("=")
-        values[name] = None if value == "plan" else value
+        # A shell argument is text; the limits are strict integers (the API takes no "5").
+        values[name] = None if value == "plan" else int(value) if value.isdigit() else value
     try:
         overrides = QuotaOverrides.model_validate(values)
     except ValidationError as exc:
@@ -225,7 +226,11 @@ DEMO_SLUG = "demo"
 
 
 def _ensure_port_free(host: str, port: int) -> None:
+    """Refuse at once, in one line, when another process listens on the port."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As uvicorn binds (SO_REUSEADDR): connections of a crashed API left in TIME_WAIT
+        # do not hold the port, a listener does. Without it a restart failed for ~60 s.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:

@@ -100,3 +100,33 @@ def test_admin_token_verifies_with_the_same_settings(
 
     wrong = run_celeriac(var_dir, "admin", "token", "--role", "root")
     assert wrong.returncode == 1 and "--role must be one of" in wrong.stderr
+
+
+def _time_wait_on(port: int) -> None:
+    """Leave a connection of ``port`` in TIME_WAIT, as a crashed API leaves its own: the
+    server side closes first."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(1)
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()  # the active close: this side of the connection enters TIME_WAIT
+        client.recv(1)
+        client.close()
+
+
+def test_api_restarts_at_once_over_connections_in_time_wait(var_dir: Path) -> None:
+    from celeriac.platform.cli import CommandError, _ensure_port_free
+
+    from support import free_port
+
+    port = free_port()
+    _time_wait_on(port)
+    _ensure_port_free("127.0.0.1", port)  # TIME_WAIT does not hold the port
+    with socket.socket() as holder:  # a listener does
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        holder.bind(("127.0.0.1", port))
+        holder.listen(1)
+        with pytest.raises(CommandError, match=f"port {port} on 127.0.0.1 is in use"):
+            _ensure_port_free("127.0.0.1", port)
