@@ -17,8 +17,13 @@ from celeriac.platform.api.deps import Authenticator, SessionDep
 from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.db import get_sessionmaker
-from celeriac.platform.errors import PayloadTooLarge, ProblemError, ValidationFailed
-from celeriac.platform.jobs import payload, pipelines, service
+from celeriac.platform.errors import (
+    PayloadTooLarge,
+    ProblemError,
+    ServiceUnavailable,
+    ValidationFailed,
+)
+from celeriac.platform.jobs import payload, pipelines, service, task_errors
 from celeriac.platform.jobs.ingest import Submission, ingest_writer
 from celeriac.platform.jobs.schemas import JobAccepted, JobCreate, JobOptions, JobOut
 from celeriac.platform.keys.service import Scope
@@ -160,6 +165,14 @@ async def _submit(request: Request, ctx: TenantContext, response: Response) -> J
     plugins = pipelines.cached_plugins()
     if plugins is None:
         plugins = await run_in_threadpool(pipelines.load_plugins)
+    if not plugins:
+        # No compute worker has ever published its plugins (the platform is starting):
+        # the job is fine, the platform is not ready for it yet.
+        raise ServiceUnavailable(
+            "no compute worker has published its plugins yet (the platform is starting); "
+            "retry shortly",
+            headers={"Retry-After": "5"},
+        )
     submission = Submission(
         tenant_id=ctx.tenant_id, tenant_slug=ctx.tenant_slug,
         pipeline=pipelines.resolve_against(plugins, options.pipeline_spec()),
@@ -227,8 +240,11 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: uuid.UUID, ctx: JobReader, session: SessionDep) -> JobOut:
-    """State, per-stage progress, timings and the errors of failed tasks."""
-    return service.job_detail(session, ctx, job_id)
+    """State, per-stage progress, timings and the errors of failed tasks (their details,
+    stored encrypted under the tenant's key, are shown here to the tenant only)."""
+    out = service.job_detail(session, ctx, job_id)
+    task_errors.reveal(session, ctx.tenant_id, job_id, out.errors)
+    return out
 
 
 @router.get(
