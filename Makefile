@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: up test lint typecheck pytest install lock clean
+.PHONY: up test lint typecheck pytest install lock clean chaos
 
 $(STAMP): requirements.lock pyproject.toml
 	@echo "make: installing Celeriac and its locked dependencies into $(VENV) (a minute or so the first time)..."
@@ -44,6 +44,11 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP) $(CHECKOV_STAMP)
 	$(VENV)/bin/pytest -n auto --dist loadgroup
+
+## The fault suite (not part of test): its own PostgreSQL cluster and Redis, real processes,
+## named scenarios; prints a table and exits 1 when a target is missed (docs/reliability.md).
+chaos: $(STAMP)
+	flock /tmp/celeriac-bench.lock $(PY) bench/chaos.py $(CHAOS_ARGS)
 
 ## Re-resolve requirements.lock (and requirements-checkov.lock) after changing dependencies.
 lock: $(STAMP)
