@@ -217,7 +217,8 @@ class Platform:
 
     def restart_worker(self, pool: str, how: signal.Signals) -> None:
         from celeriac.platform.cli import worker_argv
-        from celeriac.platform.settings import Pool, get_settings
+        from celeriac.platform.queues import Pool
+        from celeriac.platform.settings import get_settings
 
         process = self.workers[pool]
         with contextlib.suppress(ProcessLookupError):

@@ -14,11 +14,12 @@ The worker side calls :func:`seal` where a task's outcome is recorded; the API c
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from celeriac.platform.crypto.errors import CryptoError
@@ -60,6 +61,35 @@ def seal(tenant_id: str, task_id: str, kind: str, message: str | None) -> Sealed
 def seal_exception(tenant_id: str, task_id: str, exc: BaseException) -> SealedError:
     """:func:`seal` of an exception: its class name and its message."""
     return seal(tenant_id, task_id, type(exc).__name__, str(exc))
+
+
+# "ValueError: ..." or "pandas.errors.ParserError: ..." (traceback.format_exception_only)
+_KIND_AND_MESSAGE = re.compile(r"(?s)([A-Za-z_][\w.]*)(?:: (.*))?")
+
+
+def seal_text(tenant_id: str, task_id: str, error: str) -> SealedError:
+    """:func:`seal` of an exception formatted as ``Kind: message``. Any other text is the
+    platform's own (``soft time limit exceeded``, ``gave up after 3 deliveries``): it
+    holds no record value and stays in clear, as it was written."""
+    matched = _KIND_AND_MESSAGE.fullmatch(error)
+    if matched is None:
+        return SealedError(error, None)
+    return seal(tenant_id, task_id, matched.group(1).rsplit(".", 1)[-1], matched.group(2))
+
+
+def record(session: Session, tenant_id: str, task_id: str, error: str | None) -> str | None:
+    """Store the encrypted details of ``task_id``'s error in the caller's transaction and
+    return what to store in clear in ``job_tasks.error`` (the class and a fixed sentence)."""
+    if error is None:
+        return None
+    sealed = seal_text(tenant_id, task_id, error)
+    session.execute(
+        update(JobTask)
+        .where(JobTask.tenant_id == uuid.UUID(tenant_id), JobTask.id == uuid.UUID(task_id))
+        .values(error_detail=sealed.detail)
+        .execution_options(synchronize_session=False)
+    )
+    return sealed.clear
 
 
 def detail_of(tenant_id: str, task: JobTask) -> str | None:
