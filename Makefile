@@ -9,14 +9,16 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: up test lint typecheck pytest install lock clean
+.PHONY: up test lint typecheck pytest install lock clean chaos
 
 $(STAMP): requirements.lock pyproject.toml
+	@echo "make: installing Celeriac and its locked dependencies into $(VENV) (a minute or so the first time)..."
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip install --python $(PY) -q -r requirements.lock
 	$(VENV)/bin/uv pip install --python $(PY) -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+	@echo "make: installed; the command is $(VENV)/bin/celeriac"
 
 $(CHECKOV_STAMP): requirements-checkov.lock $(STAMP)
 	test -x $(CHECKOV_VENV)/bin/python || python3 -m venv $(CHECKOV_VENV)
@@ -27,6 +29,7 @@ install: $(STAMP) $(CHECKOV_STAMP)
 
 ## Run the whole platform on its embedded defaults (SQLite, filesystem broker, local keys).
 up: $(STAMP)
+	@echo "make: starting $(VENV)/bin/celeriac up (it prints its progress, then a banner once every pool answers)"
 	$(VENV)/bin/celeriac up
 
 ## Lint, type-check and run every test against the machine's PostgreSQL and Redis.
@@ -41,6 +44,11 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP) $(CHECKOV_STAMP)
 	$(VENV)/bin/pytest -n auto --dist loadgroup
+
+## The fault suite (not part of test): its own PostgreSQL cluster and Redis, real processes,
+## named scenarios; prints a table and exits 1 when a target is missed (docs/reliability.md).
+chaos: $(STAMP)
+	flock /tmp/celeriac-bench.lock $(PY) bench/chaos.py $(CHAOS_ARGS)
 
 ## Re-resolve requirements.lock (and requirements-checkov.lock) after changing dependencies.
 lock: $(STAMP)

@@ -427,7 +427,9 @@ def environment(
     var_dir.mkdir()
     settings = {
         "CELERIAC_VAR_DIR": str(var_dir),
-        "CELERIAC_DATABASE_URL": f"postgresql+psycopg://postgres@{HOST}:5432/{database}",
+        # From PG_SERVER (bench/chaos.py points it at a cluster of its own).
+        "CELERIAC_DATABASE_URL": PG_SERVER.replace("postgresql://", "postgresql+psycopg://", 1)
+        + f"/{database}",
         "CELERIAC_BROKER_URL": f"{REDIS_SERVER}/{BROKER_DB}",
         "CELERIAC_REDIS_URL": f"{REDIS_SERVER}/{RESULT_DB}",
         "CELERIAC_LOG__LEVEL": log_level,

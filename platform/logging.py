@@ -76,6 +76,19 @@ class JsonLinesFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class HousekeepingAtDebug(logging.Filter):
+    """Beat's "Sending due task" lines (the dispatcher's release and the webhook poll run
+    every second or so: about 6 lines a second under ``celeriac up``) count as DEBUG."""
+
+    PREFIX = "Scheduler: Sending due task"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and str(record.msg).startswith(self.PREFIX):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     """Send every logger's output to stderr, as JSON lines unless told otherwise."""
     handler = logging.StreamHandler(sys.stderr)
@@ -86,6 +99,9 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    beat = logging.getLogger("celery.beat")
+    beat.filters[:] = [f for f in beat.filters if not isinstance(f, HousekeepingAtDebug)]
+    beat.addFilter(HousekeepingAtDebug())
     # Uvicorn installs its own handlers; make it use ours.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "alembic"):
         logger = logging.getLogger(name)

@@ -67,6 +67,12 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     # How long an Idempotency-Key's stored answer is replayed.
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=24 * 3600)
+    # An in_flight reservation older than this was left by an API that died mid-request:
+    # a retry recovers its answer (a stored job) or takes the reservation over.
+    idempotency_lease_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # celeriac up waits this long for every pool and the plugin registry (a compute
+    # worker took 125 s to publish on a loaded machine).
+    up_ready_timeout_seconds: float = Field(default=300.0, gt=0)
     # Upper bound on how long a revoked key or suspended tenant keeps working per process.
     auth_cache_poll_seconds: float = Field(default=1.0, gt=0, le=5)
     # Upper bound on how long an admin's change of a tenant's quotas takes to reach a process.

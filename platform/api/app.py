@@ -12,17 +12,20 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from celeriac.platform.api.idempotency import install_idempotency
 from celeriac.platform.api.middleware import RequestEnvelope
 from celeriac.platform.api.problems import PROBLEM_JSON, install_problem_handlers
 from celeriac.platform.api.schemas import Problem
+from celeriac.platform.api.strict_json import StrictJsonBodies
 from celeriac.platform.auth.jwt import jwt_key_set
 from celeriac.platform.broker import broker_connection
 from celeriac.platform.db import get_engine
 from celeriac.platform.errors import ValidationFailed
 from celeriac.platform.jobs.ingest import IngestWriter
+from celeriac.platform.jobs.routes import BODY_MODELS as JOBS_BODY_MODELS
 from celeriac.platform.jobs.routes import router as jobs_router
 from celeriac.platform.keys.routes import admin_router as admin_keys_router
 from celeriac.platform.keys.routes import tenant_router as keys_router
@@ -39,6 +42,7 @@ from celeriac.platform.webhooks.routes import messages_router as webhook_message
 from celeriac.platform.webhooks.routes import router as webhooks_router
 
 JOBS_PATH = "/v1/jobs"
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 
 def _database_ready() -> str | None:
@@ -67,9 +71,13 @@ def _problem_openapi(app: FastAPI) -> dict[str, Any]:
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-    for defs_name, definition in components["Problem"].pop("$defs", {}).items():
-        components[defs_name] = definition
+    # Models that routes reference by $ref without declaring them as parameters (the job
+    # body is read by hand, to take JSON or multipart).
+    models: tuple[type[BaseModel], ...] = (Problem, *JOBS_BODY_MODELS)
+    for model in models:
+        components[model.__name__] = model.model_json_schema(ref_template=REF_TEMPLATE)
+        for defs_name, definition in components[model.__name__].pop("$defs", {}).items():
+            components.setdefault(defs_name, definition)
     problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
     for path_item in schema.get("paths", {}).values():
         for method, operation in path_item.items():
@@ -157,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ingest_writer = writer
     install_problem_handlers(app)
+    app.add_middleware(StrictJsonBodies, skip_paths={JOBS_PATH})  # the job route parses its own
     install_idempotency(app)  # inside the envelope: replays carry a fresh X-Request-ID
     app.add_middleware(RateLimitHeaders)  # outside the recorder: replays get them too
     app.add_middleware(

@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 # Columns are 32-bit integers.
-LimitValue = Annotated[int, Field(ge=1, le=2_000_000_000)]
+LimitValue = Annotated[StrictInt, Field(ge=1, le=2_000_000_000)]
 
 
 class QuotaLimits(BaseModel):

@@ -68,9 +68,13 @@ def get_tenant_by_slug(session: Session, slug: str) -> Tenant | None:
 
 
 def get_tenant(session: Session, tenant_id: uuid.UUID, *, include_deleted: bool = True) -> Tenant:
+    """The tenant. One rule for a deleted tenant: its own record stays readable (the
+    tombstone, ``include_deleted``), its sub-resources (keys, quotas) are 404."""
     tenant = session.get(Tenant, tenant_id)
-    if tenant is None or (not include_deleted and tenant.status is TenantStatus.DELETED):
+    if tenant is None:
         raise NotFound(f"no tenant with id {tenant_id}")
+    if not include_deleted and tenant.status is TenantStatus.DELETED:
+        raise NotFound(f"tenant {tenant_id} is deleted; its keys and quotas are gone")
     return tenant
 
 

@@ -63,6 +63,9 @@ def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) ->
         except Retry:
             raise
         except Exception as exc:
-            logger.warning("compute task failed", exc_info=True)
+            # The class and the frames, not the message: a plugin's message can quote a
+            # record's value (it is stored encrypted, celeriac.platform.jobs.task_errors).
+            logger.warning("compute task failed: %s\n%s", type(exc).__name__,
+                           "".join(traceback.format_tb(exc.__traceback__)).rstrip())  # fmt: skip
             outcome, error = TaskState.FAILED, _error_text(exc)
     steps.finish(tenant_id, job_id, claimed, outcome, error)

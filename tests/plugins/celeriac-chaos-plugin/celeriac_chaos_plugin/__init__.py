@@ -72,6 +72,20 @@ class Fail(Analyzer[NoParameters]):
         raise ValueError("chaos: this analyzer always fails")
 
 
+class Cast(Analyzer[NoParameters]):
+    """Casts the ``text`` column to float, as a careless plugin would: pandas' exception
+    quotes the first record's value (``could not convert string to float: '...'``)."""
+
+    name = "chaos_cast"
+    version = "0.1.0"
+    parameters = NoParameters
+    accepts = ALL_KINDS
+
+    def analyze(self, dataset: pd.DataFrame, params: NoParameters) -> dict[str, Any]:
+        return {"total": float(dataset["text"].astype(float).sum())}
+
+
 flaky = Flaky()
+cast = Cast()
 sleep = Sleep()
 fail = Fail()
