@@ -111,25 +111,30 @@ while ready_len < depth and moved < max_moves and left > 0 do
   local tenant = redis.call('LINDEX', ring, 0)
   local message = false
   local band = nil
+  local age_normal, age_low = 0, 0
   if redis.call('SISMEMBER', 'celeriac:suspended', tenant) == 0 then
     local age = redis.call('HMGET', aged, tenant .. '.normal', tenant .. '.low')
+    age_normal, age_low = tonumber(age[1] or '0'), tonumber(age[2] or '0')
     local order = {'high', 'normal', 'low'}
-    if tonumber(age[2] or '0') >= age_limit then
+    if age_low >= age_limit then
       order = {'low', 'high', 'normal'}
-    elseif tonumber(age[1] or '0') >= age_limit then
+    elseif age_normal >= age_limit then
       order = {'normal', 'high', 'low'}
     end
-    for _, b in ipairs(order) do
+    for i, b in ipairs(order) do
       message = redis.call('RPOP', pool .. '.' .. b .. '.' .. tenant)
       if message then band = b break end
-      redis.call('HDEL', aged, tenant .. '.' .. b)
+      -- An aged band found empty (its work was deleted) stops going first.
+      if i == 1 and b ~= 'high' then redis.call('HDEL', aged, tenant .. '.' .. b) end
     end
   end
   if message then
     redis.call('LPUSH', pool, message)
     ready_len = ready_len + 1
     moved = moved + 1
-    redis.call('HDEL', aged, tenant .. '.' .. band)
+    if (band == 'normal' and age_normal > 0) or (band == 'low' and age_low > 0) then
+      redis.call('HDEL', aged, tenant .. '.' .. band)
+    end
     -- The bands this release passed over, if they have work, age by one.
     local passed = (band == 'high' and {'normal', 'low'}) or (band == 'normal' and {'low'}) or {}
     for _, b in ipairs(passed) do
@@ -138,7 +143,9 @@ while ready_len < depth and moved < max_moves and left > 0 do
       end
     end
     local weight = tonumber(redis.call('HGET', 'celeriac:weights', tenant) or '1')
-    if redis.call('HINCRBY', credit, tenant, 1) >= weight then
+    if weight <= 1 then
+      redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')  -- most tenants: no credit to keep
+    elseif redis.call('HINCRBY', credit, tenant, 1) >= weight then
       redis.call('HDEL', credit, tenant)
       redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
     end
