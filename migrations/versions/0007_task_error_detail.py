@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_task_error_detail"
-down_revision: str | None = "0005_quotas"
+down_revision: str | None = "0006_dispatch_weight"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
