@@ -1,7 +1,7 @@
 """job_tasks.error_detail: a failed task's error message, encrypted under the tenant's key
 
 Revision ID: 0007_task_error_detail
-Revises: 0005_quotas
+Revises: 0006_dispatch_weight
 """
 
 from collections.abc import Sequence
