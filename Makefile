@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: up test lint typecheck pytest install lock clean
+.PHONY: up test lint typecheck pytest install lock clean prometheus
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,7 +23,14 @@ $(CHECKOV_STAMP): requirements-checkov.lock $(STAMP)
 	$(VENV)/bin/uv pip install --python $(CHECKOV_VENV)/bin/python -q -r requirements-checkov.lock
 	touch $(CHECKOV_STAMP)
 
-install: $(STAMP) $(CHECKOV_STAMP)
+install: $(STAMP) $(CHECKOV_STAMP) prometheus
+
+## Debian's prometheus package: promtool checks the chart's alert rules (tests/deploy) and
+## the server scrapes a running platform (tests/workers/test_observability.py).
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    --no-install-recommends prometheus; }
 
 ## Run the whole platform on its embedded defaults (SQLite, filesystem broker, local keys).
 up: $(STAMP)
@@ -39,7 +46,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) $(CHECKOV_STAMP)
+pytest: $(STAMP) $(CHECKOV_STAMP) prometheus
 	$(VENV)/bin/pytest -n auto --dist loadgroup
 
 ## Re-resolve requirements.lock (and requirements-checkov.lock) after changing dependencies.

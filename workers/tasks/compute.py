@@ -13,6 +13,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celeriac.platform.models import TaskState
 from celeriac.platform.queues import Pool, TaskName
 from celeriac.platform.settings import get_settings
+from celeriac.workers.telemetry import report_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) ->
         except Retry:
             raise
         except Exception as exc:
-            logger.warning("compute task failed", exc_info=True)
+            # ERROR: Sentry's logging integration reports it (scrubbed of the message).
+            logger.error("compute task failed", exc_info=True)
             outcome, error = TaskState.FAILED, _error_text(exc)
+    report_outcome(outcome.value, claimed.plugin)
     steps.finish(tenant_id, job_id, claimed, outcome, error)
