@@ -41,8 +41,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from celeriac.platform.queues import BANDS, TenantQueue
-from celeriac.platform.queues import Pool
+from celeriac.platform.queues import BANDS, Pool, TenantQueue
 
 if TYPE_CHECKING:
     from celeriac.platform.dispatch import FairDispatcher

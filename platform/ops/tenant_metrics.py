@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
-from typing import Annotated, Any
+from collections.abc import Iterator
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CollectorRegistry, generate_latest
@@ -27,23 +27,21 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from celeriac.platform.api.deps import AdminDep, Authenticator, SessionDep, SettingsDep
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.dispatch import FairDispatcher, get_dispatcher
+from celeriac.platform.jobs import repository as jobs
 from celeriac.platform.keys.service import Scope
 from celeriac.platform.metrics import CONTENT_TYPE, oldest_age, status_class
 from celeriac.platform.models import (
     FINAL_JOB_STATES,
-    Job,
-    JobState,
     Tenant,
-    WebhookAttempt,
 )
-from celeriac.platform.queues import BANDS, TenantQueue
-from celeriac.platform.queues import Pool
+from celeriac.platform.queues import BANDS, Pool, TenantQueue
+from celeriac.platform.webhooks import repository as webhooks
 
 OTHER = "other"
 DURATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -51,28 +49,6 @@ DURATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 tenant_router = APIRouter(tags=["metrics"])
 admin_router = APIRouter(prefix="/metrics", include_in_schema=False)
 MetricsReader = Annotated[TenantContext, Depends(Authenticator(Scope.METRICS_READ))]
-
-
-# --- the database's side ------------------------------------------------------------------
-
-
-def _running_jobs(session: Session, tenant_ids: Iterable[uuid.UUID] | None) -> Counter[uuid.UUID]:
-    query = select(Job.tenant_id, func.count()).where(Job.state == JobState.RUNNING)
-    if tenant_ids is not None:
-        query = query.where(Job.tenant_id.in_(list(tenant_ids)))
-    return Counter({t: int(n) for t, n in session.execute(query.group_by(Job.tenant_id))})
-
-
-def _finished_jobs(
-    session: Session, tenant_ids: Iterable[uuid.UUID] | None
-) -> dict[tuple[uuid.UUID, str], int]:
-    query = select(Job.tenant_id, Job.state, func.count()).where(
-        Job.state.in_(sorted(FINAL_JOB_STATES))
-    )
-    if tenant_ids is not None:
-        query = query.where(Job.tenant_id.in_(list(tenant_ids)))
-    rows = session.execute(query.group_by(Job.tenant_id, Job.state))
-    return {(t, JobState(s).value): int(n) for t, s, n in rows}
 
 
 # --- /metrics/tenants ----------------------------------------------------------------------
@@ -129,12 +105,12 @@ class TopTenantsCollector(Collector):
             oldest_age(self.dispatcher, other_queues, now) if self.dispatcher else 0.0,
         )
         runs: Counter[str] = Counter()
-        for tenant_id, count in _running_jobs(self.session, None).items():
+        for tenant_id, count in jobs.unscoped_running_counts(self.session).items():
             runs[label(tenant_id)] += count
         for name in [*top, OTHER]:
             running.add_metric([name], runs[name])
         ends: Counter[tuple[str, str]] = Counter()
-        for (tenant_id, state), count in _finished_jobs(self.session, None).items():
+        for (tenant_id, state), count in jobs.unscoped_finished_counts(self.session).items():
             ends[(label(tenant_id), state)] += count
         for (name, state), count in sorted(ends.items()):
             finished.add_metric([name, state], count)
@@ -186,15 +162,15 @@ class OwnTenantCollector(Collector):
         yield backlog
 
         running = GaugeMetricFamily("celeriac_running_jobs", "Your jobs running now.")
-        running.add_metric([], _running_jobs(self.session, [tenant_id])[tenant_id])
+        running.add_metric([], jobs.running_count(self.session, tenant_id))
         yield running
 
         finished = CounterMetricFamily(
             "celeriac_jobs_finished", "Your jobs that reached a final state.", labels=["state"]
         )
-        counts = _finished_jobs(self.session, [tenant_id])
+        counts = jobs.finished_counts(self.session, tenant_id)
         for state in sorted(FINAL_JOB_STATES):
-            finished.add_metric([state.value], counts.get((tenant_id, state.value), 0))
+            finished.add_metric([state.value], counts.get(state.value, 0))
         yield finished
         yield self._durations(tenant_id)
 
@@ -203,43 +179,25 @@ class OwnTenantCollector(Collector):
             "Deliveries to your webhooks by outcome class.",
             labels=["outcome"],
         )
-        rows = self.session.execute(
-            select(WebhookAttempt.status_code, func.count())
-            .where(WebhookAttempt.tenant_id == tenant_id)
-            .group_by(WebhookAttempt.status_code)
-        )
         classes: Counter[str] = Counter()
-        for status, count in rows:
+        for status, count in webhooks.attempt_status_counts(self.session, tenant_id).items():
             classes["error" if status is None else status_class(int(status))] += int(count)
         for klass, count in sorted(classes.items()):
             attempts.add_metric([klass], count)
         yield attempts
 
     def _durations(self, tenant_id: uuid.UUID) -> HistogramMetricFamily:
-        """Submission to final state of the tenant's finished jobs, as a histogram whose
-        buckets are counted by the database (one row back, however many jobs)."""
-        seconds = _seconds_between(self.session, Job.created_at, Job.finished_at)
-        columns = [func.sum(case((seconds <= bound, 1), else_=0)) for bound in DURATION_BUCKETS]
-        query = select(func.count(), func.coalesce(func.sum(seconds), 0.0), *columns).where(
-            Job.tenant_id == tenant_id,
-            Job.state.in_(sorted(FINAL_JOB_STATES)),
-            Job.finished_at.is_not(None),
+        """Submission to final state of the tenant's ended jobs (buckets counted by the
+        database: one row back, however many jobs)."""
+        total, seconds, cumulative = jobs.duration_histogram(
+            self.session, tenant_id, DURATION_BUCKETS
         )
-        row = self.session.execute(query).one()
-        total, sum_seconds = int(row[0]), float(row[1] or 0.0)
-        buckets = [(str(b), int(n or 0)) for b, n in zip(DURATION_BUCKETS, row[2:], strict=True)]
+        buckets = [(str(b), n) for b, n in zip(DURATION_BUCKETS, cumulative, strict=True)]
         family = HistogramMetricFamily(
             "celeriac_job_duration_seconds", "Your jobs' submission to final state."
         )
-        family.add_metric([], [*buckets, ("+Inf", total)], sum_seconds)
+        family.add_metric([], [*buckets, ("+Inf", total)], seconds)
         return family
-
-
-def _seconds_between(session: Session, start: Any, end: Any) -> Any:
-    """``end - start`` in seconds, in PostgreSQL's dialect or SQLite's."""
-    if session.get_bind().dialect.name == "sqlite":
-        return (func.julianday(end) - func.julianday(start)) * 86400.0
-    return func.extract("epoch", end - start)
 
 
 @tenant_router.get(
