@@ -216,7 +216,13 @@ def _each_process_serves_metrics(stack: Stack) -> None:
     distribution = scrape(f"http://127.0.0.1:{stack.ports['distribution']}/metrics")
     assert total(distribution, "celeriac_webhook_attempts_total", outcome="2xx") == 1
     assert total(distribution, "celeriac_webhook_delivery_seconds_count") == 1
+    # The job's end is counted where its lifecycle transition happens (finalize, in the
+    # distribution pool); its start, which ends its queue wait, in orchestration.
+    assert total(distribution, "celeriac_jobs_finished_total", state="partial",
+                 band="normal") == 1  # fmt: skip
+    assert total(distribution, "celeriac_job_duration_seconds_count", band="normal") == 1
     orchestration = scrape(f"http://127.0.0.1:{stack.ports['orchestration']}/metrics")
+    assert total(orchestration, "celeriac_job_queue_wait_seconds_count", band="normal") == 1
     assert total(orchestration, "celeriac_tasks_total",
                  task="celeriac.orchestration.start_job", outcome="succeeded") == 1  # fmt: skip
     # Two uvicorn processes, one sum: the POST went to one of them.
@@ -265,6 +271,7 @@ def _prometheus_scrapes_every_component_and_agrees_with_the_database(
             compute_runs = conn.execute(select(func.count()).select_from(JobTask)).scalar_one()
         assert query("sum(celeriac_jobs_submitted_total)") == jobs == 1
         assert finished == 1
+        assert query('sum(celeriac_jobs_finished_total{state="partial"})') == finished
         runs = 'sum(celeriac_tasks_total{task="celeriac.compute.run_task"})'
         assert query(runs) == compute_runs
         durations = 'sum(celeriac_task_duration_seconds_count{pool="compute"})'
