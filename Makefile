@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: up test lint typecheck pytest install lock clean chaos
+.PHONY: up test lint typecheck pytest install lock clean chaos prometheus
 
 $(STAMP): requirements.lock pyproject.toml
 	@echo "make: installing Celeriac and its locked dependencies into $(VENV) (a minute or so the first time)..."
@@ -25,7 +25,14 @@ $(CHECKOV_STAMP): requirements-checkov.lock $(STAMP)
 	$(VENV)/bin/uv pip install --python $(CHECKOV_VENV)/bin/python -q -r requirements-checkov.lock
 	touch $(CHECKOV_STAMP)
 
-install: $(STAMP) $(CHECKOV_STAMP)
+install: $(STAMP) $(CHECKOV_STAMP) prometheus
+
+## Debian's prometheus package: promtool checks the chart's alert rules (tests/deploy) and
+## the server scrapes a running platform (tests/workers/test_observability.py).
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    --no-install-recommends prometheus; }
 
 ## Run the whole platform on its embedded defaults (SQLite, filesystem broker, local keys).
 up: $(STAMP)
@@ -42,7 +49,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) $(CHECKOV_STAMP)
+pytest: $(STAMP) $(CHECKOV_STAMP) prometheus
 	$(VENV)/bin/pytest -n auto --dist loadgroup
 
 ## The fault suite (not part of test): its own PostgreSQL cluster and Redis, real processes,

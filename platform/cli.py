@@ -69,15 +69,14 @@ def api(
     """Run the REST API (FastAPI under uvicorn)."""
     import uvicorn
 
-    from celeriac.platform.observability import init_process
-
     settings = _settings()
     host = host or settings.api.host
     port = port or settings.api.port
     _ensure_port_free(host, port)
-    init_process(settings, "api")
+    _metrics_dir(settings, f"api-{port}")
+    # Logging, Sentry, tracing: in the factory, which every uvicorn process runs.
     uvicorn.run(
-        "celeriac.platform.api.app:create_app",
+        "celeriac.platform.api.observability:create_served_app",
         factory=True,
         host=host,
         port=port,
@@ -85,6 +84,25 @@ def api(
         log_config=None,
         proxy_headers=True,
     )
+
+
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        help="Serve Prometheus metrics on this port (CELERIAC_OBSERVABILITY__METRICS_PORT)."
+    ),
+]
+
+
+def _metrics_dir(settings: Settings, name: str, port: int | None = None) -> None:
+    """Point this process and its children at a freshly wiped multiprocess directory of
+    their own (before anything imports prometheus-client), and pass ``port`` on."""
+    if port is not None:
+        os.environ["CELERIAC_OBSERVABILITY__METRICS_PORT"] = str(port)
+    if settings.observability.metrics_enabled:
+        from celeriac.platform.metrics import prepare_multiprocess_dir
+
+        prepare_multiprocess_dir(settings.observability.metrics_dir / name)
 
 
 def worker_argv(settings: Settings, pool: Pool, concurrency: int | None) -> list[str]:
@@ -120,16 +138,21 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(help="Processes (compute) or greenlets (others).")
     ] = None,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Run a Celery worker for one pool: orchestration and distribution on gevent,
     compute on prefork with fair scheduling, prefetch 1 and late acks."""
-    os.execv(sys.executable, worker_argv(_settings(), pool, concurrency))
+    settings = _settings()
+    port = metrics_port or settings.observability.metrics_port
+    _metrics_dir(settings, f"worker-{pool.value}-{port or os.getpid()}", metrics_port)
+    os.execv(sys.executable, worker_argv(settings, pool, concurrency))
 
 
 @cli.command()
-def beat() -> None:
+def beat(metrics_port: MetricsPort = None) -> None:
     """Run Celery beat: the reconciler and other periodic work."""
     settings = _settings()
+    _metrics_dir(settings, "beat", metrics_port)
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     schedule = settings.var_dir / "celerybeat-schedule"
     argv = [sys.executable, "-m", "celery", "-A", CELERY_APP, "beat", "--schedule", str(schedule)]

@@ -227,6 +227,28 @@ class LogSettings(BaseModel):
     json_lines: bool = True
 
 
+class ObservabilitySettings(BaseModel):
+    """Metrics, traces and error reports (docs/adr/0013-observability.md)."""
+
+    # Prometheus text on /metrics (API) and on metrics_port (workers, beat).
+    metrics_enabled: bool = True
+    # prometheus-client's multiprocess directory; each process group gets a subdirectory
+    # of its own, wiped when it starts. Default follows var_dir.
+    metrics_dir: Path = Path("var/metrics")
+    # Where a worker or beat serves /metrics (``celeriac worker --metrics-port``); None: not.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # /metrics/tenants exports this many tenants (by backlog) and one "other" bucket.
+    tenant_metrics_top_n: int = Field(default=20, ge=1, le=500)
+    # OpenTelemetry: spans go to this OTLP/HTTP endpoint (".../v1/traces"); None: no tracing.
+    otlp_endpoint: str | None = None
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # How long finished spans wait before export (the batch processor's schedule).
+    trace_export_delay_ms: int = Field(default=1000, ge=1)
+    sentry_sample_rate: float = Field(default=1.0, ge=0, le=1)
+    sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
+
+
 class Settings(BaseSettings):
     """Everything Celeriac can be told, with the embedded mode as the defaults."""
 
@@ -256,6 +278,7 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     cache: CacheSettings = CacheSettings()
     log: LogSettings = LogSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -267,6 +290,7 @@ class Settings(BaseSettings):
         for section, field, default in (
             ("blob", "local_dir", var_dir / "blobs"),
             ("keys", "keyring_path", var_dir / "keyring.json"),
+            ("observability", "metrics_dir", var_dir / "metrics"),
         ):
             values = data.setdefault(section, {})
             if isinstance(values, dict):

@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from celeriac.platform.api.idempotency import install_idempotency
 from celeriac.platform.api.middleware import RequestEnvelope
+from celeriac.platform.api.observability import install_observability
 from celeriac.platform.api.problems import PROBLEM_JSON, install_problem_handlers
 from celeriac.platform.api.schemas import Problem
 from celeriac.platform.api.strict_json import StrictJsonBodies
@@ -197,5 +198,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics_router,
     ):  # fmt: skip
         app.include_router(router)
+    install_observability(app, settings)
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
     return app

@@ -18,6 +18,7 @@ from starlette.routing import Match
 
 from celeriac.platform.errors import ProblemError
 from celeriac.platform.logging import current_context
+from celeriac.platform.metrics import quota_rejected
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://celeriac.dev/problems/"
@@ -74,6 +75,9 @@ def _pointer(loc: Sequence[int | str]) -> str:
 
 def _on_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)
+    policy = (exc.extra or {}).get("policy")
+    if exc.status in (413, 429) and isinstance(policy, str):
+        quota_rejected(policy)  # a quota or limit refused it (celeriac_quota_rejections_total)
     return problem_response(
         request, status=exc.status, code=exc.code, title=exc.title, detail=exc.detail,
         errors=exc.errors, headers=exc.headers, extra=exc.extra,

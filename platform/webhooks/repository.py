@@ -285,3 +285,13 @@ def unscoped_due_deliveries(
         .limit(limit)
     ).all()
     return [(row[0], row[1]) for row in rows]
+
+
+def attempt_status_counts(session: Session, tenant_id: uuid.UUID) -> dict[int | None, int]:
+    """The tenant's delivery attempts by HTTP status (None: no answer); for its metrics."""
+    rows = session.execute(
+        select(WebhookAttempt.status_code, func.count())
+        .where(WebhookAttempt.tenant_id == tenant_id)
+        .group_by(WebhookAttempt.status_code)
+    )
+    return {status: int(count) for status, count in rows}

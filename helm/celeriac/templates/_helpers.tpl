@@ -100,6 +100,12 @@ platform/settings.py.
 {{- $_ := set $env (printf "CELERIAC_WORKERS__%s_CONCURRENCY" (upper $pool)) $spec.concurrency }}
 {{- end }}
 {{- end }}
+{{- if .Values.metrics.enabled }}
+{{- $_ := set $env "CELERIAC_OBSERVABILITY__METRICS_PORT" .Values.metrics.port }}
+{{- $_ := set $env "CELERIAC_OBSERVABILITY__METRICS_HOST" "0.0.0.0" }}
+{{- else }}
+{{- $_ := set $env "CELERIAC_OBSERVABILITY__METRICS_ENABLED" "false" }}
+{{- end }}
 {{- range $name, $value := .Values.config.extra }}
 {{- if not (hasPrefix "CELERIAC_" $name) }}
 {{- fail (printf "config.extra.%s: only CELERIAC_* settings belong here" $name) }}
