@@ -15,9 +15,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    import uvicorn
 
 from celeriac.platform.queues import Pool
 from celeriac.platform.settings import Settings, SettingsError, get_settings
@@ -73,8 +76,8 @@ def api(
     port = port or settings.api.port
     _ensure_port_free(host, port)
     init_process(settings, "api")
-    uvicorn.run(
-        "celeriac.platform.api.app:create_app",
+    config = uvicorn.Config(
+        "celeriac.platform.ops.server:create_asgi_app",
         factory=True,
         host=host,
         port=port,
@@ -82,6 +85,28 @@ def api(
         log_config=None,
         proxy_headers=True,
     )
+    ports = [port]
+    if settings.api.ops_port is not None:
+        # The ops port (the backlog for KEDA) is a second socket of the same processes.
+        _ensure_port_free(host, settings.api.ops_port)
+        ports.append(settings.api.ops_port)
+    _serve(config, ports)
+
+
+def _serve(config: uvicorn.Config, ports: list[int]) -> None:
+    """What ``uvicorn.run`` does, with one listening socket per port (it binds only one)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    sockets = []
+    for port in ports:
+        config.port = port
+        sockets.append(config.bind_socket())
+    config.port = ports[0]
+    if config.workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+    else:
+        uvicorn.Server(config).run(sockets=sockets)
 
 
 def worker_argv(settings: Settings, pool: Pool, concurrency: int | None) -> list[str]:

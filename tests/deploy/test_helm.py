@@ -24,7 +24,7 @@ from celeriac.platform.settings import Settings, load_settings
 from deploy_support import REPO, failures, run_checkov, unjustified_skips
 
 CHART = REPO / "helm" / "celeriac"
-# KEDA v2.20.2's ScaledObject CRD (config/crd/bases), vendored so the test needs nothing
+# KEDA v2.20.2's ScaledObject and TriggerAuthentication CRDs (config/crd/bases), vendored so the test needs nothing
 # outside the repo; test_vendored_crd_matches_the_shared_copy keeps it honest.
 CRDS = Path(__file__).resolve().parent / "crds"
 SHARED_CRDS = REPO.parent / "shared" / "k8s-schemas"
@@ -42,6 +42,7 @@ SECRET_ENV = {
     "CELERIAC_REDIS_URL": "rediss://:token@redis.internal:6379/1?ssl_cert_reqs=required",
     "CELERIAC_AUTH__JWT_HS256_SECRET": "x" * 48,
     "CELERIAC_AUTH__API_KEY_PEPPER": "y" * 48,
+    "CELERIAC_API__METRICS_TOKEN": "m" * 48,
 }
 POOLS = {pool.value for pool in Pool}
 
@@ -156,7 +157,7 @@ def _crd_schema(kind: str, version: str) -> dict[str, Any]:
 
 def test_keda_objects_validate_against_the_crd_schemas(objects: list[dict[str, Any]]) -> None:
     keda = [o for o in objects if o["apiVersion"].startswith("keda.sh/")]
-    assert {o["kind"] for o in keda} == {"ScaledObject"}
+    assert {o["kind"] for o in keda} == {"ScaledObject", "TriggerAuthentication"}
     for obj in keda:
         schema = _crd_schema(obj["kind"], obj["apiVersion"].split("/")[1])
         jsonschema.Draft7Validator(schema).validate(obj)
@@ -173,8 +174,11 @@ def test_the_strict_crd_schema_refuses_what_keda_would_refuse() -> None:
         assert not schema.is_valid(bad)
 
 
-def test_vendored_crd_matches_the_shared_copy() -> None:
-    shared = SHARED_CRDS / "keda.sh_scaledobjects.yaml"
+@pytest.mark.parametrize(
+    "name", ["keda.sh_scaledobjects.yaml", "keda.sh_triggerauthentications.yaml"]
+)
+def test_vendored_crd_matches_the_shared_copy(name: str) -> None:
+    shared = SHARED_CRDS / name
     if not shared.exists():
         pytest.skip(f"{shared} is not on this machine")
     assert (CRDS / shared.name).read_bytes() == shared.read_bytes()
@@ -189,13 +193,31 @@ def _container_env(obj: dict[str, Any], objects: list[dict[str, Any]]) -> dict[s
     config_maps = of_kind(objects, "ConfigMap")
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
-        if "configMapRef" in source:
-            env |= config_maps[source["configMapRef"]["name"]]["data"]
+        assert set(source) == {"configMapRef"}  # secrets come key by key, never whole
+        env |= config_maps[source["configMapRef"]["name"]]["data"]
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+            continue
+        ref = item["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "celeriac-env" and ref["key"] == item["name"]
+        if ref["key"] in SECRET_ENV:
+            env[item["name"]] = SECRET_ENV[ref["key"]]
         else:
-            assert source["secretRef"]["name"] == "celeriac-env"
-            env |= SECRET_ENV
-    env |= {item["name"]: item["value"] for item in container.get("env", [])}
+            assert ref.get("optional") is True, ref  # the Secret need not hold it
     return env
+
+
+def _secret_keys(obj: dict[str, Any]) -> dict[str, bool]:
+    """The Secret keys a pod's container reads, each with whether it is required."""
+    (container,) = obj["spec"]["template"]["spec"]["containers"]
+    return {
+        item["valueFrom"]["secretKeyRef"]["key"]: not item["valueFrom"]["secretKeyRef"].get(
+            "optional", False
+        )
+        for item in container.get("env", [])
+        if "valueFrom" in item
+    }
 
 
 def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -231,7 +253,8 @@ def test_one_worker_deployment_per_pool_with_its_own_scaled_object(
     scaled = {
         o["spec"]["scaleTargetRef"]["name"]: o for o in of_kind(objects, "ScaledObject").values()
     }
-    service = of_kind(objects, "Service")[f"{RELEASE}-api"]
+    service = of_kind(objects, "Service")[f"{RELEASE}-api-ops"]
+    (auth,) = of_kind(objects, "TriggerAuthentication").values()
     (backlog_route,) = [r.path for r in metrics_router.routes]
     for pool, deployment in deployments.items():
         assert "replicas" not in deployment["spec"]  # KEDA's HPA owns the count
@@ -245,8 +268,12 @@ def test_one_worker_deployment_per_pool_with_its_own_scaled_object(
             f"http://{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local:"
             f"{service['spec']['ports'][0]['port']}{backlog_route}"
         )
+        assert meta["authMode"] == "bearer"
+        assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
         assert int(meta["targetValue"]) >= 1
         assert so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
+        # A failed metrics read keeps a busy pool's replicas instead of cutting it to 2.
+        assert so["spec"]["fallback"]["behavior"] == "currentReplicasIfHigher"
     assert scaled[f"{RELEASE}-worker-orchestration"]["spec"]["minReplicaCount"] >= 1
 
 
@@ -296,7 +323,8 @@ def test_migrations_run_as_a_hook_before_install_and_upgrade(
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["command"] + container["args"] == ["celeriac", "migrate"]
     # It cannot use what a pre-install hook runs before: the ConfigMap, the ServiceAccount.
-    assert all("configMapRef" not in s for s in container["envFrom"])
+    assert "envFrom" not in container
+    assert set(_secret_keys(job)) == {"CELERIAC_DATABASE_URL", "CELERIAC_SENTRY_DSN"}
     assert "serviceAccountName" not in job["spec"]["template"]["spec"]
 
 
@@ -354,7 +382,9 @@ def test_a_chart_made_secret_is_a_hook_the_migration_can_read(
     assert int(job["metadata"]["annotations"]["helm.sh/hook-weight"]) > -10
     for obj in (o for o in objects if o["kind"] in {"Deployment", "Job"}):
         (container,) = obj["spec"]["template"]["spec"]["containers"]
-        assert {"secretRef": {"name": f"{RELEASE}-secrets"}} in container["envFrom"]
+        names = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
+                 if "valueFrom" in e}  # fmt: skip
+        assert names == {f"{RELEASE}-secrets"}
     kubernetes_validate.validate(secret, KUBE_VERSIONS[0], strict=True)
 
 
