@@ -20,12 +20,14 @@ import yaml
 from celeriac.platform.ops.routes import PoolDemand, metrics_router
 from celeriac.platform.queues import Pool, parse_queue
 from celeriac.platform.settings import Settings, load_settings
+from celeriac.workers.health import heartbeat_path
 
 from deploy_support import REPO, failures, run_checkov, unjustified_skips
 
 CHART = REPO / "helm" / "celeriac"
-# KEDA v2.20.2's ScaledObject and TriggerAuthentication CRDs (config/crd/bases), vendored so the test needs nothing
-# outside the repo; test_vendored_crd_matches_the_shared_copy keeps it honest.
+# KEDA v2.20.2's ScaledObject and TriggerAuthentication CRDs (config/crd/bases), vendored
+# so the test needs nothing outside the repo; test_vendored_crd_matches_the_shared_copy
+# keeps them honest.
 CRDS = Path(__file__).resolve().parent / "crds"
 SHARED_CRDS = REPO.parent / "shared" / "k8s-schemas"
 RELEASE, NAMESPACE = "celeriac", "celeriac"
@@ -118,7 +120,7 @@ def test_helm_lint_is_clean() -> None:
 def test_core_objects_validate_against_the_kubernetes_schemas(
     objects: list[dict[str, Any]], kube_version: str
 ) -> None:
-    core = [o for o in objects if not o["apiVersion"].startswith("keda.sh/")]
+    core = [o for o in objects if not o["apiVersion"].startswith(("keda.sh/", "external-"))]
     assert {o["kind"] for o in core} >= {
         "ConfigMap", "Deployment", "Job", "NetworkPolicy", "PodDisruptionBudget", "Service",
         "ServiceAccount",
@@ -437,3 +439,160 @@ def test_checkov_finds_nothing_that_is_not_skipped_with_a_reason(
                 check = value.split("=", 1)[0]
                 resource = f"{obj['kind']}.{NAMESPACE}.{obj['metadata']['name']}"
                 assert (check, resource) in used, (check, resource)
+
+
+# --- health, rollout, network, secrets per component --------------------------------------
+
+
+def test_workers_and_beat_probe_the_heartbeat_their_process_writes(
+    objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    by_name = {pool: deployment for pool, deployment in workers(objects).items()}
+    by_name["beat"] = of_kind(objects, "Deployment")[f"{RELEASE}-beat"]
+    assert set(by_name) == POOLS | {"beat"}
+    for name, deployment in by_name.items():
+        settings = _settings_from(_container_env(deployment, objects), monkeypatch)
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        expected = heartbeat_path(settings, name)
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            command = container[probe]["exec"]["command"]
+            assert command[:2] == ["celeriac-alive", str(expected)], (name, probe)
+            # The file must be able to age past several heartbeats before a probe fails.
+            assert int(command[2]) >= 3 * settings.workers.heartbeat_seconds
+        assert container["livenessProbe"]["failureThreshold"] >= 2
+    compute = by_name["compute"]["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert compute["periodSeconds"] * compute["failureThreshold"] >= 180  # imports first
+
+
+def test_rollouts_keep_every_replica_and_spread_across_zones(
+    objects: list[dict[str, Any]],
+) -> None:
+    for pool, deployment in workers(objects).items():
+        strategy = deployment["spec"]["strategy"]
+        assert strategy["type"] == "RollingUpdate", pool
+        assert strategy["rollingUpdate"]["maxUnavailable"] == 0, pool
+    for deployment in [
+        *workers(objects).values(),
+        of_kind(objects, "Deployment")[f"{RELEASE}-api"],
+    ]:
+        pod = deployment["spec"]["template"]
+        zone = [c for c in pod["spec"]["topologySpreadConstraints"]
+                if c["topologyKey"] == "topology.kubernetes.io/zone"]  # fmt: skip
+        assert (
+            zone
+            and zone[0]["labelSelector"]["matchLabels"]
+            == (deployment["spec"]["selector"]["matchLabels"])
+        )
+    compute = workers(objects)["compute"]["spec"]["template"]["metadata"]["annotations"]
+    assert compute["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    for pool in POOLS - {"compute"}:
+        annotations = workers(objects)[pool]["spec"]["template"]["metadata"]["annotations"]
+        assert "cluster-autoscaler.kubernetes.io/safe-to-evict" not in annotations
+
+
+def test_the_api_waits_before_it_stops(objects: list[dict[str, Any]]) -> None:
+    api = of_kind(objects, "Deployment")[f"{RELEASE}-api"]["spec"]["template"]["spec"]
+    (container,) = api["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and 0 < int(command[1]) < api["terminationGracePeriodSeconds"]
+
+
+def test_phase_one_of_an_upgrade_needs_the_running_api() -> None:
+    # Offline there is no cluster to look the running API up in: refused, never rendered
+    # with a half-empty API.
+    with pytest.raises(helm.HelmError, match=r"upgrade\.phase=workers"):
+        render({"upgrade": {"phase": "workers"}})
+
+
+def test_the_backlog_port_admits_only_keda_and_ignores_readiness(
+    objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = of_kind(objects, "Deployment")[f"{RELEASE}-api"]
+    settings = _settings_from(_container_env(api, objects), monkeypatch)
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["ops"] == settings.api.ops_port and ports["http"] == settings.api.port
+    ops = of_kind(objects, "Service")[f"{RELEASE}-api-ops"]
+    assert ops["spec"]["publishNotReadyAddresses"] is True  # /readyz follows PostgreSQL
+    assert ops["spec"]["selector"] == api["spec"]["selector"]["matchLabels"]
+    assert [p["targetPort"] for p in ops["spec"]["ports"]] == ["ops"]
+    public = of_kind(objects, "Service")[f"{RELEASE}-api"]
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http"]
+    policy = of_kind(objects, "NetworkPolicy")[f"{RELEASE}-api"]
+    rules = {r["ports"][0]["port"]: r.get("from") for r in policy["spec"]["ingress"]}
+    assert rules["http"] is None  # the API's clients, from anywhere
+    assert rules["ops"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
+    ]
+    (auth,) = of_kind(objects, "TriggerAuthentication").values()
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "token", "name": "celeriac-env", "key": "CELERIAC_API__METRICS_TOKEN"}
+    ]
+
+
+def test_each_pod_gets_only_the_secrets_its_process_reads(objects: list[dict[str, Any]]) -> None:
+    api = _secret_keys(of_kind(objects, "Deployment")[f"{RELEASE}-api"])
+    assert {k for k, required in api.items() if required} == set(SECRET_ENV)
+    for deployment in [
+        *workers(objects).values(),
+        of_kind(objects, "Deployment")[f"{RELEASE}-beat"],
+    ]:
+        keys = _secret_keys(deployment)
+        assert {k for k, required in keys.items() if required} == {
+            "CELERIAC_DATABASE_URL", "CELERIAC_BROKER_URL", "CELERIAC_REDIS_URL"
+        }  # fmt: skip
+        assert not {"CELERIAC_AUTH__JWT_HS256_SECRET", "CELERIAC_AUTH__API_KEY_PEPPER",
+                    "CELERIAC_API__METRICS_TOKEN"} & set(keys)  # fmt: skip
+
+
+EXTERNAL = {
+    "secrets": {"existingSecret": ""},
+    "externalSecrets": {
+        "enabled": True,
+        "databaseSecret": "celeriac/prod/app-db",
+        "keys": {
+            name: {"key": f"celeriac/prod/{name.lower()}"}
+            for name in SECRET_ENV
+            if name != "CELERIAC_DATABASE_URL"
+        },
+    },
+}
+
+
+def test_external_secrets_give_each_component_its_own_secret_and_restart_on_rotation() -> None:
+    objects = render(EXTERNAL)
+    external = of_kind(objects, "ExternalSecret")
+    assert set(external) == {f"{RELEASE}-api", f"{RELEASE}-workers", f"{RELEASE}-migrate"}
+    assert of_kind(objects, "Secret") == {}
+    for name, obj in external.items():
+        assert obj["apiVersion"] == "external-secrets.io/v1"
+        assert obj["spec"]["target"]["name"] == name
+        assert "pre-install" in obj["metadata"]["annotations"]["helm.sh/hook"]  # before migrate
+        url = obj["spec"]["target"]["template"]["data"]["CELERIAC_DATABASE_URL"]
+        assert "{{ .db_password | urlquery }}" in url and "sslmode=verify-full" in url
+    fetched = {o["metadata"]["name"]: {d["secretKey"] for d in o["spec"]["data"]}
+               for o in external.values()}  # fmt: skip
+    assert "CELERIAC_AUTH__API_KEY_PEPPER" in fetched[f"{RELEASE}-api"]
+    assert "CELERIAC_AUTH__API_KEY_PEPPER" not in fetched[f"{RELEASE}-workers"]
+    db_fields = ("username", "password", "host", "port", "dbname")
+    assert fetched[f"{RELEASE}-migrate"] == {f"db_{f}" for f in db_fields}
+    for pool, deployment in workers(objects).items():
+        annotations = deployment["metadata"]["annotations"]
+        assert annotations["secret.reloader.stakater.com/reload"] == f"{RELEASE}-workers", pool
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
+                if "valueFrom" in e} == {f"{RELEASE}-workers"}  # fmt: skip
+    (auth,) = of_kind(objects, "TriggerAuthentication").values()
+    assert auth["spec"]["secretTargetRef"][0]["name"] == f"{RELEASE}-api"
+    for obj in objects:
+        if not obj["apiVersion"].startswith(("keda.sh/", "external-")):
+            kubernetes_validate.validate(obj, KUBE_VERSIONS[0], strict=True)
+
+
+def test_external_secrets_refuse_a_missing_key() -> None:
+    values = copy.deepcopy(EXTERNAL)
+    del values["externalSecrets"]["keys"]["CELERIAC_AUTH__JWT_HS256_SECRET"]
+    with pytest.raises(
+        helm.HelmError, match=r"externalSecrets\.keys\.CELERIAC_AUTH__JWT_HS256_SECRET"
+    ):
+        render(values)
