@@ -7,12 +7,14 @@
 # The RDS CA bundle comes in through the named build context `rds-ca` (a folder holding
 # global-bundle.pem): `make image` downloads and checks it; see docs/operations.md.
 
-# A slim Debian Python 3.11. Pin it by digest where you build releases
-# (--build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:...).
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# A slim Debian Python 3.11 (image and tag apart, so that a local base can stand in:
+# PYTHON_IMAGE=localhost/base PYTHON_TAG=bookworm). Pin it by digest where you build
+# releases (--build-arg PYTHON_TAG=3.11-slim-bookworm@sha256:...).
+ARG PYTHON_IMAGE=python
+ARG PYTHON_TAG=3.11-slim-bookworm
 
 # --- build: the wheel, and a virtualenv with the runtime lock and that wheel -------------
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_IMAGE}:${PYTHON_TAG} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
@@ -33,7 +35,7 @@ RUN /opt/celeriac/bin/pip wheel --no-deps --wheel-dir /dist /src \
  && /opt/celeriac/bin/python -c "import celeriac.platform.cli"
 
 # --- runtime -----------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS runtime
+FROM ${PYTHON_IMAGE}:${PYTHON_TAG} AS runtime
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="celeriac" \
       org.opencontainers.image.version="${VERSION}" \
@@ -42,8 +44,8 @@ LABEL org.opencontainers.image.title="celeriac" \
 RUN groupadd --system --gid 10001 celeriac \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin celeriac \
- && mkdir -p /var/lib/celeriac \
- && chown 10001:10001 /var/lib/celeriac
+ && mkdir -p /var/lib/celeriac /srv/celeriac \
+ && chown 10001:10001 /var/lib/celeriac /srv/celeriac
 COPY --from=build /opt/celeriac /opt/celeriac
 # Amazon RDS's CA bundle: libpq verifies the database's certificate against it with
 # sslmode=verify-full (PGSSLROOTCERT is libpq's variable, not a Celeriac setting).

@@ -8,15 +8,18 @@ STAMP := $(VENV)/.installed
 # and redis back a release in the project's environment: it gets a virtualenv of its own.
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+# The Compose specification's JSON schema (tests/deploy validate docker-compose.yml with it).
+COMPOSE_SCHEMA := $(VENV)/share/compose-spec/compose_spec.json
 
 .PHONY: up test lint typecheck pytest install lock clean image
 
 # The container image (Dockerfile). Docker where an engine answers, else podman; e.g. on a
-# machine without a registry: make image PYTHON_IMAGE=localhost/base:bookworm
+# machine without a registry: make image PYTHON_IMAGE=localhost/base PYTHON_TAG=bookworm
 # CONTAINER_ENGINE="podman --storage-driver vfs" BUILD_FLAGS="--isolation chroot".
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= celeriac:$(VERSION)
-PYTHON_IMAGE ?= python:3.11-slim-bookworm
+PYTHON_IMAGE ?= python
+PYTHON_TAG ?= 3.11-slim-bookworm
 CONTAINER_ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
 BUILD_FLAGS ?=
 RDS_CA_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
@@ -35,14 +38,22 @@ $(CHECKOV_STAMP): requirements-checkov.lock $(STAMP)
 	$(VENV)/bin/uv pip install --python $(CHECKOV_VENV)/bin/python -q -r requirements-checkov.lock
 	touch $(CHECKOV_STAMP)
 
-install: $(STAMP) $(CHECKOV_STAMP)
+$(COMPOSE_SCHEMA): requirements-compose-schema.txt $(STAMP)
+	rm -rf $(@D) && mkdir -p $(@D)/wheel
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --require-hashes \
+	  -r requirements-compose-schema.txt -d $(@D)/wheel
+	$(PY) -c "import sys, zipfile; (w,) = sys.argv[1:2]; \
+	  open(sys.argv[2], 'wb').write(zipfile.ZipFile(w).read('compose/config/compose_spec.json'))" \
+	  $(@D)/wheel/docker_compose-1.29.2-py2.py3-none-any.whl $@
+
+install: $(STAMP) $(CHECKOV_STAMP) $(COMPOSE_SCHEMA)
 
 ## Run the whole platform on its embedded defaults (SQLite, filesystem broker, local keys).
 up: $(STAMP)
 	$(VENV)/bin/celeriac up
 
 ## Lint, type-check and run every test against the machine's PostgreSQL and Redis.
-test: $(STAMP) $(CHECKOV_STAMP) lint typecheck pytest
+test: $(STAMP) $(CHECKOV_STAMP) $(COMPOSE_SCHEMA) lint typecheck pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -51,7 +62,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) $(CHECKOV_STAMP)
+pytest: $(STAMP) $(CHECKOV_STAMP) $(COMPOSE_SCHEMA)
 	$(VENV)/bin/pytest -n auto --dist loadgroup
 
 ## Re-resolve requirements.lock after changing dependencies, then the image's runtime-only
@@ -65,7 +76,8 @@ lock: $(STAMP)
 image: $(RDS_CA_DIR)/global-bundle.pem
 	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(if $(findstring podman,$(CONTAINER_ENGINE)),--format docker) \
 	  --build-context rds-ca=$(RDS_CA_DIR) \
-	  --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+	  --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) --build-arg PYTHON_TAG=$(PYTHON_TAG) \
+	  --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 build/rds-ca/global-bundle.pem:
 	mkdir -p $(@D)
