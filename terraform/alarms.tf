@@ -73,7 +73,7 @@ resource "aws_cloudwatch_metric_alarm" "db_connections" {
 resource "aws_cloudwatch_metric_alarm" "redis_memory" {
   for_each          = local.redis_nodes
   alarm_name        = "${var.name}-redis-${each.key}-memory"
-  alarm_description = each.value.role == "broker" ? "Broker Redis memory above 80 %: at 100 % noeviction refuses new tasks (the API answers 503)" : "Cache Redis memory above 90 %: volatile-lru is evicting cache and counter keys"
+  alarm_description = each.value.role == "broker" ? "Broker Redis memory above 80 %: at 100 % noeviction refuses writes and no new work can be published" : "Cache Redis memory above 90 %: volatile-lru is evicting cache and counter keys"
   namespace         = "AWS/ElastiCache"
   metric_name       = "DatabaseMemoryUsagePercentage"
   dimensions = {
