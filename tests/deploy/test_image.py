@@ -25,7 +25,8 @@ import jsonschema
 import pytest
 import yaml
 
-from celeriac.platform.settings import Pool, Settings, load_settings
+from celeriac.platform.queues import Pool
+from celeriac.platform.settings import Settings, load_settings
 from celeriac.workers.health import heartbeat_path
 
 from deploy_support import REPO, failures, run_checkov

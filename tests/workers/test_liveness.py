@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from celeriac.platform.settings import Pool, Settings
+from celeriac.platform.queues import Pool
+from celeriac.platform.settings import Settings
 from celeriac.workers.health import heartbeat_path
 
 from worker_support import Workers, wait_until
