@@ -567,6 +567,8 @@ def test_external_secrets_give_each_component_its_own_secret_and_restart_on_rota
     for name, obj in external.items():
         assert obj["apiVersion"] == "external-secrets.io/v1"
         assert obj["spec"]["target"]["name"] == name
+        # The hook is recreated at each upgrade: the Secret must outlive it.
+        assert obj["spec"]["target"]["creationPolicy"] == "Orphan"
         assert "pre-install" in obj["metadata"]["annotations"]["helm.sh/hook"]  # before migrate
         url = obj["spec"]["target"]["template"]["data"]["CELERIAC_DATABASE_URL"]
         assert "{{ .db_password | urlquery }}" in url and "sslmode=verify-full" in url
