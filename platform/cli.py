@@ -105,8 +105,11 @@ def _serve(config: uvicorn.Config, ports: list[int]) -> None:
     config.port = ports[0]
     if config.workers > 1:
         Multiprocess(config, sockets=sockets).run()
-    else:
-        uvicorn.Server(config).run(sockets=sockets)
+        return
+    server = uvicorn.Server(config)
+    server.run(sockets=sockets)
+    if not server.started:  # as uvicorn.run: a failed start-up is a failed command
+        raise SystemExit(3)
 
 
 def worker_argv(settings: Settings, pool: Pool, concurrency: int | None) -> list[str]:
