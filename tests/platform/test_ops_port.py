@@ -25,6 +25,8 @@ from worker_support import wait_until
 
 pytestmark = [
     pytest.mark.slow,
+    # One cluster for the module: its tests run on one xdist worker (--dist loadgroup).
+    pytest.mark.xdist_group("own-postgresql-cluster"),
     pytest.mark.skipif(shutil.which("pg_createcluster") is None, reason="needs Debian's "
                        "postgresql-common (pg_createcluster) to run a database it may stop"),
 ]  # fmt: skip
@@ -36,15 +38,17 @@ class OwnCluster:
 
     def __init__(self) -> None:
         self.version = sorted(os.listdir("/etc/postgresql"))[-1]
-        self.name = f"{DB_PREFIX}_ops"
+        # One per xdist worker, should the module's tests be spread over several.
+        self.name = f"{DB_PREFIX}_ops_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
         self.port = free_port()
         subprocess.run(["pg_dropcluster", "--stop", self.version, self.name],
                        capture_output=True, check=False)  # fmt: skip
-        subprocess.run(
+        created = subprocess.run(
             ["pg_createcluster", self.version, self.name, "-p", str(self.port), "--",
              "--auth-local=trust", "--auth-host=trust"],
-            capture_output=True, check=True, timeout=120,
+            capture_output=True, text=True, check=False, timeout=120,
         )  # fmt: skip
+        assert created.returncode == 0, created.stderr
         self.start()
         with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
             conn.execute("CREATE DATABASE celeriac")
