@@ -17,10 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    import uvicorn
 
 from celeriac.platform.queues import Pool
 from celeriac.platform.settings import Settings, SettingsError, get_settings
@@ -75,8 +78,8 @@ def api(
     _ensure_port_free(host, port)
     _metrics_dir(settings, f"api-{port}")
     # Logging, Sentry, tracing: in the factory, which every uvicorn process runs.
-    uvicorn.run(
-        "celeriac.platform.api.observability:create_served_app",
+    config = uvicorn.Config(
+        "celeriac.platform.ops.server:create_asgi_app",
         factory=True,
         host=host,
         port=port,
@@ -84,6 +87,31 @@ def api(
         log_config=None,
         proxy_headers=True,
     )
+    ports = [port]
+    if settings.api.ops_port is not None:
+        # The ops port (the backlog for KEDA) is a second socket of the same processes.
+        _ensure_port_free(host, settings.api.ops_port)
+        ports.append(settings.api.ops_port)
+    _serve(config, ports)
+
+
+def _serve(config: uvicorn.Config, ports: list[int]) -> None:
+    """What ``uvicorn.run`` does, with one listening socket per port (it binds only one)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    sockets = []
+    for port in ports:
+        config.port = port
+        sockets.append(config.bind_socket())
+    config.port = ports[0]
+    if config.workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+        return
+    server = uvicorn.Server(config)
+    server.run(sockets=sockets)
+    if not server.started:  # as uvicorn.run: a failed start-up is a failed command
+        raise SystemExit(3)
 
 
 MetricsPort = Annotated[

@@ -78,6 +78,27 @@ class ApiSettings(BaseModel):
     # Upper bound on how long an admin's change of a tenant's quotas takes to reach a process.
     quota_cache_poll_seconds: float = Field(default=1.0, gt=0, le=5)
     page_size_max: int = Field(default=100, ge=1)
+    # A second, internal port that serves only the backlog KEDA scales on
+    # (celeriac.platform.ops.server); None: not served. It needs metrics_token.
+    ops_port: int | None = Field(default=None, ge=1, le=65535)
+    # The bearer token KEDA's TriggerAuthentication presents on the ops port.
+    metrics_token: SecretStr | None = None
+    # At most one scan of the broker's keys per this many seconds per process: KEDA's three
+    # ScaledObjects and the HPA read the same numbers within one polling interval.
+    backlog_cache_seconds: float = Field(default=5.0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _ops_port_needs_a_token(self) -> ApiSettings:
+        if self.ops_port is not None:
+            token = self.metrics_token.get_secret_value() if self.metrics_token else ""
+            if len(token) < 32:
+                raise ValueError(
+                    "CELERIAC_API__OPS_PORT needs CELERIAC_API__METRICS_TOKEN (32 characters "
+                    "or more)"
+                )
+            if self.ops_port == self.port:
+                raise ValueError("CELERIAC_API__OPS_PORT must differ from CELERIAC_API__PORT")
+        return self
 
 
 # Standard Webhooks' schedule: after each failed attempt, the wait before the next one.
@@ -178,6 +199,9 @@ class WorkerSettings(BaseModel):
     compute_soft_time_limit: int = Field(default=300, ge=1)
     compute_hard_time_limit: int = Field(default=360, ge=1)
     visibility_timeout: int = Field(default=3600, ge=60)
+    # How often workers and beat touch their liveness heartbeat file (var_dir/heartbeat);
+    # the chart's probes call a file older than a few of these dead.
+    heartbeat_seconds: float = Field(default=10.0, gt=0, le=60)
 
 
 class JobSettings(BaseModel):

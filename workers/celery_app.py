@@ -22,6 +22,7 @@ from celeriac.platform.queues import Pool, TaskName
 from celeriac.platform.settings import Settings, get_settings
 from celeriac.platform.tasks import celery_config, default_publisher, use_app
 from celeriac.workers import telemetry
+from celeriac.workers.health import LivenessHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,9 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         },
     }
     celery_app.steps["worker"].add(CapacityHeartbeat)
+    # Liveness for the probes (celeriac.workers.health): a heartbeat file per process.
+    celery_app.steps["worker"].add(LivenessHeartbeat)
+    celery_app.conf.beat_scheduler = "celeriac.workers.health:HeartbeatScheduler"
     return celery_app
 
 

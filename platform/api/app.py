@@ -30,7 +30,6 @@ from celeriac.platform.jobs.routes import BODY_MODELS as JOBS_BODY_MODELS
 from celeriac.platform.jobs.routes import router as jobs_router
 from celeriac.platform.keys.routes import admin_router as admin_keys_router
 from celeriac.platform.keys.routes import tenant_router as keys_router
-from celeriac.platform.ops.routes import metrics_router
 from celeriac.platform.ops.routes import router as ops_router
 from celeriac.platform.quotas.enforce import RateLimitHeaders
 from celeriac.platform.quotas.routes import admin_router as admin_quotas_router
@@ -195,7 +194,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tenants_router, admin_keys_router, admin_quotas_router, keys_router, quotas_router,
         jobs_router, webhook_messages_router, webhooks_router, usage_router, admin_usage_router,
         ops_router,
-        metrics_router,
     ):  # fmt: skip
         app.include_router(router)
     install_observability(app, settings)
