@@ -64,13 +64,13 @@ def seal_exception(tenant_id: str, task_id: str, exc: BaseException) -> SealedEr
 
 
 # "ValueError: ..." or "pandas.errors.ParserError: ..." (traceback.format_exception_only)
-_KIND_AND_MESSAGE = re.compile(r"(?s)([A-Za-z_][\w.]*)(?:: (.*))?")
+_KIND_AND_MESSAGE = re.compile(r"(?s)([A-Za-z_][\w.]*): (.+)")
 
 
 def seal_text(tenant_id: str, task_id: str, error: str) -> SealedError:
-    """:func:`seal` of an exception formatted as ``Kind: message``. Any other text is the
-    platform's own (``soft time limit exceeded``, ``gave up after 3 deliveries``): it
-    holds no record value and stays in clear, as it was written."""
+    """:func:`seal` of an exception formatted as ``Kind: message``. Any other text (the
+    platform's own: ``soft time limit exceeded``, ``gave up after 3 deliveries``; or an
+    exception's bare class name) holds no record value and stays in clear as written."""
     matched = _KIND_AND_MESSAGE.fullmatch(error)
     if matched is None:
         return SealedError(error, None)
