@@ -475,6 +475,18 @@ def finish_task(
     return _rowcount(done) == 1
 
 
+def set_error_detail(
+    session: Session, tenant_id: uuid.UUID | str, task_id: uuid.UUID | str, detail: bytes | None
+) -> None:
+    """A task's error message, encrypted (celeriac.platform.jobs.task_errors)."""
+    session.execute(
+        update(JobTask)
+        .where(JobTask.tenant_id == _uuid(tenant_id), JobTask.id == _uuid(task_id))
+        .values(error_detail=detail)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def stage_open_count(session: Session, job: Job, stage: JobStage) -> int:
     return int(
         session.scalar(

@@ -9,7 +9,6 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
 
 from celeriac.platform import json_input
 from celeriac.platform.api import idempotency
@@ -23,11 +22,11 @@ from celeriac.platform.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
-from celeriac.platform.jobs import payload, pipelines, service, task_errors
+from celeriac.platform.jobs import payload, pipelines, repository, service, task_errors
 from celeriac.platform.jobs.ingest import Submission, ingest_writer
 from celeriac.platform.jobs.schemas import JobAccepted, JobCreate, JobOptions, JobOut
 from celeriac.platform.keys.service import Scope
-from celeriac.platform.models import Job, JobState
+from celeriac.platform.models import JobState
 from celeriac.platform.quotas.enforce import limits_for, release_job, request_limits
 from celeriac.platform.quotas.plans import Limits
 
@@ -189,8 +188,10 @@ def _recover_submission(
 ) -> tuple[int, dict[str, str], bytes] | None:
     """The 202 of a submission whose API died after storing the job, rebuilt from the job
     (stored under the reservation's id), or None when the job was never stored."""
+    if tenant_id is None:
+        return None
     with get_sessionmaker()() as session:
-        job = session.scalar(select(Job).where(Job.id == reservation, Job.tenant_id == tenant_id))
+        job = repository.load_job(session, tenant_id, reservation)
     if job is None:
         return None
     location = f"/v1/jobs/{job.id}"

@@ -19,10 +19,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from celeriac.platform.crypto.errors import CryptoError
+from celeriac.platform.jobs import repository
 from celeriac.platform.jobs.schemas import TaskError
 from celeriac.platform.models import JobTask
 from celeriac.platform.tenant_data import envelope
@@ -64,13 +64,13 @@ def seal_exception(tenant_id: str, task_id: str, exc: BaseException) -> SealedEr
 
 
 # "ValueError: ..." or "pandas.errors.ParserError: ..." (traceback.format_exception_only)
-_KIND_AND_MESSAGE = re.compile(r"(?s)([A-Za-z_][\w.]*)(?:: (.*))?")
+_KIND_AND_MESSAGE = re.compile(r"(?s)([A-Za-z_][\w.]*): (.+)")
 
 
 def seal_text(tenant_id: str, task_id: str, error: str) -> SealedError:
-    """:func:`seal` of an exception formatted as ``Kind: message``. Any other text is the
-    platform's own (``soft time limit exceeded``, ``gave up after 3 deliveries``): it
-    holds no record value and stays in clear, as it was written."""
+    """:func:`seal` of an exception formatted as ``Kind: message``. Any other text (the
+    platform's own: ``soft time limit exceeded``, ``gave up after 3 deliveries``; or an
+    exception's bare class name) holds no record value and stays in clear as written."""
     matched = _KIND_AND_MESSAGE.fullmatch(error)
     if matched is None:
         return SealedError(error, None)
@@ -83,12 +83,7 @@ def record(session: Session, tenant_id: str, task_id: str, error: str | None) ->
     if error is None:
         return None
     sealed = seal_text(tenant_id, task_id, error)
-    session.execute(
-        update(JobTask)
-        .where(JobTask.tenant_id == uuid.UUID(tenant_id), JobTask.id == uuid.UUID(task_id))
-        .values(error_detail=sealed.detail)
-        .execution_options(synchronize_session=False)
-    )
+    repository.set_error_detail(session, tenant_id, task_id, sealed.detail)
     return sealed.clear
 
 
@@ -109,11 +104,8 @@ def reveal(
 ) -> None:
     """Replace the clear error of each task in ``shown`` by its decrypted details, for the
     tenant's own eyes (the caller is the authenticated tenant)."""
-    tasks = session.scalars(
-        select(JobTask).where(JobTask.tenant_id == tenant_id, JobTask.job_id == job_id,
-                              JobTask.error_detail.is_not(None))
-    ).all()  # fmt: skip
-    by_place = {(t.stage, t.plugin, t.chunk): t for t in tasks}
+    tasks = repository.failed_tasks(session, tenant_id, job_id)
+    by_place = {(t.stage, t.plugin, t.chunk): t for t in tasks if t.error_detail is not None}
     for item in shown:
         task = by_place.get((item.stage, item.plugin, item.chunk))
         if task is not None:
