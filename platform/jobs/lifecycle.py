@@ -304,10 +304,19 @@ def release_held(session: Session, tenant_id: uuid.UUID) -> list[Publication]:
     ]
 
 
-def redispatch(session: Session, job: Job, *, max_dispatches: int) -> list[Publication]:
+def redispatch(
+    session: Session, job: Job, *, max_dispatches: int, lease_seconds: float
+) -> list[Publication]:
     """The reconciler found the job lost (no progress and no message waiting): the message
     that moves it on from its last checkpoint, or, past ``max_dispatches``, its end as
-    failed (queued -> failed is allowed directly)."""
+    failed (queued -> failed is allowed directly). A job with a task still inside its
+    lease (a run that may be going on, or one lost with a broker or database outage, which
+    becomes due again when the lease ends) is waiting, not looping: the re-dispatch does not
+    count towards ``max_dispatches``."""
+    if repository.running_within_lease(session, job, lease_seconds):
+        repository.touch_job(session, job.tenant_id, job.id)
+        message = stage_message(ref_of(session, job), job.state, job.stage)
+        return [message] if message is not None else []
     if job.dispatch_count >= max_dispatches:
         error = f"stopped moving; re-dispatched {job.dispatch_count} times"
         return end_job(session, job, JobState.FAILED, source="reconciler", error=error) or []

@@ -359,6 +359,24 @@ def lease_expired(task: JobTask, lease_seconds: float) -> bool:
     return began < utcnow() - timedelta(seconds=lease_seconds)
 
 
+def running_within_lease(session: Session, job: Job, lease_seconds: float) -> int:
+    """How many of the job's tasks are running and began less than ``lease_seconds`` ago."""
+    since = utcnow() - timedelta(seconds=lease_seconds)
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(JobTask)
+            .where(
+                JobTask.tenant_id == job.tenant_id,
+                JobTask.job_id == job.id,
+                JobTask.state == TaskState.RUNNING,
+                func.coalesce(JobTask.started_at, JobTask.updated_at) >= since,
+            )
+        )
+        or 0
+    )
+
+
 def claimable(task: JobTask, message_id: str | None, lease_seconds: float) -> bool:
     """Who may run a task: anyone while it is pending; while it runs, only a redelivery of
     the message that runs it (its worker died) or anyone once the lease expired. A

@@ -313,3 +313,40 @@ def test_deleting_a_tenant_on_real_workers_cancels_running_and_queued_jobs(
     follow_up = _submit(client, other, {"name": "summary"})
     assert wait_for_job(client, other.headers, follow_up, timeout=90)["state"] == "succeeded"
     assert _state(running) is JobState.CANCELLED and _state(queued) is JobState.CANCELLED
+
+
+def test_a_job_waiting_on_a_running_tasks_lease_is_not_failed_by_the_reconciler(
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    plugins: None,
+    redis_broker_url: str,
+    api_settings: Settings,
+) -> None:
+    """A task left running by an outage (its message lost with a broker restart, or its
+    outcome unrecorded while PostgreSQL was away) is due again when its lease ends: until
+    then the reconciler re-dispatches the job without counting it towards the give-up."""
+    tenant = make_tenant("leased")
+    job_id = _submit(client, tenant, {"name": "summary"})
+    recorder = RecordingPublisher()
+    assert orchestration.start_job(tenant.id, job_id, publisher=recorder) == "datasets"
+    from celeriac.workers.flow import distribution
+
+    assert distribution.fan_out(tenant.id, job_id, "datasets", publisher=recorder) == 1
+    redis.Redis.from_url(redis_broker_url).flushdb()  # the run_task message is gone
+    long_ago = utcnow() - timedelta(seconds=api_settings.jobs.stall_seconds + 60)
+    with get_sessionmaker().begin() as session:
+        session.execute(update(JobTask).values(state=TaskState.RUNNING, started_at=utcnow()))
+        session.execute(
+            update(Job).values(updated_at=long_ago, dispatch_count=api_settings.jobs.max_dispatches)
+        )
+    assert orchestration.reconcile(publisher=recorder) == 1
+    assert _state(job_id) is JobState.RUNNING  # waiting on the lease, not given up
+    assert recorder.messages[-1] == (TaskName.FAN_OUT.value, job_id)
+
+    # Once the lease has ended, a job still lost this often is given up.
+    lease_over = utcnow() - timedelta(seconds=api_settings.workers.compute_hard_time_limit + 60)
+    with get_sessionmaker().begin() as session:
+        session.execute(update(JobTask).values(started_at=lease_over))
+        session.execute(update(Job).values(updated_at=long_ago))
+    assert orchestration.reconcile(publisher=recorder) == 1
+    assert _state(job_id) is JobState.FAILED

@@ -23,6 +23,7 @@ from celeriac.platform.jobs import lifecycle, repository
 from celeriac.platform.models import utcnow
 from celeriac.platform.settings import get_settings
 from celeriac.platform.tasks import Publisher, default_publisher
+from celeriac.workers.flow import plan
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,10 @@ def _redispatch(
             },
         )
         publisher.after_commit(
-            session, lifecycle.redispatch(session, job, max_dispatches=max_dispatches)
+            session,
+            lifecycle.redispatch(
+                session, job, max_dispatches=max_dispatches, lease_seconds=plan.lease_seconds()
+            ),
         )
     return 1
 

@@ -10,6 +10,7 @@ from typing import Any
 import sentry_sdk
 from celery import Task, shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError
 
 from celeriac.platform.models import TaskState
 from celeriac.platform.queues import Pool, TaskName
@@ -73,4 +74,15 @@ def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) ->
             sentry_sdk.capture_exception(exc)
             outcome, error = TaskState.FAILED, _error_text(exc)
     report_outcome(outcome.value, claimed.plugin)
-    steps.finish(tenant_id, job_id, claimed, outcome, error)
+    try:
+        steps.finish(tenant_id, job_id, claimed, outcome, error)
+    except DBAPIError as exc:
+        # The outcome could not be recorded (the database is away): the message comes back
+        # with the same id, which the claim accepts as this run's, and the task runs again
+        # (its output is deterministic) instead of staying running until its lease ends.
+        raise self.retry(
+            exc=exc,
+            countdown=backoff(self.request.retries),
+            queue=Pool.COMPUTE.value,
+            max_retries=None,
+        ) from exc
