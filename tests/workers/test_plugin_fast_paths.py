@@ -20,7 +20,7 @@ import pytest
 from pandas.testing import assert_frame_equal, assert_series_equal
 
 from celeriac.workers.compute import analyze_dataset, build_dataset, get_registry
-from celeriac.workers.compute.plugins.tabular import infer_column
+from celeriac.workers.compute.plugins.tabular import as_numbers, infer_column
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample_1000.ndjson"
 
@@ -129,3 +129,35 @@ def test_summary_statistics_are_describes_on_small_and_awkward_columns(
                 assert ours == pytest.approx(theirs, rel=1e-12), (column, statistic)
     assert result["numeric"]["empty"]["count"] == 0
     assert result["numeric"]["single"]["count"] == 1
+
+
+OBJECT_COLUMNS: list[list[Any]] = [
+    [1, "2", 3.5, None],
+    [1, True, 2],
+    ["1", [1, 2], "3"],
+    [{"a": 1}, 2],
+    ["C0011", 1],
+    [" 12 ", "1e5", 7],
+    [np.bool_(True), 1.0],
+]
+
+
+def _numbers_reference(column: pd.Series[Any]) -> pd.Series[Any] | None:
+    present = column.notna()
+    values = column.map(lambda v: None if isinstance(v, bool | np.bool_) else v)
+    converted = pd.to_numeric(values, errors="coerce")
+    finite = np.isfinite(converted[present].to_numpy(dtype=np.float64, na_value=np.nan))
+    return converted if present.any() and finite.all() else None
+
+
+@pytest.mark.parametrize("repeat", [1, 400], ids=["short", "long"])
+@pytest.mark.parametrize("values", OBJECT_COLUMNS, ids=lambda v: repr(v)[:40])
+def test_as_numbers_on_mixed_values_is_pandas_to_numeric(values: list[Any], repeat: int) -> None:
+    column = pd.Series(values * repeat, dtype=object)
+    expected = _numbers_reference(column)
+    found = as_numbers(column)
+    if expected is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert_series_equal(found, expected)

@@ -211,7 +211,8 @@ def _may_be_number(value: Any) -> bool:
     # pandas parses a string as a number only if its C parser (xstrtod) does, and
     # everything that parser takes Python's float() takes too.
     if not isinstance(value, str):
-        return True
+        # Booleans are not numbers here, and lists and objects convert to nothing.
+        return not isinstance(value, bool | np.bool_ | list | dict)
     try:
         float(value)
     except ValueError:
@@ -271,6 +272,8 @@ def as_numbers(column: pd.Series[Any]) -> pd.Series[Any] | None:
 
 
 def _numbers(column: pd.Series[Any], present: pd.Series[bool]) -> pd.Series[Any] | None:
+    if not all(_may_be_number(v) for v in column[present].iloc[:_PROBE].tolist()):
+        return None
     probing = len(column) > _PROBE_ABOVE
     if probing and not _all_finite(pd.to_numeric(column[present].iloc[:_PROBE], errors="coerce")):
         return None
