@@ -40,19 +40,35 @@ class Summary(Analyzer[NoParameters]):
         numeric = numeric_columns(dataset)
         nulls = dataset.isna().sum()
         result: dict[str, Any] = {"rows": len(dataset), "numeric": {}, "other": {}}
-        if numeric:
-            with np.errstate(invalid="ignore"):  # infinities make NaN statistics: fine
-                described = dataset[numeric].astype(np.float64).describe()
-            for column in numeric:
-                values = dict(zip(STATISTICS, float_list(described[column]), strict=True))
-                values["count"] = int(described[column]["count"])
-                values["nulls"] = int(nulls[column])
-                result["numeric"][column] = values
+        for column in numeric:
+            present = dataset[column].to_numpy(dtype=np.float64, na_value=np.nan)
+            present = present[~np.isnan(present)]
+            values = dict(zip(STATISTICS, float_list(describe(present)), strict=True))
+            values["count"] = int(present.size)
+            values["nulls"] = int(nulls[column])
+            result["numeric"][column] = values
         for column in dataset.columns:
             if column in numeric:
                 continue
             result["other"][str(column)] = _other(dataset[column], int(nulls[column]))
         return result
+
+
+def describe(present: np.ndarray[Any, np.dtype[np.float64]]) -> list[float]:
+    """``Series.describe()``'s numbers for the non-null values ``present``, in the order
+    of STATISTICS: the same formulas in numpy (sample std, linear quantiles), since
+    ``DataFrame.describe`` costs about 1 ms a column in pandas' own overhead, most of a
+    small dataset's summary (the tests compare the two)."""
+    count = present.size
+    if count == 0:
+        return [0.0] + [float("nan")] * 7
+    with np.errstate(invalid="ignore", over="ignore"):  # infinities give NaN: fine
+        quartiles = np.percentile(present, (25, 50, 75))
+        std = float(np.std(present, ddof=1)) if count > 1 else float("nan")
+        return [
+            float(count), float(np.mean(present)), std, float(present.min()),
+            *map(float, quartiles), float(present.max()),
+        ]  # fmt: skip
 
 
 def _other(column: pd.Series[Any], nulls: int) -> dict[str, Any]:

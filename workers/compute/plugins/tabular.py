@@ -38,6 +38,9 @@ TIMESTAMP_DTYPE: Final = "datetime64[ns, UTC]"
 # Values tried before converting a whole column: most string columns fail on the first
 # few, which saves parsing 100,000 free-text values as numbers and dates.
 _PROBE = 64
+# Columns up to this length are converted at once, without the pandas probe: on a short
+# column the probe only parses the same values twice.
+_PROBE_ABOVE = 1024
 
 
 class TabularParameters(Parameters):
@@ -93,6 +96,16 @@ class Tabular(DatasetGenerator[TabularParameters]):
         if params.columns is not None:
             names = list(params.columns)
         columns: dict[str, pd.Series[Any]] = {}
+        if (
+            len(frames) == 1
+            and params.columns is None
+            and all(isinstance(c, str) for c in frames[0].columns)
+        ):
+            # One chunk (every small job): no forms to reconcile, nothing to concatenate.
+            only = frames[0]
+            return pd.DataFrame(
+                {name: infer_column(only[name]) for name in names}, index=only.index
+            )
         for name in names:
             parts = [
                 p[name] if name in p.columns else pd.Series(np.nan, index=p.index, dtype=object)
@@ -158,8 +171,17 @@ def infer_column(column: pd.Series[Any]) -> pd.Series[Any]:
     if kind in ("integer", "floating", "mixed-integer-float", "decimal"):
         return pd.to_numeric(column)
     if kind == "string":
-        for convert in (_booleans, _numbers, _timestamps):
-            converted = convert(column, present)
+        probe = column[present].iloc[:_PROBE].tolist()
+        if all(_may_be_boolean(v) for v in probe):
+            converted = _booleans(column, present)
+            if converted is not None:
+                return converted
+        if all(_may_be_number(v) for v in probe):
+            converted = _numbers(column, present)
+            if converted is not None:
+                return converted
+        if all(_may_be_timestamp(v) for v in probe):
+            converted = _timestamps(column, present)
             if converted is not None:
                 return converted
         return column.astype("str")
@@ -170,7 +192,46 @@ def infer_column(column: pd.Series[Any]) -> pd.Series[Any]:
     return column.map(_as_text, na_action="ignore").astype("str")
 
 
+# Necessary conditions for a value to convert, checked in plain Python on the probe before
+# pandas converts anything: a pandas call costs 0.3-1 ms on any column, however short, and
+# most text columns fail all three on their first value. Each one only rejects what pandas
+# rejects too, so the result is what the pandas conversions alone give (tests compare).
+_BOOLEAN_TEXT = frozenset(("true", "false"))
+_TIMESTAMP_WORDS = frozenset(("now", "today"))  # what pandas' ISO 8601 parser takes too
+
+
+def _may_be_boolean(value: Any) -> bool:
+    # No character outside ASCII lowers to a letter of "true"/"false" (only the Kelvin
+    # and Angstrom signs lower to ASCII-range letters), so Python's lower() and pandas'
+    # (pyarrow's) agree on what they turn into "true" or "false".
+    return not isinstance(value, str) or value.lower() in _BOOLEAN_TEXT
+
+
+def _may_be_number(value: Any) -> bool:
+    # pandas parses a string as a number only if its C parser (xstrtod) does, and
+    # everything that parser takes Python's float() takes too.
+    if not isinstance(value, str):
+        # Booleans are not numbers here, and lists and objects convert to nothing.
+        return not isinstance(value, bool | np.bool_ | list | dict)
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _may_be_timestamp(value: Any) -> bool:
+    # pandas' ISO 8601 parser skips leading whitespace, then needs a digit or a sign
+    # (years may be signed), or takes the words "now" and "today" exactly.
+    if not isinstance(value, str):
+        return True
+    head = value.lstrip()[:1]
+    return head.isdigit() or head in ("+", "-") or value in _TIMESTAMP_WORDS
+
+
 def _booleans(column: pd.Series[Any], present: pd.Series[bool]) -> pd.Series[Any] | None:
+    if len(column) <= _PROBE_ABOVE:
+        return _small_booleans(column, present)
     values = column[present].astype("str").str.lower()
     if not values.iloc[:_PROBE].isin(("true", "false")).all():
         return None
@@ -179,6 +240,21 @@ def _booleans(column: pd.Series[Any], present: pd.Series[bool]) -> pd.Series[Any
     result = pd.Series(pd.NA, index=column.index, dtype="boolean")
     result[present] = (values == "true").to_numpy()
     return result
+
+
+def _small_booleans(column: pd.Series[Any], present: pd.Series[bool]) -> pd.Series[Any] | None:
+    # _booleans in plain Python for a short column (a few pandas calls cost more than the
+    # loop): the same test (see _may_be_boolean for why Python's lower() agrees).
+    mask = ~present.to_numpy()
+    truth = np.zeros(len(column), dtype=bool)
+    for position, value in enumerate(column.tolist()):
+        if mask[position]:
+            continue
+        lowered = str(value).lower()
+        if lowered not in _BOOLEAN_TEXT:
+            return None
+        truth[position] = lowered == "true"
+    return pd.Series(pd.arrays.BooleanArray(truth, mask), index=column.index)
 
 
 def as_numbers(column: pd.Series[Any]) -> pd.Series[Any] | None:
@@ -196,7 +272,10 @@ def as_numbers(column: pd.Series[Any]) -> pd.Series[Any] | None:
 
 
 def _numbers(column: pd.Series[Any], present: pd.Series[bool]) -> pd.Series[Any] | None:
-    if not _all_finite(pd.to_numeric(column[present].iloc[:_PROBE], errors="coerce")):
+    if not all(_may_be_number(v) for v in column[present].iloc[:_PROBE].tolist()):
+        return None
+    probing = len(column) > _PROBE_ABOVE
+    if probing and not _all_finite(pd.to_numeric(column[present].iloc[:_PROBE], errors="coerce")):
         return None
     values = column.map(_no_bool, na_action="ignore")  # True would convert to 1
     converted = pd.to_numeric(values, errors="coerce")
@@ -211,11 +290,12 @@ def _timestamps(
     if present is None:  # already datetimes: only the unit and zone change
         parsed = pd.to_datetime(column, utc=True)
     else:
-        probe = pd.to_datetime(
-            column[present].iloc[:_PROBE], utc=True, format="ISO8601", errors="coerce"
-        )
-        if probe.isna().any():
-            return None
+        if len(column) > _PROBE_ABOVE:
+            probe = pd.to_datetime(
+                column[present].iloc[:_PROBE], utc=True, format="ISO8601", errors="coerce"
+            )
+            if probe.isna().any():
+                return None
         parsed = pd.to_datetime(column, utc=True, format="ISO8601", errors="coerce")
         if parsed[present].isna().any():
             return None

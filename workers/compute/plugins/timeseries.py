@@ -190,8 +190,12 @@ def _aggregate(
     if first not in sums.columns:  # no chunk had a value of it
         return pd.Series(0.0 if agg in ("sum", "count") else np.nan, index=sums.index)
     if agg == "mean":
-        count = sums[_piece("count", field)]
-        return (sums[first] / count.where(count > 0)).astype(np.float64)
+        # In numpy: the same IEEE division, without pandas' alignment and masking per call.
+        count = sums[_piece("count", field)].to_numpy(dtype=np.float64)
+        total = sums[first].to_numpy(dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            means = np.where(count > 0, total / count, np.nan)
+        return pd.Series(means, index=sums.index, dtype=np.float64)
     if agg == "count":
         return sums[first].astype(np.int64)
     if agg == "sum":
