@@ -11,11 +11,11 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
 .PHONY: up test lint typecheck pytest install lock clean
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml client/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip install --python $(PY) -q -r requirements.lock
-	$(VENV)/bin/uv pip install --python $(PY) -q --no-deps --no-build-isolation -e .
+	$(VENV)/bin/uv pip install --python $(PY) -q --no-deps --no-build-isolation -e . -e ./client
 	touch $(STAMP)
 
 $(CHECKOV_STAMP): requirements-checkov.lock $(STAMP)
