@@ -72,6 +72,9 @@ class ApiSettings(BaseModel):
     # Upper bound on how long an admin's change of a tenant's quotas takes to reach a process.
     quota_cache_poll_seconds: float = Field(default=1.0, gt=0, le=5)
     page_size_max: int = Field(default=100, ge=1)
+    # How often an open job event stream reads its job's rows when no Redis nudge came
+    # (a nudge lost by pub/sub is late by at most this; platform/jobs/events.py).
+    events_poll_seconds: float = Field(default=2.0, gt=0, le=30)
 
 
 # Standard Webhooks' schedule: after each failed attempt, the wait before the next one.
@@ -195,6 +198,8 @@ class JobSettings(BaseModel):
     reconcile_interval_seconds: float = Field(default=10.0, gt=0)
     # A job re-dispatched more often than this is failed rather than retried for ever.
     max_dispatches: int = Field(default=5, ge=1)
+    # How often beat deletes the data of jobs past their tenant's retention_days.
+    retention_sweep_seconds: float = Field(default=300.0, gt=0)
 
 
 class CacheSettings(BaseModel):

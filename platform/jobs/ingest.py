@@ -65,6 +65,7 @@ class Submission:
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     created_at: datetime = field(default_factory=utcnow)
     state: JobState = JobState.QUEUED
+    rerun_of: uuid.UUID | None = None
     _blob_keys: list[str] = field(default_factory=list)
     _stored_bytes: int = 0
     _chunks: int = 0
@@ -249,7 +250,7 @@ def _job_row(s: Submission) -> dict[str, Any]:
         "state": s.state, "payload_key": s.payload_prefix, "record_count": s.record_count,
         "payload_bytes": s.payload.size, "metadata": s.metadata,
         "checkpoints": {"payload": {"chunks": s._chunks}, "slices": s._slices},
-        "dispatch_count": 0,
+        "dispatch_count": 0, "rerun_of": s.rerun_of,
         "created_at": s.created_at, "updated_at": s.created_at,
     }  # fmt: skip
 

@@ -22,6 +22,7 @@ class Scope(StrEnum):
     JOBS_READ = "jobs:read"
     WEBHOOKS_MANAGE = "webhooks:manage"
     KEYS_MANAGE = "keys:manage"
+    USAGE_READ = "usage:read"
 
 
 ALL_SCOPES = tuple(Scope)

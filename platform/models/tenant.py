@@ -50,3 +50,4 @@ class Quota(TimestampMixin, Base):
     max_payload_bytes: Mapped[int | None]
     max_records_per_job: Mapped[int | None]
     max_webhook_targets: Mapped[int | None]
+    retention_days: Mapped[int | None]

@@ -32,6 +32,8 @@ class Limits:
     max_payload_bytes: int
     max_records_per_job: int
     max_webhook_targets: int
+    # Days a finished job's data is kept before beat deletes it (the row stays).
+    retention_days: int
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -43,15 +45,17 @@ PLANS: dict[str, Limits] = {
     "free": Limits(
         requests_per_second=10, request_burst=50, max_running_jobs=2, jobs_per_month=1_000,
         max_payload_bytes=10 * MIB, max_records_per_job=100_000, max_webhook_targets=20,
+        retention_days=7,
     ),
     "pro": Limits(
         requests_per_second=50, request_burst=200, max_running_jobs=10, jobs_per_month=100_000,
         max_payload_bytes=10 * MIB, max_records_per_job=1_000_000, max_webhook_targets=50,
+        retention_days=30,
     ),
     "enterprise": Limits(
         requests_per_second=200, request_burst=1_000, max_running_jobs=50,
         jobs_per_month=10_000_000, max_payload_bytes=10 * MIB, max_records_per_job=10_000_000,
-        max_webhook_targets=100,
+        max_webhook_targets=100, retention_days=365,
     ),
 }  # fmt: skip
 DEFAULT_PLAN = "free"

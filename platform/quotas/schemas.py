@@ -21,6 +21,10 @@ class QuotaLimits(BaseModel):
     max_payload_bytes: int = Field(description="Largest request body of a job submission.")
     max_records_per_job: int
     max_webhook_targets: int
+    retention_days: int = Field(
+        description="Days a finished job's data is kept; then "
+        "it is deleted (the job's row and usage stay)."
+    )
 
 
 class QuotaOverrides(BaseModel):
@@ -35,6 +39,7 @@ class QuotaOverrides(BaseModel):
     max_payload_bytes: LimitValue | None = None
     max_records_per_job: LimitValue | None = None
     max_webhook_targets: LimitValue | None = None
+    retention_days: LimitValue | None = None
 
 
 class TenantQuotas(BaseModel):
