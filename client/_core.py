@@ -108,7 +108,7 @@ class SubmitRequest:
 
 def _is_frame(value: Any) -> bool:
     module = type(value).__module__
-    return module.startswith("pandas.") and type(value).__name__ == "DataFrame"
+    return module.split(".")[0] == "pandas" and type(value).__name__ == "DataFrame"
 
 
 def submit_request(

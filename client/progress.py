@@ -29,12 +29,13 @@ class _Callback:
 
 class _Rich:
     def __init__(self, job_id: str) -> None:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         self.job_id = job_id
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[state]}"), transient=False, console=None,
+            TextColumn("{task.fields[state]}"), console=Console(stderr=True),
         )  # fmt: skip
         self.tasks: dict[str, Any] = {}
         self.progress.start()

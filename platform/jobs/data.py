@@ -28,7 +28,7 @@ from celeriac.platform.jobs.schemas import JobOut
 from celeriac.platform.jobs.service import JobRepository
 from celeriac.platform.models import FINAL_JOB_STATES, Job, Tenant, TenantStatus, utcnow
 from celeriac.platform.quotas.plans import tenant_limits
-from celeriac.platform.storage.blobs import job_blob_key
+from celeriac.platform.storage.blobs import tenant_prefix, validate_prefix
 from celeriac.platform.tenant_data import tenant_blobs
 from celeriac.platform.webhooks import events as webhook_events
 from celeriac.platform.webhooks.service import EventType
@@ -45,7 +45,8 @@ class DataDeleted(ProblemError):
 
 
 def job_prefix(tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
-    return job_blob_key(str(tenant_id), str(job_id), "")
+    """``tenants/<tenant>/jobs/<job>/``: every blob of the job."""
+    return validate_prefix(f"{tenant_prefix(str(tenant_id))}jobs/{job_id}/")
 
 
 def expires_at(job: Job, retention_days: int) -> datetime | None:
