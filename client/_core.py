@@ -184,6 +184,12 @@ def as_frames(value: Any) -> Any:
 # -- Server-Sent Events -----------------------------------------------------------------
 
 
+def is_final_event_id(event_id: str) -> bool:
+    """Whether a job event's id is that of its final state: ids are cursors whose first
+    field is the state's rank, 2 once the job has ended (platform/jobs/events.py)."""
+    return event_id.startswith("2.")
+
+
 @dataclass
 class ServerSentEvent:
     event: str

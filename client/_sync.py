@@ -310,6 +310,8 @@ class Jobs(_Resource):
                last_event_id: str | None = None) -> Iterator[JobEvent]:  # fmt: skip
         """The job's events (state changes, stage progress) up to its final state. A
         dropped connection is resumed with ``Last-Event-ID``: nothing is lost or repeated."""
+        if last_event_id is not None and _core.is_final_event_id(last_event_id):
+            return  # the job's final event was received: nothing follows it
         deadline = None if timeout is None else time.monotonic() + timeout
         attempts = Attempts(self._client.retry)
         while True:

@@ -7,7 +7,8 @@ started), one ``progress`` event per task that ends in a stage (``done`` counts 
 of everything sent up to it, ``"<state rank>.<datasets done>.<analysis done>.<finalize
 done>"``: a resumed stream (``Last-Event-ID``) sends exactly what lies beyond it, and two
 API processes send the same ids, so nothing is lost or repeated wherever a client
-reconnects.
+reconnects. The rank is 2 for the final state only (clients rely on it: a stream resumed
+after the final event ends at once, empty, and the SDK does not reconnect past it).
 
 Workers (and the API, when it cancels) call :func:`announce` at each transition: a
 PUBLISH of the job id on the cache Redis, which only tells the streams of that job to read

@@ -32,6 +32,8 @@ from celeriac.client import (
     ServiceUnavailable,
     ValidationFailed,
 )
+from celeriac.platform.db import get_sessionmaker
+from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
 
 from sdk_support import ALL_SCOPES, LivePlatform
 
@@ -133,10 +135,16 @@ def test_async_client_rerun_and_delete(live_platform: LivePlatform, tenant: Tena
 def test_errors_carry_the_problem_fields(
     live_api: LivePlatform, tenant: TenantFixture, make_tenant: Callable[..., TenantFixture]
 ) -> None:
+    with get_sessionmaker().begin() as session:  # what the compute pool would publish
+        register_plugins(session, [
+            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+        ])  # fmt: skip
     other = make_tenant("sdk-other", scopes=ALL_SCOPES)
     with Client(base_url=live_api.url, api_key=tenant.key) as client, \
             Client(base_url=live_api.url, api_key=other.key) as others:  # fmt: skip
-        job = client.jobs.submit(records=RECORDS[:3], pipeline="tabular-summary")
+        spec = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
+        job = client.jobs.submit(records=RECORDS[:3], pipeline=spec)
         with pytest.raises(NotFound) as missing:
             others.jobs.get(job.id)  # another tenant's job is a 404
         assert missing.value.status == 404 and missing.value.code == "not-found"
@@ -275,8 +283,12 @@ def test_the_event_stream_resumes_after_last_event_id(
         job = client.jobs.submit(records=RECORDS, pipeline="tabular-summary")
         whole = list(client.jobs.events(job.id, timeout=120))
         for cut in range(len(whole)):
-            rest = list(client.jobs.events(job.id, last_event_id=whole[cut].id))
+            rest = list(client.jobs.events(job.id, last_event_id=whole[cut].id, timeout=30))
             assert [e.id for e in rest] == [e.id for e in whole[cut + 1 :]]
+        # Past the final event the server's stream is empty and ends.
+        headers = {"Authorization": f"Bearer {tenant.key}", "Last-Event-ID": whole[-1].id}
+        after = httpx.get(f"{live_platform.url}/v1/jobs/{job.id}/events", headers=headers)
+        assert after.status_code == 200 and "data:" not in after.text
         # Raw SSE as a browser's EventSource would read it.
         headers = {"Authorization": f"Bearer {tenant.key}", "Last-Event-ID": whole[0].id}
         raw = httpx.get(f"{live_platform.url}/v1/jobs/{job.id}/events", headers=headers)
