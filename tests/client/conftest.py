@@ -7,47 +7,25 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import TenantFixture
 
 from celeriac.platform.settings import Pool, Settings
 
-from sdk_support import ALL_SCOPES, LivePlatform
-from support import celeriac_env, free_port
+from sdk_support import ALL_SCOPES, LivePlatform, healthy, platform_env
+from support import free_port
 from worker_support import Workers, wait_until
-
-
-def _env(api_settings: Settings, var_dir: Path) -> dict[str, str]:
-    env = celeriac_env(
-        var_dir,
-        database_url=api_settings.database_url,
-        broker_url=api_settings.broker_url,
-        redis_url=str(api_settings.redis_url),
-    )
-    env["CELERIAC_WEBHOOKS__ALLOW_HTTP"] = "true"
-    env["CELERIAC_WEBHOOKS__ALLOWED_CIDRS"] = '["127.0.0.0/8", "::1/128"]'
-    env["CELERIAC_API__AUTH_CACHE_POLL_SECONDS"] = "0.2"
-    env["CELERIAC_API__QUOTA_CACHE_POLL_SECONDS"] = "0.2"
-    return env
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture
 def live_api(api_settings: Settings, var_dir: Path) -> Iterator[LivePlatform]:
     """The API in a process of its own (no workers: jobs stay queued)."""
     port = free_port()
-    processes = Workers(var_dir, _env(api_settings, var_dir))
+    processes = Workers(var_dir, platform_env(api_settings, var_dir))
     processes.start("api", "api", "--port", str(port))
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _healthy(url), 60, "the API to answer")
+        wait_until(lambda: healthy(url), 60, "the API to answer")
         yield LivePlatform(url, processes)
     finally:
         processes.stop_all()
