@@ -12,9 +12,9 @@ after the final event ends at once, empty, and the SDK does not reconnect past i
 
 Workers (and the API, when it cancels) call :func:`announce` at each transition: a
 PUBLISH of the job id on the cache Redis, which only tells the streams of that job to read
-its rows again. A nudge lost by pub/sub costs latency, never an event: every stream also
-reads the rows every ``api.events_poll_seconds``, and in the embedded mode (no Redis) that
-poll is all there is.
+its rows again. A nudge lost by pub/sub costs latency, never an event: each API process
+also reads all its watched jobs every ``api.events_poll_seconds`` (:class:`JobWatch`), and
+in the embedded mode (no Redis) that poll is all there is.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from sqlalchemy import func, select
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
+from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.errors import BadRequest
 from celeriac.platform.models import FINAL_JOB_STATES, Job, JobStage, JobState, JobTask, TaskState
 from celeriac.platform.redis_client import get_redis
@@ -168,108 +170,214 @@ def events_between(cursor: Cursor, snapshot: Snapshot) -> tuple[Cursor, list[dic
     return Cursor(rank, (done[0], done[1], done[2])), out
 
 
-# -- waking the streams of one API process -------------------------------------------------
+# -- the streams of one API process ---------------------------------------------------------
 
 
-class JobChanges:
-    """One Redis pub/sub connection per API process, shared by all its event streams:
-    200 streams are 200 entries in a dict, not 200 connections. A stream waits on an
-    ``asyncio.Event`` that a message for its job sets."""
+def read_snapshots(
+    session: Session, keys: list[tuple[uuid.UUID, uuid.UUID]]
+) -> dict[tuple[uuid.UUID, uuid.UUID], Snapshot]:
+    """The snapshots of many (tenant, job) pairs in two queries (absent: no such job)."""
+    if not keys:
+        return {}
+    jobs = session.execute(
+        select(Job.tenant_id, Job.id, Job.state, Job.started_at)
+        .where(tuple_(Job.tenant_id, Job.id).in_(keys))
+    ).all()  # fmt: skip
+    counts = session.execute(
+        select(JobTask.tenant_id, JobTask.job_id, JobTask.stage, JobTask.state, func.count())
+        .where(tuple_(JobTask.tenant_id, JobTask.job_id).in_(keys))
+        .group_by(JobTask.tenant_id, JobTask.job_id, JobTask.stage, JobTask.state)
+    ).all()  # fmt: skip
+    tallies: dict[tuple[uuid.UUID, uuid.UUID], dict[JobStage, list[int]]] = {}
+    for tenant_id, job_id, stage, task_state, count in counts:
+        entry = tallies.setdefault((tenant_id, job_id), {}).setdefault(stage, [0, 0, 0])
+        entry[1] += count
+        if task_state in _ENDED_TASK:
+            entry[0] += count
+        if task_state in _FAILED_TASK:
+            entry[2] += count
+    return {
+        (row.tenant_id, row.id): Snapshot(
+            state=row.state, started=row.started_at is not None,
+            stages={s: StageCount(*v) for s, v in tallies.get((row.tenant_id, row.id), {}).items()},
+        )
+        for row in jobs
+    }  # fmt: skip
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+
+def _read(keys: list[tuple[uuid.UUID, uuid.UUID]]) -> dict[tuple[uuid.UUID, uuid.UUID], Snapshot]:
+    with get_sessionmaker()() as session:
+        return read_snapshots(session, keys)
+
+
+@dataclass
+class _Watched:
+    waiters: set[asyncio.Event] = field(default_factory=set)
+    snapshot: Snapshot | None = None
+    refreshing: bool = False
+    dirty: bool = False
+
+
+class Watcher:
+    """One stream's view of its job: ``changed`` is set when ``snapshot`` has moved on."""
+
+    def __init__(self, watch: JobWatch, key: tuple[uuid.UUID, uuid.UUID]) -> None:
+        self.watch = watch
+        self.key = key
+        self.changed = asyncio.Event()
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The job as last read (None once it is gone)."""
+        entry = self.watch.watched.get(self.key)
+        return entry.snapshot if entry is not None else None
+
+
+class JobWatch:
+    """The open event streams of one API process (one event loop), and what keeps them
+    current at a cost that does not grow with their number: one poll of every watched job
+    each ``poll`` seconds (two queries), and one Redis pub/sub connection whose nudge makes
+    one read of that job, shared by all its streams. 200 streams are 200 entries here, not
+    200 connections or 200 queries a second."""
+
+    def __init__(self, redis_url: str | None, poll: float) -> None:
+        self.redis_url = redis_url
+        self.poll = poll
+        self.watched: dict[tuple[uuid.UUID, uuid.UUID], _Watched] = {}
         self._pubsub: redis.asyncio.client.PubSub | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._poller: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     @contextlib.asynccontextmanager
-    async def watch(self, job_id: uuid.UUID) -> AsyncIterator[asyncio.Event]:
-        """An event set whenever the job is announced, while the block runs."""
-        name = channel(job_id)
-        woken = asyncio.Event()
+    async def watch(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> AsyncIterator[Watcher]:
+        """Follow a job while the block runs; the snapshot is read once the job's channel is
+        subscribed, so that no change falls between the two."""
+        key = (tenant_id, job_id)
+        watcher = Watcher(self, key)
         async with self._lock:
-            first = name not in self._waiters
-            self._waiters.setdefault(name, set()).add(woken)
-            if first:
-                with contextlib.suppress(redis.RedisError, OSError):
-                    await (await self._connected()).subscribe(name)
+            entry = self.watched.get(key)
+            if entry is None:
+                entry = self.watched[key] = _Watched()
+                await self._subscribe(job_id)
+            entry.waiters.add(watcher.changed)
+            self._start_poller()
         try:
-            yield woken
+            await self._refresh(key)
+            watcher.changed.set()
+            yield watcher
         finally:
             async with self._lock:
-                waiters = self._waiters.get(name, set())
-                waiters.discard(woken)
-                if not waiters:
-                    self._waiters.pop(name, None)
+                entry.waiters.discard(watcher.changed)
+                if not entry.waiters:
+                    self.watched.pop(key, None)
                     if self._pubsub is not None:
                         with contextlib.suppress(redis.RedisError, OSError):
-                            await self._pubsub.unsubscribe(name)
+                            await self._pubsub.unsubscribe(channel(job_id))
 
-    def watched(self) -> int:
+    def watched_jobs(self) -> int:
         """Jobs with at least one open stream in this process."""
-        return len(self._waiters)
+        return len(self.watched)
 
-    async def _connected(self) -> redis.asyncio.client.PubSub:
-        if self._pubsub is None:
-            client = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=2)
-            self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+    def _publish(self, key: tuple[uuid.UUID, uuid.UUID], snapshot: Snapshot | None) -> None:
+        entry = self.watched.get(key)
+        if entry is None or (snapshot == entry.snapshot and snapshot is not None):
+            return
+        entry.snapshot = snapshot
+        for woken in entry.waiters:
+            woken.set()
+
+    async def _refresh(self, key: tuple[uuid.UUID, uuid.UUID]) -> None:
+        """Read one job now (coalesced: a nudge during a read makes one more read)."""
+        entry = self.watched.get(key)
+        if entry is None:
+            return
+        if entry.refreshing:
+            entry.dirty = True
+            return
+        entry.refreshing = True
+        try:
+            while True:
+                entry.dirty = False
+                found = await run_in_threadpool(_read, [key])
+                self._publish(key, found.get(key))
+                if not entry.dirty:
+                    break
+        finally:
+            entry.refreshing = False
+
+    def _start_poller(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while self.watched:
+            await asyncio.sleep(self.poll)
+            keys = list(self.watched)
+            try:
+                found: dict[tuple[uuid.UUID, uuid.UUID], Snapshot] = {}
+                for start in range(0, len(keys), 500):
+                    found.update(await run_in_threadpool(_read, keys[start : start + 500]))
+            except Exception:
+                logger.warning("polling %d watched jobs failed", len(keys), exc_info=True)
+                continue
+            for key in keys:
+                self._publish(key, found.get(key))
+
+    async def _subscribe(self, job_id: uuid.UUID) -> None:
+        if self.redis_url is None:
+            return
+        try:
+            if self._pubsub is None:
+                client = redis.asyncio.Redis.from_url(self.redis_url, socket_connect_timeout=2)
+                self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+            await self._pubsub.subscribe(channel(job_id))
+        except (redis.RedisError, OSError):
+            logger.warning("subscribing to job %s's changes failed (polling)", job_id)
+            return
         if self._reader is None or self._reader.done():
-            self._reader = asyncio.create_task(self._read())
-        return self._pubsub
+            self._reader = asyncio.create_task(self._read_nudges())
 
-    async def _read(self) -> None:
-        while True:
+    async def _read_nudges(self) -> None:
+        while self._pubsub is not None and self.watched:
             pubsub = self._pubsub
-            if pubsub is None:
-                return
             try:
                 if not pubsub.subscribed:
                     await asyncio.sleep(0.2)
                     continue
                 message = await pubsub.get_message(timeout=1.0)
             except (redis.RedisError, OSError):
-                # Streams keep polling the database meanwhile; resubscribe when back.
+                # The streams keep being polled meanwhile; subscribe again when back.
                 await asyncio.sleep(1.0)
                 with contextlib.suppress(redis.RedisError, OSError):
                     async with self._lock:
-                        if self._waiters:
-                            await pubsub.subscribe(*self._waiters)
+                        names = [channel(job_id) for _, job_id in self.watched]
+                        if names:
+                            await pubsub.subscribe(*names)
                 continue
             if message is None:
                 continue
             name = message.get("channel")
             name = name.decode() if isinstance(name, bytes) else str(name)
-            for woken in list(self._waiters.get(name, ())):
-                woken.set()
-
-    async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-        self._pubsub = None
+            job_id = uuid.UUID(name.removeprefix(CHANNEL_PREFIX))
+            for key in [k for k in self.watched if k[1] == job_id]:
+                task = asyncio.create_task(self._refresh(key))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
 
-_changes: dict[int, JobChanges] = {}
-_changes_lock = threading.Lock()
+_watches: dict[int, JobWatch] = {}
+_watches_lock = threading.Lock()
 
 
-def job_changes() -> JobChanges | None:
-    """This event loop's listener, or None in the embedded mode (no Redis)."""
-    url = get_settings().redis_url
-    if url is None:
-        return None
-    loop = id(asyncio.get_running_loop())
-    with _changes_lock:
-        if loop not in _changes:
-            _changes[loop] = JobChanges(str(url))
-        return _changes[loop]
-
-
-def poll_seconds() -> float:
+def job_watch() -> JobWatch:
+    """This event loop's (this API process's) stream registry."""
     settings = get_settings()
-    return settings.api.events_poll_seconds if settings.redis_url else 0.5
+    loop = id(asyncio.get_running_loop())
+    with _watches_lock:
+        if loop not in _watches:
+            url = str(settings.redis_url) if settings.redis_url else None
+            poll = settings.api.events_poll_seconds if url else 0.5
+            _watches[loop] = JobWatch(url, poll)
+        return _watches[loop]

@@ -4,7 +4,6 @@ re-run, delete, live events."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -355,12 +354,11 @@ async def job_events(
 async def _event_stream(
     ctx: TenantContext, job_id: uuid.UUID, cursor: job_events_module.Cursor
 ) -> AsyncIterator[ServerSentEvent]:
-    changes = job_events_module.job_changes()
-    poll = job_events_module.poll_seconds()
-    async with changes.watch(job_id) if changes is not None else _unwatched() as woken:
+    async with job_events_module.job_watch().watch(ctx.tenant_id, job_id) as watcher:
         while True:
-            # Read after subscribing: a change between the two is then never missed.
-            snapshot = await run_in_threadpool(_snapshot, ctx.tenant_id, job_id)
+            await watcher.changed.wait()
+            watcher.changed.clear()
+            snapshot = watcher.snapshot
             if snapshot is None:
                 return  # deleted with its tenant meanwhile
             cursor, events = job_events_module.events_between(cursor, snapshot)
@@ -368,14 +366,6 @@ async def _event_stream(
                 yield ServerSentEvent(data=event, event=event["type"], id=event["id"])
             if cursor.rank == 2:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), poll)
-            woken.clear()
-
-
-@contextlib.asynccontextmanager
-async def _unwatched() -> AsyncIterator[asyncio.Event]:
-    yield asyncio.Event()  # never set: the embedded mode polls
 
 
 def _snapshot(tenant_id: uuid.UUID, job_id: uuid.UUID) -> job_events_module.Snapshot | None:
