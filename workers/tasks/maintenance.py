@@ -77,4 +77,3 @@ def expire_job_data() -> int:
         if expired < SWEEP_BATCH:
             break
     return total
-
