@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from celeriac.platform.api.deps import Authenticator, SessionDep
 from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
-from celeriac.platform.db import get_sessionmaker
+from celeriac.platform.db import get_sessionmaker, run_after_commit
 from celeriac.platform.errors import MalformedBody, NotFound, PayloadTooLarge, ValidationFailed
 from celeriac.platform.jobs import data as job_data
 from celeriac.platform.jobs import events as job_events_module
@@ -234,7 +234,9 @@ def get_results(job_id: uuid.UUID, ctx: JobReader, session: SessionDep) -> Respo
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel_job(job_id: uuid.UUID, ctx: JobWriter, session: SessionDep) -> JobOut:
     """Cancel a queued or running job: its pending tasks are revoked (409 if it ended)."""
-    return service.job_summary(service.cancel_job(session, ctx, job_id))
+    job = service.cancel_job(session, ctx, job_id)
+    run_after_commit(session, lambda: job_events_module.announce(job_id))  # open streams end
+    return service.job_summary(job)
 
 
 @router.post(
