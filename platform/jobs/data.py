@@ -24,8 +24,8 @@ from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.db import transaction
 from celeriac.platform.errors import Conflict, ProblemError
 from celeriac.platform.jobs.payload import Payload, chunk_key
+from celeriac.platform.jobs.repository import JobRepository
 from celeriac.platform.jobs.schemas import JobOut
-from celeriac.platform.jobs.service import JobRepository
 from celeriac.platform.models import FINAL_JOB_STATES, Job, Tenant, TenantStatus, utcnow
 from celeriac.platform.quotas.plans import tenant_limits
 from celeriac.platform.storage.blobs import tenant_prefix, validate_prefix

@@ -35,7 +35,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
-from celeriac.platform.db import get_sessionmaker
+from celeriac.platform.db import get_sessionmaker, run_after_commit
 from celeriac.platform.errors import BadRequest
 from celeriac.platform.models import FINAL_JOB_STATES, Job, JobStage, JobState, JobTask, TaskState
 from celeriac.platform.redis_client import get_redis
@@ -64,6 +64,15 @@ def announce(job_id: uuid.UUID | str) -> None:
         client.publish(channel(job_id), b"1")
     except redis.RedisError:
         logger.warning("announcing a change of job %s failed", job_id, exc_info=True)
+
+
+def announce_after_commit(session: Session | None, job_id: uuid.UUID | str) -> None:
+    """:func:`announce` once ``session`` commits (at once without a session): the hook of
+    job transitions and task ends, so that streams read rows that exist."""
+    if session is None:
+        announce(job_id)
+        return
+    run_after_commit(session, lambda: announce(job_id))
 
 
 # -- the events a job's rows give ---------------------------------------------------------

@@ -24,6 +24,7 @@ from celeriac.platform.jobs import events as job_events_module
 from celeriac.platform.jobs import payload, pipelines, service
 from celeriac.platform.jobs import waiting as job_waiting
 from celeriac.platform.jobs.ingest import Submission, ingest_writer
+from celeriac.platform.jobs.repository import JobRepository
 from celeriac.platform.jobs.schemas import JobAccepted, JobCreate, JobOptions, JobOut, JobRerun
 from celeriac.platform.keys.service import Scope
 from celeriac.platform.models import Job, JobState
@@ -215,7 +216,7 @@ def get_job(job_id: uuid.UUID, ctx: JobReader, session: SessionDep) -> JobOut:
     """State, per-stage progress, timings and the errors of failed tasks; `expires_at`
     once it has ended, `waiting_reason` while it is queued."""
     out = service.job_detail(session, ctx, job_id)
-    job = service.JobRepository(session, ctx).get(job_id)
+    job = JobRepository(session, ctx).get(job_id)
     out = job_data.with_data_fields(job, out, job_data.retention_days(session, ctx))
     out.waiting_reason = job_waiting.waiting_reason(session, ctx, job)
     return out
@@ -295,7 +296,7 @@ async def rerun_job(
 
 def _rerun_source(ctx: TenantContext, job_id: uuid.UUID) -> tuple[Job, payload.Payload]:
     with get_sessionmaker()() as session:
-        job = service.JobRepository(session, ctx).get(job_id)
+        job = JobRepository(session, ctx).get(job_id)
         return job, job_data.stored_payload(ctx, job)
 
 

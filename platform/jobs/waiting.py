@@ -21,9 +21,8 @@ from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.dispatch import MEMBERS, get_dispatcher
 from celeriac.platform.jobs.schemas import WaitingReason
 from celeriac.platform.models import Job, JobState, Tenant, TenantStatus
-from celeriac.platform.queues import queue_for
+from celeriac.platform.queues import Pool, queue_for
 from celeriac.platform.quotas.plans import tenant_limits
-from celeriac.platform.settings import Pool
 
 logger = logging.getLogger(__name__)
 

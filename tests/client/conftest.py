@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import TenantFixture
 
-from celeriac.platform.settings import Pool, Settings
+from celeriac.platform.queues import Pool
+from celeriac.platform.settings import Settings
 
 from sdk_support import ALL_SCOPES, LivePlatform, healthy, platform_env
 from support import free_port
