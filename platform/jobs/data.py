@@ -17,16 +17,16 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.db import transaction
 from celeriac.platform.errors import Conflict, ProblemError
+from celeriac.platform.jobs import repository
 from celeriac.platform.jobs.payload import Payload, chunk_key
 from celeriac.platform.jobs.repository import JobRepository
 from celeriac.platform.jobs.schemas import JobOut
-from celeriac.platform.models import FINAL_JOB_STATES, Job, Tenant, TenantStatus, utcnow
+from celeriac.platform.models import FINAL_JOB_STATES, Job, utcnow
 from celeriac.platform.quotas.plans import tenant_limits
 from celeriac.platform.storage.blobs import tenant_prefix, validate_prefix
 from celeriac.platform.tenant_data import tenant_blobs
@@ -118,33 +118,19 @@ def expire_jobs(batch: int = SWEEP_BATCH, now: datetime | None = None) -> int:
     expired = 0
     with transaction() as session:
         # Tenants with anything finished longer ago than the shortest retention (1 day).
-        tenants = session.scalars(
-            select(Job.tenant_id).distinct()
-            .join(Tenant, Tenant.id == Job.tenant_id)
-            .where(Job.finished_at < now - timedelta(days=1), Job.data_deleted_at.is_(None),
-                   Tenant.status != TenantStatus.DELETED)
-            .order_by(Job.tenant_id)
-        ).all()  # fmt: skip
+        tenants = repository.unscoped_tenants_with_jobs_finished_before(
+            session, now - timedelta(days=1)
+        )
     for tenant_id in tenants:
         if expired >= batch:
             break
         with transaction() as session:
             cutoff = now - timedelta(days=tenant_limits(session, tenant_id).retention_days)
-            jobs = session.scalars(
-                select(Job)
-                .where(Job.tenant_id == tenant_id, Job.state.in_(FINAL_JOB_STATES),
-                       Job.finished_at < cutoff, Job.data_deleted_at.is_(None))
-                .order_by(Job.finished_at)
-                .limit(batch - expired)
-                .with_for_update(skip_locked=True)
-            ).all()  # fmt: skip
+            jobs = repository.lock_jobs_finished_before(session, tenant_id, cutoff,
+                                                        batch - expired)  # fmt: skip
             for job in jobs:
                 tenant_blobs().store.delete_prefix(job_prefix(tenant_id, job.id))
-                session.execute(
-                    update(Job).where(Job.id == job.id)
-                    .values(data_deleted_at=now, result_key=None)
-                    .execution_options(synchronize_session=False)
-                )  # fmt: skip
+                repository.mark_data_deleted(session, tenant_id, job.id, now)
                 session.refresh(job)
                 _expired_event(session, job)
             expired += len(jobs)

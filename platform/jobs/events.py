@@ -32,12 +32,12 @@ from typing import Any
 import redis
 import redis.asyncio
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from celeriac.platform.db import get_sessionmaker, run_after_commit
 from celeriac.platform.errors import BadRequest
-from celeriac.platform.models import FINAL_JOB_STATES, Job, JobStage, JobState, JobTask, TaskState
+from celeriac.platform.jobs import repository
+from celeriac.platform.models import FINAL_JOB_STATES, JobStage, JobState, TaskState
 from celeriac.platform.redis_client import get_redis
 from celeriac.platform.settings import get_settings
 
@@ -126,26 +126,7 @@ class Cursor:
 
 def read_snapshot(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Snapshot | None:
     """The job's state and per-stage task counts (None: no such job for this tenant)."""
-    row = session.execute(
-        select(Job.state, Job.started_at).where(Job.tenant_id == tenant_id, Job.id == job_id)
-    ).one_or_none()
-    if row is None:
-        return None
-    counts = session.execute(
-        select(JobTask.stage, JobTask.state, func.count())
-        .where(JobTask.tenant_id == tenant_id, JobTask.job_id == job_id)
-        .group_by(JobTask.stage, JobTask.state)
-    ).all()
-    tally: dict[JobStage, list[int]] = {}
-    for stage, task_state, count in counts:
-        entry = tally.setdefault(stage, [0, 0, 0])
-        entry[1] += count
-        if task_state in _ENDED_TASK:
-            entry[0] += count
-        if task_state in _FAILED_TASK:
-            entry[2] += count
-    stages = {s: StageCount(*v) for s, v in tally.items()}
-    return Snapshot(state=row.state, started=row.started_at is not None, stages=stages)
+    return read_snapshots(session, [(tenant_id, job_id)]).get((tenant_id, job_id))
 
 
 def events_between(cursor: Cursor, snapshot: Snapshot) -> tuple[Cursor, list[dict[str, Any]]]:
@@ -188,17 +169,8 @@ def read_snapshots(
     """The snapshots of many (tenant, job) pairs in two queries (absent: no such job)."""
     if not keys:
         return {}
-    jobs = session.execute(
-        select(Job.tenant_id, Job.id, Job.state, Job.started_at)
-        .where(tuple_(Job.tenant_id, Job.id).in_(keys))
-    ).all()  # fmt: skip
-    counts = session.execute(
-        select(JobTask.tenant_id, JobTask.job_id, JobTask.stage, JobTask.state, func.count())
-        .where(tuple_(JobTask.tenant_id, JobTask.job_id).in_(keys))
-        .group_by(JobTask.tenant_id, JobTask.job_id, JobTask.stage, JobTask.state)
-    ).all()  # fmt: skip
     tallies: dict[tuple[uuid.UUID, uuid.UUID], dict[JobStage, list[int]]] = {}
-    for tenant_id, job_id, stage, task_state, count in counts:
+    for tenant_id, job_id, stage, task_state, count in repository.task_state_counts(session, keys):
         entry = tallies.setdefault((tenant_id, job_id), {}).setdefault(stage, [0, 0, 0])
         entry[1] += count
         if task_state in _ENDED_TASK:
@@ -210,7 +182,7 @@ def read_snapshots(
             state=row.state, started=row.started_at is not None,
             stages={s: StageCount(*v) for s, v in tallies.get((row.tenant_id, row.id), {}).items()},
         )
-        for row in jobs
+        for row in repository.job_states(session, keys)
     }  # fmt: skip
 
 

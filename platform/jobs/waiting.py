@@ -14,11 +14,12 @@ import logging
 from typing import Any
 
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.dispatch import MEMBERS, get_dispatcher
+from celeriac.platform.jobs import repository
 from celeriac.platform.jobs.schemas import WaitingReason
 from celeriac.platform.models import Job, JobState, Tenant, TenantStatus
 from celeriac.platform.queues import Pool, queue_for
@@ -41,10 +42,7 @@ def waiting_reason(session: Session, ctx: TenantContext, job: Job) -> WaitingRea
                              "reactivates it")  # fmt: skip
     if job.held_since is not None:
         limit = tenant_limits(session, ctx.tenant_id).max_running_jobs
-        running = session.scalar(
-            select(func.count()).select_from(Job)
-            .where(Job.tenant_id == ctx.tenant_id, Job.state == JobState.RUNNING)
-        ) or 0  # fmt: skip
+        running = repository.running_count(session, ctx.tenant_id)
         return WaitingReason(
             reason="running-job-limit", limit=limit, running=running,
             detail=f"{running} of the tenant's jobs are running, its limit is {limit} "
