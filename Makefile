@@ -26,12 +26,12 @@ RDS_CA_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
 # A folder holding global-bundle.pem; the default is downloaded and checked below.
 RDS_CA_DIR ?= build/rds-ca
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml client/pyproject.toml
 	@echo "make: installing Celeriac and its locked dependencies into $(VENV) (a minute or so the first time)..."
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip install --python $(PY) -q -r requirements.lock
-	$(VENV)/bin/uv pip install --python $(PY) -q --no-deps --no-build-isolation -e .
+	$(VENV)/bin/uv pip install --python $(PY) -q --no-deps --no-build-isolation -e . -e ./client
 	touch $(STAMP)
 	@echo "make: installed; the command is $(VENV)/bin/celeriac"
 

@@ -87,6 +87,10 @@ class ApiSettings(BaseModel):
     # ScaledObjects and the HPA read the same numbers within one polling interval.
     backlog_cache_seconds: float = Field(default=5.0, ge=0, le=60)
 
+    # How often an open job event stream reads its job's rows when no Redis nudge came
+    # (a nudge lost by pub/sub is late by at most this; platform/jobs/events.py).
+    events_poll_seconds: float = Field(default=2.0, gt=0, le=30)
+
     @model_validator(mode="after")
     def _ops_port_needs_a_token(self) -> ApiSettings:
         if self.ops_port is not None:
@@ -225,6 +229,8 @@ class JobSettings(BaseModel):
     reconcile_interval_seconds: float = Field(default=10.0, gt=0)
     # A job re-dispatched more often than this is failed rather than retried for ever.
     max_dispatches: int = Field(default=5, ge=1)
+    # How often beat deletes the data of jobs past their tenant's retention_days.
+    retention_sweep_seconds: float = Field(default=300.0, gt=0)
 
 
 class CacheSettings(BaseModel):

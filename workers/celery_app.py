@@ -137,6 +137,11 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
             "schedule": TENANT_DESTRUCTION_INTERVAL_SECONDS,
             "options": {"expires": TENANT_DESTRUCTION_INTERVAL_SECONDS},
         },
+        "expire-job-data": {
+            "task": "celeriac.orchestration.expire_job_data",
+            "schedule": settings.jobs.retention_sweep_seconds,
+            "options": {"expires": settings.jobs.retention_sweep_seconds},
+        },
         "quota-counters": {
             "task": TaskName.RECONCILE_QUOTA_COUNTERS,
             "schedule": QUOTA_COUNTERS_INTERVAL_SECONDS,

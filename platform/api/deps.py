@@ -6,6 +6,7 @@ response is sent, so a 2xx means the rows exist) and rolls back on any error.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Annotated
@@ -26,6 +27,8 @@ from celeriac.platform.logging import bind_context
 from celeriac.platform.quotas.enforce import check_rate, monthly_refusal, release_job
 from celeriac.platform.redis_client import get_redis
 from celeriac.platform.settings import Settings, get_settings
+
+API_KEY_PREFIX = "ck_"  # every tenant API key (celeriac.platform.keys.tokens); never a JWT's
 
 
 def get_session() -> Iterator[Session]:
@@ -152,3 +155,25 @@ class AdminAuthenticator:
 
 AdminDep = Annotated[AdminPrincipal, Depends(AdminAuthenticator(Role.ADMIN))]
 BillingDep = Annotated[AdminPrincipal, Depends(AdminAuthenticator(Role.ADMIN, Role.BILLING))]
+
+
+class TenantOrBilling:
+    """Dependency for routes both billing and tenants read (usage): a JWT with role
+    ``admin`` or ``billing`` sees every tenant (None), an API key with ``scopes`` only its
+    own tenant (its id). Both security schemes appear in the OpenAPI document."""
+
+    def __init__(self, *scopes: str) -> None:
+        self.tenant = Authenticator(*scopes)
+        self.billing = AdminAuthenticator(Role.ADMIN, Role.BILLING)
+
+    async def __call__(
+        self,
+        request: Request,
+        settings: SettingsDep,
+        key: Annotated[HTTPAuthorizationCredentials | None, Depends(_tenant_bearer)],
+        token: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
+    ) -> uuid.UUID | None:
+        if key is not None and key.credentials.startswith(API_KEY_PREFIX):
+            return (await self.tenant(request, key)).tenant_id
+        await self.billing(request, settings, token)
+        return None

@@ -69,6 +69,7 @@ class Submission:
     state: JobState = JobState.QUEUED
     # The request's trace context: its start_job is published as a child of it.
     trace_context: Any = field(default_factory=tracing.current_context)
+    rerun_of: uuid.UUID | None = None
     _blob_keys: list[str] = field(default_factory=list)
     _stored_bytes: int = 0
     _chunks: int = 0
@@ -258,7 +259,7 @@ def _job_row(s: Submission) -> dict[str, Any]:
         "state": s.state, "payload_key": s.payload_prefix, "record_count": s.record_count,
         "payload_bytes": s.payload.size, "metadata": s.metadata,
         "checkpoints": {"payload": {"chunks": s._chunks}, "slices": s._slices},
-        "dispatch_count": 0,
+        "dispatch_count": 0, "rerun_of": s.rerun_of,
         "created_at": s.created_at, "updated_at": s.created_at,
     }  # fmt: skip
 

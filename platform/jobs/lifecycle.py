@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from celeriac.platform import metrics
 from celeriac.platform.db import run_after_commit
 from celeriac.platform.dispatch import get_dispatcher
+from celeriac.platform.jobs import events as job_events
 from celeriac.platform.jobs import repository
 from celeriac.platform.models import (
     FINAL_JOB_STATES,
@@ -168,6 +169,7 @@ def _transition(job: Job, before: JobState | JobStage | None, after: JobState | 
         extra={"job_id": str(job.id), "tenant_id": str(job.tenant_id)},
     )
     metrics.job_transitioned(job, after.value)
+    job_events.announce_after_commit(object_session(job), job.id)
 
 
 # --- queued -> running ---------------------------------------------------------------

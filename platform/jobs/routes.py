@@ -1,13 +1,16 @@
-"""Tenant job routes: submit (JSON or multipart file), list, get, results, cancel."""
+"""Tenant job routes: submit (JSON or multipart file), list, get, results, cancel,
+re-run, delete, live events."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ValidationError
 
 from celeriac.platform import json_input
@@ -15,18 +18,23 @@ from celeriac.platform.api import idempotency
 from celeriac.platform.api.deps import Authenticator, SessionDep
 from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
-from celeriac.platform.db import get_sessionmaker
+from celeriac.platform.db import get_sessionmaker, run_after_commit
 from celeriac.platform.errors import (
+    NotFound,
     PayloadTooLarge,
     ProblemError,
     ServiceUnavailable,
     ValidationFailed,
 )
+from celeriac.platform.jobs import data as job_data
+from celeriac.platform.jobs import events as job_events_module
 from celeriac.platform.jobs import payload, pipelines, repository, service, task_errors
+from celeriac.platform.jobs import waiting as job_waiting
 from celeriac.platform.jobs.ingest import Submission, ingest_writer
-from celeriac.platform.jobs.schemas import JobAccepted, JobCreate, JobOptions, JobOut
+from celeriac.platform.jobs.repository import JobRepository
+from celeriac.platform.jobs.schemas import JobAccepted, JobCreate, JobOptions, JobOut, JobRerun
 from celeriac.platform.keys.service import Scope
-from celeriac.platform.models import JobState
+from celeriac.platform.models import Job, JobState
 from celeriac.platform.quotas.enforce import limits_for, release_job, request_limits
 from celeriac.platform.quotas.plans import Limits
 
@@ -236,15 +244,21 @@ def list_jobs(
         session, ctx, state=state, created_after=created_after,
         created_before=created_before, cursor=cursor, limit=limit,
     )  # fmt: skip
-    return Page(data=[service.job_summary(j) for j in rows], next_cursor=next_cursor)
+    retention = job_data.retention_days(session, ctx)
+    return Page(data=[job_data.with_data_fields(j, service.job_summary(j), retention)
+                      for j in rows], next_cursor=next_cursor)  # fmt: skip
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: uuid.UUID, ctx: JobReader, session: SessionDep) -> JobOut:
     """State, per-stage progress, timings and the errors of failed tasks (their details,
-    stored encrypted under the tenant's key, are shown here to the tenant only)."""
+    stored encrypted under the tenant's key, are shown here to the tenant only);
+    `expires_at` once it has ended, `waiting_reason` while it is queued."""
     out = service.job_detail(session, ctx, job_id)
     task_errors.reveal(session, ctx.tenant_id, job_id, out.errors)
+    job = JobRepository(session, ctx).get(job_id)
+    out = job_data.with_data_fields(job, out, job_data.retention_days(session, ctx))
+    out.waiting_reason = job_waiting.waiting_reason(session, ctx, job)
     return out
 
 
@@ -261,4 +275,139 @@ def get_results(job_id: uuid.UUID, ctx: JobReader, session: SessionDep) -> Respo
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel_job(job_id: uuid.UUID, ctx: JobWriter, session: SessionDep) -> JobOut:
     """Cancel a queued or running job: its pending tasks are revoked (409 if it ended)."""
-    return service.job_summary(service.cancel_job(session, ctx, job_id))
+    job = service.cancel_job(session, ctx, job_id)
+    run_after_commit(session, lambda: job_events_module.announce(job_id))  # open streams end
+    return service.job_summary(job)
+
+
+@router.post(
+    "/{job_id}/rerun",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    summary="Re-run a job on its stored records",
+)
+async def rerun_job(
+    job_id: uuid.UUID, request: Request, ctx: JobSubmitter, response: Response
+) -> JobAccepted:
+    """A new job (linked by `rerun_of`) on the records stored with `job_id`, with the same
+    pipeline and priority unless the body names others. Quotas and usage count it as a new
+    job; 410 once the original's data was deleted."""
+    try:
+        body = await request.body()
+        fields = json_input.parse(body) if body.strip() else {}
+        changes = _validated(JobRerun, fields)
+        original, parsed = await run_in_threadpool(_rerun_source, ctx, job_id)
+        plugins = pipelines.cached_plugins()
+        if plugins is None:
+            plugins = await run_in_threadpool(pipelines.load_plugins)
+        spec = (
+            _spec_of(original)
+            if changes.pipeline is None
+            else (
+                changes.pipeline
+                if isinstance(changes.pipeline, str)
+                else changes.pipeline.model_dump()
+            )
+        )
+        limits = request_limits(request) or await limits_for(ctx.tenant_id)
+        if parsed.record_count > limits.max_records_per_job:
+            raise PayloadTooLarge(
+                f"the job has {parsed.record_count} records; this tenant's limit is "
+                f"{limits.max_records_per_job} per job",
+                extra={"policy": "records-per-job", "limit": limits.max_records_per_job},
+            )
+        submission = Submission(
+            tenant_id=ctx.tenant_id, tenant_slug=ctx.tenant_slug,
+            pipeline=pipelines.resolve_against(plugins, spec), payload=parsed,
+            priority=changes.priority or original.priority,
+            metadata=original.job_metadata if changes.metadata is None else changes.metadata,
+            rerun_of=original.id,
+        )  # fmt: skip
+        return _accepted(await ingest_writer(request.app).submit(submission), response)
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        await release_job(request)
+        raise
+
+
+def _rerun_source(ctx: TenantContext, job_id: uuid.UUID) -> tuple[Job, payload.Payload]:
+    with get_sessionmaker()() as session:
+        job = JobRepository(session, ctx).get(job_id)
+        return job, job_data.stored_payload(ctx, job)
+
+
+def _spec_of(job: Job) -> str | dict[str, Any]:
+    """The pipeline a job was submitted with, to be resolved again (plugins may be newer)."""
+    if job.pipeline.get("name"):
+        return str(job.pipeline["name"])
+    return {section: [{"name": s["name"], "params": s.get("params") or {}}
+                      for s in job.pipeline.get(section, [])]
+            for section in ("datasets", "analyzers")}  # fmt: skip
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a job's data")
+def delete_job(job_id: uuid.UUID, ctx: JobWriter, session: SessionDep) -> Response:
+    """Delete a finished job's records, intermediate data and results (409 while it is
+    queued or running). The job stays listed, with `data_deleted_at`; its usage records
+    stay. Deleting twice is not an error."""
+    job_data.delete_job_data(session, ctx, job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _stream_start(
+    job_id: uuid.UUID,
+    ctx: JobReader,
+    last_event_id: Annotated[
+        str | None,
+        Header(description="The id of the last event received: the stream resumes after it."),
+    ] = None,
+) -> job_events_module.Cursor:
+    """Checks made before the stream's headers go out: afterwards an error can only end the
+    stream, not answer 400 or 404."""
+    cursor = job_events_module.Cursor.parse(last_event_id)
+    if await run_in_threadpool(_snapshot, ctx.tenant_id, job_id) is None:
+        raise NotFound(f"no job {job_id}")
+    return cursor
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    summary="The job's live events (Server-Sent Events)",
+    responses={400: {"description": "A malformed `Last-Event-ID`"}},
+)
+async def job_events(
+    job_id: uuid.UUID,
+    ctx: JobReader,
+    cursor: Annotated[job_events_module.Cursor, Depends(_stream_start)],
+) -> AsyncIterator[ServerSentEvent]:
+    """`text/event-stream`: `state` events (`queued`, `running`, the final state) and one
+    `progress` event per task that ends in a stage (`stage`, `done`, `total`, `failed`);
+    the stream ends after the final state (at once, for a finished job). Event ids are
+    cursors: reconnecting with `Last-Event-ID` sends what follows it, without loss or
+    repeats. Comments (`: ping`) keep idle connections open."""
+    async for event in _event_stream(ctx, job_id, cursor):
+        yield event
+
+
+async def _event_stream(
+    ctx: TenantContext, job_id: uuid.UUID, cursor: job_events_module.Cursor
+) -> AsyncIterator[ServerSentEvent]:
+    async with job_events_module.job_watch().watch(ctx.tenant_id, job_id) as watcher:
+        while True:
+            await watcher.changed.wait()
+            watcher.changed.clear()
+            snapshot = watcher.snapshot
+            if snapshot is None:
+                return  # deleted with its tenant meanwhile
+            cursor, events = job_events_module.events_between(cursor, snapshot)
+            for event in events:
+                yield ServerSentEvent(data=event, event=event["type"], id=event["id"])
+            if cursor.rank == 2:
+                return
+
+
+def _snapshot(tenant_id: uuid.UUID, job_id: uuid.UUID) -> job_events_module.Snapshot | None:
+    with get_sessionmaker()() as session:
+        return job_events_module.read_snapshot(session, tenant_id, job_id)

@@ -113,6 +113,37 @@ class TaskError(BaseModel):
     attempts: int
 
 
+class WaitingReason(BaseModel):
+    """Why a queued job waits, from the dispatcher's state at the time of the read."""
+
+    reason: str = Field(
+        description="`running-job-limit`, `queued-behind-own-tasks`, `fair-share` or "
+        "`tenant-suspended`.",
+        examples=["running-job-limit"],
+    )
+    detail: str
+    limit: int | None = None
+    running: int | None = None
+    ahead: int | None = None
+    band: str | None = None
+    active_tenants: int | None = None
+
+
+class JobRerun(BaseModel):
+    """What a re-run changes; a field left out is the original job's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str | PipelineSpec | None = None
+    priority: Priority | None = None
+    metadata: dict[str, MetadataValue] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, MetadataValue] | None) -> dict[str, MetadataValue] | None:
+        return None if value is None else _check_metadata(value)
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -134,5 +165,21 @@ class JobOut(BaseModel):
         "max_running_jobs quota (GET /v1/quotas).",
     )
     duration_ms: int | None = None
+    rerun_of: uuid.UUID | None = Field(
+        default=None, description="The job whose stored records this one re-ran."
+    )
+    data_deleted_at: datetime | None = Field(
+        default=None,
+        description="When the job's records, intermediate data and results were deleted "
+        "(DELETE /v1/jobs/{id}, or retention).",
+    )
+    expires_at: datetime | None = Field(
+        default=None,
+        description="When retention deletes the finished job's data (its plan's "
+        "retention_days after it finished; GET /v1/quotas).",
+    )
+    waiting_reason: WaitingReason | None = Field(
+        default=None, description="Why a queued job is not running yet."
+    )
     progress: dict[str, StageProgress] = Field(default_factory=dict)
     errors: list[TaskError] = Field(default_factory=list)

@@ -23,6 +23,7 @@ class Scope(StrEnum):
     WEBHOOKS_MANAGE = "webhooks:manage"
     KEYS_MANAGE = "keys:manage"
     METRICS_READ = "metrics:read"  # GET /v1/metrics: the tenant's own Prometheus series
+    USAGE_READ = "usage:read"
 
 
 ALL_SCOPES = tuple(Scope)

@@ -20,6 +20,8 @@ class Job(TimestampMixin, Base):
         Index(None, "tenant_id", "state", "created_at"),
         # The reconciler's scan for jobs that stopped moving.
         Index(None, "state", "updated_at"),
+        # Retention's sweep: a tenant's finished jobs, oldest first.
+        Index(None, "tenant_id", "finished_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -46,6 +48,11 @@ class Job(TimestampMixin, Base):
     # Set while a queued job waits for a free slot of its tenant's max_running_jobs quota:
     # the orchestrator deferred it, and the end of one of the tenant's jobs releases it.
     held_since: Mapped[datetime | None]
+    # The job this one re-runs on the stored payload of (POST /v1/jobs/{id}/rerun).
+    rerun_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # Set when the job's payload, intermediate and result blobs were deleted (by the tenant,
+    # or by retention): the row stays, for listings and for its usage records.
+    data_deleted_at: Mapped[datetime | None]
 
 
 class JobTask(TimestampMixin, Base):

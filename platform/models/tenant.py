@@ -52,3 +52,4 @@ class Quota(TimestampMixin, Base):
     max_webhook_targets: Mapped[int | None]
     # The tenant's share of worker slots against other tenants' (fair dispatch's weight).
     dispatch_weight: Mapped[int | None]
+    retention_days: Mapped[int | None]

@@ -28,6 +28,10 @@ class QuotaLimits(BaseModel):
         description="The tenant's share of worker slots when tenants compete for them: "
         "tasks per turn of the fair dispatcher's round-robin (free 1, pro 2, enterprise 4)."
     )
+    retention_days: int = Field(
+        description="Days a finished job's data is kept; then "
+        "it is deleted (the job's row and usage stay)."
+    )
 
 
 class QuotaOverrides(BaseModel):
@@ -43,6 +47,7 @@ class QuotaOverrides(BaseModel):
     max_records_per_job: LimitValue | None = None
     max_webhook_targets: LimitValue | None = None
     dispatch_weight: WeightValue | None = None
+    retention_days: LimitValue | None = None
 
 
 class TenantQuotas(BaseModel):

@@ -1,5 +1,5 @@
-"""Usage routes: billing reads records and totals (JWT role billing or admin); admins
-record adjustments."""
+"""Usage routes: billing reads records and totals (JWT role billing or admin), a tenant
+its own (an API key with scope ``usage:read``); admins record adjustments."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import uuid
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from celeriac.platform.api.deps import AdminDep, BillingDep, SessionDep
+from celeriac.platform.api.deps import AdminDep, SessionDep, TenantOrBilling
 from celeriac.platform.api.schemas import Timestamp
+from celeriac.platform.errors import NotFound
+from celeriac.platform.keys.service import Scope
 from celeriac.platform.usage import service
 from celeriac.platform.usage.schemas import (
     AdjustmentCreate,
@@ -20,11 +22,23 @@ from celeriac.platform.usage.schemas import (
     UsageSummary,
 )
 
-router = APIRouter(prefix="/v1/usage", tags=["usage (billing)"])
+router = APIRouter(prefix="/v1/usage", tags=["usage"])
 admin_router = APIRouter(prefix="/v1/admin/usage", tags=["usage (admin)"])
 
 CSV = "text/csv"
 Metric = Annotated[str | None, Query(max_length=60, description="e.g. compute.seconds")]
+# None: billing (every tenant); a tenant id: that tenant's API key.
+UsageCaller = Annotated[uuid.UUID | None, Depends(TenantOrBilling(Scope.USAGE_READ))]
+
+
+def _scoped(caller: uuid.UUID | None, tenant_id: uuid.UUID | None) -> uuid.UUID | None:
+    """The tenant filter: a tenant's key reads only its own records (another tenant's id
+    is a 404, as everywhere)."""
+    if caller is None:
+        return tenant_id
+    if tenant_id is not None and tenant_id != caller:
+        raise NotFound(f"no usage records of tenant {tenant_id}")
+    return caller
 
 
 def _wants_csv(request: Request) -> bool:
@@ -41,7 +55,7 @@ def _wants_csv(request: Request) -> bool:
 def list_records(
     request: Request,
     response: Response,
-    billing: BillingDep,
+    caller: UsageCaller,
     session: SessionDep,
     tenant_id: uuid.UUID | None = None,
     metric: Metric = None,
@@ -51,11 +65,12 @@ def list_records(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> UsagePage | Response:
     """Usage records, oldest first in (occurred_at, id) order, filtered by tenant, metric
-    and time (`occurred_after` inclusive, `occurred_before` exclusive). With
+    and time (`occurred_after` inclusive, `occurred_before` exclusive). A tenant's API key
+    (scope `usage:read`) sees only its own tenant's records. With
     `Accept: text/csv` the page is CSV with the same columns (`properties` as JSON text);
     the next page's link is in the `Link` header either way."""
     rows, next_cursor = service.list_records(
-        session, tenant_id=tenant_id, metric=metric, occurred_after=occurred_after,
+        session, tenant_id=_scoped(caller, tenant_id), metric=metric, occurred_after=occurred_after,
         occurred_before=occurred_before, cursor=cursor, limit=limit,
     )  # fmt: skip
     headers = {}
@@ -73,7 +88,7 @@ def list_records(
 
 @router.get("/summary", response_model=UsageSummary)
 def summary(
-    billing: BillingDep,
+    caller: UsageCaller,
     session: SessionDep,
     granularity: Granularity = Granularity.DAY,
     tenant_id: uuid.UUID | None = None,
@@ -82,9 +97,10 @@ def summary(
     occurred_before: Timestamp | None = None,
 ) -> UsageSummary:
     """Totals per tenant, metric and hour, day or month (UTC), adjustments included: each
-    total is the sum of the records `GET /v1/usage/records` lists with the same filters."""
+    total is the sum of the records `GET /v1/usage/records` lists with the same filters.
+    A tenant's API key (scope `usage:read`) sees only its own totals."""
     totals = service.summarize(
-        session, granularity=granularity, tenant_id=tenant_id, metric=metric,
+        session, granularity=granularity, tenant_id=_scoped(caller, tenant_id), metric=metric,
         occurred_after=occurred_after, occurred_before=occurred_before,
     )  # fmt: skip
     return UsageSummary(granularity=granularity, data=totals)

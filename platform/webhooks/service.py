@@ -49,6 +49,7 @@ class EventType(StrEnum):
     JOB_PARTIAL = "job.partial"
     JOB_FAILED = "job.failed"
     JOB_CANCELLED = "job.cancelled"
+    JOB_EXPIRED = "job.expired"
     WEBHOOK_TEST = "webhook.test"
     WEBHOOK_DISABLED = "webhook.disabled"
 
@@ -60,6 +61,7 @@ class EventTypeFilter(StrEnum):
     JOB_PARTIAL = "job.partial"
     JOB_FAILED = "job.failed"
     JOB_CANCELLED = "job.cancelled"
+    JOB_EXPIRED = "job.expired"
     WEBHOOK_TEST = "webhook.test"
     WEBHOOK_DISABLED = "webhook.disabled"
     ANY_JOB = "job.*"

@@ -121,9 +121,11 @@ def test_quotas_show_only_the_callers_own_limits_and_use(
     assert mine["limits"]["jobs_per_month"] != 9
     assert mine["usage"]["jobs_this_month"]["used"] == 0
     assert mine["usage"]["webhook_targets"]["used"] == 0
-    # Usage records are billing's: a tenant key cannot read anyone's, its own included.
+    # Usage records need the usage:read scope (and then show only the caller's own:
+    # tests/platform/test_usage_api.py); these keys lack it.
     for path in ("/v1/usage/records", "/v1/usage/summary"):
-        assert client.get(path, headers=owner.headers).status_code == 401
+        refused = client.get(path, headers=owner.headers)
+        assert refused.status_code == 403 and refused.json()["missing_scopes"] == ["usage:read"]
 
 
 def test_admin_routes_do_not_cross_tenants(

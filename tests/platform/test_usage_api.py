@@ -216,11 +216,59 @@ def test_the_database_refuses_to_change_or_delete_a_record(
             UsageRecord.id == record_id)).scalar_one() == 1  # fmt: skip
 
 
-def test_only_billing_and_admin_read_usage(
+def test_billing_reads_every_tenant_and_a_key_needs_usage_read(
     client: TestClient, usage: list[TenantFixture], admin_headers: dict[str, str]
 ) -> None:
     tenant = usage[0]
     for path in ("/v1/usage/records", "/v1/usage/summary"):
-        assert client.get(path, headers=tenant.headers).status_code == 401
+        refused = client.get(path, headers=tenant.headers)
+        assert refused.status_code == 403
+        assert refused.json()["missing_scopes"] == ["usage:read"]
         assert client.get(path).status_code == 401
+        assert client.get(path, headers={"Authorization": "Bearer ck_live_nope"}).status_code == 401
         assert client.get(path, headers=admin_headers).status_code == 200
+
+
+def _usage_key(
+    client: TestClient, admin_headers: dict[str, str], tenant: TenantFixture
+) -> dict[str, str]:
+    created = client.post(f"/v1/admin/tenants/{tenant.id}/keys", json={"scopes": ["usage:read"]},
+                          headers=admin_headers)  # fmt: skip
+    assert created.status_code == 201, created.text
+    return {"Authorization": f"Bearer {created.json()['key']}"}
+
+
+def test_a_tenant_reads_only_its_own_usage_records_json_and_csv(
+    client: TestClient, usage: list[TenantFixture], admin_headers: dict[str, str]
+) -> None:
+    mine, other = usage
+    headers = _usage_key(client, admin_headers, mine)
+    everything = client.get("/v1/usage/records?limit=1000", headers=admin_headers).json()["data"]
+    expected = sorted(r["id"] for r in everything if r["tenant_id"] == mine.id)
+    assert len(expected) < len(everything)
+
+    seen, cursor = [], None
+    while True:
+        params: dict[str, Any] = {"limit": 5, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/usage/records", headers=headers, params=params).json()
+        seen += [r["id"] for r in page["data"]]
+        assert {r["tenant_id"] for r in page["data"]} <= {mine.id}
+        if not (cursor := page["next_cursor"]):
+            break
+    assert sorted(seen) == expected
+
+    csv_answer = client.get("/v1/usage/records?limit=1000",
+                            headers={**headers, "Accept": "text/csv"})  # fmt: skip
+    assert csv_answer.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(csv_answer.text)))
+    assert sorted(r["id"] for r in rows) == expected
+
+    summary = client.get("/v1/usage/summary?granularity=month", headers=headers).json()
+    assert summary["data"] and {t["tenant_id"] for t in summary["data"]} == {mine.id}
+    # Asking for another tenant's records is a 404, as for any of its objects.
+    for path in ("/v1/usage/records", "/v1/usage/summary"):
+        answer = client.get(path, params={"tenant_id": other.id}, headers=headers)
+        assert answer.status_code == 404
+        assert answer.headers["content-type"] == "application/problem+json"
+    assert client.get("/v1/usage/records", params={"tenant_id": mine.id},
+                      headers=headers).status_code == 200  # fmt: skip

@@ -17,6 +17,7 @@ import pandas as pd
 from sqlalchemy.orm import Session
 
 from celeriac.platform.db import transaction
+from celeriac.platform.jobs import events as job_events
 from celeriac.platform.jobs import lifecycle, payload, repository, task_errors
 from celeriac.platform.models import Job, JobStage, JobTask, TaskState, utcnow
 from celeriac.platform.queues import TaskName
@@ -141,6 +142,7 @@ def finish(
         repository.finish_task(
             session, tenant_id, claimed.task_id, outcome, started=claimed.started_at, error=error
         )
+        job_events.announce_after_commit(session, job_id)  # a progress event for the streams
         if job is None:
             return False
         ref = lifecycle.ref_of(session, job)

@@ -62,3 +62,22 @@ def reconcile_quota_counters() -> int:
 
     client = get_redis()
     return reconcile_counters(client, utcnow()) if client is not None else 0
+
+
+EXPIRY_BATCHES_PER_RUN = 10
+
+
+@shared_task(name="celeriac.orchestration.expire_job_data", ignore_result=True)
+def expire_job_data() -> int:
+    """Delete the data of finished jobs past their tenant's retention, a bounded batch at
+    a time and at most ``EXPIRY_BATCHES_PER_RUN`` batches per run (the next run goes on):
+    blob deletions and short transactions, nothing that computes."""
+    from celeriac.platform.jobs.data import SWEEP_BATCH, expire_jobs
+
+    total = 0
+    for _ in range(EXPIRY_BATCHES_PER_RUN):
+        expired = expire_jobs(SWEEP_BATCH)
+        total += expired
+        if expired < SWEEP_BATCH:
+            break
+    return total
