@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: up test lint typecheck pytest install lock clean
+.PHONY: up test lint typecheck pytest install lock clean vendor browser
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,8 +29,27 @@ install: $(STAMP) $(CHECKOV_STAMP)
 up: $(STAMP)
 	$(VENV)/bin/celeriac up
 
+## Re-vendor the browser assets (htmx, uPlot, Swagger UI; axe-core for the tests) from
+## web/package-lock.json. The copies are committed, so `make up` needs no npm; run this
+## after changing a version in web/package.json (then `npm install --package-lock-only`).
+VENDOR_DIR := platform/console/static/vendor
+vendor:
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
+	mkdir -p $(VENDOR_DIR) tests/browser/vendor
+	cp web/node_modules/htmx.org/dist/htmx.min.js $(VENDOR_DIR)/htmx.min.js
+	cp web/node_modules/uplot/dist/uPlot.iife.min.js $(VENDOR_DIR)/uPlot.iife.min.js
+	cp web/node_modules/uplot/dist/uPlot.min.css $(VENDOR_DIR)/uPlot.min.css
+	cp web/node_modules/swagger-ui-dist/swagger-ui-bundle.js $(VENDOR_DIR)/swagger-ui-bundle.js
+	cp web/node_modules/swagger-ui-dist/swagger-ui.css $(VENDOR_DIR)/swagger-ui.css
+	cp web/node_modules/axe-core/axe.min.js tests/browser/vendor/axe.min.js
+	$(PY) web/manifest.py > $(VENDOR_DIR)/MANIFEST.json
+
+## The browser tests drive Debian's Chromium (Playwright never downloads a browser).
+browser:
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
 ## Lint, type-check and run every test against the machine's PostgreSQL and Redis.
-test: $(STAMP) $(CHECKOV_STAMP) lint typecheck pytest
+test: $(STAMP) $(CHECKOV_STAMP) browser lint typecheck pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -39,7 +58,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) $(CHECKOV_STAMP)
+pytest: $(STAMP) $(CHECKOV_STAMP) browser
 	$(VENV)/bin/pytest -n auto --dist loadgroup
 
 ## Re-resolve requirements.lock (and requirements-checkov.lock) after changing dependencies.

@@ -71,7 +71,7 @@ async def _multipart_job(request: Request, limits: Limits) -> tuple[JobOptions, 
             "send the records as a file part named 'file'",
             errors=[{"pointer": "#/body/file", "detail": "missing"}],
         )
-    _check_size(limits, upload.size)
+    check_size(limits, upload.size)
     fields: dict[str, Any] = {}
     for name in ("pipeline", "priority", "metadata"):
         value = form.get(name)
@@ -138,19 +138,28 @@ async def submit_job(request: Request, ctx: JobSubmitter, response: Response) ->
 
 async def _submit(request: Request, ctx: TenantContext, response: Response) -> JobAccepted:
     limits = request_limits(request) or await limits_for(ctx.tenant_id)
-    _check_size(limits, request.headers.get("content-length"))
+    check_size(limits, request.headers.get("content-length"))
     options: JobOptions
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         options, parsed = await _multipart_job(request, limits)
     else:
         body = await request.body()
-        _check_size(limits, len(body))
+        check_size(limits, len(body))
         try:
             fields = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise MalformedBody("the request body is not valid JSON") from None
         job = _validated(JobCreate, fields)
         options, parsed = job, payload.from_records(job.records)
+    return _accepted(await accept_job(request, ctx, options, parsed, limits), response)
+
+
+async def accept_job(
+    request: Request, ctx: TenantContext, options: JobOptions, parsed: payload.Payload,
+    limits: Limits,
+) -> Submission:  # fmt: skip
+    """Resolve the pipeline and hand the job to the ingest writer (the REST API and the
+    console both end here, after their own parsing and the tenant's quota checks)."""
     if parsed.record_count > limits.max_records_per_job:
         raise PayloadTooLarge(
             f"the job has {parsed.record_count} records; this tenant's limit is "
@@ -165,10 +174,10 @@ async def _submit(request: Request, ctx: TenantContext, response: Response) -> J
         pipeline=pipelines.resolve_against(plugins, options.pipeline_spec()),
         payload=parsed, priority=options.priority, metadata=options.metadata,
     )  # fmt: skip
-    return _accepted(await ingest_writer(request.app).submit(submission), response)
+    return await ingest_writer(request.app).submit(submission)
 
 
-def _check_size(limits: Limits, size: int | str | None) -> None:
+def check_size(limits: Limits, size: int | str | None) -> None:
     """413 for a body over the tenant's ``max_payload_bytes`` (a Content-Length is checked
     before the body is read)."""
     try:
