@@ -71,31 +71,6 @@ def create_tenant(
     return redirect(request, f"{PREFIX}/admin/tenants")
 
 
-@router.post("/admin/tenants/{tenant_id}/{action}", response_class=HTMLResponse)
-def tenant_action(
-    request: Request, tenant_id: uuid.UUID, action: str, page: AdminPageDep,
-    session: SessionDep, confirm: Annotated[str, Form()] = "",
-) -> Response:  # fmt: skip
-    """suspend, resume, or delete (the admin types the tenant's slug to confirm)."""
-    tenant = tenants.get_tenant(session, tenant_id)
-    if action in ("suspend", "resume"):
-        status = "suspended" if action == "suspend" else "active"
-        tenants.update_tenant(session, tenant, changes={"status": status}, actor=_actor(page),
-                              invalidate_auth=invalidate_auth)  # fmt: skip
-    elif action == "delete":
-        if confirm != tenant.slug:
-            context = _tenants_context(
-                session, error=f"type the tenant's slug ({tenant.slug}) to delete it"
-            )
-            return render(request, "admin/tenants.html", context, status_code=422,
-                          state=page.session)  # fmt: skip
-        tenants.delete_tenant(session, tenant, actor=_actor(page), invalidate_auth=invalidate_auth)
-    else:
-        raise ValidationFailed(f"unknown action {action!r}")
-    session.commit()
-    return redirect(request, f"{PREFIX}/admin/tenants")
-
-
 @router.get("/admin/tenants/{tenant_id}/quotas", response_class=HTMLResponse)
 def quotas_page(
     request: Request, tenant_id: uuid.UUID, page: AdminPageDep, session: SessionDep
@@ -127,6 +102,32 @@ async def set_quotas(request: Request, tenant_id: uuid.UUID, page: AdminPageDep)
 
     await run_in_threadpool(save)
     return redirect(request, f"{PREFIX}/admin/tenants/{tenant_id}/quotas")
+
+
+# After the quotas routes: /{action} would also match /quotas.
+@router.post("/admin/tenants/{tenant_id}/{action}", response_class=HTMLResponse)
+def tenant_action(
+    request: Request, tenant_id: uuid.UUID, action: str, page: AdminPageDep,
+    session: SessionDep, confirm: Annotated[str, Form()] = "",
+) -> Response:  # fmt: skip
+    """suspend, resume, or delete (the admin types the tenant's slug to confirm)."""
+    tenant = tenants.get_tenant(session, tenant_id)
+    if action in ("suspend", "resume"):
+        status = "suspended" if action == "suspend" else "active"
+        tenants.update_tenant(session, tenant, changes={"status": status}, actor=_actor(page),
+                              invalidate_auth=invalidate_auth)  # fmt: skip
+    elif action == "delete":
+        if confirm != tenant.slug:
+            context = _tenants_context(
+                session, error=f"type the tenant's slug ({tenant.slug}) to delete it"
+            )
+            return render(request, "admin/tenants.html", context, status_code=422,
+                          state=page.session)  # fmt: skip
+        tenants.delete_tenant(session, tenant, actor=_actor(page), invalidate_auth=invalidate_auth)
+    else:
+        raise ValidationFailed(f"unknown action {action!r}")
+    session.commit()
+    return redirect(request, f"{PREFIX}/admin/tenants")
 
 
 # --- operations ------------------------------------------------------------------------

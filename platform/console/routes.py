@@ -12,11 +12,12 @@ import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request, UploadFile
+from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import select
+from starlette.datastructures import UploadFile
 
 from celeriac.platform.api.deps import (
     SessionDep,
@@ -433,7 +434,7 @@ def target_page(
     ).tuples().all()) if delivery_ids else {}  # fmt: skip
     return render(request, "target.html", {"target": target, "attempts": attempts,
                   "messages": messages,
-                  "nav": "webhooks", "live": any(a.status_code is None for a in attempts)},
+                  "nav": "webhooks"},
                   state=page.session)  # fmt: skip
 
 

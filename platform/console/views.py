@@ -178,12 +178,19 @@ def _flat_value(record: dict[str, Any], column: str) -> float | None:
 
 
 def first_records(ctx: TenantContext, job: Job) -> list[dict[str, Any]]:
-    """The job's first payload chunk (the rows drawn under the anomalies), or none."""
-    try:
-        raw = tenant_blobs().get(str(ctx.tenant_id), payload.chunk_key(job.payload_key, 0))
-    except BlobNotFound:
-        return []
-    return payload.records(raw)[:MAX_SERIES_POINTS]
+    """The job's first records, up to ``MAX_SERIES_POINTS`` (drawn under the anomalies),
+    read chunk by chunk from the stored payload."""
+    chunks = int((job.checkpoints or {}).get("payload", {}).get("chunks", 1))
+    found: list[dict[str, Any]] = []
+    for index in range(chunks):
+        try:
+            raw = tenant_blobs().get(str(ctx.tenant_id), payload.chunk_key(job.payload_key, index))
+        except BlobNotFound:
+            break
+        found += payload.records(raw)
+        if len(found) >= MAX_SERIES_POINTS:
+            break
+    return found[:MAX_SERIES_POINTS]
 
 
 def results_view(document: dict[str, Any], records: list[dict[str, Any]]) -> ResultView:
@@ -217,7 +224,7 @@ def _fmt(value: Any) -> str:
 
 def _summary(dataset: str, result: dict[str, Any]) -> dict[str, Any]:
     numeric = result.get("numeric") or {}
-    stats = ["count", "mean", "std", "min", "25%", "50%", "75%", "max", "nulls"]
+    stats = ["count", "mean", "std", "min", "p25", "p50", "p75", "max", "nulls"]
     present = [s for s in stats if any(s in (v or {}) for v in numeric.values())]
     rows = [[column, *[_fmt((values or {}).get(s)) for s in present]]
             for column, values in numeric.items()]  # fmt: skip
@@ -235,7 +242,8 @@ def _anomalies(
     if result.get("method") == "isolation_forest":
         columns = {"rows": {"indexes": result.get("indexes") or [],
                             "scores": result.get("scores") or []}}  # fmt: skip
-    ranked = sorted(columns.items(), key=lambda kv: -int((kv[1] or {}).get("count") or 0))
+    found_any = [(c, f) for c, f in columns.items() if int((f or {}).get("count") or 0) > 0]
+    ranked = sorted(found_any, key=lambda kv: -int((kv[1] or {}).get("count") or 0))
     for column, found in ranked[:4]:
         indexes = list((found or {}).get("indexes") or [])
         scores = list((found or {}).get("scores") or [])

@@ -1,5 +1,6 @@
-// Celeriac console: draws the charts whose data the server put in
-// <script type="application/json"> blocks (uPlot), on load and after every htmx swap.
+// Celeriac console: draws the charts whose data the server put in data-series attributes
+// (uPlot), on load and after every htmx swap (htmx drops <script> blocks from swapped
+// content when allowScriptTags is off, so the data travels in an attribute).
 // No inline script anywhere: the Content-Security-Policy allows only files from here.
 (function () {
   "use strict";
@@ -7,12 +8,11 @@
   var COLORS = { line: "#3366aa", anomaly: "#c0392b", bar: "#2e8b57" };
 
   function readData(el) {
-    var block = document.getElementById(el.id + "-data");
-    return block ? JSON.parse(block.textContent) : null;
+    return el.dataset.series ? JSON.parse(el.dataset.series) : null;
   }
 
   function anomaliesChart(el, data, labels) {
-    var series = [{}];
+    var series = [{ label: "row" }];
     if (data.length === 3) {
       series.push({ label: labels[0], stroke: COLORS.line, width: 1, points: { show: false } });
       series.push({
@@ -71,8 +71,8 @@
   document.addEventListener("DOMContentLoaded", function () {
     drawCharts(document);
     wireBuilder();
-    document.body.addEventListener("htmx:afterSettle", function (event) {
-      drawCharts(event.target);
-    });
+    // After a swap the new content may hold charts (outerHTML swaps replace the target,
+    // so the whole document is searched; drawn charts are marked and skipped).
+    document.body.addEventListener("htmx:afterSettle", function () { drawCharts(document); });
   });
 })();
