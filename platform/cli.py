@@ -341,6 +341,7 @@ def up(
         _wait_healthy(url, children)
         typer.echo(
             f"\nCeleriac is up at {url} (docs at {url}/docs)\n"
+            f"  console:     {url}/console (sign in with the key or the token below)\n"
             f"  tenant:      {DEMO_SLUG}\n"
             f"  API key:     {api_key}\n"
             f"  admin token: {admin_token}\n"
