@@ -26,14 +26,14 @@ from celeriac.platform.console.web import (
 from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.errors import ProblemError, ValidationFailed
 from celeriac.platform.models import Tenant, utcnow
+from celeriac.platform.queues import Pool
 from celeriac.platform.quotas import service as quotas
 from celeriac.platform.quotas.plans import PLANS
 from celeriac.platform.quotas.schemas import QuotaOverrides
-from celeriac.platform.settings import Pool
 from celeriac.platform.tenants import service as tenants
 from celeriac.platform.usage import service as usage
 from celeriac.platform.usage.schemas import Granularity
-from celeriac.platform.webhooks import log as webhook_log
+from celeriac.platform.webhooks import repository as webhook_repository
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
@@ -166,8 +166,9 @@ def backlog_live(request: Request, page: AdminPageDep) -> HTMLResponse:
 
 @router.get("/admin/webhooks", response_class=HTMLResponse)
 def webhook_health_page(request: Request, page: AdminPageDep, session: SessionDep) -> HTMLResponse:
-    return render(request, "admin/webhooks.html", {"rows": webhook_log.health_by_tenant(session),
-                  "nav": "health"}, state=page.session)  # fmt: skip
+    rows = webhook_repository.unscoped_health_by_tenant(session)
+    return render(request, "admin/webhooks.html", {"rows": rows, "nav": "health"},
+                  state=page.session)  # fmt: skip
 
 
 @router.get("/admin/audit", response_class=HTMLResponse)

@@ -60,6 +60,7 @@ from celeriac.platform.usage import service as usage
 from celeriac.platform.usage.schemas import Granularity
 from celeriac.platform.webhooks import log as webhook_log
 from celeriac.platform.webhooks import service as webhooks
+from celeriac.platform.webhooks.repository import WebhookTargetRepository
 from celeriac.platform.webhooks.routes import destination_resolver
 from celeriac.platform.webhooks.service import EventTypeFilter
 
@@ -340,7 +341,7 @@ async def _limits(page: TenantPage) -> Any:
 
 def _webhooks_context(session: SessionDep, page: TenantPage, **extra: Any) -> dict[str, Any]:
     page.ctx.require(keys.Scope.WEBHOOKS_MANAGE)
-    rows, _ = webhooks.WebhookTargetRepository(session, page.ctx).page(cursor=None, limit=100)
+    rows, _ = WebhookTargetRepository(session, page.ctx).page(cursor=None, limit=100)
     return {"targets": rows, "event_types": [e.value for e in EventTypeFilter],
             "nav": "webhooks", **extra}  # fmt: skip
 
@@ -420,7 +421,7 @@ def target_page(
     """A target and its attempts log (status, answer excerpt); its recent messages can be
     sent again."""
     page.ctx.require(keys.Scope.WEBHOOKS_MANAGE)
-    target = webhooks.WebhookTargetRepository(session, page.ctx).get(target_id)
+    target = WebhookTargetRepository(session, page.ctx).get(target_id)
     attempts, _ = webhook_log.attempts_page(
         session, page.ctx, target_id, status_code=None, succeeded=None, trigger=None,
         since=None, until=None, cursor=None, limit=50,

@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from celeriac.platform.auth.context import TenantContext
-from celeriac.platform.jobs import payload
-from celeriac.platform.jobs.service import JobRepository
+from celeriac.platform.jobs import payload, repository
+from celeriac.platform.jobs.repository import JobRepository
 from celeriac.platform.models import Job, JobStage, JobTask, utcnow
 from celeriac.platform.storage import BlobNotFound
 from celeriac.platform.tenant_data import tenant_blobs
@@ -64,14 +63,7 @@ class Timeline:
 def job_tasks(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> tuple[Job, list[JobTask]]:
     """The tenant's job (404 for another tenant's) and its tasks in stage order."""
     job = JobRepository(session, ctx).get(job_id)
-    tasks = list(
-        session.scalars(
-            select(JobTask)
-            .where(JobTask.tenant_id == ctx.tenant_id, JobTask.job_id == job.id)
-            .order_by(JobTask.started_at.asc().nulls_last(), JobTask.task_key)
-            .limit(MAX_BARS + 1)
-        )
-    )
+    tasks = repository.timeline_tasks(session, job, MAX_BARS + 1)
     tasks.sort(key=lambda t: STAGE_ORDER.get(t.stage, 9))
     return job, tasks
 

@@ -571,3 +571,16 @@ def failed_tasks(
             .limit(limit)
         )
     )
+
+
+def timeline_tasks(session: Session, job: Job, limit: int) -> list[JobTask]:
+    """Up to ``limit`` of the job's tasks, those that started first first (the console's
+    timeline draws one bar per task)."""
+    return list(
+        session.scalars(
+            select(JobTask)
+            .where(JobTask.tenant_id == job.tenant_id, JobTask.job_id == job.id)
+            .order_by(JobTask.started_at.asc().nulls_last(), JobTask.task_key)
+            .limit(limit)
+        )
+    )

@@ -21,7 +21,8 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
 from celeriac.platform.auth.jwt import Role, mint_token
-from celeriac.platform.settings import Pool, Settings
+from celeriac.platform.queues import Pool
+from celeriac.platform.settings import Settings
 
 from browser_support import LivePlatform
 from support import celeriac_env, free_port
