@@ -524,14 +524,21 @@ def usage_page(request: Request, page: TenantDep, session: SessionDep) -> HTMLRe
         session, granularity=Granularity.DAY, tenant_id=page.ctx.tenant_id, metric=None,
         occurred_after=utcnow() - timedelta(days=30), occurred_before=None,
     )  # fmt: skip
+    # Every day of the window, zero where nothing was recorded: the chart's axis is the
+    # 30 days, whatever the number of days with usage.
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    days = [int((today - timedelta(days=back)).timestamp()) for back in range(29, -1, -1)]
     series: dict[str, dict[str, Any]] = {}
     for total in totals:
-        entry = series.setdefault(total.metric, {"unit": total.unit, "x": [], "y": []})
-        entry["x"].append(int(total.period_start.timestamp()))
-        entry["y"].append(float(total.quantity))
-    charts = [{"id": f"usage-{m.replace('.', '-')}", "metric": m, "unit": s["unit"],
-               "data": json.dumps([s["x"], s["y"]]), "total": sum(s["y"])}
-              for m, s in sorted(series.items())]  # fmt: skip
+        entry = series.setdefault(total.metric, {"unit": total.unit, "by_day": {}})
+        day = int(total.period_start.timestamp())
+        entry["by_day"][day] = entry["by_day"].get(day, 0.0) + float(total.quantity)
+    charts = []
+    for metric, entry in sorted(series.items()):
+        values = [entry["by_day"].get(day, 0.0) for day in days]
+        charts.append({"id": f"usage-{metric.replace('.', '-')}", "metric": metric,
+                       "unit": entry["unit"], "data": json.dumps([days, values]),
+                       "total": sum(entry["by_day"].values())})  # fmt: skip
     meters = []
     for name in ("running_jobs", "jobs_this_month", "webhook_targets"):
         meter = getattr(status.usage, name)
