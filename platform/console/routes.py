@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
@@ -377,7 +377,12 @@ def create_target(
 
 @router.post("/webhooks/{target_id}/{action}", response_class=HTMLResponse)
 def target_action(
-    request: Request, target_id: uuid.UUID, action: str, page: TenantDep, session: SessionDep
+    request: Request,
+    target_id: uuid.UUID,
+    action: str,
+    page: TenantDep,
+    session: SessionDep,
+    since: Annotated[str | None, Form()] = None,
 ) -> Response:
     """enable, disable, rotate (the new secret is shown once), test, recover."""
     page.ctx.require(keys.Scope.WEBHOOKS_MANAGE)
@@ -398,20 +403,20 @@ def target_action(
     elif action == "test":
         webhook_log.send_test(session, page.ctx, target_id)
     elif action == "recover":
-        webhook_log.recover(
-            session, page.ctx, target_id, utcnow() - timedelta(hours=_hours(request))
-        )
+        webhook_log.recover(session, page.ctx, target_id, recover_since(since))
     else:
         raise ValidationFailed(f"unknown action {action!r}")
     session.commit()
     return redirect(request, f"{PREFIX}/webhooks/{target_id}")
 
 
-def _hours(request: Request) -> float:
+def recover_since(since: str | None) -> datetime:
+    """The recover form's ``since`` (a datetime-local value, UTC)."""
     try:
-        return max(0.0, min(24 * 30, float(request.query_params.get("hours", "24"))))
+        value = datetime.fromisoformat(since or "")
     except ValueError:
-        return 24.0
+        raise ValidationFailed("give the time to recover failed deliveries since") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 @router.get("/webhooks/{target_id}", response_class=HTMLResponse)

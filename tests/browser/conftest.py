@@ -83,7 +83,10 @@ def _healthy(http: httpx.Client) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in this
+# thread while it is started, and a later test of the same worker calling asyncio.run()
+# would fail ("cannot be called from a running event loop").
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(

@@ -259,3 +259,24 @@ def test_audit_log_api_lists_admin_actions(
     assert entries[0]["action"].startswith("tenant.")
     assert entries[0]["tenant_id"] == tenant.id
     assert client.get("/v1/admin/audit-log", headers=tenant.headers).status_code == 401
+
+
+def test_recover_since_a_time_is_validated(
+    client: TestClient, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    tenant = make_tenant()
+    token = sign_in(client, tenant.key)
+    created = client.post(
+        "/console/webhooks",
+        data={"url": "http://127.0.0.1:9/hook", "event_types": ["*"], "csrf_token": token},
+    )
+    assert created.status_code == 201, created.text
+    target_id = client.get("/v1/webhooks", headers=tenant.headers).json()["data"][0]["id"]
+    bad = client.post(f"/console/webhooks/{target_id}/recover",
+                      data={"since": "yesterday", "csrf_token": token})  # fmt: skip
+    assert bad.status_code == 422
+    assert "give the time" in bad.text
+    good = client.post(f"/console/webhooks/{target_id}/recover", follow_redirects=False,
+                       data={"since": "2026-12-01T00:00", "csrf_token": token})  # fmt: skip
+    assert good.status_code == 303
+    assert good.headers["location"] == f"/console/webhooks/{target_id}"
