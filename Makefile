@@ -8,25 +8,58 @@ STAMP := $(VENV)/.installed
 # and redis back a release in the project's environment: it gets a virtualenv of its own.
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+# The Compose specification's JSON schema (tests/deploy validate docker-compose.yml with it).
+COMPOSE_SCHEMA := $(VENV)/share/compose-spec/compose_spec.json
 
-.PHONY: up test lint typecheck pytest install lock clean vendor browser
+.PHONY: up test lint typecheck pytest install lock clean chaos prometheus image vendor browser
+
+# The container image (Dockerfile). Docker where an engine answers, else podman; e.g. on a
+# machine without a registry: make image PYTHON_IMAGE=localhost/base PYTHON_TAG=bookworm
+# CONTAINER_ENGINE="podman --storage-driver vfs" BUILD_FLAGS="--isolation chroot".
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= celeriac:$(VERSION)
+PYTHON_IMAGE ?= python
+PYTHON_TAG ?= 3.11-slim-bookworm
+CONTAINER_ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+BUILD_FLAGS ?=
+RDS_CA_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+# A folder holding global-bundle.pem; the default is downloaded and checked below.
+RDS_CA_DIR ?= build/rds-ca
 
 $(STAMP): requirements.lock pyproject.toml
+	@echo "make: installing Celeriac and its locked dependencies into $(VENV) (a minute or so the first time)..."
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip install --python $(PY) -q -r requirements.lock
 	$(VENV)/bin/uv pip install --python $(PY) -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+	@echo "make: installed; the command is $(VENV)/bin/celeriac"
 
 $(CHECKOV_STAMP): requirements-checkov.lock $(STAMP)
 	test -x $(CHECKOV_VENV)/bin/python || python3 -m venv $(CHECKOV_VENV)
 	$(VENV)/bin/uv pip install --python $(CHECKOV_VENV)/bin/python -q -r requirements-checkov.lock
 	touch $(CHECKOV_STAMP)
 
-install: $(STAMP) $(CHECKOV_STAMP)
+$(COMPOSE_SCHEMA): requirements-compose-schema.txt $(STAMP)
+	rm -rf $(@D) && mkdir -p $(@D)/wheel
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --require-hashes \
+	  -r requirements-compose-schema.txt -d $(@D)/wheel
+	$(PY) -c "import sys, zipfile; (w,) = sys.argv[1:2]; \
+	  open(sys.argv[2], 'wb').write(zipfile.ZipFile(w).read('compose/config/compose_spec.json'))" \
+	  $(@D)/wheel/docker_compose-1.29.2-py2.py3-none-any.whl $@
+
+install: $(STAMP) $(CHECKOV_STAMP) $(COMPOSE_SCHEMA) prometheus
+
+## Debian's prometheus package: promtool checks the chart's alert rules (tests/deploy) and
+## the server scrapes a running platform (tests/workers/test_observability.py).
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    --no-install-recommends prometheus; }
 
 ## Run the whole platform on its embedded defaults (SQLite, filesystem broker, local keys).
 up: $(STAMP)
+	@echo "make: starting $(VENV)/bin/celeriac up (it prints its progress, then a banner once every pool answers)"
 	$(VENV)/bin/celeriac up
 
 ## Re-vendor the browser assets (htmx, uPlot, Swagger UI; axe-core for the tests) from
@@ -49,7 +82,7 @@ browser:
 	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
 ## Lint, type-check and run every test against the machine's PostgreSQL and Redis.
-test: $(STAMP) $(CHECKOV_STAMP) browser lint typecheck pytest
+test: $(STAMP) $(CHECKOV_STAMP) $(COMPOSE_SCHEMA) browser lint typecheck pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -58,13 +91,34 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) $(CHECKOV_STAMP) browser
+pytest: $(STAMP) $(CHECKOV_STAMP) $(COMPOSE_SCHEMA) prometheus browser
 	$(VENV)/bin/pytest -n auto --dist loadgroup
 
-## Re-resolve requirements.lock (and requirements-checkov.lock) after changing dependencies.
+## The fault suite (not part of test): its own PostgreSQL cluster and Redis, real processes,
+## named scenarios; prints a table and exits 1 when a target is missed (docs/reliability.md).
+chaos: $(STAMP)
+	flock /tmp/celeriac-bench.lock $(PY) bench/chaos.py $(CHAOS_ARGS)
+
+## Re-resolve requirements.lock after changing dependencies, then the image's runtime-only
+## lock (the same pins, without the dev extra; hashed) and requirements-checkov.lock.
 lock: $(STAMP)
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock -q
+	$(VENV)/bin/uv pip compile pyproject.toml -c requirements.lock --generate-hashes --python-version 3.11 -o requirements-runtime.lock -q
 	$(VENV)/bin/uv pip compile requirements-checkov.in --python-version 3.11 -o requirements-checkov.lock -q
+
+## Build the container image (one image, every process; see Dockerfile).
+image: $(RDS_CA_DIR)/global-bundle.pem
+	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(if $(findstring podman,$(CONTAINER_ENGINE)),--format docker) \
+	  --build-context rds-ca=$(RDS_CA_DIR) \
+	  --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) --build-arg PYTHON_TAG=$(PYTHON_TAG) \
+	  --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+build/rds-ca/global-bundle.pem:
+	mkdir -p $(@D)
+	curl -fsSL --proto '=https' --tlsv1.2 -o $@.part $(RDS_CA_URL)
+	# Refuse anything that is not a bundle of Amazon RDS certificate authorities.
+	openssl storeutl -noout -text -certs $@.part | grep -q 'Issuer:.*Amazon RDS'
+	mv $@.part $@
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) var build dist *.egg-info

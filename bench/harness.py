@@ -349,7 +349,10 @@ class Env:
             time.sleep(0.1)
 
     def start_workers(
-        self, include: Sequence[str] = (), concurrency: dict[str, int] | None = None
+        self,
+        include: Sequence[str] = (),
+        concurrency: dict[str, int] | None = None,
+        pool_env: dict[str, dict[str, str]] | None = None,
     ) -> dict[str, Process]:
         """The three pools, each with exactly the command line ``celeriac worker --pool P``
         execs (``celeriac.platform.cli.worker_argv``), plus ``--include`` of bench modules
@@ -370,7 +373,9 @@ class Env:
             argv = worker_argv(settings, Pool(pool), (concurrency or {}).get(pool))
             if include:
                 argv += ["--include", ",".join(include)]
-            workers[pool] = self.start(f"worker-{pool}", argv, extra)
+            workers[pool] = self.start(
+                f"worker-{pool}", argv, {**extra, **(pool_env or {}).get(pool, {})}
+            )
         self.wait_workers_ready(workers)
         return workers
 
@@ -427,7 +432,9 @@ def environment(
     var_dir.mkdir()
     settings = {
         "CELERIAC_VAR_DIR": str(var_dir),
-        "CELERIAC_DATABASE_URL": f"postgresql+psycopg://postgres@{HOST}:5432/{database}",
+        # From PG_SERVER (bench/chaos.py points it at a cluster of its own).
+        "CELERIAC_DATABASE_URL": PG_SERVER.replace("postgresql://", "postgresql+psycopg://", 1)
+        + f"/{database}",
         "CELERIAC_BROKER_URL": f"{REDIS_SERVER}/{BROKER_DB}",
         "CELERIAC_REDIS_URL": f"{REDIS_SERVER}/{RESULT_DB}",
         "CELERIAC_LOG__LEVEL": log_level,

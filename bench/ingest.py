@@ -4,6 +4,14 @@ Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1, as the te
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--requests 20000] [--warmup 200]
         [--concurrency 16] [--workers 1] [--records 10] [--rounds 2] [--client raw|httpx]
+        [--observability]
+
+``--observability`` measures what metrics and tracing cost: ``ingest`` then runs with
+them off (``CELERIAC_OBSERVABILITY__METRICS_ENABLED=false``, no OTLP endpoint) and a third
+target, ``ingest+obs``, the same API with Prometheus metrics on (multiprocess mode,
+scraped every 5 s as Prometheus would) and every request traced to a local OTLP sink
+(``bench/otlp_sink.py``), driven in the same rounds. Target: ``ingest+obs`` within 5% of
+``ingest`` in throughput.
 
 It builds its own environment: a PostgreSQL database ``celeriac_bench`` (dropped and
 created), Redis db 7 as the broker and db 6 as the cache (both flushed at the start and
@@ -41,6 +49,7 @@ import httpx
 import psycopg
 import redis
 from common import UNLIMITED_QUOTAS, flush_redis, run_main, scratch_dir
+from otlp_sink import OtlpSink
 
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
@@ -61,6 +70,9 @@ STARTUP_TIMEOUT_SECONDS = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 100.0
+# What observability (metrics + tracing) may cost in throughput (--observability).
+TARGET_OBSERVABILITY_COST = 0.05
+SCRAPE_SECONDS = 5.0
 BACKGROUND_BUSY_WARNING = 15.0
 
 
@@ -403,6 +415,17 @@ def _drive(
 # --- report -------------------------------------------------------------------------------
 
 
+def _scrape_every(url: str, stop: threading.Event) -> None:
+    """Scrape ``url`` every SCRAPE_SECONDS until ``stop`` (what Prometheus would cost)."""
+
+    def scrape() -> None:
+        while not stop.wait(SCRAPE_SECONDS):
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(url, timeout=5)
+
+    threading.Thread(target=scrape, name="scraper", daemon=True).start()
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -529,10 +552,24 @@ def _report(runs: list[RunResult], args: argparse.Namespace, servers: list[Serve
         f"(target < {TARGET_P99_MS:.0f}: {'met' if p99_ok else 'NOT met'})"
     )
 
+    observed_ok = True
+    observed = [r for r in runs if r.target == "ingest+obs"]
+    if observed:
+        on = _summary(observed)
+        name = "ingest+obs"
+        print(f"{name:<12}{on.rate:>9.0f}{on.p50:>9.1f}{on.p95:>9.1f}{on.p99:>9.1f}{on.errors:>8}")
+        cost = 1 - on.rate / ingest.rate if ingest.rate else float("nan")
+        observed_ok = cost < TARGET_OBSERVABILITY_COST and on.errors == 0
+        print(
+            f"observability cost: throughput {cost:+.1%} (on {on.rate:.0f} vs off "
+            f"{ingest.rate:.0f} req/s; target < {TARGET_OBSERVABILITY_COST:.0%}: "
+            f"{'met' if observed_ok else 'NOT met'}), p50 {on.p50:.1f} vs {ingest.p50:.1f} ms, "
+            f"p99 {on.p99:.1f} vs {ingest.p99:.1f} ms"
+        )
     accepted = sum(
         r.result["accepted"] + r.result["warmup_statuses"].get("202", 0)
         for r in runs
-        if r.target == "ingest"
+        if r.target.startswith("ingest")
     )
     jobs = _job_rows()
     messages, lists = _broker_messages()
@@ -564,7 +601,7 @@ def _report(runs: list[RunResult], args: argparse.Namespace, servers: list[Serve
             print(f"{server.name} wrote {len(lines)} line(s) to its log (at WARNING); first:")
             for line in lines[:3]:
                 print(f"    {line[:400]}")
-    return ratio_ok and p99_ok and consistent and ingest.errors == 0
+    return ratio_ok and p99_ok and consistent and ingest.errors == 0 and observed_ok
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -584,6 +621,10 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--client", choices=["raw", "httpx"], default="raw",
         help="load generator's HTTP client (see bench/loadgen.py)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--observability", action="store_true",
+        help="also run the API with metrics and tracing on (ingest+obs) against it off",
     )  # fmt: skip
     parser.add_argument(
         "--var-root", type=Path, default=None, metavar="DIR",
@@ -609,6 +650,8 @@ def run(args: argparse.Namespace) -> bool:
     var_dir = scratch_dir("celeriac-bench-", args.var_root)
     servers: list[Server] = []
     probe: Probe | None = None
+    sink: OtlpSink | None = None
+    scraping = threading.Event()
     database_created = False
     try:
         busy = _background_busy()
@@ -632,8 +675,19 @@ def run(args: argparse.Namespace) -> bool:
         echo_argv = [sys.executable, str(BENCH_DIR / "echo_app.py"),
                      "--host", HOST, "--port", str(echo_port), "--workers", workers]  # fmt: skip
         servers.append(_start_server("echo", echo_argv, echo_port, env, var_dir, var_dir))
-        servers.append(_start_server("ingest", api_argv, api_port, env, var_dir, var_dir))
+        off = {"CELERIAC_OBSERVABILITY__METRICS_ENABLED": "false"} if args.observability else {}
+        servers.append(_start_server("ingest", api_argv, api_port, {**env, **off}, var_dir,
+                                     var_dir))  # fmt: skip
+        if args.observability:
+            sink = OtlpSink()
+            obs_port = _free_port()
+            obs_argv = [*api_argv[:-4], "--port", str(obs_port), "--workers", workers]
+            on = {"CELERIAC_OBSERVABILITY__OTLP_ENDPOINT": sink.endpoint}
+            servers.append(_start_server("ingest+obs", obs_argv, obs_port, {**env, **on},
+                                         var_dir, var_dir))  # fmt: skip
         _wait_healthy(servers)
+        if args.observability:
+            _scrape_every(f"{servers[2].url}/metrics", scraping)
         ready = httpx.get(f"{servers[1].url}/readyz", timeout=10)
         if ready.status_code != 200:
             raise BenchError(f"the API is not ready: {ready.text}")
@@ -650,8 +704,12 @@ def run(args: argparse.Namespace) -> bool:
         # grace period.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        scraping.set()
         if probe is not None:
             probe.close()
+        if sink is not None:
+            print(f"OTLP sink: {sink.requests} exports, {sink.bytes} bytes")
+            sink.close()
         for server in servers:
             _stop_server(server)
         with contextlib.suppress(Exception):

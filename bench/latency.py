@@ -43,6 +43,14 @@ defaults to 1,000,000, not the platform's 200): a pool process forked after the 
 parent has used the database shares the parent's PostgreSQL connection and jobs then fail
 or hang (``--max-tasks-per-child 0`` keeps the platform's setting, to see it happen).
 
+``--observability`` measures instead what metrics and tracing cost a small job: the
+``celeriac`` design alone, in alternating phases (off, on, off, on, ...; ``--phases``
+pairs, ``--jobs`` measured jobs per variant in all) on fresh processes each phase. Off:
+``CELERIAC_OBSERVABILITY__METRICS_ENABLED=false`` and no OTLP endpoint. On: every process
+with Prometheus metrics in multiprocess mode (the pools with a metrics port, all scraped
+every 5 s as Prometheus would) and every span exported to a local OTLP sink
+(``bench/otlp_sink.py``). Target: p50 on within 5% of off.
+
 ``--designs celeriac --py-spy DIR`` samples the API and the three pools with py-spy over
 the measured phase and prints where they spend their time.
 
@@ -55,7 +63,11 @@ Exit status 0 when met, 1 when not, 2 when the set-up or a process failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -74,6 +86,7 @@ from harness import (
     add_common_options,
     client_app,
     environment,
+    free_port,
     install_signal_handlers,
     note,
     sample_records,
@@ -81,6 +94,7 @@ from harness import (
     summarize_profile,
     wait_for_quiet_machine,
 )
+from otlp_sink import OtlpSink
 
 DATABASE = "celeriac_bench_latency"
 TARGET_RATIO = 1.5
@@ -422,6 +436,11 @@ def _parse_args() -> argparse.Namespace:
         help=f"which designs to run, comma separated (default: {','.join(DESIGNS)})",
     )  # fmt: skip
     parser.add_argument(
+        "--observability", action="store_true",
+        help="celeriac with metrics and tracing off vs on, in alternating phases",
+    )  # fmt: skip
+    parser.add_argument("--phases", type=int, default=2, help="off/on pairs (--observability)")
+    parser.add_argument(
         "--py-spy", type=Path, default=None, metavar="DIR",
         help="sample the API and the three pools with py-spy over the measured phase (best "
         "with --designs celeriac) and print where they spend their time",
@@ -521,9 +540,111 @@ def run(args: argparse.Namespace) -> bool:
             celeriac.close()
 
 
+# --- observability off vs on ----------------------------------------------------------------
+
+OBSERVABILITY_TARGET = 0.05
+SCRAPE_SECONDS = 5.0
+
+
+def _variant_env(
+    env: Env, variant: str, sink: OtlpSink
+) -> tuple[dict[str, dict[str, str]], dict[str, str], list[str]]:
+    """Per-pool environments, the API's, and the metrics URLs to scrape."""
+    if variant == "off":
+        off = {"CELERIAC_OBSERVABILITY__METRICS_ENABLED": "false"}
+        return {pool: off for pool in ("orchestration", "distribution", "compute")}, off, []
+    on = {"CELERIAC_OBSERVABILITY__OTLP_ENDPOINT": sink.endpoint}
+    pools, urls = {}, []
+    for pool in ("orchestration", "distribution", "compute"):
+        # What `celeriac worker --metrics-port` does before it execs Celery.
+        directory = env.var_dir / "metrics" / pool
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        port = free_port()
+        pools[pool] = {**on, "PROMETHEUS_MULTIPROC_DIR": str(directory),
+                       "CELERIAC_OBSERVABILITY__METRICS_PORT": str(port)}  # fmt: skip
+        urls.append(f"http://127.0.0.1:{port}/metrics")
+    return pools, on, urls
+
+
+def _scrape(urls: list[str], stop: threading.Event) -> threading.Thread:
+    def loop() -> None:
+        while not stop.wait(SCRAPE_SECONDS):
+            for url in urls:
+                with contextlib.suppress(httpx.HTTPError):
+                    httpx.get(url, timeout=5)
+
+    thread = threading.Thread(target=loop, name="scraper", daemon=True)
+    thread.start()
+    return thread
+
+
+def run_observability(args: argparse.Namespace) -> bool:
+    records = sample_records()[:RECORDS]
+    sink = OtlpSink()
+    samples: dict[str, list[Sample]] = {"off": [], "on": []}
+    loads: dict[str, list[float]] = {"off": [], "on": []}
+    per_phase = max(1, args.jobs // args.phases)
+    try:
+        with environment(
+            "latency", DATABASE, args.log_level, settings_from_options(args), args.keep_logs
+        ) as env:
+            for index in range(2 * args.phases):
+                variant = ("off", "on")[index % 2]
+                pools, api_env, urls = _variant_env(env, variant, sink)
+                workers = env.start_workers(pool_env=pools)
+                api = env.start_api(api_env)
+                if urls:
+                    urls.append(f"{env.api_url}/metrics")
+                celeriac = Celeriac(env, records, args.poll_ms / 1000)
+                stop = threading.Event()
+                _scrape(urls, stop)
+                try:
+                    for _ in range(args.warmup):
+                        celeriac.run()
+                    wait_for_quiet_machine()
+                    note(f"phase {index + 1}/{2 * args.phases}: {variant}, {per_phase} jobs")
+                    for _ in range(per_phase):
+                        samples[variant].append(celeriac.run())
+                    loads[variant].append(os.getloadavg()[0])
+                finally:
+                    stop.set()
+                    celeriac.close()
+                    env.stop(api)
+                    for process in workers.values():
+                        env.stop(process)
+    finally:
+        sink.close()
+    print(
+        f"\nCeleriac small job (2 dataset + 4 analysis tasks), metrics and tracing off vs on;"
+        f" {2 * args.phases} alternating phases of {per_phase} jobs after {args.warmup} warm-up"
+        f" jobs each; OTLP sink got {sink.requests} exports ({sink.bytes} bytes)\n"
+    )
+    print(f"{'variant':<10}{'jobs':>6}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'load 1m':>9}")
+    p50 = {}
+    for variant, found in samples.items():
+        totals = sorted(s.total_ms for s in found)
+        p50[variant] = statistics.median(totals)
+        print(
+            f"{variant:<10}{len(totals):>6}{p50[variant]:>9.1f}{percentile(totals, 0.95):>9.1f}"
+            f"{percentile(totals, 0.99):>9.1f}{statistics.mean(loads[variant]):>9.2f}"
+        )
+    cost = p50["on"] / p50["off"] - 1
+    met = cost < OBSERVABILITY_TARGET
+    print(
+        f"observability cost on the p50: {cost:+.1%} (target < {OBSERVABILITY_TARGET:.0%}: "
+        f"{'met' if met else 'NOT met'})"
+    )
+    return met
+
+
 def main() -> None:
     install_signal_handlers()
-    run_main("latency", _parse_args, run, (BenchError,), "processes stopped, database dropped")
+    run_main(
+        "latency", _parse_args,
+        lambda args: run_observability(args) if args.observability else run(args),
+        (BenchError,), "processes stopped, database dropped",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

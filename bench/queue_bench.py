@@ -67,12 +67,18 @@ def note(message: str) -> None:
 # --- the worker ---------------------------------------------------------------------------
 
 
-def worker_argv(queues: Sequence[str]) -> list[str]:
+WORKER_APP = "celeriac.workers.celery_app"
+# The same app with the band-first dispatcher of before issue 13 (bench/band_first.py).
+BAND_FIRST_APP = "band_first_app"
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def worker_argv(queues: Sequence[str], app: str = WORKER_APP) -> list[str]:
     """``celeriac worker --pool compute --concurrency 2`` (see ``platform/cli.py``) with the
     bench's queues and a fixed host name, without ``--max-tasks-per-child``: replacing a
     child every 200 no-op tasks would measure plugin loading, not queueing."""
     return [
-        sys.executable, "-m", "celery", "-A", "celeriac.workers.celery_app", "worker",
+        sys.executable, "-m", "celery", "-A", app, "worker",
         "--pool", "prefork", "--concurrency", str(CONCURRENCY),
         "-O", "fair", "--prefetch-multiplier", "1",
         "--queues", ",".join(queues),
@@ -99,6 +105,7 @@ class Worker:
     env: dict[str, str]
     cwd: Path
     log_path: Path
+    app: str = WORKER_APP
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -106,7 +113,8 @@ class Worker:
             # A session of its own: Ctrl-C reaches only the bench, which then stops the
             # worker's whole process group.
             self.process = subprocess.Popen(
-                [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *worker_argv(self.queues)],
+                [sys.executable, "-c", _LAUNCHER, str(os.getpid()),
+                 *worker_argv(self.queues, self.app)],
                 env=self.env, cwd=self.cwd,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
@@ -223,8 +231,9 @@ class Publisher:
     sent_at: dict[str, float] = field(default_factory=dict)
     task_ids: dict[str, str] = field(default_factory=dict)
 
-    def fair(self, tenant: str, label: str, work_ms: int = 0) -> None:
-        """The product's path: the tenant's queue, then the fair dispatcher's release."""
+    def fair(self, tenant: str, label: str, work_ms: int = 0, band: str = "normal") -> None:
+        """The product's path: the tenant's queue, then the fair dispatcher's release (the
+        product's dispatcher or the band-first one, whichever ``use_design`` chose)."""
         from celeriac.platform.queues import TaskName
         from celeriac.platform.tasks import Publication, default_publisher
 
@@ -232,7 +241,7 @@ class Publisher:
         self.sent_at[label] = sent
         kwargs = noop_kwargs(tenant, label, sent, work_ms)
         self.task_ids[label] = default_publisher().publish(
-            Publication(TaskName.NOOP, "normal", tenant, kwargs)
+            Publication(TaskName.NOOP, band, tenant, kwargs)
         )
 
     def direct(self, queue: str, tenant: str, label: str, work_ms: int = 0) -> None:
@@ -394,8 +403,13 @@ class BenchEnv:
         self.broker.flushdb()
         self.results.flushdb()
 
-    def start_worker(self, name: str, queues: Sequence[str]) -> Worker:
-        worker = Worker(name, queues, self.child_env, self.root, self.root / f"{name}.log")
+    def start_worker(self, name: str, queues: Sequence[str], app: str = WORKER_APP) -> Worker:
+        env = self.child_env
+        if app == BAND_FIRST_APP:
+            env = env | {"PYTHONPATH": os.pathsep.join(
+                filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")])
+            )}  # fmt: skip
+        worker = Worker(name, queues, env, self.root, self.root / f"{name}.log", app)
         self.workers.append(worker)
         worker.start()
         return worker

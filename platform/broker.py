@@ -7,11 +7,54 @@ message; the reconciler, not the broker, is what guarantees progress (see CELERY
 
 from __future__ import annotations
 
+import os
+import tempfile
+import uuid
+from time import monotonic
 from typing import Any
 
+import kombu.transport
 from kombu import Connection
+from kombu.transport import filesystem
+from kombu.utils.encoding import str_to_bytes
+from kombu.utils.json import dumps
 
 from celeriac.platform.settings import Settings
+
+
+class AtomicFilesystemChannel(filesystem.Channel):
+    """kombu's filesystem channel, with each message file written whole before it appears.
+
+    kombu opens ``<time>_<uuid>.<queue>.msg`` under its final name and then writes it; a
+    consumer listing the folder in between moves and reads an empty file and dies with
+    ``JSONDecodeError: Expecting value`` ("Unrecoverable error": the worker exits, and
+    ``celeriac up`` stops everything, which a test saw as "connection refused" after the
+    banner on a loaded machine). celery/kombu#1551 is open. Here the message is written
+    under a name no queue matches, then renamed, which is atomic within a folder.
+    """
+
+    # As kombu's filesystem Channel._put (whose stub already differs from its base).
+    def _put(self, queue: str, payload: dict[str, Any], **kwargs: Any) -> None:  # type: ignore[override]
+        filename = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        folder = self.data_folder_out
+        fd, partial = tempfile.mkstemp(prefix=".partial-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(str_to_bytes(dumps(payload)))
+            os.replace(partial, os.path.join(folder, filename))
+        except OSError as exc:
+            if os.path.exists(partial):
+                os.unlink(partial)
+            raise kombu.exceptions.ChannelError(f"cannot add file {filename!r}") from exc
+
+
+class AtomicFilesystemTransport(filesystem.Transport):
+    Channel = AtomicFilesystemChannel
+
+
+# Every kombu connection made for a filesystem:// URL, the API's and each worker's, in any
+# process that loads this module (celeriac.platform.tasks does, for Celery's config).
+kombu.transport.TRANSPORT_ALIASES["filesystem"] = f"{__name__}:AtomicFilesystemTransport"
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from typing import Any
 
 import redis
 
+from celeriac.platform import metrics
 from celeriac.platform.redis_client import get_redis
 from celeriac.platform.settings import CacheSettings, get_settings
 
@@ -126,6 +127,7 @@ class SharedCache:
         except redis.RedisError as exc:
             self._pause(exc)
             return load()
+        metrics.cache_looked_up(bool(hit))
         if hit:
             return bytes(value)
         loaded = load()  # an error here leaves the lease to expire: nothing to store

@@ -14,10 +14,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    import uvicorn
 
 from celeriac.platform.queues import Pool
 from celeriac.platform.settings import Settings, SettingsError, get_settings
@@ -66,15 +72,14 @@ def api(
     """Run the REST API (FastAPI under uvicorn)."""
     import uvicorn
 
-    from celeriac.platform.observability import init_process
-
     settings = _settings()
     host = host or settings.api.host
     port = port or settings.api.port
     _ensure_port_free(host, port)
-    init_process(settings, "api")
-    uvicorn.run(
-        "celeriac.platform.api.app:create_app",
+    _metrics_dir(settings, f"api-{port}")
+    # Logging, Sentry, tracing: in the factory, which every uvicorn process runs.
+    config = uvicorn.Config(
+        "celeriac.platform.ops.server:create_asgi_app",
         factory=True,
         host=host,
         port=port,
@@ -82,6 +87,50 @@ def api(
         log_config=None,
         proxy_headers=True,
     )
+    ports = [port]
+    if settings.api.ops_port is not None:
+        # The ops port (the backlog for KEDA) is a second socket of the same processes.
+        _ensure_port_free(host, settings.api.ops_port)
+        ports.append(settings.api.ops_port)
+    _serve(config, ports)
+
+
+def _serve(config: uvicorn.Config, ports: list[int]) -> None:
+    """What ``uvicorn.run`` does, with one listening socket per port (it binds only one)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    sockets = []
+    for port in ports:
+        config.port = port
+        sockets.append(config.bind_socket())
+    config.port = ports[0]
+    if config.workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+        return
+    server = uvicorn.Server(config)
+    server.run(sockets=sockets)
+    if not server.started:  # as uvicorn.run: a failed start-up is a failed command
+        raise SystemExit(3)
+
+
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        help="Serve Prometheus metrics on this port (CELERIAC_OBSERVABILITY__METRICS_PORT)."
+    ),
+]
+
+
+def _metrics_dir(settings: Settings, name: str, port: int | None = None) -> None:
+    """Point this process and its children at a freshly wiped multiprocess directory of
+    their own (before anything imports prometheus-client), and pass ``port`` on."""
+    if port is not None:
+        os.environ["CELERIAC_OBSERVABILITY__METRICS_PORT"] = str(port)
+    if settings.observability.metrics_enabled:
+        from celeriac.platform.metrics import prepare_multiprocess_dir
+
+        prepare_multiprocess_dir(settings.observability.metrics_dir / name)
 
 
 def worker_argv(settings: Settings, pool: Pool, concurrency: int | None) -> list[str]:
@@ -117,16 +166,21 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(help="Processes (compute) or greenlets (others).")
     ] = None,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Run a Celery worker for one pool: orchestration and distribution on gevent,
     compute on prefork with fair scheduling, prefetch 1 and late acks."""
-    os.execv(sys.executable, worker_argv(_settings(), pool, concurrency))
+    settings = _settings()
+    port = metrics_port or settings.observability.metrics_port
+    _metrics_dir(settings, f"worker-{pool.value}-{port or os.getpid()}", metrics_port)
+    os.execv(sys.executable, worker_argv(settings, pool, concurrency))
 
 
 @cli.command()
-def beat() -> None:
+def beat(metrics_port: MetricsPort = None) -> None:
     """Run Celery beat: the reconciler and other periodic work."""
     settings = _settings()
+    _metrics_dir(settings, "beat", metrics_port)
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     schedule = settings.var_dir / "celerybeat-schedule"
     argv = [sys.executable, "-m", "celery", "-A", CELERY_APP, "beat", "--schedule", str(schedule)]
@@ -185,10 +239,11 @@ def set_quotas(
     from celeriac.platform.tenants import service as tenants
 
     _settings()
-    values: dict[str, str | None] = {}
+    values: dict[str, int | str | None] = {}
     for item in limits or []:
         name, _, value = item.partition("=")
-        values[name] = None if value == "plan" else value
+        # A shell argument is text; the limits are strict integers (the API takes no "5").
+        values[name] = None if value == "plan" else int(value) if value.isdigit() else value
     try:
         overrides = QuotaOverrides.model_validate(values)
     except ValidationError as exc:
@@ -216,7 +271,25 @@ def token(
         parsed = Role(role)
     except ValueError:
         raise CommandError(f"--role must be one of {[r.value for r in Role]}") from None
+    _refuse_without_an_instance()
     typer.echo(mint_token(_settings(), subject, parsed, ttl))
+
+
+def _refuse_without_an_instance() -> None:
+    """A token signed with a secret generated on the spot (in a var/ of the current
+    directory) is one no running API accepts: refuse, and say where to run instead."""
+    try:
+        raw = Settings()
+    except ValidationError:
+        return  # _settings() reports the bad setting in its one line
+    secret = raw.var_dir / "secrets" / "jwt-hs256"
+    if raw.auth.jwt_hs256_secret is None and not secret.exists():
+        raise CommandError(
+            f"no Celeriac instance here: {secret.resolve()} does not exist. Run this in "
+            "the directory where `celeriac up` runs (it reads ./var), or set "
+            "CELERIAC_VAR_DIR to that var directory (or CELERIAC_AUTH__JWT_HS256_SECRET "
+            "to the API's secret)"
+        )
 
 
 # --- up -----------------------------------------------------------------------------------
@@ -225,7 +298,11 @@ DEMO_SLUG = "demo"
 
 
 def _ensure_port_free(host: str, port: int) -> None:
+    """Refuse at once, in one line, when another process listens on the port."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As uvicorn binds (SO_REUSEADDR): connections of a crashed API left in TIME_WAIT
+        # do not hold the port, a listener does. Without it a restart failed for ~60 s.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -287,21 +364,85 @@ def _stop_all(children: list[Child], grace: float = 20.0) -> None:
             child.process.wait()
 
 
-def _wait_healthy(url: str, children: list[Child], timeout: float = 60.0) -> None:
+def _progress(message: str) -> None:
+    typer.echo(f"celeriac up: {message}", err=True)
+
+
+def _check_children(children: list[Child]) -> None:
+    for child in children:
+        if child.process.poll() is not None:
+            raise CommandError(f"{child.name} exited with status {child.process.returncode}")
+
+
+def _wait_for(what: str, ready: Callable[[], bool], children: list[Child], deadline: float) -> None:
+    """Poll ``ready`` until it holds, a child exits, or the deadline passes."""
+    _progress(f"waiting for {what}...")
+    started = time.monotonic()
+    while not ready():
+        _check_children(children)
+        if time.monotonic() > deadline:
+            raise CommandError(f"{what} did not become ready in time; see the logs above")
+        time.sleep(0.2)
+    _progress(f"{what}: ready after {time.monotonic() - started:.1f} s")
+
+
+def _api_answers(url: str) -> bool:
     import httpx
 
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _pool_answers(settings: Settings) -> Callable[[Pool], Callable[[], bool]]:
+    """A ping task per pool, sent once and awaited: the worker consumes and answers."""
+    from celery import Celery
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    from celeriac.platform.tasks import celery_config
+
+    client = Celery("celeriac-up", set_as_current=False)
+    client.conf.update(celery_config(settings))
+
+    def for_pool(pool: Pool) -> Callable[[], bool]:
+        result = client.send_task(f"celeriac.{pool.value}.ping", queue=pool.value)
+
+        def answered() -> bool:
+            try:
+                return bool(result.get(timeout=1) == pool.value)
+            except CeleryTimeout:
+                return False
+
+        return answered
+
+    return for_pool
+
+
+def _registry_published() -> bool:
+    from celeriac.platform.jobs.pipelines import load_plugins
+
+    return bool(load_plugins())
+
+
+def _wait_ready(settings: Settings, url: str, children: list[Child], timeout: float) -> None:
+    """The banner's promise: the API answers, every pool consumes its queue, and the
+    compute worker has published its plugins (so the README's first job is accepted)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in children:
-            if child.process.poll() is not None:
-                raise CommandError(f"{child.name} exited with status {child.process.returncode}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise CommandError(f"the API did not answer on {url} within {timeout:.0f} s")
+    _wait_for(f"the API on {url}", lambda: _api_answers(url), children, deadline)
+    ping = _pool_answers(settings)
+    for pool in Pool:
+        _wait_for(f"the {pool.value} worker", ping(pool), children, deadline)
+    _wait_for("the compute worker's plugin registry", _registry_published, children, deadline)
+
+
+def _write_credentials(settings: Settings, banner: str) -> Path:
+    """The banner, kept where it does not scroll away (owner-only: it holds secrets)."""
+    path = settings.var_dir / "credentials"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(banner)
+    return path
 
 
 class _Interrupted(Exception):
@@ -324,6 +465,7 @@ def up(
     settings = _settings()
     host, port = settings.api.host, port or settings.api.port
     _ensure_port_free(host, port)
+    _progress(f"migrating the database ({settings.database_url})")
     migrations.upgrade()
     api_key = _ensure_demo_tenant(settings)
     admin_token = mint_token(settings, "celeriac-up", Role.ADMIN, ttl_seconds=12 * 3600)
@@ -333,18 +475,24 @@ def up(
     children: list[Child] = []
     status = 0
     try:
+        _progress("starting the API, one worker per pool and beat")
         children.append(_start("api", ["api", "--host", host, "--port", str(port)]))
         for pool in Pool:
             children.append(_start(f"worker-{pool.value}", ["worker", "--pool", pool.value]))
         children.append(_start("beat", ["beat"]))
         url = f"http://{host}:{port}"
-        _wait_healthy(url, children)
-        typer.echo(
-            f"\nCeleriac is up at {url} (docs at {url}/docs)\n"
+        _wait_ready(settings, url, children, timeout=settings.api.up_ready_timeout_seconds)
+        banner = (
+            f"Celeriac is up at {url} (docs at {url}/docs)\n"
             f"  console:     {url}/console (sign in with the key or the token below)\n"
             f"  tenant:      {DEMO_SLUG}\n"
             f"  API key:     {api_key}\n"
             f"  admin token: {admin_token}\n"
+        )
+        credentials = _write_credentials(settings, banner)
+        typer.echo(
+            f"\n{banner}"
+            f"  (also in {credentials}, mode 0600; the command is .venv/bin/celeriac)\n"
             "Press Ctrl-C to stop.\n",
         )
         while True:

@@ -67,11 +67,38 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     # How long an Idempotency-Key's stored answer is replayed.
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=24 * 3600)
+    # An in_flight reservation older than this was left by an API that died mid-request:
+    # a retry recovers its answer (a stored job) or takes the reservation over.
+    idempotency_lease_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # celeriac up waits this long for every pool and the plugin registry (a compute
+    # worker took 125 s to publish on a loaded machine).
+    up_ready_timeout_seconds: float = Field(default=300.0, gt=0)
     # Upper bound on how long a revoked key or suspended tenant keeps working per process.
     auth_cache_poll_seconds: float = Field(default=1.0, gt=0, le=5)
     # Upper bound on how long an admin's change of a tenant's quotas takes to reach a process.
     quota_cache_poll_seconds: float = Field(default=1.0, gt=0, le=5)
     page_size_max: int = Field(default=100, ge=1)
+    # A second, internal port that serves only the backlog KEDA scales on
+    # (celeriac.platform.ops.server); None: not served. It needs metrics_token.
+    ops_port: int | None = Field(default=None, ge=1, le=65535)
+    # The bearer token KEDA's TriggerAuthentication presents on the ops port.
+    metrics_token: SecretStr | None = None
+    # At most one scan of the broker's keys per this many seconds per process: KEDA's three
+    # ScaledObjects and the HPA read the same numbers within one polling interval.
+    backlog_cache_seconds: float = Field(default=5.0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _ops_port_needs_a_token(self) -> ApiSettings:
+        if self.ops_port is not None:
+            token = self.metrics_token.get_secret_value() if self.metrics_token else ""
+            if len(token) < 32:
+                raise ValueError(
+                    "CELERIAC_API__OPS_PORT needs CELERIAC_API__METRICS_TOKEN (32 characters "
+                    "or more)"
+                )
+            if self.ops_port == self.port:
+                raise ValueError("CELERIAC_API__OPS_PORT must differ from CELERIAC_API__PORT")
+        return self
 
 
 class ConsoleSettings(BaseModel):
@@ -182,6 +209,9 @@ class WorkerSettings(BaseModel):
     compute_soft_time_limit: int = Field(default=300, ge=1)
     compute_hard_time_limit: int = Field(default=360, ge=1)
     visibility_timeout: int = Field(default=3600, ge=60)
+    # How often workers and beat touch their liveness heartbeat file (var_dir/heartbeat);
+    # the chart's probes call a file older than a few of these dead.
+    heartbeat_seconds: float = Field(default=10.0, gt=0, le=60)
 
 
 class JobSettings(BaseModel):
@@ -231,6 +261,28 @@ class LogSettings(BaseModel):
     json_lines: bool = True
 
 
+class ObservabilitySettings(BaseModel):
+    """Metrics, traces and error reports (docs/adr/0013-observability.md)."""
+
+    # Prometheus text on /metrics (API) and on metrics_port (workers, beat).
+    metrics_enabled: bool = True
+    # prometheus-client's multiprocess directory; each process group gets a subdirectory
+    # of its own, wiped when it starts. Default follows var_dir.
+    metrics_dir: Path = Path("var/metrics")
+    # Where a worker or beat serves /metrics (``celeriac worker --metrics-port``); None: not.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # /metrics/tenants exports this many tenants (by backlog) and one "other" bucket.
+    tenant_metrics_top_n: int = Field(default=20, ge=1, le=500)
+    # OpenTelemetry: spans go to this OTLP/HTTP endpoint (".../v1/traces"); None: no tracing.
+    otlp_endpoint: str | None = None
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # How long finished spans wait before export (the batch processor's schedule).
+    trace_export_delay_ms: int = Field(default=1000, ge=1)
+    sentry_sample_rate: float = Field(default=1.0, ge=0, le=1)
+    sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
+
+
 class Settings(BaseSettings):
     """Everything Celeriac can be told, with the embedded mode as the defaults."""
 
@@ -260,6 +312,7 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     cache: CacheSettings = CacheSettings()
     log: LogSettings = LogSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
     console: ConsoleSettings = ConsoleSettings()
 
     @model_validator(mode="before")
@@ -272,6 +325,7 @@ class Settings(BaseSettings):
         for section, field, default in (
             ("blob", "local_dir", var_dir / "blobs"),
             ("keys", "keyring_path", var_dir / "keyring.json"),
+            ("observability", "metrics_dir", var_dir / "metrics"),
         ):
             values = data.setdefault(section, {})
             if isinstance(values, dict):

@@ -9,8 +9,33 @@ output "blob_bucket" {
 }
 
 output "database_endpoint" {
-  description = "host:port of PostgreSQL (CELERIAC_DATABASE_URL=postgresql+psycopg://celeriac:<password>@<this>/celeriac?sslmode=require)."
-  value       = aws_db_instance.this.endpoint
+  description = "host:port of PostgreSQL, or of RDS Proxy with db_proxy_enabled (CELERIAC_DATABASE_URL=postgresql+psycopg://<app role>:<password>@<this>/celeriac?sslmode=verify-full)."
+  value       = "${local.db_client_host}:${aws_db_instance.this.port}"
+}
+
+output "app_db_secret_name" {
+  description = "Secrets Manager secret of the application role (RDS format): externalSecrets.databaseSecret in the chart."
+  value       = aws_secretsmanager_secret.app_db.name
+}
+
+output "external_secrets_role_arn" {
+  description = "IRSA role of the External Secrets operator: annotate its ServiceAccount with it."
+  value       = aws_iam_role.external_secrets.arn
+}
+
+output "ecr_repository_url" {
+  description = "Where `make image` pushes (image.repository in the chart)."
+  value       = aws_ecr_repository.celeriac.repository_url
+}
+
+output "alarm_topic_arn" {
+  description = "SNS topic every CloudWatch alarm notifies: subscribe the on-call's pager to it."
+  value       = aws_sns_topic.alarms.arn
+}
+
+output "cache_redis_primary_endpoint" {
+  description = "Primary endpoint of the cache Redis (CELERIAC_REDIS_URL)."
+  value       = aws_elasticache_replication_group.cache.primary_endpoint_address
 }
 
 output "database_master_secret_arn" {
@@ -19,7 +44,7 @@ output "database_master_secret_arn" {
 }
 
 output "redis_primary_endpoint" {
-  description = "Primary endpoint (CELERIAC_BROKER_URL=rediss://:<auth token>@<this>:6379/0?ssl_cert_reqs=required; CELERIAC_REDIS_URL the same with /1)."
+  description = "Primary endpoint of the broker Redis (CELERIAC_BROKER_URL=rediss://:<auth token>@<this>:6379/0?ssl_cert_reqs=required)."
   value       = aws_elasticache_replication_group.this.primary_endpoint_address
 }
 
@@ -44,6 +69,18 @@ output "chart_values" {
     config = {
       blob = { backend = "s3", s3Bucket = aws_s3_bucket.blobs.bucket, region = var.region }
       keys = { provider = "kms" }
+    }
+    image = { repository = aws_ecr_repository.celeriac.repository_url }
+    externalSecrets = {
+      enabled        = true
+      databaseSecret = aws_secretsmanager_secret.app_db.name
+      keys = {
+        CELERIAC_BROKER_URL             = { key = aws_secretsmanager_secret.redis.name, property = "broker_url" }
+        CELERIAC_REDIS_URL              = { key = aws_secretsmanager_secret.redis.name, property = "cache_url" }
+        CELERIAC_AUTH__JWT_HS256_SECRET = { key = aws_secretsmanager_secret.api.name, property = "jwt_hs256_secret" }
+        CELERIAC_AUTH__API_KEY_PEPPER   = { key = aws_secretsmanager_secret.api.name, property = "api_key_pepper" }
+        CELERIAC_API__METRICS_TOKEN     = { key = aws_secretsmanager_secret.api.name, property = "metrics_token" }
+      }
     }
   })
 }

@@ -137,3 +137,71 @@ variable "keda_chart_version" {
   type        = string
   default     = "2.20.2"
 }
+
+# --- operations baseline (operations.tf, secrets.tf, alarms.tf) ----------------------------
+
+variable "app_db_role" {
+  description = "PostgreSQL role the platform connects as (not the master user): it owns the schema and runs the migrations."
+  type        = string
+  default     = "celeriac_app"
+}
+
+variable "manage_app_db_role" {
+  description = "Create the application role in PostgreSQL with the postgresql provider (Terraform must then reach the database, e.g. from a runner in the VPC); false: create it by hand as docs/operations.md shows."
+  type        = bool
+  default     = true
+}
+
+variable "app_db_rotation_lambda_arn" {
+  description = "ARN of an RDS PostgreSQL multi-user (alternating users) rotation Lambda for the application role's secret; null: no automatic rotation."
+  type        = string
+  default     = null
+}
+
+variable "secret_rotation_days" {
+  description = "Days between automatic rotations of the application role's password."
+  type        = number
+  default     = 30
+}
+
+variable "external_secrets_service_account" {
+  description = "namespace:name of the External Secrets operator's ServiceAccount, trusted by the role that reads the platform's secrets."
+  type        = string
+  default     = "external-secrets:external-secrets"
+}
+
+variable "cache_redis_node_type" {
+  description = "ElastiCache node type of the cache Redis (CELERIAC_REDIS_URL: cache, rate limits, idempotency, results)."
+  type        = string
+  default     = "cache.r7g.large"
+}
+
+variable "db_proxy_enabled" {
+  description = "Put RDS Proxy between the pods and PostgreSQL (connection pooling; docs/operations.md has the pool sizes)."
+  type        = bool
+  default     = false
+}
+
+variable "db_proxy_max_connections_percent" {
+  description = "Share of PostgreSQL's max_connections that RDS Proxy may open."
+  type        = number
+  default     = 80
+}
+
+variable "db_connections_alarm_threshold" {
+  description = "Alarm when PostgreSQL has more connections than this (about 80 % of max_connections: 1,365 on db.r6g.large)."
+  type        = number
+  default     = 1100
+}
+
+variable "alarm_actions" {
+  description = "Extra ARNs (SNS topics, incident tools) notified when an alarm fires, besides the topic this module creates."
+  type        = list(string)
+  default     = []
+}
+
+variable "ecr_keep_untagged_days" {
+  description = "Days an untagged image stays in ECR before it expires."
+  type        = number
+  default     = 14
+}

@@ -16,11 +16,13 @@ from celery import Celery, bootsteps, signals
 
 from celeriac.platform.db import transaction
 from celeriac.platform.dispatch import get_dispatcher
-from celeriac.platform.logging import bind_context, clear_context
-from celeriac.platform.observability import init_process
+from celeriac.platform.logging import bind_context, clear_context, demote_to_debug
+from celeriac.platform.observability import init_process, init_sentry
 from celeriac.platform.queues import Pool, TaskName
 from celeriac.platform.settings import Settings, get_settings
 from celeriac.platform.tasks import celery_config, default_publisher, use_app
+from celeriac.workers import telemetry
+from celeriac.workers.health import LivenessHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +144,9 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         },
     }
     celery_app.steps["worker"].add(CapacityHeartbeat)
+    # Liveness for the probes (celeriac.workers.health): a heartbeat file per process.
+    celery_app.steps["worker"].add(LivenessHeartbeat)
+    celery_app.conf.beat_scheduler = "celeriac.workers.health:HeartbeatScheduler"
     return celery_app
 
 
@@ -150,10 +155,50 @@ app = create_celery_app()
 use_app(app)
 
 
+# Periodic tasks that run every few seconds: their lines are written at DEBUG.
+HOUSEKEEPING = frozenset(
+    {TaskName.RELEASE.value, TaskName.DELIVER_DUE_WEBHOOKS.value, TaskName.RECONCILE.value,
+     "release", "webhooks", "reconcile"}  # beat's entry names (its "Sending due task" line)
+)  # fmt: skip
+
+
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
-    # Connecting here stops Celery from configuring logging its own way.
+    # Connecting here stops Celery from configuring logging its own way. Runs in the
+    # worker's main process and in beat (prefork children: worker_process_init).
     init_process(get_settings(), "worker")
+    demote_to_debug(HOUSEKEEPING)
+
+
+@signals.worker_init.connect
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
+    pool = pool_of_worker(getattr(sender, "hostname", ""))
+    if pool is not None:
+        import sentry_sdk
+
+        sentry_sdk.set_tag("pool", pool.value)
+        telemetry.serve_worker_metrics(sender, pool.value)
+
+
+@signals.beat_init.connect
+def _serve_beat_metrics(**_: Any) -> None:
+    import sentry_sdk
+
+    sentry_sdk.set_tag("component", "beat")
+    telemetry.serve_beat_metrics()
+
+
+@signals.worker_process_init.connect
+def _init_child_process(**_: Any) -> None:
+    # A prefork child reports errors from its own Sentry client (tags: the compute pool).
+    init_sentry(get_settings(), "worker", pool=Pool.COMPUTE.value)
+
+
+@signals.worker_process_shutdown.connect
+def _child_exits(**_: Any) -> None:
+    from celeriac.platform import metrics
+
+    metrics.process_exited()  # its live gauges leave the sum (prometheus multiprocess)
 
 
 @signals.worker_init.connect
@@ -231,9 +276,12 @@ def _revoked(request: Any = None, **_: Any) -> None:
 
 
 @signals.task_prerun.connect
-def _bind_task_context(task_id: str | None = None, kwargs: Any = None, **_: Any) -> None:
+def _bind_task_context(
+    sender: Any = None, task_id: str | None = None, kwargs: Any = None, **_: Any
+) -> None:
     args = kwargs if isinstance(kwargs, dict) else {}
-    bind_context(task_id=task_id, tenant_id=args.get("tenant_id"), job_id=args.get("job_id"))
+    bind_context(task_id=task_id, tenant_id=args.get("tenant_id"), job_id=args.get("job_id"),
+                 task=getattr(sender, "name", None))  # fmt: skip
 
 
 @signals.task_postrun.connect

@@ -33,6 +33,7 @@ import certifi
 import httpx
 from sqlalchemy.orm import Session
 
+from celeriac.platform import metrics
 from celeriac.platform.db import transaction
 from celeriac.platform.models import (
     AttemptTrigger,
@@ -78,6 +79,7 @@ class Claimed:
     body: bytes
     secrets: tuple[bytes, ...]
     per_second: float
+    written_at: datetime | None = None  # the event's creation (delivery latency metric)
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,22 @@ def deliver(
         _postpone(claimed, seconds=1.0)
         return DeliveryState.PENDING
     response = send(claimed, resolve)
-    return _record(claimed, response, trigger)
+    state = _record(claimed, response, trigger)
+    metrics.webhook_attempted(outcome_class(response))
+    scheduled = trigger is AttemptTrigger.SCHEDULED
+    if response.succeeded and scheduled and claimed.written_at is not None:
+        metrics.webhook_delivered(metrics.seconds_between(claimed.written_at, utcnow()))
+    return state
+
+
+def outcome_class(response: Response) -> str:
+    """The attempt's outcome for metrics: the status class, or why there was none."""
+    if response.status_code is not None:
+        return metrics.status_class(response.status_code)
+    error = response.error or ""
+    if error.startswith("destination refused"):
+        return "refused"
+    return "timeout" if error.startswith("no answer within") else "network"
 
 
 def _claim(delivery_id: uuid.UUID) -> Claimed | None:
@@ -125,7 +142,7 @@ def _claim(delivery_id: uuid.UUID) -> Claimed | None:
             return None
         return Claimed(
             delivery_id=delivery.id, tenant_id=target.tenant_id, target_id=target.id,
-            message_id=message.id, url=target.url,
+            message_id=message.id, url=target.url, written_at=message.created_at,
             body=json.dumps(message.payload, separators=(",", ":")).encode(),
             secrets=tuple(signing_secrets(target, now=now)),
             per_second=target.max_deliveries_per_second

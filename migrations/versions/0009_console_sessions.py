@@ -1,7 +1,7 @@
 """console sessions (embedded mode; with Redis configured they live in Redis)
 
 Revision ID: 0009_console_sessions
-Revises: 0005_quotas
+Revises: 0007_task_error_detail
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0009_console_sessions"
-down_revision: str | None = "0005_quotas"
+down_revision: str | None = "0007_task_error_detail"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -12,23 +12,26 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from celeriac.platform.api.idempotency import install_idempotency
 from celeriac.platform.api.middleware import RequestEnvelope
+from celeriac.platform.api.observability import install_observability
 from celeriac.platform.api.problems import PROBLEM_JSON, install_problem_handlers
 from celeriac.platform.api.schemas import Problem
+from celeriac.platform.api.strict_json import StrictJsonBodies
 from celeriac.platform.auth.jwt import jwt_key_set
 from celeriac.platform.broker import broker_connection
 from celeriac.platform.console import install_console
 from celeriac.platform.db import get_engine
 from celeriac.platform.errors import ValidationFailed
 from celeriac.platform.jobs.ingest import IngestWriter
+from celeriac.platform.jobs.routes import BODY_MODELS as JOBS_BODY_MODELS
 from celeriac.platform.jobs.routes import router as jobs_router
 from celeriac.platform.keys.routes import admin_router as admin_keys_router
 from celeriac.platform.keys.routes import tenant_router as keys_router
 from celeriac.platform.ops.audit_routes import router as audit_router
-from celeriac.platform.ops.routes import metrics_router
 from celeriac.platform.ops.routes import router as ops_router
 from celeriac.platform.quotas.enforce import RateLimitHeaders
 from celeriac.platform.quotas.routes import admin_router as admin_quotas_router
@@ -42,6 +45,7 @@ from celeriac.platform.webhooks.routes import router as webhooks_router
 
 JOBS_PATH = "/v1/jobs"
 CONSOLE_SUBMIT_PATH = "/console/submit"
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 
 def _database_ready() -> str | None:
@@ -70,9 +74,13 @@ def _problem_openapi(app: FastAPI) -> dict[str, Any]:
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-    for defs_name, definition in components["Problem"].pop("$defs", {}).items():
-        components[defs_name] = definition
+    # Models that routes reference by $ref without declaring them as parameters (the job
+    # body is read by hand, to take JSON or multipart).
+    models: tuple[type[BaseModel], ...] = (Problem, *JOBS_BODY_MODELS)
+    for model in models:
+        components[model.__name__] = model.model_json_schema(ref_template=REF_TEMPLATE)
+        for defs_name, definition in components[model.__name__].pop("$defs", {}).items():
+            components.setdefault(defs_name, definition)
     problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
     for path_item in schema.get("paths", {}).values():
         for method, operation in path_item.items():
@@ -161,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ingest_writer = writer
     install_problem_handlers(app)
+    app.add_middleware(StrictJsonBodies, skip_paths={JOBS_PATH})  # the job route parses its own
     install_idempotency(app)  # inside the envelope: replays carry a fresh X-Request-ID
     app.add_middleware(RateLimitHeaders)  # outside the recorder: replays get them too
     app.add_middleware(
@@ -190,9 +199,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tenants_router, admin_keys_router, admin_quotas_router, keys_router, quotas_router,
         jobs_router, webhook_messages_router, webhooks_router, usage_router, admin_usage_router,
         ops_router, audit_router,
-        metrics_router,
     ):  # fmt: skip
         app.include_router(router)
+    install_observability(app, settings)
     install_console(app)
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
     return app

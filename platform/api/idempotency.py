@@ -6,20 +6,27 @@ a new key inserts an ``in_flight`` row in its own transaction, and the unique
 captured by :class:`IdempotencyRecorder` and stored before it is sent, only when it is
 2xx; any other outcome (validation, quota, crash) deletes the reservation so the client
 can retry. A replay returns the stored answer with ``Idempotent-Replayed: true``.
+
+An API process that dies (SIGKILL, OOM) between the request's commit and storing its answer
+leaves the reservation ``in_flight``. After ``api.idempotency_lease_seconds`` a retry treats it
+as abandoned: a route that can rebuild its answer from what it committed does so (a job
+submission stores its job under the reservation's id, see :func:`reservation_id`), and
+otherwise the retry takes the reservation over, keeping its id, and runs again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable
-from datetime import timedelta
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +44,24 @@ _STATE_KEY = "idempotency_reservation"
 _STORED = "x-celeriac-stored"
 # Response headers worth replaying; hop-by-hop and per-request ones are left out.
 _KEPT_HEADERS = {"content-type", "location", "cache-control"}
+
+
+# route -> rebuilds the answer of an abandoned reservation from what the request committed
+# (status, kept headers, body), or None when it committed nothing.
+Recoverer = Callable[[uuid.UUID | None, uuid.UUID], tuple[int, dict[str, str], bytes] | None]
+_RECOVERERS: dict[str, Recoverer] = {}
+
+
+def recover_abandoned(route: str, recoverer: Recoverer) -> None:
+    """Register how ``route`` rebuilds the answer of a request whose API process died."""
+    _RECOVERERS[route] = recoverer
+
+
+def reservation_id(request: Request) -> uuid.UUID | None:
+    """The id of the request's reservation, stable across a takeover: a route that stores
+    its result under this id lets a retry find it (:func:`recover_abandoned`)."""
+    value = getattr(request.state, _STATE_KEY, None)
+    return value if isinstance(value, uuid.UUID) else None
 
 
 class IdempotentReplay(Exception):
@@ -111,13 +136,48 @@ def _reserve(
                     f"this {HEADER} was used with a different request body; "
                     "use a new key for a new request"
                 )
-            if existing.state is IdempotencyState.IN_FLIGHT:
+            if existing.state is IdempotencyState.IN_FLIGHT and _abandoned(existing, now):
+                outcome = _reclaim(session, existing, now, ttl)
+            elif existing.state is IdempotencyState.IN_FLIGHT:
                 raise Conflict(
                     f"a request with this {HEADER} is still being processed; retry shortly",
                     headers={"Retry-After": "1"},
                 )
-            raise _replay_of(existing)
+            else:
+                raise _replay_of(existing)
+        # Raised or returned after the block commits (an exception inside rolls it back).
+        if isinstance(outcome, Exception):
+            raise outcome
+        if outcome is not None:
+            return outcome
     raise Conflict(f"could not reserve the {HEADER}; retry", headers={"Retry-After": "1"})
+
+
+def _abandoned(row: IdempotencyKey, now: datetime) -> bool:
+    lease = timedelta(seconds=get_settings().api.idempotency_lease_seconds)
+    return row.created_at <= now - lease
+
+
+def _reclaim(
+    session: Session, row: IdempotencyKey, now: datetime, ttl: timedelta
+) -> Exception | uuid.UUID | None:
+    """An abandoned reservation: the replay of the answer its route rebuilt from what the
+    dead request committed; else the reservation taken over (its id, to run again); None
+    when another retry took it over first (it is in flight again)."""
+    recoverer = _RECOVERERS.get(row.route)
+    answer = recoverer(row.tenant_id, row.id) if recoverer is not None else None
+    if answer is not None:
+        _store_answer(row, *answer)
+        return _replay_of(row)
+    # Compare-and-set on created_at: of two retries, exactly one runs the request again.
+    taken = session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.id == row.id, IdempotencyKey.created_at == row.created_at,
+               IdempotencyKey.state == IdempotencyState.IN_FLIGHT)
+        .values(created_at=now, expires_at=now + ttl)
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    return row.id if getattr(taken, "rowcount", 0) else None
 
 
 def _body_context(row_id: uuid.UUID) -> dict[str, str]:
@@ -132,17 +192,21 @@ def _complete(row_id: uuid.UUID, status: int, headers: dict[str, str], body: byt
         row = session.get(IdempotencyKey, row_id)
         if row is None:
             return
-        stored = dict(headers)
-        if row.tenant_id is not None:
-            body = envelope().encrypt(str(row.tenant_id), body, _body_context(row_id))
-            stored[_STORED] = "encrypted"
-        elif "no-store" in headers.get("cache-control", headers.get("Cache-Control", "")):
-            body = b""
-            stored[_STORED] = "withheld"
-        row.state = IdempotencyState.COMPLETED
-        row.response_status = status
-        row.response_headers = stored
-        row.response_body = body
+        _store_answer(row, status, headers, body)
+
+
+def _store_answer(row: IdempotencyKey, status: int, headers: dict[str, str], body: bytes) -> None:
+    stored = dict(headers)
+    if row.tenant_id is not None:
+        body = envelope().encrypt(str(row.tenant_id), body, _body_context(row.id))
+        stored[_STORED] = "encrypted"
+    elif "no-store" in headers.get("cache-control", headers.get("Cache-Control", "")):
+        body = b""
+        stored[_STORED] = "withheld"
+    row.state = IdempotencyState.COMPLETED
+    row.response_status = status
+    row.response_headers = stored
+    row.response_body = body
 
 
 def _replay_of(row: IdempotencyKey) -> Exception:

@@ -6,6 +6,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -15,6 +18,7 @@ from starlette.routing import Match
 
 from celeriac.platform.errors import ProblemError
 from celeriac.platform.logging import current_context
+from celeriac.platform.metrics import quota_rejected
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://celeriac.dev/problems/"
@@ -71,6 +75,9 @@ def _pointer(loc: Sequence[int | str]) -> str:
 
 def _on_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)
+    policy = (exc.extra or {}).get("policy")
+    if exc.status in (413, 429) and isinstance(policy, str):
+        quota_rejected(policy)  # a quota or limit refused it (celeriac_quota_rejections_total)
     return problem_response(
         request, status=exc.status, code=exc.code, title=exc.title, detail=exc.detail,
         errors=exc.errors, headers=exc.headers, extra=exc.extra,
@@ -137,11 +144,39 @@ def _on_data_error(request: Request, exc: Exception) -> JSONResponse:
     )  # fmt: skip
 
 
+# A dependency that is down or hung: PostgreSQL (refused, reset, pool exhausted), the
+# cache Redis (refused, timed out) or the broker. The client can do nothing but wait.
+UNAVAILABLE: dict[type[Exception], str] = {
+    sqlalchemy.exc.OperationalError: "the database",
+    sqlalchemy.exc.InterfaceError: "the database",
+    sqlalchemy.exc.TimeoutError: "the database",
+    redis.exceptions.ConnectionError: "the cache",
+    redis.exceptions.TimeoutError: "the cache",
+    kombu.exceptions.OperationalError: "the broker",
+}
+RETRY_AFTER_UNAVAILABLE = "5"
+
+
+def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 with ``Retry-After``: nothing the client sent is wrong, and a half-done
+    request rolled back with its transaction."""
+    service = next((name for kind, name in UNAVAILABLE.items() if isinstance(exc, kind)),
+                   "a service")  # fmt: skip
+    logger.warning("%s is unavailable: %s: %s", service, type(exc).__name__, exc)
+    return problem_response(
+        request, status=503, code="service-unavailable", title="Service unavailable",
+        detail=f"{service} is unavailable at the moment; nothing was changed, retry shortly",
+        headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
+    )  # fmt: skip
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(DataError, _on_data_error)
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, _on_unavailable)
 
 
 def problem_openapi(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -235,7 +235,9 @@ def verify_token(settings: Settings, token: str) -> AdminPrincipal:
     keys = jwt_key_set(settings)
     try:
         header = jwt.get_unverified_header(token)
-    except JWTError:
+    # jose parses with json.loads: a header nested thousands deep or a 5,000-digit number
+    # raises these (before any signature is checked).
+    except (JWTError, RecursionError, ValueError):
         raise InvalidToken("malformed token") from None
     key = keys.for_header(header)
     leeway = settings.auth.jwt_leeway_seconds
@@ -254,6 +256,8 @@ def verify_token(settings: Settings, token: str) -> AdminPrincipal:
     # raises these instead of JWTError.
     except (TypeError, OverflowError):
         raise InvalidToken("exp, iat and nbf must be numbers") from None
+    except (RecursionError, ValueError):  # claims too deep or a number too long for json
+        raise InvalidToken("malformed claims") from None
     return _principal(claims, now=time.time(), leeway=leeway)
 
 

@@ -33,6 +33,7 @@ from botocore.exceptions import ClientError
 
 from celeriac.platform.crypto.errors import DecryptionFailed, KeyOperationRefused, KeyUnavailable
 from celeriac.platform.crypto.keys import DataKey, EncryptionContext
+from celeriac.platform.metrics import kms_called
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
@@ -89,6 +90,11 @@ class KmsKeyProvider:
             raise ValueError("tenant_id must not be empty")
         return f"{self.alias_prefix}{tenant_id}"
 
+    def _call(self, operation: str) -> KMSClient:
+        """The client, for one call of ``operation`` (counted: celeriac_kms_calls_total)."""
+        kms_called(operation)
+        return self.client
+
     # -- KeyProvider ---------------------------------------------------------------
 
     def create_tenant_key(self, tenant_id: str) -> str:
@@ -105,14 +111,14 @@ class KmsKeyProvider:
             raise KeyUnavailable(
                 f"tenant {tenant_id!r}: its KMS key {existing['Arn']} is {existing['KeyState']}"
             )
-        created = self.client.create_key(
+        created = self._call("create_key").create_key(
             Description=f"Celeriac tenant {tenant_id}",
             KeyUsage="ENCRYPT_DECRYPT",
             KeySpec="SYMMETRIC_DEFAULT",
             Tags=[{"TagKey": self.tenant_tag_key, "TagValue": tenant_id}],
         )["KeyMetadata"]
         try:
-            self.client.create_alias(AliasName=alias, TargetKeyId=created["KeyId"])
+            self._call("create_alias").create_alias(AliasName=alias, TargetKeyId=created["KeyId"])
         except ClientError as exc:
             if _code(exc) != "AlreadyExistsException":
                 raise
@@ -120,7 +126,7 @@ class KmsKeyProvider:
             self._schedule_deletion(created["Arn"])
             return self.create_tenant_key(tenant_id)
         # Yearly automatic rotation on top of on-demand rotation (admin API).
-        self.client.enable_key_rotation(KeyId=created["KeyId"])
+        self._call("enable_key_rotation").enable_key_rotation(KeyId=created["KeyId"])
         return str(created["Arn"])
 
     def tenant_key_id(self, tenant_id: str) -> str:
@@ -133,7 +139,7 @@ class KmsKeyProvider:
     def generate_data_key(self, key_id: str, context: EncryptionContext) -> DataKey:
         """``GenerateDataKey`` (AES_256) bound to ``context``."""
         try:
-            answer = self.client.generate_data_key(
+            answer = self._call("generate_data_key").generate_data_key(
                 KeyId=key_id, KeySpec="AES_256", EncryptionContext=dict(context)
             )
         except ClientError as exc:
@@ -145,7 +151,9 @@ class KmsKeyProvider:
     def decrypt_data_key(self, wrapped: bytes, context: EncryptionContext) -> bytes:
         """``Decrypt`` of a wrapped data key with exactly the context it was made with."""
         try:
-            answer = self.client.decrypt(CiphertextBlob=wrapped, EncryptionContext=dict(context))
+            answer = self._call("decrypt").decrypt(
+                CiphertextBlob=wrapped, EncryptionContext=dict(context)
+            )
         except ClientError as exc:
             if _code(exc) == _FOREIGN_KEY:
                 raise DecryptionFailed(
@@ -163,7 +171,7 @@ class KmsKeyProvider:
                 "(it rotates for all tenants at once)"
             )
         try:
-            self.client.rotate_key_on_demand(KeyId=self._key_arn(key_id))
+            self._call("rotate_key_on_demand").rotate_key_on_demand(KeyId=self._key_arn(key_id))
         except ClientError as exc:
             if _code(exc) in ("LimitExceededException", "ConflictException"):
                 raise KeyOperationRefused(f"KMS refused the rotation: {_message(exc)}") from None
@@ -193,9 +201,9 @@ class KmsKeyProvider:
             return
         bare_id = metadata["KeyId"]  # every KMS implementation takes the bare id
         if metadata["KeyState"] == "Enabled":
-            self.client.disable_key(KeyId=bare_id)
+            self._call("disable_key").disable_key(KeyId=bare_id)
         try:
-            self.client.schedule_key_deletion(
+            self._call("schedule_key_deletion").schedule_key_deletion(
                 KeyId=bare_id, PendingWindowInDays=self.deletion_window_days
             )
         except ClientError as exc:
@@ -228,7 +236,7 @@ class KmsKeyProvider:
 
     def _describe(self, key_id: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
         try:
-            metadata = self.client.describe_key(KeyId=key_id)["KeyMetadata"]
+            metadata = self._call("describe_key").describe_key(KeyId=key_id)["KeyMetadata"]
         except ClientError as exc:
             if missing_ok and _code(exc) == "NotFoundException":
                 return None

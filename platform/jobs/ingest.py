@@ -22,6 +22,7 @@ deleted and no row was committed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
@@ -34,6 +35,7 @@ from typing import Any
 from sqlalchemy.exc import DataError, DBAPIError
 from starlette.applications import Starlette
 
+from celeriac.platform import metrics, tracing
 from celeriac.platform.db import get_engine
 from celeriac.platform.errors import ProblemError, ServiceUnavailable, ValidationFailed
 from celeriac.platform.jobs import lifecycle, repository
@@ -65,6 +67,8 @@ class Submission:
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     created_at: datetime = field(default_factory=utcnow)
     state: JobState = JobState.QUEUED
+    # The request's trace context: its start_job is published as a child of it.
+    trace_context: Any = field(default_factory=tracing.current_context)
     _blob_keys: list[str] = field(default_factory=list)
     _stored_bytes: int = 0
     _chunks: int = 0
@@ -182,8 +186,13 @@ def write_batch(batch: Sequence[_Waiting]) -> None:
     if not stored:
         return
     committed = _insert_all_or_each(stored)
-    default_publisher().publish_or_leave([_start_job(w.submission) for w in committed])
+    publications = [_start_job(w.submission) for w in committed]
+    carried = {str(p.message_id): w.submission.trace_context
+               for p, w in zip(publications, committed, strict=True)}  # fmt: skip
+    with tracing.publishing_in(carried):
+        default_publisher().publish_or_leave(publications)
     for waiting in committed:
+        metrics.job_submitted(waiting.submission.priority.value)
         waiting.settle()
 
 
@@ -268,7 +277,8 @@ def _start_job(s: Submission) -> Publication:
     ref = lifecycle.JobRef(str(s.tenant_id), str(s.id), s.tenant_slug, s.priority)
     message = lifecycle.stage_message(ref, JobState.QUEUED, None)
     assert message is not None
-    return message
+    # The id is chosen here so that the publish can be matched with its request's trace.
+    return dataclasses.replace(message, message_id=message.message_id or str(uuid.uuid4()))
 
 
 def _unavailable(exc: BaseException) -> BaseException:

@@ -35,6 +35,7 @@ from enum import StrEnum
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from celeriac.platform import metrics
 from celeriac.platform.db import run_after_commit
 from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.jobs import repository
@@ -166,6 +167,7 @@ def _transition(job: Job, before: JobState | JobStage | None, after: JobState | 
         after.value,
         extra={"job_id": str(job.id), "tenant_id": str(job.tenant_id)},
     )
+    metrics.job_transitioned(job, after.value)
 
 
 # --- queued -> running ---------------------------------------------------------------

@@ -7,8 +7,11 @@ For a 43 MB file that took 2.0 of the 2.2 s the API spent accepting it (``json.l
 and ``json.dumps`` of 100,000 records); checking each line with orjson takes 0.12 s.
 orjson parses exactly what ``json.loads`` parses, but refuses the few things only
 Python's parser takes (``NaN``, ``Infinity``, numbers too large for a double, unpaired
-UTF-16 surrogates): such a line is parsed with ``json`` as before and stored re-encoded
-as before, so what a job computes does not depend on the path its records took.
+UTF-16 surrogates): such a line is refused as the JSON body would be
+(:mod:`celeriac.platform.json_input`), while an integer beyond 64 bits, which orjson
+would read as a float, is parsed with ``json`` and stored re-encoded, so what a job
+computes does not depend on the path its records took. Payloads stored before NaN was
+refused are still read as ``json.loads`` reads them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any
 
 import orjson
 
-from celeriac.platform.errors import ValidationFailed
+from celeriac.platform import json_input
+from celeriac.platform.errors import ProblemError, ValidationFailed
 
 CSV_TYPES = {"text/csv", "application/csv"}
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl"}
@@ -131,8 +135,13 @@ def from_records(records: Iterable[dict[str, Any]]) -> Payload:
 
 
 def _encoded(record: dict[str, Any]) -> bytes:
-    # json, not orjson: orjson writes NaN as null, and inline records may hold NaN.
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+    # json, not orjson: orjson writes integers beyond 64 bits as floats.
+    try:
+        return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ValidationFailed("a string holds an unpaired UTF-16 surrogate") from None
+    except RecursionError:
+        raise json_input.too_deep("a record") from None
 
 
 def file_format(content_type: str | None, filename: str | None) -> str:
@@ -170,16 +179,21 @@ def _csv(raw: bytes) -> Payload:
     except UnicodeDecodeError:
         raise ValidationFailed("the file is not UTF-8 text") from None
     records: list[dict[str, Any]] = []
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames:
-        raise ValidationFailed("the CSV file has no header row")
+    # strict: without it an unclosed quote silently swallows the rest of the file into
+    # one value (three lines became one record without a word).
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     try:
+        if not reader.fieldnames:
+            raise ValidationFailed("the CSV file has no header row")
         for row in reader:
             if None in row:
                 raise _bad_line(reader.line_num, "more values than header columns")
             records.append(dict(row))
     except csv.Error as exc:
-        raise _bad_line(reader.line_num, str(exc)) from None
+        detail = str(exc)
+        if detail == "unexpected end of data":
+            detail = 'a quoted value is not closed (a " is missing before the end of the file)'
+        raise _bad_line(reader.line_num, detail) from None
     return from_records(records)
 
 
@@ -198,6 +212,10 @@ def _ndjson(raw: bytes) -> Payload:
             continue
         if not isinstance(record, dict):
             raise _bad_line(number, "each line must be a JSON object")
+        try:
+            json_input.check_depth(record, line, "the line")
+        except ProblemError as exc:
+            raise _bad_line(number, exc.detail) from None
         lines.append(line)
     return Payload(lines)
 
@@ -212,14 +230,9 @@ def _python_json_line(line: bytes, number: int) -> bytes | None:
     if not text.strip():
         return None
     try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _bad_line(number, f"not valid JSON ({exc.msg})") from None
-    except RecursionError:
-        raise _bad_line(number, "not valid JSON (nested too deeply)") from None
+        record = json_input.parse(line, what="the line")
+    except ProblemError as exc:
+        raise _bad_line(number, exc.detail) from None
     if not isinstance(record, dict):
         raise _bad_line(number, "each line must be a JSON object")
-    try:
-        return _encoded(record)
-    except UnicodeEncodeError:
-        raise _bad_line(number, "a string holds an unpaired UTF-16 surrogate") from None
+    return _encoded(record)

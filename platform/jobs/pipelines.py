@@ -126,7 +126,10 @@ class _RegistryCache:
             for row in rows
         }
         with self._lock:
-            self._plugins, self._loaded_at = plugins, time.monotonic()
+            # An empty registry (no compute worker has published yet) is read again on
+            # the next request: the first worker's plugins count as soon as they exist.
+            self._plugins = plugins
+            self._loaded_at = time.monotonic() if plugins else -REGISTRY_TTL_SECONDS
         return plugins
 
     def fresh(self) -> dict[tuple[str, str], PluginInfo] | None:

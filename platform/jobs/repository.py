@@ -573,6 +573,69 @@ def failed_tasks(
     )
 
 
+# --- metrics (celeriac.platform.ops.tenant_metrics) --------------------------------------
+
+
+def _seconds_between(session: Session, start: Any, end: Any) -> Any:
+    """``end - start`` in seconds, in PostgreSQL's dialect or SQLite's."""
+    if session.get_bind().dialect.name == "sqlite":
+        return (func.julianday(end) - func.julianday(start)) * 86400.0
+    return func.extract("epoch", end - start)
+
+
+_FINAL_STATES = (JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED)
+
+
+def finished_counts(session: Session, tenant_id: uuid.UUID) -> dict[str, int]:
+    """The tenant's jobs in each final state."""
+    rows = session.execute(
+        select(Job.state, func.count())
+        .where(Job.tenant_id == tenant_id, Job.state.in_(_FINAL_STATES))
+        .group_by(Job.state)
+    )
+    return {JobState(state).value: int(count) for state, count in rows}
+
+
+def duration_histogram(
+    session: Session, tenant_id: uuid.UUID, bounds: Sequence[float]
+) -> tuple[int, float, list[int]]:
+    """(count, sum of seconds, cumulative count per bound) of the submission-to-end time
+    of the tenant's ended jobs, counted by the database in one row."""
+    seconds = _seconds_between(session, Job.created_at, Job.finished_at)
+    row = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(seconds), 0.0),
+            *[func.sum(case((seconds <= bound, 1), else_=0)) for bound in bounds],
+        ).where(
+            Job.tenant_id == tenant_id,
+            Job.state.in_(_FINAL_STATES),
+            Job.finished_at.is_not(None),
+        )
+    ).one()
+    return int(row[0]), float(row[1] or 0.0), [int(n or 0) for n in row[2:]]
+
+
+def unscoped_running_counts(session: Session) -> dict[uuid.UUID, int]:
+    """Operators' view, across tenants: running jobs per tenant."""
+    rows = session.execute(
+        select(Job.tenant_id, func.count())
+        .where(Job.state == JobState.RUNNING)
+        .group_by(Job.tenant_id)
+    )
+    return {tenant: int(count) for tenant, count in rows}
+
+
+def unscoped_finished_counts(session: Session) -> dict[tuple[uuid.UUID, str], int]:
+    """Operators' view, across tenants: jobs per tenant and final state."""
+    rows = session.execute(
+        select(Job.tenant_id, Job.state, func.count())
+        .where(Job.state.in_(_FINAL_STATES))
+        .group_by(Job.tenant_id, Job.state)
+    )
+    return {(tenant, JobState(state).value): int(count) for tenant, state, count in rows}
+
+
 def timeline_tasks(session: Session, job: Job, limit: int) -> list[Any]:
     """Up to ``limit`` of the job's tasks, those that started first first, as rows of the
     columns the console's timeline draws (no ORM objects: a 1,000-task job is drawn on

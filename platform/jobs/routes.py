@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
 
+from celeriac.platform import json_input
+from celeriac.platform.api import idempotency
 from celeriac.platform.api.deps import Authenticator, SessionDep
 from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
-from celeriac.platform.errors import MalformedBody, PayloadTooLarge, ValidationFailed
-from celeriac.platform.jobs import payload, pipelines, service
+from celeriac.platform.db import get_sessionmaker
+from celeriac.platform.errors import (
+    PayloadTooLarge,
+    ProblemError,
+    ServiceUnavailable,
+    ValidationFailed,
+)
+from celeriac.platform.jobs import payload, pipelines, service, task_errors
 from celeriac.platform.jobs.ingest import Submission, ingest_writer
 from celeriac.platform.jobs.schemas import JobAccepted, JobCreate, JobOptions, JobOut
 from celeriac.platform.keys.service import Scope
-from celeriac.platform.models import JobState
+from celeriac.platform.models import Job, JobState
 from celeriac.platform.quotas.enforce import limits_for, release_job, request_limits
 from celeriac.platform.quotas.plans import Limits
 
@@ -30,6 +38,8 @@ JobSubmitter = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_WRITE, 
 JobWriter = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_WRITE))]
 JobReader = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_READ))]
 
+# Referenced below by $ref; the app puts their schemas in the document's components.
+BODY_MODELS: tuple[type[BaseModel], ...] = (JobCreate,)
 _MULTIPART_DOC = {
     "requestBody": {
         "content": {
@@ -91,11 +101,10 @@ def _is_json_field(name: str, value: str) -> bool:
 
 def _form_json(name: str, value: str) -> Any:
     try:
-        return json.loads(value)
-    except json.JSONDecodeError:
+        return json_input.parse(value, what=f"form field {name!r}")
+    except ProblemError as exc:
         raise ValidationFailed(
-            f"form field {name!r} is not valid JSON",
-            errors=[{"pointer": f"#/body/{name}", "detail": "not valid JSON"}],
+            exc.detail, errors=[{"pointer": f"#/body/{name}", "detail": exc.detail}]
         ) from None
 
 
@@ -145,11 +154,7 @@ async def _submit(request: Request, ctx: TenantContext, response: Response) -> J
     else:
         body = await request.body()
         check_size(limits, len(body))
-        try:
-            fields = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise MalformedBody("the request body is not valid JSON") from None
-        job = _validated(JobCreate, fields)
+        job = _validated(JobCreate, json_input.parse(body))
         options, parsed = job, payload.from_records(job.records)
     return _accepted(await accept_job(request, ctx, options, parsed, limits), response)
 
@@ -169,12 +174,44 @@ async def accept_job(
     plugins = pipelines.cached_plugins()
     if plugins is None:
         plugins = await run_in_threadpool(pipelines.load_plugins)
+    if not plugins:
+        # No compute worker has ever published its plugins (the platform is starting):
+        # the job is fine, the platform is not ready for it yet.
+        raise ServiceUnavailable(
+            "no compute worker has published its plugins yet (the platform is starting); "
+            "retry shortly",
+            headers={"Retry-After": "5"},
+        )
     submission = Submission(
         tenant_id=ctx.tenant_id, tenant_slug=ctx.tenant_slug,
         pipeline=pipelines.resolve_against(plugins, options.pipeline_spec()),
         payload=parsed, priority=options.priority, metadata=options.metadata,
     )  # fmt: skip
+    # Under an Idempotency-Key the job takes the reservation's id: if this process dies
+    # before the answer is stored, a retry finds the job (_recover_submission).
+    submission.id = idempotency.reservation_id(request) or submission.id
     return await ingest_writer(request.app).submit(submission)
+
+
+def _recover_submission(
+    tenant_id: uuid.UUID | None, reservation: uuid.UUID
+) -> tuple[int, dict[str, str], bytes] | None:
+    """The 202 of a submission whose API died after storing the job, rebuilt from the job
+    (stored under the reservation's id), or None when the job was never stored."""
+    with get_sessionmaker()() as session:
+        job = session.scalar(select(Job).where(Job.id == reservation, Job.tenant_id == tenant_id))
+    if job is None:
+        return None
+    location = f"/v1/jobs/{job.id}"
+    accepted = JobAccepted(
+        id=job.id, state=JobState.QUEUED, priority=job.priority, record_count=job.record_count,
+        created_at=job.created_at, status_url=location, results_url=f"{location}/results",
+    )  # fmt: skip
+    headers = {"content-type": "application/json", "location": location}
+    return status.HTTP_202_ACCEPTED, headers, accepted.model_dump_json().encode()
+
+
+idempotency.recover_abandoned(router.prefix, _recover_submission)
 
 
 def check_size(limits: Limits, size: int | str | None) -> None:
@@ -212,8 +249,11 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: uuid.UUID, ctx: JobReader, session: SessionDep) -> JobOut:
-    """State, per-stage progress, timings and the errors of failed tasks."""
-    return service.job_detail(session, ctx, job_id)
+    """State, per-stage progress, timings and the errors of failed tasks (their details,
+    stored encrypted under the tenant's key, are shown here to the tenant only)."""
+    out = service.job_detail(session, ctx, job_id)
+    task_errors.reveal(session, ctx.tenant_id, job_id, out.errors)
+    return out
 
 
 @router.get(

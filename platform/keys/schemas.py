@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from celeriac.platform.keys.service import Scope
 from celeriac.platform.keys.tokens import KeyEnvironment
@@ -30,7 +30,7 @@ class ApiKeyCreate(BaseModel):
 class ApiKeyRoll(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    old_key_expires_in_seconds: int = Field(
+    old_key_expires_in_seconds: StrictInt = Field(
         default=24 * 3600,
         ge=0,
         le=7 * 24 * 3600,

@@ -22,6 +22,7 @@ class Scope(StrEnum):
     JOBS_READ = "jobs:read"
     WEBHOOKS_MANAGE = "webhooks:manage"
     KEYS_MANAGE = "keys:manage"
+    METRICS_READ = "metrics:read"  # GET /v1/metrics: the tenant's own Prometheus series
 
 
 ALL_SCOPES = tuple(Scope)

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from celeriac.platform.models.base import Base, JSONType, TimestampMixin, new_id
@@ -76,4 +76,7 @@ class JobTask(TimestampMixin, Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     duration_ms: Mapped[int | None]
+    # Clear: the exception's class and a fixed sentence; the message (which may quote
+    # record values) is error_detail, encrypted under the tenant's key (jobs/task_errors).
     error: Mapped[str | None] = mapped_column(Text)
+    error_detail: Mapped[bytes | None] = mapped_column(LargeBinary)

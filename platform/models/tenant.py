@@ -50,3 +50,5 @@ class Quota(TimestampMixin, Base):
     max_payload_bytes: Mapped[int | None]
     max_records_per_job: Mapped[int | None]
     max_webhook_targets: Mapped[int | None]
+    # The tenant's share of worker slots against other tenants' (fair dispatch's weight).
+    dispatch_weight: Mapped[int | None]

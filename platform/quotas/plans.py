@@ -32,6 +32,9 @@ class Limits:
     max_payload_bytes: int
     max_records_per_job: int
     max_webhook_targets: int
+    # The tenant's share of worker slots when tenants compete for them: the fair
+    # dispatcher's round-robin gives it this many tasks per turn (docs/adr/0001).
+    dispatch_weight: int
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -43,15 +46,17 @@ PLANS: dict[str, Limits] = {
     "free": Limits(
         requests_per_second=10, request_burst=50, max_running_jobs=2, jobs_per_month=1_000,
         max_payload_bytes=10 * MIB, max_records_per_job=100_000, max_webhook_targets=20,
+        dispatch_weight=1,
     ),
     "pro": Limits(
         requests_per_second=50, request_burst=200, max_running_jobs=10, jobs_per_month=100_000,
         max_payload_bytes=10 * MIB, max_records_per_job=1_000_000, max_webhook_targets=50,
+        dispatch_weight=2,
     ),
     "enterprise": Limits(
         requests_per_second=200, request_burst=1_000, max_running_jobs=50,
         jobs_per_month=10_000_000, max_payload_bytes=10 * MIB, max_records_per_job=10_000_000,
-        max_webhook_targets=100,
+        max_webhook_targets=100, dispatch_weight=4,
     ),
 }  # fmt: skip
 DEFAULT_PLAN = "free"

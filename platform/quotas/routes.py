@@ -22,7 +22,7 @@ AnyTenantKey = Annotated[TenantContext, Depends(Authenticator())]
 @admin_router.get("", response_model=TenantQuotas)
 def get_quotas(tenant_id: uuid.UUID, admin: AdminDep, session: SessionDep) -> TenantQuotas:
     """The tenant's limits in force, its overrides and its plan's defaults."""
-    return service.tenant_quotas(session, get_tenant(session, tenant_id))
+    return service.tenant_quotas(session, get_tenant(session, tenant_id, include_deleted=False))
 
 
 @admin_router.put("", response_model=TenantQuotas)
@@ -31,7 +31,7 @@ def put_quotas(
 ) -> TenantQuotas:
     """Replace the tenant's overrides: a field left out or null follows the plan. Audited;
     every API process applies the change within 5 seconds."""
-    tenant = get_tenant(session, tenant_id)
+    tenant = get_tenant(session, tenant_id, include_deleted=False)
     return service.set_quotas(
         session, tenant, body, actor=admin.subject, actor_role=admin.role.value
     )

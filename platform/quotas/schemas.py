@@ -6,10 +6,13 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 # Columns are 32-bit integers.
-LimitValue = Annotated[int, Field(ge=1, le=2_000_000_000)]
+LimitValue = Annotated[StrictInt, Field(ge=1, le=2_000_000_000)]
+# Tasks per round-robin turn: beyond 100 one tenant's turn would hold every other tenant
+# back for a hundred task slots, which no plan means.
+WeightValue = Annotated[StrictInt, Field(ge=1, le=100)]
 
 
 class QuotaLimits(BaseModel):
@@ -21,6 +24,10 @@ class QuotaLimits(BaseModel):
     max_payload_bytes: int = Field(description="Largest request body of a job submission.")
     max_records_per_job: int
     max_webhook_targets: int
+    dispatch_weight: int = Field(
+        description="The tenant's share of worker slots when tenants compete for them: "
+        "tasks per turn of the fair dispatcher's round-robin (free 1, pro 2, enterprise 4)."
+    )
 
 
 class QuotaOverrides(BaseModel):
@@ -35,6 +42,7 @@ class QuotaOverrides(BaseModel):
     max_payload_bytes: LimitValue | None = None
     max_records_per_job: LimitValue | None = None
     max_webhook_targets: LimitValue | None = None
+    dispatch_weight: WeightValue | None = None
 
 
 class TenantQuotas(BaseModel):

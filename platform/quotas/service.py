@@ -31,6 +31,7 @@ from celeriac.platform.quotas.schemas import (
     QuotaUsage,
     TenantQuotas,
 )
+from celeriac.platform.quotas.weights import push_weight_after_commit
 
 JOBS_SUBMITTED = "jobs.submitted"
 
@@ -65,7 +66,8 @@ def set_quotas(
     session: Session, tenant: Tenant, overrides: QuotaOverrides, *, actor: str, actor_role: str
 ) -> TenantQuotas:
     """Replace the tenant's overrides (a null field follows the plan), audited; every API
-    process applies them within ``api.quota_cache_poll_seconds`` of the commit."""
+    process applies them within ``api.quota_cache_poll_seconds`` of the commit, and the
+    fair dispatcher its weight from its next release."""
     if tenant.status is TenantStatus.DELETED:
         raise Conflict("a deleted tenant's quotas cannot be changed")
     quota = session.get(Quota, tenant.id, with_for_update=True)
@@ -84,6 +86,8 @@ def set_quotas(
         details={"before": before, "after": after},
     )  # fmt: skip
     run_after_commit(session, invalidate_quotas)
+    if before["dispatch_weight"] != after["dispatch_weight"]:
+        push_weight_after_commit(session, tenant)
     return tenant_quotas(session, tenant)
 
 

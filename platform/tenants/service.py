@@ -17,6 +17,7 @@ from celeriac.platform.errors import Conflict, NotFound, ValidationFailed
 from celeriac.platform.jobs import lifecycle
 from celeriac.platform.models import SLUG_PATTERN, ApiKey, Tenant, TenantStatus, utcnow
 from celeriac.platform.quotas.cache import invalidate_quotas
+from celeriac.platform.quotas.weights import push_weight_after_commit
 from celeriac.platform.repository import keyset_page
 from celeriac.platform.tasks import default_publisher
 from celeriac.platform.tenant_data import envelope, key_provider
@@ -60,6 +61,7 @@ def create_tenant(
     session.add(tenant)
     session.flush()
     _audit(session, actor, "tenant.create", tenant, {"slug": slug, "plan": plan})
+    push_weight_after_commit(session, tenant)
     return tenant
 
 
@@ -68,9 +70,13 @@ def get_tenant_by_slug(session: Session, slug: str) -> Tenant | None:
 
 
 def get_tenant(session: Session, tenant_id: uuid.UUID, *, include_deleted: bool = True) -> Tenant:
+    """The tenant. One rule for a deleted tenant: its own record stays readable (the
+    tombstone, ``include_deleted``), its sub-resources (keys, quotas) are 404."""
     tenant = session.get(Tenant, tenant_id)
-    if tenant is None or (not include_deleted and tenant.status is TenantStatus.DELETED):
+    if tenant is None:
         raise NotFound(f"no tenant with id {tenant_id}")
+    if not include_deleted and tenant.status is TenantStatus.DELETED:
+        raise NotFound(f"tenant {tenant_id} is deleted; its keys and quotas are gone")
     return tenant
 
 
@@ -106,6 +112,7 @@ def update_tenant(
         )
     if "plan" in changes and before["plan"] != changes["plan"]:
         run_after_commit(session, invalidate_quotas)  # the plan's defaults are its limits
+        push_weight_after_commit(session, tenant)
     _audit(session, actor, "tenant.update", tenant, {"before": before, "after": changes})
     return tenant
 

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from celeriac.platform.metrics import usage_recorded
 from celeriac.platform.models import Job, JobState, UsageRecord, utcnow
 
 
@@ -80,6 +81,7 @@ def insert_usage(session: Session | Connection, rows: Sequence[Mapping[str, Any]
     builds one)."""
     if not rows:
         return
+    usage_recorded(str(row["metric"]) for row in rows)
     dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
     insert = pg_insert if dialect.name == "postgresql" else sqlite_insert
     session.execute(

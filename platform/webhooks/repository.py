@@ -288,6 +288,16 @@ def unscoped_due_deliveries(
     return [(row[0], row[1]) for row in rows]
 
 
+def attempt_status_counts(session: Session, tenant_id: uuid.UUID) -> dict[int | None, int]:
+    """The tenant's delivery attempts by HTTP status (None: no answer); for its metrics."""
+    rows = session.execute(
+        select(WebhookAttempt.status_code, func.count())
+        .where(WebhookAttempt.tenant_id == tenant_id)
+        .group_by(WebhookAttempt.status_code)
+    )
+    return {status: int(count) for status, count in rows}
+
+
 def unscoped_health_by_tenant(session: Session, limit: int = 500) -> list[dict[str, Any]]:
     """Admins, across tenants (the console's webhook health page): targets, disabled ones
     and those failing now, per tenant; tenants with a disabled or failing target first."""

@@ -4,10 +4,19 @@ the answer to creation and rotation."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictInt,
+    field_validator,
+)
 
 from celeriac.platform.api.schemas import Timestamp
 from celeriac.platform.models import AttemptTrigger, DeliveryState, TargetState
@@ -50,6 +59,7 @@ EventTypeFilters = Annotated[
 Description = Annotated[str, Field(max_length=500)]
 DeliveryRate = Annotated[
     float,
+    Strict(),  # a number, not "5" or true
     Field(
         gt=0,
         le=1000,
@@ -67,17 +77,36 @@ class WebhookTargetCreate(BaseModel):
     max_deliveries_per_second: DeliveryRate | None = None
 
 
+def _not_nullable(*fields: str) -> Callable[[dict[str, Any]], None]:
+    """A schema hook: ``fields`` are optional but not nullable (``X | None = None`` would
+    document null as a value)."""
+
+    def edit(schema: dict[str, Any]) -> None:
+        for name in fields:
+            prop = schema["properties"][name]
+            options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
+            if len(options) == 1:
+                prop.update(options[0])
+            elif options:
+                prop["anyOf"] = options
+            prop.pop("default", None)
+
+    return edit
+
+
 class WebhookTargetUpdate(BaseModel):
     """The fields to change; those left out keep their value."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_not_nullable("url", "event_types"))
 
+    # Left out: kept. url and event_types cannot be null (and the schema says so, below);
+    # a null description clears it; a null rate removes the target's own limit.
     url: TargetUrl | None = None
     event_types: EventTypeFilters | None = None
     description: Description | None = None
     max_deliveries_per_second: DeliveryRate | None = None
 
-    @field_validator("url", "event_types", "description")
+    @field_validator("url", "event_types")
     @classmethod
     def _not_null(cls, value: object) -> object:
         # Runs only on fields that were sent: leave a field out to keep it; null is no value.
@@ -85,11 +114,16 @@ class WebhookTargetUpdate(BaseModel):
             raise ValueError("may be left out, but not null")
         return value
 
+    @field_validator("description")
+    @classmethod
+    def _cleared(cls, value: str | None) -> str:
+        return value or ""
+
 
 class SecretRotation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    previous_secret_expires_in_seconds: int = Field(
+    previous_secret_expires_in_seconds: StrictInt = Field(
         default=int(DEFAULT_PREVIOUS_SECRET_GRACE.total_seconds()),
         ge=0,
         le=int(MAX_PREVIOUS_SECRET_GRACE.total_seconds()),

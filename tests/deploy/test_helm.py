@@ -20,12 +20,14 @@ import yaml
 from celeriac.platform.ops.routes import PoolDemand, metrics_router
 from celeriac.platform.queues import Pool, parse_queue
 from celeriac.platform.settings import Settings, load_settings
+from celeriac.workers.health import heartbeat_path
 
 from deploy_support import REPO, failures, run_checkov, unjustified_skips
 
 CHART = REPO / "helm" / "celeriac"
-# KEDA v2.20.2's ScaledObject CRD (config/crd/bases), vendored so the test needs nothing
-# outside the repo; test_vendored_crd_matches_the_shared_copy keeps it honest.
+# KEDA v2.20.2's ScaledObject and TriggerAuthentication CRDs (config/crd/bases), vendored
+# so the test needs nothing outside the repo; test_vendored_crd_matches_the_shared_copy
+# keeps them honest.
 CRDS = Path(__file__).resolve().parent / "crds"
 SHARED_CRDS = REPO.parent / "shared" / "k8s-schemas"
 RELEASE, NAMESPACE = "celeriac", "celeriac"
@@ -42,6 +44,7 @@ SECRET_ENV = {
     "CELERIAC_REDIS_URL": "rediss://:token@redis.internal:6379/1?ssl_cert_reqs=required",
     "CELERIAC_AUTH__JWT_HS256_SECRET": "x" * 48,
     "CELERIAC_AUTH__API_KEY_PEPPER": "y" * 48,
+    "CELERIAC_API__METRICS_TOKEN": "m" * 48,
 }
 POOLS = {pool.value for pool in Pool}
 
@@ -117,7 +120,7 @@ def test_helm_lint_is_clean() -> None:
 def test_core_objects_validate_against_the_kubernetes_schemas(
     objects: list[dict[str, Any]], kube_version: str
 ) -> None:
-    core = [o for o in objects if not o["apiVersion"].startswith("keda.sh/")]
+    core = [o for o in objects if not o["apiVersion"].startswith(("keda.sh/", "external-"))]
     assert {o["kind"] for o in core} >= {
         "ConfigMap", "Deployment", "Job", "NetworkPolicy", "PodDisruptionBudget", "Service",
         "ServiceAccount",
@@ -156,7 +159,7 @@ def _crd_schema(kind: str, version: str) -> dict[str, Any]:
 
 def test_keda_objects_validate_against_the_crd_schemas(objects: list[dict[str, Any]]) -> None:
     keda = [o for o in objects if o["apiVersion"].startswith("keda.sh/")]
-    assert {o["kind"] for o in keda} == {"ScaledObject"}
+    assert {o["kind"] for o in keda} == {"ScaledObject", "TriggerAuthentication"}
     for obj in keda:
         schema = _crd_schema(obj["kind"], obj["apiVersion"].split("/")[1])
         jsonschema.Draft7Validator(schema).validate(obj)
@@ -173,8 +176,11 @@ def test_the_strict_crd_schema_refuses_what_keda_would_refuse() -> None:
         assert not schema.is_valid(bad)
 
 
-def test_vendored_crd_matches_the_shared_copy() -> None:
-    shared = SHARED_CRDS / "keda.sh_scaledobjects.yaml"
+@pytest.mark.parametrize(
+    "name", ["keda.sh_scaledobjects.yaml", "keda.sh_triggerauthentications.yaml"]
+)
+def test_vendored_crd_matches_the_shared_copy(name: str) -> None:
+    shared = SHARED_CRDS / name
     if not shared.exists():
         pytest.skip(f"{shared} is not on this machine")
     assert (CRDS / shared.name).read_bytes() == shared.read_bytes()
@@ -189,13 +195,31 @@ def _container_env(obj: dict[str, Any], objects: list[dict[str, Any]]) -> dict[s
     config_maps = of_kind(objects, "ConfigMap")
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
-        if "configMapRef" in source:
-            env |= config_maps[source["configMapRef"]["name"]]["data"]
+        assert set(source) == {"configMapRef"}  # secrets come key by key, never whole
+        env |= config_maps[source["configMapRef"]["name"]]["data"]
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+            continue
+        ref = item["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "celeriac-env" and ref["key"] == item["name"]
+        if ref["key"] in SECRET_ENV:
+            env[item["name"]] = SECRET_ENV[ref["key"]]
         else:
-            assert source["secretRef"]["name"] == "celeriac-env"
-            env |= SECRET_ENV
-    env |= {item["name"]: item["value"] for item in container.get("env", [])}
+            assert ref.get("optional") is True, ref  # the Secret need not hold it
     return env
+
+
+def _secret_keys(obj: dict[str, Any]) -> dict[str, bool]:
+    """The Secret keys a pod's container reads, each with whether it is required."""
+    (container,) = obj["spec"]["template"]["spec"]["containers"]
+    return {
+        item["valueFrom"]["secretKeyRef"]["key"]: not item["valueFrom"]["secretKeyRef"].get(
+            "optional", False
+        )
+        for item in container.get("env", [])
+        if "valueFrom" in item
+    }
 
 
 def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -231,7 +255,8 @@ def test_one_worker_deployment_per_pool_with_its_own_scaled_object(
     scaled = {
         o["spec"]["scaleTargetRef"]["name"]: o for o in of_kind(objects, "ScaledObject").values()
     }
-    service = of_kind(objects, "Service")[f"{RELEASE}-api"]
+    service = of_kind(objects, "Service")[f"{RELEASE}-api-ops"]
+    (auth,) = of_kind(objects, "TriggerAuthentication").values()
     (backlog_route,) = [r.path for r in metrics_router.routes]
     for pool, deployment in deployments.items():
         assert "replicas" not in deployment["spec"]  # KEDA's HPA owns the count
@@ -245,8 +270,12 @@ def test_one_worker_deployment_per_pool_with_its_own_scaled_object(
             f"http://{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local:"
             f"{service['spec']['ports'][0]['port']}{backlog_route}"
         )
+        assert meta["authMode"] == "bearer"
+        assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
         assert int(meta["targetValue"]) >= 1
         assert so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
+        # A failed metrics read keeps a busy pool's replicas instead of cutting it to 2.
+        assert so["spec"]["fallback"]["behavior"] == "currentReplicasIfHigher"
     assert scaled[f"{RELEASE}-worker-orchestration"]["spec"]["minReplicaCount"] >= 1
 
 
@@ -296,7 +325,8 @@ def test_migrations_run_as_a_hook_before_install_and_upgrade(
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["command"] + container["args"] == ["celeriac", "migrate"]
     # It cannot use what a pre-install hook runs before: the ConfigMap, the ServiceAccount.
-    assert all("configMapRef" not in s for s in container["envFrom"])
+    assert "envFrom" not in container
+    assert set(_secret_keys(job)) == {"CELERIAC_DATABASE_URL", "CELERIAC_SENTRY_DSN"}
     assert "serviceAccountName" not in job["spec"]["template"]["spec"]
 
 
@@ -354,7 +384,9 @@ def test_a_chart_made_secret_is_a_hook_the_migration_can_read(
     assert int(job["metadata"]["annotations"]["helm.sh/hook-weight"]) > -10
     for obj in (o for o in objects if o["kind"] in {"Deployment", "Job"}):
         (container,) = obj["spec"]["template"]["spec"]["containers"]
-        assert {"secretRef": {"name": f"{RELEASE}-secrets"}} in container["envFrom"]
+        names = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
+                 if "valueFrom" in e}  # fmt: skip
+        assert names == {f"{RELEASE}-secrets"}
     kubernetes_validate.validate(secret, KUBE_VERSIONS[0], strict=True)
 
 
@@ -407,3 +439,162 @@ def test_checkov_finds_nothing_that_is_not_skipped_with_a_reason(
                 check = value.split("=", 1)[0]
                 resource = f"{obj['kind']}.{NAMESPACE}.{obj['metadata']['name']}"
                 assert (check, resource) in used, (check, resource)
+
+
+# --- health, rollout, network, secrets per component --------------------------------------
+
+
+def test_workers_and_beat_probe_the_heartbeat_their_process_writes(
+    objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    by_name = {pool: deployment for pool, deployment in workers(objects).items()}
+    by_name["beat"] = of_kind(objects, "Deployment")[f"{RELEASE}-beat"]
+    assert set(by_name) == POOLS | {"beat"}
+    for name, deployment in by_name.items():
+        settings = _settings_from(_container_env(deployment, objects), monkeypatch)
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        expected = heartbeat_path(settings, name)
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            command = container[probe]["exec"]["command"]
+            assert command[:2] == ["celeriac-alive", str(expected)], (name, probe)
+            # The file must be able to age past several heartbeats before a probe fails.
+            assert int(command[2]) >= 3 * settings.workers.heartbeat_seconds
+        assert container["livenessProbe"]["failureThreshold"] >= 2
+    compute = by_name["compute"]["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert compute["periodSeconds"] * compute["failureThreshold"] >= 180  # imports first
+
+
+def test_rollouts_keep_every_replica_and_spread_across_zones(
+    objects: list[dict[str, Any]],
+) -> None:
+    for pool, deployment in workers(objects).items():
+        strategy = deployment["spec"]["strategy"]
+        assert strategy["type"] == "RollingUpdate", pool
+        assert strategy["rollingUpdate"]["maxUnavailable"] == 0, pool
+    for deployment in [
+        *workers(objects).values(),
+        of_kind(objects, "Deployment")[f"{RELEASE}-api"],
+    ]:
+        pod = deployment["spec"]["template"]
+        zone = [c for c in pod["spec"]["topologySpreadConstraints"]
+                if c["topologyKey"] == "topology.kubernetes.io/zone"]  # fmt: skip
+        assert (
+            zone
+            and zone[0]["labelSelector"]["matchLabels"]
+            == (deployment["spec"]["selector"]["matchLabels"])
+        )
+    compute = workers(objects)["compute"]["spec"]["template"]["metadata"]["annotations"]
+    assert compute["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    for pool in POOLS - {"compute"}:
+        annotations = workers(objects)[pool]["spec"]["template"]["metadata"]["annotations"]
+        assert "cluster-autoscaler.kubernetes.io/safe-to-evict" not in annotations
+
+
+def test_the_api_waits_before_it_stops(objects: list[dict[str, Any]]) -> None:
+    api = of_kind(objects, "Deployment")[f"{RELEASE}-api"]["spec"]["template"]["spec"]
+    (container,) = api["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and 0 < int(command[1]) < api["terminationGracePeriodSeconds"]
+
+
+def test_phase_one_of_an_upgrade_needs_the_running_api() -> None:
+    # Offline there is no cluster to look the running API up in: refused, never rendered
+    # with a half-empty API.
+    with pytest.raises(helm.HelmError, match=r"upgrade\.phase=workers"):
+        render({"upgrade": {"phase": "workers"}})
+
+
+def test_the_backlog_port_admits_only_keda_and_ignores_readiness(
+    objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = of_kind(objects, "Deployment")[f"{RELEASE}-api"]
+    settings = _settings_from(_container_env(api, objects), monkeypatch)
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["ops"] == settings.api.ops_port and ports["http"] == settings.api.port
+    ops = of_kind(objects, "Service")[f"{RELEASE}-api-ops"]
+    assert ops["spec"]["publishNotReadyAddresses"] is True  # /readyz follows PostgreSQL
+    assert ops["spec"]["selector"] == api["spec"]["selector"]["matchLabels"]
+    assert [p["targetPort"] for p in ops["spec"]["ports"]] == ["ops"]
+    public = of_kind(objects, "Service")[f"{RELEASE}-api"]
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http"]
+    policy = of_kind(objects, "NetworkPolicy")[f"{RELEASE}-api"]
+    rules = {r["ports"][0]["port"]: r.get("from") for r in policy["spec"]["ingress"]}
+    assert rules["http"] is None  # the API's clients, from anywhere
+    assert rules["ops"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
+    ]
+    (auth,) = of_kind(objects, "TriggerAuthentication").values()
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "token", "name": "celeriac-env", "key": "CELERIAC_API__METRICS_TOKEN"}
+    ]
+
+
+def test_each_pod_gets_only_the_secrets_its_process_reads(objects: list[dict[str, Any]]) -> None:
+    api = _secret_keys(of_kind(objects, "Deployment")[f"{RELEASE}-api"])
+    assert {k for k, required in api.items() if required} == set(SECRET_ENV)
+    for deployment in [
+        *workers(objects).values(),
+        of_kind(objects, "Deployment")[f"{RELEASE}-beat"],
+    ]:
+        keys = _secret_keys(deployment)
+        assert {k for k, required in keys.items() if required} == {
+            "CELERIAC_DATABASE_URL", "CELERIAC_BROKER_URL", "CELERIAC_REDIS_URL"
+        }  # fmt: skip
+        assert not {"CELERIAC_AUTH__JWT_HS256_SECRET", "CELERIAC_AUTH__API_KEY_PEPPER",
+                    "CELERIAC_API__METRICS_TOKEN"} & set(keys)  # fmt: skip
+
+
+EXTERNAL = {
+    "secrets": {"existingSecret": ""},
+    "externalSecrets": {
+        "enabled": True,
+        "databaseSecret": "celeriac/prod/app-db",
+        "keys": {
+            name: {"key": f"celeriac/prod/{name.lower()}"}
+            for name in SECRET_ENV
+            if name != "CELERIAC_DATABASE_URL"
+        },
+    },
+}
+
+
+def test_external_secrets_give_each_component_its_own_secret_and_restart_on_rotation() -> None:
+    objects = render(EXTERNAL)
+    external = of_kind(objects, "ExternalSecret")
+    assert set(external) == {f"{RELEASE}-api", f"{RELEASE}-workers", f"{RELEASE}-migrate"}
+    assert of_kind(objects, "Secret") == {}
+    for name, obj in external.items():
+        assert obj["apiVersion"] == "external-secrets.io/v1"
+        assert obj["spec"]["target"]["name"] == name
+        # The hook is recreated at each upgrade: the Secret must outlive it.
+        assert obj["spec"]["target"]["creationPolicy"] == "Orphan"
+        assert "pre-install" in obj["metadata"]["annotations"]["helm.sh/hook"]  # before migrate
+        url = obj["spec"]["target"]["template"]["data"]["CELERIAC_DATABASE_URL"]
+        assert "{{ .db_password | urlquery }}" in url and "sslmode=verify-full" in url
+    fetched = {o["metadata"]["name"]: {d["secretKey"] for d in o["spec"]["data"]}
+               for o in external.values()}  # fmt: skip
+    assert "CELERIAC_AUTH__API_KEY_PEPPER" in fetched[f"{RELEASE}-api"]
+    assert "CELERIAC_AUTH__API_KEY_PEPPER" not in fetched[f"{RELEASE}-workers"]
+    db_fields = ("username", "password", "host", "port", "dbname")
+    assert fetched[f"{RELEASE}-migrate"] == {f"db_{f}" for f in db_fields}
+    for pool, deployment in workers(objects).items():
+        annotations = deployment["metadata"]["annotations"]
+        assert annotations["secret.reloader.stakater.com/reload"] == f"{RELEASE}-workers", pool
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
+                if "valueFrom" in e} == {f"{RELEASE}-workers"}  # fmt: skip
+    (auth,) = of_kind(objects, "TriggerAuthentication").values()
+    assert auth["spec"]["secretTargetRef"][0]["name"] == f"{RELEASE}-api"
+    for obj in objects:
+        if not obj["apiVersion"].startswith(("keda.sh/", "external-")):
+            kubernetes_validate.validate(obj, KUBE_VERSIONS[0], strict=True)
+
+
+def test_external_secrets_refuse_a_missing_key() -> None:
+    values = copy.deepcopy(EXTERNAL)
+    del values["externalSecrets"]["keys"]["CELERIAC_AUTH__JWT_HS256_SECRET"]
+    with pytest.raises(
+        helm.HelmError, match=r"externalSecrets\.keys\.CELERIAC_AUTH__JWT_HS256_SECRET"
+    ):
+        render(values)

@@ -104,7 +104,9 @@ def test_every_reference_points_at_a_declaration(module: Module) -> None:
         assert name in module.locals, f"local.{name}"
     for type_, name in set(re.findall(r"\bdata\.(\w+)\.(\w+)", text)):
         assert (type_, name) in module.data, f"data.{type_}.{name}"
-    for type_, name in set(re.findall(r"(?<![.\w])((?:aws|random|helm)_\w+)\.(\w+)", text)):
+    for type_, name in set(
+        re.findall(r"(?<![.\w])((?:aws|random|helm|postgresql)_\w+)\.(\w+)", text)
+    ):
         assert (type_, name) in module.resources, f"{type_}.{name}"
     declared = set(re.findall(r"\bvariable\s+\"(\w+)\"", text))
     unused = declared - set(re.findall(r"\bvar\.(\w+)", text))
@@ -238,6 +240,86 @@ def test_keda_is_installed_at_the_version_the_chart_is_validated_against(
     assert keda["chart"] == "keda" and "kedacore" in keda["repository"]
     version = module.variables["keda_chart_version"]["default"]
     assert keda["version"] == "${var.keda_chart_version}" and version.startswith("2.20.")
+
+
+# --- the operations baseline --------------------------------------------------------------
+
+
+def test_the_platform_connects_as_an_application_role_whose_secret_the_chart_reads(
+    module: Module,
+) -> None:
+    role = module.variables["app_db_role"]["default"]
+    master = module.resources[("aws_db_instance", "this")]["username"]
+    assert role != master
+    secret = module.resources[("aws_secretsmanager_secret_version", "app_db")]["secret_string"]
+    fields = set(re.findall(r"(\w+)\s*=", secret))
+    # The chart's ExternalSecret builds CELERIAC_DATABASE_URL from these fields.
+    template = (REPO / "helm" / "celeriac" / "templates" / "externalsecrets.yaml").read_text()
+    (listed,) = re.findall(r'range \$field := list ((?:"\w+" ?)+)', template)
+    assert set(re.findall(r'"(\w+)"', listed)) <= fields
+    assert "username = var.app_db_role" in secret
+    assert module.resources[("postgresql_role", "app")]["name"] == "${var.app_db_role}"
+    grants = {module.resources[("postgresql_grant", n)]["object_type"] for n in
+              ("app_database", "app_schema")}  # fmt: skip
+    assert grants == {"database", "schema"}
+    # Rotation with alternating users: the old password still works until the next
+    # rotation, while External Secrets and Reloader roll the pods onto the new one.
+    assert "multi-user" in module.variables["app_db_rotation_lambda_arn"]["description"]
+
+
+def test_the_cache_has_its_own_redis_that_may_evict_what_expires(module: Module) -> None:
+    cache = module.resources[("aws_elasticache_replication_group", "cache")]
+    broker = module.resources[("aws_elasticache_replication_group", "this")]
+    assert cache["replication_group_id"] != broker["replication_group_id"]
+    assert cache["transit_encryption_enabled"] is True and cache["auth_token"]
+    params = module.resources[("aws_elasticache_parameter_group", "cache")]["parameter"]
+    assert {p["name"]: p["value"] for p in params}["maxmemory-policy"] == "volatile-lru"
+    urls = module.resources[("aws_secretsmanager_secret_version", "redis")]["secret_string"]
+    assert "aws_elasticache_replication_group.cache.primary_endpoint_address" in urls
+
+
+def test_cloudwatch_alarms_cover_the_database_and_both_redis(module: Module) -> None:
+    alarms = {name: body for (type_, name), body in module.resources.items()
+              if type_ == "aws_cloudwatch_metric_alarm"}  # fmt: skip
+    metrics = {(a["namespace"], a["metric_name"]) for a in alarms.values()}
+    assert metrics == {
+        ("AWS/RDS", "CPUUtilization"), ("AWS/RDS", "FreeStorageSpace"),
+        ("AWS/RDS", "DatabaseConnections"),
+        ("AWS/ElastiCache", "DatabaseMemoryUsagePercentage"), ("AWS/ElastiCache", "Evictions"),
+        ("AWS/ElastiCache", "ReplicationLag"),
+    }  # fmt: skip
+    for name, alarm in alarms.items():
+        assert alarm["alarm_actions"] == "${local.alarm_actions}", name
+        if alarm["namespace"] == "AWS/ElastiCache":
+            assert alarm["for_each"] == "${local.redis_nodes}", name  # every node of both
+    assert module.resources[("aws_sns_topic", "alarms")]["kms_master_key_id"]
+
+
+def test_state_lives_in_s3_with_a_dynamodb_lock(module: Module) -> None:
+    assert re.search(r'backend\s+"s3"', module.text)
+    state = hcl2.loads((TERRAFORM / "state" / "main.tf").read_text(), serialization_options=PARSE)
+    resources = {(t, n): body for block in state["resource"] for t, named in block.items()
+                 for n, body in named.items()}  # fmt: skip
+    versioning = resources[("aws_s3_bucket_versioning", "state")]["versioning_configuration"]
+    assert versioning[0]["status"] == "Enabled"
+    assert ("aws_s3_bucket_public_access_block", "state") in resources
+    locks = resources[("aws_dynamodb_table", "locks")]
+    assert locks["hash_key"] == "LockID" and locks["point_in_time_recovery"][0]["enabled"]
+
+
+def test_ecr_and_the_optional_rds_proxy(module: Module) -> None:
+    ecr = module.resources[("aws_ecr_repository", "celeriac")]
+    assert ecr["image_tag_mutability"] == "IMMUTABLE"
+    assert ecr["image_scanning_configuration"][0]["scan_on_push"] is True
+    proxy = module.resources[("aws_db_proxy", "this")]
+    assert proxy["count"] == "${var.db_proxy_enabled ? 1 : 0}"
+    assert module.variables["db_proxy_enabled"]["default"] is False
+    assert proxy["require_tls"] is True
+    assert proxy["auth"][0]["secret_arn"] == "${aws_secretsmanager_secret.app_db.arn}"
+    pool = module.resources[("aws_db_proxy_default_target_group", "this")]
+    assert pool["connection_pool_config"][0]["max_connections_percent"] == (
+        "${var.db_proxy_max_connections_percent}"
+    )
 
 
 # --- checkov ------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,11 +94,59 @@ def test_set_quotas_overrides_the_plan_and_says_what_is_wrong(var_dir: Path) -> 
 def test_admin_token_verifies_with_the_same_settings(
     var_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("CELERIAC_VAR_DIR", str(var_dir))
+    settings = load_settings()  # the instance's secrets, as `celeriac up` makes them
     result = run_celeriac(var_dir, "admin", "token", "--role", "billing", "--subject", "ops")
     assert result.returncode == 0, result.stderr
-    monkeypatch.setenv("CELERIAC_VAR_DIR", str(var_dir))
-    principal = verify_token(load_settings(), result.stdout.strip())
+    principal = verify_token(settings, result.stdout.strip())
     assert (principal.subject, principal.role) == ("ops", Role.BILLING)
 
     wrong = run_celeriac(var_dir, "admin", "token", "--role", "root")
     assert wrong.returncode == 1 and "--role must be one of" in wrong.stderr
+
+
+def _time_wait_on(port: int) -> None:
+    """Leave a connection of ``port`` in TIME_WAIT, as a crashed API leaves its own: the
+    server side closes first."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(1)
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()  # the active close: this side of the connection enters TIME_WAIT
+        client.recv(1)
+        client.close()
+
+
+def test_api_restarts_at_once_over_connections_in_time_wait(var_dir: Path) -> None:
+    from celeriac.platform.cli import CommandError, _ensure_port_free
+
+    from support import free_port
+
+    port = free_port()
+    _time_wait_on(port)
+    _ensure_port_free("127.0.0.1", port)  # TIME_WAIT does not hold the port
+    with socket.socket() as holder:  # a listener does
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        holder.bind(("127.0.0.1", port))
+        holder.listen(1)
+        with pytest.raises(CommandError, match=f"port {port} on 127.0.0.1 is in use"):
+            _ensure_port_free("127.0.0.1", port)
+
+
+def test_admin_token_elsewhere_refuses_instead_of_inventing_secrets(tmp_path: Path) -> None:
+    from support import celeriac_env
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = celeriac_env(tmp_path / "var")
+    del env["CELERIAC_VAR_DIR"]  # the default, ./var of the current directory
+    result = subprocess.run(
+        [sys.executable, "-m", "celeriac.platform.cli", "admin", "token"],
+        env=env, cwd=elsewhere, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout
+    assert "no Celeriac instance here" in result.stderr and "CELERIAC_VAR_DIR" in result.stderr
+    assert result.stdout == ""
+    assert list(elsewhere.iterdir()) == []  # no var/, no new secrets

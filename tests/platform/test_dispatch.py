@@ -1,17 +1,20 @@
-"""Fair dispatch on the real Redis broker: band first, round-robin across tenants, only
-as deep as the pool's live slots, suspended tenants held back, lost ring entries found."""
+"""Fair dispatch on the real Redis broker: tenants first (weighted round-robin), then the
+tenant's highest band (with aging), only as deep as the pool's live slots, suspended
+tenants held back, lost ring entries and weights repaired, no state kept for idle
+tenants."""
 
 from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 import redis
 from celery import Celery
 
-from celeriac.platform.dispatch import FairDispatcher
+from celeriac.platform.dispatch import AGE_LIMIT, FairDispatcher
 from celeriac.platform.models import Priority
 from celeriac.platform.queues import Pool, queue_for
 
@@ -74,6 +77,96 @@ def test_high_band_before_normal_before_low(broker: tuple) -> None:
         "high-0", "high-1", "high-2", "normal-0", "normal-1", "normal-2",
         "low-0", "low-1", "low-2",
     ]  # fmt: skip
+
+
+def test_a_tenant_flooding_high_does_not_hold_up_another_tenants_normal(broker: tuple) -> None:
+    app, dispatcher, client = broker
+    for i in range(2000):
+        _publish(app, "noisy", "high", f"noisy-{i}")
+    dispatcher.register_capacity(Pool.COMPUTE, "worker-1", 4)
+    dispatcher.release(Pool.COMPUTE, [queue_for(Pool.COMPUTE, "high", "noisy")])
+    for band in ("normal", "low"):
+        _publish(app, "quiet", band, f"quiet-{band}")
+    dispatcher.release(Pool.COMPUTE, [queue_for(Pool.COMPUTE, b, "quiet")
+                                      for b in ("normal", "low")])  # fmt: skip
+    order = _drain(client, dispatcher)
+    # Behind the 4 already released; then the quiet tenant's turns alternate with the
+    # noisy one's: its normal first (its own highest band), its low one turn later.
+    assert order.index("quiet-normal") == 4
+    assert order.index("quiet-low") == 6
+
+
+def test_weights_share_the_slots(broker: tuple) -> None:
+    app, dispatcher, client = broker
+    weights = {"free": 1, "pro": 2, "ent": 4}
+    for tenant, weight in weights.items():
+        dispatcher.set_weight(tenant, weight)
+        for i in range(1000):
+            _publish(app, tenant, "normal", f"{tenant}-{i}")
+    dispatcher.release(Pool.COMPUTE, [queue_for(Pool.COMPUTE, "normal", t) for t in weights])
+    order = _drain(client, dispatcher)
+    # While all three have a backlog (the first 1,750 tasks: 1,000 of ent's), exactly
+    # 1:2:4, turn by turn.
+    shares = Counter(label.split("-")[0] for label in order[:1750])
+    assert shares == {"free": 250, "pro": 500, "ent": 1000}
+    assert order[:7] == ["free-0", "pro-0", "pro-1", "ent-0", "ent-1", "ent-2", "ent-3"]
+
+
+def test_a_weight_change_applies_from_the_next_turn(broker: tuple) -> None:
+    app, dispatcher, client = broker
+    for tenant in ("aaa", "bbb"):
+        for i in range(20):
+            _publish(app, tenant, "normal", f"{tenant}-{i}")
+    dispatcher.release(Pool.COMPUTE, [queue_for(Pool.COMPUTE, "normal", t) for t in ("aaa", "bbb")])
+    first = [_take(client) for _ in range(1)]
+    dispatcher.set_weight("bbb", 3)
+    dispatcher.release(Pool.COMPUTE)
+    order = first + _drain(client, dispatcher)
+    assert order[:6] == ["aaa-0", "bbb-0", "bbb-1", "bbb-2", "aaa-1", "bbb-3"]
+
+
+def test_sync_weights_repairs_a_lost_hash(broker: tuple) -> None:
+    _, dispatcher, client = broker
+    dispatcher.set_weight("gone", 3)
+    client.delete("celeriac:weights")  # a Redis restart
+    assert dispatcher.sync_weights({"pro": 2, "ent": 4, "free": 1}) == 2
+    assert dispatcher.weights() == {"pro": 2, "ent": 4}
+    assert dispatcher.sync_weights({"pro": 2}) == 1
+    assert dispatcher.weights() == {"pro": 2}
+    assert dispatcher.sync_weights({"pro": 2}) == 0
+
+
+def test_aging_releases_low_under_a_permanent_high_flood_of_its_tenant(broker: tuple) -> None:
+    app, dispatcher, client = broker
+    _publish(app, "acme", "low", "low-0")
+    _publish(app, "acme", "normal", "normal-0")
+    dispatcher.release(Pool.COMPUTE)
+    queues = [queue_for(Pool.COMPUTE, b, "acme") for b in ("high", "normal", "low")]
+    order: list[str] = []
+    for i in range(3 * AGE_LIMIT):
+        # The flood never ends: a new high task arrives for every one that goes.
+        _publish(app, "acme", "high", f"high-{i}")
+        dispatcher.release(Pool.COMPUTE, queues)
+        order.append(_take(client) or "")
+    assert order.index("low-0") <= AGE_LIMIT + 1
+    assert order.index("normal-0") <= AGE_LIMIT + 2
+    assert sum(label.startswith("high") for label in order) >= 3 * AGE_LIMIT - 2
+
+
+def test_idle_tenants_leave_no_state(broker: tuple) -> None:
+    app, dispatcher, client = broker
+    for tenant in ("aaa", "bbb"):
+        for band in ("high", "normal", "low"):
+            for i in range(AGE_LIMIT):
+                _publish(app, tenant, band, f"{tenant}-{band}-{i}")
+    dispatcher.set_weight("bbb", 2)
+    dispatcher.release(Pool.COMPUTE, [queue_for(Pool.COMPUTE, b, t) for t in ("aaa", "bbb")
+                                      for b in ("high", "normal", "low")])  # fmt: skip
+    assert len(_drain(client, dispatcher)) == 6 * AGE_LIMIT
+    dispatcher.release(Pool.COMPUTE)
+    left = {key.decode() for key in client.scan_iter(match="celeriac:fair-*")}
+    assert left == set()
+    assert dispatcher.weights() == {"bbb": 2}  # the configuration stays
 
 
 def test_round_robin_across_tenants_within_a_band(broker: tuple) -> None:

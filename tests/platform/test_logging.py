@@ -49,3 +49,27 @@ def test_exceptions_stay_on_one_line(captured: io.StringIO) -> None:
         logging.getLogger("celeriac.test").exception("failed")
     (line,) = _lines(captured)
     assert "RuntimeError: boom" in str(line["exc_info"])
+
+
+@pytest.mark.parametrize(("level", "shown"), [("INFO", False), ("DEBUG", True)])
+def test_beats_housekeeping_lines_are_debug(
+    capfd: pytest.CaptureFixture[str], level: str, shown: bool
+) -> None:
+    from celeriac.platform.logging import configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging(level)
+        beat = logging.getLogger("celery.beat")
+        beat.info("Scheduler: Sending due task %s (%s)", "release", "celeriac.x.release")
+        beat.info("beat: Starting...")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
+    messages = {line["message"]: line["level"] for line in lines}
+    assert messages.get("beat: Starting...") == "INFO"
+    assert ("Scheduler: Sending due task release (celeriac.x.release)" in messages) is shown
+    if shown:
+        assert messages["Scheduler: Sending due task release (celeriac.x.release)"] == "DEBUG"

@@ -92,7 +92,8 @@ def test_quota_routes_check_roles_and_tenants(
     assert client.get(unknown, headers=admin_headers).status_code == 404
     assert client.put(unknown, json={}, headers=admin_headers).status_code == 404
     client.delete(f"/v1/admin/tenants/{tenant.id}", headers=admin_headers)
-    assert client.put(_quotas_path(tenant), json={}, headers=admin_headers).status_code == 409
+    # a deleted tenant's sub-resources are gone (test_bad_input: one rule for all of them)
+    assert client.put(_quotas_path(tenant), json={}, headers=admin_headers).status_code == 404
 
 
 def test_a_tenant_reads_its_limits_and_use(
@@ -284,3 +285,49 @@ def test_a_submission_that_fails_gives_its_monthly_reservation_back(
                        headers=tenant.headers)  # fmt: skip
     assert over.status_code == 429 and over.json()["policy"] == "jobs-monthly"
     assert _job_count() == 1
+
+
+def test_dispatch_weight_follows_the_plan_and_an_admin_override_reaches_the_dispatcher(
+    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    admin_headers: dict[str, str], api_settings: Settings,
+) -> None:  # fmt: skip
+    from celeriac.platform.dispatch import get_dispatcher
+    from celeriac.platform.quotas.weights import sync_weights
+
+    dispatcher = get_dispatcher()
+    assert dispatcher is not None
+    tenant = make_tenant("weighty")
+    path = _quotas_path(tenant)
+    assert client.get(path, headers=admin_headers).json()["limits"]["dispatch_weight"] == 1
+    assert dispatcher.weights() == {}  # the free plan's weight is the default
+
+    moved = client.patch(f"/v1/admin/tenants/{tenant.id}", json={"plan": "enterprise"},
+                         headers=admin_headers)  # fmt: skip
+    assert moved.status_code == 200, moved.text
+    assert dispatcher.weights() == {"weighty": 4}
+
+    put = client.put(path, json={"dispatch_weight": 7}, headers=admin_headers)
+    assert put.status_code == 200, put.text
+    assert put.json()["limits"]["dispatch_weight"] == 7
+    assert put.json()["plan_defaults"]["dispatch_weight"] == 4
+    assert dispatcher.weights() == {"weighty": 7}
+    with get_sessionmaker()() as session:
+        entry = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "tenant.quotas.update")
+        ).one()
+    assert entry.details["before"]["dispatch_weight"] is None
+    assert entry.details["after"]["dispatch_weight"] == 7
+
+    for bad in (0, 101, "heavy"):
+        refused = client.put(path, json={"dispatch_weight": bad}, headers=admin_headers)
+        assert refused.status_code == 422
+        assert refused.headers["content-type"] == "application/problem+json"
+    assert dispatcher.weights() == {"weighty": 7}  # a refused change changes nothing
+
+    # A Redis restart loses the hash: the reconciler's sync rewrites it from the database.
+    dispatcher.client.delete("celeriac:weights")
+    assert sync_weights() == 1
+    assert dispatcher.weights() == {"weighty": 7}
+
+    assert client.put(path, json={}, headers=admin_headers).status_code == 200
+    assert dispatcher.weights() == {"weighty": 4}  # back to the plan's

@@ -219,6 +219,41 @@ def test_no_record_content_in_broker_redis_database_or_logs(
         assert content and not _found(content), f"marker in {log.name}"
 
 
+def test_a_task_failing_on_a_marked_value_keeps_it_out_of_the_database_and_logs(
+    api: httpx.Client, workers: Workers, api_settings: Settings, var_dir: Path
+) -> None:
+    """A plugin whose exception quotes a record's value (pandas' "could not convert string
+    to float: '...'"): the tenant reads the message in its job, the database holds it
+    only encrypted, and no process logs it."""
+    admin = {"Authorization": f"Bearer {mint_token(api_settings, 'ops@test', Role.ADMIN)}"}
+    tenant = api.post("/v1/admin/tenants", json={"slug": "failing", "name": "F"}, headers=admin)
+    assert tenant.status_code == 201, tenant.text
+    key = api.post(f"/v1/admin/tenants/{tenant.json()['id']}/keys", headers=admin,
+                   json={"scopes": ["jobs:write", "jobs:read"]}).json()["key"]  # fmt: skip
+    headers = {"Authorization": f"Bearer {key}"}
+    pipeline = {"datasets": [{"name": "tabular"}],
+                "analyzers": [{"name": "summary"}, {"name": "chaos_cast"}]}  # fmt: skip
+    submitted = api.post("/v1/jobs", json={"pipeline": pipeline, "records": RECORDS},
+                         headers=headers)  # fmt: skip
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+
+    def final() -> dict[str, object] | None:
+        job: dict[str, object] = api.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        return job if job["state"] in ("succeeded", "partial", "failed") else None
+
+    job = wait_until(final, 180, f"job {job_id} to end", every=0.2)
+    assert job["state"] == "partial", (job, workers.log("compute")[-3000:])
+    (failure,) = job["errors"]  # type: ignore[misc]
+    assert failure["plugin"] == "chaos_cast"
+    assert "could not convert string to float" in failure["error"] and MARKER in failure["error"]
+    assert _database_hits() == []
+    for log in sorted(var_dir.glob("*.log")):
+        content = log.read_bytes()
+        assert not _found(content), f"marker in {log.name}"
+    assert "compute task failed: ValueError" in workers.log("compute")
+
+
 @pytest.mark.parametrize("prefix", ["", "x", "xy", '[[], {"text": "'])
 def test_the_scan_finds_the_marker_in_a_celery_message_body(prefix: str) -> None:
     """The scanner's own check: a marker inside a base64 message body, at any alignment,

@@ -1,15 +1,21 @@
-"""The scheduling contract with a real compute worker on real Redis: a tenant's backlog
-does not hold up another tenant, and within a tenant high runs before normal before low."""
+"""The scheduling contract with a real compute worker on real Redis: a tenant's backlog,
+even of ``high`` work, does not hold up another tenant; tenants share the slots by their
+plans' weights; within a tenant high runs before normal before low, and aging lets its low
+work through a permanent flood of its own high work."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 import pytest
 from celery import Celery
+from conftest import TenantFixture
+from fastapi.testclient import TestClient
 
+from celeriac.platform.dispatch import AGE_LIMIT
 from celeriac.platform.queues import Pool, TaskName
 from celeriac.platform.settings import Settings
 from celeriac.platform.tasks import Publication, Publisher, celery_config
@@ -85,3 +91,69 @@ def test_high_before_normal_before_low_within_a_tenant(
         "low-0",
         "low-1",
     ]
+
+
+def test_a_tenant_flooding_high_does_not_hold_up_another_tenants_normal(
+    app: Celery, compute_worker: Workers
+) -> None:
+    _flood(app, "noisy", "high", 300, work_ms=20)
+    wait_until(lambda: len(_started(compute_worker)) >= 5, 60, "the flood to start")
+    already = len(_started(compute_worker))
+    _noop(app, "quiet", "normal", "quiet")
+    wait_until(lambda: "quiet" in _started(compute_worker), 60, "the quiet task")
+    order = _started(compute_worker)
+    # The noisy tenant's high work is high only against its own: the quiet tenant's normal
+    # task starts within a few task slots, not after the 300 high ones.
+    overtaken_by = order.index("quiet") - already
+    assert overtaken_by <= 3, order[already - 2 : already + 10]
+
+
+def test_plans_weights_share_the_slots(
+    app: Celery, compute_worker: Workers, client: TestClient,
+    make_tenant: Callable[..., TenantFixture], admin_headers: dict[str, str],
+) -> None:  # fmt: skip
+    plans = {"free": 1, "pro": 2, "enterprise": 4}
+    for plan in plans:
+        tenant = make_tenant(f"plan-{plan}")
+        if plan != "free":
+            changed = client.patch(f"/v1/admin/tenants/{tenant.id}", json={"plan": plan},
+                                   headers=admin_headers)  # fmt: skip
+            assert changed.status_code == 200, changed.text
+    per_tenant = 1000
+    Publisher(app).publish_many([
+        Publication(TaskName.NOOP, "normal", f"plan-{plan}",
+                    {"label": f"{plan}-{i}", "sent_at": time.time()})
+        for i in range(per_tenant) for plan in plans
+    ])  # fmt: skip
+    # Every tenant has a backlog until enterprise's runs out, after 1,750 starts.
+    window = 1700
+    wait_until(lambda: len(_started(compute_worker)) >= window, 180, "the backlogs to run")
+    shares = Counter(label.split("-")[0] for label in _started(compute_worker)[:window])
+    total_weight = sum(plans.values())
+    for plan, weight in plans.items():
+        expected = window * weight / total_weight
+        assert abs(shares[plan] - expected) <= 0.1 * expected, shares
+
+
+def test_aging_lets_low_through_a_permanent_high_flood_of_its_tenant(
+    app: Celery, compute_worker: Workers
+) -> None:
+    _flood(app, "acme", "high", 400, work_ms=5)
+    wait_until(lambda: len(_started(compute_worker)) >= 5, 60, "the flood to start")
+    already = len(_started(compute_worker))
+    _noop(app, "acme", "low", "low")
+    wait_until(lambda: "low" in _started(compute_worker), 60, "the low task")
+    order = _started(compute_worker)
+    # Behind at most AGE_LIMIT of its tenant's high tasks (plus those already taken), while
+    # hundreds of them are still queued.
+    assert order.index("low") - already <= AGE_LIMIT + 3, order[already:]
+    assert len(order) < 100
+
+
+def _flood(app: Celery, tenant: str, band: str, count: int, work_ms: int) -> None:
+    Publisher(app).publish_many([
+        Publication(TaskName.NOOP, band, tenant,
+                    {"label": f"{tenant}-{band}-{i}", "sent_at": time.time(),
+                     "work_ms": work_ms})
+        for i in range(count)
+    ])  # fmt: skip

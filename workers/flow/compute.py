@@ -17,7 +17,7 @@ import pandas as pd
 from sqlalchemy.orm import Session
 
 from celeriac.platform.db import transaction
-from celeriac.platform.jobs import lifecycle, payload, repository
+from celeriac.platform.jobs import lifecycle, payload, repository, task_errors
 from celeriac.platform.models import Job, JobStage, JobTask, TaskState, utcnow
 from celeriac.platform.queues import TaskName
 from celeriac.platform.storage import BlobNotFound
@@ -137,6 +137,7 @@ def finish(
     the merge). Returns whether this task moved the job to its next stage."""
     with transaction() as session:
         job = repository.touch_job(session, tenant_id, job_id)
+        error = task_errors.record(session, tenant_id, claimed.task_id, error)  # details sealed
         repository.finish_task(
             session, tenant_id, claimed.task_id, outcome, started=claimed.started_at, error=error
         )

@@ -7,12 +7,14 @@ import random
 import traceback
 from typing import Any
 
+import sentry_sdk
 from celery import Task, shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from celeriac.platform.models import TaskState
 from celeriac.platform.queues import Pool, TaskName
 from celeriac.platform.settings import get_settings
+from celeriac.workers.telemetry import report_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,12 @@ def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) ->
         except Retry:
             raise
         except Exception as exc:
-            logger.warning("compute task failed", exc_info=True)
+            # The class and the frames, not the message: a plugin's message can quote a
+            # record's value (it is stored encrypted, celeriac.platform.jobs.task_errors).
+            logger.warning("compute task failed: %s\n%s", type(exc).__name__,
+                           "".join(traceback.format_tb(exc.__traceback__)).rstrip())  # fmt: skip
+            # Sentry gets it once, with its stack trace; before_send drops the message.
+            sentry_sdk.capture_exception(exc)
             outcome, error = TaskState.FAILED, _error_text(exc)
+    report_outcome(outcome.value, claimed.plugin)
     steps.finish(tenant_id, job_id, claimed, outcome, error)

@@ -8,6 +8,7 @@ from celery import shared_task
 
 from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.queues import Pool, TaskName
+from celeriac.platform.quotas.weights import sync_weights
 from celeriac.platform.tenants import destruction
 from celeriac.workers.flow import orchestration as steps
 
@@ -16,11 +17,14 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name=TaskName.RECONCILE, ignore_result=True)
 def reconcile() -> int:
-    """Rebuild the dispatcher's set of suspended tenants, re-add tenant backlogs that lost
-    their place in the fair dispatcher's rings, and re-dispatch jobs that are lost."""
+    """Rebuild the dispatcher's set of suspended tenants and its weights, re-add tenant
+    backlogs that lost their place in the fair dispatcher's ring, and re-dispatch jobs
+    that are lost."""
     suspended = steps.sync_suspended()
     dispatcher = get_dispatcher()
     moved = dispatcher.reconcile() if dispatcher is not None else 0
+    if sync_weights():
+        logger.info("dispatch weights repaired")
     redispatched = steps.reconcile()
     if moved or redispatched:
         logger.info(

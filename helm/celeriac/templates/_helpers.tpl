@@ -47,14 +47,57 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The Secret every pod reads its secret CELERIAC_* variables from. */}}
+{{/* The Secret every pod reads its secret CELERIAC_* variables from (without External
+Secrets; with it, each component has its own: celeriac.componentSecretName). */}}
 {{- define "celeriac.secretName" -}}
 {{- if .Values.secrets.existingSecret }}
 {{- .Values.secrets.existingSecret }}
 {{- else if .Values.secrets.create }}
 {{- printf "%s-secrets" (include "celeriac.fullname" .) }}
 {{- else }}
-{{- fail "set secrets.existingSecret (preferred) or secrets.create with secrets.env" }}
+{{- fail "set secrets.existingSecret (preferred), externalSecrets.enabled, or secrets.create with secrets.env" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The secret settings each component reads, and nothing else (a compute worker never gets the
+JWT secret or the key pepper). "required" keys must be in the Secret (the pod does not start
+without them); "optional" ones are passed when present. Pass the component's group:
+"api", "workers" (the pools and beat) or "migrate".
+*/}}
+{{- define "celeriac.secretKeys" -}}
+{{- $common := list "CELERIAC_DATABASE_URL" "CELERIAC_BROKER_URL" "CELERIAC_REDIS_URL" }}
+{{- $optional := list "CELERIAC_SENTRY_DSN" "CELERIAC_RESULT_BACKEND" }}
+{{- $keys := dict
+  "api" (dict "required" (concat $common (list "CELERIAC_AUTH__JWT_HS256_SECRET" "CELERIAC_AUTH__API_KEY_PEPPER" "CELERIAC_API__METRICS_TOKEN")) "optional" $optional)
+  "workers" (dict "required" $common "optional" $optional)
+  "migrate" (dict "required" (list "CELERIAC_DATABASE_URL") "optional" (list "CELERIAC_SENTRY_DSN"))
+}}
+{{- toYaml (get $keys .) }}
+{{- end }}
+
+{{/* The Secret component group .group reads: (dict "root" $ "group" "api"). */}}
+{{- define "celeriac.componentSecretName" -}}
+{{- if .root.Values.externalSecrets.enabled }}
+{{- printf "%s-%s" (include "celeriac.fullname" .root) .group }}
+{{- else }}
+{{- include "celeriac.secretName" .root }}
+{{- end }}
+{{- end }}
+
+{{/* env entries for the secret keys of group .group, each from its Secret by key. */}}
+{{- define "celeriac.secretEnv" -}}
+{{- $keys := include "celeriac.secretKeys" .group | fromYaml }}
+{{- $secret := include "celeriac.componentSecretName" . }}
+{{- range $name := $keys.required }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef: {name: {{ $secret }}, key: {{ $name }}}
+{{- end }}
+{{- range $name := $keys.optional }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef: {name: {{ $secret }}, key: {{ $name }}, optional: true}
 {{- end }}
 {{- end }}
 
@@ -100,6 +143,12 @@ platform/settings.py.
 {{- $_ := set $env (printf "CELERIAC_WORKERS__%s_CONCURRENCY" (upper $pool)) $spec.concurrency }}
 {{- end }}
 {{- end }}
+{{- if .Values.metrics.enabled }}
+{{- $_ := set $env "CELERIAC_OBSERVABILITY__METRICS_PORT" .Values.metrics.port }}
+{{- $_ := set $env "CELERIAC_OBSERVABILITY__METRICS_HOST" "0.0.0.0" }}
+{{- else }}
+{{- $_ := set $env "CELERIAC_OBSERVABILITY__METRICS_ENABLED" "false" }}
+{{- end }}
 {{- range $name, $value := .Values.config.extra }}
 {{- if not (hasPrefix "CELERIAC_" $name) }}
 {{- fail (printf "config.extra.%s: only CELERIAC_* settings belong here" $name) }}
@@ -144,22 +193,60 @@ volumes:
       sizeLimit: 64Mi
 {{- end }}
 
-{{/* Container fields shared by every Celeriac container. */}}
+{{/*
+Container fields shared by every Celeriac container: (dict "root" $ "group" "workers"),
+where the group names the secret keys the container gets (celeriac.secretKeys); an optional
+"env" dict adds settings only this container reads.
+*/}}
 {{- define "celeriac.containerCommon" -}}
-image: {{ include "celeriac.image" . | quote }}
-imagePullPolicy: {{ .Values.image.pullPolicy }}
+image: {{ include "celeriac.image" .root | quote }}
+imagePullPolicy: {{ .root.Values.image.pullPolicy }}
 securityContext:
-  {{- toYaml .Values.securityContext | nindent 2 }}
+  {{- toYaml .root.Values.securityContext | nindent 2 }}
 envFrom:
   - configMapRef:
-      name: {{ include "celeriac.fullname" . }}-config
-  - secretRef:
-      name: {{ include "celeriac.secretName" . }}
+      name: {{ include "celeriac.fullname" .root }}-config
+env:
+  {{- include "celeriac.secretEnv" . | nindent 2 }}
+  {{- range $name, $value := .env }}
+  - name: {{ $name }}
+    value: {{ $value | toString | quote }}
+  {{- end }}
 volumeMounts:
   - name: tmp
     mountPath: /tmp
   - name: var
-    mountPath: {{ include "celeriac.varDir" . }}
+    mountPath: {{ include "celeriac.varDir" .root }}
+{{- end }}
+
+{{/* Pods of one component spread across zones, then nodes: (dict "root" $ "component" "api"). */}}
+{{- define "celeriac.topologySpread" -}}
+{{- with .root.Values.topologySpread }}
+{{- if .enabled }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: topology.kubernetes.io/zone
+    whenUnsatisfiable: {{ .zoneWhenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "celeriac.selectorLabels" (dict "root" $.root "component" $.component) | nindent 8 }}
+    matchLabelKeys: [pod-template-hash]
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "celeriac.selectorLabels" (dict "root" $.root "component" $.component) | nindent 8 }}
+    matchLabelKeys: [pod-template-hash]
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Pods restart when External Secrets rotates one of their Secrets (Stakater Reloader). */}}
+{{- define "celeriac.reloadAnnotations" -}}
+{{- if and .root.Values.externalSecrets.enabled .root.Values.externalSecrets.restartOnRotation }}
+secret.reloader.stakater.com/reload: {{ include "celeriac.componentSecretName" . | quote }}
+{{- end }}
 {{- end }}
 
 {{/* Pod template annotations: roll the pods when the configuration changes. */}}

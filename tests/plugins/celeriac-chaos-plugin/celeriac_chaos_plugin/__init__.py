@@ -72,6 +72,35 @@ class Fail(Analyzer[NoParameters]):
         raise ValueError("chaos: this analyzer always fails")
 
 
+class Cast(Analyzer[NoParameters]):
+    """Casts the ``text`` column to float, as a careless plugin would: pandas' exception
+    quotes the first record's value (``could not convert string to float: '...'``)."""
+
+    name = "chaos_cast"
+    version = "0.1.0"
+    parameters = NoParameters
+    accepts = ALL_KINDS
+
+    def analyze(self, dataset: pd.DataFrame, params: NoParameters) -> dict[str, Any]:
+        return {"total": float(dataset["text"].astype(float).sum())}
+
+
+class Leak(Analyzer[NoParameters]):
+    """Fails as pandas does on a bad value: the error message quotes a record's value
+    (the Sentry tests check that it never leaves the worker)."""
+
+    name = "chaos_leak"
+    version = "0.1.0"
+    parameters = NoParameters
+    accepts = ("table",)
+
+    def analyze(self, dataset: pd.DataFrame, params: NoParameters) -> dict[str, Any]:
+        # ValueError: Unable to parse string "<the record's value>" at position 0
+        return {"sum": float(pd.to_numeric(dataset["secret"]).sum())}
+
+
 flaky = Flaky()
+cast = Cast()
+leak = Leak()
 sleep = Sleep()
 fail = Fail()
