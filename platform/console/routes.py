@@ -44,7 +44,6 @@ from celeriac.platform.jobs import payload, pipelines, service
 from celeriac.platform.jobs.routes import accept_job, check_size
 from celeriac.platform.jobs.schemas import JobOptions
 from celeriac.platform.keys import service as keys
-from celeriac.platform.keys.service import ALL_SCOPES
 from celeriac.platform.keys.tokens import key_digest, parse_key
 from celeriac.platform.models import (
     FINAL_JOB_STATES,
@@ -462,7 +461,8 @@ def resend_message(
 def _keys_context(session: SessionDep, page: TenantPage, **extra: Any) -> dict[str, Any]:
     page.ctx.require(keys.Scope.KEYS_MANAGE)
     rows, _ = keys.ApiKeyRepository(session, page.ctx).page(cursor=None, limit=100)
-    return {"keys": rows, "scopes": [str(s) for s in ALL_SCOPES], "nav": "keys",
+    # Only what the session's key holds: a key cannot grant a scope it lacks.
+    return {"keys": rows, "scopes": sorted(page.ctx.scopes), "nav": "keys",
             "own_key": page.ctx.key_id, "now": utcnow(), **extra}  # fmt: skip
 
 
