@@ -11,7 +11,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 # The Compose specification's JSON schema (tests/deploy validate docker-compose.yml with it).
 COMPOSE_SCHEMA := $(VENV)/share/compose-spec/compose_spec.json
 
-.PHONY: up test lint typecheck pytest install lock clean chaos prometheus image
+.PHONY: up test lint typecheck pytest install lock clean chaos prometheus image vendor browser
 
 # The container image (Dockerfile). Docker where an engine answers, else podman; e.g. on a
 # machine without a registry: make image PYTHON_IMAGE=localhost/base PYTHON_TAG=bookworm
@@ -62,8 +62,27 @@ up: $(STAMP)
 	@echo "make: starting $(VENV)/bin/celeriac up (it prints its progress, then a banner once every pool answers)"
 	$(VENV)/bin/celeriac up
 
+## Re-vendor the browser assets (htmx, uPlot, Swagger UI; axe-core for the tests) from
+## web/package-lock.json. The copies are committed, so `make up` needs no npm; run this
+## after changing a version in web/package.json (then `npm install --package-lock-only`).
+VENDOR_DIR := platform/console/static/vendor
+vendor:
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
+	mkdir -p $(VENDOR_DIR) tests/browser/vendor
+	cp web/node_modules/htmx.org/dist/htmx.min.js $(VENDOR_DIR)/htmx.min.js
+	cp web/node_modules/uplot/dist/uPlot.iife.min.js $(VENDOR_DIR)/uPlot.iife.min.js
+	cp web/node_modules/uplot/dist/uPlot.min.css $(VENDOR_DIR)/uPlot.min.css
+	cp web/node_modules/swagger-ui-dist/swagger-ui-bundle.js $(VENDOR_DIR)/swagger-ui-bundle.js
+	cp web/node_modules/swagger-ui-dist/swagger-ui.css $(VENDOR_DIR)/swagger-ui.css
+	cp web/node_modules/axe-core/axe.min.js tests/browser/vendor/axe.min.js
+	$(PY) web/manifest.py > $(VENDOR_DIR)/MANIFEST.json
+
+## The browser tests drive Debian's Chromium (Playwright never downloads a browser).
+browser:
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
 ## Lint, type-check and run every test against the machine's PostgreSQL and Redis.
-test: $(STAMP) $(CHECKOV_STAMP) $(COMPOSE_SCHEMA) lint typecheck pytest
+test: $(STAMP) $(CHECKOV_STAMP) $(COMPOSE_SCHEMA) browser lint typecheck pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -72,7 +91,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) $(CHECKOV_STAMP) $(COMPOSE_SCHEMA) prometheus
+pytest: $(STAMP) $(CHECKOV_STAMP) $(COMPOSE_SCHEMA) prometheus browser
 	$(VENV)/bin/pytest -n auto --dist loadgroup
 
 ## The fault suite (not part of test): its own PostgreSQL cluster and Redis, real processes,

@@ -1,14 +1,17 @@
-"""Writing the audit log of admin actions, in the caller's transaction."""
+"""The audit log of admin actions: written in the caller's transaction, read by admins."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from celeriac.platform.logging import current_context
 from celeriac.platform.models import AuditEntry
+from celeriac.platform.repository import encode_cursor, keyset_after
 
 
 def record_admin_action(
@@ -34,3 +37,33 @@ def record_admin_action(
     )
     session.add(entry)
     return entry
+
+
+def list_entries(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID | None,
+    action: str | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[Sequence[AuditEntry], str | None]:
+    """Audit entries, newest first (keyset on occurred_at, id), by tenant and action."""
+    filters: list[ColumnElement[bool]] = []
+    if tenant_id is not None:
+        filters.append(AuditEntry.tenant_id == tenant_id)
+    if action is not None:
+        filters.append(AuditEntry.action == action)
+    if cursor:
+        filters.append(keyset_after(AuditEntry.occurred_at, AuditEntry.id, cursor))
+    rows = list(
+        session.scalars(
+            select(AuditEntry)
+            .where(*filters)
+            .order_by(AuditEntry.occurred_at.desc(), AuditEntry.id.desc())
+            .limit(limit + 1)
+        )
+    )
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], encode_cursor(last.occurred_at, last.id)

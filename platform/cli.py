@@ -484,6 +484,7 @@ def up(
         _wait_ready(settings, url, children, timeout=settings.api.up_ready_timeout_seconds)
         banner = (
             f"Celeriac is up at {url} (docs at {url}/docs)\n"
+            f"  console:     {url}/console (sign in with the key or the token below)\n"
             f"  tenant:      {DEMO_SLUG}\n"
             f"  API key:     {api_key}\n"
             f"  admin token: {admin_token}\n"

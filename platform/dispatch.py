@@ -314,6 +314,17 @@ class FairDispatcher:
     def ready_depth(self, pool: Pool) -> int:
         return int(self.client.llen(pool.value))
 
+    def slots(self, pool: Pool) -> int:
+        """Task slots the pool's live workers announced (the console's admin backlog page
+        shows them beside what is held)."""
+        hosts: list[Any] = self.client.zrangebyscore(
+            CAPACITY.format(pool=pool.value), f"({time.time()}", "+inf"
+        )
+        if not hosts:
+            return 0
+        counts = self.client.hmget(SLOTS.format(pool=pool.value), hosts)
+        return sum(max(0, int(count or 0)) for count in counts)
+
     def held(self, pool: Pool) -> int:
         """Tasks the pool's live workers hold (the busy counts the release script reads,
         for workers whose capacity has not expired): the running side of the demand that

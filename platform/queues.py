@@ -36,6 +36,7 @@ class TaskName(StrEnum):
     RELEASE = "celeriac.orchestration.release"
     DESTROY_DELETED_TENANTS = "celeriac.orchestration.destroy_deleted_tenants"
     RECONCILE_QUOTA_COUNTERS = "celeriac.orchestration.reconcile_quota_counters"
+    EXPIRE_JOB_DATA = "celeriac.orchestration.expire_job_data"
     PING_ORCHESTRATION = "celeriac.orchestration.ping"
     FAN_OUT = "celeriac.distribution.fan_out"
     FINALIZE = "celeriac.distribution.finalize"

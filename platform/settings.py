@@ -105,6 +105,16 @@ class ApiSettings(BaseModel):
         return self
 
 
+class ConsoleSettings(BaseModel):
+    """The web console's sessions (platform/console/sessions.py)."""
+
+    # A session unused this long ends (sliding); one never outlives the absolute timeout.
+    idle_timeout_seconds: int = Field(default=30 * 60, ge=60)
+    absolute_timeout_seconds: int = Field(default=12 * 3600, ge=300)
+    # How often open pages poll the job state while something runs.
+    poll_seconds: float = Field(default=2.0, gt=0, le=60)
+
+
 # Standard Webhooks' schedule: after each failed attempt, the wait before the next one.
 DEFAULT_RETRY_SCHEDULE = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0,
                           86400.0]  # fmt: skip
@@ -309,6 +319,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     log: LogSettings = LogSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @model_validator(mode="before")
     @classmethod

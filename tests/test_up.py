@@ -82,6 +82,17 @@ def up(var_dir: Path) -> Iterator[Up]:
         os.kill(pid, signal.SIGKILL)
 
 
+def _console_signs_in(console_url: str, key: str) -> None:
+    """The console is served with its assets, and a session is kept without Redis (the
+    embedded mode keeps it in the database)."""
+    with httpx.Client() as browser:
+        page = browser.post(f"{console_url}/sign-in", data={"credential": key},
+                            follow_redirects=True)  # fmt: skip
+        assert page.status_code == 200, page.text
+        assert "<h1>Jobs</h1>" in page.text
+        assert browser.get(f"{console_url.removesuffix('/console')}/docs").status_code == 200
+
+
 def _job_runs_end_to_end(base: str, admin_token: str) -> None:
     """A tenant made through the admin API submits a job over HTTP; it succeeds, with the
     numbers pandas computes directly (SQLite, filesystem broker, local keyring: no
@@ -141,6 +152,7 @@ def test_up_serves_the_api_and_every_pool_then_stops_on_ctrl_c(
     assert first.status_code == 202, first.text
     assert httpx.get(f"{base}/readyz").status_code == 200
     assert parse_key(up.banner["API key"]) is not None
+    _console_signs_in(up.banner["console"].split()[0], up.banner["API key"])
 
     monkeypatch.setenv("CELERIAC_VAR_DIR", str(up.var_dir))
     settings = load_settings()

@@ -138,7 +138,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
             "options": {"expires": TENANT_DESTRUCTION_INTERVAL_SECONDS},
         },
         "expire-job-data": {
-            "task": "celeriac.orchestration.expire_job_data",
+            "task": TaskName.EXPIRE_JOB_DATA,
             "schedule": settings.jobs.retention_sweep_seconds,
             "options": {"expires": settings.jobs.retention_sweep_seconds},
         },

@@ -23,6 +23,7 @@ from celeriac.platform.api.schemas import Problem
 from celeriac.platform.api.strict_json import StrictJsonBodies
 from celeriac.platform.auth.jwt import jwt_key_set
 from celeriac.platform.broker import broker_connection
+from celeriac.platform.console import install_console
 from celeriac.platform.db import get_engine
 from celeriac.platform.errors import ValidationFailed
 from celeriac.platform.jobs.ingest import IngestWriter
@@ -30,6 +31,7 @@ from celeriac.platform.jobs.routes import BODY_MODELS as JOBS_BODY_MODELS
 from celeriac.platform.jobs.routes import router as jobs_router
 from celeriac.platform.keys.routes import admin_router as admin_keys_router
 from celeriac.platform.keys.routes import tenant_router as keys_router
+from celeriac.platform.ops.audit_routes import router as audit_router
 from celeriac.platform.ops.routes import router as ops_router
 from celeriac.platform.quotas.enforce import RateLimitHeaders
 from celeriac.platform.quotas.routes import admin_router as admin_quotas_router
@@ -42,6 +44,7 @@ from celeriac.platform.webhooks.routes import messages_router as webhook_message
 from celeriac.platform.webhooks.routes import router as webhooks_router
 
 JOBS_PATH = "/v1/jobs"
+CONSOLE_SUBMIT_PATH = "/console/submit"
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 
@@ -162,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Every error is `application/problem+json` (RFC 9457)."
         ),
         dependencies=[Depends(reject_unknown_query_parameters)],
+        docs_url=None,  # served by the console from vendored files (platform/console/docs.py)
     )
     app.state.ingest_writer = writer
     install_problem_handlers(app)
@@ -171,7 +175,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         RequestEnvelope,
         max_body_bytes=settings.api.max_body_bytes,
-        multipart_paths={JOBS_PATH},
+        multipart_paths={JOBS_PATH, CONSOLE_SUBMIT_PATH},
+        form_prefix="/console/",
     )
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
@@ -193,9 +198,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         tenants_router, admin_keys_router, admin_quotas_router, keys_router, quotas_router,
         jobs_router, webhook_messages_router, webhooks_router, usage_router, admin_usage_router,
-        ops_router,
+        ops_router, audit_router,
     ):  # fmt: skip
         app.include_router(router)
     install_observability(app, settings)
+    install_console(app)
     app.openapi = lambda: _problem_openapi(app)  # type: ignore[method-assign]
     return app

@@ -31,6 +31,7 @@ SMALL_BODY_LIMIT = 1024 * 1024
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _JSON_TYPES = ("application/json",)
 _MULTIPART = "multipart/form-data"
+_FORM = "application/x-www-form-urlencoded"
 
 
 def _media_type(headers: dict[bytes, bytes]) -> str:
@@ -39,10 +40,15 @@ def _media_type(headers: dict[bytes, bytes]) -> str:
 
 
 class RequestEnvelope:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, multipart_paths: set[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, multipart_paths: set[str],
+        form_prefix: str | None = None,
+    ) -> None:  # fmt: skip
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.multipart_paths = multipart_paths
+        # Under this prefix (the console's pages) HTML forms are accepted too.
+        self.form_prefix = form_prefix
 
     def _limit(self, path: str) -> int:
         return self.max_body_bytes if path in self.multipart_paths else SMALL_BODY_LIMIT
@@ -105,6 +111,12 @@ class RequestEnvelope:
         if media_type in _JSON_TYPES or media_type.endswith("+json"):
             return None
         if media_type == _MULTIPART and scope["path"] in self.multipart_paths:
+            return None
+        if (
+            self.form_prefix is not None
+            and scope["path"].startswith(self.form_prefix)
+            and (media_type in (_FORM, _MULTIPART))
+        ):
             return None
         accepted = "application/json" + (
             " or multipart/form-data" if scope["path"] in self.multipart_paths else ""

@@ -60,7 +60,12 @@ class ApiKeyAuthenticator:
         """The tenant context of a valid key, or 401 / 403. May query the database."""
         if parse_key(presented) is None:
             raise Unauthorized("the API key is malformed")
-        digest = key_digest(self.pepper, presented)
+        return self.authenticate_digest(key_digest(self.pepper, presented))
+
+    def authenticate_digest(self, digest: str) -> TenantContext:
+        """:meth:`authenticate` from the key's digest: what a console session keeps instead
+        of the key, so that revoking the key or suspending the tenant ends the session within
+        the same poll interval as it stops the key. May query the database."""
         self._drop_cache_if_invalidated()
         with self._lock:
             record = self._cache.get(digest)

@@ -88,7 +88,7 @@ async def _multipart_job(request: Request, limits: Limits) -> tuple[JobOptions, 
             "send the records as a file part named 'file'",
             errors=[{"pointer": "#/body/file", "detail": "missing"}],
         )
-    _check_size(limits, upload.size)
+    check_size(limits, upload.size)
     fields: dict[str, Any] = {}
     for name in ("pipeline", "priority", "metadata"):
         value = form.get(name)
@@ -154,15 +154,24 @@ async def submit_job(request: Request, ctx: JobSubmitter, response: Response) ->
 
 async def _submit(request: Request, ctx: TenantContext, response: Response) -> JobAccepted:
     limits = request_limits(request) or await limits_for(ctx.tenant_id)
-    _check_size(limits, request.headers.get("content-length"))
+    check_size(limits, request.headers.get("content-length"))
     options: JobOptions
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         options, parsed = await _multipart_job(request, limits)
     else:
         body = await request.body()
-        _check_size(limits, len(body))
+        check_size(limits, len(body))
         job = _validated(JobCreate, json_input.parse(body))
         options, parsed = job, payload.from_records(job.records)
+    return _accepted(await accept_job(request, ctx, options, parsed, limits), response)
+
+
+async def accept_job(
+    request: Request, ctx: TenantContext, options: JobOptions, parsed: payload.Payload,
+    limits: Limits,
+) -> Submission:  # fmt: skip
+    """Resolve the pipeline and hand the job to the ingest writer (the REST API and the
+    console both end here, after their own parsing and the tenant's quota checks)."""
     if parsed.record_count > limits.max_records_per_job:
         raise PayloadTooLarge(
             f"the job has {parsed.record_count} records; this tenant's limit is "
@@ -188,7 +197,7 @@ async def _submit(request: Request, ctx: TenantContext, response: Response) -> J
     # Under an Idempotency-Key the job takes the reservation's id: if this process dies
     # before the answer is stored, a retry finds the job (_recover_submission).
     submission.id = idempotency.reservation_id(request) or submission.id
-    return _accepted(await ingest_writer(request.app).submit(submission), response)
+    return await ingest_writer(request.app).submit(submission)
 
 
 def _recover_submission(
@@ -214,7 +223,7 @@ def _recover_submission(
 idempotency.recover_abandoned(router.prefix, _recover_submission)
 
 
-def _check_size(limits: Limits, size: int | str | None) -> None:
+def check_size(limits: Limits, size: int | str | None) -> None:
     """413 for a body over the tenant's ``max_payload_bytes`` (a Content-Length is checked
     before the body is read)."""
     try:

@@ -3,6 +3,7 @@
 from celeriac.platform.models.api_key import ApiKey
 from celeriac.platform.models.audit import AuditEntry
 from celeriac.platform.models.base import Base, utcnow
+from celeriac.platform.models.console import ConsoleSession
 from celeriac.platform.models.enums import (
     FINAL_JOB_STATES,
     AttemptTrigger,
@@ -34,6 +35,7 @@ __all__ = [
     "AttemptTrigger",
     "AuditEntry",
     "Base",
+    "ConsoleSession",
     "DeliveryState",
     "IdempotencyKey",
     "IdempotencyState",

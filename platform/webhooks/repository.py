@@ -3,7 +3,8 @@ tenant-scoped reads and actions, the events written when a job ends, and the del
 worker's claims and records.
 
 Each function takes the tenant it works for (or a repository built from its scope) and
-filters on it; the one scan that beat runs across every tenant is named ``unscoped_*``.
+filters on it; what runs across every tenant (beat's scan, the admins' health view) is
+named ``unscoped_*``.
 Every function takes the caller's session; the request or task commits.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -295,3 +296,23 @@ def attempt_status_counts(session: Session, tenant_id: uuid.UUID) -> dict[int | 
         .group_by(WebhookAttempt.status_code)
     )
     return {status: int(count) for status, count in rows}
+
+
+def unscoped_health_by_tenant(session: Session, limit: int = 500) -> list[dict[str, Any]]:
+    """Admins, across tenants (the console's webhook health page): targets, disabled ones
+    and those failing now, per tenant; tenants with a disabled or failing target first."""
+    failing = func.sum(case((WebhookTarget.failing_since.is_not(None), 1), else_=0))
+    disabled = func.sum(case((WebhookTarget.state == TargetState.DISABLED, 1), else_=0))
+    rows = session.execute(
+        select(Tenant.id, Tenant.slug, func.count(WebhookTarget.id), disabled, failing,
+               func.min(WebhookTarget.failing_since))
+        .join(WebhookTarget, WebhookTarget.tenant_id == Tenant.id)
+        .group_by(Tenant.id, Tenant.slug)
+        .order_by((disabled + failing).desc(), Tenant.slug)
+        .limit(limit)
+    ).all()  # fmt: skip
+    return [
+        {"tenant_id": t, "slug": slug, "targets": int(n), "disabled": int(d or 0),
+         "failing": int(f or 0), "failing_since": since}
+        for t, slug, n, d, f, since in rows
+    ]  # fmt: skip

@@ -67,7 +67,7 @@ def reconcile_quota_counters() -> int:
 EXPIRY_BATCHES_PER_RUN = 10
 
 
-@shared_task(name="celeriac.orchestration.expire_job_data", ignore_result=True)
+@shared_task(name=TaskName.EXPIRE_JOB_DATA, ignore_result=True)
 def expire_job_data() -> int:
     """Delete the data of finished jobs past their tenant's retention, a bounded batch at
     a time and at most ``EXPIRY_BATCHES_PER_RUN`` batches per run (the next run goes on):
