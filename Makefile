@@ -11,7 +11,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 # The Compose specification's JSON schema (tests/deploy validate docker-compose.yml with it).
 COMPOSE_SCHEMA := $(VENV)/share/compose-spec/compose_spec.json
 
-.PHONY: up test lint typecheck pytest install lock clean chaos prometheus image vendor browser
+.PHONY: up test lint fmt typecheck pytest install lock clean chaos prometheus image vendor browser
 
 # The container image (Dockerfile). Docker where an engine answers, else podman; e.g. on a
 # machine without a registry: make image PYTHON_IMAGE=localhost/base PYTHON_TAG=bookworm
@@ -87,6 +87,11 @@ test: $(STAMP) $(CHECKOV_STAMP) $(COMPOSE_SCHEMA) browser lint typecheck pytest
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+## Rewrite the code as lint wants it: ruff's fixes, then ruff's layout (make lint checks).
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix --exit-zero .
+	$(VENV)/bin/ruff format .
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 from celeriac.platform.queues import Pool
 from celeriac.platform.settings import Settings, SettingsError, get_settings
+from celeriac.platform.version import VERSION
 
 CELERY_APP = "celeriac.workers.celery_app"
 
@@ -38,6 +39,24 @@ cli = typer.Typer(
 )
 admin = typer.Typer(help="Administer tenants and tokens.", no_args_is_help=True)
 cli.add_typer(admin, name="admin")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"celeriac {VERSION}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Celeriac: multi-tenant data-processing workflows on Celery."""
 
 
 class CommandError(Exception):

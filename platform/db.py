@@ -9,9 +9,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from celeriac.platform.settings import get_settings
 
@@ -45,6 +46,18 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
     # recycled by age instead of a pre-ping round trip on every checkout.
     options: dict[str, Any] = {"pool_size": 20, "max_overflow": 20, "pool_recycle": 1800}
     return create_engine(url, **(options | kwargs))
+
+
+def upsert_insert(
+    bind: Session | Connection, model: type[DeclarativeBase]
+) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into ``model``'s table in the dialect of ``bind``'s database, which is the one
+    that has ``on_conflict_do_nothing`` / ``on_conflict_do_update`` (SQLAlchemy's generic
+    insert has neither; PostgreSQL's and SQLite's spell them the same)."""
+    dialect = bind.dialect if isinstance(bind, Connection) else bind.get_bind().dialect
+    if dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
 
 
 @lru_cache(maxsize=1)

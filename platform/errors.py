@@ -89,12 +89,6 @@ class PayloadTooLarge(ProblemError):
     title = "Payload too large"
 
 
-class UnsupportedMediaType(ProblemError):
-    status = 415
-    code = "unsupported-media-type"
-    title = "Unsupported media type"
-
-
 class ValidationFailed(ProblemError):
     status = 422
     code = "validation-failed"

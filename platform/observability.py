@@ -14,13 +14,13 @@ cookies, query strings, task arguments) from every event before it leaves.
 from __future__ import annotations
 
 import logging
-from importlib import metadata
 from typing import Any
 
 import sentry_sdk
 
 from celeriac.platform.logging import configure_logging, current_context
 from celeriac.platform.settings import Settings
+from celeriac.platform.version import VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +32,8 @@ _SAFE_HEADERS = frozenset({"user-agent", "content-type", "content-length", "x-re
 
 
 def release() -> str:
-    try:
-        return f"celeriac@{metadata.version('celeriac')}"
-    except metadata.PackageNotFoundError:
-        return "celeriac@unknown"
+    """Sentry's release name: ``celeriac@<version>`` (the installed version)."""
+    return f"celeriac@{VERSION}"
 
 
 def init_process(settings: Settings, component: str, *, pool: str | None = None) -> None:

@@ -55,13 +55,13 @@ def init_tracing(settings: Settings, service: str) -> None:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-        from celeriac.platform.observability import release
+        from celeriac.platform.version import VERSION
 
         provider = TracerProvider(
             resource=Resource.create(
                 {
                     "service.name": f"celeriac-{service}",
-                    "service.version": release().split("@", 1)[1],
+                    "service.version": VERSION,
                     "deployment.environment": settings.environment,
                 }
             ),

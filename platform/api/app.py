@@ -40,6 +40,7 @@ from celeriac.platform.settings import Settings, get_settings
 from celeriac.platform.tenants.routes import router as tenants_router
 from celeriac.platform.usage.routes import admin_router as admin_usage_router
 from celeriac.platform.usage.routes import router as usage_router
+from celeriac.platform.version import VERSION
 from celeriac.platform.webhooks.routes import messages_router as webhook_messages_router
 from celeriac.platform.webhooks.routes import router as webhooks_router
 
@@ -158,7 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         lifespan=lifespan,
         title="Celeriac",
-        version="0.1.0",
+        version=VERSION,
         description=(
             "Multi-tenant data-processing workflows on Celery. Tenants authenticate with "
             "API keys (`Authorization: Bearer ck_live_...`); admins and billing with JWTs. "

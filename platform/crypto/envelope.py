@@ -47,17 +47,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import secrets
 import struct
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from cachetools import TTLCache
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -93,9 +94,6 @@ _NONCE_PREFIX_BYTES = 7
 _MAX_SEGMENTS = 1 << 32
 _HKDF_INFO = b"celeriac envelope v1 segment key"
 
-_K = TypeVar("_K", bound=Hashable)
-_V = TypeVar("_V")
-
 
 @dataclass(frozen=True, slots=True)
 class KeyProviderCalls:
@@ -107,45 +105,6 @@ class KeyProviderCalls:
     @property
     def total(self) -> int:
         return self.generate_data_key + self.decrypt_data_key
-
-
-class _ExpiringLru(Generic[_K, _V]):
-    """At most ``max_entries`` values, each dropped ``ttl_seconds`` after it was stored.
-
-    Not thread-safe on its own; :class:`Envelope` holds a lock around it.
-    """
-
-    def __init__(self, max_entries: int, ttl_seconds: float, clock: Callable[[], float]):
-        self._max_entries = max_entries
-        self._ttl = ttl_seconds
-        self._clock = clock
-        self._entries: OrderedDict[_K, tuple[_V, float]] = OrderedDict()
-
-    def get(self, key: _K) -> _V | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        value, expires_at = entry
-        if self._clock() >= expires_at:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return value
-
-    def put(self, key: _K, value: _V) -> None:
-        if self._max_entries <= 0 or self._ttl <= 0:
-            return
-        self._entries[key] = (value, self._clock() + self._ttl)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
-
-    def drop_where(self, predicate: Callable[[_K], bool]) -> None:
-        for key in [k for k in self._entries if predicate(k)]:
-            del self._entries[key]
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,14 +173,17 @@ class Envelope:
             raise ValueError(f"segment_bytes must be in 1..{MAX_SEGMENT_BYTES}")
         self.provider = provider
         self.segment_bytes = segment_bytes
+        # TTLCache is not thread-safe: every access holds self._lock. It refuses any item
+        # when its maxsize is 0, so a cache that is turned off is never written to.
         self._lock = threading.Lock()
-        self._encryption_keys: _ExpiringLru[str, DataKey] = _ExpiringLru(
-            cache_size, cache_ttl_seconds, clock
+        self._caching = cache_size > 0 and cache_ttl_seconds > 0
+        self._encryption_keys: TTLCache[str, DataKey] = TTLCache(
+            cache_size, cache_ttl_seconds, timer=clock
         )
         # Keyed by tenant as well as wrapped bytes: a hit must not skip the provider's
         # context check for a tenant that presents another tenant's wrapped key.
-        self._decryption_keys: _ExpiringLru[tuple[str, bytes], bytes] = _ExpiringLru(
-            cache_size, cache_ttl_seconds, clock
+        self._decryption_keys: TTLCache[tuple[str, bytes], bytes] = TTLCache(
+            cache_size, cache_ttl_seconds, timer=clock
         )
         self._generate_calls = 0
         self._decrypt_calls = 0
@@ -325,8 +287,8 @@ class Envelope:
         destroyed key's data stays readable by a running worker.
         """
         with self._lock:
-            self._encryption_keys.drop_where(lambda key: key == tenant_id)
-            self._decryption_keys.drop_where(lambda key: key[0] == tenant_id)
+            _drop(self._encryption_keys, [tenant_id])
+            _drop(self._decryption_keys, [k for k in self._decryption_keys if k[0] == tenant_id])
 
     def _current_data_key(self, tenant_id: str) -> DataKey:
         with self._lock:
@@ -339,9 +301,10 @@ class Envelope:
         with self._lock:
             self._generate_calls += 1
         data_key = self.provider.generate_data_key(key_id, _wrapping_context(tenant_id))
-        with self._lock:
-            self._encryption_keys.put(tenant_id, data_key)
-            self._decryption_keys.put((tenant_id, data_key.wrapped), data_key.plaintext)
+        if self._caching:
+            with self._lock:
+                self._encryption_keys[tenant_id] = data_key
+                self._decryption_keys[tenant_id, data_key.wrapped] = data_key.plaintext
         return data_key
 
     def _unwrapped_data_key(self, tenant_id: str, wrapped: bytes) -> bytes:
@@ -354,8 +317,9 @@ class Envelope:
         plaintext = self.provider.decrypt_data_key(wrapped, _wrapping_context(tenant_id))
         if len(plaintext) != DATA_KEY_BYTES:
             raise DecryptionFailed("unwrapped data key has the wrong length")
-        with self._lock:
-            self._decryption_keys.put((tenant_id, wrapped), plaintext)
+        if self._caching:
+            with self._lock:
+                self._decryption_keys[tenant_id, wrapped] = plaintext
         return plaintext
 
     # -- shared --------------------------------------------------------------------
@@ -384,6 +348,13 @@ class Envelope:
             raise DecryptionFailed("envelope's encryption context differs from the expected one")
         data_key = self._unwrapped_data_key(tenant_id, header.wrapped_key)
         return _SegmentCipher(data_key, header)
+
+
+def _drop(cache: TTLCache[Any, Any], keys: Iterable[Hashable]) -> None:
+    for key in keys:
+        # TTLCache deletes an entry that expired meanwhile but raises KeyError for it.
+        with contextlib.suppress(KeyError):
+            del cache[key]
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from celeriac.platform.crypto.errors import CryptoError, DecryptionFailed, KeyUnavailable
 from celeriac.platform.crypto.keys import DATA_KEY_BYTES, DataKey, EncryptionContext
 from celeriac.platform.crypto.keys import canonical_context as _canonical_context
+from celeriac.platform.files import fsync_directory
 
 _FILE_FORMAT = 1
 _WRAP_MAGIC = b"CLK1"
@@ -260,7 +261,7 @@ class LocalKeyring:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.path.parent)
+        fsync_directory(self.path.parent)
 
     def _enabled_record(self, key_id: str) -> dict[str, Any]:
         return _enabled_record_in(self._read(), key_id)
@@ -327,12 +328,3 @@ def _new_master_key() -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename itself durable, so a crash cannot bring back the old file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -21,12 +21,10 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from celeriac.platform.cache import get_cache, global_entry
-from celeriac.platform.db import get_sessionmaker, run_after_commit
+from celeriac.platform.db import get_sessionmaker, run_after_commit, upsert_insert
 from celeriac.platform.errors import ValidationFailed
 from celeriac.platform.models import Plugin, utcnow
 
@@ -71,8 +69,6 @@ class PluginInfo:
 
 def register_plugins(session: Session, plugins: Iterable[PluginInfo]) -> None:
     """Insert or update registry rows (compute workers call this at start)."""
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     for info in plugins:
         Draft202012Validator.check_schema(info.parameters_schema)
         values = {
@@ -81,7 +77,7 @@ def register_plugins(session: Session, plugins: Iterable[PluginInfo]) -> None:
             "produces": info.produces, "accepts": list(info.accepts), "rowwise": info.rowwise,
             "registered_at": utcnow(),
         }  # fmt: skip
-        statement = insert(Plugin).values(**values)
+        statement = upsert_insert(session, Plugin).values(**values)
         session.execute(
             statement.on_conflict_do_update(
                 index_elements=["kind", "name"],

@@ -15,10 +15,9 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, CursorResult, case, func, insert, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from celeriac.platform.db import upsert_insert
 from celeriac.platform.models import (
     FINAL_JOB_STATES,
     Job,
@@ -69,10 +68,6 @@ def _rowcount(result: object) -> int:
 
 def _uuid(value: uuid.UUID | str) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
-
-
-def _on_conflict_insert(session: Session) -> Any:
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
 # --- jobs ------------------------------------------------------------------------------
@@ -334,7 +329,7 @@ def ensure_tasks(
         ]
         inserted = set(
             session.scalars(
-                _on_conflict_insert(session)(JobTask)
+                upsert_insert(session, JobTask)
                 .values(rows)
                 .on_conflict_do_nothing(index_elements=["tenant_id", "job_id", "task_key"])
                 .returning(JobTask.id)

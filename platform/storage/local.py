@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from celeriac.platform.files import fsync_directory
 from celeriac.platform.storage.blobs import BlobNotFound, validate_key, validate_prefix
 
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -71,7 +72,7 @@ class LocalBlobStore:
             staged.unlink(missing_ok=True)
             raise
         if self.fsync:
-            _fsync_dir(destination.parent)
+            fsync_directory(destination.parent)
         return written
 
     def get(self, key: str) -> bytes:
@@ -226,11 +227,3 @@ class _FileChunks(Iterator[bytes]):
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,10 +18,9 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from celeriac.platform.db import upsert_insert
 from celeriac.platform.metrics import usage_recorded
 from celeriac.platform.models import Job, JobState, UsageRecord, utcnow
 
@@ -82,10 +81,10 @@ def insert_usage(session: Session | Connection, rows: Sequence[Mapping[str, Any]
     if not rows:
         return
     usage_recorded(str(row["metric"]) for row in rows)
-    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
-    insert = pg_insert if dialect.name == "postgresql" else sqlite_insert
     session.execute(
-        insert(UsageRecord).values(list(rows)).on_conflict_do_nothing(index_elements=["id"])
+        upsert_insert(session, UsageRecord)
+        .values(list(rows))
+        .on_conflict_do_nothing(index_elements=["id"])
     )
 
 

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import ColumnElement, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from celeriac.platform.db import upsert_insert
 from celeriac.platform.models import (
     DeliveryState,
     TargetState,
@@ -46,10 +45,6 @@ class MessageRepository(TenantRepository[WebhookMessage]):
     not_found = "webhook message"
 
 
-def _insert(session: Session) -> Any:
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
 def tenant_slug(session: Session, tenant_id: uuid.UUID) -> str:
     return session.scalar(select(Tenant.slug).where(Tenant.id == tenant_id)) or ""
 
@@ -69,7 +64,7 @@ def insert_message(
 ) -> bool:
     """The event's message, once per (tenant, event key); False if it existed already."""
     inserted = session.scalar(
-        _insert(session)(WebhookMessage)
+        upsert_insert(session, WebhookMessage)
         .values(
             id=message_id,
             tenant_id=tenant_id,
@@ -116,7 +111,7 @@ def insert_deliveries(
         }
         for t in targets
     ]
-    session.execute(_insert(session)(WebhookDelivery).values(rows))
+    session.execute(insert(WebhookDelivery).values(rows))
     return [str(row["id"]) for row in rows]
 
 

@@ -108,6 +108,15 @@ def test_put_get_stream_size_exists_delete(store: BlobStore) -> None:
     assert _keys(store) == []  # (local: emptied folders are pruned too)
 
 
+def test_local_store_with_fsync_on_writes_and_replaces(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs", fsync=True)
+    key = "tenants/acme/jobs/j1/payload.json"
+    assert store.put(key, b"first") == 5
+    assert store.put(key, iter([b"sec", b"ond"])) == 6
+    assert store.get(key) == b"second"
+    assert len(_keys(store)) == 1  # the blob, and no staged copy left behind
+
+
 def test_missing_blob_raises_blob_not_found(store: BlobStore) -> None:
     store.put("tenants/acme/a/b", b"x")
     for key in ("tenants/acme/missing", "tenants/acme/a", "tenants/acme/a/b/c"):

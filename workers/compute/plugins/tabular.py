@@ -119,13 +119,6 @@ class Tabular(DatasetGenerator[TabularParameters]):
         return pd.DataFrame(columns, index=pd.RangeIndex(sum(len(p) for p in frames)))
 
 
-def infer_types(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with every column converted to the type its values show (see module doc)."""
-    return pd.DataFrame(
-        {name: infer_column(frame[name]) for name in frame.columns}, index=frame.index
-    )
-
-
 def _chunk_column(column: pd.Series[Any]) -> pd.Series[Any]:
     """A flattened column as booleans, numbers or text (Parquet-safe), nulls kept."""
     dtype = column.dtype
