@@ -94,8 +94,7 @@ class BandFirstDispatcher(FairDispatcher):
     ) -> int:
         import time
 
-        argv: list[Any] = [pool.value, time.time(), self.min_depth, MAX_MOVES_PER_CALL,
-                           host, busy]  # fmt: skip
+        argv: list[Any] = [pool.value, time.time(), self.min_depth, MAX_MOVES_PER_CALL, host, busy]
         for queue in added:
             argv += [queue.band.value, queue.tenant]
         return int(self._release(args=argv))

@@ -74,14 +74,23 @@ class PostgresCluster:
             raise BenchError("no PostgreSQL server under /usr/lib/postgresql")
         self.version = versions[-1]
         self.port = free_port()
-        subprocess.run(["pg_dropcluster", "--stop", self.version, CLUSTER],
-                       capture_output=True, check=False)  # fmt: skip
+        subprocess.run(
+            ["pg_dropcluster", "--stop", self.version, CLUSTER], capture_output=True, check=False
+        )
         try:
             subprocess.run(
-                ["pg_createcluster", self.version, CLUSTER, "-p", str(self.port),
-                 "--", "--auth=trust"],
-                capture_output=True, check=True,
-            )  # fmt: skip
+                [
+                    "pg_createcluster",
+                    self.version,
+                    CLUSTER,
+                    "-p",
+                    str(self.port),
+                    "--",
+                    "--auth=trust",
+                ],
+                capture_output=True,
+                check=True,
+            )
             # Debian's postgresql.conf reads conf.d/ last (pg_conftool does not quote).
             conf = Path("/etc/postgresql") / self.version / CLUSTER / "conf.d" / "chaos.conf"
             conf.write_text(f"listen_addresses = '{HOST}'\nfsync = off\n")
@@ -95,14 +104,19 @@ class PostgresCluster:
         return f"postgresql://postgres@{HOST}:{self.port}"
 
     def _ctl(self, action: str) -> None:
-        subprocess.run(["pg_ctlcluster", self.version, CLUSTER, action],
-                       capture_output=True, check=True)  # fmt: skip
+        subprocess.run(
+            ["pg_ctlcluster", self.version, CLUSTER, action], capture_output=True, check=True
+        )
 
     def start(self) -> None:
         self._ctl("start")
         deadline = time.monotonic() + 30
-        while subprocess.run(["pg_isready", "-h", HOST, "-p", str(self.port)],
-                             capture_output=True, check=False).returncode != 0:  # fmt: skip
+        while (
+            subprocess.run(
+                ["pg_isready", "-h", HOST, "-p", str(self.port)], capture_output=True, check=False
+            ).returncode
+            != 0
+        ):
             if time.monotonic() > deadline:
                 raise BenchError("the chaos PostgreSQL cluster did not start")
             time.sleep(0.2)
@@ -111,8 +125,9 @@ class PostgresCluster:
         self._ctl("stop")
 
     def drop(self) -> None:
-        subprocess.run(["pg_dropcluster", "--stop", self.version, CLUSTER],
-                       capture_output=True, check=False)  # fmt: skip
+        subprocess.run(
+            ["pg_dropcluster", "--stop", self.version, CLUSTER], capture_output=True, check=False
+        )
 
 
 class RedisServer:
@@ -129,10 +144,23 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "",
-             "--appendonly", "no", "--maxmemory-policy", "noeviction"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                HOST,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 10
         ping = ["redis-cli", "-p", str(self.port), "ping"]
         while subprocess.run(ping, capture_output=True, check=False).stdout.strip() != b"PONG":
@@ -211,8 +239,16 @@ class Platform:
         assert self.api is not None
         self.env.stop(self.api)
         port = int(self.env.api_url.rsplit(":", 1)[1])
-        argv = [sys.executable, "-m", "celeriac.platform.cli", "api", "--host", HOST,
-                "--port", str(port)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "celeriac.platform.cli",
+            "api",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+        ]
         self.api = self.env.start("api", argv)
 
     def restart_worker(self, pool: str, how: signal.Signals) -> None:
@@ -246,8 +282,12 @@ class Platform:
         deadline = time.monotonic() + timeout
         while True:
             with contextlib.suppress(httpx.TransportError):
-                answer = httpx.post(f"{self.env.api_url}/v1/jobs", json=body, timeout=10,
-                                    headers={**self.headers, "Idempotency-Key": key})  # fmt: skip
+                answer = httpx.post(
+                    f"{self.env.api_url}/v1/jobs",
+                    json=body,
+                    timeout=10,
+                    headers={**self.headers, "Idempotency-Key": key},
+                )
                 if answer.status_code == 202:
                     return str(answer.json()["id"])
                 if answer.status_code == 500:
@@ -258,8 +298,9 @@ class Platform:
 
     def states(self, job_ids: set[str]) -> dict[str, str]:
         with self.env.db() as conn:
-            rows = conn.execute("SELECT id::text, state FROM jobs WHERE id::text = ANY(%s)",
-                                (list(job_ids),)).fetchall()  # fmt: skip
+            rows = conn.execute(
+                "SELECT id::text, state FROM jobs WHERE id::text = ANY(%s)", (list(job_ids),)
+            ).fetchall()
         return {row[0]: row[1] for row in rows}
 
     def wait_final(self, job_ids: set[str], deadline: float) -> float | None:
@@ -274,8 +315,9 @@ class Platform:
         return None
 
     def analyses(self, job_id: str) -> Any:
-        answer = httpx.get(f"{self.env.api_url}/v1/jobs/{job_id}/results", headers=self.headers,
-                           timeout=30)  # fmt: skip
+        answer = httpx.get(
+            f"{self.env.api_url}/v1/jobs/{job_id}/results", headers=self.headers, timeout=30
+        )
         return answer.json().get("analyses") if answer.status_code == 200 else None
 
     def duplicated_usage(self, job_ids: set[str]) -> int:
@@ -308,10 +350,15 @@ class Outcome:
     job_ids: list[str] = field(default_factory=list)  # jobs a fault submitted itself
 
     def met(self) -> bool:
-        return (self.lost == 0 and self.correct == self.submitted and self.duplicated_usage == 0
-                and self.webhooks[2] == 0 and self.recover_seconds is not None
-                and self.recover_seconds <= RECOVERY_BOUND
-                and not any(n.startswith("FAIL") for n in self.notes))  # fmt: skip
+        return (
+            self.lost == 0
+            and self.correct == self.submitted
+            and self.duplicated_usage == 0
+            and self.webhooks[2] == 0
+            and self.recover_seconds is not None
+            and self.recover_seconds <= RECOVERY_BOUND
+            and not any(n.startswith("FAIL") for n in self.notes)
+        )
 
 
 Fault = Callable[[Platform, Outcome], None]
@@ -518,8 +565,11 @@ def platform_up(log_level: str, keep_logs: bool) -> Iterator[Platform]:
         with environment("chaos", "celeriac_chaos", log_level, extra, keep_logs) as env:
             platform = Platform(env, receiver, pg, redis_server)
             platform.start()
-            hook = httpx.post(f"{env.api_url}/v1/webhooks", headers=platform.headers,
-                              json={"url": receiver.url, "event_types": ["job.*"]})  # fmt: skip
+            hook = httpx.post(
+                f"{env.api_url}/v1/webhooks",
+                headers=platform.headers,
+                json={"url": receiver.url, "event_types": ["job.*"]},
+            )
             if hook.status_code != 201:
                 raise BenchError(f"registering the receiver failed: {hook.text}")
             baseline = platform.submit()
@@ -572,10 +622,12 @@ def run(args: argparse.Namespace) -> bool:
             note(_table(outcomes[-1:]))
             platform.env.check_alive()
     load_after = os.getloadavg()
-    print(f"chaos suite, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average "
-          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; {os.cpu_count()} cores; "
-          f"stall {STALL_SECONDS:.0f} s, reconcile every {RECONCILE_SECONDS:.0f} s, bound "
-          f"{RECOVERY_BOUND:.0f} s after the fault")  # fmt: skip
+    print(
+        f"chaos suite, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; {os.cpu_count()} cores; "
+        f"stall {STALL_SECONDS:.0f} s, reconcile every {RECONCILE_SECONDS:.0f} s, bound "
+        f"{RECOVERY_BOUND:.0f} s after the fault"
+    )
     print(_table(outcomes))
     return all(o.met() for o in outcomes)
 
@@ -590,5 +642,10 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    run_main("chaos", parse_args, run, (BenchError, subprocess.CalledProcessError),
-             "the chaos cluster and Redis were removed")  # fmt: skip
+    run_main(
+        "chaos",
+        parse_args,
+        run,
+        (BenchError, subprocess.CalledProcessError),
+        "the chaos cluster and Redis were removed",
+    )

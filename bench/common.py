@@ -47,9 +47,12 @@ def flush_redis(server: str, dbs: Sequence[int]) -> None:
 
 
 def run_main(
-    name: str, parse_args: Callable[[], Any], run: Callable[[Any], bool],
-    errors: tuple[type[BaseException], ...], on_interrupt: str,
-) -> None:  # fmt: skip
+    name: str,
+    parse_args: Callable[[], Any],
+    run: Callable[[Any], bool],
+    errors: tuple[type[BaseException], ...],
+    on_interrupt: str,
+) -> None:
     """Exit 0 when the targets are met, 1 when not, 2 on a set-up error, 130 on Ctrl-C."""
     args = parse_args()
     try:
@@ -67,8 +70,11 @@ def run_main(
 # bench measures the platform with its quota checks (they still run: one Redis round trip
 # per request), not the plan's limits.
 UNLIMITED_QUOTAS = (
-    "requests_per_second=2000000000", "request_burst=2000000000",
-    "max_running_jobs=2000000000", "jobs_per_month=2000000000",
-    "max_payload_bytes=2000000000", "max_records_per_job=2000000000",
+    "requests_per_second=2000000000",
+    "request_burst=2000000000",
+    "max_running_jobs=2000000000",
+    "jobs_per_month=2000000000",
+    "max_payload_bytes=2000000000",
+    "max_records_per_job=2000000000",
     "max_webhook_targets=2000000000",
-)  # fmt: skip
+)

@@ -77,19 +77,28 @@ def _drop_database() -> None:
 
 def _env(var_dir: Path, database_url: str, redis: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
-    env.update({
-        "CELERIAC_VAR_DIR": str(var_dir), "CELERIAC_DATABASE_URL": database_url,
-        "CELERIAC_BROKER_URL": f"{redis}/{REDIS_DBS[0]}",
-        "CELERIAC_REDIS_URL": f"{redis}/{REDIS_DBS[1]}", "CELERIAC_LOG__LEVEL": "WARNING",
-    })  # fmt: skip
+    env.update(
+        {
+            "CELERIAC_VAR_DIR": str(var_dir),
+            "CELERIAC_DATABASE_URL": database_url,
+            "CELERIAC_BROKER_URL": f"{redis}/{REDIS_DBS[0]}",
+            "CELERIAC_REDIS_URL": f"{redis}/{REDIS_DBS[1]}",
+            "CELERIAC_LOG__LEVEL": "WARNING",
+        }
+    )
     return env
 
 
 def _celeriac(env: dict[str, str], cwd: Path, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "celeriac.platform.cli", *args], env=env, cwd=cwd,
-        capture_output=True, text=True, check=False, timeout=300,
-    )  # fmt: skip
+        [sys.executable, "-m", "celeriac.platform.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"celeriac {' '.join(args)}: {done.stderr.strip()[-400:]}")
     return done.stdout
@@ -105,8 +114,11 @@ def _seed(env: dict[str, str], var_dir: Path, jobs: int, tasks: int) -> tuple[st
     tenant_id = tenant.group(1)
     big_job = str(uuid.uuid4())
     started = datetime.now(UTC) - timedelta(minutes=5)
-    pipeline = {"name": "full", "datasets": [{"name": "tabular"}, {"name": "text"}],
-                "analyzers": [{"name": "summary"}, {"name": "anomalies"}]}  # fmt: skip
+    pipeline = {
+        "name": "full",
+        "datasets": [{"name": "tabular"}, {"name": "text"}],
+        "analyzers": [{"name": "summary"}, {"name": "anomalies"}],
+    }
     with psycopg.connect(_pg(DATABASE), autocommit=True) as conn:
         conn.execute(
             """
@@ -132,11 +144,15 @@ def _seed(env: dict[str, str], var_dir: Path, jobs: int, tasks: int) -> tuple[st
                 '{"payload": {"chunks": 1}}'::jsonb, %(pk)s, %(rk)s, 2000, 100000,
                 '{}'::jsonb, 1, %(s)s, %(s)s + interval '90 second', %(s)s, now())
             """,
-            {"j": big_job, "t": tenant_id, "p": json.dumps(pipeline),
-             "pk": f"tenants/{tenant_id}/jobs/{big_job}/payload/",
-             "rk": f"tenants/{tenant_id}/jobs/{big_job}/result.json",
-             "s": started},
-        )  # fmt: skip
+            {
+                "j": big_job,
+                "t": tenant_id,
+                "p": json.dumps(pipeline),
+                "pk": f"tenants/{tenant_id}/jobs/{big_job}/payload/",
+                "rk": f"tenants/{tenant_id}/jobs/{big_job}/result.json",
+                "s": started,
+            },
+        )
         conn.execute(
             """
             INSERT INTO job_tasks (id, tenant_id, job_id, task_key, stage, plugin,
@@ -180,17 +196,25 @@ document = {"job_id": job, "state": "succeeded", "errors": [],
 tenant_blobs().put(tenant, f"tenants/{tenant}/jobs/{job}/result.json",
                    json.dumps(document).encode())
 """
-    done = subprocess.run([sys.executable, "-c", code, tenant_id, job_id], env=env,
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code, tenant_id, job_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-400:])
 
 
 def _start_api(env: dict[str, str], cwd: Path, port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "celeriac.platform.cli", "api", "--host", HOST, "--port",
-         str(port)], env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [sys.executable, "-m", "celeriac.platform.cli", "api", "--host", HOST, "--port", str(port)],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -233,25 +257,32 @@ def run(args: argparse.Namespace) -> bool:
         _celeriac(env, var_dir.parent, "migrate")
         seeded = time.perf_counter()
         key, big_job = _seed(env, var_dir, args.jobs, args.tasks)
-        print(f"seeded {args.jobs} jobs and a job of {args.tasks} tasks in "
-              f"{time.perf_counter() - seeded:.1f} s")  # fmt: skip
+        print(
+            f"seeded {args.jobs} jobs and a job of {args.tasks} tasks in "
+            f"{time.perf_counter() - seeded:.1f} s"
+        )
         port = _free_port()
         api = _start_api(env, var_dir.parent, port)
         url = f"http://{HOST}:{port}"
         bearer = {"Authorization": f"Bearer {key}"}
-        with httpx.Client(base_url=url, timeout=60) as console, \
-                httpx.Client(base_url=url, timeout=60) as rest:  # fmt: skip
+        with (
+            httpx.Client(base_url=url, timeout=60) as console,
+            httpx.Client(base_url=url, timeout=60) as rest,
+        ):
             signed = console.post("/console/sign-in", data={"credential": key})
             if signed.status_code not in (200, 303):
                 raise RuntimeError(f"sign-in: {signed.status_code}")
             pairs = {
                 f"jobs list ({args.jobs} jobs)": (["/console/jobs"], ["/v1/jobs?limit=25"]),
                 f"job detail ({args.tasks} tasks)": (
-                    [f"/console/jobs/{big_job}"], [f"/v1/jobs/{big_job}"]),
+                    [f"/console/jobs/{big_job}"],
+                    [f"/v1/jobs/{big_job}"],
+                ),
                 "job detail vs detail + results": (
                     [f"/console/jobs/{big_job}"],
-                    [f"/v1/jobs/{big_job}", f"/v1/jobs/{big_job}/results"]),
-            }  # fmt: skip
+                    [f"/v1/jobs/{big_job}", f"/v1/jobs/{big_job}/results"],
+                ),
+            }
             times: dict[str, tuple[list[float], list[float]]] = {}
             for name, (page_paths, api_paths) in pairs.items():
                 for _ in range(5):  # warm both (caches, plans, templates)
@@ -272,25 +303,35 @@ def run(args: argparse.Namespace) -> bool:
         shutil.rmtree(var_dir.parent, ignore_errors=True)
 
     load = os.getloadavg()
-    print(f"\nmachine load (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-          f"{os.cpu_count()} cores; {args.requests} requests per side, interleaved\n")  # fmt: skip
-    print(f"{'pair':<34}{'console p50':>12}{'p95':>8}{'p99':>8}{'JSON p50':>10}{'p95':>8}"
-          f"{'p99':>8}{'p50 x':>7}{'p95 x':>7}")  # fmt: skip
+    print(
+        f"\nmachine load (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+        f"{os.cpu_count()} cores; {args.requests} requests per side, interleaved\n"
+    )
+    print(
+        f"{'pair':<34}{'console p50':>12}{'p95':>8}{'p99':>8}{'JSON p50':>10}{'p95':>8}"
+        f"{'p99':>8}{'p50 x':>7}{'p95 x':>7}"
+    )
     ok = True
     for name, (page_ms, api_ms) in times.items():
         p50, p95 = percentile(page_ms, 0.5), percentile(page_ms, 0.95)
         a50, a95 = percentile(api_ms, 0.5), percentile(api_ms, 0.95)
         r50, r95 = p50 / a50, p95 / a95
-        print(f"{name:<34}{p50:>10.1f}ms{p95:>6.1f}ms{percentile(page_ms, 0.99):>6.1f}ms"
-              f"{a50:>8.1f}ms{a95:>6.1f}ms{percentile(api_ms, 0.99):>6.1f}ms"
-              f"{r50:>7.2f}{r95:>7.2f}")  # fmt: skip
+        print(
+            f"{name:<34}{p50:>10.1f}ms{p95:>6.1f}ms{percentile(page_ms, 0.99):>6.1f}ms"
+            f"{a50:>8.1f}ms{a95:>6.1f}ms{percentile(api_ms, 0.99):>6.1f}ms"
+            f"{r50:>7.2f}{r95:>7.2f}"
+        )
         if name != f"job detail ({args.tasks} tasks)":  # the pairs the target is judged on
             ok = ok and r50 <= TARGET_RATIO and r95 <= TARGET_RATIO
-    print(f"\nfirst load of /console/jobs, cold: {first_load / 1000:.1f} KB in {files} files "
-          f"(target < {TARGET_FIRST_LOAD / 1000:.0f} KB)")  # fmt: skip
+    print(
+        f"\nfirst load of /console/jobs, cold: {first_load / 1000:.1f} KB in {files} files "
+        f"(target < {TARGET_FIRST_LOAD / 1000:.0f} KB)"
+    )
     ok = ok and first_load < TARGET_FIRST_LOAD
-    print(f"target (console within {TARGET_RATIO}x of the JSON it replaces, p50 and p95; "
-          f"first load under 500 KB): {'met' if ok else 'NOT met'}")  # fmt: skip
+    print(
+        f"target (console within {TARGET_RATIO}x of the JSON it replaces, p50 and p95; "
+        f"first load under 500 KB): {'met' if ok else 'NOT met'}"
+    )
     return ok
 
 
@@ -303,5 +344,10 @@ def _free_port() -> int:
 
 
 if __name__ == "__main__":
-    run_main("console", parse_args, run, (RuntimeError, psycopg.Error, httpx.HTTPError),
-             "the scratch database may be left behind")  # fmt: skip
+    run_main(
+        "console",
+        parse_args,
+        run,
+        (RuntimeError, psycopg.Error, httpx.HTTPError),
+        "the scratch database may be left behind",
+    )

@@ -59,8 +59,10 @@ def envelope_throughput(sizes: list[int], repeats: int, scratch: Path) -> None:
     keyring.create_tenant_key("bench")
     envelope = Envelope(keyring)
     envelope.encrypt("bench", b"warm")  # the data key is now cached, as in a busy worker
-    print("\nenvelope (AES-256-GCM, 1 MiB segments, HKDF per object), in process, "
-          f"median of {repeats}:")  # fmt: skip
+    print(
+        "\nenvelope (AES-256-GCM, 1 MiB segments, HKDF per object), in process, "
+        f"median of {repeats}:"
+    )
     print(f"{'size':>12}{'encrypt MB/s':>14}{'decrypt MB/s':>14}{'overhead B':>12}")
     for size in sizes:
         data = os.urandom(size)
@@ -84,9 +86,13 @@ def envelope_throughput(sizes: list[int], repeats: int, scratch: Path) -> None:
 
 
 def job_runs(
-    label: str, extra: dict[str, str], data: bytes, small: bytes | None, args: argparse.Namespace,
+    label: str,
+    extra: dict[str, str],
+    data: bytes,
+    small: bytes | None,
+    args: argparse.Namespace,
     aws: Aws | None,
-) -> tuple[list[Run], dict[str, dict[str, int]]]:  # fmt: skip
+) -> tuple[list[Run], dict[str, dict[str, int]]]:
     calls: dict[str, dict[str, int]] = {}
     runs: list[Run] = []
     settings = {
@@ -160,13 +166,19 @@ def run(args: argparse.Namespace) -> bool:
         encrypted, calls = job_runs(
             "encrypted",
             {"CELERIAC_KEYS__PROVIDER": "kms", "CELERIAC_KEYS__KMS_ENDPOINT_URL": aws.endpoint_url},
-            data, small, args, aws,
-        )  # fmt: skip
+            data,
+            small,
+            args,
+            aws,
+        )
     clear, _ = job_runs(
         "clear",
         {"CELERIAC_ENVIRONMENT": "benchmark", "CELERIAC_KEYS__ENCRYPTION": "false"},
-        data, None, args, None,
-    )  # fmt: skip
+        data,
+        None,
+        args,
+        None,
+    )
 
     print(
         f"\n{args.records}-record job ({len(data) / MB:.1f} MB NDJSON, chunk {CHUNK_RECORDS}, "
@@ -182,8 +194,10 @@ def run(args: argparse.Namespace) -> bool:
         datasets = statistics.median(r.segments()["datasets"] for r in runs)
         analysis = statistics.median(r.segments()["analysis"] for r in runs)
         medians[label] = total
-        print(f"{label:<34}{total:>9.2f}{datasets:>12.2f}{analysis:>12.2f}"
-              f"{args.records / total:>11.0f}")  # fmt: skip
+        print(
+            f"{label:<34}{total:>9.2f}{datasets:>12.2f}{analysis:>12.2f}"
+            f"{args.records / total:>11.0f}"
+        )
     on, off = medians.values()
     print(
         f"encryption overhead: {on - off:+.2f} s ({100 * (on - off) / off:+.1f}% of the clear job)"

@@ -113,24 +113,47 @@ def cases(args: argparse.Namespace) -> dict[str, Case]:
     long_backlog = backlog + int(args.many * args.interval_ms / 1000 * 2000 / args.work_ms)
     plans = {"free": 1, "pro": 2, "enterprise": 4}
     return {
-        "a": Case("a", "(a) same band: noisy normal backlog, quiet normal",
-                  [Noisy("noisy", "normal", 1, backlog)],
-                  [QuietTask("quiet", "normal", "quiet normal") for _ in range(n)]),
-        "b": Case("b", "(b) noisy floods high; 10 quiet tenants send normal and low",
-                  [Noisy("noisy", "high", 1, backlog)],
-                  [QuietTask(f"quiet-{i % 10}", band, f"quiet {band}")
-                   for i in range(n) for band in [("normal", "low")[(i // 10) % 2]]]),
-        "c": Case("c", "(c) noisy free, pro, enterprise (1, 2, 4); a quiet tenant per plan",
-                  [Noisy(f"noisy-{plan}", "normal", w, backlog) for plan, w in plans.items()],
-                  [QuietTask(f"quiet-{plan}", "normal", f"quiet {plan}")
-                   for i in range(n) for plan in [list(plans)[i % len(plans)]]],
-                  {**{f"noisy-{p}": w for p, w in plans.items()},
-                   **{f"quiet-{p}": w for p, w in plans.items()}}, interval_factor=2),
-        "d": Case("d", f"(d) {args.many:,} quiet tenants (normal) while noisy floods high",
-                  [Noisy("noisy", "high", 1, long_backlog)],
-                  [QuietTask(f"q{i:04d}", "normal", f"{args.many:,} quiet tenants")
-                   for i in range(args.many)]),
-    }  # fmt: skip
+        "a": Case(
+            "a",
+            "(a) same band: noisy normal backlog, quiet normal",
+            [Noisy("noisy", "normal", 1, backlog)],
+            [QuietTask("quiet", "normal", "quiet normal") for _ in range(n)],
+        ),
+        "b": Case(
+            "b",
+            "(b) noisy floods high; 10 quiet tenants send normal and low",
+            [Noisy("noisy", "high", 1, backlog)],
+            [
+                QuietTask(f"quiet-{i % 10}", band, f"quiet {band}")
+                for i in range(n)
+                for band in [("normal", "low")[(i // 10) % 2]]
+            ],
+        ),
+        "c": Case(
+            "c",
+            "(c) noisy free, pro, enterprise (1, 2, 4); a quiet tenant per plan",
+            [Noisy(f"noisy-{plan}", "normal", w, backlog) for plan, w in plans.items()],
+            [
+                QuietTask(f"quiet-{plan}", "normal", f"quiet {plan}")
+                for i in range(n)
+                for plan in [list(plans)[i % len(plans)]]
+            ],
+            {
+                **{f"noisy-{p}": w for p, w in plans.items()},
+                **{f"quiet-{p}": w for p, w in plans.items()},
+            },
+            interval_factor=2,
+        ),
+        "d": Case(
+            "d",
+            f"(d) {args.many:,} quiet tenants (normal) while noisy floods high",
+            [Noisy("noisy", "high", 1, long_backlog)],
+            [
+                QuietTask(f"q{i:04d}", "normal", f"{args.many:,} quiet tenants")
+                for i in range(args.many)
+            ],
+        ),
+    }
 
 
 @dataclass
@@ -175,8 +198,11 @@ def run(bench: BenchEnv, case: Case, design: str, args: argparse.Namespace) -> R
             publisher.fair("warm", f"warm-{i}", args.work_ms)
     if not wait_for(
         lambda: len(log.starts) >= (WARM_STARTS if noisy else 4),
-        STARTUP_TIMEOUT_SECONDS, "the worker to start", worker, log,
-    ):  # fmt: skip
+        STARTUP_TIMEOUT_SECONDS,
+        "the worker to start",
+        worker,
+        log,
+    ):
         raise BenchError(f"worker {worker.name} ran no task:\n{worker.log_tail()}")
     time.sleep(0.2)
 
@@ -199,19 +225,23 @@ def run(bench: BenchEnv, case: Case, design: str, args: argparse.Namespace) -> R
     for task in case.quiet:
         group_tenants.setdefault(task.group, set()).add(task.tenant)
         group_sent[task.group] += 1
-    quiet_rate = {g: group_sent[g] / len(t) / (ended_wall - began_wall)
-                  for g, t in group_tenants.items()}  # fmt: skip
+    quiet_rate = {
+        g: group_sent[g] / len(t) / (ended_wall - began_wall) for g, t in group_tenants.items()
+    }
     after = Probe.take(worker, bench.broker)
     log.poll()
     capacity = (len(log.starts) - started_before) / (ended_wall - began_wall)
-    backlog_after = sum(int(bench.broker.llen(f"{POOL_QUEUE}.{x.band}.{x.tenant}"))
-                        for x in noisy)  # fmt: skip
+    backlog_after = sum(int(bench.broker.llen(f"{POOL_QUEUE}.{x.band}.{x.tenant}")) for x in noisy)
     total_backlog = sum(x.backlog for x in noisy)
     wait_for(
-        lambda: all(label in log.starts and log.starts[label].task_id in log.runtimes
-                    for label in labels),
-        total_backlog * (args.work_ms + 10) / 1000 + 90, "the quiet tasks to run", worker, log,
-    )  # fmt: skip
+        lambda: all(
+            label in log.starts and log.starts[label].task_id in log.runtimes for label in labels
+        ),
+        total_backlog * (args.work_ms + 10) / 1000 + 90,
+        "the quiet tasks to run",
+        worker,
+        log,
+    )
     if log.problems:
         note(f"  worker warnings: {len(log.problems)}, first: {log.problems[0]}")
     bench.stop_workers()
@@ -240,9 +270,19 @@ def run(bench: BenchEnv, case: Case, design: str, args: argparse.Namespace) -> R
     for label in log.starts:
         if "#" in label and began_wall <= publisher.started_at(log, label) <= ended_wall:
             shares[label.split("#")[0]] += 1
-    return Result(case, design, completions, delays, ahead, dict(shares), capacity,
-                  quiet_rate, backlog_after, Usage.between(before, after),
-                  os.getloadavg()[0])  # fmt: skip
+    return Result(
+        case,
+        design,
+        completions,
+        delays,
+        ahead,
+        dict(shares),
+        capacity,
+        quiet_rate,
+        backlog_after,
+        Usage.between(before, after),
+        os.getloadavg()[0],
+    )
 
 
 def print_case(results: list[Result], args: argparse.Namespace) -> bool:
@@ -283,19 +323,25 @@ def print_case(results: list[Result], args: argparse.Namespace) -> bool:
         for group, rate in fair.quiet_rate.items():
             weight = case.weights.get(tenant_of[group], 1)
             share = fair.capacity * weight / (noisy_weight + weight)
-            print(f"  {group}: {rate:.1f} tasks/s per tenant against a weighted share of "
-                  f"{share:.1f}/s at the fair run's capacity ({rate / share:.0%})")  # fmt: skip
+            print(
+                f"  {group}: {rate:.1f} tasks/s per tenant against a weighted share of "
+                f"{share:.1f}/s at the fair run's capacity ({rate / share:.0%})"
+            )
     if fair is not None and alone is not None:
         for group, values in fair.completions.items():
             ratio = percentile(values, 0.95) / percentile(alone.completions[group], 0.95)
-            print(f"Target {case.key}: {group}, fair p95 <= {TARGET_RATIO:.0f}x alone: "
-                  f"{ratio:.2f}x -> {'met' if ratio <= TARGET_RATIO else 'NOT met'}")  # fmt: skip
+            print(
+                f"Target {case.key}: {group}, fair p95 <= {TARGET_RATIO:.0f}x alone: "
+                f"{ratio:.2f}x -> {'met' if ratio <= TARGET_RATIO else 'NOT met'}"
+            )
     noisy_weights = {x.tenant: x.weight for x in case.noisy}
     if len(noisy_weights) > 1:
         print()
         print(f"{case.key}: noisy tenants' tasks started while the quiet tenants published")
-        header = (f"{'design':<10} | {'tenant':<18} | {'weight':>6} | {'tasks':>6} | "
-                  f"{'share':>6} | {'weight share':>12} | {'share/weight':>12}")  # fmt: skip
+        header = (
+            f"{'design':<10} | {'tenant':<18} | {'weight':>6} | {'tasks':>6} | "
+            f"{'share':>6} | {'weight share':>12} | {'share/weight':>12}"
+        )
         print(header)
         print("-" * len(header))
         total_weight = sum(noisy_weights.values())
@@ -306,18 +352,24 @@ def print_case(results: list[Result], args: argparse.Namespace) -> bool:
             for tenant, weight in noisy_weights.items():
                 share = r.noisy_shares.get(tenant, 0) / total
                 expected = weight / total_weight
-                print(f"{r.design:<10} | {tenant:<18} | {weight:>6} | "
-                      f"{r.noisy_shares.get(tenant, 0):>6} | {share:>6.3f} | "
-                      f"{expected:>12.3f} | {share / expected:>12.2f}")  # fmt: skip
+                print(
+                    f"{r.design:<10} | {tenant:<18} | {weight:>6} | "
+                    f"{r.noisy_shares.get(tenant, 0):>6} | {share:>6.3f} | "
+                    f"{expected:>12.3f} | {share / expected:>12.2f}"
+                )
                 if r.design == FAIR and abs(share / expected - 1) > SHARE_TOLERANCE:
                     met = False
         if fair is not None:
             total = sum(fair.noisy_shares.values()) or 1
-            worst = max(abs(fair.noisy_shares.get(t, 0) / total / (w / total_weight) - 1)
-                        for t, w in noisy_weights.items())  # fmt: skip
-            print(f"Target {case.key}: fair shares within {SHARE_TOLERANCE:.0%} of the weights': "
-                  f"worst {worst:.1%} off -> "
-                  f"{'met' if worst <= SHARE_TOLERANCE else 'NOT met'}")  # fmt: skip
+            worst = max(
+                abs(fair.noisy_shares.get(t, 0) / total / (w / total_weight) - 1)
+                for t, w in noisy_weights.items()
+            )
+            print(
+                f"Target {case.key}: fair shares within {SHARE_TOLERANCE:.0%} of the weights': "
+                f"worst {worst:.1%} off -> "
+                f"{'met' if worst <= SHARE_TOLERANCE else 'NOT met'}"
+            )
     return met
 
 

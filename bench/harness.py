@@ -100,25 +100,33 @@ NO_REPLACEMENT = 1_000_000
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="the Celeriac processes' log level (logs are in the temporary directory)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--max-tasks-per-child", type=int, default=NO_REPLACEMENT, metavar="N",
+        "--max-tasks-per-child",
+        type=int,
+        default=NO_REPLACEMENT,
+        metavar="N",
         help="CELERIAC_WORKERS__COMPUTE_MAX_TASKS_PER_CHILD for the compute pool (default: "
         "no replacement during the run; 0: the platform's default, 200, which makes jobs "
         "fail once pool processes are replaced)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--cache", default="default", choices=["default", "blobs", "config", "off"],
+        "--cache",
+        default="default",
+        choices=["default", "blobs", "config", "off"],
         help="the shared Redis cache (CELERIAC_CACHE__*): the platform's default (on a local "
         "blob store, configuration only), blobs (hot blobs too: CACHE__BLOBS=on), config "
         "(CACHE__BLOBS=off) or off (CACHE__ENABLED=false), to measure what it changes",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--keep-logs", action="store_true",
+        "--keep-logs",
+        action="store_true",
         help="keep the temporary directory (process logs) instead of removing it at the end",
-    )  # fmt: skip
+    )
 
 
 def settings_from_options(args: argparse.Namespace) -> dict[str, str]:
@@ -410,8 +418,11 @@ def py_spy_dump(pid: int) -> str:
     try:
         done = subprocess.run(
             [str(py_spy), "dump", "--pid", str(pid)],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"(py-spy dump failed: {exc})"
     return (done.stdout + done.stderr).strip()

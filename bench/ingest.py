@@ -130,8 +130,13 @@ def _celeriac(env: dict[str, str], cwd: Path, *args: str) -> str:
     """Run a ``celeriac`` command to completion and return its stdout."""
     done = subprocess.run(
         [sys.executable, "-m", "celeriac.platform.cli", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if done.returncode != 0:
         raise BenchError(f"celeriac {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
     return done.stdout
@@ -158,12 +163,22 @@ def _register_plugins() -> None:
             register_plugins(
                 session,
                 [
-                    PluginInfo(kind=DATASET, name="tabular", version="bench",
-                               parameters_schema={"type": "object"}, produces="table"),
-                    PluginInfo(kind=ANALYZER, name="summary", version="bench",
-                               parameters_schema={"type": "object"}, accepts=("table",)),
+                    PluginInfo(
+                        kind=DATASET,
+                        name="tabular",
+                        version="bench",
+                        parameters_schema={"type": "object"},
+                        produces="table",
+                    ),
+                    PluginInfo(
+                        kind=ANALYZER,
+                        name="summary",
+                        version="bench",
+                        parameters_schema={"type": "object"},
+                        accepts=("table",),
+                    ),
                 ],
-            )  # fmt: skip
+            )
     finally:
         engine.dispose()
 
@@ -199,9 +214,14 @@ def _start_server(
         # A session of its own: Ctrl-C reaches only the bench, which then stops the whole
         # process group (uvicorn's workers included).
         process = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
             start_new_session=True,
-        )  # fmt: skip
+        )
     return Server(name, f"http://{HOST}:{port}", process, log_path)
 
 
@@ -361,18 +381,36 @@ def _drive(
 ) -> RunResult:
     """One load-generator run against ``server``: warm-up, then the measured phase."""
     argv = [
-        sys.executable, str(BENCH_DIR / "loadgen.py"),
-        "--url", f"{server.url}/v1/jobs", "--key", key,
-        "--requests", str(args.requests), "--warmup", str(args.warmup),
-        "--concurrency", str(args.concurrency), "--seconds", str(args.seconds),
-        "--records", str(args.records), "--client", args.client, "--wait-for-go",
-    ]  # fmt: skip
+        sys.executable,
+        str(BENCH_DIR / "loadgen.py"),
+        "--url",
+        f"{server.url}/v1/jobs",
+        "--key",
+        key,
+        "--requests",
+        str(args.requests),
+        "--warmup",
+        str(args.warmup),
+        "--concurrency",
+        str(args.concurrency),
+        "--seconds",
+        str(args.seconds),
+        "--records",
+        str(args.records),
+        "--client",
+        args.client,
+        "--wait-for-go",
+    ]
     log_path = log_dir / "loadgen.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
             start_new_session=True,
-        )  # fmt: skip
+        )
     # Warm-up and measured phase are each bounded by --seconds plus the request timeout.
     watchdog = threading.Timer(2 * args.seconds + 60, process.kill)
     watchdog.start()
@@ -489,8 +527,11 @@ def _broker_messages() -> tuple[list[str | None], dict[str, int]]:
     length of each of those lists."""
     client = redis.Redis.from_url(f"{REDIS_SERVER}/{BROKER_DB}", socket_connect_timeout=5)
     try:
-        keys = [k for k in sorted(client.scan_iter(match=f"{POOL_QUEUE}*", count=1000))
-                if _is_job_queue(k.decode("latin-1")) and client.type(k) == b"list"]  # fmt: skip
+        keys = [
+            k
+            for k in sorted(client.scan_iter(match=f"{POOL_QUEUE}*", count=1000))
+            if _is_job_queue(k.decode("latin-1")) and client.type(k) == b"list"
+        ]
         lists = {k.decode("latin-1"): client.lrange(k, 0, -1) for k in keys}
     finally:
         client.close()
@@ -619,24 +660,32 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--records", type=int, default=10, help="records per inline job")
     parser.add_argument("--rounds", type=int, default=2, help="echo+ingest pairs to run")
     parser.add_argument(
-        "--client", choices=["raw", "httpx"], default="raw",
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
         help="load generator's HTTP client (see bench/loadgen.py)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--observability", action="store_true",
+        "--observability",
+        action="store_true",
         help="also run the API with metrics and tracing on (ingest+obs) against it off",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--var-root", type=Path, default=None, metavar="DIR",
+        "--var-root",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="where the temporary var directory (blobs, keyring) is made; default: the "
         "repository's var/bench (bench/common.py says why not /tmp). The blob store writes "
         "a file and a folder per job there, so its filesystem is part of what is measured",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--api-entry", default="celeriac.platform.cli", metavar="MODULE",
+        "--api-entry",
+        default="celeriac.platform.cli",
+        metavar="MODULE",
         help="for what-if experiments: a module run with -m in place of the celeriac CLI "
         "(it gets the same arguments, e.g. one that patches something and calls its main)",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     for name in ("requests", "concurrency", "seconds", "workers", "records", "rounds"):
         if getattr(args, name) <= 0:
@@ -670,21 +719,41 @@ def run(args: argparse.Namespace) -> bool:
 
         api_port, echo_port = _free_port(), _free_port()
         workers = str(args.workers)
-        api_argv = [sys.executable, "-m", args.api_entry, "api",
-                    "--host", HOST, "--port", str(api_port), "--workers", workers]  # fmt: skip
-        echo_argv = [sys.executable, str(BENCH_DIR / "echo_app.py"),
-                     "--host", HOST, "--port", str(echo_port), "--workers", workers]  # fmt: skip
+        api_argv = [
+            sys.executable,
+            "-m",
+            args.api_entry,
+            "api",
+            "--host",
+            HOST,
+            "--port",
+            str(api_port),
+            "--workers",
+            workers,
+        ]
+        echo_argv = [
+            sys.executable,
+            str(BENCH_DIR / "echo_app.py"),
+            "--host",
+            HOST,
+            "--port",
+            str(echo_port),
+            "--workers",
+            workers,
+        ]
         servers.append(_start_server("echo", echo_argv, echo_port, env, var_dir, var_dir))
         off = {"CELERIAC_OBSERVABILITY__METRICS_ENABLED": "false"} if args.observability else {}
-        servers.append(_start_server("ingest", api_argv, api_port, {**env, **off}, var_dir,
-                                     var_dir))  # fmt: skip
+        servers.append(
+            _start_server("ingest", api_argv, api_port, {**env, **off}, var_dir, var_dir)
+        )
         if args.observability:
             sink = OtlpSink()
             obs_port = _free_port()
             obs_argv = [*api_argv[:-4], "--port", str(obs_port), "--workers", workers]
             on = {"CELERIAC_OBSERVABILITY__OTLP_ENDPOINT": sink.endpoint}
-            servers.append(_start_server("ingest+obs", obs_argv, obs_port, {**env, **on},
-                                         var_dir, var_dir))  # fmt: skip
+            servers.append(
+                _start_server("ingest+obs", obs_argv, obs_port, {**env, **on}, var_dir, var_dir)
+            )
         _wait_healthy(servers)
         if args.observability:
             _scrape_every(f"{servers[2].url}/metrics", scraping)

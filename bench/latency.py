@@ -432,19 +432,24 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--block", type=int, default=20, help="jobs per design per turn")
     parser.add_argument("--poll-ms", type=float, default=2.0, help="job row poll interval")
     parser.add_argument(
-        "--designs", default=",".join(DESIGNS),
+        "--designs",
+        default=",".join(DESIGNS),
         help=f"which designs to run, comma separated (default: {','.join(DESIGNS)})",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--observability", action="store_true",
+        "--observability",
+        action="store_true",
         help="celeriac with metrics and tracing off vs on, in alternating phases",
-    )  # fmt: skip
+    )
     parser.add_argument("--phases", type=int, default=2, help="off/on pairs (--observability)")
     parser.add_argument(
-        "--py-spy", type=Path, default=None, metavar="DIR",
+        "--py-spy",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="sample the API and the three pools with py-spy over the measured phase (best "
         "with --designs celeriac) and print where they spend their time",
-    )  # fmt: skip
+    )
     add_common_options(parser)
     args = parser.parse_args()
     args.designs = [d.strip() for d in args.designs.split(",") if d.strip()]
@@ -561,8 +566,11 @@ def _variant_env(
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
         port = free_port()
-        pools[pool] = {**on, "PROMETHEUS_MULTIPROC_DIR": str(directory),
-                       "CELERIAC_OBSERVABILITY__METRICS_PORT": str(port)}  # fmt: skip
+        pools[pool] = {
+            **on,
+            "PROMETHEUS_MULTIPROC_DIR": str(directory),
+            "CELERIAC_OBSERVABILITY__METRICS_PORT": str(port),
+        }
         urls.append(f"http://127.0.0.1:{port}/metrics")
     return pools, on, urls
 
@@ -641,10 +649,12 @@ def run_observability(args: argparse.Namespace) -> bool:
 def main() -> None:
     install_signal_handlers()
     run_main(
-        "latency", _parse_args,
+        "latency",
+        _parse_args,
         lambda args: run_observability(args) if args.observability else run(args),
-        (BenchError,), "processes stopped, database dropped",
-    )  # fmt: skip
+        (BenchError,),
+        "processes stopped, database dropped",
+    )
 
 
 if __name__ == "__main__":

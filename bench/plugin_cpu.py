@@ -83,8 +83,11 @@ def plugins_at(revision: str | None) -> dict[str, Any]:
         else:
             source = subprocess.run(
                 ["git", "show", f"{revision}:{path}"],
-                cwd=ROOT, check=True, capture_output=True, text=True,
-            ).stdout  # fmt: skip
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
         found[name] = getattr(_module(prefix, name, source), name)
     for plugin in found.values():
         plugin.ensure_loaded()
@@ -207,13 +210,18 @@ def run(args: argparse.Namespace) -> bool:
         print(f"{step:<{width}}" + "".join(f"{c:>28}" for c in cells) + f"{ratio:8.2f}")
         ours = medians[1]
     met = ours < TARGET_MS
-    print(f"\ntarget: plugin CPU per small job under {TARGET_MS:.0f} ms: "
-          f"{ours:.1f} ms, {'met' if met else 'NOT met'}")  # fmt: skip
+    print(
+        f"\ntarget: plugin CPU per small job under {TARGET_MS:.0f} ms: "
+        f"{ours:.1f} ms, {'met' if met else 'NOT met'}"
+    )
     return met
 
 
 if __name__ == "__main__":
     run_main(
-        "plugin_cpu", parse_args, run, (subprocess.CalledProcessError, OSError),
+        "plugin_cpu",
+        parse_args,
+        run,
+        (subprocess.CalledProcessError, OSError),
         "nothing to clean up",
-    )  # fmt: skip
+    )

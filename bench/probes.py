@@ -43,15 +43,31 @@ def run(args: argparse.Namespace) -> bool:
     var_dir = scratch_dir("probes-")
     broker = f"{args.redis}/{args.db}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
-    env |= {"CELERIAC_VAR_DIR": str(var_dir), "CELERIAC_BROKER_URL": broker,
-            "CELERIAC_REDIS_URL": broker, "CELERIAC_LOG__LEVEL": "WARNING"}  # fmt: skip
+    env |= {
+        "CELERIAC_VAR_DIR": str(var_dir),
+        "CELERIAC_BROKER_URL": broker,
+        "CELERIAC_REDIS_URL": broker,
+        "CELERIAC_LOG__LEVEL": "WARNING",
+    }
     flush_redis(args.redis, [args.db])
     log = (var_dir / "worker.log").open("wb")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celeriac.platform.cli", "worker", "--pool", "orchestration",
-         "--concurrency", "4"],
-        env=env, cwd=REPO, stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "celeriac.platform.cli",
+            "worker",
+            "--pool",
+            "orchestration",
+            "--concurrency",
+            "4",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     heartbeat = var_dir / "heartbeat" / "orchestration"
     try:
         deadline = time.monotonic() + 120
@@ -65,23 +81,42 @@ def run(args: argparse.Namespace) -> bool:
         load = os.getloadavg()[0]
         alive, alive_ok = _timed([str(ALIVE), str(heartbeat), "60"], env, args.runs)
         ping, ping_ok = _timed(
-            [sys.executable, "-m", "celery", "-A", "celeriac.workers.celery_app", "inspect",
-             "ping", "-d", node, "--timeout", "5"], env, args.runs,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "celeriac.workers.celery_app",
+                "inspect",
+                "ping",
+                "-d",
+                node,
+                "--timeout",
+                "5",
+            ],
+            env,
+            args.runs,
+        )
         load = max(load, os.getloadavg()[0])
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=60)
         flush_redis(args.redis, [args.db])
         shutil.rmtree(var_dir, ignore_errors=True)
-    print(f"\nliveness probe of one orchestration worker, {args.runs} runs each, "
-          f"load average up to {load:.1f} on {os.cpu_count()} cores\n")  # fmt: skip
+    print(
+        f"\nliveness probe of one orchestration worker, {args.runs} runs each, "
+        f"load average up to {load:.1f} on {os.cpu_count()} cores\n"
+    )
     print(f"{'probe':<40}{'median ms':>11}{'p95 ms':>10}{'healthy':>9}")
-    rows = [("celeriac-alive (heartbeat file age)", alive, alive_ok),
-            ("celery inspect ping -d <node> (baseline)", ping, ping_ok)]  # fmt: skip
+    rows = [
+        ("celeriac-alive (heartbeat file age)", alive, alive_ok),
+        ("celery inspect ping -d <node> (baseline)", ping, ping_ok),
+    ]
     for name, times, ok in rows:
-        print(f"{name:<40}{percentile(times, 0.5):>11.1f}{percentile(times, 0.95):>10.1f}"
-              f"{ok:>5}/{args.runs}")  # fmt: skip
+        print(
+            f"{name:<40}{percentile(times, 0.5):>11.1f}{percentile(times, 0.95):>10.1f}"
+            f"{ok:>5}/{args.runs}"
+        )
     ratio = percentile(ping, 0.5) / percentile(alive, 0.5)
     print(f"\nping / celeriac-alive at the median: {ratio:.0f}x")
     return alive_ok == args.runs and ratio > 1
@@ -96,5 +131,10 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    run_main("probes", parse_args, run, (BenchError, OSError, subprocess.SubprocessError),
-             "the worker was stopped")  # fmt: skip
+    run_main(
+        "probes",
+        parse_args,
+        run,
+        (BenchError, OSError, subprocess.SubprocessError),
+        "the worker was stopped",
+    )

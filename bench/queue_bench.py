@@ -78,12 +78,27 @@ def worker_argv(queues: Sequence[str], app: str = WORKER_APP) -> list[str]:
     bench's queues and a fixed host name, without ``--max-tasks-per-child``: replacing a
     child every 200 no-op tasks would measure plugin loading, not queueing."""
     return [
-        sys.executable, "-m", "celery", "-A", app, "worker",
-        "--pool", "prefork", "--concurrency", str(CONCURRENCY),
-        "-O", "fair", "--prefetch-multiplier", "1",
-        "--queues", ",".join(queues),
-        "--hostname", HOSTNAME, "--without-mingle", "--without-gossip",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(CONCURRENCY),
+        "-O",
+        "fair",
+        "--prefetch-multiplier",
+        "1",
+        "--queues",
+        ",".join(queues),
+        "--hostname",
+        HOSTNAME,
+        "--without-mingle",
+        "--without-gossip",
+    ]
 
 
 # Runs before the worker (which it execs): the kernel sends the worker SIGTERM if the bench
@@ -113,11 +128,20 @@ class Worker:
             # A session of its own: Ctrl-C reaches only the bench, which then stops the
             # worker's whole process group.
             self.process = subprocess.Popen(
-                [sys.executable, "-c", _LAUNCHER, str(os.getpid()),
-                 *worker_argv(self.queues, self.app)],
-                env=self.env, cwd=self.cwd,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-c",
+                    _LAUNCHER,
+                    str(os.getpid()),
+                    *worker_argv(self.queues, self.app),
+                ],
+                env=self.env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
 
     @property
     def pid(self) -> int:
@@ -406,9 +430,9 @@ class BenchEnv:
     def start_worker(self, name: str, queues: Sequence[str], app: str = WORKER_APP) -> Worker:
         env = self.child_env
         if app == BAND_FIRST_APP:
-            env = env | {"PYTHONPATH": os.pathsep.join(
-                filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")])
-            )}  # fmt: skip
+            env = env | {
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
+            }
         worker = Worker(name, queues, env, self.root, self.root / f"{name}.log", app)
         self.workers.append(worker)
         worker.start()
@@ -439,9 +463,14 @@ def _prewarm(env: dict[str, str], cwd: Path) -> None:
         "get_registry()\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True,
-        timeout=300, check=False,
-    )  # fmt: skip
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if done.returncode != 0:
         raise BenchError(f"importing the worker's code failed:\n{done.stderr[-2000:]}")
 

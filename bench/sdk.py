@@ -57,10 +57,13 @@ def _register_plugins() -> None:
     from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
 
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "bench", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "bench", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "bench", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "bench", {"type": "object"}, accepts=("table",)),
+            ],
+        )
 
 
 def _load() -> str:
@@ -73,12 +76,14 @@ def _load() -> str:
 
 def _raw_round(env: Env, body: dict[str, Any], count: int) -> list[float]:
     latencies = []
-    with httpx.Client(base_url=env.api_url, timeout=30,
-                      headers={"Authorization": f"Bearer {env.api_key}"}) as http:  # fmt: skip
+    with httpx.Client(
+        base_url=env.api_url, timeout=30, headers={"Authorization": f"Bearer {env.api_key}"}
+    ) as http:
         for _ in range(count):
             started = time.perf_counter()
-            answer = http.post("/v1/jobs", json=body,
-                               headers={"Idempotency-Key": f"raw-{uuid.uuid4()}"})  # fmt: skip
+            answer = http.post(
+                "/v1/jobs", json=body, headers={"Idempotency-Key": f"raw-{uuid.uuid4()}"}
+            )
             answer.json()
             latencies.append((time.perf_counter() - started) * 1000)
             if answer.status_code != 202:
@@ -105,21 +110,30 @@ def sdk_overhead(env: Env, args: argparse.Namespace) -> bool:
     for index in range(args.rounds):
         order = ("raw httpx", "SDK") if index % 2 == 0 else ("SDK", "raw httpx")
         for name in order:
-            run = _raw_round(env, body, args.submissions) if name == "raw httpx" else \
-                _sdk_round(env, records, args.submissions)  # fmt: skip
+            run = (
+                _raw_round(env, body, args.submissions)
+                if name == "raw httpx"
+                else _sdk_round(env, records, args.submissions)
+            )
             rounds[name].append(run)
-    print(f"\n## SDK overhead: {args.submissions} sequential submissions x {args.rounds} rounds"
-          f" ({args.records} records each), {_load()}")  # fmt: skip
-    print(f"{'client':<10} {'median ms':>10} {'p95 ms':>8} {'p99 ms':>8} {'jobs/s':>8}"
-          "  per-round medians")  # fmt: skip
+    print(
+        f"\n## SDK overhead: {args.submissions} sequential submissions x {args.rounds} rounds"
+        f" ({args.records} records each), {_load()}"
+    )
+    print(
+        f"{'client':<10} {'median ms':>10} {'p95 ms':>8} {'p99 ms':>8} {'jobs/s':>8}"
+        "  per-round medians"
+    )
     medians = {}
     for name, runs in rounds.items():
         every = [v for run in runs for v in run]
         medians[name] = statistics.median(every)
         per_round = " ".join(f"{statistics.median(r):.2f}" for r in runs)
         rate = len(every) / (sum(every) / 1000)
-        print(f"{name:<10} {medians[name]:>10.2f} {percentile(every, 0.95):>8.2f} "
-              f"{percentile(every, 0.99):>8.2f} {rate:>8.0f}  {per_round}")  # fmt: skip
+        print(
+            f"{name:<10} {medians[name]:>10.2f} {percentile(every, 0.95):>8.2f} "
+            f"{percentile(every, 0.99):>8.2f} {rate:>8.0f}  {per_round}"
+        )
     ratio = medians["SDK"] / medians["raw httpx"]
     ok = ratio <= 1.10
     print(f"SDK / raw median latency: {ratio:.3f} (target <= 1.10): {'met' if ok else 'NOT met'}")
@@ -147,8 +161,12 @@ class Streams:
     async def _all(self) -> None:
         limits = httpx.Limits(max_connections=len(self.job_ids) + 10)
         headers = {"Authorization": f"Bearer {self.env.api_key}"}
-        async with httpx.AsyncClient(base_url=self.env.api_url, limits=limits, headers=headers,
-                                     timeout=httpx.Timeout(30, read=None)) as http:  # fmt: skip
+        async with httpx.AsyncClient(
+            base_url=self.env.api_url,
+            limits=limits,
+            headers=headers,
+            timeout=httpx.Timeout(30, read=None),
+        ) as http:
             await asyncio.gather(*(self._one(http, j) for j in self.job_ids))
 
     async def _one(self, http: httpx.AsyncClient, job_id: str) -> None:
@@ -172,13 +190,31 @@ class Streams:
 
 
 def _ingest(env: Env, args: argparse.Namespace, log: Path) -> dict[str, Any]:
-    argv = [sys.executable, str(BENCH_DIR / "loadgen.py"), "--url", f"{env.api_url}/v1/jobs",
-            "--key", env.api_key, "--seconds", str(args.ingest_seconds),
-            "--requests", "1000000", "--warmup", "200",
-            "--concurrency", str(args.concurrency)]  # fmt: skip
+    argv = [
+        sys.executable,
+        str(BENCH_DIR / "loadgen.py"),
+        "--url",
+        f"{env.api_url}/v1/jobs",
+        "--key",
+        env.api_key,
+        "--seconds",
+        str(args.ingest_seconds),
+        "--requests",
+        "1000000",
+        "--warmup",
+        "200",
+        "--concurrency",
+        str(args.concurrency),
+    ]
     with open(log, "ab") as err:
-        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=err, text=True,
-                              timeout=4 * args.ingest_seconds + 120, check=False)  # fmt: skip
+        done = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            timeout=4 * args.ingest_seconds + 120,
+            check=False,
+        )
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     result = lines[-1] if lines else None
     if done.returncode != 0 or result is None or "accepted_per_second" not in result:
@@ -190,16 +226,18 @@ def _ingest(env: Env, args: argparse.Namespace, log: Path) -> dict[str, Any]:
 def streams_vs_ingest(env: Env, args: argparse.Namespace) -> bool:
     log = env.root / "loadgen.log"
     with Client(base_url=env.api_url, api_key=env.api_key) as client:
-        watched = [str(client.jobs.submit(records=_records(20), pipeline=SPEC,
-                                          priority="high").id)
-                   for _ in range(args.streams)]  # fmt: skip
+        watched = [
+            str(client.jobs.submit(records=_records(20), pipeline=SPEC, priority="high").id)
+            for _ in range(args.streams)
+        ]
     runs: list[tuple[str, dict[str, Any]]] = [("without", _ingest(env, args, log))]
     streams = Streams(env, watched)
     deadline = time.monotonic() + 120
     while streams.opened() < len(watched):
         if time.monotonic() > deadline or streams.errors:
-            raise BenchError(f"{streams.opened()} of {len(watched)} streams opened; "
-                             f"{streams.errors[:3]}")  # fmt: skip
+            raise BenchError(
+                f"{streams.opened()} of {len(watched)} streams opened; {streams.errors[:3]}"
+            )
         time.sleep(0.1)
     note(f"{len(watched)} event streams open")
     runs.append(("with", _ingest(env, args, log)))
@@ -208,8 +246,9 @@ def streams_vs_ingest(env: Env, args: argparse.Namespace) -> bool:
     with env.db() as conn:
         conn.execute(
             "UPDATE jobs SET state = 'cancelled', finished_at = now() "
-            "WHERE state = 'queued' AND NOT (id = ANY(%s::uuid[]))", (watched,),
-        )  # fmt: skip
+            "WHERE state = 'queued' AND NOT (id = ANY(%s::uuid[]))",
+            (watched,),
+        )
     started = time.monotonic()
     workers = env.start_workers()
     streams.wait(timeout=900)
@@ -232,8 +271,10 @@ def streams_vs_ingest(env: Env, args: argparse.Namespace) -> bool:
         f"\n## Ingest with {len(watched)} open event streams on one API process "
         f"(loadgen, {args.concurrency} in flight, {args.ingest_seconds:.0f} s per run)"
     )
-    print(f"{'run':<4} {'streams':<8} {'jobs/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
-          f" {'errors':>7}  machine")  # fmt: skip
+    print(
+        f"{'run':<4} {'streams':<8} {'jobs/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+        f" {'errors':>7}  machine"
+    )
     for index, (kind, run) in enumerate(runs, 1):
         print(
             f"{index:<4} {kind:<8} {run['accepted_per_second']:>8.0f} {run['p50_ms']:>8.1f} "

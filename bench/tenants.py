@@ -145,8 +145,11 @@ def run(
     log = WorkerLog(worker.log_path)
     if not wait_for(
         lambda: log.count("tp-") >= WARMUP_TASKS,
-        STARTUP_TIMEOUT_SECONDS, "the worker to start", worker, log,
-    ):  # fmt: skip
+        STARTUP_TIMEOUT_SECONDS,
+        "the worker to start",
+        worker,
+        log,
+    ):
         raise BenchError(f"worker {worker.name} ran no task:\n{worker.log_tail()}")
     before = Probe.take(worker, bench.broker)
     started_before = log.count("tp-")
@@ -177,8 +180,11 @@ def run(
     latency_usage = Usage.between(latency_before, Probe.take(worker, bench.broker))
     wait_for(
         lambda: log.count("lat-") >= count,
-        args.latency_seconds + 60, "the latency tasks to start", worker, log,
-    )  # fmt: skip
+        args.latency_seconds + 60,
+        "the latency tasks to start",
+        worker,
+        log,
+    )
     latencies = [log.starts[label].delay_ms for label in log.starts if label[:4] == "lat-"]
     if len(latencies) < count:
         note(f"  only {len(latencies)} of {count} latency tasks started")
@@ -298,10 +304,15 @@ def print_tables(runs: list[Run]) -> bool:
     if ("fair", fewest) in median_tps and ("fair", most) in median_tps and most > fewest:
         ratio = median_tps[("fair", most)] / median_tps[("fair", fewest)]
         cost = [
-            _median([r.usage.cpu_ms_per_task(r.usage_tasks) for r in runs
-                     if (r.design, r.tenants) == ("fair", n)])
+            _median(
+                [
+                    r.usage.cpu_ms_per_task(r.usage_tasks)
+                    for r in runs
+                    if (r.design, r.tenants) == ("fair", n)
+                ]
+            )
             for n in (fewest, most)
-        ]  # fmt: skip
+        ]
         met = ratio >= TARGET_RATIO
         print(
             f"Target: fair at {most:,} tenants >= {TARGET_RATIO:.0%} of fair at {fewest}"

@@ -41,9 +41,14 @@ import ingest
 import psycopg
 from common import UNLIMITED_QUOTAS, run_main, scratch_dir
 
-METRICS = [("jobs.submitted", "job"), ("jobs.completed", "job"), ("records.processed", "record"),
-           ("compute.seconds", "second"), ("storage.bytes", "byte"),
-           ("webhooks.delivered", "delivery")]  # fmt: skip
+METRICS = [
+    ("jobs.submitted", "job"),
+    ("jobs.completed", "job"),
+    ("records.processed", "record"),
+    ("compute.seconds", "second"),
+    ("storage.bytes", "byte"),
+    ("webhooks.delivered", "delivery"),
+]
 
 
 def _dsn() -> str:
@@ -71,15 +76,17 @@ class UsageProbe(ingest.Probe):
 
 def _generate(rows: int, tenants: int, days: int) -> float:
     start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
-        days=days)  # fmt: skip
+        days=days
+    )
     names = [m for m, _ in METRICS]
     units = [u for _, u in METRICS]
     with psycopg.connect(_dsn(), autocommit=True) as conn:
         conn.execute(
             "INSERT INTO tenants (id, slug, name, status, plan, created_at, updated_at) "
             "SELECT gen_random_uuid(), 'usage-' || g, 'usage-' || g, 'active', 'free', now(), "
-            "now() FROM generate_series(1, %s) g", (tenants,),
-        )  # fmt: skip
+            "now() FROM generate_series(1, %s) g",
+            (tenants,),
+        )
         began = time.perf_counter()
         conn.execute(
             """
@@ -95,9 +102,15 @@ def _generate(rows: int, tenants: int, days: int) -> float:
                    jsonb_build_object('job_id', g), 'bench'
             FROM generate_series(0, %(rows)s - 1) g, t
             """,
-            {"names": names, "units": units, "tenants": tenants, "start": start,
-             "span": days * 86400, "rows": rows},
-        )  # fmt: skip
+            {
+                "names": names,
+                "units": units,
+                "tenants": tenants,
+                "start": start,
+                "span": days * 86400,
+                "rows": rows,
+            },
+        )
         took = time.perf_counter() - began
         conn.execute("ANALYZE usage_records")
     return took
@@ -119,27 +132,33 @@ def _part_two(args: argparse.Namespace, api_url: str, billing_token: str) -> Non
     from celeriac.platform.usage.schemas import Granularity
     from celeriac.platform.usage.service import summarize
 
-    print(f"\npart 2: generating {args.rows:,} usage records ({args.tenants} tenants, 6 metrics, "
-          f"{args.days} days) ...", flush=True)  # fmt: skip
+    print(
+        f"\npart 2: generating {args.rows:,} usage records ({args.tenants} tenants, 6 metrics, "
+        f"{args.days} days) ...",
+        flush=True,
+    )
     took = _generate(args.rows, args.tenants, args.days)
     with psycopg.connect(_dsn(), autocommit=True) as conn:
         total = int(conn.execute("SELECT count(*) FROM usage_records").fetchone()[0])  # type: ignore[index]
-        one_tenant = conn.execute(
-            "SELECT id FROM tenants WHERE slug = 'usage-1'").fetchone()[0]  # type: ignore[index]  # fmt: skip
-    print(f"  inserted in {took:.1f} s ({args.rows / took:,.0f} rows/s with both indexes); "
-          f"table holds {total:,} records", flush=True)  # fmt: skip
+        one_tenant = conn.execute("SELECT id FROM tenants WHERE slug = 'usage-1'").fetchone()[0]  # type: ignore[index]
+    print(
+        f"  inserted in {took:.1f} s ({args.rows / took:,.0f} rows/s with both indexes); "
+        f"table holds {total:,} records",
+        flush=True,
+    )
 
     engine = create_db_engine(ingest._database_url())
     rows: list[tuple[str, float, str]] = []
     try:
         with psycopg.connect(_dsn(), autocommit=True) as conn:
             baseline, _ = _median_ms(
-                lambda: conn.execute("SELECT count(*) FROM usage_records").fetchone(),
-                args.repeat)  # fmt: skip
+                lambda: conn.execute("SELECT count(*) FROM usage_records").fetchone(), args.repeat
+            )
             rows.append(("SELECT count(*) FROM usage_records (baseline)", baseline, "1 row"))
             summed, _ = _median_ms(
                 lambda: conn.execute("SELECT sum(quantity) FROM usage_records").fetchone(),
-                args.repeat)  # fmt: skip
+                args.repeat,
+            )
             rows.append(("SELECT sum(quantity) FROM usage_records", summed, "1 row"))
         cases: list[tuple[str, Granularity, uuid.UUID | None]] = [
             ("summary by tenant, metric, month", Granularity.MONTH, None),
@@ -150,8 +169,14 @@ def _part_two(args: argparse.Namespace, api_url: str, billing_token: str) -> Non
             with Session(engine) as session:
 
                 def run(g: Granularity = granularity, t: uuid.UUID | None = tenant_id) -> Any:
-                    return summarize(session, granularity=g, tenant_id=t, metric=None,
-                                     occurred_after=None, occurred_before=None)  # fmt: skip
+                    return summarize(
+                        session,
+                        granularity=g,
+                        tenant_id=t,
+                        metric=None,
+                        occurred_after=None,
+                        occurred_before=None,
+                    )
 
                 ms, totals = _median_ms(run, args.repeat)
             rows.append((label, ms, f"{len(totals):,} totals"))
@@ -188,19 +213,31 @@ def run(args: argparse.Namespace) -> bool:
         env = ingest._child_env(var_dir)
         ingest._celeriac(env, var_dir, "migrate")
         key = ingest._create_tenant(env, var_dir)
-        ingest._celeriac(env, var_dir, "admin", "set-quotas", ingest.TENANT_SLUG,
-                         *UNLIMITED_QUOTAS)  # fmt: skip
-        billing_token = ingest._celeriac(env, var_dir, "admin", "token", "--role",
-                                         "billing").strip()  # fmt: skip
+        ingest._celeriac(env, var_dir, "admin", "set-quotas", ingest.TENANT_SLUG, *UNLIMITED_QUOTAS)
+        billing_token = ingest._celeriac(
+            env, var_dir, "admin", "token", "--role", "billing"
+        ).strip()
         ingest._register_plugins()
         port = ingest._free_port()
-        argv = [sys.executable, "-m", "celeriac.platform.cli", "api", "--host", ingest.HOST,
-                "--port", str(port), "--workers", "1"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "celeriac.platform.cli",
+            "api",
+            "--host",
+            ingest.HOST,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ]
         servers.append(ingest._start_server("ingest", argv, port, env, var_dir, var_dir))
         ingest._wait_healthy(servers)
 
-        print(f"\npart 1: usage records written under the ingest load ({args.concurrency} in "
-              f"flight, {args.records} records per job, {args.seconds:.0f} s per run)")  # fmt: skip
+        print(
+            f"\npart 1: usage records written under the ingest load ({args.concurrency} in "
+            f"flight, {args.records} records per job, {args.seconds:.0f} s per run)"
+        )
         probe = UsageProbe(servers)
         rates = []
         for index in range(args.rounds):
@@ -248,8 +285,17 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=5, help="timings per query (median)")
     parser.add_argument("--var-root", type=Path, default=None, metavar="DIR")
     args = parser.parse_args()
-    for name in ("seconds", "requests", "concurrency", "records", "rounds", "rows", "tenants",
-                 "days", "repeat"):  # fmt: skip
+    for name in (
+        "seconds",
+        "requests",
+        "concurrency",
+        "records",
+        "rounds",
+        "rows",
+        "tenants",
+        "days",
+        "repeat",
+    ):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive")
     return args

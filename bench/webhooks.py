@@ -111,8 +111,11 @@ def _direct_posts(url: str, count: int, threads: int, body: bytes) -> tuple[floa
         if client is None:
             client = local.client = httpx.Client(timeout=10)
         started = time.perf_counter()
-        client.post(url, content=body, headers={"content-type": "application/json",
-                                                "webhook-id": "msg_direct"})  # fmt: skip
+        client.post(
+            url,
+            content=body,
+            headers={"content-type": "application/json", "webhook-id": "msg_direct"},
+        )
         times.append((time.perf_counter() - started) * 1000)
 
     started = time.perf_counter()
@@ -126,8 +129,9 @@ def run(args: argparse.Namespace) -> bool:
     with environment("webhooks", DATABASE, "WARNING", SETTINGS) as env:
         env.start_workers()
         env.start_api()
-        api = httpx.Client(base_url=env.api_url, timeout=30,
-                           headers={"Authorization": f"Bearer {env.api_key}"})  # fmt: skip
+        api = httpx.Client(
+            base_url=env.api_url, timeout=30, headers={"Authorization": f"Bearer {env.api_key}"}
+        )
         created = api.post("/v1/webhooks", json={"url": receiver.url, "event_types": ["*"]})
         if created.status_code != 201:
             raise BenchError(f"creating the target failed: {created.text}")
@@ -147,15 +151,22 @@ def run(args: argparse.Namespace) -> bool:
             tenant_id = target.tenant_id
             assert session.get(Tenant, tenant_id) is not None
             for n in range(args.events):
-                events.enqueue(session, tenant_id, EventType.WEBHOOK_TEST, f"bench:{n}",
-                               {"n": n, "note": "a benchmark event"}, targets=[target])  # fmt: skip
+                events.enqueue(
+                    session,
+                    tenant_id,
+                    EventType.WEBHOOK_TEST,
+                    f"bench:{n}",
+                    {"n": n, "note": "a benchmark event"},
+                    targets=[target],
+                )
             started = time.time()
         receiver.wait(lambda: receiver.count() - before >= args.events, 300, "the events")
         elapsed = receiver.arrivals[-1][0] - started
         delivered_per_second = args.events / elapsed
         sample_body = json.dumps(receiver.arrivals[-1][2]).encode()
-        direct_rate, direct_times = _direct_posts(receiver.url, args.events, args.threads,
-                                                  sample_body)  # fmt: skip
+        direct_rate, direct_times = _direct_posts(
+            receiver.url, args.events, args.threads, sample_body
+        )
 
         # Latency: job end -> the receiver has the job's event.
         note(f"latency: {args.jobs} jobs, one at a time")
@@ -168,12 +179,16 @@ def run(args: argparse.Namespace) -> bool:
             job_id = answer.json()["id"]
 
             def arrived(job_id: str = job_id) -> bool:
-                return any(e.get("data", {}).get("job_id") == job_id
-                           for _, _, e in receiver.arrivals[-5:])  # fmt: skip
+                return any(
+                    e.get("data", {}).get("job_id") == job_id for _, _, e in receiver.arrivals[-5:]
+                )
 
             receiver.wait(arrived, 60, f"the event of job {job_id}")
-            at = next(t for t, _, e in reversed(receiver.arrivals)
-                      if e.get("data", {}).get("job_id") == job_id)  # fmt: skip
+            at = next(
+                t
+                for t, _, e in reversed(receiver.arrivals)
+                if e.get("data", {}).get("job_id") == job_id
+            )
             with env.db() as conn:
                 row = conn.execute(
                     "SELECT extract(epoch FROM finished_at), state FROM jobs WHERE id = %s",
@@ -186,13 +201,19 @@ def run(args: argparse.Namespace) -> bool:
 
     print()
     print(f"{'what':44s} {'per s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}")
-    print(f"{'deliveries (distribution pool, signed)':44s} {delivered_per_second:9.0f}"
-          f" {'':>8s} {'':>8s}")  # fmt: skip
+    print(
+        f"{'deliveries (distribution pool, signed)':44s} {delivered_per_second:9.0f}"
+        f" {'':>8s} {'':>8s}"
+    )
     direct = f"direct posts ({args.threads} threads, baseline)"
-    print(f"{direct:44s} {direct_rate:9.0f} {statistics.median(direct_times):8.2f}"
-          f" {percentile(direct_times, 0.99):8.2f}")  # fmt: skip
-    print(f"{'job end -> receiver has the event':44s} {'':>9s}"
-          f" {statistics.median(delays):8.1f} {percentile(delays, 0.99):8.1f}")  # fmt: skip
+    print(
+        f"{direct:44s} {direct_rate:9.0f} {statistics.median(direct_times):8.2f}"
+        f" {percentile(direct_times, 0.99):8.2f}"
+    )
+    print(
+        f"{'job end -> receiver has the event':44s} {'':>9s}"
+        f" {statistics.median(delays):8.1f} {percentile(delays, 0.99):8.1f}"
+    )
     platform = [mid for _, mid, _ in receiver.arrivals if mid != "msg_direct"]
     once = len(platform) == len(set(platform)) == args.events + args.jobs
     print(

@@ -33,8 +33,28 @@ from celeriac.client.errors import (
 from celeriac.client.models import FINAL_STATES, JobEvent, JobState, Priority
 
 __all__ = [
-    "FINAL_STATES", "APIError", "AsyncClient", "AsyncJob", "AuthenticationFailed", "BadRequest",
-    "CeleriacError", "Client", "Conflict", "ConnectionFailed", "Gone", "Job", "JobEvent",
-    "JobState", "JobTimeout", "NotFound", "PayloadTooLarge", "PermissionDenied", "Priority",
-    "RateLimited", "RetryPolicy", "ServerError", "ServiceUnavailable", "ValidationFailed",
-]  # fmt: skip
+    "FINAL_STATES",
+    "APIError",
+    "AsyncClient",
+    "AsyncJob",
+    "AuthenticationFailed",
+    "BadRequest",
+    "CeleriacError",
+    "Client",
+    "Conflict",
+    "ConnectionFailed",
+    "Gone",
+    "Job",
+    "JobEvent",
+    "JobState",
+    "JobTimeout",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "Priority",
+    "RateLimited",
+    "RetryPolicy",
+    "ServerError",
+    "ServiceUnavailable",
+    "ValidationFailed",
+]

@@ -87,14 +87,20 @@ def new_idempotency_key() -> str:
 
 
 def auth_headers(api_key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT,
-            "Accept": "application/json"}  # fmt: skip
+    return {
+        "Authorization": f"Bearer {api_key}",
+        "User-Agent": USER_AGENT,
+        "Accept": "application/json",
+    }
 
 
 # -- submissions ------------------------------------------------------------------------
 
-_FILE_TYPES = {".csv": "text/csv", ".ndjson": "application/x-ndjson",
-               ".jsonl": "application/x-ndjson"}  # fmt: skip
+_FILE_TYPES = {
+    ".csv": "text/csv",
+    ".ndjson": "application/x-ndjson",
+    ".jsonl": "application/x-ndjson",
+}
 
 
 @dataclass
@@ -156,10 +162,13 @@ def _records_like(value: Any) -> bool:
 def _columns_like(value: Any) -> bool:
     """A mapping of column -> statistics (the summary analyzer's shape)."""
     return (
-        isinstance(value, dict) and bool(value)
-        and all(isinstance(v, dict) and not any(isinstance(x, dict | list) for x in v.values())
-                for v in value.values())
-    )  # fmt: skip
+        isinstance(value, dict)
+        and bool(value)
+        and all(
+            isinstance(v, dict) and not any(isinstance(x, dict | list) for x in v.values())
+            for v in value.values()
+        )
+    )
 
 
 def as_frames(value: Any) -> Any:

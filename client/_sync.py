@@ -42,8 +42,11 @@ Ids = list[str]
 
 
 def _params(**values: Any) -> dict[str, Any]:
-    return {k: (v.isoformat() if isinstance(v, datetime) else v)
-            for k, v in values.items() if v is not None}  # fmt: skip
+    return {
+        k: (v.isoformat() if isinstance(v, datetime) else v)
+        for k, v in values.items()
+        if v is not None
+    }
 
 
 class Client:
@@ -75,9 +78,11 @@ class Client:
         self.base_url = (base_url or os.environ.get("CELERIAC_URL") or DEFAULT_URL).rstrip("/")
         self.retry = retry or RetryPolicy()
         self._http = httpx.Client(
-            base_url=self.base_url, headers=_core.auth_headers(api_key), timeout=timeout,
+            base_url=self.base_url,
+            headers=_core.auth_headers(api_key),
+            timeout=timeout,
             transport=transport,
-        )  # fmt: skip
+        )
         self.jobs = Jobs(self)
         self.webhooks = Webhooks(self)
         self.webhook_messages = WebhookMessages(self)
@@ -115,8 +120,9 @@ class Client:
         attempts = Attempts(self.retry)
         while True:
             try:
-                response = self._http.request(method, path, params=params, json=json,
-                                              data=data, files=files, headers=sent)  # fmt: skip
+                response = self._http.request(
+                    method, path, params=params, json=json, data=data, files=files, headers=sent
+                )
             except httpx.TransportError as exc:
                 # Safe to repeat: reads, and POSTs under their Idempotency-Key.
                 delay = attempts.next_delay(None)
@@ -140,8 +146,9 @@ class Client:
     def _pages(self, model: type[M], path: str, params: Mapping[str, Any]) -> Iterator[M]:
         cursor: str | None = None
         while True:
-            page = self.request("GET", path, params={**params, "cursor": cursor}
-                                if cursor else params).json()  # fmt: skip
+            page = self.request(
+                "GET", path, params={**params, "cursor": cursor} if cursor else params
+            ).json()
             for item in page["data"]:
                 yield model.model_validate(item)
             cursor = page.get("next_cursor")
@@ -154,8 +161,9 @@ class Client:
         return job
 
     @contextmanager
-    def _stream(self, path: str, headers: Mapping[str, str],
-                timeout: httpx.Timeout) -> Iterator[httpx.Response]:  # fmt: skip
+    def _stream(
+        self, path: str, headers: Mapping[str, str], timeout: httpx.Timeout
+    ) -> Iterator[httpx.Response]:
         with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
             if response.is_error:
                 response.read()
@@ -209,8 +217,9 @@ class Job(JobData):
         """Cancel the job (409 once it has ended)."""
         return self.client.jobs.cancel(self.id)
 
-    def rerun(self, *, pipeline: str | Mapping[str, Any] | None = None,
-              priority: str | None = None) -> Job:  # fmt: skip
+    def rerun(
+        self, *, pipeline: str | Mapping[str, Any] | None = None, priority: str | None = None
+    ) -> Job:
         """A new job on this job's stored records."""
         return self.client.jobs.rerun(self.id, pipeline=pipeline, priority=priority)
 
@@ -244,12 +253,17 @@ class Jobs(_Resource):
     ) -> Job:
         """Submit records (a list of dicts or a pandas DataFrame) or a CSV / NDJSON
         ``file``; the job is accepted (``queued``) when this returns."""
-        body = _core.submit_request(records, file=file, pipeline=pipeline, priority=priority,
-                                    metadata=metadata)  # fmt: skip
+        body = _core.submit_request(
+            records, file=file, pipeline=pipeline, priority=priority, metadata=metadata
+        )
         accepted = self._client.request(
-            "POST", "/v1/jobs", json=body.json, data=body.data, files=body.files,
+            "POST",
+            "/v1/jobs",
+            json=body.json,
+            data=body.data,
+            files=body.files,
             idempotency_key=idempotency_key,
-        ).json()  # fmt: skip
+        ).json()
         return self._client._job({**accepted, "pipeline": {}})
 
     @operation("GET", "/v1/jobs/{job_id}")
@@ -267,8 +281,9 @@ class Jobs(_Resource):
         page_size: int = 100,
     ) -> Iterator[Job]:
         """Every matching job, newest first, fetching pages as the iteration goes."""
-        params = _params(state=state, created_after=created_after,
-                         created_before=created_before, limit=page_size)  # fmt: skip
+        params = _params(
+            state=state, created_after=created_after, created_before=created_before, limit=page_size
+        )
         for job in self._client._pages(Job, "/v1/jobs", params):
             job._client = self._client
             yield job
@@ -294,10 +309,12 @@ class Jobs(_Resource):
         idempotency_key: str | None = None,
     ) -> Job:
         """A new job on the stored records of ``job_id`` (``rerun_of`` links them)."""
-        body = {k: v for k, v in {"pipeline": pipeline, "priority": priority}.items()
-                if v is not None}  # fmt: skip
-        data = self._client.request("POST", f"/v1/jobs/{job_id}/rerun", json=body,
-                                    idempotency_key=idempotency_key).json()  # fmt: skip
+        body = {
+            k: v for k, v in {"pipeline": pipeline, "priority": priority}.items() if v is not None
+        }
+        data = self._client.request(
+            "POST", f"/v1/jobs/{job_id}/rerun", json=body, idempotency_key=idempotency_key
+        ).json()
         return self._client._job(data)
 
     @operation("DELETE", "/v1/jobs/{job_id}")
@@ -306,8 +323,13 @@ class Jobs(_Resource):
         self._client.request("DELETE", f"/v1/jobs/{job_id}")
 
     @operation("GET", "/v1/jobs/{job_id}/events")
-    def events(self, job_id: uuid.UUID | str, *, timeout: float | None = None,
-               last_event_id: str | None = None) -> Iterator[JobEvent]:  # fmt: skip
+    def events(
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        timeout: float | None = None,
+        last_event_id: str | None = None,
+    ) -> Iterator[JobEvent]:
         """The job's events (state changes, stage progress) up to its final state. A
         dropped connection is resumed with ``Last-Event-ID``: nothing is lost or repeated."""
         if last_event_id is not None and _core.is_final_event_id(last_event_id):
@@ -325,8 +347,9 @@ class Jobs(_Resource):
                 headers["Last-Event-ID"] = last_event_id
             decoder = _core.SSEDecoder()
             try:
-                with self._client._stream(f"/v1/jobs/{job_id}/events", headers,
-                                          httpx.Timeout(30.0, read=read)) as response:  # fmt: skip
+                with self._client._stream(
+                    f"/v1/jobs/{job_id}/events", headers, httpx.Timeout(30.0, read=read)
+                ) as response:
                     for line in response.iter_lines():
                         sse = decoder.feed(line)
                         if sse is None or (sse.event == "message" and not sse.data):
@@ -338,8 +361,7 @@ class Jobs(_Resource):
                             return
             except httpx.TransportError as exc:
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise JobTimeout(f"job {job_id} did not end within {timeout} s",
-                                     None) from None  # fmt: skip
+                    raise JobTimeout(f"job {job_id} did not end within {timeout} s", None) from None
                 delay = attempts.next_delay(None)
                 if delay is None:
                     raise ConnectionFailed(f"the event stream of job {job_id}: {exc}") from exc
@@ -353,12 +375,21 @@ class Webhooks(_Resource):
     """``/v1/webhooks``: the tenant's webhook targets."""
 
     @operation("POST", "/v1/webhooks")
-    def create(self, url: str, *, event_types: Iterable[str] = ("job.*",),
-               description: str = "", max_deliveries_per_second: float | None = None,
-               ) -> WebhookTargetWithSecret:  # fmt: skip
+    def create(
+        self,
+        url: str,
+        *,
+        event_types: Iterable[str] = ("job.*",),
+        description: str = "",
+        max_deliveries_per_second: float | None = None,
+    ) -> WebhookTargetWithSecret:
         """A new target; its signing ``secret`` is shown only in this answer."""
-        body = {"url": url, "event_types": list(event_types), "description": description,
-                "max_deliveries_per_second": max_deliveries_per_second}  # fmt: skip
+        body = {
+            "url": url,
+            "event_types": list(event_types),
+            "description": description,
+            "max_deliveries_per_second": max_deliveries_per_second,
+        }
         return self._client._model(WebhookTargetWithSecret, "POST", "/v1/webhooks", json=body)
 
     @operation("GET", "/v1/webhooks")
@@ -371,16 +402,27 @@ class Webhooks(_Resource):
         return self._client._model(WebhookTarget, "GET", f"/v1/webhooks/{target_id}")
 
     @operation("PATCH", "/v1/webhooks/{target_id}")
-    def update(self, target_id: uuid.UUID | str, *, url: str | None = None,
-               event_types: Iterable[str] | None = None, description: str | None = None,
-               max_deliveries_per_second: float | None = None) -> WebhookTarget:  # fmt: skip
+    def update(
+        self,
+        target_id: uuid.UUID | str,
+        *,
+        url: str | None = None,
+        event_types: Iterable[str] | None = None,
+        description: str | None = None,
+        max_deliveries_per_second: float | None = None,
+    ) -> WebhookTarget:
         """Change the fields given (the others stay)."""
-        body = {k: v for k, v in {
-            "url": url, "event_types": None if event_types is None else list(event_types),
-            "description": description, "max_deliveries_per_second": max_deliveries_per_second,
-        }.items() if v is not None}  # fmt: skip
-        return self._client._model(WebhookTarget, "PATCH", f"/v1/webhooks/{target_id}",
-                                   json=body)  # fmt: skip
+        body = {
+            k: v
+            for k, v in {
+                "url": url,
+                "event_types": None if event_types is None else list(event_types),
+                "description": description,
+                "max_deliveries_per_second": max_deliveries_per_second,
+            }.items()
+            if v is not None
+        }
+        return self._client._model(WebhookTarget, "PATCH", f"/v1/webhooks/{target_id}", json=body)
 
     @operation("DELETE", "/v1/webhooks/{target_id}")
     def delete(self, target_id: uuid.UUID | str) -> None:
@@ -395,19 +437,26 @@ class Webhooks(_Resource):
         return self._client._model(WebhookTarget, "POST", f"/v1/webhooks/{target_id}/enable")
 
     @operation("POST", "/v1/webhooks/{target_id}/rotate-secret")
-    def rotate_secret(self, target_id: uuid.UUID | str, *,
-                      previous_secret_expires_in_seconds: int | None = None,
-                      ) -> WebhookTargetWithSecret:  # fmt: skip
+    def rotate_secret(
+        self,
+        target_id: uuid.UUID | str,
+        *,
+        previous_secret_expires_in_seconds: int | None = None,
+    ) -> WebhookTargetWithSecret:
         """A new signing secret; the previous one stays valid for the overlap."""
         body = _params(previous_secret_expires_in_seconds=previous_secret_expires_in_seconds)
-        return self._client._model(WebhookTargetWithSecret, "POST",
-                                   f"/v1/webhooks/{target_id}/rotate-secret",
-                                   json=body or None)  # fmt: skip
+        return self._client._model(
+            WebhookTargetWithSecret,
+            "POST",
+            f"/v1/webhooks/{target_id}/rotate-secret",
+            json=body or None,
+        )
 
     @operation("POST", "/v1/webhooks/{target_id}/end-secret-overlap")
     def end_secret_overlap(self, target_id: uuid.UUID | str) -> WebhookTarget:
-        return self._client._model(WebhookTarget, "POST",
-                                   f"/v1/webhooks/{target_id}/end-secret-overlap")  # fmt: skip
+        return self._client._model(
+            WebhookTarget, "POST", f"/v1/webhooks/{target_id}/end-secret-overlap"
+        )
 
     @operation("POST", "/v1/webhooks/{target_id}/test")
     def test(self, target_id: uuid.UUID | str) -> str:
@@ -416,20 +465,28 @@ class Webhooks(_Resource):
         return str(answer["message_id"])
 
     @operation("GET", "/v1/webhooks/{target_id}/attempts")
-    def attempts(self, target_id: uuid.UUID | str, *, status_code: int | None = None,
-                 succeeded: bool | None = None, since: datetime | None = None,
-                 until: datetime | None = None, page_size: int = 100,
-                 ) -> Iterator[WebhookAttempt]:  # fmt: skip
+    def attempts(
+        self,
+        target_id: uuid.UUID | str,
+        *,
+        status_code: int | None = None,
+        succeeded: bool | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = 100,
+    ) -> Iterator[WebhookAttempt]:
         """The target's delivery attempts, newest first."""
-        params = _params(status_code=status_code, succeeded=succeeded, since=since,
-                         until=until, limit=page_size)  # fmt: skip
+        params = _params(
+            status_code=status_code, succeeded=succeeded, since=since, until=until, limit=page_size
+        )
         return self._client._pages(WebhookAttempt, f"/v1/webhooks/{target_id}/attempts", params)
 
     @operation("POST", "/v1/webhooks/{target_id}/recover")
     def recover(self, target_id: uuid.UUID | str, *, since: datetime) -> Ids:
         """Deliver again every failed message since ``since``; the restarted deliveries."""
-        answer = self._client.request("POST", f"/v1/webhooks/{target_id}/recover",
-                                      json={"since": since.isoformat()}).json()  # fmt: skip
+        answer = self._client.request(
+            "POST", f"/v1/webhooks/{target_id}/recover", json={"since": since.isoformat()}
+        ).json()
         return [str(d) for d in answer["deliveries"]]
 
 
@@ -437,8 +494,9 @@ class WebhookMessages(_Resource):
     """``/v1/webhook-messages``: the events sent to the tenant's targets."""
 
     @operation("GET", "/v1/webhook-messages")
-    def list(self, *, event_type: str | None = None,
-             page_size: int = 100) -> Iterator[WebhookMessage]:  # fmt: skip
+    def list(
+        self, *, event_type: str | None = None, page_size: int = 100
+    ) -> Iterator[WebhookMessage]:
         params = _params(event_type=event_type, limit=page_size)
         return self._client._pages(WebhookMessage, "/v1/webhook-messages", params)
 
@@ -447,12 +505,14 @@ class WebhookMessages(_Resource):
         return self._client._model(WebhookMessage, "GET", f"/v1/webhook-messages/{message_id}")
 
     @operation("POST", "/v1/webhook-messages/{message_id}/resend")
-    def resend(self, message_id: uuid.UUID | str, *,
-               target_id: uuid.UUID | str | None = None) -> Ids:  # fmt: skip
+    def resend(
+        self, message_id: uuid.UUID | str, *, target_id: uuid.UUID | str | None = None
+    ) -> Ids:
         """Deliver the message again (to one target, or to all it went to)."""
         body = {"target_id": str(target_id)} if target_id else None
-        answer = self._client.request("POST", f"/v1/webhook-messages/{message_id}/resend",
-                                      json=body).json()  # fmt: skip
+        answer = self._client.request(
+            "POST", f"/v1/webhook-messages/{message_id}/resend", json=body
+        ).json()
         return [str(d) for d in answer["deliveries"]]
 
 
@@ -460,11 +520,18 @@ class Keys(_Resource):
     """``/v1/keys``: the tenant's API keys (scope ``keys:manage``)."""
 
     @operation("POST", "/v1/keys")
-    def create(self, *, name: str, scopes: Iterable[str], expires_at: datetime | None = None,
-               environment: str | None = None) -> CreatedApiKey:  # fmt: skip
+    def create(
+        self,
+        *,
+        name: str,
+        scopes: Iterable[str],
+        expires_at: datetime | None = None,
+        environment: str | None = None,
+    ) -> CreatedApiKey:
         """A new key; its secret (``.key``) is shown only in this answer."""
-        body = _params(name=name, scopes=list(scopes), expires_at=expires_at,
-                       environment=environment)  # fmt: skip
+        body = _params(
+            name=name, scopes=list(scopes), expires_at=expires_at, environment=environment
+        )
         return self._client._model(CreatedApiKey, "POST", "/v1/keys", json=body)
 
     @operation("GET", "/v1/keys")
@@ -480,12 +547,14 @@ class Keys(_Resource):
         return self._client._model(ApiKey, "POST", f"/v1/keys/{key_id}/revoke")
 
     @operation("POST", "/v1/keys/{key_id}/roll")
-    def roll(self, key_id: uuid.UUID | str, *,
-             old_key_expires_in_seconds: int | None = None) -> CreatedApiKey:  # fmt: skip
+    def roll(
+        self, key_id: uuid.UUID | str, *, old_key_expires_in_seconds: int | None = None
+    ) -> CreatedApiKey:
         """A replacement key; the old one keeps working for the overlap."""
         body = _params(old_key_expires_in_seconds=old_key_expires_in_seconds)
-        return self._client._model(CreatedApiKey, "POST", f"/v1/keys/{key_id}/roll",
-                                   json=body or None)  # fmt: skip
+        return self._client._model(
+            CreatedApiKey, "POST", f"/v1/keys/{key_id}/roll", json=body or None
+        )
 
 
 class Quotas(_Resource):
@@ -501,27 +570,54 @@ class Usage(_Resource):
     """``/v1/usage``: the tenant's own usage records (scope ``usage:read``)."""
 
     @operation("GET", "/v1/usage/records")
-    def records(self, *, metric: str | None = None, occurred_after: datetime | None = None,
-                occurred_before: datetime | None = None,
-                page_size: int = 1000) -> Iterator[UsageRecord]:  # fmt: skip
-        params = _params(metric=metric, occurred_after=occurred_after,
-                         occurred_before=occurred_before, limit=page_size)  # fmt: skip
+    def records(
+        self,
+        *,
+        metric: str | None = None,
+        occurred_after: datetime | None = None,
+        occurred_before: datetime | None = None,
+        page_size: int = 1000,
+    ) -> Iterator[UsageRecord]:
+        params = _params(
+            metric=metric,
+            occurred_after=occurred_after,
+            occurred_before=occurred_before,
+            limit=page_size,
+        )
         return self._client._pages(UsageRecord, "/v1/usage/records", params)
 
-    def records_csv(self, *, metric: str | None = None,
-                          occurred_after: datetime | None = None,
-                          occurred_before: datetime | None = None, limit: int = 1000,
-                          ) -> str:  # fmt: skip
+    def records_csv(
+        self,
+        *,
+        metric: str | None = None,
+        occurred_after: datetime | None = None,
+        occurred_before: datetime | None = None,
+        limit: int = 1000,
+    ) -> str:
         """One page of records as CSV (the columns billing's export has)."""
-        params = _params(metric=metric, occurred_after=occurred_after,
-                         occurred_before=occurred_before, limit=limit)  # fmt: skip
-        return self._client.request("GET", "/v1/usage/records", params=params,
-                                    headers={"Accept": "text/csv"}).text  # fmt: skip
+        params = _params(
+            metric=metric,
+            occurred_after=occurred_after,
+            occurred_before=occurred_before,
+            limit=limit,
+        )
+        return self._client.request(
+            "GET", "/v1/usage/records", params=params, headers={"Accept": "text/csv"}
+        ).text
 
     @operation("GET", "/v1/usage/summary")
-    def summary(self, *, granularity: str = "day", metric: str | None = None,
-                occurred_after: datetime | None = None,
-                occurred_before: datetime | None = None) -> UsageSummary:  # fmt: skip
-        params = _params(granularity=granularity, metric=metric, occurred_after=occurred_after,
-                         occurred_before=occurred_before)  # fmt: skip
+    def summary(
+        self,
+        *,
+        granularity: str = "day",
+        metric: str | None = None,
+        occurred_after: datetime | None = None,
+        occurred_before: datetime | None = None,
+    ) -> UsageSummary:
+        params = _params(
+            granularity=granularity,
+            metric=metric,
+            occurred_after=occurred_after,
+            occurred_before=occurred_before,
+        )
         return self._client._model(UsageSummary, "GET", "/v1/usage/summary", params=params)

@@ -92,8 +92,9 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     if pipeline.lstrip().startswith("{"):
         pipeline = json.loads(pipeline)
     metadata = json.loads(args.metadata) if args.metadata else None
-    job = client.jobs.submit(file=Path(args.file), pipeline=pipeline, priority=args.priority,
-                             metadata=metadata)  # fmt: skip
+    job = client.jobs.submit(
+        file=Path(args.file), pipeline=pipeline, priority=args.priority, metadata=metadata
+    )
     print(f"job {job.id} {job.state.value} ({job.record_count} records)", file=sys.stderr)
     if not args.wait:
         _print_json(_job_json(job))
@@ -110,8 +111,15 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
 def _list(client: Client, args: argparse.Namespace) -> int:
     rows = []
     for job in client.jobs.list(state=args.state, page_size=min(args.limit, 100)):
-        rows.append([str(job.id), job.state.value, job.priority.value, str(job.record_count),
-                     job.created_at.isoformat(timespec="seconds")])  # fmt: skip
+        rows.append(
+            [
+                str(job.id),
+                job.state.value,
+                job.priority.value,
+                str(job.record_count),
+                job.created_at.isoformat(timespec="seconds"),
+            ]
+        )
         if len(rows) >= args.limit:
             break
     print(_table(rows, ["id", "state", "priority", "records", "created_at"]))
@@ -174,8 +182,17 @@ def receiver(secret: str, out: Any = None) -> type[BaseHTTPRequestHandler]:
                 print(f"REJECTED {self.path}: {exc}", file=stream, flush=True)
                 return
             self._answer(200, {"received": event.get("type")})
-            print(json.dumps({"webhook-id": event.get("webhook-id"), "type": event.get("type"),
-                              "data": event.get("data")}), file=stream, flush=True)  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "webhook-id": event.get("webhook-id"),
+                        "type": event.get("type"),
+                        "data": event.get("data"),
+                    }
+                ),
+                file=stream,
+                flush=True,
+            )
 
         def _answer(self, status: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
@@ -194,8 +211,10 @@ def receiver(secret: str, out: Any = None) -> type[BaseHTTPRequestHandler]:
 def _listen(args: argparse.Namespace) -> int:
     secret = args.secret or os.environ.get("CELERIAC_WEBHOOK_SECRET")
     if not secret:
-        print("a target's signing secret is needed: --secret or CELERIAC_WEBHOOK_SECRET",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "a target's signing secret is needed: --secret or CELERIAC_WEBHOOK_SECRET",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     server = ThreadingHTTPServer((args.host, args.port), receiver(secret))
     host, port = server.server_address[:2]
@@ -231,9 +250,11 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--state")
     listing.add_argument("--limit", type=int, default=20)
     listing.set_defaults(run=_list)
-    for name, run, text in (("get", _get, "a job's state and progress"),
-                            ("cancel", _cancel, "cancel a job"),
-                            ("delete", _delete, "delete a finished job's data")):  # fmt: skip
+    for name, run, text in (
+        ("get", _get, "a job's state and progress"),
+        ("cancel", _cancel, "cancel a job"),
+        ("delete", _delete, "delete a finished job's data"),
+    ):
         command = jobs.add_parser(name, help=text)
         command.add_argument("id")
         command.set_defaults(run=run)

@@ -92,10 +92,17 @@ class ServerError(APIError):
 
 
 _BY_STATUS: dict[int, type[APIError]] = {
-    400: BadRequest, 401: AuthenticationFailed, 403: PermissionDenied, 404: NotFound,
-    409: Conflict, 410: Gone, 413: PayloadTooLarge, 422: ValidationFailed, 429: RateLimited,
+    400: BadRequest,
+    401: AuthenticationFailed,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Conflict,
+    410: Gone,
+    413: PayloadTooLarge,
+    422: ValidationFailed,
+    429: RateLimited,
     503: ServiceUnavailable,
-}  # fmt: skip
+}
 
 
 def error_for(response: httpx.Response) -> APIError:

@@ -34,9 +34,12 @@ class _Rich:
 
         self.job_id = job_id
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[state]}"), console=Console(stderr=True),
-        )  # fmt: skip
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[state]}"),
+            console=Console(stderr=True),
+        )
         self.tasks: dict[str, Any] = {}
         self.progress.start()
 
@@ -44,8 +47,9 @@ class _Rich:
         stage = event.stage or "job"
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=event.total, state="")
-        self.progress.update(self.tasks[stage], completed=event.done or 0, total=event.total,
-                             state=event.state.value)  # fmt: skip
+        self.progress.update(
+            self.tasks[stage], completed=event.done or 0, total=event.total, state=event.state.value
+        )
 
     def close(self) -> None:
         self.progress.stop()

@@ -157,8 +157,11 @@ class SharedCache:
         try:
             self.client.unlink(*keys, *(key + LEASE_SUFFIX for key in keys))
         except redis.RedisError:
-            logger.warning("cache invalidation failed; entries stay until their TTL",
-                           exc_info=True, extra={"entries": len(keys)})  # fmt: skip
+            logger.warning(
+                "cache invalidation failed; entries stay until their TTL",
+                exc_info=True,
+                extra={"entries": len(keys)},
+            )
 
     def invalidate_matching(self, pattern: str) -> int:
         """Delete every entry (and lease) whose key matches the ``SCAN MATCH`` pattern;
@@ -176,8 +179,11 @@ class SharedCache:
             if batch:
                 removed += int(self.client.unlink(*batch))
         except redis.RedisError:
-            logger.warning("cache invalidation failed; entries stay until their TTL",
-                           exc_info=True, extra={"pattern": pattern})  # fmt: skip
+            logger.warning(
+                "cache invalidation failed; entries stay until their TTL",
+                exc_info=True,
+                extra={"pattern": pattern},
+            )
         return removed
 
     def forget_tenant(self, tenant_id: str) -> int:
@@ -194,8 +200,9 @@ class SharedCache:
     def _pause(self, exc: redis.RedisError) -> None:
         with self._lock:
             self._resume_at = time.monotonic() + RETRY_AFTER_SECONDS
-        logger.warning("cache unavailable, reading from the source for %.0f s: %s",
-                       RETRY_AFTER_SECONDS, exc)  # fmt: skip
+        logger.warning(
+            "cache unavailable, reading from the source for %.0f s: %s", RETRY_AFTER_SECONDS, exc
+        )
 
 
 @lru_cache(maxsize=1)

@@ -156,19 +156,32 @@ def worker_argv(settings: Settings, pool: Pool, concurrency: int | None) -> list
     """The ``celery worker`` command line for one pool."""
     ws = settings.workers
     argv = [
-        sys.executable, "-m", "celery", "-A", CELERY_APP, "worker",
-        "--queues", pool.value,
-        "--hostname", f"{pool.value}@%h",
-        "--without-mingle", "--without-gossip",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        CELERY_APP,
+        "worker",
+        "--queues",
+        pool.value,
+        "--hostname",
+        f"{pool.value}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ]
     if pool is Pool.COMPUTE:
         argv += [
-            "--pool", "prefork",
-            "--concurrency", str(concurrency or ws.compute_concurrency),
-            "-O", "fair",
-            "--prefetch-multiplier", "1",
-            "--max-tasks-per-child", str(ws.compute_max_tasks_per_child),
-        ]  # fmt: skip
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(concurrency or ws.compute_concurrency),
+            "-O",
+            "fair",
+            "--prefetch-multiplier",
+            "1",
+            "--max-tasks-per-child",
+            str(ws.compute_max_tasks_per_child),
+        ]
     else:
         default = (
             ws.orchestration_concurrency
@@ -227,12 +240,15 @@ def create_tenant(
             tenant = tenants.create_tenant(session, slug=slug, name=name or slug, plan=plan)
             issued = (
                 create_api_key(
-                    session, tenant_id=tenant.id, pepper=settings.api_key_pepper(),
-                    name="created by celeriac admin create-tenant", created_by="cli",
+                    session,
+                    tenant_id=tenant.id,
+                    pepper=settings.api_key_pepper(),
+                    name="created by celeriac admin create-tenant",
+                    created_by="cli",
                 )
                 if with_key
                 else None
-            )  # fmt: skip
+            )
     except (tenants.InvalidSlug, tenants.SlugTaken) as exc:
         raise CommandError(str(exc)) from None
     typer.echo(f"tenant_id={tenant.id}")
@@ -245,10 +261,12 @@ def set_quotas(
     slug: Annotated[str, typer.Argument(help="The tenant's slug.")],
     limits: Annotated[
         list[str] | None,
-        typer.Argument(help="NAME=VALUE overrides, e.g. requests_per_second=100; "
-                       "NAME=plan follows the plan. Names not given follow the plan."),
+        typer.Argument(
+            help="NAME=VALUE overrides, e.g. requests_per_second=100; "
+            "NAME=plan follows the plan. Names not given follow the plan."
+        ),
     ] = None,
-) -> None:  # fmt: skip
+) -> None:
     """Replace a tenant's quota overrides (as PUT /v1/admin/tenants/{id}/quotas; audited)."""
     from pydantic import ValidationError
 
@@ -266,8 +284,9 @@ def set_quotas(
     try:
         overrides = QuotaOverrides.model_validate(values)
     except ValidationError as exc:
-        raise CommandError(f"invalid quotas: {exc.errors()[0]['loc']}: "
-                           f"{exc.errors()[0]['msg']}") from None  # fmt: skip
+        raise CommandError(
+            f"invalid quotas: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+        ) from None
     with transaction() as session:
         tenant = tenants.get_tenant_by_slug(session, slug)
         if tenant is None:
@@ -347,9 +366,12 @@ def _ensure_demo_tenant(settings: Settings) -> str:
         if tenant is None:
             tenant = tenants.create_tenant(session, slug=DEMO_SLUG, name="Demo", actor="up")
         issued = create_api_key(
-            session, tenant_id=tenant.id, pepper=settings.api_key_pepper(),
-            name="demo key created by celeriac up", created_by="up",
-        )  # fmt: skip
+            session,
+            tenant_id=tenant.id,
+            pepper=settings.api_key_pepper(),
+            name="demo key created by celeriac up",
+            created_by="up",
+        )
     key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_file.touch(mode=0o600)
     key_file.write_text(issued.plaintext)

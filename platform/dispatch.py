@@ -177,8 +177,15 @@ class FairDispatcher:
         """Register backlogs in ``added``, count ``busy`` more (or fewer) tasks taken by
         worker ``host``, and top up the pool's ready queue to its free slots; returns how
         many messages moved."""
-        argv: list[Any] = [pool.value, time.time(), self.min_depth, MAX_MOVES_PER_CALL,
-                           host, busy, self.age_limit]  # fmt: skip
+        argv: list[Any] = [
+            pool.value,
+            time.time(),
+            self.min_depth,
+            MAX_MOVES_PER_CALL,
+            host,
+            busy,
+            self.age_limit,
+        ]
         for queue in added:
             if queue.pool is not pool:
                 raise ValueError(f"{queue.name} is not a {pool.value} queue")

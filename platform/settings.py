@@ -116,8 +116,7 @@ class ConsoleSettings(BaseModel):
 
 
 # Standard Webhooks' schedule: after each failed attempt, the wait before the next one.
-DEFAULT_RETRY_SCHEDULE = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0,
-                          86400.0]  # fmt: skip
+DEFAULT_RETRY_SCHEDULE = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0]
 
 
 class WebhookSettings(BaseModel):

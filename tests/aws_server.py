@@ -68,9 +68,11 @@ class KeyStateEnforcement:
                 payload = json.dumps({"__type": code, "message": message}).encode()
                 start_response(
                     "400 Bad Request",
-                    [("Content-Type", "application/x-amz-json-1.1"),
-                     ("Content-Length", str(len(payload)))],
-                )  # fmt: skip
+                    [
+                        ("Content-Type", "application/x-amz-json-1.1"),
+                        ("Content-Length", str(len(payload))),
+                    ],
+                )
                 return [payload]
         return self.app(environ, start_response)
 

@@ -42,9 +42,11 @@ class Aws:
 
     def s3(self) -> S3Client:
         return boto3.client(
-            "s3", region_name=REGION, endpoint_url=self.endpoint_url,
+            "s3",
+            region_name=REGION,
+            endpoint_url=self.endpoint_url,
             config=Config(s3={"addressing_style": "path"}),
-        )  # fmt: skip
+        )
 
     def kms_calls(self) -> dict[str, int]:
         """KMS calls the server answered so far, by operation (all clients together)."""
@@ -73,8 +75,11 @@ class Aws:
             "KEYS__KMS_ALIAS_PREFIX": alias_prefix or self.new_alias_prefix(),
         }
         if bucket is not None:
-            env |= {"BLOB__BACKEND": "s3", "BLOB__S3_BUCKET": bucket,
-                    "BLOB__S3_ENDPOINT_URL": self.endpoint_url}  # fmt: skip
+            env |= {
+                "BLOB__BACKEND": "s3",
+                "BLOB__S3_BUCKET": bucket,
+                "BLOB__S3_ENDPOINT_URL": self.endpoint_url,
+            }
         return env
 
 
@@ -85,9 +90,11 @@ def moto_server() -> Iterator[Aws]:
     saved = {k: os.environ.get(k) for k in FAKE_CREDENTIALS}
     os.environ.update(FAKE_CREDENTIALS)
     process = subprocess.Popen(
-        [sys.executable, str(SERVER)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        [sys.executable, str(SERVER)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-    )  # fmt: skip
+    )
     try:
         assert process.stdout is not None
         port = process.stdout.readline().strip()

@@ -30,16 +30,19 @@ class LivePlatform:
 
     def make_tenant(self, slug: str) -> tuple[str, str]:
         """A tenant and a key with every scope: (tenant id, key)."""
-        created = self.http.post("/v1/admin/tenants", json={"slug": slug, "name": slug.title()},
-                                 headers=self.admin())  # fmt: skip
+        created = self.http.post(
+            "/v1/admin/tenants", json={"slug": slug, "name": slug.title()}, headers=self.admin()
+        )
         assert created.status_code == 201, created.text
         tenant_id = created.json()["id"]
         key = self.http.post(
             f"/v1/admin/tenants/{tenant_id}/keys",
-            json={"name": "console", "scopes": ["jobs:write", "jobs:read", "webhooks:manage",
-                                                "keys:manage"]},
+            json={
+                "name": "console",
+                "scopes": ["jobs:write", "jobs:read", "webhooks:manage", "keys:manage"],
+            },
             headers=self.admin(),
-        )  # fmt: skip
+        )
         assert key.status_code == 201, key.text
         return tenant_id, key.json()["key"]
 

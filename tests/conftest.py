@@ -119,13 +119,21 @@ def clear_process_caches() -> None:
     from celeriac.platform.quotas import monthly, ratelimit
 
     for cached in (
-        settings.get_settings, db.get_engine, db.get_sessionmaker, redis_client.get_redis,
+        settings.get_settings,
+        db.get_engine,
+        db.get_sessionmaker,
+        redis_client.get_redis,
         cache.get_cache,
-        deps.auth_generation, deps.api_key_authenticator,
-        tenant_data.key_provider, tenant_data.envelope, tenant_data.tenant_blobs,
-        dispatch.get_dispatcher, quota_cache.quota_cache, ratelimit.rate_limiter,
+        deps.auth_generation,
+        deps.api_key_authenticator,
+        tenant_data.key_provider,
+        tenant_data.envelope,
+        tenant_data.tenant_blobs,
+        dispatch.get_dispatcher,
+        quota_cache.quota_cache,
+        ratelimit.rate_limiter,
         monthly.monthly_counter,
-    ):  # fmt: skip
+    ):
         cached.cache_clear()
     tasks.reset_default_publisher()
     # A registry read by an earlier test (other plugins) must not outlive it.
@@ -199,10 +207,11 @@ def make_tenant(client: TestClient, admin_headers: dict[str, str]) -> Callable[.
         tenant_id = created.json()["id"]
         key = client.post(
             f"/v1/admin/tenants/{tenant_id}/keys",
-            json={"scopes": scopes or ["jobs:write", "jobs:read", "webhooks:manage",
-                                       "keys:manage"]},
+            json={
+                "scopes": scopes or ["jobs:write", "jobs:read", "webhooks:manage", "keys:manage"]
+            },
             headers=admin_headers,
-        )  # fmt: skip
+        )
         assert key.status_code == 201, key.text
         return TenantFixture(id=tenant_id, slug=slug, key=key.json()["key"])
 

@@ -24,10 +24,21 @@ def run_checkov(directory: Path, framework: str) -> CheckovReport:
         pytest.fail(f"{CHECKOV} is missing: `make install` creates it")
     # --skip-download: no calls to the vendor's platform (and no network is needed).
     result = subprocess.run(
-        [str(CHECKOV), "--directory", str(directory), "--framework", framework,
-         "--skip-download", "--output", "json"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        [
+            str(CHECKOV),
+            "--directory",
+            str(directory),
+            "--framework",
+            framework,
+            "--skip-download",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: some check failed
     parsed = json.loads(result.stdout)
     (report,) = parsed if isinstance(parsed, list) else [parsed]

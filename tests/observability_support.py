@@ -81,15 +81,25 @@ def spans(sink: Receiver) -> list[Span]:
         request.ParseFromString(_body(received))
         for resource_spans in request.resource_spans:
             service = next(
-                (a.value.string_value for a in resource_spans.resource.attributes
-                 if a.key == "service.name"), "",
-            )  # fmt: skip
+                (
+                    a.value.string_value
+                    for a in resource_spans.resource.attributes
+                    if a.key == "service.name"
+                ),
+                "",
+            )
             for scope in resource_spans.scope_spans:
                 for span in scope.spans:
-                    found.append(Span(
-                        span.name, span.trace_id.hex(), span.span_id.hex(),
-                        span.parent_span_id.hex(), service, span.kind,
-                    ))  # fmt: skip
+                    found.append(
+                        Span(
+                            span.name,
+                            span.trace_id.hex(),
+                            span.span_id.hex(),
+                            span.parent_span_id.hex(),
+                            service,
+                            span.kind,
+                        )
+                    )
     return found
 
 
@@ -103,10 +113,12 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples
 
 
-def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-          **labels: str) -> float:  # fmt: skip
+def total(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
     """The sum of ``name``'s samples whose labels include ``labels``."""
     return sum(
-        value for (sample, sample_labels), value in samples.items()
+        value
+        for (sample, sample_labels), value in samples.items()
         if sample == name and set(labels.items()) <= set(sample_labels)
-    )  # fmt: skip
+    )

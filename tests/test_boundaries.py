@@ -42,9 +42,13 @@ def test_api_process_loads_no_compute_library(tmp_path: Path) -> None:
         "print(loaded)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False,
-        cwd=tmp_path, env={"CELERIAC_VAR_DIR": str(tmp_path / "var"), "PATH": "/usr/bin"},
-    )  # fmt: skip
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env={"CELERIAC_VAR_DIR": str(tmp_path / "var"), "PATH": "/usr/bin"},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 

@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGE_ROOTS = {"celeriac.platform": "platform", "celeriac.workers": "workers",
-                 "celeriac.migrations": "migrations"}  # fmt: skip
+PACKAGE_ROOTS = {
+    "celeriac.platform": "platform",
+    "celeriac.workers": "workers",
+    "celeriac.migrations": "migrations",
+}
 # celeriac.client is a distribution of its own (client/pyproject.toml, ADR 0015).
 
 
@@ -68,14 +71,17 @@ def test_wheel_installs_into_a_fresh_venv_and_imports_every_module(tmp_path: Pat
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*skipped))
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist)],
-        cwd=source, check=True, capture_output=True,
-    )  # fmt: skip
+        cwd=source,
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = dist.glob("celeriac-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         shipped = {
             n.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
-            for n in zf.namelist() if n.endswith(".py")
-        }  # fmt: skip
+            for n in zf.namelist()
+            if n.endswith(".py")
+        }
         assert "celeriac/platform/py.typed" in zf.namelist()
     assert _source_modules() <= shipped, _source_modules() - shipped
 
@@ -86,15 +92,28 @@ def test_wheel_installs_into_a_fresh_venv_and_imports_every_module(tmp_path: Pat
     fresh_python = env_dir / "bin" / "python"
     site = subprocess.run(
         [str(fresh_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     deps = [p for p in sys.path if p.endswith("site-packages")]
     (Path(site) / "deps.pth").write_text("\n".join(deps) + "\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(fresh_python), "install", "--no-deps",
-         "--no-index", "-q", str(wheel)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(fresh_python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
     check = (
         "import importlib, sys\n"
         f"site = {site!r}\n"
@@ -107,8 +126,12 @@ def test_wheel_installs_into_a_fresh_venv_and_imports_every_module(tmp_path: Pat
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     result = subprocess.run(
-        [str(fresh_python), "-c", check], cwd=outside, capture_output=True, text=True, check=False,
+        [str(fresh_python), "-c", check],
+        cwd=outside,
+        capture_output=True,
+        text=True,
+        check=False,
         env={"PATH": "/usr/bin:/bin", "CELERIAC_VAR_DIR": str(tmp_path / "var")},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.strip()) == len(_source_modules()) - 1

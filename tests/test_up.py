@@ -48,9 +48,12 @@ class Up:
         with self.stderr_path.open("w") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "celeriac.platform.cli", "up", "--port", str(port)],
-                env=celeriac_env(var_dir), cwd=var_dir.parent,
-                stdout=subprocess.PIPE, stderr=stderr, text=True,
-            )  # fmt: skip
+                env=celeriac_env(var_dir),
+                cwd=var_dir.parent,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
         self.banner: dict[str, str] = {}
         self.ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
@@ -86,8 +89,9 @@ def _console_signs_in(console_url: str, key: str) -> None:
     """The console is served with its assets, and a session is kept without Redis (the
     embedded mode keeps it in the database)."""
     with httpx.Client() as browser:
-        page = browser.post(f"{console_url}/sign-in", data={"credential": key},
-                            follow_redirects=True)  # fmt: skip
+        page = browser.post(
+            f"{console_url}/sign-in", data={"credential": key}, follow_redirects=True
+        )
         assert page.status_code == 200, page.text
         assert "<h1>Jobs</h1>" in page.text
         assert browser.get(f"{console_url.removesuffix('/console')}/docs").status_code == 200
@@ -98,19 +102,21 @@ def _job_runs_end_to_end(base: str, admin_token: str) -> None:
     numbers pandas computes directly (SQLite, filesystem broker, local keyring: no
     server of any kind)."""
     admin = {"Authorization": f"Bearer {admin_token}"}
-    tenant = httpx.post(f"{base}/v1/admin/tenants", json={"slug": "laptop", "name": "Laptop"},
-                        headers=admin).json()  # fmt: skip
+    tenant = httpx.post(
+        f"{base}/v1/admin/tenants", json={"slug": "laptop", "name": "Laptop"}, headers=admin
+    ).json()
     scopes = {"scopes": ["jobs:write", "jobs:read"]}
-    key = httpx.post(f"{base}/v1/admin/tenants/{tenant['id']}/keys", json=scopes,
-                     headers=admin).json()["key"]  # fmt: skip
+    key = httpx.post(
+        f"{base}/v1/admin/tenants/{tenant['id']}/keys", json=scopes, headers=admin
+    ).json()["key"]
     headers = {"Authorization": f"Bearer {key}"}
-    records = [{"id": i, "amount": i * 2.5, "city": "Lyon" if i % 3 else "Oslo"}
-               for i in range(50)]  # fmt: skip
+    records = [{"id": i, "amount": i * 2.5, "city": "Lyon" if i % 3 else "Oslo"} for i in range(50)]
     spec = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
     deadline = time.monotonic() + 60
     # The banner came once the compute worker had published its plugins: accepted at once.
-    submitted = httpx.post(f"{base}/v1/jobs", json={"pipeline": spec, "records": records},
-                           headers=headers)  # fmt: skip
+    submitted = httpx.post(
+        f"{base}/v1/jobs", json={"pipeline": spec, "records": records}, headers=headers
+    )
     assert submitted.status_code == 202, submitted.text
     job_url = f"{base}/v1/jobs/{submitted.json()['id']}"
     while (state := httpx.get(job_url, headers=headers).json()["state"]) in ("queued", "running"):
@@ -144,11 +150,13 @@ def test_up_serves_the_api_and_every_pool_then_stops_on_ctrl_c(
     # The README's first job, as it is written there, right after the banner.
     first = httpx.post(
         f"{base}/v1/jobs",
-        headers={"Authorization": f"Bearer {up.banner['API key']}",
-                 "Idempotency-Key": "first-job"},
-        json={"pipeline": "tabular-summary", "priority": "high",
-              "records": [{"id": 1, "amount": 9.5}, {"id": 2, "amount": 12}]},
-    )  # fmt: skip
+        headers={"Authorization": f"Bearer {up.banner['API key']}", "Idempotency-Key": "first-job"},
+        json={
+            "pipeline": "tabular-summary",
+            "priority": "high",
+            "records": [{"id": 1, "amount": 9.5}, {"id": 2, "amount": 12}],
+        },
+    )
     assert first.status_code == 202, first.text
     assert httpx.get(f"{base}/readyz").status_code == 200
     assert parse_key(up.banner["API key"]) is not None

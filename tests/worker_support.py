@@ -27,9 +27,12 @@ class Workers:
         log = (self.var_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "celeriac.platform.cli", *args],
-            env=self.env, cwd=self.var_dir.parent, stdout=log, stderr=log,
+            env=self.env,
+            cwd=self.var_dir.parent,
+            stdout=log,
+            stderr=log,
             start_new_session=True,
-        )  # fmt: skip
+        )
         self.processes[name] = process
         return process
 
@@ -63,8 +66,9 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: f
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def wait_for_job(client: TestClient, headers: dict[str, str], job_id: str,
-                 timeout: float = 120) -> dict[str, Any]:  # fmt: skip
+def wait_for_job(
+    client: TestClient, headers: dict[str, str], job_id: str, timeout: float = 120
+) -> dict[str, Any]:
     def final() -> dict[str, Any] | None:
         job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
         done = job["state"] in ("succeeded", "partial", "failed", "cancelled")

@@ -162,9 +162,15 @@ use_app(app)
 
 # Periodic tasks that run every few seconds: their lines are written at DEBUG.
 HOUSEKEEPING = frozenset(
-    {TaskName.RELEASE.value, TaskName.DELIVER_DUE_WEBHOOKS.value, TaskName.RECONCILE.value,
-     "release", "webhooks", "reconcile"}  # beat's entry names (its "Sending due task" line)
-)  # fmt: skip
+    {
+        TaskName.RELEASE.value,
+        TaskName.DELIVER_DUE_WEBHOOKS.value,
+        TaskName.RECONCILE.value,
+        "release",
+        "webhooks",
+        "reconcile",
+    }  # beat's entry names (its "Sending due task" line)
+)
 
 
 @signals.setup_logging.connect
@@ -285,8 +291,12 @@ def _bind_task_context(
     sender: Any = None, task_id: str | None = None, kwargs: Any = None, **_: Any
 ) -> None:
     args = kwargs if isinstance(kwargs, dict) else {}
-    bind_context(task_id=task_id, tenant_id=args.get("tenant_id"), job_id=args.get("job_id"),
-                 task=getattr(sender, "name", None))  # fmt: skip
+    bind_context(
+        task_id=task_id,
+        tenant_id=args.get("tenant_id"),
+        job_id=args.get("job_id"),
+        task=getattr(sender, "name", None),
+    )
 
 
 @signals.task_postrun.connect

@@ -28,8 +28,12 @@ _reported: ContextVar[tuple[str, str] | None] = ContextVar("celeriac_task_outcom
 # task id -> (perf_counter at prerun, task name); per process.
 _started: dict[str, float] = {}
 
-_OUTCOMES = {"succeeded": "succeeded", "failed": "failed", "timed_out": "timed_out",
-             "cancelled": "revoked"}  # fmt: skip
+_OUTCOMES = {
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "timed_out": "timed_out",
+    "cancelled": "revoked",
+}
 
 
 def report_outcome(outcome: str, plugin: str | None = None) -> None:
@@ -52,9 +56,14 @@ def _ids(kwargs: Any) -> dict[str, Any]:
 
 
 def task_ended(
-    name: str, task_id: str, outcome: str, seconds: float | None, kwargs: Any,
-    retries: int, plugin: str,
-) -> None:  # fmt: skip
+    name: str,
+    task_id: str,
+    outcome: str,
+    seconds: float | None,
+    kwargs: Any,
+    retries: int,
+    plugin: str,
+) -> None:
     """Count the task's end and write its log line."""
     pool = _pool(name)
     if get_settings().observability.metrics_enabled:
@@ -62,11 +71,16 @@ def task_ended(
     logger.info(
         "task finished",
         extra={
-            "task": name, "pool": pool, **_ids(kwargs), "task_id": task_id, "state": outcome,
+            "task": name,
+            "pool": pool,
+            **_ids(kwargs),
+            "task_id": task_id,
+            "state": outcome,
             "duration_ms": None if seconds is None else round(seconds * 1000, 1),
-            "retries": retries, "plugin": plugin,
+            "retries": retries,
+            "plugin": plugin,
         },
-    )  # fmt: skip
+    )
 
 
 @signals.task_prerun.connect
@@ -78,9 +92,13 @@ def _task_started(task_id: str | None = None, **_: Any) -> None:
 
 @signals.task_postrun.connect
 def _task_finished(
-    sender: Any = None, task_id: str | None = None, kwargs: Any = None,
-    retval: Any = None, state: str | None = None, **_: Any,
-) -> None:  # fmt: skip
+    sender: Any = None,
+    task_id: str | None = None,
+    kwargs: Any = None,
+    retval: Any = None,
+    state: str | None = None,
+    **_: Any,
+) -> None:
     if sender is None or task_id is None:
         return
     started = _started.pop(task_id, None)
@@ -96,15 +114,17 @@ def _task_finished(
         outcome = reported[0]
     else:
         outcome = "succeeded"
-    task_ended(sender.name, task_id, outcome, seconds, kwargs, sender.request.retries or 0,
-               plugin)  # fmt: skip
+    task_ended(sender.name, task_id, outcome, seconds, kwargs, sender.request.retries or 0, plugin)
 
 
 @signals.task_failure.connect
 def _task_failed_outside(
-    sender: Any = None, task_id: str | None = None, exception: Any = None,
-    kwargs: Any = None, **_: Any,
-) -> None:  # fmt: skip
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: Any = None,
+    kwargs: Any = None,
+    **_: Any,
+) -> None:
     # Sent by the worker's main process when the child never got to postrun: the hard
     # time limit killed it, or it was lost and its message not requeued. A failure inside
     # the task runs postrun as well, which counts it.

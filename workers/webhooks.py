@@ -136,18 +136,26 @@ def _claim(delivery_id: uuid.UUID) -> Claimed | None:
         delivery, target, message = claimed
         if target.state is not TargetState.ENABLED:
             repository.set_delivery(
-                session, target.tenant_id, delivery_id,
-                state=DeliveryState.FAILED, next_attempt_at=None, updated_at=now,
-            )  # fmt: skip
+                session,
+                target.tenant_id,
+                delivery_id,
+                state=DeliveryState.FAILED,
+                next_attempt_at=None,
+                updated_at=now,
+            )
             return None
         return Claimed(
-            delivery_id=delivery.id, tenant_id=target.tenant_id, target_id=target.id,
-            message_id=message.id, url=target.url, written_at=message.created_at,
+            delivery_id=delivery.id,
+            tenant_id=target.tenant_id,
+            target_id=target.id,
+            message_id=message.id,
+            url=target.url,
+            written_at=message.created_at,
             body=json.dumps(message.payload, separators=(",", ":")).encode(),
             secrets=tuple(signing_secrets(target, now=now)),
             per_second=target.max_deliveries_per_second
             or get_settings().webhooks.deliveries_per_second,
-        )  # fmt: skip
+        )
 
 
 def _within_rate(claimed: Claimed) -> bool:
@@ -169,9 +177,11 @@ def _within_rate(claimed: Claimed) -> bool:
 def _postpone(claimed: Claimed, seconds: float) -> None:
     with transaction() as session:
         repository.set_delivery(
-            session, claimed.tenant_id, claimed.delivery_id,
+            session,
+            claimed.tenant_id,
+            claimed.delivery_id,
             next_attempt_at=utcnow() + timedelta(seconds=seconds),
-        )  # fmt: skip
+        )
 
 
 def sign(secret: bytes, message_id: str, timestamp: int, body: bytes) -> str:
@@ -194,9 +204,11 @@ def send(claimed: Claimed, resolve: Resolver = resolve_host) -> Response:
     started = time.monotonic()
     try:
         destination = check_destination(
-            claimed.url, allow_http=settings.allow_http,
-            allowed_networks=parse_allowed_networks(settings.allowed_cidrs), resolve=resolve,
-        )  # fmt: skip
+            claimed.url,
+            allow_http=settings.allow_http,
+            allowed_networks=parse_allowed_networks(settings.allowed_cidrs),
+            resolve=resolve,
+        )
     except UnsafeDestination as exc:
         return Response(error=f"destination refused: {exc}")
     address = destination.addresses[0]
@@ -204,8 +216,11 @@ def send(claimed: Claimed, resolve: Resolver = resolve_host) -> Response:
     url = f"{destination.scheme}://{host}:{destination.port}{destination.path}"
     timestamp = int(time.time())
     default_port = 443 if destination.scheme == "https" else 80
-    host_header = destination.host if destination.port == default_port else (
-        f"{destination.host}:{destination.port}")  # fmt: skip
+    host_header = (
+        destination.host
+        if destination.port == default_port
+        else (f"{destination.host}:{destination.port}")
+    )
     headers = {
         "Host": host_header,
         "Content-Type": "application/json",
@@ -237,19 +252,26 @@ def send(claimed: Claimed, resolve: Resolver = resolve_host) -> Response:
                     break
             elapsed = time.monotonic() - started
             if elapsed > settings.timeout_seconds:
-                return Response(answer.status_code, _text(kept),
-                                f"answered after {elapsed:.1f} s (limit "
-                                f"{settings.timeout_seconds:.0f} s)", _ms(started))  # fmt: skip
+                return Response(
+                    answer.status_code,
+                    _text(kept),
+                    f"answered after {elapsed:.1f} s (limit {settings.timeout_seconds:.0f} s)",
+                    _ms(started),
+                )
             error = None
             if 300 <= answer.status_code < 400:
                 error = f"redirect to {answer.headers.get('location', '?')} (not followed)"
             return Response(
-                answer.status_code, _text(kept), error, _ms(started),
+                answer.status_code,
+                _text(kept),
+                error,
+                _ms(started),
                 _retry_after(answer.headers.get("retry-after")),
-            )  # fmt: skip
+            )
     except httpx.TimeoutException:
-        return Response(error=f"no answer within {settings.timeout_seconds:.0f} s",
-                        duration_ms=_ms(started))  # fmt: skip
+        return Response(
+            error=f"no answer within {settings.timeout_seconds:.0f} s", duration_ms=_ms(started)
+        )
     except httpx.HTTPError as exc:
         return Response(error=f"{type(exc).__name__}: {exc}"[:500], duration_ms=_ms(started))
 
@@ -320,12 +342,19 @@ def _record(claimed: Claimed, response: Response, trigger: AttemptTrigger) -> De
         repository.add_attempt(
             session,
             WebhookAttempt(
-                id=attempt_id, tenant_id=claimed.tenant_id, delivery_id=claimed.delivery_id,
-                target_id=claimed.target_id, attempted_at=now, trigger=trigger,
-                status_code=response.status_code, response_body=response.body,
-                duration_ms=response.duration_ms, error=response.error, next_attempt_at=next_at,
-            )
-        )  # fmt: skip
+                id=attempt_id,
+                tenant_id=claimed.tenant_id,
+                delivery_id=claimed.delivery_id,
+                target_id=claimed.target_id,
+                attempted_at=now,
+                trigger=trigger,
+                status_code=response.status_code,
+                response_body=response.body,
+                duration_ms=response.duration_ms,
+                error=response.error,
+                next_attempt_at=next_at,
+            ),
+        )
         return delivery.state
 
 
@@ -333,10 +362,12 @@ def _disable(session: Session, target: WebhookTarget, reason: str) -> None:
     target.state = TargetState.DISABLED
     target.disabled_reason = reason[:200]
     events.enqueue(
-        session, target.tenant_id, EventType.WEBHOOK_DISABLED,
+        session,
+        target.tenant_id,
+        EventType.WEBHOOK_DISABLED,
         f"target:{target.id}:disabled:{uuid.uuid4().hex}",
         {"target_id": str(target.id), "url": target.url, "reason": reason},
-    )  # fmt: skip
+    )
 
 
 def _count_delivered(session: Session, claimed: Claimed, now: datetime) -> None:
@@ -344,10 +375,18 @@ def _count_delivered(session: Session, claimed: Claimed, now: datetime) -> None:
     a 2xx, whatever the attempts it took; a manual resend of a delivered message, or an
     attempt redone after a worker died just after its 2xx, bills nothing more (the id comes
     from the delivery; ADR 0010)."""
-    insert_usage(session, [webhook_delivered_row(
-        delivery_id=claimed.delivery_id, tenant_id=claimed.tenant_id,
-        target_id=claimed.target_id, message_id=claimed.message_id, delivered_at=now,
-    )])  # fmt: skip
+    insert_usage(
+        session,
+        [
+            webhook_delivered_row(
+                delivery_id=claimed.delivery_id,
+                tenant_id=claimed.tenant_id,
+                target_id=claimed.target_id,
+                message_id=claimed.message_id,
+                delivered_at=now,
+            )
+        ],
+    )
 
 
 def due_deliveries(limit: int = 1000) -> int:

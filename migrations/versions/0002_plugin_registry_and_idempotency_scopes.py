@@ -45,21 +45,28 @@ def _idempotency_columns(*, scoped_by_principal: bool) -> list[Any]:
             sa.Column("principal", sa.String(length=250), nullable=False),
             sa.Column("tenant_id", sa.Uuid(), nullable=True),
             *common,
-            sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"],
-                                    name=op.f("fk_idempotency_keys_tenant_id_tenants"),
-                                    ondelete="CASCADE"),
+            sa.ForeignKeyConstraint(
+                ["tenant_id"],
+                ["tenants.id"],
+                name=op.f("fk_idempotency_keys_tenant_id_tenants"),
+                ondelete="CASCADE",
+            ),
             sa.PrimaryKeyConstraint("id", name=op.f("pk_idempotency_keys")),
-            sa.UniqueConstraint("principal", "route", "key",
-                                name=op.f("uq_idempotency_keys_principal_route_key")),
-        ]  # fmt: skip
+            sa.UniqueConstraint(
+                "principal", "route", "key", name=op.f("uq_idempotency_keys_principal_route_key")
+            ),
+        ]
     return [
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
         *common,
-        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"],
-                                name=op.f("fk_idempotency_keys_tenant_id_tenants"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_idempotency_keys_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("tenant_id", "route", "key", name=op.f("pk_idempotency_keys")),
-    ]  # fmt: skip
+    ]
 
 
 def upgrade() -> None:

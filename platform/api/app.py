@@ -137,9 +137,11 @@ async def reject_unknown_query_parameters(request: Request) -> None:
     if unknown:
         raise ValidationFailed(
             f"unknown query parameter(s): {', '.join(repr(u) for u in unknown)}",
-            errors=[{"pointer": f"#/query/{name}", "detail": "not a parameter of this route"}
-                    for name in unknown],
-        )  # fmt: skip
+            errors=[
+                {"pointer": f"#/query/{name}", "detail": "not a parameter of this route"}
+                for name in unknown
+            ],
+        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -197,10 +199,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"status": "ok"})
 
     for router in (
-        tenants_router, admin_keys_router, admin_quotas_router, keys_router, quotas_router,
-        jobs_router, webhook_messages_router, webhooks_router, usage_router, admin_usage_router,
-        ops_router, audit_router,
-    ):  # fmt: skip
+        tenants_router,
+        admin_keys_router,
+        admin_quotas_router,
+        keys_router,
+        quotas_router,
+        jobs_router,
+        webhook_messages_router,
+        webhooks_router,
+        usage_router,
+        admin_usage_router,
+        ops_router,
+        audit_router,
+    ):
         app.include_router(router)
     install_observability(app, settings)
     install_console(app)

@@ -111,10 +111,16 @@ def _reserve(
             with get_sessionmaker().begin() as session:
                 session.add(
                     IdempotencyKey(
-                        id=row_id, principal=principal, tenant_id=tenant_id, route=route,
-                        key=key, request_digest=digest, created_at=now, expires_at=now + ttl,
+                        id=row_id,
+                        principal=principal,
+                        tenant_id=tenant_id,
+                        route=route,
+                        key=key,
+                        request_digest=digest,
+                        created_at=now,
+                        expires_at=now + ttl,
                     )
-                )  # fmt: skip
+                )
             return row_id
         except IntegrityError:
             pass
@@ -172,11 +178,14 @@ def _reclaim(
     # Compare-and-set on created_at: of two retries, exactly one runs the request again.
     taken = session.execute(
         update(IdempotencyKey)
-        .where(IdempotencyKey.id == row.id, IdempotencyKey.created_at == row.created_at,
-               IdempotencyKey.state == IdempotencyState.IN_FLIGHT)
+        .where(
+            IdempotencyKey.id == row.id,
+            IdempotencyKey.created_at == row.created_at,
+            IdempotencyKey.state == IdempotencyState.IN_FLIGHT,
+        )
         .values(created_at=now, expires_at=now + ttl)
         .execution_options(synchronize_session=False)
-    )  # fmt: skip
+    )
     return row.id if getattr(taken, "rowcount", 0) else None
 
 

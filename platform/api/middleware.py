@@ -41,9 +41,13 @@ def _media_type(headers: dict[bytes, bytes]) -> str:
 
 class RequestEnvelope:
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, multipart_paths: set[str],
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        multipart_paths: set[str],
         form_prefix: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.multipart_paths = multipart_paths
@@ -148,8 +152,12 @@ async def _send_problem(
     send: Send, scope: Scope, request_id: str, refusal: tuple[int, str, str]
 ) -> None:
     status, code, detail = refusal
-    titles = {400: "Bad request", 413: "Payload too large", 415: "Unsupported media type",
-              500: "Internal server error"}  # fmt: skip
+    titles = {
+        400: "Bad request",
+        413: "Payload too large",
+        415: "Unsupported media type",
+        500: "Internal server error",
+    }
     body: dict[str, Any] = {
         "type": TYPE_BASE + code,
         "title": titles[status],

@@ -79,9 +79,15 @@ def _on_problem(request: Request, exc: Exception) -> JSONResponse:
     if exc.status in (413, 429) and isinstance(policy, str):
         quota_rejected(policy)  # a quota or limit refused it (celeriac_quota_rejections_total)
     return problem_response(
-        request, status=exc.status, code=exc.code, title=exc.title, detail=exc.detail,
-        errors=exc.errors, headers=exc.headers, extra=exc.extra,
-    )  # fmt: skip
+        request,
+        status=exc.status,
+        code=exc.code,
+        title=exc.title,
+        detail=exc.detail,
+        errors=exc.errors,
+        headers=exc.headers,
+        extra=exc.extra,
+    )
 
 
 def _on_validation(request: Request, exc: Exception) -> JSONResponse:
@@ -89,18 +95,25 @@ def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     errors = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
         return problem_response(
-            request, status=400, code="malformed-body", title="Malformed request body",
+            request,
+            status=400,
+            code="malformed-body",
+            title="Malformed request body",
             detail="the request body is not valid JSON",
-        )  # fmt: skip
+        )
     listed = [
         {"pointer": _pointer(e.get("loc", ())), "detail": str(e.get("msg", "invalid"))}
         for e in errors
     ]
     summary = "; ".join(f"{item['pointer']}: {item['detail']}" for item in listed[:3])
     return problem_response(
-        request, status=422, code="validation-failed", title="Validation failed",
-        detail=f"the request is not valid: {summary}", errors=listed,
-    )  # fmt: skip
+        request,
+        status=422,
+        code="validation-failed",
+        title="Validation failed",
+        detail=f"the request is not valid: {summary}",
+        errors=listed,
+    )
 
 
 def _on_http(request: Request, exc: Exception) -> JSONResponse:
@@ -116,9 +129,13 @@ def _on_http(request: Request, exc: Exception) -> JSONResponse:
         headers["Allow"] = ", ".join(allowed)
         detail = f"{request.method} is not allowed here; use {' or '.join(allowed)}"
     return problem_response(
-        request, status=exc.status_code, code=code, title=title, detail=detail,
+        request,
+        status=exc.status_code,
+        code=code,
+        title=title,
+        detail=detail,
         headers=headers,
-    )  # fmt: skip
+    )
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -138,10 +155,13 @@ def _on_data_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DataError)
     logger.info("the database refused a value: %s", exc.orig)
     return problem_response(
-        request, status=422, code="validation-failed", title="Validation failed",
+        request,
+        status=422,
+        code="validation-failed",
+        title="Validation failed",
         detail="a value in the request cannot be stored (text may not contain NUL "
         "characters, numbers must fit their fields); nothing was changed",
-    )  # fmt: skip
+    )
 
 
 # A dependency that is down or hung: PostgreSQL (refused, reset, pool exhausted), the
@@ -160,14 +180,18 @@ RETRY_AFTER_UNAVAILABLE = "5"
 def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """503 with ``Retry-After``: nothing the client sent is wrong, and a half-done
     request rolled back with its transaction."""
-    service = next((name for kind, name in UNAVAILABLE.items() if isinstance(exc, kind)),
-                   "a service")  # fmt: skip
+    service = next(
+        (name for kind, name in UNAVAILABLE.items() if isinstance(exc, kind)), "a service"
+    )
     logger.warning("%s is unavailable: %s: %s", service, type(exc).__name__, exc)
     return problem_response(
-        request, status=503, code="service-unavailable", title="Service unavailable",
+        request,
+        status=503,
+        code="service-unavailable",
+        title="Service unavailable",
         detail=f"{service} is unavailable at the moment; nothing was changed, retry shortly",
         headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
-    )  # fmt: skip
+    )
 
 
 def install_problem_handlers(app: FastAPI) -> None:

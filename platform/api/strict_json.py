@@ -54,9 +54,15 @@ class StrictJsonBodies:
                 json_input.parse(body)
         except ProblemError as exc:
             response = problem_response(
-                Request(scope), status=exc.status, code=exc.code, title=exc.title,
-                detail=exc.detail, errors=exc.errors, headers=exc.headers, extra=exc.extra,
-            )  # fmt: skip
+                Request(scope),
+                status=exc.status,
+                code=exc.code,
+                title=exc.title,
+                detail=exc.detail,
+                errors=exc.errors,
+                headers=exc.headers,
+                extra=exc.extra,
+            )
             await response(scope, receive, send)
             return
         replayed = False

@@ -131,12 +131,18 @@ class ApiKeyAuthenticator:
     def _load(self, digest: str) -> _KeyRecord:
         query = (
             select(
-                ApiKey.id, ApiKey.tenant_id, ApiKey.scopes, ApiKey.expires_at,
-                ApiKey.revoked_at, ApiKey.last_used_at, Tenant.slug, Tenant.status,
+                ApiKey.id,
+                ApiKey.tenant_id,
+                ApiKey.scopes,
+                ApiKey.expires_at,
+                ApiKey.revoked_at,
+                ApiKey.last_used_at,
+                Tenant.slug,
+                Tenant.status,
             )
             .join(Tenant, Tenant.id == ApiKey.tenant_id)
             .where(ApiKey.digest == digest)
-        )  # fmt: skip
+        )
         with self.engine.connect() as conn:
             row = conn.execute(query).one_or_none()
         if row is None:

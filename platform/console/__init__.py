@@ -56,8 +56,10 @@ def install_console(app: FastAPI) -> None:
     for router in (tenant_router, admin_router, docs_router):
         app.include_router(router)
     wrapped: tuple[type[Exception], ...] = (
-        ProblemError, StarletteHTTPException, RequestValidationError,
-    )  # fmt: skip
+        ProblemError,
+        StarletteHTTPException,
+        RequestValidationError,
+    )
     for exc_type in wrapped:
         app.add_exception_handler(exc_type, _console_errors(app.exception_handlers.get(exc_type)))
     for own in (web.SignInRequired, web.PageNotFound):

@@ -57,17 +57,25 @@ def tenants_page(request: Request, page: AdminPageDep, session: SessionDep) -> H
 
 @router.post("/admin/tenants", response_class=HTMLResponse)
 def create_tenant(
-    request: Request, page: AdminPageDep, session: SessionDep,
-    slug: Annotated[str, Form(max_length=63)], name: Annotated[str, Form(max_length=200)],
+    request: Request,
+    page: AdminPageDep,
+    session: SessionDep,
+    slug: Annotated[str, Form(max_length=63)],
+    name: Annotated[str, Form(max_length=200)],
     plan: Annotated[str, Form()] = "free",
-) -> Response:  # fmt: skip
+) -> Response:
     try:
         tenants.create_tenant(session, slug=slug, name=name, plan=plan, actor=_actor(page))
         session.commit()
     except ProblemError as exc:
         session.rollback()
-        return render(request, "admin/tenants.html", _tenants_context(session, error=exc.detail),
-                      status_code=exc.status, state=page.session)  # fmt: skip
+        return render(
+            request,
+            "admin/tenants.html",
+            _tenants_context(session, error=exc.detail),
+            status_code=exc.status,
+            state=page.session,
+        )
     return redirect(request, f"{PREFIX}/admin/tenants")
 
 
@@ -76,8 +84,12 @@ def quotas_page(
     request: Request, tenant_id: uuid.UUID, page: AdminPageDep, session: SessionDep
 ) -> HTMLResponse:
     tenant = tenants.get_tenant(session, tenant_id)
-    return render(request, "admin/quotas.html", {"tenant": tenant, "nav": "tenants",
-                  "view": quotas.tenant_quotas(session, tenant)}, state=page.session)  # fmt: skip
+    return render(
+        request,
+        "admin/quotas.html",
+        {"tenant": tenant, "nav": "tenants", "view": quotas.tenant_quotas(session, tenant)},
+        state=page.session,
+    )
 
 
 @router.post("/admin/tenants/{tenant_id}/quotas", response_class=HTMLResponse)
@@ -97,8 +109,13 @@ async def set_quotas(request: Request, tenant_id: uuid.UUID, page: AdminPageDep)
     def save() -> None:
         with get_sessionmaker()() as session, session.begin():
             tenant = tenants.get_tenant(session, tenant_id)
-            quotas.set_quotas(session, tenant, QuotaOverrides.model_validate(values),
-                              actor=_actor(page), actor_role=page.session.role)  # fmt: skip
+            quotas.set_quotas(
+                session,
+                tenant,
+                QuotaOverrides.model_validate(values),
+                actor=_actor(page),
+                actor_role=page.session.role,
+            )
 
     await run_in_threadpool(save)
     return redirect(request, f"{PREFIX}/admin/tenants/{tenant_id}/quotas")
@@ -107,22 +124,32 @@ async def set_quotas(request: Request, tenant_id: uuid.UUID, page: AdminPageDep)
 # After the quotas routes: /{action} would also match /quotas.
 @router.post("/admin/tenants/{tenant_id}/{action}", response_class=HTMLResponse)
 def tenant_action(
-    request: Request, tenant_id: uuid.UUID, action: str, page: AdminPageDep,
-    session: SessionDep, confirm: Annotated[str, Form()] = "",
-) -> Response:  # fmt: skip
+    request: Request,
+    tenant_id: uuid.UUID,
+    action: str,
+    page: AdminPageDep,
+    session: SessionDep,
+    confirm: Annotated[str, Form()] = "",
+) -> Response:
     """suspend, resume, or delete (the admin types the tenant's slug to confirm)."""
     tenant = tenants.get_tenant(session, tenant_id)
     if action in ("suspend", "resume"):
         status = "suspended" if action == "suspend" else "active"
-        tenants.update_tenant(session, tenant, changes={"status": status}, actor=_actor(page),
-                              invalidate_auth=invalidate_auth)  # fmt: skip
+        tenants.update_tenant(
+            session,
+            tenant,
+            changes={"status": status},
+            actor=_actor(page),
+            invalidate_auth=invalidate_auth,
+        )
     elif action == "delete":
         if confirm != tenant.slug:
             context = _tenants_context(
                 session, error=f"type the tenant's slug ({tenant.slug}) to delete it"
             )
-            return render(request, "admin/tenants.html", context, status_code=422,
-                          state=page.session)  # fmt: skip
+            return render(
+                request, "admin/tenants.html", context, status_code=422, state=page.session
+            )
         tenants.delete_tenant(session, tenant, actor=_actor(page), invalidate_auth=invalidate_auth)
     else:
         raise ValidationFailed(f"unknown action {action!r}")
@@ -141,22 +168,39 @@ def _backlog_context() -> dict[str, Any]:
     pools = []
     for pool in Pool:
         queued = sum(n for q, n in backlogs if q.pool is pool)
-        pools.append({"pool": pool.value, "queued": queued, "ready": dispatcher.ready_depth(pool),
-                      "held": dispatcher.held(pool), "slots": dispatcher.slots(pool)})  # fmt: skip
+        pools.append(
+            {
+                "pool": pool.value,
+                "queued": queued,
+                "ready": dispatcher.ready_depth(pool),
+                "held": dispatcher.held(pool),
+                "slots": dispatcher.slots(pool),
+            }
+        )
     top = max([n for _, n in backlogs] or [1])
     queues: list[dict[str, Any]] = [
-        {"pool": q.pool.value, "band": q.band.value, "tenant": q.tenant, "messages": n,
-         "width": round(300 * n / top, 1)}
+        {
+            "pool": q.pool.value,
+            "band": q.band.value,
+            "tenant": q.tenant,
+            "messages": n,
+            "width": round(300 * n / top, 1),
+        }
         for q, n in backlogs[:200]
-    ]  # fmt: skip
-    return {"fair_dispatch": True, "pools": pools, "queues": queues, "hidden":
-            max(0, len(backlogs) - 200)}  # fmt: skip
+    ]
+    return {
+        "fair_dispatch": True,
+        "pools": pools,
+        "queues": queues,
+        "hidden": max(0, len(backlogs) - 200),
+    }
 
 
 @router.get("/admin/backlog", response_class=HTMLResponse)
 def backlog_page(request: Request, page: AdminPageDep) -> HTMLResponse:
-    return render(request, "admin/backlog.html", {**_backlog_context(), "nav": "backlog"},
-                  state=page.session)  # fmt: skip
+    return render(
+        request, "admin/backlog.html", {**_backlog_context(), "nav": "backlog"}, state=page.session
+    )
 
 
 @router.get("/admin/backlog/live", response_class=HTMLResponse)
@@ -167,8 +211,9 @@ def backlog_live(request: Request, page: AdminPageDep) -> HTMLResponse:
 @router.get("/admin/webhooks", response_class=HTMLResponse)
 def webhook_health_page(request: Request, page: AdminPageDep, session: SessionDep) -> HTMLResponse:
     rows = webhook_repository.unscoped_health_by_tenant(session)
-    return render(request, "admin/webhooks.html", {"rows": rows, "nav": "health"},
-                  state=page.session)  # fmt: skip
+    return render(
+        request, "admin/webhooks.html", {"rows": rows, "nav": "health"}, state=page.session
+    )
 
 
 @router.get("/admin/audit", response_class=HTMLResponse)
@@ -178,8 +223,12 @@ def audit_page(
     rows, next_cursor = audit.list_entries(
         session, tenant_id=None, action=None, cursor=cursor or None, limit=50
     )
-    return render(request, "admin/audit.html", {"entries": rows, "next_cursor": next_cursor,
-                  "nav": "audit"}, state=page.session)  # fmt: skip
+    return render(
+        request,
+        "admin/audit.html",
+        {"entries": rows, "next_cursor": next_cursor, "nav": "audit"},
+        state=page.session,
+    )
 
 
 # --- billing ---------------------------------------------------------------------------
@@ -198,13 +247,26 @@ def _month_start(months_back: int) -> datetime:
 def billing_page(request: Request, page: BillingPageDep, session: SessionDep) -> HTMLResponse:
     """Usage by tenant and month (the last 12), and the CSV export of the records."""
     totals = usage.summarize(
-        session, granularity=Granularity.MONTH, tenant_id=None, metric=None,
-        occurred_after=_month_start(11), occurred_before=None,
-    )  # fmt: skip
+        session,
+        granularity=Granularity.MONTH,
+        tenant_id=None,
+        metric=None,
+        occurred_after=_month_start(11),
+        occurred_before=None,
+    )
     slugs = dict(session.query(Tenant.id, Tenant.slug).all())
-    rows = [{"tenant": slugs.get(t.tenant_id, str(t.tenant_id)), "tenant_id": t.tenant_id,
-             "month": t.period_start.strftime("%Y-%m"), "metric": t.metric, "unit": t.unit,
-             "quantity": t.quantity, "records": t.records} for t in totals]  # fmt: skip
+    rows = [
+        {
+            "tenant": slugs.get(t.tenant_id, str(t.tenant_id)),
+            "tenant_id": t.tenant_id,
+            "month": t.period_start.strftime("%Y-%m"),
+            "metric": t.metric,
+            "unit": t.unit,
+            "quantity": t.quantity,
+            "records": t.records,
+        }
+        for t in totals
+    ]
     return render(request, "billing.html", {"rows": rows, "nav": "billing"}, state=page.session)
 
 
@@ -214,20 +276,29 @@ def billing_csv(
 ) -> Response:
     """The month's usage records (default: this month) as CSV, the API's export columns."""
     try:
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=utcnow().tzinfo) if month else (
-            _month_start(0))  # fmt: skip
+        start = (
+            datetime.strptime(month, "%Y-%m").replace(tzinfo=utcnow().tzinfo)
+            if month
+            else (_month_start(0))
+        )
     except ValueError:
         raise ValidationFailed("month is YYYY-MM") from None
     end = (start + timedelta(days=32)).replace(day=1)
     records, cursor = usage.list_records(
-        session, tenant_id=None, metric=None, occurred_after=start, occurred_before=end,
-        cursor=None, limit=50_000,
-    )  # fmt: skip
+        session,
+        tenant_id=None,
+        metric=None,
+        occurred_after=start,
+        occurred_before=end,
+        cursor=None,
+        limit=50_000,
+    )
     headers = {"Content-Disposition": f'attachment; filename="usage-{start:%Y-%m}.csv"'}
     if cursor is not None:
         headers["X-Truncated"] = "true: more than 50000 records; use GET /v1/usage/records"
-    return Response(usage.records_csv(records), media_type="text/csv; charset=utf-8",
-                    headers=headers)  # fmt: skip
+    return Response(
+        usage.records_csv(records), media_type="text/csv; charset=utf-8", headers=headers
+    )
 
 
 __all__ = ["router"]

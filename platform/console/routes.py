@@ -104,10 +104,15 @@ def sign_in(
         if parse_key(credential) is not None:
             digest = key_digest(settings.api_key_pepper(), credential)
             ctx = api_key_authenticator().authenticate_digest(digest)
-            session_id, _ = sessions.start({
-                "kind": "tenant", "key_digest": digest, "key_id": str(ctx.key_id),
-                "tenant_id": str(ctx.tenant_id), "tenant_slug": ctx.tenant_slug,
-            })  # fmt: skip
+            session_id, _ = sessions.start(
+                {
+                    "kind": "tenant",
+                    "key_digest": digest,
+                    "key_id": str(ctx.key_id),
+                    "tenant_id": str(ctx.tenant_id),
+                    "tenant_slug": ctx.tenant_slug,
+                }
+            )
             target = f"{PREFIX}/jobs"
         else:
             principal = verify_token(settings, credential)
@@ -116,12 +121,16 @@ def sign_in(
                 {"kind": "admin", "subject": principal.subject, "role": principal.role.value},
                 not_after=claims,
             )
-            target = f"{PREFIX}/admin/tenants" if principal.role.value == "admin" else (
-                f"{PREFIX}/billing")  # fmt: skip
+            target = (
+                f"{PREFIX}/admin/tenants"
+                if principal.role.value == "admin"
+                else (f"{PREFIX}/billing")
+            )
     except (ProblemError, InvalidToken) as exc:
         detail = exc.detail if isinstance(exc, ProblemError) else "the token is not valid"
-        return render(request, "sign_in.html", {"error": f"Sign-in refused: {detail}."},
-                      status_code=401)  # fmt: skip
+        return render(
+            request, "sign_in.html", {"error": f"Sign-in refused: {detail}."}, status_code=401
+        )
     response = redirect(request, target)
     set_session_cookie(response, request, session_id)
     return response
@@ -158,39 +167,54 @@ def _jobs_context(
     page: TenantPage, session: SessionDep, state: str | None, cursor: str | None
 ) -> dict[str, Any]:
     rows, next_cursor = service.list_jobs(
-        session, page.ctx, state=_job_filters(state), created_after=None, created_before=None,
-        cursor=cursor or None, limit=PAGE_SIZE,
-    )  # fmt: skip
+        session,
+        page.ctx,
+        state=_job_filters(state),
+        created_after=None,
+        created_before=None,
+        cursor=cursor or None,
+        limit=PAGE_SIZE,
+    )
     jobs = [service.job_summary(j) for j in rows]
     return {
-        "jobs": jobs, "next_cursor": next_cursor, "state": state or "", "cursor": cursor or "",
+        "jobs": jobs,
+        "next_cursor": next_cursor,
+        "state": state or "",
+        "cursor": cursor or "",
         "states": [s.value for s in JobState],
         "live": any(j.state not in FINAL_JOB_STATES for j in jobs),
         "human_ms": views.human_ms,
-    }  # fmt: skip
+    }
 
 
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(
-    request: Request, page: TenantDep, session: SessionDep,
-    state: str | None = None, cursor: str | None = None,
-) -> HTMLResponse:  # fmt: skip
+    request: Request,
+    page: TenantDep,
+    session: SessionDep,
+    state: str | None = None,
+    cursor: str | None = None,
+) -> HTMLResponse:
     context = _jobs_context(page, session, state, cursor)
     return render(request, "jobs.html", {**context, "nav": "jobs"}, state=page.session)
 
 
 @router.get("/jobs/rows", response_class=HTMLResponse)
 def jobs_rows(
-    request: Request, page: TenantDep, session: SessionDep,
-    state: str | None = None, cursor: str | None = None,
-) -> HTMLResponse:  # fmt: skip
+    request: Request,
+    page: TenantDep,
+    session: SessionDep,
+    state: str | None = None,
+    cursor: str | None = None,
+) -> HTMLResponse:
     """The jobs table alone: what the page polls while any listed job runs."""
     context = _jobs_context(page, session, state, cursor)
     return render(request, "fragments/jobs_table.html", context, state=page.session)
 
 
-def _job_context(request: Request, page: TenantPage, session: SessionDep,
-                 job_id: uuid.UUID) -> dict[str, Any]:  # fmt: skip
+def _job_context(
+    request: Request, page: TenantPage, session: SessionDep, job_id: uuid.UUID
+) -> dict[str, Any]:
     detail = service.job_detail(session, page.ctx, job_id)
     job, tasks = views.job_tasks(session, page.ctx, job_id)
     results = None
@@ -203,11 +227,15 @@ def _job_context(request: Request, page: TenantPage, session: SessionDep,
             results_error = exc.detail
     extra = detail.model_dump()
     return {
-        "job": detail, "final": detail.state in FINAL_JOB_STATES,
+        "job": detail,
+        "final": detail.state in FINAL_JOB_STATES,
         "waiting_reason": extra.get("waiting_reason"),
-        "timeline": views.timeline(job, tasks), "results": results,
-        "results_error": results_error, "human_ms": views.human_ms, "nav": "jobs",
-    }  # fmt: skip
+        "timeline": views.timeline(job, tasks),
+        "results": results,
+        "results_error": results_error,
+        "human_ms": views.human_ms,
+        "nav": "jobs",
+    }
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -228,16 +256,18 @@ def job_live(
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(request: Request, job_id: uuid.UUID, page: TenantDep, session: SessionDep
-               ) -> Response:  # fmt: skip
+def cancel_job(
+    request: Request, job_id: uuid.UUID, page: TenantDep, session: SessionDep
+) -> Response:
     page.ctx.require(keys.Scope.JOBS_WRITE)
     service.cancel_job(session, page.ctx, job_id)
     session.commit()
     return redirect(request, f"{PREFIX}/jobs/{job_id}")
 
 
-async def _accept(request: Request, page: TenantPage, options: JobOptions,
-                  parsed: payload.Payload) -> uuid.UUID:  # fmt: skip
+async def _accept(
+    request: Request, page: TenantPage, options: JobOptions, parsed: payload.Payload
+) -> uuid.UUID:
     """A job from the console goes through the API's checks: scope, rate limit and monthly
     quota (reserved here, given back if the submission fails), size limits, the registry."""
     page.ctx.require(keys.Scope.JOBS_WRITE)
@@ -262,10 +292,13 @@ async def rerun_job(request: Request, job_id: uuid.UUID, page: TenantDep) -> Res
 
         with get_sessionmaker()() as session:
             job, _ = views.job_tasks(session, page.ctx, job_id)
-            options = JobOptions.model_validate({
-                "pipeline": views.rerun_spec(job), "priority": job.priority.value,
-                "metadata": {**(job.job_metadata or {}), "rerun_of": str(job.id)},
-            })  # fmt: skip
+            options = JobOptions.model_validate(
+                {
+                    "pipeline": views.rerun_spec(job),
+                    "priority": job.priority.value,
+                    "metadata": {**(job.job_metadata or {}), "rerun_of": str(job.id)},
+                }
+            )
             return options, views.rerun_payload(page.ctx, job)
 
     options, parsed = await run_in_threadpool(load)
@@ -288,9 +321,12 @@ def submit_page(request: Request, page: TenantDep) -> HTMLResponse:
 
 def _submit_context(**extra: Any) -> dict[str, Any]:
     return {
-        "named": sorted(pipelines.NAMED_PIPELINES), "plugins": _plugins(),
-        "priorities": [p.value for p in Priority], "nav": "submit", **extra,
-    }  # fmt: skip
+        "named": sorted(pipelines.NAMED_PIPELINES),
+        "plugins": _plugins(),
+        "priorities": [p.value for p in Priority],
+        "nav": "submit",
+        **extra,
+    }
 
 
 @router.post("/submit")
@@ -324,8 +360,7 @@ async def submit(request: Request, page: TenantDep) -> Response:
         job_id = await _accept(request, page, options, parsed)
     except ProblemError as exc:
         context = _submit_context(error=exc.detail)
-        return render(request, "submit.html", context, status_code=exc.status,
-                      state=page.session)  # fmt: skip
+        return render(request, "submit.html", context, status_code=exc.status, state=page.session)
     return redirect(request, f"{PREFIX}/jobs/{job_id}")
 
 
@@ -341,8 +376,12 @@ async def _limits(page: TenantPage) -> Any:
 def _webhooks_context(session: SessionDep, page: TenantPage, **extra: Any) -> dict[str, Any]:
     page.ctx.require(keys.Scope.WEBHOOKS_MANAGE)
     rows, _ = WebhookTargetRepository(session, page.ctx).page(cursor=None, limit=100)
-    return {"targets": rows, "event_types": [e.value for e in EventTypeFilter],
-            "nav": "webhooks", **extra}  # fmt: skip
+    return {
+        "targets": rows,
+        "event_types": [e.value for e in EventTypeFilter],
+        "nav": "webhooks",
+        **extra,
+    }
 
 
 @router.get("/webhooks", response_class=HTMLResponse)
@@ -352,24 +391,30 @@ def webhooks_page(request: Request, page: TenantDep, session: SessionDep) -> HTM
 
 @router.post("/webhooks", response_class=HTMLResponse)
 def create_target(
-    request: Request, page: TenantDep, session: SessionDep, settings: SettingsDep,
+    request: Request,
+    page: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
     url: Annotated[str, Form(max_length=2000)],
     description: Annotated[str, Form(max_length=500)] = "",
     event_types: Annotated[list[str] | None, Form()] = None,
-) -> HTMLResponse:  # fmt: skip
+) -> HTMLResponse:
     page.ctx.require(keys.Scope.WEBHOOKS_MANAGE)
     try:
         issued = webhooks.create_target(
-            session, page.ctx, url=url, event_types=event_types or ["*"],
-            description=description, settings=settings.webhooks,
+            session,
+            page.ctx,
+            url=url,
+            event_types=event_types or ["*"],
+            description=description,
+            settings=settings.webhooks,
             resolve=destination_resolver(),
-        )  # fmt: skip
+        )
         session.commit()
     except ProblemError as exc:
         session.rollback()
         context = _webhooks_context(session, page, error=exc.detail)
-        return render(request, "webhooks.html", context, status_code=exc.status,
-                      state=page.session)  # fmt: skip
+        return render(request, "webhooks.html", context, status_code=exc.status, state=page.session)
     context = _webhooks_context(session, page, secret=issued.secret, secret_for=issued.target)
     return render(request, "webhooks.html", context, status_code=201, state=page.session)
 
@@ -394,8 +439,9 @@ def target_action(
         session.commit()
         return redirect(request, f"{PREFIX}/webhooks")
     elif action == "rotate":
-        issued = webhooks.rotate_secret(session, page.ctx, target_id,
-                                        previous_secret_grace=timedelta(hours=24))  # fmt: skip
+        issued = webhooks.rotate_secret(
+            session, page.ctx, target_id, previous_secret_grace=timedelta(hours=24)
+        )
         session.commit()
         context = _webhooks_context(session, page, secret=issued.secret, secret_for=issued.target)
         return render(request, "webhooks.html", context, state=page.session)
@@ -427,27 +473,48 @@ def target_page(
     page.ctx.require(keys.Scope.WEBHOOKS_MANAGE)
     target = WebhookTargetRepository(session, page.ctx).get(target_id)
     attempts, _ = webhook_log.attempts_page(
-        session, page.ctx, target_id, status_code=None, succeeded=None, trigger=None,
-        since=None, until=None, cursor=None, limit=50,
-    )  # fmt: skip
+        session,
+        page.ctx,
+        target_id,
+        status_code=None,
+        succeeded=None,
+        trigger=None,
+        since=None,
+        until=None,
+        cursor=None,
+        limit=50,
+    )
     delivery_ids = {a.delivery_id for a in attempts}
-    messages = dict(session.execute(
-        select(WebhookDelivery.id, WebhookDelivery.message_id).where(
-            WebhookDelivery.tenant_id == page.ctx.tenant_id,
-            WebhookDelivery.id.in_(delivery_ids),
+    messages = (
+        dict(
+            session.execute(
+                select(WebhookDelivery.id, WebhookDelivery.message_id).where(
+                    WebhookDelivery.tenant_id == page.ctx.tenant_id,
+                    WebhookDelivery.id.in_(delivery_ids),
+                )
+            )
+            .tuples()
+            .all()
         )
-    ).tuples().all()) if delivery_ids else {}  # fmt: skip
-    return render(request, "target.html", {"target": target, "attempts": attempts,
-                  "messages": messages,
-                  "nav": "webhooks"},
-                  state=page.session)  # fmt: skip
+        if delivery_ids
+        else {}
+    )
+    return render(
+        request,
+        "target.html",
+        {"target": target, "attempts": attempts, "messages": messages, "nav": "webhooks"},
+        state=page.session,
+    )
 
 
 @router.post("/webhook-messages/{message_id}/resend")
 def resend_message(
-    request: Request, message_id: str, page: TenantDep, session: SessionDep,
+    request: Request,
+    message_id: str,
+    page: TenantDep,
+    session: SessionDep,
     target_id: Annotated[uuid.UUID | None, Form()] = None,
-) -> Response:  # fmt: skip
+) -> Response:
     page.ctx.require(keys.Scope.WEBHOOKS_MANAGE)
     webhook_log.resend(session, page.ctx, message_id, target_id)
     session.commit()
@@ -462,8 +529,14 @@ def _keys_context(session: SessionDep, page: TenantPage, **extra: Any) -> dict[s
     page.ctx.require(keys.Scope.KEYS_MANAGE)
     rows, _ = keys.ApiKeyRepository(session, page.ctx).page(cursor=None, limit=100)
     # Only what the session's key holds: a key cannot grant a scope it lacks.
-    return {"keys": rows, "scopes": sorted(page.ctx.scopes), "nav": "keys",
-            "own_key": page.ctx.key_id, "now": utcnow(), **extra}  # fmt: skip
+    return {
+        "keys": rows,
+        "scopes": sorted(page.ctx.scopes),
+        "nav": "keys",
+        "own_key": page.ctx.key_id,
+        "now": utcnow(),
+        **extra,
+    }
 
 
 @router.get("/keys", response_class=HTMLResponse)
@@ -473,31 +546,47 @@ def keys_page(request: Request, page: TenantDep, session: SessionDep) -> HTMLRes
 
 @router.post("/keys", response_class=HTMLResponse)
 def create_key(
-    request: Request, page: TenantDep, session: SessionDep, settings: SettingsDep,
+    request: Request,
+    page: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
     name: Annotated[str, Form(max_length=100)] = "",
     scopes: Annotated[list[str] | None, Form()] = None,
-) -> HTMLResponse:  # fmt: skip
+) -> HTMLResponse:
     page.ctx.require(keys.Scope.KEYS_MANAGE)
     try:
         issued = keys.create_api_key(
-            session, tenant_id=page.ctx.tenant_id, pepper=settings.api_key_pepper(),
-            scopes=scopes or sorted(page.ctx.scopes), name=name, created_by=page.ctx.principal,
+            session,
+            tenant_id=page.ctx.tenant_id,
+            pepper=settings.api_key_pepper(),
+            scopes=scopes or sorted(page.ctx.scopes),
+            name=name,
+            created_by=page.ctx.principal,
             granted_by=page.ctx.scopes,
-        )  # fmt: skip
+        )
         session.commit()
     except ProblemError as exc:
         session.rollback()
-        return render(request, "keys.html", _keys_context(session, page, error=exc.detail),
-                      status_code=exc.status, state=page.session)  # fmt: skip
+        return render(
+            request,
+            "keys.html",
+            _keys_context(session, page, error=exc.detail),
+            status_code=exc.status,
+            state=page.session,
+        )
     context = _keys_context(session, page, plaintext=issued.plaintext, issued=issued.api_key)
     return render(request, "keys.html", context, status_code=201, state=page.session)
 
 
 @router.post("/keys/{key_id}/{action}", response_class=HTMLResponse)
 def key_action(
-    request: Request, key_id: uuid.UUID, action: str, page: TenantDep, session: SessionDep,
+    request: Request,
+    key_id: uuid.UUID,
+    action: str,
+    page: TenantDep,
+    session: SessionDep,
     settings: SettingsDep,
-) -> Response:  # fmt: skip
+) -> Response:
     """revoke (at once), or roll (a new key, shown once; the old one works for a day)."""
     page.ctx.require(keys.Scope.KEYS_MANAGE)
     if action == "revoke":
@@ -506,10 +595,14 @@ def key_action(
         return redirect(request, f"{PREFIX}/keys")
     if action == "roll":
         issued = keys.roll_api_key(
-            session, page.ctx, key_id, pepper=settings.api_key_pepper(),
-            old_key_grace=timedelta(hours=24), created_by=page.ctx.principal,
+            session,
+            page.ctx,
+            key_id,
+            pepper=settings.api_key_pepper(),
+            old_key_grace=timedelta(hours=24),
+            created_by=page.ctx.principal,
             invalidate=invalidate_auth,
-        )  # fmt: skip
+        )
         session.commit()
         context = _keys_context(session, page, plaintext=issued.plaintext, issued=issued.api_key)
         return render(request, "keys.html", context, status_code=201, state=page.session)
@@ -526,9 +619,13 @@ def usage_page(request: Request, page: TenantDep, session: SessionDep) -> HTMLRe
     assert tenant is not None
     status = quota_status(session, tenant)
     totals = usage.summarize(
-        session, granularity=Granularity.DAY, tenant_id=page.ctx.tenant_id, metric=None,
-        occurred_after=utcnow() - timedelta(days=30), occurred_before=None,
-    )  # fmt: skip
+        session,
+        granularity=Granularity.DAY,
+        tenant_id=page.ctx.tenant_id,
+        metric=None,
+        occurred_after=utcnow() - timedelta(days=30),
+        occurred_before=None,
+    )
     # Every day of the window, zero where nothing was recorded: the chart's axis is the
     # 30 days, whatever the number of days with usage.
     today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
@@ -541,19 +638,34 @@ def usage_page(request: Request, page: TenantDep, session: SessionDep) -> HTMLRe
     charts = []
     for metric, entry in sorted(series.items()):
         values = [entry["by_day"].get(day, 0.0) for day in days]
-        charts.append({"id": f"usage-{metric.replace('.', '-')}", "metric": metric,
-                       "unit": entry["unit"], "data": json.dumps([days, values]),
-                       "total": sum(entry["by_day"].values())})  # fmt: skip
+        charts.append(
+            {
+                "id": f"usage-{metric.replace('.', '-')}",
+                "metric": metric,
+                "unit": entry["unit"],
+                "data": json.dumps([days, values]),
+                "total": sum(entry["by_day"].values()),
+            }
+        )
     meters = []
     for name in ("running_jobs", "jobs_this_month", "webhook_targets"):
         meter = getattr(status.usage, name)
         percent = min(100, round(100 * meter.used / meter.limit)) if meter.limit else 0
-        meters.append({"name": name.replace("_", " "), "used": meter.used,
-                       "limit": meter.limit, "percent": percent})  # fmt: skip
+        meters.append(
+            {
+                "name": name.replace("_", " "),
+                "used": meter.used,
+                "limit": meter.limit,
+                "percent": percent,
+            }
+        )
     limits = status.limits.model_dump()
-    return render(request, "usage.html", {"meters": meters, "charts": charts,
-                  "limits": limits, "plan": status.plan, "nav": "usage"},
-                  state=page.session)  # fmt: skip
+    return render(
+        request,
+        "usage.html",
+        {"meters": meters, "charts": charts, "limits": limits, "plan": status.plan, "nav": "usage"},
+        state=page.session,
+    )
 
 
 __all__ = ["CSRF_FIELD", "router"]

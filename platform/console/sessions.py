@@ -140,9 +140,12 @@ def start(
     if not_after is not None:
         absolute = min(absolute, not_after)
     state = SessionState(
-        csrf=secrets.token_urlsafe(32), created_at=now, absolute_until=absolute,
-        idle_until=now + settings.idle_timeout_seconds, **state_fields,
-    )  # fmt: skip
+        csrf=secrets.token_urlsafe(32),
+        created_at=now,
+        absolute_until=absolute,
+        idle_until=now + settings.idle_timeout_seconds,
+        **state_fields,
+    )
     session_id = secrets.token_urlsafe(32)
     session_store().save(_hash(session_id), asdict(state), state.expires_at)
     return session_id, state

@@ -99,17 +99,33 @@ def timeline(job: Job, tasks: Sequence[Any]) -> Timeline:
     span_ms = max(_ms(end, origin), 1.0)
     scale = TIMELINE_WIDTH / span_ms
 
-    def bar(label: str, stage: str, state: str, start: datetime | None,
-            finish: datetime | None, y: int, attempts: int = 0,
-            error: str | None = None, duration_ms: float | None = None) -> Bar:  # fmt: skip
+    def bar(
+        label: str,
+        stage: str,
+        state: str,
+        start: datetime | None,
+        finish: datetime | None,
+        y: int,
+        attempts: int = 0,
+        error: str | None = None,
+        duration_ms: float | None = None,
+    ) -> Bar:
         if start is None:
             return Bar(label, stage, state, 0, 0, y, "not started", attempts, error)
         stop = finish or now
         length = duration_ms if duration_ms is not None else _ms(stop, start)
         x = _ms(start, origin) * scale
-        return Bar(label, stage, state, round(x, 1),
-                   round(max(_ms(stop, start) * scale, 2.0), 1), y, human_ms(length),
-                   attempts, error)  # fmt: skip
+        return Bar(
+            label,
+            stage,
+            state,
+            round(x, 1),
+            round(max(_ms(stop, start) * scale, 2.0), 1),
+            y,
+            human_ms(length),
+            attempts,
+            error,
+        )
 
     stage_rows: list[Bar] = []
     by_stage: dict[str, list[Any]] = {}
@@ -121,26 +137,49 @@ def timeline(job: Job, tasks: Sequence[Any]) -> Timeline:
         finished = [t.finished_at for t in members if t.finished_at is not None]
         running = any(t.finished_at is None and t.started_at is not None for t in members)
         states = {t.state.value for t in members}
-        state = "running" if running else ("failed" if states & {"failed", "timed_out"}
-                                           else "succeeded")  # fmt: skip
-        stage_rows.append(bar(
-            f"{stage} ({len(members)} tasks)", stage, state, min(begun) if begun else None,
-            None if running or not finished else max(finished), row * ROW_HEIGHT,
-        ))  # fmt: skip
+        state = (
+            "running"
+            if running
+            else ("failed" if states & {"failed", "timed_out"} else "succeeded")
+        )
+        stage_rows.append(
+            bar(
+                f"{stage} ({len(members)} tasks)",
+                stage,
+                state,
+                min(begun) if begun else None,
+                None if running or not finished else max(finished),
+                row * ROW_HEIGHT,
+            )
+        )
         row += 1
     bars = []
     shown = tasks[:MAX_BARS]
     for index, task in enumerate(shown):
         label = task.plugin + ("" if task.chunk is None else f" #{task.chunk}")
-        bars.append(bar(label, task.stage.value, task.state.value, task.started_at,
-                        task.finished_at, (row + index) * ROW_HEIGHT, task.attempts,
-                        task.error, task.duration_ms))  # fmt: skip
+        bars.append(
+            bar(
+                label,
+                task.stage.value,
+                task.state.value,
+                task.started_at,
+                task.finished_at,
+                (row + index) * ROW_HEIGHT,
+                task.attempts,
+                task.error,
+                task.duration_ms,
+            )
+        )
     ticks = [(round(TIMELINE_WIDTH * i / 4, 1), human_ms(span_ms * i / 4)) for i in range(5)]
     return Timeline(
-        bars=bars, stages=stage_rows, height=(row + len(shown)) * ROW_HEIGHT + 24,
-        span=human_ms(span_ms), ticks=ticks, hidden=max(0, len(tasks) - MAX_BARS),
+        bars=bars,
+        stages=stage_rows,
+        height=(row + len(shown)) * ROW_HEIGHT + 24,
+        span=human_ms(span_ms),
+        ticks=ticks,
+        hidden=max(0, len(tasks) - MAX_BARS),
         rows_svg=_rows_svg(bars),
-    )  # fmt: skip
+    )
 
 
 def _rows_svg(bars: Sequence[Bar]) -> Markup:
@@ -154,8 +193,11 @@ def _rows_svg(bars: Sequence[Bar]) -> Markup:
             tip += f", {b.attempts} attempts"
         if b.error:
             tip += f": {b.error}"
-        note = b.duration + (f", {b.attempts} attempts" if b.attempts > 1 else "") + (
-            f" {b.state}" if b.state in ("failed", "timed_out") else "")  # fmt: skip
+        note = (
+            b.duration
+            + (f", {b.attempts} attempts" if b.attempts > 1 else "")
+            + (f" {b.state}" if b.state in ("failed", "timed_out") else "")
+        )
         parts.append(
             f'<g class="task-row" data-state="{b.state}"><text class="label" x="{left - 6}" '
             f'y="{b.y + 12}" text-anchor="end">{label}</text><rect class="task-bar '
@@ -231,8 +273,14 @@ def results_view(document: dict[str, Any], records: list[dict[str, Any]]) -> Res
                 view.keywords.append(_keywords(dataset, result))
             else:
                 text = json.dumps(result, indent=1, default=str)
-                view.other.append({"analyzer": analyzer, "dataset": dataset,
-                                   "json": text[:4000], "truncated": len(text) > 4000})  # fmt: skip
+                view.other.append(
+                    {
+                        "analyzer": analyzer,
+                        "dataset": dataset,
+                        "json": text[:4000],
+                        "truncated": len(text) > 4000,
+                    }
+                )
     return view
 
 
@@ -246,12 +294,21 @@ def _summary(dataset: str, result: dict[str, Any]) -> dict[str, Any]:
     numeric = result.get("numeric") or {}
     stats = ["count", "mean", "std", "min", "p25", "p50", "p75", "max", "nulls"]
     present = [s for s in stats if any(s in (v or {}) for v in numeric.values())]
-    rows = [[column, *[_fmt((values or {}).get(s)) for s in present]]
-            for column, values in numeric.items()]  # fmt: skip
-    other = [[column, *[f"{k}: {_fmt(v)}" for k, v in list((values or {}).items())[:4]]]
-             for column, values in (result.get("other") or {}).items()]  # fmt: skip
-    return {"dataset": dataset, "rows": result.get("rows"), "stats": present,
-            "numeric": rows, "other": other}  # fmt: skip
+    rows = [
+        [column, *[_fmt((values or {}).get(s)) for s in present]]
+        for column, values in numeric.items()
+    ]
+    other = [
+        [column, *[f"{k}: {_fmt(v)}" for k, v in list((values or {}).items())[:4]]]
+        for column, values in (result.get("other") or {}).items()
+    ]
+    return {
+        "dataset": dataset,
+        "rows": result.get("rows"),
+        "stats": present,
+        "numeric": rows,
+        "other": other,
+    }
 
 
 def _anomalies(
@@ -260,8 +317,9 @@ def _anomalies(
     charts = []
     columns = result.get("columns") or {}
     if result.get("method") == "isolation_forest":
-        columns = {"rows": {"indexes": result.get("indexes") or [],
-                            "scores": result.get("scores") or []}}  # fmt: skip
+        columns = {
+            "rows": {"indexes": result.get("indexes") or [], "scores": result.get("scores") or []}
+        }
     found_any = [(c, f) for c, f in columns.items() if int((f or {}).get("count") or 0) > 0]
     ranked = sorted(found_any, key=lambda kv: -int((kv[1] or {}).get("count") or 0))
     for column, found in ranked[:4]:
@@ -280,14 +338,20 @@ def _anomalies(
         else:  # no values to draw (isolation forest over rows): the scores themselves
             data = [indexes, scores]
             labels = ["score"]
-        charts.append({
-            "id": f"anomalies-{dataset}-{column}".replace(".", "-"),
-            "dataset": dataset, "column": column, "count": len(indexes),
-            "shown_rows": len(records), "labels": labels,
-            "data": json.dumps(data, separators=(",", ":"), allow_nan=False),
-            "top": sorted(zip(indexes, scores, strict=False),
-                          key=lambda p: -abs(p[1] or 0))[:10],
-        })  # fmt: skip
+        charts.append(
+            {
+                "id": f"anomalies-{dataset}-{column}".replace(".", "-"),
+                "dataset": dataset,
+                "column": column,
+                "count": len(indexes),
+                "shown_rows": len(records),
+                "labels": labels,
+                "data": json.dumps(data, separators=(",", ":"), allow_nan=False),
+                "top": sorted(zip(indexes, scores, strict=False), key=lambda p: -abs(p[1] or 0))[
+                    :10
+                ],
+            }
+        )
     return charts
 
 
@@ -297,20 +361,40 @@ def _sentiment(dataset: str, result: dict[str, Any]) -> dict[str, Any]:
     for polarity in ("positive", "neutral", "negative"):
         count = int(result.get(polarity) or 0)
         share = count / documents if documents else 0.0
-        shares.append({"polarity": polarity, "count": count, "share": f"{share:.0%}",
-                       "width": round(share * 300, 1)})  # fmt: skip
-    return {"dataset": dataset, "documents": documents,
-            "mean": _fmt(result.get("mean_compound")), "shares": shares}  # fmt: skip
+        shares.append(
+            {
+                "polarity": polarity,
+                "count": count,
+                "share": f"{share:.0%}",
+                "width": round(share * 300, 1),
+            }
+        )
+    return {
+        "dataset": dataset,
+        "documents": documents,
+        "mean": _fmt(result.get("mean_compound")),
+        "shares": shares,
+    }
 
 
 def _keywords(dataset: str, result: dict[str, Any]) -> dict[str, Any]:
     terms = [t for t in (result.get("terms") or []) if isinstance(t, dict)][:15]
     top = max([float(t.get("score") or 0) for t in terms] or [1.0]) or 1.0
-    rows = [{"term": t.get("term"), "score": _fmt(t.get("score")),
-             "width": round(float(t.get("score") or 0) / top * 300, 1), "y": i * 22}
-            for i, t in enumerate(terms)]  # fmt: skip
-    return {"dataset": dataset, "documents": result.get("documents"), "terms": rows,
-            "height": len(rows) * 22}  # fmt: skip
+    rows = [
+        {
+            "term": t.get("term"),
+            "score": _fmt(t.get("score")),
+            "width": round(float(t.get("score") or 0) / top * 300, 1),
+            "y": i * 22,
+        }
+        for i, t in enumerate(terms)
+    ]
+    return {
+        "dataset": dataset,
+        "documents": result.get("documents"),
+        "terms": rows,
+        "height": len(rows) * 22,
+    }
 
 
 def rerun_payload(ctx: TenantContext, job: Job) -> payload.Payload:
@@ -330,7 +414,8 @@ def rerun_spec(job: Job) -> str | dict[str, Any]:
     if pipeline.get("name"):
         return str(pipeline["name"])
     return {
-        section: [{"name": s["name"], "params": s.get("params") or {}}
-                  for s in pipeline.get(section, [])]
+        section: [
+            {"name": s["name"], "params": s.get("params") or {}} for s in pipeline.get(section, [])
+        ]
         for section in ("datasets", "analyzers")
-    }  # fmt: skip
+    }

@@ -121,16 +121,23 @@ def set_session_cookie(response: Response, request: Request, session_id: str) ->
     """HttpOnly, SameSite=Strict, Secure except on loopback (http://127.0.0.1 in `celeriac
     up`); a session cookie (no Max-Age): the server decides when it ends."""
     response.set_cookie(
-        cookie_name(request), session_id, httponly=True, samesite="strict",
-        secure=not is_loopback(request), path="/",
-    )  # fmt: skip
+        cookie_name(request),
+        session_id,
+        httponly=True,
+        samesite="strict",
+        secure=not is_loopback(request),
+        path="/",
+    )
 
 
 def clear_session_cookie(response: Response, request: Request) -> None:
     response.delete_cookie(
-        cookie_name(request), path="/", httponly=True, samesite="strict",
+        cookie_name(request),
+        path="/",
+        httponly=True,
+        samesite="strict",
         secure=not is_loopback(request),
-    )  # fmt: skip
+    )
 
 
 class SignInRequired(Exception):
@@ -248,9 +255,13 @@ BillingPageDep = Annotated[AdminPage, Depends(_AdminGate(Role.ADMIN, Role.BILLIN
 
 
 def render(
-    request: Request, template: str, context: dict[str, Any], *, status_code: int = 200,
+    request: Request,
+    template: str,
+    context: dict[str, Any],
+    *,
+    status_code: int = 200,
     state: sessions.SessionState | None = None,
-) -> HTMLResponse:  # fmt: skip
+) -> HTMLResponse:
     """A page or fragment; every page gets the session (for the CSRF token and the menu)."""
     values = {"session": state, "poll_seconds": get_settings().console.poll_seconds, **context}
     return templates.TemplateResponse(request, template, values, status_code=status_code)
@@ -276,8 +287,9 @@ def is_console(request: Request) -> bool:
 def error_page(request: Request, status: int, title: str, detail: str) -> HTMLResponse:
     """A console error as a page (the API's problem+json is for programs)."""
     template = "fragments/error.html" if request.headers.get("hx-request") else "error.html"
-    response = render(request, template, {"status": status, "title": title, "detail": detail},
-                      status_code=status)  # fmt: skip
+    response = render(
+        request, template, {"status": status, "title": title, "detail": detail}, status_code=status
+    )
     if request.headers.get("hx-request"):
         # htmx swaps only 2xx answers by default: retarget the error into the page's
         # message area so that the person sees it.

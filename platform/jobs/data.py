@@ -102,12 +102,15 @@ def delete_job_data(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> 
 
 
 def _expired_event(session: Session, job: Job) -> None:
-    data: dict[str, Any] = {"job_id": str(job.id), "state": job.state.value,
-                            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-                            "data_deleted_at": job.data_deleted_at.isoformat()
-                            if job.data_deleted_at else None}  # fmt: skip
-    webhook_events.enqueue(session, job.tenant_id, EventType.JOB_EXPIRED,
-                           f"job:{job.id}:expired", data)  # fmt: skip
+    data: dict[str, Any] = {
+        "job_id": str(job.id),
+        "state": job.state.value,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "data_deleted_at": job.data_deleted_at.isoformat() if job.data_deleted_at else None,
+    }
+    webhook_events.enqueue(
+        session, job.tenant_id, EventType.JOB_EXPIRED, f"job:{job.id}:expired", data
+    )
 
 
 def expire_jobs(batch: int = SWEEP_BATCH, now: datetime | None = None) -> int:
@@ -126,8 +129,7 @@ def expire_jobs(batch: int = SWEEP_BATCH, now: datetime | None = None) -> int:
             break
         with transaction() as session:
             cutoff = now - timedelta(days=tenant_limits(session, tenant_id).retention_days)
-            jobs = repository.lock_jobs_finished_before(session, tenant_id, cutoff,
-                                                        batch - expired)  # fmt: skip
+            jobs = repository.lock_jobs_finished_before(session, tenant_id, cutoff, batch - expired)
             for job in jobs:
                 tenant_blobs().store.delete_prefix(job_prefix(tenant_id, job.id))
                 repository.mark_data_deleted(session, tenant_id, job.id, now)

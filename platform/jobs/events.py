@@ -136,8 +136,15 @@ def events_between(cursor: Cursor, snapshot: Snapshot) -> tuple[Cursor, list[dic
 
     def event(kind: str, state: JobState, **fields: Any) -> None:
         final = kind == "state" and state in FINAL_JOB_STATES
-        out.append({"id": str(Cursor(rank, (done[0], done[1], done[2]))), "type": kind,
-                    "state": state.value, "final": final, **fields})  # fmt: skip
+        out.append(
+            {
+                "id": str(Cursor(rank, (done[0], done[1], done[2]))),
+                "type": kind,
+                "state": state.value,
+                "final": final,
+                **fields,
+            }
+        )
 
     if rank < 0:
         rank = 0
@@ -152,8 +159,14 @@ def events_between(cursor: Cursor, snapshot: Snapshot) -> tuple[Cursor, list[dic
             continue
         while done[index] < count.done:
             done[index] += 1
-            event("progress", current, stage=stage.value, done=done[index],
-                  total=count.total, failed=min(count.failed, done[index]))  # fmt: skip
+            event(
+                "progress",
+                current,
+                stage=stage.value,
+                done=done[index],
+                total=count.total,
+                failed=min(count.failed, done[index]),
+            )
     if rank < 2 and snapshot.rank == 2:
         rank = 2
         event("state", snapshot.state)
@@ -179,11 +192,12 @@ def read_snapshots(
             entry[2] += count
     return {
         (row.tenant_id, row.id): Snapshot(
-            state=row.state, started=row.started_at is not None,
+            state=row.state,
+            started=row.started_at is not None,
             stages={s: StageCount(*v) for s, v in tallies.get((row.tenant_id, row.id), {}).items()},
         )
         for row in repository.job_states(session, keys)
-    }  # fmt: skip
+    }
 
 
 def _read(keys: list[tuple[uuid.UUID, uuid.UUID]]) -> dict[tuple[uuid.UUID, uuid.UUID], Snapshot]:

@@ -188,8 +188,10 @@ def write_batch(batch: Sequence[_Waiting]) -> None:
         return
     committed = _insert_all_or_each(stored)
     publications = [_start_job(w.submission) for w in committed]
-    carried = {str(p.message_id): w.submission.trace_context
-               for p, w in zip(publications, committed, strict=True)}  # fmt: skip
+    carried = {
+        str(p.message_id): w.submission.trace_context
+        for p, w in zip(publications, committed, strict=True)
+    }
     with tracing.publishing_in(carried):
         default_publisher().publish_or_leave(publications)
     for waiting in committed:
@@ -255,23 +257,39 @@ def _insert(submissions: Sequence[Submission]) -> None:
 
 def _job_row(s: Submission) -> dict[str, Any]:
     return {
-        "id": s.id, "tenant_id": s.tenant_id, "priority": s.priority, "pipeline": s.pipeline,
-        "state": s.state, "payload_key": s.payload_prefix, "record_count": s.record_count,
-        "payload_bytes": s.payload.size, "metadata": s.metadata,
+        "id": s.id,
+        "tenant_id": s.tenant_id,
+        "priority": s.priority,
+        "pipeline": s.pipeline,
+        "state": s.state,
+        "payload_key": s.payload_prefix,
+        "record_count": s.record_count,
+        "payload_bytes": s.payload.size,
+        "metadata": s.metadata,
         "checkpoints": {"payload": {"chunks": s._chunks}, "slices": s._slices},
-        "dispatch_count": 0, "rerun_of": s.rerun_of,
-        "created_at": s.created_at, "updated_at": s.created_at,
-    }  # fmt: skip
+        "dispatch_count": 0,
+        "rerun_of": s.rerun_of,
+        "created_at": s.created_at,
+        "updated_at": s.created_at,
+    }
 
 
 def _usage_row(s: Submission) -> dict[str, Any]:
     return usage_row(
-        cause=job_cause(s.id), tenant_id=s.tenant_id, metric=Metric.JOBS_SUBMITTED,
-        quantity=1, occurred_at=s.created_at, source="api",
-        properties={"job_id": str(s.id), "priority": s.priority.value,
-                    "pipeline": s.pipeline.get("name") or "custom",
-                    "records": s.record_count, "stored_bytes": s._stored_bytes},
-    )  # fmt: skip
+        cause=job_cause(s.id),
+        tenant_id=s.tenant_id,
+        metric=Metric.JOBS_SUBMITTED,
+        quantity=1,
+        occurred_at=s.created_at,
+        source="api",
+        properties={
+            "job_id": str(s.id),
+            "priority": s.priority.value,
+            "pipeline": s.pipeline.get("name") or "custom",
+            "records": s.record_count,
+            "stored_bytes": s._stored_bytes,
+        },
+    )
 
 
 def _start_job(s: Submission) -> Publication:

@@ -72,11 +72,16 @@ def register_plugins(session: Session, plugins: Iterable[PluginInfo]) -> None:
     for info in plugins:
         Draft202012Validator.check_schema(info.parameters_schema)
         values = {
-            "kind": info.kind, "name": info.name, "version": info.version,
-            "description": info.description, "parameters_schema": info.parameters_schema,
-            "produces": info.produces, "accepts": list(info.accepts), "rowwise": info.rowwise,
+            "kind": info.kind,
+            "name": info.name,
+            "version": info.version,
+            "description": info.description,
+            "parameters_schema": info.parameters_schema,
+            "produces": info.produces,
+            "accepts": list(info.accepts),
+            "rowwise": info.rowwise,
             "registered_at": utcnow(),
-        }  # fmt: skip
+        }
         statement = upsert_insert(session, Plugin).values(**values)
         session.execute(
             statement.on_conflict_do_update(
@@ -141,11 +146,18 @@ class _RegistryCache:
 
 def _registry_rows(session: Session) -> list[dict[str, Any]]:
     return [
-        {"kind": row.kind, "name": row.name, "version": row.version,
-         "parameters_schema": row.parameters_schema, "produces": row.produces,
-         "accepts": list(row.accepts), "description": row.description, "rowwise": row.rowwise}
+        {
+            "kind": row.kind,
+            "name": row.name,
+            "version": row.version,
+            "parameters_schema": row.parameters_schema,
+            "produces": row.produces,
+            "accepts": list(row.accepts),
+            "description": row.description,
+            "rowwise": row.rowwise,
+        }
         for row in session.scalars(select(Plugin))
-    ]  # fmt: skip
+    ]
 
 
 _registry_cache = _RegistryCache()
@@ -196,23 +208,37 @@ def resolve_against(
             info = plugins.get((kind, step["name"]))
             if info is None:
                 known = sorted(n for k, n in plugins if k == kind)
-                errors.append({"pointer": f"{where}/name", "detail":
-                               f"no {kind} plugin named {step['name']!r} is registered "
-                               f"(registered: {', '.join(known) or 'none'})"})  # fmt: skip
+                errors.append(
+                    {
+                        "pointer": f"{where}/name",
+                        "detail": f"no {kind} plugin named {step['name']!r} is registered "
+                        f"(registered: {', '.join(known) or 'none'})",
+                    }
+                )
                 continue
             params = step.get("params") or {}
             errors += _parameter_errors(info, params, f"{where}/params")
-            resolved[section].append({"name": info.name, "version": info.version,
-                                      "params": params, "produces": info.produces,
-                                      "accepts": list(info.accepts),
-                                      "rowwise": info.rowwise})  # fmt: skip
+            resolved[section].append(
+                {
+                    "name": info.name,
+                    "version": info.version,
+                    "params": params,
+                    "produces": info.produces,
+                    "accepts": list(info.accepts),
+                    "rowwise": info.rowwise,
+                }
+            )
     produced = {d["produces"] for d in resolved["datasets"]}
     for index, analyzer in enumerate(resolved["analyzers"]):
         if analyzer["accepts"] and not produced & set(analyzer["accepts"]):
-            errors.append({"pointer": f"{pointer}/analyzers/{index}/name", "detail":
-                           f"analyzer {analyzer['name']!r} needs a dataset of kind "
-                           f"{' or '.join(analyzer['accepts'])}; the pipeline produces "
-                           f"{', '.join(sorted(p for p in produced if p)) or 'none'}"})  # fmt: skip
+            errors.append(
+                {
+                    "pointer": f"{pointer}/analyzers/{index}/name",
+                    "detail": f"analyzer {analyzer['name']!r} needs a dataset of kind "
+                    f"{' or '.join(analyzer['accepts'])}; the pipeline produces "
+                    f"{', '.join(sorted(p for p in produced if p)) or 'none'}",
+                }
+            )
     if errors:
         raise ValidationFailed(
             f"the pipeline is not valid: {errors[0]['detail']}"

@@ -669,19 +669,24 @@ JobKey = tuple[uuid.UUID, uuid.UUID]  # (tenant id, job id)
 
 def job_states(session: Session, keys: Collection[JobKey]) -> list[Any]:
     """(tenant_id, id, state, started_at) of each of these jobs that exists."""
-    return list(session.execute(
-        select(Job.tenant_id, Job.id, Job.state, Job.started_at)
-        .where(tuple_(Job.tenant_id, Job.id).in_(list(keys)))
-    ).all())  # fmt: skip
+    return list(
+        session.execute(
+            select(Job.tenant_id, Job.id, Job.state, Job.started_at).where(
+                tuple_(Job.tenant_id, Job.id).in_(list(keys))
+            )
+        ).all()
+    )
 
 
 def task_state_counts(session: Session, keys: Collection[JobKey]) -> list[Any]:
     """(tenant_id, job_id, stage, state, count) of these jobs' tasks."""
-    return list(session.execute(
-        select(JobTask.tenant_id, JobTask.job_id, JobTask.stage, JobTask.state, func.count())
-        .where(tuple_(JobTask.tenant_id, JobTask.job_id).in_(list(keys)))
-        .group_by(JobTask.tenant_id, JobTask.job_id, JobTask.stage, JobTask.state)
-    ).all())  # fmt: skip
+    return list(
+        session.execute(
+            select(JobTask.tenant_id, JobTask.job_id, JobTask.stage, JobTask.state, func.count())
+            .where(tuple_(JobTask.tenant_id, JobTask.job_id).in_(list(keys)))
+            .group_by(JobTask.tenant_id, JobTask.job_id, JobTask.stage, JobTask.state)
+        ).all()
+    )
 
 
 def unscoped_tenants_with_jobs_finished_before(
@@ -689,13 +694,19 @@ def unscoped_tenants_with_jobs_finished_before(
 ) -> list[uuid.UUID]:
     """Beat's retention sweep, across tenants: those (not deleted) with a finished job
     older than ``before`` whose data is still stored."""
-    return list(session.scalars(
-        select(Job.tenant_id).distinct()
-        .join(Tenant, Tenant.id == Job.tenant_id)
-        .where(Job.finished_at < before, Job.data_deleted_at.is_(None),
-               Tenant.status != TenantStatus.DELETED)
-        .order_by(Job.tenant_id)
-    ).all())  # fmt: skip
+    return list(
+        session.scalars(
+            select(Job.tenant_id)
+            .distinct()
+            .join(Tenant, Tenant.id == Job.tenant_id)
+            .where(
+                Job.finished_at < before,
+                Job.data_deleted_at.is_(None),
+                Tenant.status != TenantStatus.DELETED,
+            )
+            .order_by(Job.tenant_id)
+        ).all()
+    )
 
 
 def lock_jobs_finished_before(
@@ -703,23 +714,31 @@ def lock_jobs_finished_before(
 ) -> list[Job]:
     """The tenant's oldest finished jobs whose data is stored and older than ``before``,
     locked (others' sweeps skip them)."""
-    return list(session.scalars(
-        select(Job)
-        .where(Job.tenant_id == tenant_id, Job.state.in_(FINAL_JOB_STATES),
-               Job.finished_at < before, Job.data_deleted_at.is_(None))
-        .order_by(Job.finished_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all())  # fmt: skip
+    return list(
+        session.scalars(
+            select(Job)
+            .where(
+                Job.tenant_id == tenant_id,
+                Job.state.in_(FINAL_JOB_STATES),
+                Job.finished_at < before,
+                Job.data_deleted_at.is_(None),
+            )
+            .order_by(Job.finished_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+    )
 
 
-def mark_data_deleted(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID,
-                      when: datetime) -> None:  # fmt: skip
+def mark_data_deleted(
+    session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, when: datetime
+) -> None:
     session.execute(
-        update(Job).where(Job.tenant_id == tenant_id, Job.id == job_id)
+        update(Job)
+        .where(Job.tenant_id == tenant_id, Job.id == job_id)
         .values(data_deleted_at=when, result_key=None)
         .execution_options(synchronize_session=False)
-    )  # fmt: skip
+    )
 
 
 def timeline_tasks(session: Session, job: Job, limit: int) -> list[Any]:

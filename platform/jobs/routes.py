@@ -56,28 +56,38 @@ _MULTIPART_DOC = {
                     "type": "object",
                     "required": ["pipeline", "file"],
                     "properties": {
-                        "pipeline": {"type": "string",
-                                     "description": "A pipeline name or its JSON spec."},
+                        "pipeline": {
+                            "type": "string",
+                            "description": "A pipeline name or its JSON spec.",
+                        },
                         "priority": {"type": "string", "enum": ["high", "normal", "low"]},
                         "metadata": {"type": "string", "description": "A JSON object."},
-                        "file": {"type": "string", "format": "binary",
-                                 "description": "CSV (with a header row) or NDJSON."},
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "CSV (with a header row) or NDJSON.",
+                        },
                     },
                 }
             },
         },
         "required": True,
     }
-}  # fmt: skip
+}
 
 
 def _accepted(job: Submission, response: Response) -> JobAccepted:
     location = f"/v1/jobs/{job.id}"
     response.headers["Location"] = location
     return JobAccepted(
-        id=job.id, state=job.state, priority=job.priority, record_count=job.record_count,
-        created_at=job.created_at, status_url=location, results_url=f"{location}/results",
-    )  # fmt: skip
+        id=job.id,
+        state=job.state,
+        priority=job.priority,
+        record_count=job.record_count,
+        created_at=job.created_at,
+        status_url=location,
+        results_url=f"{location}/results",
+    )
 
 
 async def _multipart_job(request: Request, limits: Limits) -> tuple[JobOptions, payload.Payload]:
@@ -167,9 +177,12 @@ async def _submit(request: Request, ctx: TenantContext, response: Response) -> J
 
 
 async def accept_job(
-    request: Request, ctx: TenantContext, options: JobOptions, parsed: payload.Payload,
+    request: Request,
+    ctx: TenantContext,
+    options: JobOptions,
+    parsed: payload.Payload,
     limits: Limits,
-) -> Submission:  # fmt: skip
+) -> Submission:
     """Resolve the pipeline and hand the job to the ingest writer (the REST API and the
     console both end here, after their own parsing and the tenant's quota checks)."""
     if parsed.record_count > limits.max_records_per_job:
@@ -190,10 +203,13 @@ async def accept_job(
             headers={"Retry-After": "5"},
         )
     submission = Submission(
-        tenant_id=ctx.tenant_id, tenant_slug=ctx.tenant_slug,
+        tenant_id=ctx.tenant_id,
+        tenant_slug=ctx.tenant_slug,
         pipeline=pipelines.resolve_against(plugins, options.pipeline_spec()),
-        payload=parsed, priority=options.priority, metadata=options.metadata,
-    )  # fmt: skip
+        payload=parsed,
+        priority=options.priority,
+        metadata=options.metadata,
+    )
     # Under an Idempotency-Key the job takes the reservation's id: if this process dies
     # before the answer is stored, a retry finds the job (_recover_submission).
     submission.id = idempotency.reservation_id(request) or submission.id
@@ -213,9 +229,14 @@ def _recover_submission(
         return None
     location = f"/v1/jobs/{job.id}"
     accepted = JobAccepted(
-        id=job.id, state=JobState.QUEUED, priority=job.priority, record_count=job.record_count,
-        created_at=job.created_at, status_url=location, results_url=f"{location}/results",
-    )  # fmt: skip
+        id=job.id,
+        state=JobState.QUEUED,
+        priority=job.priority,
+        record_count=job.record_count,
+        created_at=job.created_at,
+        status_url=location,
+        results_url=f"{location}/results",
+    )
     headers = {"content-type": "application/json", "location": location}
     return status.HTTP_202_ACCEPTED, headers, accepted.model_dump_json().encode()
 
@@ -250,12 +271,19 @@ def list_jobs(
 ) -> Page[JobOut]:
     """The tenant's jobs, newest first; filter by state and creation time."""
     rows, next_cursor = service.list_jobs(
-        session, ctx, state=state, created_after=created_after,
-        created_before=created_before, cursor=cursor, limit=limit,
-    )  # fmt: skip
+        session,
+        ctx,
+        state=state,
+        created_after=created_after,
+        created_before=created_before,
+        cursor=cursor,
+        limit=limit,
+    )
     retention = job_data.retention_days(session, ctx)
-    return Page(data=[job_data.with_data_fields(j, service.job_summary(j), retention)
-                      for j in rows], next_cursor=next_cursor)  # fmt: skip
+    return Page(
+        data=[job_data.with_data_fields(j, service.job_summary(j), retention) for j in rows],
+        next_cursor=next_cursor,
+    )
 
 
 @router.get("/{job_id}", response_model=JobOut)
@@ -273,9 +301,13 @@ def get_job(job_id: uuid.UUID, ctx: JobReader, session: SessionDep) -> JobOut:
 
 @router.get(
     "/{job_id}/results",
-    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}},
-                     "description": "The result document"}},
-)  # fmt: skip
+    responses={
+        200: {
+            "content": {"application/json": {"schema": {"type": "object"}}},
+            "description": "The result document",
+        }
+    },
+)
 def get_results(job_id: uuid.UUID, ctx: JobReader, session: SessionDep) -> Response:
     """The result document of a finished job (409 while it runs)."""
     return Response(service.job_results(session, ctx, job_id), media_type="application/json")
@@ -326,12 +358,14 @@ async def rerun_job(
                 extra={"policy": "records-per-job", "limit": limits.max_records_per_job},
             )
         submission = Submission(
-            tenant_id=ctx.tenant_id, tenant_slug=ctx.tenant_slug,
-            pipeline=pipelines.resolve_against(plugins, spec), payload=parsed,
+            tenant_id=ctx.tenant_id,
+            tenant_slug=ctx.tenant_slug,
+            pipeline=pipelines.resolve_against(plugins, spec),
+            payload=parsed,
             priority=changes.priority or original.priority,
             metadata=original.job_metadata if changes.metadata is None else changes.metadata,
             rerun_of=original.id,
-        )  # fmt: skip
+        )
         return _accepted(await ingest_writer(request.app).submit(submission), response)
     except asyncio.CancelledError:
         raise
@@ -350,9 +384,13 @@ def _spec_of(job: Job) -> str | dict[str, Any]:
     """The pipeline a job was submitted with, to be resolved again (plugins may be newer)."""
     if job.pipeline.get("name"):
         return str(job.pipeline["name"])
-    return {section: [{"name": s["name"], "params": s.get("params") or {}}
-                      for s in job.pipeline.get(section, [])]
-            for section in ("datasets", "analyzers")}  # fmt: skip
+    return {
+        section: [
+            {"name": s["name"], "params": s.get("params") or {}}
+            for s in job.pipeline.get(section, [])
+        ]
+        for section in ("datasets", "analyzers")
+    }
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a job's data")

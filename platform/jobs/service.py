@@ -52,12 +52,21 @@ def list_jobs(
 def job_summary(job: Job) -> JobOut:
     """A job without its per-task detail (for listings)."""
     return JobOut(
-        id=job.id, state=job.state, priority=job.priority, stage=job.stage,
-        pipeline=job.pipeline, record_count=job.record_count, payload_bytes=job.payload_bytes,
-        metadata=job.job_metadata, error=job.error, created_at=job.created_at,
-        started_at=job.started_at, finished_at=job.finished_at, held_since=job.held_since,
+        id=job.id,
+        state=job.state,
+        priority=job.priority,
+        stage=job.stage,
+        pipeline=job.pipeline,
+        record_count=job.record_count,
+        payload_bytes=job.payload_bytes,
+        metadata=job.job_metadata,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        held_since=job.held_since,
         duration_ms=_duration_ms(job),
-    )  # fmt: skip
+    )
 
 
 def job_detail(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> JobOut:
@@ -73,10 +82,16 @@ def job_detail(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> JobOu
     out = job_summary(job)
     out.progress = progress
     out.errors = [
-        TaskError(stage=t.stage, plugin=t.plugin, chunk=t.chunk, state=t.state.value,
-                  error=t.error, attempts=t.attempts)
+        TaskError(
+            stage=t.stage,
+            plugin=t.plugin,
+            chunk=t.chunk,
+            state=t.state.value,
+            error=t.error,
+            attempts=t.attempts,
+        )
         for t in failed
-    ]  # fmt: skip
+    ]
     return out
 
 

@@ -37,17 +37,20 @@ def waiting_reason(session: Session, ctx: TenantContext, job: Job) -> WaitingRea
         return None
     status = session.scalar(select(Tenant.status).where(Tenant.id == ctx.tenant_id))
     if status is TenantStatus.SUSPENDED:
-        return WaitingReason(reason="tenant-suspended",
-                             detail="the tenant is suspended: its jobs wait until an admin "
-                             "reactivates it")  # fmt: skip
+        return WaitingReason(
+            reason="tenant-suspended",
+            detail="the tenant is suspended: its jobs wait until an admin reactivates it",
+        )
     if job.held_since is not None:
         limit = tenant_limits(session, ctx.tenant_id).max_running_jobs
         running = repository.running_count(session, ctx.tenant_id)
         return WaitingReason(
-            reason="running-job-limit", limit=limit, running=running,
+            reason="running-job-limit",
+            limit=limit,
+            running=running,
             detail=f"{running} of the tenant's jobs are running, its limit is {limit} "
-                   "(max_running_jobs); this one starts when one of them ends",
-        )  # fmt: skip
+            "(max_running_jobs); this one starts when one of them ends",
+        )
     try:
         return _from_dispatcher(job, ctx.tenant_slug)
     except redis.RedisError:
@@ -66,18 +69,22 @@ def _from_dispatcher(job: Job, tenant_slug: str) -> WaitingReason | None:
     ahead = _ahead_of(client, queue, length, str(job.id))
     if ahead is not None and ahead > 0:
         return WaitingReason(
-            reason="queued-behind-own-tasks", ahead=ahead, band=band,
+            reason="queued-behind-own-tasks",
+            ahead=ahead,
+            band=band,
             detail=f"{ahead} of the tenant's own tasks in band {band} are ahead of this "
-                   "job's start",
-        )  # fmt: skip
+            "job's start",
+        )
     members = client.smembers(MEMBERS.format(pool=Pool.ORCHESTRATION.value, band=band))
     others = {m.decode() if isinstance(m, bytes) else str(m) for m in members} - {tenant_slug}
     return WaitingReason(
-        reason="fair-share", band=band, active_tenants=len(others),
+        reason="fair-share",
+        band=band,
+        active_tenants=len(others),
         ahead=ahead or 0,
         detail=f"waiting for a free worker slot, shared fairly with {len(others)} other "
-               f"active tenant(s) in band {band}",
-    )  # fmt: skip
+        f"active tenant(s) in band {band}",
+    )
 
 
 def _ahead_of(client: Any, queue: str, length: int, job_id: str) -> int | None:

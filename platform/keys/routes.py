@@ -45,9 +45,14 @@ def _admin_scope(session: Session, tenant_id: uuid.UUID) -> HasTenant:
 
 def _audit(session: Session, admin: AdminPrincipal, action: str, key: ApiKey) -> None:
     record_admin_action(
-        session, actor=admin.subject, actor_role=admin.role.value, action=action,
-        target_type="api_key", target_id=str(key.id), tenant_id=key.tenant_id,
-    )  # fmt: skip
+        session,
+        actor=admin.subject,
+        actor_role=admin.role.value,
+        action=action,
+        target_type="api_key",
+        target_id=str(key.id),
+        tenant_id=key.tenant_id,
+    )
 
 
 def _created(issued: service.IssuedKey, response: Response, location: str) -> ApiKeyCreated:
@@ -59,25 +64,43 @@ def _created(issued: service.IssuedKey, response: Response, location: str) -> Ap
 
 
 def _create(
-    session: Session, settings: Settings, scope: HasTenant, body: ApiKeyCreate, by: str,
+    session: Session,
+    settings: Settings,
+    scope: HasTenant,
+    body: ApiKeyCreate,
+    by: str,
     granted_by: frozenset[str] | None,
-) -> service.IssuedKey:  # fmt: skip
+) -> service.IssuedKey:
     return service.create_api_key(
-        session, tenant_id=scope.tenant_id, pepper=settings.api_key_pepper(),
-        scopes=body.scopes, name=body.name, expires_at=body.expires_at,
-        environment=body.environment, created_by=by, granted_by=granted_by,
-    )  # fmt: skip
+        session,
+        tenant_id=scope.tenant_id,
+        pepper=settings.api_key_pepper(),
+        scopes=body.scopes,
+        name=body.name,
+        expires_at=body.expires_at,
+        environment=body.environment,
+        created_by=by,
+        granted_by=granted_by,
+    )
 
 
 def _roll(
-    session: Session, settings: Settings, scope: HasTenant, key_id: uuid.UUID,
-    body: ApiKeyRoll, by: str,
-) -> service.IssuedKey:  # fmt: skip
+    session: Session,
+    settings: Settings,
+    scope: HasTenant,
+    key_id: uuid.UUID,
+    body: ApiKeyRoll,
+    by: str,
+) -> service.IssuedKey:
     return service.roll_api_key(
-        session, scope, key_id, pepper=settings.api_key_pepper(),
+        session,
+        scope,
+        key_id,
+        pepper=settings.api_key_pepper(),
         old_key_grace=timedelta(seconds=body.old_key_expires_in_seconds),
-        created_by=by, invalidate=invalidate_auth,
-    )  # fmt: skip
+        created_by=by,
+        invalidate=invalidate_auth,
+    )
 
 
 def _page(session: Session, scope: HasTenant, cursor: str | None, limit: int) -> Page[ApiKeyOut]:
@@ -92,9 +115,12 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 
 @tenant_router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
 def create_key(
-    body: ApiKeyCreate, ctx: KeysManager, session: SessionDep, settings: SettingsDep,
+    body: ApiKeyCreate,
+    ctx: KeysManager,
+    session: SessionDep,
+    settings: SettingsDep,
     response: Response,
-) -> ApiKeyCreated:  # fmt: skip
+) -> ApiKeyCreated:
     """Create a key for the calling tenant, with at most the calling key's scopes."""
     issued = _create(session, settings, ctx, body, ctx.principal, ctx.scopes)
     return _created(issued, response, "/v1/keys")
@@ -122,9 +148,13 @@ def revoke_key(key_id: uuid.UUID, ctx: KeysManager, session: SessionDep) -> ApiK
 
 @tenant_router.post("/{key_id}/roll", status_code=201, response_model=ApiKeyCreated)
 def roll_key(
-    key_id: uuid.UUID, ctx: KeysManager, session: SessionDep, settings: SettingsDep,
-    response: Response, body: ApiKeyRoll | None = None,
-) -> ApiKeyCreated:  # fmt: skip
+    key_id: uuid.UUID,
+    ctx: KeysManager,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    body: ApiKeyRoll | None = None,
+) -> ApiKeyCreated:
     """Issue a replacement; the old key keeps working for the chosen grace period."""
     issued = _roll(session, settings, ctx, key_id, body or ApiKeyRoll(), ctx.principal)
     return _created(issued, response, "/v1/keys")
@@ -135,9 +165,13 @@ def roll_key(
 
 @admin_router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
 def admin_create_key(
-    tenant_id: uuid.UUID, body: ApiKeyCreate, admin: AdminDep, session: SessionDep,
-    settings: SettingsDep, response: Response,
-) -> ApiKeyCreated:  # fmt: skip
+    tenant_id: uuid.UUID,
+    body: ApiKeyCreate,
+    admin: AdminDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+) -> ApiKeyCreated:
     """Create a key for any tenant."""
     scope = _admin_scope(session, tenant_id)
     issued = _create(session, settings, scope, body, f"admin:{admin.subject}", None)
@@ -147,9 +181,12 @@ def admin_create_key(
 
 @admin_router.get("", response_model=Page[ApiKeyOut])
 def admin_list_keys(
-    tenant_id: uuid.UUID, admin: AdminDep, session: SessionDep,
-    cursor: str | None = None, limit: Limit = 50,
-) -> Page[ApiKeyOut]:  # fmt: skip
+    tenant_id: uuid.UUID,
+    admin: AdminDep,
+    session: SessionDep,
+    cursor: str | None = None,
+    limit: Limit = 50,
+) -> Page[ApiKeyOut]:
     return _page(session, _admin_scope(session, tenant_id), cursor, limit)
 
 
@@ -173,9 +210,14 @@ def admin_revoke_key(
 
 @admin_router.post("/{key_id}/roll", status_code=201, response_model=ApiKeyCreated)
 def admin_roll_key(
-    tenant_id: uuid.UUID, key_id: uuid.UUID, admin: AdminDep, session: SessionDep,
-    settings: SettingsDep, response: Response, body: ApiKeyRoll | None = None,
-) -> ApiKeyCreated:  # fmt: skip
+    tenant_id: uuid.UUID,
+    key_id: uuid.UUID,
+    admin: AdminDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    body: ApiKeyRoll | None = None,
+) -> ApiKeyCreated:
     scope = _admin_scope(session, tenant_id)
     issued = _roll(session, settings, scope, key_id, body or ApiKeyRoll(), f"admin:{admin.subject}")
     _audit(session, admin, "api_key.roll", issued.api_key)

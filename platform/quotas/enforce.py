@@ -128,8 +128,10 @@ def monthly_refusal(request: Request) -> QuotaExceeded | None:
     return QuotaExceeded(
         f"the tenant's quota of {found.limit} jobs per calendar month is used up; it renews "
         f"on {next_month_start(found.at):%Y-%m-%d} 00:00 UTC (an admin can raise it)",
-        policy=POLICY, limit=found.limit, retry_after=found.status.reset,
-    )  # fmt: skip
+        policy=POLICY,
+        limit=found.limit,
+        retry_after=found.status.reset,
+    )
 
 
 async def release_job(request: Request) -> None:
@@ -159,10 +161,12 @@ class RateLimitHeaders:
                 if policies:
                     message["headers"] = [
                         *message.get("headers", []),
-                        (b"ratelimit-policy",
-                         ", ".join(p.policy_item() for p in policies).encode()),
+                        (
+                            b"ratelimit-policy",
+                            ", ".join(p.policy_item() for p in policies).encode(),
+                        ),
                         (b"ratelimit", ", ".join(p.status_item() for p in policies).encode()),
-                    ]  # fmt: skip
+                    ]
             await send(message)
 
         await self.app(scope, receive, with_headers)

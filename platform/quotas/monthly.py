@@ -88,9 +88,12 @@ def monthly_status(limit: int, used: int, now: datetime) -> PolicyStatus:
     """The policy as the RateLimit headers show it: ``limit`` jobs per calendar month."""
     days = calendar.monthrange(now.year, now.month)[1]
     return PolicyStatus(
-        name=POLICY, quota=limit, window=days * 86400, remaining=max(0, limit - used),
+        name=POLICY,
+        quota=limit,
+        window=days * 86400,
+        remaining=max(0, limit - used),
         reset=math.ceil((next_month_start(now) - now).total_seconds()),
-    )  # fmt: skip
+    )
 
 
 def _seed_counts(tenants: list[uuid.UUID], now: datetime) -> dict[uuid.UUID, int]:
@@ -186,9 +189,10 @@ def reconcile_counters(client: redis.Redis, now: datetime) -> int:
         seen = current[key] = f"{int(value)}:{count}"
         if int(value) != count and previous.get(key) == seen:
             corrected += int(correct(keys=[key], args=[int(value), count]))
-            logger.warning("monthly job counter corrected from the database",
-                           extra={"tenant_id": str(tenant_id), "was": int(value),
-                                  "now": count})  # fmt: skip
+            logger.warning(
+                "monthly job counter corrected from the database",
+                extra={"tenant_id": str(tenant_id), "was": int(value), "now": count},
+            )
     with client.pipeline() as pipe:
         pipe.delete(observed_key)
         if current:

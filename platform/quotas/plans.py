@@ -46,23 +46,39 @@ LIMIT_NAMES = tuple(f.name for f in fields(Limits))
 
 PLANS: dict[str, Limits] = {
     "free": Limits(
-        requests_per_second=10, request_burst=50, max_running_jobs=2, jobs_per_month=1_000,
-        max_payload_bytes=10 * MIB, max_records_per_job=100_000, max_webhook_targets=20,
+        requests_per_second=10,
+        request_burst=50,
+        max_running_jobs=2,
+        jobs_per_month=1_000,
+        max_payload_bytes=10 * MIB,
+        max_records_per_job=100_000,
+        max_webhook_targets=20,
         dispatch_weight=1,
         retention_days=7,
     ),
     "pro": Limits(
-        requests_per_second=50, request_burst=200, max_running_jobs=10, jobs_per_month=100_000,
-        max_payload_bytes=10 * MIB, max_records_per_job=1_000_000, max_webhook_targets=50,
+        requests_per_second=50,
+        request_burst=200,
+        max_running_jobs=10,
+        jobs_per_month=100_000,
+        max_payload_bytes=10 * MIB,
+        max_records_per_job=1_000_000,
+        max_webhook_targets=50,
         dispatch_weight=2,
         retention_days=30,
     ),
     "enterprise": Limits(
-        requests_per_second=200, request_burst=1_000, max_running_jobs=50,
-        jobs_per_month=10_000_000, max_payload_bytes=10 * MIB, max_records_per_job=10_000_000,
-        max_webhook_targets=100, dispatch_weight=4, retention_days=365,
+        requests_per_second=200,
+        request_burst=1_000,
+        max_running_jobs=50,
+        jobs_per_month=10_000_000,
+        max_payload_bytes=10 * MIB,
+        max_records_per_job=10_000_000,
+        max_webhook_targets=100,
+        dispatch_weight=4,
+        retention_days=365,
     ),
-}  # fmt: skip
+}
 DEFAULT_PLAN = "free"
 
 

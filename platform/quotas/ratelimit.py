@@ -145,8 +145,14 @@ def _interval_us(limits: Limits) -> float:
     return 1_000_000 / limits.requests_per_second
 
 
-def _decision(limits: Limits, admitted: bool, remaining: int, full_in_us: float,
-              retry_us: float, monthly: tuple[int, int] | None = None) -> RateDecision:  # fmt: skip
+def _decision(
+    limits: Limits,
+    admitted: bool,
+    remaining: int,
+    full_in_us: float,
+    retry_us: float,
+    monthly: tuple[int, int] | None = None,
+) -> RateDecision:
     status = PolicyStatus(
         name=REQUESTS_POLICY,
         quota=limits.request_burst,
@@ -221,8 +227,11 @@ class _LimiterThread:
                 outcome = exc
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = {}
             for index, (_, _, future, loop) in enumerate(batch):
-                result = outcome if isinstance(outcome, Exception) else outcome[
-                    6 * index : 6 * index + 6]  # fmt: skip
+                result = (
+                    outcome
+                    if isinstance(outcome, Exception)
+                    else outcome[6 * index : 6 * index + 6]
+                )
                 by_loop.setdefault(loop, []).append((future, result))
             for loop, settled in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # that loop has closed
@@ -263,8 +272,9 @@ class RedisRateLimiter:
             logger.warning("rate limit not checked (Redis failed): %s", exc)
             return None
         asked = (int(state), int(count)) if monthly is not None and admitted else None
-        return _decision(limits, bool(admitted), int(remaining), float(full_in), float(retry),
-                         asked)  # fmt: skip
+        return _decision(
+            limits, bool(admitted), int(remaining), float(full_in), float(retry), asked
+        )
 
 
 class LocalRateLimiter:

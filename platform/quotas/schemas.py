@@ -17,8 +17,9 @@ WeightValue = Annotated[StrictInt, Field(ge=1, le=100)]
 
 class QuotaLimits(BaseModel):
     requests_per_second: int = Field(description="Sustained requests per second.")
-    request_burst: int = Field(description="Requests admitted at once before the sustained "
-                               "rate applies.")  # fmt: skip
+    request_burst: int = Field(
+        description="Requests admitted at once before the sustained rate applies."
+    )
     max_running_jobs: int = Field(description="Jobs running at once; more wait, queued.")
     jobs_per_month: int = Field(description="Job submissions per calendar month (UTC).")
     max_payload_bytes: int = Field(description="Largest request body of a job submission.")

@@ -81,10 +81,15 @@ def set_quotas(
     quota.updated_at = utcnow()
     session.flush()
     record_admin_action(
-        session, actor=actor, actor_role=actor_role, action="tenant.quotas.update",
-        target_type="tenant", target_id=str(tenant.id), tenant_id=tenant.id,
+        session,
+        actor=actor,
+        actor_role=actor_role,
+        action="tenant.quotas.update",
+        target_type="tenant",
+        target_id=str(tenant.id),
+        tenant_id=tenant.id,
         details={"before": before, "after": after},
-    )  # fmt: skip
+    )
     run_after_commit(session, invalidate_quotas)
     if before["dispatch_weight"] != after["dispatch_weight"]:
         push_weight_after_commit(session, tenant)
@@ -114,10 +119,12 @@ def quota_status(session: Session, tenant: Tenant) -> QuotaStatus:
     now = utcnow()
     targets = int(
         session.scalar(
-            select(func.count()).select_from(WebhookTarget)
+            select(func.count())
+            .select_from(WebhookTarget)
             .where(WebhookTarget.tenant_id == tenant.id)
-        ) or 0
-    )  # fmt: skip
+        )
+        or 0
+    )
 
     def meter(limit: int, used: int, resets_at: datetime | None = None) -> Meter:
         return Meter(limit=limit, used=used, remaining=max(0, limit - used), resets_at=resets_at)

@@ -23,8 +23,9 @@ from celeriac.platform.quotas.plans import DEFAULT_PLAN, PLANS, plan_limits
 def weights_by_slug(session: Session) -> dict[str, int]:
     """Every live tenant's weight that is not the default (one query; free tenants without
     an override, most of them, are not read)."""
-    weighty_plans = [name for name, limits in PLANS.items()
-                     if limits.dispatch_weight != DEFAULT_WEIGHT]  # fmt: skip
+    weighty_plans = [
+        name for name, limits in PLANS.items() if limits.dispatch_weight != DEFAULT_WEIGHT
+    ]
     rows = session.execute(
         select(Tenant.slug, Tenant.plan, Quota.dispatch_weight)
         .select_from(Tenant)

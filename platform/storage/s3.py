@@ -87,9 +87,12 @@ class S3BlobStore:
         reader = _ChunkReader(data)
         # Typed as IO by the stubs; s3transfer needs only read() from a non-seekable source.
         self.client.upload_fileobj(
-            cast("IO[bytes]", reader), self.bucket, key, ExtraArgs=dict(extra),
+            cast("IO[bytes]", reader),
+            self.bucket,
+            key,
+            ExtraArgs=dict(extra),
             Config=self._transfer,
-        )  # fmt: skip
+        )
         return reader.bytes_read
 
     def get(self, key: str) -> bytes:

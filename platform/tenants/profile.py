@@ -46,6 +46,8 @@ def tenant_profile(session: Session, tenant_id: uuid.UUID) -> TenantProfile:
         profile_entry(tenant_id), load, ttl_seconds=cache.settings.config_ttl_seconds
     )
     return TenantProfile(
-        id=tenant_id, slug=cached["slug"], status=TenantStatus(cached["status"]),
+        id=tenant_id,
+        slug=cached["slug"],
+        status=TenantStatus(cached["status"]),
         plan=cached["plan"],
-    )  # fmt: skip
+    )

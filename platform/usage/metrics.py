@@ -67,11 +67,17 @@ def usage_row(
 ) -> dict[str, Any]:
     """One record as a row for a Core INSERT."""
     return {
-        "id": record_id(cause, metric), "tenant_id": tenant_id, "metric": metric.value,
-        "quantity": Decimal(quantity), "unit": UNITS[metric], "occurred_at": occurred_at,
-        "recorded_at": recorded_at or occurred_at, "properties": dict(properties),
-        "source": source, "adjusts_id": None,
-    }  # fmt: skip
+        "id": record_id(cause, metric),
+        "tenant_id": tenant_id,
+        "metric": metric.value,
+        "quantity": Decimal(quantity),
+        "unit": UNITS[metric],
+        "occurred_at": occurred_at,
+        "recorded_at": recorded_at or occurred_at,
+        "properties": dict(properties),
+        "source": source,
+        "adjusts_id": None,
+    }
 
 
 def insert_usage(session: Session | Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -98,9 +104,14 @@ def job_properties(job: Job, **extra: Any) -> dict[str, Any]:
 
 
 def job_completed_rows(
-    job: Job, outcome: JobState, *, source: str, compute_ms: int = 0, stored_bytes: int = 0,
+    job: Job,
+    outcome: JobState,
+    *,
+    source: str,
+    compute_ms: int = 0,
+    stored_bytes: int = 0,
     with_consumption: bool = True,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """The records of a job that ended: always ``jobs.completed`` (by final state); with
     ``with_consumption``, also what it consumed (records, compute time, storage)."""
     now = utcnow()
@@ -113,10 +124,17 @@ def job_completed_rows(
             (Metric.STORAGE_BYTES, Decimal(stored_bytes + job.payload_bytes)),
         ]
     return [
-        usage_row(cause=job_cause(job.id), tenant_id=job.tenant_id, metric=metric,
-                  quantity=quantity, occurred_at=now, properties=properties, source=source)
+        usage_row(
+            cause=job_cause(job.id),
+            tenant_id=job.tenant_id,
+            metric=metric,
+            quantity=quantity,
+            occurred_at=now,
+            properties=properties,
+            source=source,
+        )
         for metric, quantity in facts
-    ]  # fmt: skip
+    ]
 
 
 def record_job_completed(session: Session, job: Job, outcome: JobState, *, source: str) -> None:
@@ -126,19 +144,29 @@ def record_job_completed(session: Session, job: Job, outcome: JobState, *, sourc
 
 
 def webhook_delivered_row(
-    *, delivery_id: uuid.UUID | str, tenant_id: uuid.UUID, target_id: uuid.UUID | str,
-    message_id: str, delivered_at: datetime,
-) -> dict[str, Any]:  # fmt: skip
+    *,
+    delivery_id: uuid.UUID | str,
+    tenant_id: uuid.UUID,
+    target_id: uuid.UUID | str,
+    message_id: str,
+    delivered_at: datetime,
+) -> dict[str, Any]:
     """The ``webhooks.delivered`` record of a delivery (a message to one target) that
     succeeded, for the delivery worker to insert in the transaction that marks it
     delivered: one per delivery, whatever the attempts it took (ADR 0010)."""
     return usage_row(
-        cause=f"delivery_{delivery_id}", tenant_id=tenant_id,
-        metric=Metric.WEBHOOKS_DELIVERED, quantity=1, occurred_at=delivered_at,
-        properties={"delivery_id": str(delivery_id), "target_id": str(target_id),
-                    "message_id": message_id},
+        cause=f"delivery_{delivery_id}",
+        tenant_id=tenant_id,
+        metric=Metric.WEBHOOKS_DELIVERED,
+        quantity=1,
+        occurred_at=delivered_at,
+        properties={
+            "delivery_id": str(delivery_id),
+            "target_id": str(target_id),
+            "message_id": message_id,
+        },
         source="delivery",
-    )  # fmt: skip
+    )
 
 
 def insert_adjustment(

@@ -49,9 +49,13 @@ def _wants_csv(request: Request) -> bool:
 @router.get(
     "/records",
     response_model=UsagePage,
-    responses={200: {"content": {CSV: {"schema": {"type": "string"}}},
-                     "description": "A page of records (CSV with `Accept: text/csv`)"}},
-)  # fmt: skip
+    responses={
+        200: {
+            "content": {CSV: {"schema": {"type": "string"}}},
+            "description": "A page of records (CSV with `Accept: text/csv`)",
+        }
+    },
+)
 def list_records(
     request: Request,
     response: Response,
@@ -70,20 +74,25 @@ def list_records(
     `Accept: text/csv` the page is CSV with the same columns (`properties` as JSON text);
     the next page's link is in the `Link` header either way."""
     rows, next_cursor = service.list_records(
-        session, tenant_id=_scoped(caller, tenant_id), metric=metric, occurred_after=occurred_after,
-        occurred_before=occurred_before, cursor=cursor, limit=limit,
-    )  # fmt: skip
+        session,
+        tenant_id=_scoped(caller, tenant_id),
+        metric=metric,
+        occurred_after=occurred_after,
+        occurred_before=occurred_before,
+        cursor=cursor,
+        limit=limit,
+    )
     headers = {}
     if next_cursor is not None:
         params = {k: v for k, v in request.query_params.items() if k != "cursor"}
         link = f"{request.url.path}?{urlencode(params | {'cursor': next_cursor})}"
         headers["Link"] = f'<{link}>; rel="next"'
     if _wants_csv(request):
-        return Response(service.records_csv(rows), media_type=f"{CSV}; charset=utf-8",
-                        headers=headers)  # fmt: skip
+        return Response(
+            service.records_csv(rows), media_type=f"{CSV}; charset=utf-8", headers=headers
+        )
     response.headers.update(headers)
-    return UsagePage(data=[UsageRecordOut.model_validate(r) for r in rows],
-                     next_cursor=next_cursor)  # fmt: skip
+    return UsagePage(data=[UsageRecordOut.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/summary", response_model=UsageSummary)
@@ -100,14 +109,19 @@ def summary(
     total is the sum of the records `GET /v1/usage/records` lists with the same filters.
     A tenant's API key (scope `usage:read`) sees only its own totals."""
     totals = service.summarize(
-        session, granularity=granularity, tenant_id=_scoped(caller, tenant_id), metric=metric,
-        occurred_after=occurred_after, occurred_before=occurred_before,
-    )  # fmt: skip
+        session,
+        granularity=granularity,
+        tenant_id=_scoped(caller, tenant_id),
+        metric=metric,
+        occurred_after=occurred_after,
+        occurred_before=occurred_before,
+    )
     return UsageSummary(granularity=granularity, data=totals)
 
 
-@admin_router.post("/adjustments", status_code=status.HTTP_201_CREATED,
-                   response_model=UsageRecordOut)  # fmt: skip
+@admin_router.post(
+    "/adjustments", status_code=status.HTTP_201_CREATED, response_model=UsageRecordOut
+)
 def create_adjustment(
     body: AdjustmentCreate, admin: AdminDep, session: SessionDep, response: Response
 ) -> UsageRecordOut:

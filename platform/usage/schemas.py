@@ -11,8 +11,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 # The columns of a record, in the order of the CSV export.
-RECORD_COLUMNS = ("id", "tenant_id", "metric", "quantity", "unit", "occurred_at",
-                  "recorded_at", "source", "adjusts_id", "properties")  # fmt: skip
+RECORD_COLUMNS = (
+    "id",
+    "tenant_id",
+    "metric",
+    "quantity",
+    "unit",
+    "occurred_at",
+    "recorded_at",
+    "source",
+    "adjusts_id",
+    "properties",
+)
 
 
 class UsageRecordOut(BaseModel):

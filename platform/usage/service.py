@@ -40,9 +40,11 @@ _SQLITE_PERIOD = {
 
 
 def _filters(
-    tenant_id: uuid.UUID | None, metric: str | None,
-    occurred_after: datetime | None, occurred_before: datetime | None,
-) -> list[ColumnElement[bool]]:  # fmt: skip
+    tenant_id: uuid.UUID | None,
+    metric: str | None,
+    occurred_after: datetime | None,
+    occurred_before: datetime | None,
+) -> list[ColumnElement[bool]]:
     found: list[ColumnElement[bool]] = []
     if tenant_id is not None:
         found.append(UsageRecord.tenant_id == tenant_id)
@@ -70,15 +72,22 @@ def _after(cursor: str) -> ColumnElement[bool]:
         raise BadRequest("the cursor is not one this API returned") from None
     if at.tzinfo is None or not isinstance(record_id, str):
         raise BadRequest("the cursor is not one this API returned")
-    return or_(UsageRecord.occurred_at > at,
-               and_(UsageRecord.occurred_at == at, UsageRecord.id > record_id))  # fmt: skip
+    return or_(
+        UsageRecord.occurred_at > at,
+        and_(UsageRecord.occurred_at == at, UsageRecord.id > record_id),
+    )
 
 
 def list_records(
-    session: Session, *, tenant_id: uuid.UUID | None, metric: str | None,
-    occurred_after: datetime | None, occurred_before: datetime | None,
-    cursor: str | None, limit: int,
-) -> tuple[list[UsageRecord], str | None]:  # fmt: skip
+    session: Session,
+    *,
+    tenant_id: uuid.UUID | None,
+    metric: str | None,
+    occurred_after: datetime | None,
+    occurred_before: datetime | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[UsageRecord], str | None]:
     """One page in (occurred_at, id) order, oldest first: stable while records are added
     (keyset pagination on the index of those two columns)."""
     query = select(UsageRecord).where(*_filters(tenant_id, metric, occurred_after, occurred_before))
@@ -99,8 +108,9 @@ def records_csv(records: Sequence[UsageRecord]) -> str:
     writer.writerow(RECORD_COLUMNS)
     for record in records:
         values = UsageRecordOut.model_validate(record).model_dump(mode="json")
-        values["properties"] = json.dumps(values["properties"], sort_keys=True,
-                                          separators=(",", ":"))  # fmt: skip
+        values["properties"] = json.dumps(
+            values["properties"], sort_keys=True, separators=(",", ":")
+        )
         writer.writerow(["" if values[c] is None else values[c] for c in RECORD_COLUMNS])
     return out.getvalue()
 
@@ -116,32 +126,50 @@ def summary_query(
 ) -> Select[Any]:
     period = _period(session, granularity).label("period_start")
     return (
-        select(UsageRecord.tenant_id, UsageRecord.metric, UsageRecord.unit, period,
-               func.sum(UsageRecord.quantity), func.count())
+        select(
+            UsageRecord.tenant_id,
+            UsageRecord.metric,
+            UsageRecord.unit,
+            period,
+            func.sum(UsageRecord.quantity),
+            func.count(),
+        )
         .where(*filters)
         .group_by(UsageRecord.tenant_id, UsageRecord.metric, UsageRecord.unit, period)
         .order_by(period, UsageRecord.tenant_id, UsageRecord.metric)
-    )  # fmt: skip
+    )
 
 
 def summarize(
-    session: Session, *, granularity: Granularity, tenant_id: uuid.UUID | None,
-    metric: str | None, occurred_after: datetime | None, occurred_before: datetime | None,
-) -> list[UsageTotal]:  # fmt: skip
+    session: Session,
+    *,
+    granularity: Granularity,
+    tenant_id: uuid.UUID | None,
+    metric: str | None,
+    occurred_after: datetime | None,
+    occurred_before: datetime | None,
+) -> list[UsageTotal]:
     """Totals per tenant, metric and period (UTC), adjustments included."""
     filters = _filters(tenant_id, metric, occurred_after, occurred_before)
-    rows = session.execute(summary_query(session, granularity, filters)
-                           .limit(MAX_SUMMARY_ROWS + 1)).all()  # fmt: skip
+    rows = session.execute(
+        summary_query(session, granularity, filters).limit(MAX_SUMMARY_ROWS + 1)
+    ).all()
     if len(rows) > MAX_SUMMARY_ROWS:
         raise ValidationFailed(
             f"more than {MAX_SUMMARY_ROWS} totals match; narrow the time range, choose a "
             "coarser granularity or filter by tenant or metric"
         )
     return [
-        UsageTotal(tenant_id=t, metric=m, unit=u, period_start=_as_utc(p),
-                   quantity=Decimal(q), records=int(n))
+        UsageTotal(
+            tenant_id=t,
+            metric=m,
+            unit=u,
+            period_start=_as_utc(p),
+            quantity=Decimal(q),
+            records=int(n),
+        )
         for t, m, u, p, q, n in rows
-    ]  # fmt: skip
+    ]
 
 
 def _as_utc(value: datetime | str) -> datetime:
@@ -182,9 +210,13 @@ def adjust(session: Session, body: AdjustmentCreate, *, actor: str, actor_role: 
         session, original, body.quantity.quantize(SCALE), reason=body.reason, actor=actor
     )
     record_admin_action(
-        session, actor=actor, actor_role=actor_role, action="usage.adjust",
-        target_type="usage_record", target_id=original.id[:100], tenant_id=original.tenant_id,
-        details={"adjustment_id": record.id, "quantity": str(body.quantity),
-                 "reason": body.reason},
-    )  # fmt: skip
+        session,
+        actor=actor,
+        actor_role=actor_role,
+        action="usage.adjust",
+        target_type="usage_record",
+        target_id=original.id[:100],
+        tenant_id=original.tenant_id,
+        details={"adjustment_id": record.id, "quantity": str(body.quantity), "reason": body.reason},
+    )
     return record

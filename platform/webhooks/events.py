@@ -63,9 +63,14 @@ def enqueue(
         raise ValueError(f"a webhook payload is limited to {MAX_PAYLOAD_BYTES} bytes")
     message_id = "msg_" + uuid.uuid4().hex
     if not repository.insert_message(
-        session, tenant_id, message_id=message_id, event_type=event_type.value,
-        event_key=event_key, payload=payload, created_at=now,
-    ):  # fmt: skip
+        session,
+        tenant_id,
+        message_id=message_id,
+        event_type=event_type.value,
+        event_key=event_key,
+        payload=payload,
+        created_at=now,
+    ):
         return None
     if targets is None:
         candidates = repository.enabled_targets(session, tenant_id)
@@ -84,10 +89,11 @@ def delivery_messages(
     """The messages that ask the distribution pool to send these deliveries now (beat
     re-publishes any that are due, so a lost one is only late)."""
     return [
-        Publication(TaskName.DELIVER_WEBHOOK, band, tenant_slug,
-                    {"delivery_id": d, "trigger": trigger})
+        Publication(
+            TaskName.DELIVER_WEBHOOK, band, tenant_slug, {"delivery_id": d, "trigger": trigger}
+        )
         for d in delivery_ids
-    ]  # fmt: skip
+    ]
 
 
 def job_ended(session: Session, job: Job, state: JobState, error: str | None = None) -> str | None:

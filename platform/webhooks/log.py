@@ -102,17 +102,24 @@ def send_test(session: Session, scope: HasTenant, target_id: uuid.UUID) -> str:
         raise Conflict(f"target {target_id} is disabled; enable it first")
     data = {"target_id": str(target.id), "message": "a test event sent through the API"}
     message_id = events.enqueue(
-        session, scope.tenant_id, EventType.WEBHOOK_TEST, f"test:{uuid.uuid4().hex}", data,
-        targets=[target], trigger=AttemptTrigger.MANUAL.value,
-    )  # fmt: skip
+        session,
+        scope.tenant_id,
+        EventType.WEBHOOK_TEST,
+        f"test:{uuid.uuid4().hex}",
+        data,
+        targets=[target],
+        trigger=AttemptTrigger.MANUAL.value,
+    )
     assert message_id is not None
     return message_id
 
 
 def _restart(
-    session: Session, scope: HasTenant, filters: list[ColumnElement[bool]],
+    session: Session,
+    scope: HasTenant,
+    filters: list[ColumnElement[bool]],
     trigger: AttemptTrigger,
-) -> list[WebhookDelivery]:  # fmt: skip
+) -> list[WebhookDelivery]:
     deliveries = repository.restart_deliveries(session, scope, filters)
     if not deliveries:
         return []

@@ -299,15 +299,27 @@ def unscoped_health_by_tenant(session: Session, limit: int = 500) -> list[dict[s
     failing = func.sum(case((WebhookTarget.failing_since.is_not(None), 1), else_=0))
     disabled = func.sum(case((WebhookTarget.state == TargetState.DISABLED, 1), else_=0))
     rows = session.execute(
-        select(Tenant.id, Tenant.slug, func.count(WebhookTarget.id), disabled, failing,
-               func.min(WebhookTarget.failing_since))
+        select(
+            Tenant.id,
+            Tenant.slug,
+            func.count(WebhookTarget.id),
+            disabled,
+            failing,
+            func.min(WebhookTarget.failing_since),
+        )
         .join(WebhookTarget, WebhookTarget.tenant_id == Tenant.id)
         .group_by(Tenant.id, Tenant.slug)
         .order_by((disabled + failing).desc(), Tenant.slug)
         .limit(limit)
-    ).all()  # fmt: skip
+    ).all()
     return [
-        {"tenant_id": t, "slug": slug, "targets": int(n), "disabled": int(d or 0),
-         "failing": int(f or 0), "failing_since": since}
+        {
+            "tenant_id": t,
+            "slug": slug,
+            "targets": int(n),
+            "disabled": int(d or 0),
+            "failing": int(f or 0),
+            "failing_since": since,
+        }
         for t, slug, n, d, f, since in rows
-    ]  # fmt: skip
+    ]

@@ -63,17 +63,26 @@ def _with_secret(issued: service.IssuedSecret, response: Response) -> WebhookTar
     responses=problem_openapi(409),
 )
 def create_target(
-    body: WebhookTargetCreate, ctx: WebhooksManager, session: SessionDep, settings: SettingsDep,
-    resolve: ResolverDep, response: Response,
-) -> WebhookTargetWithSecret:  # fmt: skip
+    body: WebhookTargetCreate,
+    ctx: WebhooksManager,
+    session: SessionDep,
+    settings: SettingsDep,
+    resolve: ResolverDep,
+    response: Response,
+) -> WebhookTargetWithSecret:
     """Register a URL to receive the tenant's events. The URL must be https on a public
     address. The answer carries the signing secret, shown only this once. A tenant has at
     most its `max_webhook_targets` quota of targets (409 beyond; see `GET /v1/quotas`)."""
     issued = service.create_target(
-        session, ctx, url=body.url, event_types=body.event_types, description=body.description,
+        session,
+        ctx,
+        url=body.url,
+        event_types=body.event_types,
+        description=body.description,
         max_deliveries_per_second=body.max_deliveries_per_second,
-        settings=settings.webhooks, resolve=resolve,
-    )  # fmt: skip
+        settings=settings.webhooks,
+        resolve=resolve,
+    )
     response.headers["Location"] = f"/v1/webhooks/{issued.target.id}"
     return _with_secret(issued, response)
 
@@ -99,15 +108,23 @@ def get_target(target_id: uuid.UUID, ctx: WebhooksManager, session: SessionDep) 
 
 @router.patch("/{target_id}", response_model=WebhookTargetOut)
 def update_target(
-    target_id: uuid.UUID, body: WebhookTargetUpdate, ctx: WebhooksManager, session: SessionDep,
-    settings: SettingsDep, resolve: ResolverDep,
-) -> WebhookTargetOut:  # fmt: skip
+    target_id: uuid.UUID,
+    body: WebhookTargetUpdate,
+    ctx: WebhooksManager,
+    session: SessionDep,
+    settings: SettingsDep,
+    resolve: ResolverDep,
+) -> WebhookTargetOut:
     """Change the URL (checked again), event types, description or delivery rate; fields
     left out keep their value, and `max_deliveries_per_second: null` removes the limit."""
     target = service.update_target(
-        session, ctx, target_id, changes=body.model_dump(mode="json", exclude_unset=True),
-        settings=settings.webhooks, resolve=resolve,
-    )  # fmt: skip
+        session,
+        ctx,
+        target_id,
+        changes=body.model_dump(mode="json", exclude_unset=True),
+        settings=settings.webhooks,
+        resolve=resolve,
+    )
     return WebhookTargetOut.model_validate(target)
 
 
@@ -136,9 +153,12 @@ def enable_target(
 
 @router.post("/{target_id}/rotate-secret", response_model=WebhookTargetWithSecret)
 def rotate_secret(
-    target_id: uuid.UUID, ctx: WebhooksManager, session: SessionDep, response: Response,
+    target_id: uuid.UUID,
+    ctx: WebhooksManager,
+    session: SessionDep,
+    response: Response,
     body: SecretRotation | None = None,
-) -> WebhookTargetWithSecret:  # fmt: skip
+) -> WebhookTargetWithSecret:
     """Issue a new signing secret, shown only in this answer. Deliveries are signed with
     both the new and the replaced secret until `previous_secret_expires_at` (24 hours by
     default), so receivers can switch without missing one."""
@@ -158,25 +178,39 @@ def end_secret_overlap(
 
 @router.get("/{target_id}/attempts", response_model=Page[WebhookAttemptOut])
 def list_attempts(
-    target_id: uuid.UUID, ctx: WebhooksManager, session: SessionDep,
+    target_id: uuid.UUID,
+    ctx: WebhooksManager,
+    session: SessionDep,
     status_code: Annotated[int | None, Query(ge=100, le=599)] = None,
-    succeeded: bool | None = None, trigger: AttemptTrigger | None = None,
-    since: Timestamp | None = None, until: Timestamp | None = None,
-    cursor: str | None = None, limit: Limit = 50,
-) -> Page[WebhookAttemptOut]:  # fmt: skip
+    succeeded: bool | None = None,
+    trigger: AttemptTrigger | None = None,
+    since: Timestamp | None = None,
+    until: Timestamp | None = None,
+    cursor: str | None = None,
+    limit: Limit = 50,
+) -> Page[WebhookAttemptOut]:
     """Every delivery attempt to the target, newest first: status code, the first 8 KiB of
     the answer, duration, error, what triggered it and when the next one is due."""
     rows, next_cursor = log.attempts_page(
-        session, ctx, target_id, status_code=status_code, succeeded=succeeded,
-        trigger=trigger, since=since, until=until, cursor=cursor, limit=limit,
-    )  # fmt: skip
+        session,
+        ctx,
+        target_id,
+        status_code=status_code,
+        succeeded=succeeded,
+        trigger=trigger,
+        since=since,
+        until=until,
+        cursor=cursor,
+        limit=limit,
+    )
     return Page(data=[WebhookAttemptOut.model_validate(a) for a in rows], next_cursor=next_cursor)
 
 
 @router.post(
-    "/{target_id}/recover", status_code=status.HTTP_202_ACCEPTED,
+    "/{target_id}/recover",
+    status_code=status.HTTP_202_ACCEPTED,
     response_model=DeliveriesRestarted,
-)  # fmt: skip
+)
 def recover(
     target_id: uuid.UUID, body: RecoverRequest, ctx: WebhooksManager, session: SessionDep
 ) -> DeliveriesRestarted:
@@ -186,9 +220,11 @@ def recover(
 
 
 @router.post(
-    "/{target_id}/test", status_code=status.HTTP_202_ACCEPTED, response_model=TestEventSent,
+    "/{target_id}/test",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TestEventSent,
     responses=problem_openapi(409),
-)  # fmt: skip
+)
 def send_test_event(
     target_id: uuid.UUID, ctx: WebhooksManager, session: SessionDep
 ) -> TestEventSent:
@@ -205,9 +241,12 @@ def _message_out(message: WebhookMessage, deliveries: list[WebhookDelivery]) -> 
 
 @messages_router.get("", response_model=Page[WebhookMessageOut])
 def list_messages(
-    ctx: WebhooksManager, session: SessionDep, event_type: str | None = None,
-    cursor: str | None = None, limit: Limit = 50,
-) -> Page[WebhookMessageOut]:  # fmt: skip
+    ctx: WebhooksManager,
+    session: SessionDep,
+    event_type: str | None = None,
+    cursor: str | None = None,
+    limit: Limit = 50,
+) -> Page[WebhookMessageOut]:
     """The tenant's events, newest first, each with its delivery state per target."""
     filters = [] if event_type is None else [WebhookMessage.event_type == event_type]
     rows, next_cursor = repository.MessageRepository(session, ctx).page(
@@ -228,9 +267,10 @@ def get_message(message_id: str, ctx: WebhooksManager, session: SessionDep) -> W
 
 
 @messages_router.post(
-    "/{message_id}/resend", status_code=status.HTTP_202_ACCEPTED,
+    "/{message_id}/resend",
+    status_code=status.HTTP_202_ACCEPTED,
     response_model=DeliveriesRestarted,
-)  # fmt: skip
+)
 def resend_message(
     message_id: str, ctx: WebhooksManager, session: SessionDep, body: ResendRequest | None = None
 ) -> DeliveriesRestarted:

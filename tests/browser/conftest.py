@@ -54,21 +54,30 @@ def live_platform(api_settings: Settings, var_dir: Path) -> Iterator[LivePlatfor
     running = Workers(var_dir, env)
     port = free_port()
     running.start("api", "api", "--port", str(port))
-    running.start("orchestration", "worker", "--pool", Pool.ORCHESTRATION.value,
-                  "--concurrency", "10")  # fmt: skip
-    running.start("distribution", "worker", "--pool", Pool.DISTRIBUTION.value,
-                  "--concurrency", "10")  # fmt: skip
+    running.start(
+        "orchestration", "worker", "--pool", Pool.ORCHESTRATION.value, "--concurrency", "10"
+    )
+    running.start(
+        "distribution", "worker", "--pool", Pool.DISTRIBUTION.value, "--concurrency", "10"
+    )
     running.start("compute", "worker", "--pool", Pool.COMPUTE.value, "--concurrency", "2")
     running.start("beat", "beat")
     url = f"http://127.0.0.1:{port}"
     http = httpx.Client(base_url=url, timeout=30)
     try:
         wait_until(lambda: _healthy(http), 60, "the API to start")
-        wait_until(lambda: all("ready." in running.log(n)
-                               for n in ("orchestration", "distribution", "compute")),
-                   120, "the three pools to start")  # fmt: skip
-        wait_until(lambda: "plugin registry published" in running.log("compute"), 60,
-                   "the compute pool to publish its plugins")  # fmt: skip
+        wait_until(
+            lambda: all(
+                "ready." in running.log(n) for n in ("orchestration", "distribution", "compute")
+            ),
+            120,
+            "the three pools to start",
+        )
+        wait_until(
+            lambda: "plugin registry published" in running.log("compute"),
+            60,
+            "the compute pool to publish its plugins",
+        )
         token = mint_token(api_settings, "ops@example.com", Role.ADMIN)
         yield LivePlatform(url, api_settings, running, token, http)
     finally:

@@ -21,8 +21,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]
 def records_csv(path: Path, rows: int = 450) -> Path:
     """Orders with a few outlying amounts and short reviews (numbers and text)."""
     rng = random.Random(7)
-    words = ["great service", "very slow delivery", "fine", "terrible support, never again",
-             "love it", "broken on arrival", "okay value", "excellent and fast"]  # fmt: skip
+    words = [
+        "great service",
+        "very slow delivery",
+        "fine",
+        "terrible support, never again",
+        "love it",
+        "broken on arrival",
+        "okay value",
+        "excellent and fast",
+    ]
     lines = ["id,amount,quantity,text"]
     for i in range(rows):
         amount = round(rng.gauss(50, 5), 2)
@@ -65,8 +73,9 @@ def test_tenant_submits_watches_and_reads_the_results(
     assert page.evaluate("() => window.__sameDocument === true")
 
     # One bar per task, as the API counts them.
-    job = live_platform.http.get(f"/v1/jobs/{job_id}",
-                                 headers={"Authorization": f"Bearer {key}"}).json()  # fmt: skip
+    job = live_platform.http.get(
+        f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}
+    ).json()
     tasks = sum(stage["total"] for stage in job["progress"].values())
     assert tasks >= 6  # 3 chunks x 2 datasets, then the analyzers
     expect(page.locator("#timeline rect.task-bar")).to_have_count(tasks)
@@ -96,9 +105,10 @@ def test_a_job_list_updates_while_its_job_runs(
     sign_in(tenant, live_platform.url, key)
     live_platform.workers.stop("compute")  # the job stays running until compute is back
     submitted = live_platform.http.post(
-        "/v1/jobs", json={"pipeline": "tabular-summary", "records": [{"a": i} for i in range(20)]},
+        "/v1/jobs",
+        json={"pipeline": "tabular-summary", "records": [{"a": i} for i in range(20)]},
         headers={"Authorization": f"Bearer {key}"},
-    ).json()  # fmt: skip
+    ).json()
     page = tenant.page
     page.goto(f"{live_platform.url}/console/jobs")
     page.evaluate("() => { window.__sameDocument = true; }")
@@ -148,8 +158,11 @@ def test_tenant_manages_webhooks_and_keys(
         page.get_by_role("button", name=re.compile("^Revoke key deploy bot")).click()
         row = page.locator("tr", has_text="deploy bot")
         expect(row.locator(".key-state")).to_have_text("revoked")
-        assert wait_for(lambda: live_platform.http.get("/v1/jobs", headers=headers)
-                        .status_code == 401, 10, "the revoked key to be refused")  # fmt: skip
+        assert wait_for(
+            lambda: live_platform.http.get("/v1/jobs", headers=headers).status_code == 401,
+            10,
+            "the revoked key to be refused",
+        )
         check_page(tenant, output_dir, "04-key-revoked")
 
         page.get_by_role("link", name="Usage").click()
@@ -173,10 +186,14 @@ def test_admin_suspends_a_tenant_and_its_session_ends(
     for priority, who in (("high", key), ("normal", other_key), ("low", other_key)):
         for _ in range(3):
             live_platform.http.post(
-                "/v1/jobs", json={"pipeline": "tabular-summary", "priority": priority,
-                                  "records": [{"a": i} for i in range(400)]},
+                "/v1/jobs",
+                json={
+                    "pipeline": "tabular-summary",
+                    "priority": priority,
+                    "records": [{"a": i} for i in range(400)],
+                },
                 headers={"Authorization": f"Bearer {who}"},
-            )  # fmt: skip
+            )
 
     admin = new_page(new_context())
     page = admin.page
@@ -229,8 +246,9 @@ def test_docs_work_offline(
     expect(docs.page.get_by_text("POST/v1/jobs").first).to_be_visible(timeout=30_000)
     docs.page.screenshot(path=str(output_dir / "docs.png"))
     assert requested
-    assert all(url.startswith(live_platform.url) or url.startswith("data:")
-               for url in requested), requested  # fmt: skip
+    assert all(url.startswith(live_platform.url) or url.startswith("data:") for url in requested), (
+        requested
+    )
     assert not docs.errors, docs.errors
 
 

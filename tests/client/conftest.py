@@ -36,16 +36,25 @@ def live_api(api_settings: Settings, var_dir: Path) -> Iterator[LivePlatform]:
 def live_platform(live_api: LivePlatform) -> LivePlatform:
     """The API and the three worker pools; the compute pool has published its plugins."""
     running = live_api.processes
-    running.start("orchestration", "worker", "--pool", Pool.ORCHESTRATION.value,
-                  "--concurrency", "20")  # fmt: skip
-    running.start("distribution", "worker", "--pool", Pool.DISTRIBUTION.value,
-                  "--concurrency", "20")  # fmt: skip
+    running.start(
+        "orchestration", "worker", "--pool", Pool.ORCHESTRATION.value, "--concurrency", "20"
+    )
+    running.start(
+        "distribution", "worker", "--pool", Pool.DISTRIBUTION.value, "--concurrency", "20"
+    )
     running.start("compute", "worker", "--pool", Pool.COMPUTE.value)
-    wait_until(lambda: all(
-        "ready." in running.log(name) for name in ("orchestration", "distribution", "compute")
-    ), 90, "the three pools to start")  # fmt: skip
-    wait_until(lambda: "plugin registry published" in running.log("compute"), 60,
-               "the compute pool to publish its plugins")  # fmt: skip
+    wait_until(
+        lambda: all(
+            "ready." in running.log(name) for name in ("orchestration", "distribution", "compute")
+        ),
+        90,
+        "the three pools to start",
+    )
+    wait_until(
+        lambda: "plugin registry published" in running.log("compute"),
+        60,
+        "the compute pool to publish its plugins",
+    )
     return live_api
 
 

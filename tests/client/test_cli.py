@@ -24,12 +24,18 @@ pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "celeriac-client")
 
 
-def run(platform: LivePlatform, tenant: TenantFixture, *args: str,
-        **env: str) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    environment = {**os.environ, "CELERIAC_URL": platform.url, "CELERIAC_API_KEY": tenant.key,
-                   **env}  # fmt: skip
-    return subprocess.run([CLI, *args], env=environment, capture_output=True, text=True,
-                          timeout=180, check=False)  # fmt: skip
+def run(
+    platform: LivePlatform, tenant: TenantFixture, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **os.environ,
+        "CELERIAC_URL": platform.url,
+        "CELERIAC_API_KEY": tenant.key,
+        **env,
+    }
+    return subprocess.run(
+        [CLI, *args], env=environment, capture_output=True, text=True, timeout=180, check=False
+    )
 
 
 def test_submit_wait_list_get_results_rerun_watch(
@@ -37,8 +43,16 @@ def test_submit_wait_list_get_results_rerun_watch(
 ) -> None:
     records = tmp_path / "records.csv"
     records.write_text("id,amount\n" + "".join(f"{i},{i * 2}\n" for i in range(30)))
-    submitted = run(live_platform, tenant, "jobs", "submit", str(records),
-                    "--pipeline", "tabular-summary", "--wait")  # fmt: skip
+    submitted = run(
+        live_platform,
+        tenant,
+        "jobs",
+        "submit",
+        str(records),
+        "--pipeline",
+        "tabular-summary",
+        "--wait",
+    )
     assert submitted.returncode == 0, submitted.stderr
     first_line = submitted.stderr.splitlines()[0]
     job_id = first_line.split()[1]
@@ -56,8 +70,10 @@ def test_submit_wait_list_get_results_rerun_watch(
     results = run(live_platform, tenant, "jobs", "results", job_id, "--output", str(output))
     assert results.returncode == 0, results.stderr
     stored = json.loads(output.read_text())
-    api = httpx.get(f"{live_platform.url}/v1/jobs/{job_id}/results",
-                    headers={"Authorization": f"Bearer {tenant.key}"}).json()  # fmt: skip
+    api = httpx.get(
+        f"{live_platform.url}/v1/jobs/{job_id}/results",
+        headers={"Authorization": f"Bearer {tenant.key}"},
+    ).json()
     assert stored == api and stored["analyses"]["summary"]["tabular"]["rows"] == 30
 
     rerun = run(live_platform, tenant, "jobs", "rerun", job_id, "--priority", "high")
@@ -76,8 +92,9 @@ def test_submit_wait_list_get_results_rerun_watch(
     assert gone.returncode == 1 and "410" in gone.stderr
 
 
-def test_bad_input_is_a_readable_error(live_api: LivePlatform, tenant: TenantFixture,
-                                       tmp_path: Path) -> None:  # fmt: skip
+def test_bad_input_is_a_readable_error(
+    live_api: LivePlatform, tenant: TenantFixture, tmp_path: Path
+) -> None:
     text = tmp_path / "records.txt"
     text.write_text("hello")
     wrong_type = run(live_api, tenant, "jobs", "submit", str(text), "--pipeline", "full")
@@ -94,8 +111,11 @@ def test_webhooks_listen_verifies_and_prints_each_event(tmp_path: Path) -> None:
     env = {**os.environ, "CELERIAC_WEBHOOK_SECRET": secret}
     listener = subprocess.Popen(
         [CLI, "webhooks", "listen", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     printed: list[str] = []
     assert listener.stdout is not None
     reader = threading.Thread(target=lambda: printed.extend(listener.stdout or []), daemon=True)
@@ -111,12 +131,21 @@ def test_webhooks_listen_verifies_and_prints_each_event(tmp_path: Path) -> None:
             return True
 
         wait_until(up, 30, "the listener to accept connections")
-        body = json.dumps({"type": "job.succeeded", "timestamp": "2026-12-04T00:00:00Z",
-                           "data": {"job_id": "j1", "state": "succeeded"}})  # fmt: skip
+        body = json.dumps(
+            {
+                "type": "job.succeeded",
+                "timestamp": "2026-12-04T00:00:00Z",
+                "data": {"job_id": "j1", "state": "succeeded"},
+            }
+        )
         now = datetime.now(UTC)
         signature = Webhook(secret).sign("msg_1", now, body)
-        headers = {"webhook-id": "msg_1", "webhook-timestamp": str(int(now.timestamp())),
-                   "webhook-signature": signature, "content-type": "application/json"}  # fmt: skip
+        headers = {
+            "webhook-id": "msg_1",
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signature,
+            "content-type": "application/json",
+        }
         accepted = httpx.post(url, content=body, headers=headers)
         assert accepted.status_code == 200 and accepted.json() == {"received": "job.succeeded"}
         forged = httpx.post(url, content=body.replace("j1", "j2"), headers=headers)
@@ -126,6 +155,11 @@ def test_webhooks_listen_verifies_and_prints_each_event(tmp_path: Path) -> None:
         listener.terminate()
         listener.wait(timeout=30)
     events = [json.loads(line) for line in printed if line.startswith("{")]
-    assert events == [{"webhook-id": "msg_1", "type": "job.succeeded",
-                       "data": {"job_id": "j1", "state": "succeeded"}}]  # fmt: skip
+    assert events == [
+        {
+            "webhook-id": "msg_1",
+            "type": "job.succeeded",
+            "data": {"job_id": "j1", "state": "succeeded"},
+        }
+    ]
     assert sum(line.startswith("REJECTED") for line in printed) == 2  # the probe and the forgery

@@ -30,10 +30,19 @@ def build_client_wheel(tmp_path: Path) -> Path:
     skipped = shutil.ignore_patterns("*.egg-info", "build", "__pycache__")
     shutil.copytree(REPO / "client", source, ignore=skipped)
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir",
-         str(tmp_path / "dist")],
-        cwd=source, check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(tmp_path / "dist"),
+        ],
+        cwd=source,
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("celeriac_client-*.whl")
     return wheel
 
@@ -62,11 +71,28 @@ def test_installed_alone_it_runs_a_job(
     python = env_dir / "bin" / "python"
     # From uv's cache (filled by `make install`, hence the lock's versions): no network,
     # and only what the wheel asks for.
-    subprocess.run([str(UV), "pip", "install", "--python", str(python), "--offline", "-q",
-                    "-c", str(REPO / "requirements.lock"), str(wheel)],
-                   check=True, capture_output=True)  # fmt: skip
-    listed = subprocess.run([str(UV), "pip", "freeze", "--python", str(python)],
-                            check=True, capture_output=True, text=True).stdout  # fmt: skip
+    subprocess.run(
+        [
+            str(UV),
+            "pip",
+            "install",
+            "--python",
+            str(python),
+            "--offline",
+            "-q",
+            "-c",
+            str(REPO / "requirements.lock"),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    listed = subprocess.run(
+        [str(UV), "pip", "freeze", "--python", str(python)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     installed = {re.split(r"==| @ ", line)[0].lower() for line in listed.splitlines() if line}
     assert {"celeriac-client", "httpx", "pydantic"} <= installed
     assert not installed & {"celeriac", "pandas", "fastapi", "celery", "rich"}
@@ -89,17 +115,27 @@ with Client(base_url={live_platform.url!r}, api_key={tenant_key!r}) as client:
 """
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    result = subprocess.run([str(python), "-c", script], cwd=outside, capture_output=True,
-                            text=True, timeout=180, env={"PATH": "/usr/bin:/bin"},
-                            check=False)  # fmt: skip
+    result = subprocess.run(
+        [str(python), "-c", script],
+        cwd=outside,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     mean, hint = result.stdout.splitlines()
     assert float(mean) == 2.0
     assert "celeriac-client[pandas]" in hint
     # Without rich or tqdm, the progress bar is a line per event on stderr.
     assert "succeeded" in result.stderr.splitlines()[-1]
-    cli = subprocess.run([str(env_dir / "bin" / "celeriac-client"), "--help"],
-                         capture_output=True, text=True, check=False)  # fmt: skip
+    cli = subprocess.run(
+        [str(env_dir / "bin" / "celeriac-client"), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert cli.returncode == 0 and "jobs" in cli.stdout
 
 
@@ -109,10 +145,19 @@ def test_beside_the_platform_both_import(tmp_path: Path) -> None:
     skipped = (".git", ".venv*", "var", "*.egg-info", "build", "dist", "__pycache__", ".*_cache")
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*skipped))
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir",
-         str(tmp_path / "dist")],
-        cwd=source, check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(tmp_path / "dist"),
+        ],
+        cwd=source,
+        check=True,
+        capture_output=True,
+    )
     (platform_wheel,) = (tmp_path / "dist").glob("celeriac-*.whl")
     with zipfile.ZipFile(platform_wheel) as zf:
         assert not any(n.startswith("celeriac/client/") for n in zf.namelist())
@@ -121,15 +166,30 @@ def test_beside_the_platform_both_import(tmp_path: Path) -> None:
     python = env_dir / "bin" / "python"
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     # Third-party packages from this virtualenv through a plain path entry (its .pth
     # files, such as the editable installs' finders, are not run from there).
     deps = [p for p in sys.path if p.endswith("site-packages")]
     (Path(site) / "deps.pth").write_text("\n".join(deps) + "\n")
-    subprocess.run([str(UV), "pip", "install", "--python", str(python), "--no-deps", "-q",
-                    "--offline", str(platform_wheel), str(client_wheel)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            str(UV),
+            "pip",
+            "install",
+            "--python",
+            str(python),
+            "--no-deps",
+            "-q",
+            "--offline",
+            str(platform_wheel),
+            str(client_wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
     check = (
         "import celeriac.client, celeriac.platform.jobs.routes, celeriac.client.webhooks\n"
         f"assert celeriac.client.__file__.startswith({site!r}), celeriac.client.__file__\n"
@@ -138,8 +198,12 @@ def test_beside_the_platform_both_import(tmp_path: Path) -> None:
     )
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    result = subprocess.run([str(python), "-c", check], cwd=outside, capture_output=True,
-                            text=True, check=False,
-                            env={"PATH": "/usr/bin:/bin",
-                                 "CELERIAC_VAR_DIR": str(tmp_path / "var")})  # fmt: skip
+    result = subprocess.run(
+        [str(python), "-c", check],
+        cwd=outside,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "CELERIAC_VAR_DIR": str(tmp_path / "var")},
+    )
     assert result.returncode == 0, result.stderr

@@ -46,8 +46,10 @@ def test_a_stream_cut_on_one_api_process_resumes_on_another_without_loss_or_repe
     other = _second_api(var_dir, platform_env(api_settings, var_dir))
     second_url = next(other)
     try:
-        with Client(base_url=live_platform.url, api_key=tenant.key) as first, \
-                Client(base_url=second_url, api_key=tenant.key) as second:  # fmt: skip
+        with (
+            Client(base_url=live_platform.url, api_key=tenant.key) as first,
+            Client(base_url=second_url, api_key=tenant.key) as second,
+        ):
             job = first.jobs.submit(records=RECORDS, pipeline="tabular-summary")
             head: list[JobEvent] = []
             for event in first.jobs.events(job.id, timeout=120):
@@ -66,26 +68,36 @@ def test_a_client_that_goes_away_frees_its_subscription(
     live_api: LivePlatform, tenant: TenantFixture, api_settings: Settings
 ) -> None:
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
     cache = redis.Redis.from_url(str(api_settings.redis_url))
     with Client(base_url=live_api.url, api_key=tenant.key) as client:
         job = client.jobs.submit(records=RECORDS, pipeline=SPEC)  # no workers: stays queued
         name = channel(job.id)
         received: list[str] = []
         headers = {"Authorization": f"Bearer {tenant.key}"}
-        with httpx.stream("GET", f"{live_api.url}/v1/jobs/{job.id}/events",
-                          headers=headers, timeout=30) as stream:  # fmt: skip
+        with httpx.stream(
+            "GET", f"{live_api.url}/v1/jobs/{job.id}/events", headers=headers, timeout=30
+        ) as stream:
             lines = stream.iter_lines()
             while not any(line.startswith("data:") for line in received):
                 received.append(next(lines))
-            wait_until(lambda: dict(cache.pubsub_numsub(name)).get(name.encode()) == 1, 30,
-                       "the stream's subscription")  # fmt: skip
+            wait_until(
+                lambda: dict(cache.pubsub_numsub(name)).get(name.encode()) == 1,
+                30,
+                "the stream's subscription",
+            )
         # The connection is closed: the API process drops the job's channel.
-        wait_until(lambda: dict(cache.pubsub_numsub(name)).get(name.encode()) == 0, 30,
-                   "the subscription to go away")  # fmt: skip
+        wait_until(
+            lambda: dict(cache.pubsub_numsub(name)).get(name.encode()) == 0,
+            30,
+            "the subscription to go away",
+        )
         data = next(line for line in received if line.startswith("data:"))
         assert json.loads(data.removeprefix("data:"))["state"] == "queued"
 
@@ -94,10 +106,13 @@ def test_without_redis_the_stream_polls_the_database(
     api_settings: Settings, var_dir: Path, tenant: TenantFixture
 ) -> None:
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
     env = platform_env(api_settings, var_dir)
     env.pop("CELERIAC_REDIS_URL")  # the embedded mode's cache: no pub/sub to wake streams
     api = _second_api(var_dir, env)
@@ -119,7 +134,9 @@ def test_without_redis_the_stream_polls_the_database(
             client.jobs.cancel(job.id)
             follower.join(60)
             assert not follower.is_alive()
-        assert [(e.type, e.state) for e in seen] == [("state", JobState.QUEUED),
-                                                     ("state", JobState.CANCELLED)]  # fmt: skip
+        assert [(e.type, e.state) for e in seen] == [
+            ("state", JobState.QUEUED),
+            ("state", JobState.CANCELLED),
+        ]
     finally:
         api.close()

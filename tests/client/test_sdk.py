@@ -47,8 +47,9 @@ def test_submit_wait_with_progress_and_results_as_frames(
 ) -> None:
     seen: list[JobEvent] = []
     with Client(base_url=live_platform.url, api_key=tenant.key) as client:
-        job = client.jobs.submit(records=RECORDS, pipeline="tabular-summary",
-                                 metadata={"run": "sdk"})  # fmt: skip
+        job = client.jobs.submit(
+            records=RECORDS, pipeline="tabular-summary", metadata={"run": "sdk"}
+        )
         assert job.state is JobState.QUEUED and job.record_count == len(RECORDS)
         done = job.wait(progress=seen.append, timeout=120)
         assert done.state is JobState.SUCCEEDED and done.finished_at is not None
@@ -136,13 +137,18 @@ def test_errors_carry_the_problem_fields(
     live_api: LivePlatform, tenant: TenantFixture, make_tenant: Callable[..., TenantFixture]
 ) -> None:
     with get_sessionmaker().begin() as session:  # what the compute pool would publish
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
     other = make_tenant("sdk-other", scopes=ALL_SCOPES)
-    with Client(base_url=live_api.url, api_key=tenant.key) as client, \
-            Client(base_url=live_api.url, api_key=other.key) as others:  # fmt: skip
+    with (
+        Client(base_url=live_api.url, api_key=tenant.key) as client,
+        Client(base_url=live_api.url, api_key=other.key) as others,
+    ):
         spec = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
         job = client.jobs.submit(records=RECORDS[:3], pipeline=spec)
         with pytest.raises(NotFound) as missing:
@@ -172,10 +178,15 @@ def test_429_is_retried_after_retry_after_within_the_budget(
     admin_headers: dict[str, str],
 ) -> None:
     limits = {"requests_per_second": 1, "request_burst": 1}
-    assert client.put(f"/v1/admin/tenants/{tenant.id}/quotas", json=limits,
-                      headers=admin_headers).status_code == 200  # fmt: skip
-    with Client(base_url=live_api.url, api_key=tenant.key,
-                retry=RetryPolicy(max_retries=0)) as impatient:  # fmt: skip
+    assert (
+        client.put(
+            f"/v1/admin/tenants/{tenant.id}/quotas", json=limits, headers=admin_headers
+        ).status_code
+        == 200
+    )
+    with Client(
+        base_url=live_api.url, api_key=tenant.key, retry=RetryPolicy(max_retries=0)
+    ) as impatient:
 
         def throttled() -> RateLimited | None:
             try:
@@ -188,8 +199,9 @@ def test_429_is_retried_after_retry_after_within_the_budget(
         refused = throttled() or throttled()
         assert refused is not None and refused.retry_after is not None
         assert refused.code == "quota-exceeded" and refused.extra["policy"] == "requests"
-    with Client(base_url=live_api.url, api_key=tenant.key,
-                retry=RetryPolicy(max_retries=5, max_wait=30)) as patient:  # fmt: skip
+    with Client(
+        base_url=live_api.url, api_key=tenant.key, retry=RetryPolicy(max_retries=5, max_wait=30)
+    ) as patient:
         # Each call beyond the first in a second is refused once, then retried and answered.
         statuses = [patient.quotas.get().plan for _ in range(3)]
         assert statuses == ["free"] * 3
@@ -230,13 +242,33 @@ class Scripted:
         self.server.server_close()
 
 
-UNAVAILABLE = (503, {"Retry-After": "0", "content-type": "application/problem+json"},
-               json.dumps({"status": 503, "title": "Service unavailable", "detail": "db down",
-                           "code": "service-unavailable"}).encode())  # fmt: skip
-ACCEPTED = (202, {"content-type": "application/json"}, json.dumps({
-    "id": str(uuid.uuid4()), "state": "queued", "priority": "normal", "record_count": 1,
-    "created_at": "2026-12-04T00:00:00Z", "status_url": "/v1/jobs/x", "results_url": "/x",
-}).encode())  # fmt: skip
+UNAVAILABLE = (
+    503,
+    {"Retry-After": "0", "content-type": "application/problem+json"},
+    json.dumps(
+        {
+            "status": 503,
+            "title": "Service unavailable",
+            "detail": "db down",
+            "code": "service-unavailable",
+        }
+    ).encode(),
+)
+ACCEPTED = (
+    202,
+    {"content-type": "application/json"},
+    json.dumps(
+        {
+            "id": str(uuid.uuid4()),
+            "state": "queued",
+            "priority": "normal",
+            "record_count": 1,
+            "created_at": "2026-12-04T00:00:00Z",
+            "status_url": "/v1/jobs/x",
+            "results_url": "/x",
+        }
+    ).encode(),
+)
 
 
 def test_503_is_retried_with_the_same_idempotency_key_and_the_budget_is_bounded() -> None:
@@ -252,8 +284,10 @@ def test_503_is_retried_with_the_same_idempotency_key_and_the_budget_is_bounded(
     down = Scripted(UNAVAILABLE)
     try:
         policy = RetryPolicy(max_retries=2)
-        with Client(base_url=down.url, api_key="ck_live_x", retry=policy) as client, \
-                pytest.raises(ServiceUnavailable) as refused:  # fmt: skip
+        with (
+            Client(base_url=down.url, api_key="ck_live_x", retry=policy) as client,
+            pytest.raises(ServiceUnavailable) as refused,
+        ):
             client.quotas.get()
         assert refused.value.detail == "db down" and refused.value.retry_after == 0
         assert len(down.requests) == 3  # the first try and two retries, then the error
@@ -262,13 +296,17 @@ def test_503_is_retried_with_the_same_idempotency_key_and_the_budget_is_bounded(
 
 
 def test_a_retry_after_longer_than_the_budget_is_not_waited_for() -> None:
-    month = (429, {"Retry-After": "2000000", "content-type": "application/problem+json"},
-             json.dumps({"status": 429, "detail": "monthly quota", "policy": "jobs-monthly"})
-             .encode())  # fmt: skip
+    month = (
+        429,
+        {"Retry-After": "2000000", "content-type": "application/problem+json"},
+        json.dumps({"status": 429, "detail": "monthly quota", "policy": "jobs-monthly"}).encode(),
+    )
     server = Scripted(month)
     try:
-        with Client(base_url=server.url, api_key="ck_live_x") as client, \
-                pytest.raises(RateLimited) as refused:  # fmt: skip
+        with (
+            Client(base_url=server.url, api_key="ck_live_x") as client,
+            pytest.raises(RateLimited) as refused,
+        ):
             client.jobs.submit(records=[{"a": 1}], pipeline="full")
         assert refused.value.extra["policy"] == "jobs-monthly"
         assert refused.value.retry_after == 2000000 and len(server.requests) == 1

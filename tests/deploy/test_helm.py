@@ -64,9 +64,11 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every object the chart renders with BASE_VALUES plus ``values``, hooks included."""
     with helm.Chart.load(CHART) as chart:
         manifests = chart.render(
-            merged(BASE_VALUES, values or {}), name=RELEASE, namespace=NAMESPACE,
+            merged(BASE_VALUES, values or {}),
+            name=RELEASE,
+            namespace=NAMESPACE,
             is_install=True,
-        )  # fmt: skip
+        )
     return [
         doc
         for name, text in sorted(manifests.items())
@@ -122,9 +124,14 @@ def test_core_objects_validate_against_the_kubernetes_schemas(
 ) -> None:
     core = [o for o in objects if not o["apiVersion"].startswith(("keda.sh/", "external-"))]
     assert {o["kind"] for o in core} >= {
-        "ConfigMap", "Deployment", "Job", "NetworkPolicy", "PodDisruptionBudget", "Service",
+        "ConfigMap",
+        "Deployment",
+        "Job",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Service",
         "ServiceAccount",
-    }  # fmt: skip
+    }
     for obj in core:
         # strict: an unknown field is an error, as with server-side field validation.
         kubernetes_validate.validate(obj, kube_version, strict=True)
@@ -242,8 +249,9 @@ def test_every_pod_gets_settings_the_platform_accepts(
         assert settings.blob.backend == "s3" and settings.blob.s3_bucket == "celeriac-blobs"
         assert settings.keys.provider == "kms"
         assert str(settings.var_dir) == "/var/lib/celeriac"
-        mounts = {m["mountPath"] for m in obj["spec"]["template"]["spec"]["containers"][0]
-                  ["volumeMounts"]}  # fmt: skip
+        mounts = {
+            m["mountPath"] for m in obj["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        }
         assert {"/tmp", str(settings.var_dir)} <= mounts  # the root fs is read-only
 
 
@@ -283,8 +291,12 @@ def test_compute_target_follows_its_concurrency() -> None:
     objects = render({"workers": {"compute": {"concurrency": 4}}})
     so = of_kind(objects, "ScaledObject")[f"{RELEASE}-worker-compute"]
     assert so["spec"]["triggers"][0]["metadata"]["targetValue"] == "4"
-    assert of_kind(objects, "ConfigMap")[f"{RELEASE}-config"]["data"][
-        "CELERIAC_WORKERS__COMPUTE_CONCURRENCY"] == "4"  # fmt: skip
+    assert (
+        of_kind(objects, "ConfigMap")[f"{RELEASE}-config"]["data"][
+            "CELERIAC_WORKERS__COMPUTE_CONCURRENCY"
+        ]
+        == "4"
+    )
 
 
 def test_compute_may_scale_to_zero_and_still_validates() -> None:
@@ -304,16 +316,21 @@ def test_compute_grace_period_outlasts_its_hard_time_limit(
     assert grace > Settings().workers.compute_hard_time_limit  # the platform's default too
     assert settings.workers.visibility_timeout > settings.workers.compute_hard_time_limit
     longer = render({"workers": {"compute": {"softTimeLimit": 1000, "hardTimeLimit": 1200}}})
-    assert workers(longer)["compute"]["spec"]["template"]["spec"][
-        "terminationGracePeriodSeconds"] == 1260  # fmt: skip
+    assert (
+        workers(longer)["compute"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        == 1260
+    )
 
 
 def test_beat_is_exactly_one_replica_replaced_by_recreate(objects: list[dict[str, Any]]) -> None:
     beat = of_kind(objects, "Deployment")[f"{RELEASE}-beat"]
     assert beat["spec"]["replicas"] == 1
     assert beat["spec"]["strategy"] == {"type": "Recreate"}
-    assert not [o for o in objects if o["kind"] == "ScaledObject"
-                and o["spec"]["scaleTargetRef"]["name"] == f"{RELEASE}-beat"]  # fmt: skip
+    assert not [
+        o
+        for o in objects
+        if o["kind"] == "ScaledObject" and o["spec"]["scaleTargetRef"]["name"] == f"{RELEASE}-beat"
+    ]
 
 
 def test_migrations_run_as_a_hook_before_install_and_upgrade(
@@ -359,8 +376,7 @@ def test_the_chart_spells_no_queue_name(objects: list[dict[str, Any]]) -> None:
     # (the Pool enum, checked above), which are also the ready queues' names.
     with helm.Chart.load(CHART) as chart:
         sources = [t["data"] for t in chart.templates] + [yaml.safe_dump(chart.values)]
-    words = {w.strip("\"'{}()[],:") for text in [*sources, *strings(objects)]
-             for w in text.split()}  # fmt: skip
+    words = {w.strip("\"'{}()[],:") for text in [*sources, *strings(objects)] for w in text.split()}
     assert [w for w in words if parse_queue(w) is not None] == []
 
 
@@ -384,8 +400,9 @@ def test_a_chart_made_secret_is_a_hook_the_migration_can_read(
     assert int(job["metadata"]["annotations"]["helm.sh/hook-weight"]) > -10
     for obj in (o for o in objects if o["kind"] in {"Deployment", "Job"}):
         (container,) = obj["spec"]["template"]["spec"]["containers"]
-        names = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
-                 if "valueFrom" in e}  # fmt: skip
+        names = {
+            e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e
+        }
         assert names == {f"{RELEASE}-secrets"}
     kubernetes_validate.validate(secret, KUBE_VERSIONS[0], strict=True)
 
@@ -394,8 +411,16 @@ def test_a_chart_made_secret_is_a_hook_the_migration_can_read(
     ("values", "message"),
     [
         ({"secrets": {"existingSecret": ""}}, "secrets.existingSecret"),
-        ({"secrets": {"existingSecret": "", "create": True,
-                      "env": SECRET_ENV | {"CELERIAC_LOG__LEVEL": "INFO"}}}, "not a secret"),
+        (
+            {
+                "secrets": {
+                    "existingSecret": "",
+                    "create": True,
+                    "env": SECRET_ENV | {"CELERIAC_LOG__LEVEL": "INFO"},
+                }
+            },
+            "not a secret",
+        ),
         ({"secrets": {"existingSecret": "", "create": True, "env": {}}}, "required"),
         ({"workers": {"gpu": {"concurrency": 1}}}, "gpu"),
         ({"workers": {"compute": {"softTimeLimit": 400}}}, "softTimeLimit"),
@@ -405,7 +430,7 @@ def test_a_chart_made_secret_is_a_hook_the_migration_can_read(
         ({"config": {"blob": {"s3Bucket": ""}}}, "s3Bucket"),
         ({"workers": {"compute": {"autoscaling": {"maxReplicaCount": "20"}}}}, "maxReplicaCount"),
     ],
-)  # fmt: skip
+)
 def test_values_the_platform_cannot_run_with_are_refused(
     values: dict[str, Any], message: str
 ) -> None:
@@ -476,8 +501,11 @@ def test_rollouts_keep_every_replica_and_spread_across_zones(
         of_kind(objects, "Deployment")[f"{RELEASE}-api"],
     ]:
         pod = deployment["spec"]["template"]
-        zone = [c for c in pod["spec"]["topologySpreadConstraints"]
-                if c["topologyKey"] == "topology.kubernetes.io/zone"]  # fmt: skip
+        zone = [
+            c
+            for c in pod["spec"]["topologySpreadConstraints"]
+            if c["topologyKey"] == "topology.kubernetes.io/zone"
+        ]
         assert (
             zone
             and zone[0]["labelSelector"]["matchLabels"]
@@ -539,10 +567,15 @@ def test_each_pod_gets_only_the_secrets_its_process_reads(objects: list[dict[str
     ]:
         keys = _secret_keys(deployment)
         assert {k for k, required in keys.items() if required} == {
-            "CELERIAC_DATABASE_URL", "CELERIAC_BROKER_URL", "CELERIAC_REDIS_URL"
-        }  # fmt: skip
-        assert not {"CELERIAC_AUTH__JWT_HS256_SECRET", "CELERIAC_AUTH__API_KEY_PEPPER",
-                    "CELERIAC_API__METRICS_TOKEN"} & set(keys)  # fmt: skip
+            "CELERIAC_DATABASE_URL",
+            "CELERIAC_BROKER_URL",
+            "CELERIAC_REDIS_URL",
+        }
+        assert not {
+            "CELERIAC_AUTH__JWT_HS256_SECRET",
+            "CELERIAC_AUTH__API_KEY_PEPPER",
+            "CELERIAC_API__METRICS_TOKEN",
+        } & set(keys)
 
 
 EXTERNAL = {
@@ -572,8 +605,10 @@ def test_external_secrets_give_each_component_its_own_secret_and_restart_on_rota
         assert "pre-install" in obj["metadata"]["annotations"]["helm.sh/hook"]  # before migrate
         url = obj["spec"]["target"]["template"]["data"]["CELERIAC_DATABASE_URL"]
         assert "{{ .db_password | urlquery }}" in url and "sslmode=verify-full" in url
-    fetched = {o["metadata"]["name"]: {d["secretKey"] for d in o["spec"]["data"]}
-               for o in external.values()}  # fmt: skip
+    fetched = {
+        o["metadata"]["name"]: {d["secretKey"] for d in o["spec"]["data"]}
+        for o in external.values()
+    }
     assert "CELERIAC_AUTH__API_KEY_PEPPER" in fetched[f"{RELEASE}-api"]
     assert "CELERIAC_AUTH__API_KEY_PEPPER" not in fetched[f"{RELEASE}-workers"]
     db_fields = ("username", "password", "host", "port", "dbname")
@@ -582,8 +617,9 @@ def test_external_secrets_give_each_component_its_own_secret_and_restart_on_rota
         annotations = deployment["metadata"]["annotations"]
         assert annotations["secret.reloader.stakater.com/reload"] == f"{RELEASE}-workers", pool
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
-        assert {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
-                if "valueFrom" in e} == {f"{RELEASE}-workers"}  # fmt: skip
+        assert {
+            e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e
+        } == {f"{RELEASE}-workers"}
     (auth,) = of_kind(objects, "TriggerAuthentication").values()
     assert auth["spec"]["secretTargetRef"][0]["name"] == f"{RELEASE}-api"
     for obj in objects:

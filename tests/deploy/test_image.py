@@ -35,8 +35,12 @@ DOCKERFILE = REPO / "Dockerfile"
 RUNTIME_LOCK = REPO / "requirements-runtime.lock"
 UV = Path(sys.executable).with_name("uv")
 COMPOSE_SCHEMA = REPO / ".venv" / "share" / "compose-spec" / "compose_spec.json"
-PACKAGE_ROOTS = {"celeriac.platform": "platform", "celeriac.workers": "workers",
-                 "celeriac.migrations": "migrations", "celeriac.client": "client"}  # fmt: skip
+PACKAGE_ROOTS = {
+    "celeriac.platform": "platform",
+    "celeriac.workers": "workers",
+    "celeriac.migrations": "migrations",
+    "celeriac.client": "client",
+}
 DEV_ONLY = {"pytest", "moto", "schemathesis", "py-spy", "mypy", "ruff", "helm-python-sdk"}
 
 
@@ -58,8 +62,9 @@ def _source_modules() -> set[str]:
     modules = set()
     for name, folder in PACKAGE_ROOTS.items():
         for path in (REPO / folder).rglob("*.py"):
-            parts = [p for p in path.relative_to(REPO / folder).with_suffix("").parts
-                     if p != "__init__"]  # fmt: skip
+            parts = [
+                p for p in path.relative_to(REPO / folder).with_suffix("").parts if p != "__init__"
+            ]
             modules.add(".".join([name, *parts]))
     return modules
 
@@ -78,8 +83,9 @@ def test_the_image_runs_as_the_chart_user_from_a_venv_of_the_runtime_lock() -> N
     steps = _instructions()
     stages = [args for op, args in steps if op == "FROM"]
     assert stages == [
-        "${PYTHON_IMAGE}:${PYTHON_TAG} AS build", "${PYTHON_IMAGE}:${PYTHON_TAG} AS runtime"
-    ]  # fmt: skip
+        "${PYTHON_IMAGE}:${PYTHON_TAG} AS build",
+        "${PYTHON_IMAGE}:${PYTHON_TAG} AS runtime",
+    ]
     assert ("ARG", "PYTHON_IMAGE=python") in steps
     assert ("ARG", "PYTHON_TAG=3.11-slim-bookworm") in steps
     runs = " ".join(args for op, args in steps if op == "RUN")
@@ -119,8 +125,11 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -> None:
-    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines()
-                if p.strip() and not p.startswith("#")]  # fmt: skip
+    patterns = [
+        p.strip()
+        for p in (REPO / ".dockerignore").read_text().splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
     sources = []
     for op, args in _instructions():
         if op == "COPY" and not args.startswith("--from="):
@@ -132,8 +141,16 @@ def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -
         assert not _ignored(path, patterns), f"{source} is copied but .dockerignore drops it"
         for file in (REPO / path).rglob("*.py") if (REPO / path).is_dir() else []:
             assert not _ignored(str(file.relative_to(REPO)), patterns), file
-    for kept_out in (".git", ".venv", "tests/conftest.py", "var", "bench", "terraform", ".env",
-                     "platform/__pycache__/x.pyc"):  # fmt: skip
+    for kept_out in (
+        ".git",
+        ".venv",
+        "tests/conftest.py",
+        "var",
+        "bench",
+        "terraform",
+        ".env",
+        "platform/__pycache__/x.pyc",
+    ):
         assert _ignored(kept_out, patterns), kept_out
 
 
@@ -156,20 +173,42 @@ def test_the_images_install_steps_in_a_clean_venv_import_every_module(tmp_path: 
     skipped = (".git", ".venv*", "var", "*.egg-info", "build", "dist", "__pycache__", ".*_cache")
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*skipped))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "--wheel-dir", str(tmp_path / "dist"), str(source)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("celeriac-*.whl")
     env_dir = tmp_path / "opt-celeriac"
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
     for args in (["--require-hashes", "-r", str(RUNTIME_LOCK)], [str(wheel)]):
         installed = subprocess.run(
-            [str(UV), "pip", "install", "--python", str(python), "--offline", "--no-deps", "-q",
-             *args],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                str(UV),
+                "pip",
+                "install",
+                "--python",
+                str(python),
+                "--offline",
+                "--no-deps",
+                "-q",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert installed.returncode == 0, installed.stderr
     check = (
         "import importlib, importlib.util, json, sys, sysconfig\n"
@@ -190,16 +229,24 @@ def test_the_images_install_steps_in_a_clean_venv_import_every_module(tmp_path: 
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     result = subprocess.run(
-        [str(python), "-I", "-c", check], cwd=outside, env=clean_env,
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [str(python), "-I", "-c", check],
+        cwd=outside,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report == {"imported": len(_source_modules()) - 1, "dev": []}
     helped = subprocess.run(
-        [str(env_dir / "bin" / "celeriac"), "--help"], cwd=outside, env=clean_env,
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [str(env_dir / "bin" / "celeriac"), "--help"],
+        cwd=outside,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert helped.returncode == 0 and "migrate" in helped.stdout, helped.stderr
 
 
@@ -207,8 +254,11 @@ def test_the_images_install_steps_in_a_clean_venv_import_every_module(tmp_path: 
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 # What `docker compose` substitutes for ${NAME:?...}: values the settings must accept.
-SUBSTITUTED = {"CELERIAC_DB_PASSWORD": "pw", "CELERIAC_JWT_SECRET": "j" * 48,
-               "CELERIAC_API_KEY_PEPPER": "p" * 48}  # fmt: skip
+SUBSTITUTED = {
+    "CELERIAC_DB_PASSWORD": "pw",
+    "CELERIAC_JWT_SECRET": "j" * 48,
+    "CELERIAC_API_KEY_PEPPER": "p" * 48,
+}
 
 
 def _substitute(value: str) -> str:
@@ -232,8 +282,11 @@ def test_compose_file_follows_the_compose_specification() -> None:
 
 
 def _celeriac_services() -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in COMPOSE["services"].items()
-            if str(s.get("image", "")).startswith("${CELERIAC_IMAGE")}  # fmt: skip
+    return {
+        n: s
+        for n, s in COMPOSE["services"].items()
+        if str(s.get("image", "")).startswith("${CELERIAC_IMAGE")
+    }
 
 
 def test_compose_runs_every_process_unprivileged_with_settings_the_platform_accepts(
@@ -242,9 +295,11 @@ def test_compose_runs_every_process_unprivileged_with_settings_the_platform_acce
     services = _celeriac_services()
     commands = {name: service["command"] for name, service in services.items()}
     assert commands == {
-        "migrate": ["migrate"], "api": ["api", "--workers", "2"], "beat": ["beat"],
+        "migrate": ["migrate"],
+        "api": ["api", "--workers", "2"],
+        "beat": ["beat"],
         **{f"worker-{p.value}": ["worker", "--pool", p.value] for p in Pool},
-    }  # fmt: skip
+    }
     assert COMPOSE["services"]["prometheus"]["profiles"] == ["monitoring"]
     for name, service in services.items():
         assert service["user"] == "10001:10001" and service["read_only"] is True, name

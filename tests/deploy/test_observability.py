@@ -40,25 +40,61 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     import helm_python as helm
 
     with helm.Chart.load(CHART) as chart:
-        manifests = chart.render(_merged(BASE_VALUES, values or {}), name="celeriac",
-                                 namespace="celeriac", is_install=True)  # fmt: skip
-    return [doc for name, text in sorted(manifests.items()) if name.endswith(".yaml")
-            for doc in yaml.safe_load_all(text) if doc]  # fmt: skip
+        manifests = chart.render(
+            _merged(BASE_VALUES, values or {}),
+            name="celeriac",
+            namespace="celeriac",
+            is_install=True,
+        )
+    return [
+        doc
+        for name, text in sorted(manifests.items())
+        if name.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
-ALL_ON = {"metrics": {
-    "serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
-    "prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True},
-    "datadog": {"enabled": True},
-}}  # fmt: skip
+ALL_ON = {
+    "metrics": {
+        "serviceMonitor": {"enabled": True},
+        "podMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboard": {"enabled": True},
+        "datadog": {"enabled": True},
+    }
+}
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 # PromQL words that are not metric names.
 _FUNCTIONS_AND_KEYWORDS = {
-    "sum", "max", "min", "avg", "count", "rate", "irate", "increase", "histogram_quantile",
-    "absent", "by", "without", "and", "or", "unless", "on", "ignoring", "group_left",
-    "group_right", "bool", "offset", "topk", "bottomk", "clamp_min", "clamp_max", "delta",
-}  # fmt: skip
+    "sum",
+    "max",
+    "min",
+    "avg",
+    "count",
+    "rate",
+    "irate",
+    "increase",
+    "histogram_quantile",
+    "absent",
+    "by",
+    "without",
+    "and",
+    "or",
+    "unless",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "topk",
+    "bottomk",
+    "clamp_min",
+    "clamp_max",
+    "delta",
+}
 
 
 def exported_series() -> set[str]:
@@ -152,9 +188,16 @@ def test_every_promql_expression_names_only_exported_families() -> None:
 
 def test_the_dashboard_shows_what_operators_asked_for() -> None:
     titles = " / ".join(p["title"] for p in _dashboard(render(ALL_ON))["panels"])
-    for needed in ("Jobs finished by state", "Job duration p50", "Job duration p95",
-                   "Backlog per pool", "Oldest waiting task", "by plugin", "Webhook attempts",
-                   "API latency"):  # fmt: skip
+    for needed in (
+        "Jobs finished by state",
+        "Job duration p50",
+        "Job duration p95",
+        "Backlog per pool",
+        "Oldest waiting task",
+        "by plugin",
+        "Webhook attempts",
+        "API latency",
+    ):
         assert needed in titles
 
 
@@ -164,16 +207,24 @@ def test_promtool_accepts_the_rules(tmp_path: Path) -> None:
     (rule,) = [o for o in render(ALL_ON) if o["kind"] == "PrometheusRule"]
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rule["spec"]))
-    checked = subprocess.run([promtool, "check", "rules", str(path)],
-                             capture_output=True, text=True, check=False)  # fmt: skip
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS: 6 rules found" in checked.stdout
 
 
-@pytest.mark.parametrize("alert", ["CeleriacBacklogOld", "CeleriacNoFreeSlots",
-                                   "CeleriacPoolWithoutWorkers", "CeleriacJobFailureRatio",
-                                   "CeleriacWebhookFailureRatio",
-                                   "CeleriacQuotaRejectionsSpike"])  # fmt: skip
+@pytest.mark.parametrize(
+    "alert",
+    [
+        "CeleriacBacklogOld",
+        "CeleriacNoFreeSlots",
+        "CeleriacPoolWithoutWorkers",
+        "CeleriacJobFailureRatio",
+        "CeleriacWebhookFailureRatio",
+        "CeleriacQuotaRejectionsSpike",
+    ],
+)
 def test_each_alert_the_issue_names_is_there(alert: str) -> None:
     (rule,) = [o for o in render(ALL_ON) if o["kind"] == "PrometheusRule"]
     assert alert in {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}

@@ -157,13 +157,19 @@ def test_blob_bucket_is_versioned_kms_encrypted_private_and_expires_old_versions
     (default,) = rule["apply_server_side_encryption_by_default"]
     assert default["sse_algorithm"] == "aws:kms" and default["kms_master_key_id"]
     block = r[("aws_s3_bucket_public_access_block", "blobs")]
-    for setting in ("block_public_acls", "block_public_policy", "ignore_public_acls",
-                    "restrict_public_buckets"):  # fmt: skip
+    for setting in (
+        "block_public_acls",
+        "block_public_policy",
+        "ignore_public_acls",
+        "restrict_public_buckets",
+    ):
         assert block[setting] is True, setting
     (lifecycle,) = r[("aws_s3_bucket_lifecycle_configuration", "blobs")]["rule"]
     assert lifecycle["status"] == "Enabled"
-    assert lifecycle["noncurrent_version_expiration"] and lifecycle[
-        "abort_incomplete_multipart_upload"]  # fmt: skip
+    assert (
+        lifecycle["noncurrent_version_expiration"]
+        and lifecycle["abort_incomplete_multipart_upload"]
+    )
     (deny,) = statements(module, "blobs_bucket")
     assert deny["effect"] == "Deny" and ("Bool", "aws:SecureTransport", ["false"]) in list(
         conditions(deny)
@@ -184,31 +190,44 @@ def test_tenant_key_permissions_are_scoped_by_alias_prefix_and_tenant_tag(
         for action in statement["actions"]:
             granted.setdefault(action, []).append(statement)
     assert set(granted) >= {
-        "kms:CreateKey", "kms:CreateAlias", "kms:GenerateDataKey", "kms:Decrypt",
-        "kms:DisableKey", "kms:ScheduleKeyDeletion",
-    }  # fmt: skip
+        "kms:CreateKey",
+        "kms:CreateAlias",
+        "kms:GenerateDataKey",
+        "kms:Decrypt",
+        "kms:DisableKey",
+        "kms:ScheduleKeyDeletion",
+    }
     assert not [a for a in granted if a.endswith("*")]
     for action, found in granted.items():
         for statement in found:
             resources = [module.resolve(r) for r in statement["resources"]]
-            checks = {(test, module.resolve(var)): values for test, var, values
-                      in conditions(statement)}  # fmt: skip
+            checks = {
+                (test, module.resolve(var)): values for test, var, values in conditions(statement)
+            }
             if action == "kms:CreateKey":  # no resource exists before the key
                 assert resources == ["*"]
                 assert checks[("Null", f"aws:RequestTag/{tag}")] == ["false"]
-                assert [module.resolve(v) for v in
-                        checks[("ForAllValues:StringEquals", "aws:TagKeys")]] == [tag]  # fmt: skip
+                assert [
+                    module.resolve(v) for v in checks[("ForAllValues:StringEquals", "aws:TagKeys")]
+                ] == [tag]
             elif any(":alias/" in r for r in resources):
                 (alias,) = resources
-                assert alias.startswith("arn:") and alias.endswith(f":kms:${{var.region}}:"
-                    "${data.aws_caller_identity.current.account_id}:" f"{prefix}*")  # fmt: skip
+                assert alias.startswith("arn:") and alias.endswith(
+                    f":kms:${{var.region}}:"
+                    "${data.aws_caller_identity.current.account_id}:"
+                    f"{prefix}*"
+                )
             else:
                 assert all(r.endswith(":key/*") for r in resources), (action, resources)
                 tagged = checks.get(("Null", f"aws:ResourceTag/{tag}")) == ["false"]
                 requested = checks.get(("Null", f"aws:RequestTag/{tag}")) == ["false"]
                 assert tagged or requested, action
-            if action in {"kms:GenerateDataKey", "kms:Decrypt", "kms:DisableKey",
-                          "kms:ScheduleKeyDeletion"}:  # fmt: skip
+            if action in {
+                "kms:GenerateDataKey",
+                "kms:Decrypt",
+                "kms:DisableKey",
+                "kms:ScheduleKeyDeletion",
+            }:
                 aliases = checks[("ForAnyValue:StringLike", "kms:ResourceAliases")]
                 assert [module.resolve(a) for a in aliases] == [f"{prefix}*"]
 
@@ -226,10 +245,10 @@ def test_irsa_trusts_exactly_the_charts_service_account(module: Module) -> None:
     with helm.Chart.load(REPO / "helm" / "celeriac") as chart:
         rendered = chart.render(
             {"secrets": {"existingSecret": "s"}, "config": {"blob": {"s3Bucket": "b"}}},
-            name="celeriac", namespace=namespace,
-        )  # fmt: skip
-    (sa,) = [d for d in yaml.safe_load_all(rendered["celeriac/templates/serviceaccount.yaml"])
-             if d]  # fmt: skip
+            name="celeriac",
+            namespace=namespace,
+        )
+    (sa,) = [d for d in yaml.safe_load_all(rendered["celeriac/templates/serviceaccount.yaml"]) if d]
     assert (sa["metadata"]["namespace"], sa["metadata"]["name"]) == (namespace, account)
 
 
@@ -259,8 +278,10 @@ def test_the_platform_connects_as_an_application_role_whose_secret_the_chart_rea
     assert set(re.findall(r'"(\w+)"', listed)) <= fields
     assert "username = var.app_db_role" in secret
     assert module.resources[("postgresql_role", "app")]["name"] == "${var.app_db_role}"
-    grants = {module.resources[("postgresql_grant", n)]["object_type"] for n in
-              ("app_database", "app_schema")}  # fmt: skip
+    grants = {
+        module.resources[("postgresql_grant", n)]["object_type"]
+        for n in ("app_database", "app_schema")
+    }
     assert grants == {"database", "schema"}
     # Rotation with alternating users: the old password still works until the next
     # rotation, while External Secrets and Reloader roll the pods onto the new one.
@@ -279,15 +300,20 @@ def test_the_cache_has_its_own_redis_that_may_evict_what_expires(module: Module)
 
 
 def test_cloudwatch_alarms_cover_the_database_and_both_redis(module: Module) -> None:
-    alarms = {name: body for (type_, name), body in module.resources.items()
-              if type_ == "aws_cloudwatch_metric_alarm"}  # fmt: skip
+    alarms = {
+        name: body
+        for (type_, name), body in module.resources.items()
+        if type_ == "aws_cloudwatch_metric_alarm"
+    }
     metrics = {(a["namespace"], a["metric_name"]) for a in alarms.values()}
     assert metrics == {
-        ("AWS/RDS", "CPUUtilization"), ("AWS/RDS", "FreeStorageSpace"),
+        ("AWS/RDS", "CPUUtilization"),
+        ("AWS/RDS", "FreeStorageSpace"),
         ("AWS/RDS", "DatabaseConnections"),
-        ("AWS/ElastiCache", "DatabaseMemoryUsagePercentage"), ("AWS/ElastiCache", "Evictions"),
+        ("AWS/ElastiCache", "DatabaseMemoryUsagePercentage"),
+        ("AWS/ElastiCache", "Evictions"),
         ("AWS/ElastiCache", "ReplicationLag"),
-    }  # fmt: skip
+    }
     for name, alarm in alarms.items():
         assert alarm["alarm_actions"] == "${local.alarm_actions}", name
         if alarm["namespace"] == "AWS/ElastiCache":
@@ -298,8 +324,12 @@ def test_cloudwatch_alarms_cover_the_database_and_both_redis(module: Module) -> 
 def test_state_lives_in_s3_with_a_dynamodb_lock(module: Module) -> None:
     assert re.search(r'backend\s+"s3"', module.text)
     state = hcl2.loads((TERRAFORM / "state" / "main.tf").read_text(), serialization_options=PARSE)
-    resources = {(t, n): body for block in state["resource"] for t, named in block.items()
-                 for n, body in named.items()}  # fmt: skip
+    resources = {
+        (t, n): body
+        for block in state["resource"]
+        for t, named in block.items()
+        for n, body in named.items()
+    }
     versioning = resources[("aws_s3_bucket_versioning", "state")]["versioning_configuration"]
     assert versioning[0]["status"] == "Enabled"
     assert ("aws_s3_bucket_public_access_block", "state") in resources

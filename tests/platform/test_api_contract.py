@@ -77,10 +77,13 @@ def test_every_reference_in_the_document_resolves() -> None:
 @pytest.fixture
 def registry(api_settings: Settings) -> None:
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
 
 
 @schema.parametrize()
@@ -88,9 +91,12 @@ def registry(api_settings: Settings) -> None:
     max_examples=25,
     derandomize=True,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.filter_too_much],
-)  # fmt: skip
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+    ],
+)
 def test_every_operation_honours_its_contract(
     case: Case,
     registry: None,

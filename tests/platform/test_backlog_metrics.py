@@ -53,8 +53,10 @@ def test_demand_per_pool_sums_tenants_ready_queue_and_running(
     dispatcher.register_capacity(Pool.COMPUTE, "compute@pod-a", 2, busy=1)
     broker.zadd("celeriac:capacity:compute", {"compute@gone": 1.0})
     broker.hset("celeriac:busy:compute", "compute@gone", 7)
-    dispatcher.release(Pool.COMPUTE, [queue_for(Pool.COMPUTE, "high", acme.slug),
-                                      queue_for(Pool.COMPUTE, "low", globex.slug)])  # fmt: skip
+    dispatcher.release(
+        Pool.COMPUTE,
+        [queue_for(Pool.COMPUTE, "high", acme.slug), queue_for(Pool.COMPUTE, "low", globex.slug)],
+    )
     assert dispatcher.ready_depth(Pool.COMPUTE) == 1  # one free slot: one task released
 
     answer = ops.get("/metrics/backlog", headers=AUTH)

@@ -31,10 +31,13 @@ HOOK = "http://127.0.0.1:9/hook"
 @pytest.fixture(autouse=True)
 def _registry(api_settings: Settings) -> None:
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
 
 
 @pytest.fixture
@@ -57,8 +60,9 @@ def _no_jobs() -> None:
 
 
 def _post_raw(client: TestClient, tenant: TenantFixture, body: bytes | str) -> Response:
-    return client.post("/v1/jobs", content=body,
-                       headers={**tenant.headers, "Content-Type": "application/json"})  # fmt: skip
+    return client.post(
+        "/v1/jobs", content=body, headers={**tenant.headers, "Content-Type": "application/json"}
+    )
 
 
 @pytest.mark.parametrize(
@@ -66,11 +70,19 @@ def _post_raw(client: TestClient, tenant: TenantFixture, body: bytes | str) -> R
     [
         # nested 10,000 deep in a record, in metadata, in a pipeline step's params
         (f'{{"pipeline": "PIPE", "records": [{{"a": {DEEP}}}]}}', 422, ["nested more than 64"]),
-        (f'{{"pipeline": "PIPE", "records": [{{}}], "metadata": {{"a": {DEEP}}}}}', 422,
-         ["nested more than 64"]),
-        ('{"pipeline": {"datasets": [{"name": "tabular", "params": {"a": '
-         + "[" * 70 + "]" * 70 + '}}], "analyzers": [{"name": "summary"}]}, "records": [{}]}',
-         422, ["nested more than 64"]),
+        (
+            f'{{"pipeline": "PIPE", "records": [{{}}], "metadata": {{"a": {DEEP}}}}}',
+            422,
+            ["nested more than 64"],
+        ),
+        (
+            '{"pipeline": {"datasets": [{"name": "tabular", "params": {"a": '
+            + "[" * 70
+            + "]" * 70
+            + '}}], "analyzers": [{"name": "summary"}]}, "records": [{}]}',
+            422,
+            ["nested more than 64"],
+        ),
         # a 5,000-digit integer
         ('{"pipeline": "PIPE", "records": [{"a": ' + "9" * 5000 + "}]}", 422, ["digits"]),
         # a lone surrogate, in a record and in metadata
@@ -81,7 +93,7 @@ def _post_raw(client: TestClient, tenant: TenantFixture, body: bytes | str) -> R
         ('{"pipeline": "PIPE", "records": [{"a": -Infinity}]}', 400, ["Infinity"]),
         ('{"pipeline": "PIPE", "records": [{"a": 1e400}]}', 422, ["too large"]),
     ],
-)  # fmt: skip
+)
 def test_json_job_bodies_that_were_500s_or_accepted(
     client: TestClient, tenant: TenantFixture, body: str, status: int, words: list[str]
 ) -> None:
@@ -111,8 +123,12 @@ def test_multipart_fields_that_were_500s(
     client: TestClient, tenant: TenantFixture, field: str, value: str, words: list[str]
 ) -> None:
     fields = {"pipeline": PIPE, field: value}
-    answer = client.post("/v1/jobs", data=fields, headers=tenant.headers,
-                         files={"file": ("r.csv", b"a,b\n1,2\n", "text/csv")})  # fmt: skip
+    answer = client.post(
+        "/v1/jobs",
+        data=fields,
+        headers=tenant.headers,
+        files={"file": ("r.csv", b"a,b\n1,2\n", "text/csv")},
+    )
     problem = _refused(answer, 422, *words)
     assert problem["errors"][0]["pointer"] == f"#/body/{field}"
     _no_jobs()
@@ -120,14 +136,21 @@ def test_multipart_fields_that_were_500s(
 
 def test_a_csv_with_an_unclosed_quote_is_refused(client: TestClient, tenant: TenantFixture) -> None:
     csv = b'id,note\n1,"starts a quote\n2,plain\n3,plain\n'
-    answer = client.post("/v1/jobs", data={"pipeline": json.dumps(SPEC)}, headers=tenant.headers,
-                         files={"file": ("r.csv", csv, "text/csv")})  # fmt: skip
+    answer = client.post(
+        "/v1/jobs",
+        data={"pipeline": json.dumps(SPEC)},
+        headers=tenant.headers,
+        files={"file": ("r.csv", csv, "text/csv")},
+    )
     _refused(answer, 422, "not closed")
     _no_jobs()
     fixed = csv.replace(b"quote\n", b'quote"\n')
-    accepted = client.post("/v1/jobs", data={"pipeline": json.dumps(SPEC)},
-                           headers=tenant.headers,
-                           files={"file": ("r.csv", fixed, "text/csv")})  # fmt: skip
+    accepted = client.post(
+        "/v1/jobs",
+        data={"pipeline": json.dumps(SPEC)},
+        headers=tenant.headers,
+        files={"file": ("r.csv", fixed, "text/csv")},
+    )
     assert accepted.status_code == 202, accepted.text
     assert accepted.json()["record_count"] == 3
 
@@ -139,10 +162,12 @@ def test_ndjson_refuses_nan_and_deep_lines_as_json_bodies_do(
         (b'{"a": NaN}', ["line 2", "NaN"]),
         (b'{"a": ' + b"[" * 100 + b"]" * 100 + b"}", ["line 2", "nested"]),
     ):
-        answer = client.post("/v1/jobs", data={"pipeline": json.dumps(SPEC)},
-                             headers=tenant.headers,
-                             files={"file": ("r.ndjson", b'{"a": 1}\n' + line + b"\n",
-                                             "application/x-ndjson")})  # fmt: skip
+        answer = client.post(
+            "/v1/jobs",
+            data={"pipeline": json.dumps(SPEC)},
+            headers=tenant.headers,
+            files={"file": ("r.ndjson", b'{"a": 1}\n' + line + b"\n", "application/x-ndjson")},
+        )
         _refused(answer, 422, *words)
     _no_jobs()
 
@@ -193,14 +218,26 @@ def test_integer_fields_take_only_integers(
 ) -> None:
     key = client.post("/v1/keys", json={"scopes": ["jobs:read"]}, headers=tenant.headers)
     assert key.status_code == 201, key.text
-    roll = client.post(f"/v1/keys/{key.json()['id']}/roll", headers=tenant.headers,
-                       json={"old_key_expires_in_seconds": value})  # fmt: skip
+    roll = client.post(
+        f"/v1/keys/{key.json()['id']}/roll",
+        headers=tenant.headers,
+        json={"old_key_expires_in_seconds": value},
+    )
     _refused(roll, 422, "old_key_expires_in_seconds")
-    quotas = client.put(f"/v1/admin/tenants/{tenant.id}/quotas", headers=admin_headers,
-                        json={"max_running_jobs": value})  # fmt: skip
+    quotas = client.put(
+        f"/v1/admin/tenants/{tenant.id}/quotas",
+        headers=admin_headers,
+        json={"max_running_jobs": value},
+    )
     _refused(quotas, 422, "max_running_jobs")
-    assert client.post(f"/v1/keys/{key.json()['id']}/roll", headers=tenant.headers,
-                       json={"old_key_expires_in_seconds": 100}).status_code == 201  # fmt: skip
+    assert (
+        client.post(
+            f"/v1/keys/{key.json()['id']}/roll",
+            headers=tenant.headers,
+            json={"old_key_expires_in_seconds": 100},
+        ).status_code
+        == 201
+    )
 
 
 def test_a_deleted_tenants_sub_resources_follow_one_rule(

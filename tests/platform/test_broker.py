@@ -21,8 +21,12 @@ BODY = "x" * 400_000  # large enough that a write takes a while, as on a loaded 
 def _options(folder: Path) -> dict[str, Any]:
     for sub in ("queue", "processed"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    return {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
-            "processed_folder": str(folder / "processed"), "store_processed": False}  # fmt: skip
+    return {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "processed_folder": str(folder / "processed"),
+        "store_processed": False,
+    }
 
 
 def _race(transport: type, folder: Path) -> tuple[list[int], list[BaseException]]:
@@ -30,10 +34,14 @@ def _race(transport: type, folder: Path) -> tuple[list[int], list[BaseException]
     received: list[int] = []
     errors: list[BaseException] = []
     done = threading.Event()
-    with Connection("filesystem://", transport=transport,
-                    transport_options=_options(folder)) as producer_conn, \
-            Connection("filesystem://", transport=transport,
-                       transport_options=_options(folder)) as consumer_conn:  # fmt: skip
+    with (
+        Connection(
+            "filesystem://", transport=transport, transport_options=_options(folder)
+        ) as producer_conn,
+        Connection(
+            "filesystem://", transport=transport, transport_options=_options(folder)
+        ) as consumer_conn,
+    ):
         producer, consumer = producer_conn.default_channel, consumer_conn.default_channel
 
         def consume() -> None:

@@ -134,8 +134,10 @@ def test_deleting_a_tenants_blobs_drops_only_its_cached_copies(
     tmp_path: Path, store: CountingStore, cache_client: redis.Redis
 ) -> None:
     blobs = _blobs(tmp_path, store, _cache(cache_client))
-    keys = {t: [job_blob_key(t, "j1", f"datasets/tabular/{i:05d}.parquet") for i in range(3)]
-            for t in (ACME, GLOBEX)}  # fmt: skip
+    keys = {
+        t: [job_blob_key(t, "j1", f"datasets/tabular/{i:05d}.parquet") for i in range(3)]
+        for t in (ACME, GLOBEX)
+    }
     for tenant, tenant_keys in keys.items():
         for key in tenant_keys:
             blobs.put(tenant, key, key.encode())
@@ -173,13 +175,18 @@ def test_only_what_several_tasks_of_a_job_read_is_cached(
     keyring = LocalKeyring(tmp_path / "keys" / "keyring.json")
     keyring.create_tenant_key(ACME)
     cache = _cache(cache_client)
-    cached = CachedBlobStore(store, cache, max_entry_bytes=4096, ttl_seconds=60,
-                             cacheable=hot_job_blob)  # fmt: skip
+    cached = CachedBlobStore(
+        store, cache, max_entry_bytes=4096, ttl_seconds=60, cacheable=hot_job_blob
+    )
     blobs = EncryptedBlobStore(cached, Envelope(keyring))
-    hot = [job_blob_key(ACME, "j1", "payload/00000.ndjson"),
-           job_blob_key(ACME, "j1", "datasets/tabular/00000.parquet")]  # fmt: skip
-    once = [job_blob_key(ACME, "j1", "analysis/summary--tabular.json"),
-            job_blob_key(ACME, "j1", "result.json")]  # fmt: skip
+    hot = [
+        job_blob_key(ACME, "j1", "payload/00000.ndjson"),
+        job_blob_key(ACME, "j1", "datasets/tabular/00000.parquet"),
+    ]
+    once = [
+        job_blob_key(ACME, "j1", "analysis/summary--tabular.json"),
+        job_blob_key(ACME, "j1", "result.json"),
+    ]
     for key in hot + once:
         blobs.put(ACME, key, b"data")
         blobs.get(ACME, key)
@@ -295,13 +302,17 @@ def test_a_tenant_profile_is_cached_until_the_tenant_changes_or_is_deleted(
     with transaction() as session:
         assert tenant_profile(session, tenant_id).plan == "free"
 
-    suspended = client.patch(f"/v1/admin/tenants/{tenant.id}", headers=admin_headers,
-                             json={"status": "suspended"})  # fmt: skip
+    suspended = client.patch(
+        f"/v1/admin/tenants/{tenant.id}", headers=admin_headers, json={"status": "suspended"}
+    )
     assert suspended.status_code == 200, suspended.text
     with transaction() as session:
         profile = tenant_profile(session, tenant_id)
-    assert (profile.slug, profile.status, profile.plan) == ("cached-co", TenantStatus.SUSPENDED,
-                                                            "pro")  # fmt: skip
+    assert (profile.slug, profile.status, profile.plan) == (
+        "cached-co",
+        TenantStatus.SUSPENDED,
+        "pro",
+    )
 
     # Deleting the tenant deletes every entry of its own, blob ciphertext included.
     key = job_blob_key(tenant.id, "j1", "payload/00000.ndjson")
@@ -324,8 +335,7 @@ def test_publishing_the_plugin_registry_drops_the_shared_copy(api_settings: Sett
     shared = json.loads(cache_client.get(REGISTRY_ENTRY) or b"[]")
     assert sorted(row["name"] for row in shared) == ["summary", "tabular"]
 
-    row_count = PluginInfo(ANALYZER, "row_count", "0.1.0", {"type": "object"},
-                           accepts=("table",))  # fmt: skip
+    row_count = PluginInfo(ANALYZER, "row_count", "0.1.0", {"type": "object"}, accepts=("table",))
     with transaction() as session:
         register_plugins(session, [row_count])
         assert cache_client.exists(REGISTRY_ENTRY) == 1  # not before the commit

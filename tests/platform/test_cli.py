@@ -80,8 +80,9 @@ def test_create_tenant_prints_a_working_key_once(
 def test_set_quotas_overrides_the_plan_and_says_what_is_wrong(var_dir: Path) -> None:
     assert run_celeriac(var_dir, "migrate").returncode == 0
     assert run_celeriac(var_dir, "admin", "create-tenant", "quota-cli").returncode == 0
-    done = run_celeriac(var_dir, "admin", "set-quotas", "quota-cli", "max_running_jobs=7",
-                        "request_burst=plan")  # fmt: skip
+    done = run_celeriac(
+        var_dir, "admin", "set-quotas", "quota-cli", "max_running_jobs=7", "request_burst=plan"
+    )
     assert done.returncode == 0, done.stderr
     limits = dict(line.split("=", 1) for line in done.stdout.split())
     assert limits["max_running_jobs"] == "7" and limits["request_burst"] == "50"
@@ -144,8 +145,13 @@ def test_admin_token_elsewhere_refuses_instead_of_inventing_secrets(tmp_path: Pa
     del env["CELERIAC_VAR_DIR"]  # the default, ./var of the current directory
     result = subprocess.run(
         [sys.executable, "-m", "celeriac.platform.cli", "admin", "token"],
-        env=env, cwd=elsewhere, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        env=env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 1, result.stdout
     assert "no Celeriac instance here" in result.stderr and "CELERIAC_VAR_DIR" in result.stderr
     assert result.stdout == ""

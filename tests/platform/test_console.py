@@ -31,19 +31,24 @@ def client(client: TestClient) -> TestClient:
 def _registry(api_settings: Settings) -> None:
     """What the compute pool publishes when it starts (no workers run in these tests)."""
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-            PluginInfo(ANALYZER, "anomalies", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+                PluginInfo(ANALYZER, "anomalies", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
 
 
 def sign_in(client: TestClient, credential: str) -> str:
     """Sign in; returns the page's CSRF token."""
     answer = client.post(
-        "/console/sign-in", data={"credential": credential},
-        headers={"Origin": "https://testserver"}, follow_redirects=False,
-    )  # fmt: skip
+        "/console/sign-in",
+        data={"credential": credential},
+        headers={"Origin": "https://testserver"},
+        follow_redirects=False,
+    )
     assert answer.status_code == 303, answer.text
     page = client.get(answer.headers["location"])
     assert page.status_code == 200, page.text
@@ -56,8 +61,9 @@ def test_sign_in_sets_a_strict_http_only_cookie_and_keeps_no_key(
     client: TestClient, make_tenant: Callable[..., TenantFixture]
 ) -> None:
     tenant = make_tenant()
-    answer = client.post("/console/sign-in", data={"credential": tenant.key},
-                         follow_redirects=False)  # fmt: skip
+    answer = client.post(
+        "/console/sign-in", data={"credential": tenant.key}, follow_redirects=False
+    )
     assert answer.status_code == 303
     assert answer.headers["location"] == "/console/jobs"
     cookie = answer.headers["set-cookie"]
@@ -114,13 +120,17 @@ def test_state_changes_need_the_csrf_token(
     assert "did not come from this console" in refused.text
     wrong = client.post("/console/keys", data={"name": "x", "csrf_token": "forged"})
     assert wrong.status_code == 403
-    cross_site = client.post("/console/keys", data={"name": "x", "csrf_token": token},
-                             headers={"Origin": "https://evil.example"})  # fmt: skip
+    cross_site = client.post(
+        "/console/keys",
+        data={"name": "x", "csrf_token": token},
+        headers={"Origin": "https://evil.example"},
+    )
     assert cross_site.status_code == 403
     keys = client.get("/v1/keys", headers=tenant.headers).json()["data"]
     assert len(keys) == 1  # nothing was created
-    created = client.post("/console/keys", data={"name": "ci", "scopes": ["jobs:read"],
-                                                 "csrf_token": token})  # fmt: skip
+    created = client.post(
+        "/console/keys", data={"name": "ci", "scopes": ["jobs:read"], "csrf_token": token}
+    )
     assert created.status_code == 201
     assert "shown only this once" in created.text
     assert len(client.get("/v1/keys", headers=tenant.headers).json()["data"]) == 2
@@ -130,8 +140,11 @@ def test_another_tenants_job_is_a_404_page(
     client: TestClient, make_tenant: Callable[..., TenantFixture]
 ) -> None:
     owner, other = make_tenant(), make_tenant()
-    submitted = client.post("/v1/jobs", json={"pipeline": "tabular-summary",
-                            "records": [{"a": 1}]}, headers=owner.headers)  # fmt: skip
+    submitted = client.post(
+        "/v1/jobs",
+        json={"pipeline": "tabular-summary", "records": [{"a": 1}]},
+        headers=owner.headers,
+    )
     assert submitted.status_code == 202, submitted.text
     job = submitted.json()
     sign_in(client, other.key)
@@ -150,11 +163,15 @@ def test_a_tenant_session_cannot_reach_admin_pages(
 ) -> None:
     tenant = make_tenant()
     token = sign_in(client, tenant.key)
-    for path in ("/console/admin/tenants", "/console/admin/backlog", "/console/admin/audit",
-                 "/console/billing", "/console/billing/records.csv"):  # fmt: skip
+    for path in (
+        "/console/admin/tenants",
+        "/console/admin/backlog",
+        "/console/admin/audit",
+        "/console/billing",
+        "/console/billing/records.csv",
+    ):
         assert client.get(path).status_code == 404, path
-    suspend = client.post(f"/console/admin/tenants/{tenant.id}/suspend",
-                          data={"csrf_token": token})  # fmt: skip
+    suspend = client.post(f"/console/admin/tenants/{tenant.id}/suspend", data={"csrf_token": token})
     assert suspend.status_code == 404
     admin = {"Authorization": f"Bearer {mint_token(api_settings, 'ops', Role.ADMIN)}"}
     assert client.get(f"/v1/admin/tenants/{tenant.id}", headers=admin).json()["status"] == "active"
@@ -174,10 +191,12 @@ def test_revoking_the_key_ends_the_session(
     sign_in(client, tenant.key)
     session_id = next(iter(client.cookies.jar)).value
     key_id = client.get("/v1/keys", headers=tenant.headers).json()["data"][0]["id"]
-    admin_token = client.post("/v1/keys", json={"scopes": ["keys:manage"]},
-                              headers=tenant.headers).json()["key"]  # fmt: skip
-    revoked = client.post(f"/v1/keys/{key_id}/revoke",
-                          headers={"Authorization": f"Bearer {admin_token}"})  # fmt: skip
+    admin_token = client.post(
+        "/v1/keys", json={"scopes": ["keys:manage"]}, headers=tenant.headers
+    ).json()["key"]
+    revoked = client.post(
+        f"/v1/keys/{key_id}/revoke", headers={"Authorization": f"Bearer {admin_token}"}
+    )
     assert revoked.is_success
     answer = client.get("/console/jobs", follow_redirects=False)
     assert answer.status_code == 303
@@ -205,15 +224,18 @@ def test_sign_out_deletes_the_session(
 
 @pytest.mark.parametrize("which", ["idle", "absolute"])
 def test_sessions_end_after_the_idle_and_absolute_timeouts(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
-    monkeypatch: pytest.MonkeyPatch, which: str,
-) -> None:  # fmt: skip
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    monkeypatch: pytest.MonkeyPatch,
+    which: str,
+) -> None:
     sign_in(client, make_tenant().key)
     assert client.get("/console/jobs").status_code == 200
     # Move the clock past the deadline instead of waiting for it.
     settings = sessions.get_settings().console
-    offset = (settings.idle_timeout_seconds if which == "idle"
-              else settings.absolute_timeout_seconds) + 1  # fmt: skip
+    offset = (
+        settings.idle_timeout_seconds if which == "idle" else settings.absolute_timeout_seconds
+    ) + 1
     if which == "absolute":
         # Keep the session busy (idle never reached) but past its absolute end.
         real = time.time
@@ -222,8 +244,9 @@ def test_sessions_end_after_the_idle_and_absolute_timeouts(
             data = sessions.session_store().load(sessions._hash(cookie.value or ""))
             assert data is not None
             data["idle_until"] = real() + offset + 600
-            sessions.session_store().save(sessions._hash(cookie.value or ""), data,
-                                          real() + offset + 600)  # fmt: skip
+            sessions.session_store().save(
+                sessions._hash(cookie.value or ""), data, real() + offset + 600
+            )
     else:
         real = time.time
         monkeypatch.setattr(sessions.time, "time", lambda: real() + offset)
@@ -237,14 +260,25 @@ def test_console_pages_render_for_a_tenant_and_an_admin(
 ) -> None:
     tenant = make_tenant()
     sign_in(client, tenant.key)
-    for path in ("/console/jobs", "/console/submit", "/console/webhooks", "/console/keys",
-                 "/console/usage"):  # fmt: skip
+    for path in (
+        "/console/jobs",
+        "/console/submit",
+        "/console/webhooks",
+        "/console/keys",
+        "/console/usage",
+    ):
         assert client.get(path).status_code == 200, path
     client.cookies.clear()
     sign_in(client, mint_token(api_settings, "ops", Role.ADMIN))
-    for path in ("/console/admin/tenants", f"/console/admin/tenants/{tenant.id}/quotas",
-                 "/console/admin/backlog", "/console/admin/webhooks", "/console/admin/audit",
-                 "/console/billing", "/console/billing/records.csv"):  # fmt: skip
+    for path in (
+        "/console/admin/tenants",
+        f"/console/admin/tenants/{tenant.id}/quotas",
+        "/console/admin/backlog",
+        "/console/admin/webhooks",
+        "/console/admin/audit",
+        "/console/billing",
+        "/console/billing/records.csv",
+    ):
         assert client.get(path).status_code == 200, path
 
 
@@ -252,10 +286,12 @@ def test_audit_log_api_lists_admin_actions(
     client: TestClient, make_tenant: Callable[..., TenantFixture], admin_headers: dict[str, str]
 ) -> None:
     tenant = make_tenant()
-    client.patch(f"/v1/admin/tenants/{tenant.id}", json={"status": "suspended"},
-                 headers=admin_headers)  # fmt: skip
-    entries = client.get("/v1/admin/audit-log", params={"tenant_id": tenant.id},
-                         headers=admin_headers).json()["data"]  # fmt: skip
+    client.patch(
+        f"/v1/admin/tenants/{tenant.id}", json={"status": "suspended"}, headers=admin_headers
+    )
+    entries = client.get(
+        "/v1/admin/audit-log", params={"tenant_id": tenant.id}, headers=admin_headers
+    ).json()["data"]
     assert entries[0]["action"].startswith("tenant.")
     assert entries[0]["tenant_id"] == tenant.id
     assert client.get("/v1/admin/audit-log", headers=tenant.headers).status_code == 401
@@ -272,11 +308,15 @@ def test_recover_since_a_time_is_validated(
     )
     assert created.status_code == 201, created.text
     target_id = client.get("/v1/webhooks", headers=tenant.headers).json()["data"][0]["id"]
-    bad = client.post(f"/console/webhooks/{target_id}/recover",
-                      data={"since": "yesterday", "csrf_token": token})  # fmt: skip
+    bad = client.post(
+        f"/console/webhooks/{target_id}/recover", data={"since": "yesterday", "csrf_token": token}
+    )
     assert bad.status_code == 422
     assert "give the time" in bad.text
-    good = client.post(f"/console/webhooks/{target_id}/recover", follow_redirects=False,
-                       data={"since": "2026-12-01T00:00", "csrf_token": token})  # fmt: skip
+    good = client.post(
+        f"/console/webhooks/{target_id}/recover",
+        follow_redirects=False,
+        data={"since": "2026-12-01T00:00", "csrf_token": token},
+    )
     assert good.status_code == 303
     assert good.headers["location"] == f"/console/webhooks/{target_id}"

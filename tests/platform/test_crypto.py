@@ -497,9 +497,13 @@ def test_factory_builds_the_kms_provider(tmp_path: Path, aws: Aws) -> None:
     prefix = aws.new_alias_prefix()
     settings = Settings(
         var_dir=tmp_path,
-        keys={"provider": "kms", "kms_endpoint_url": aws.endpoint_url, "kms_alias_prefix": prefix,
-              "deletion_window_days": 7},
-    )  # fmt: skip
+        keys={
+            "provider": "kms",
+            "kms_endpoint_url": aws.endpoint_url,
+            "kms_alias_prefix": prefix,
+            "deletion_window_days": 7,
+        },
+    )
     provider = key_provider_from_settings(settings)
     assert isinstance(provider, KmsKeyProvider)
     assert isinstance(provider, KeyProvider)
@@ -521,8 +525,10 @@ def test_kms_tenant_key_is_tagged_aliased_rotating_and_created_once(aws: Aws) ->
     assert provider.tenant_key_id("acme") == f"{provider.alias_prefix}acme"
     metadata = kms.describe_key(KeyId=provider.tenant_key_id("acme"))["KeyMetadata"]
     assert (metadata["Arn"], metadata["KeySpec"], metadata["KeyUsage"]) == (
-        arn, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT",
-    )  # fmt: skip
+        arn,
+        "SYMMETRIC_DEFAULT",
+        "ENCRYPT_DECRYPT",
+    )
     tags = kms.list_resource_tags(KeyId=arn)["Tags"]
     assert {"TagKey": "celeriac:tenant", "TagValue": "acme"} in tags
     assert kms.get_key_rotation_status(KeyId=arn)["KeyRotationEnabled"]

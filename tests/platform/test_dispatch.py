@@ -71,12 +71,20 @@ def test_high_band_before_normal_before_low(broker: tuple) -> None:
     for band in ("low", "normal", "high"):
         for i in range(3):
             _publish(app, "acme", band, f"{band}-{i}")
-    dispatcher.release(Pool.COMPUTE, [queue_for(Pool.COMPUTE, b, "acme") for b in
-                                      ("low", "normal", "high")])  # fmt: skip
+    dispatcher.release(
+        Pool.COMPUTE, [queue_for(Pool.COMPUTE, b, "acme") for b in ("low", "normal", "high")]
+    )
     assert _drain(client, dispatcher) == [
-        "high-0", "high-1", "high-2", "normal-0", "normal-1", "normal-2",
-        "low-0", "low-1", "low-2",
-    ]  # fmt: skip
+        "high-0",
+        "high-1",
+        "high-2",
+        "normal-0",
+        "normal-1",
+        "normal-2",
+        "low-0",
+        "low-1",
+        "low-2",
+    ]
 
 
 def test_a_tenant_flooding_high_does_not_hold_up_another_tenants_normal(broker: tuple) -> None:
@@ -87,8 +95,9 @@ def test_a_tenant_flooding_high_does_not_hold_up_another_tenants_normal(broker: 
     dispatcher.release(Pool.COMPUTE, [queue_for(Pool.COMPUTE, "high", "noisy")])
     for band in ("normal", "low"):
         _publish(app, "quiet", band, f"quiet-{band}")
-    dispatcher.release(Pool.COMPUTE, [queue_for(Pool.COMPUTE, b, "quiet")
-                                      for b in ("normal", "low")])  # fmt: skip
+    dispatcher.release(
+        Pool.COMPUTE, [queue_for(Pool.COMPUTE, b, "quiet") for b in ("normal", "low")]
+    )
     order = _drain(client, dispatcher)
     # Behind the 4 already released; then the quiet tenant's turns alternate with the
     # noisy one's: its normal first (its own highest band), its low one turn later.
@@ -160,8 +169,10 @@ def test_idle_tenants_leave_no_state(broker: tuple) -> None:
             for i in range(AGE_LIMIT):
                 _publish(app, tenant, band, f"{tenant}-{band}-{i}")
     dispatcher.set_weight("bbb", 2)
-    dispatcher.release(Pool.COMPUTE, [queue_for(Pool.COMPUTE, b, t) for t in ("aaa", "bbb")
-                                      for b in ("high", "normal", "low")])  # fmt: skip
+    dispatcher.release(
+        Pool.COMPUTE,
+        [queue_for(Pool.COMPUTE, b, t) for t in ("aaa", "bbb") for b in ("high", "normal", "low")],
+    )
     assert len(_drain(client, dispatcher)) == 6 * AGE_LIMIT
     dispatcher.release(Pool.COMPUTE)
     left = {key.decode() for key in client.scan_iter(match="celeriac:fair-*")}
@@ -174,8 +185,9 @@ def test_round_robin_across_tenants_within_a_band(broker: tuple) -> None:
     for tenant in ("aaa", "bbb", "ccc"):
         for i in range(3):
             _publish(app, tenant, "normal", f"{tenant}-{i}")
-    dispatcher.release(Pool.COMPUTE, [queue_for(Pool.COMPUTE, "normal", t)
-                                      for t in ("aaa", "bbb", "ccc")])  # fmt: skip
+    dispatcher.release(
+        Pool.COMPUTE, [queue_for(Pool.COMPUTE, "normal", t) for t in ("aaa", "bbb", "ccc")]
+    )
     assert _drain(client, dispatcher) == [
         f"{t}-{i}" for i in range(3) for t in ("aaa", "bbb", "ccc")
     ]
@@ -209,8 +221,10 @@ def test_reconcile_finds_backlogs_whose_ring_entry_was_lost(broker: tuple) -> No
     # Published, but nobody told the dispatcher (the publisher crashed in between).
     assert dispatcher.release(Pool.COMPUTE) == 0
     backlogs = dispatcher.tenant_backlogs()
-    assert backlogs == {queue_for(Pool.ORCHESTRATION, Priority.HIGH, "acme"): 1,
-                        queue_for(Pool.COMPUTE, Priority.HIGH, "acme"): 1}  # fmt: skip
+    assert backlogs == {
+        queue_for(Pool.ORCHESTRATION, Priority.HIGH, "acme"): 1,
+        queue_for(Pool.COMPUTE, Priority.HIGH, "acme"): 1,
+    }
     assert dispatcher.reconcile() == 2
     assert _take(client, Pool.COMPUTE) == "compute-0"
     assert _take(client, Pool.ORCHESTRATION) == "orchestration-0"
@@ -228,5 +242,12 @@ def test_admin_backlog_view(broker: tuple, client: object, admin_headers: dict[s
     view = client.get("/v1/admin/backlog", headers=admin_headers).json()
     assert view["fair_dispatch"] is True
     assert view["ready"]["compute"] == 1
-    assert view["tenants"] == [{"queue": "compute.low.acme", "pool": "compute", "band": "low",
-                                "tenant": "acme", "messages": 2}]  # fmt: skip
+    assert view["tenants"] == [
+        {
+            "queue": "compute.low.acme",
+            "pool": "compute",
+            "band": "low",
+            "tenant": "acme",
+            "messages": 2,
+        }
+    ]

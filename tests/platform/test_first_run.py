@@ -25,11 +25,14 @@ def test_jobs_wait_for_the_first_published_registry(
     assert int(early.headers["Retry-After"]) >= 1
     assert "no compute worker has published" in early.json()["detail"]
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-            PluginInfo(ANALYZER, "anomalies", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+                PluginInfo(ANALYZER, "anomalies", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
     # at once: an empty registry is not kept for the process cache's TTL
     accepted = client.post("/v1/jobs", json=JOB, headers=tenant.headers)
     assert accepted.status_code == 202, accepted.text

@@ -51,13 +51,13 @@ def test_rejected_requests_are_not_stored(
     bad = client.post("/v1/admin/tenants", json={"slug": "NO", "name": "x"}, headers=headers)
     assert bad.status_code == 422
     unauthenticated = client.post(
-        "/v1/admin/tenants", json={"slug": "ok-slug", "name": "x"},
+        "/v1/admin/tenants",
+        json={"slug": "ok-slug", "name": "x"},
         headers={"Idempotency-Key": "retry-me", "Authorization": "Bearer nope"},
-    )  # fmt: skip
+    )
     assert unauthenticated.status_code == 401
     assert _count(IdempotencyKey) == 0
-    fixed = client.post("/v1/admin/tenants", json={"slug": "ok-slug", "name": "x"},
-                        headers=headers)  # fmt: skip
+    fixed = client.post("/v1/admin/tenants", json={"slug": "ok-slug", "name": "x"}, headers=headers)
     assert fixed.status_code == 201 and "Idempotent-Replayed" not in fixed.headers
 
 
@@ -92,8 +92,7 @@ def test_expired_keys_are_forgotten(client: TestClient, admin_headers: dict[str,
     with get_sessionmaker().begin() as session:
         row = session.scalars(select(IdempotencyKey)).one()
         row.expires_at = utcnow() - timedelta(seconds=1)
-    fresh = client.post("/v1/admin/tenants", json={"slug": "second", "name": "x"},
-                        headers=headers)  # fmt: skip
+    fresh = client.post("/v1/admin/tenants", json={"slug": "second", "name": "x"}, headers=headers)
     assert fresh.status_code == 201 and fresh.json()["slug"] == "second"
 
 

@@ -27,10 +27,13 @@ JOB = {
 @pytest.fixture(autouse=True)
 def _registry(api_settings: Settings) -> None:
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
 
 
 def _jobs() -> list[uuid.UUID]:
@@ -44,9 +47,12 @@ def _as_a_dead_api_left_it(key: str, *, age: timedelta, new_id: bool = False) ->
     with get_sessionmaker().begin() as session:
         row = session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == key)).one()
         values = {
-            "state": IdempotencyState.IN_FLIGHT, "response_status": None,
-            "response_headers": None, "response_body": None, "created_at": utcnow() - age,
-        }  # fmt: skip
+            "state": IdempotencyState.IN_FLIGHT,
+            "response_status": None,
+            "response_headers": None,
+            "response_body": None,
+            "created_at": utcnow() - age,
+        }
         if new_id:
             values["id"] = uuid.uuid4()
         session.execute(update(IdempotencyKey).where(IdempotencyKey.id == row.id).values(values))

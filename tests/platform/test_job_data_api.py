@@ -29,16 +29,20 @@ RECORDS = [{"n": i, "label": f"r{i}"} for i in range(5)]
 @pytest.fixture
 def tenants(client: TestClient, make_tenant: Callable[..., TenantFixture]) -> list[TenantFixture]:
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
     return [make_tenant("data-a"), make_tenant("data-b")]
 
 
 def _submit(client: TestClient, tenant: TenantFixture, **extra: Any) -> dict[str, Any]:
-    answer = client.post("/v1/jobs", json={"pipeline": SPEC, "records": RECORDS, **extra},
-                         headers=tenant.headers)  # fmt: skip
+    answer = client.post(
+        "/v1/jobs", json={"pipeline": SPEC, "records": RECORDS, **extra}, headers=tenant.headers
+    )
     assert answer.status_code == 202, answer.text
     return dict(answer.json())
 
@@ -66,8 +70,9 @@ def test_rerun_makes_a_linked_job_on_the_stored_records(
 ) -> None:
     tenant = tenants[0]
     original = _finished(client, tenant)
-    again = client.post(f"/v1/jobs/{original['id']}/rerun", json={"priority": "high"},
-                        headers=tenant.headers)  # fmt: skip
+    again = client.post(
+        f"/v1/jobs/{original['id']}/rerun", json={"priority": "high"}, headers=tenant.headers
+    )
     assert again.status_code == 202, again.text
     rerun = client.get(f"/v1/jobs/{again.json()['id']}", headers=tenant.headers).json()
     assert rerun["rerun_of"] == original["id"] and rerun["priority"] == "high"
@@ -79,20 +84,28 @@ def test_rerun_makes_a_linked_job_on_the_stored_records(
     assert [json.loads(line) for line in stored] == RECORDS
     # A submission as any other: a jobs.submitted usage record of its own.
     with get_sessionmaker()() as session:
-        submitted = session.scalar(select(func.count()).select_from(UsageRecord).where(
-            UsageRecord.metric == "jobs.submitted",
-            UsageRecord.tenant_id == uuid.UUID(tenant.id)))  # fmt: skip
+        submitted = session.scalar(
+            select(func.count())
+            .select_from(UsageRecord)
+            .where(
+                UsageRecord.metric == "jobs.submitted",
+                UsageRecord.tenant_id == uuid.UUID(tenant.id),
+            )
+        )
     assert submitted == 2
 
 
 def test_rerun_bad_input(client: TestClient, tenants: list[TenantFixture]) -> None:
     mine, other = tenants
     job = _finished(client, mine)
-    for body, pointer in (({"pipeline": "nope"}, "#/body/pipeline"),
-                          ({"priority": "urgent"}, "#/body/priority"),
-                          ({"records": [{"a": 1}]}, "#/body/records")):  # fmt: skip
-        problem = _problem(client.post(f"/v1/jobs/{job['id']}/rerun", json=body,
-                                       headers=mine.headers), 422)  # fmt: skip
+    for body, pointer in (
+        ({"pipeline": "nope"}, "#/body/pipeline"),
+        ({"priority": "urgent"}, "#/body/priority"),
+        ({"records": [{"a": 1}]}, "#/body/records"),
+    ):
+        problem = _problem(
+            client.post(f"/v1/jobs/{job['id']}/rerun", json=body, headers=mine.headers), 422
+        )
         assert problem["errors"][0]["pointer"] == pointer
     headers = {**mine.headers, "content-type": "application/json"}
     malformed = client.post(f"/v1/jobs/{job['id']}/rerun", content=b"{not json", headers=headers)
@@ -135,16 +148,24 @@ def test_retention_deletes_old_job_data_in_batches_with_an_expired_event(
     client: TestClient, tenants: list[TenantFixture], admin_headers: dict[str, str]
 ) -> None:
     mine, other = tenants
-    target = client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook",
-                                               "event_types": ["job.expired"]},
-                         headers=mine.headers)  # fmt: skip
+    target = client.post(
+        "/v1/webhooks",
+        json={"url": "http://127.0.0.1:9/hook", "event_types": ["job.expired"]},
+        headers=mine.headers,
+    )
     assert target.status_code == 201, target.text
     old = [_finished(client, mine) for _ in range(3)]
     young = _finished(client, mine)
     theirs = _finished(client, other)
     # The free plan keeps 7 days; the admin gives the other tenant 30.
-    assert client.put(f"/v1/admin/tenants/{other.id}/quotas", json={"retention_days": 30},
-                      headers=admin_headers).status_code == 200  # fmt: skip
+    assert (
+        client.put(
+            f"/v1/admin/tenants/{other.id}/quotas",
+            json={"retention_days": 30},
+            headers=admin_headers,
+        ).status_code
+        == 200
+    )
     ten_days_ago = utcnow() - timedelta(days=10)
     with get_sessionmaker().begin() as session:
         ids = [uuid.UUID(j["id"]) for j in [*old, theirs]]
@@ -157,12 +178,15 @@ def test_retention_deletes_old_job_data_in_batches_with_an_expired_event(
     assert expire_jobs(batch=2) == 0
     for job in old:
         assert not _payload_exists(mine, job["id"])
-        assert client.get(f"/v1/jobs/{job['id']}", headers=mine.headers).json()[
-            "data_deleted_at"] is not None  # fmt: skip
+        assert (
+            client.get(f"/v1/jobs/{job['id']}", headers=mine.headers).json()["data_deleted_at"]
+            is not None
+        )
     assert _payload_exists(mine, young["id"]) and _payload_exists(other, theirs["id"])
     with get_sessionmaker()() as session:
-        expired = session.scalars(select(WebhookMessage.payload).where(
-            WebhookMessage.event_type == "job.expired")).all()  # fmt: skip
+        expired = session.scalars(
+            select(WebhookMessage.payload).where(WebhookMessage.event_type == "job.expired")
+        ).all()
     assert sorted(m["data"]["job_id"] for m in expired) == sorted(j["id"] for j in old)
 
 
@@ -174,15 +198,24 @@ def test_event_stream_of_a_finished_job_sends_the_final_state_and_ends(
     answer = client.get(f"/v1/jobs/{job['id']}/events", headers=mine.headers)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/event-stream")
-    events = [json.loads(line.removeprefix("data: "))
-              for line in answer.text.splitlines() if line.startswith("data: ")]  # fmt: skip
-    assert [(e["type"], e["state"]) for e in events] == [("state", "queued"),
-                                                         ("state", "cancelled")]  # fmt: skip
+    events = [
+        json.loads(line.removeprefix("data: "))
+        for line in answer.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    assert [(e["type"], e["state"]) for e in events] == [
+        ("state", "queued"),
+        ("state", "cancelled"),
+    ]
     assert events[-1]["final"] is True
-    resumed = client.get(f"/v1/jobs/{job['id']}/events",
-                         headers={**mine.headers, "Last-Event-ID": events[0]["id"]})  # fmt: skip
-    assert [json.loads(line.removeprefix("data: ")) for line in resumed.text.splitlines()
-            if line.startswith("data: ")] == events[1:]  # fmt: skip
+    resumed = client.get(
+        f"/v1/jobs/{job['id']}/events", headers={**mine.headers, "Last-Event-ID": events[0]["id"]}
+    )
+    assert [
+        json.loads(line.removeprefix("data: "))
+        for line in resumed.text.splitlines()
+        if line.startswith("data: ")
+    ] == events[1:]
 
 
 @pytest.mark.parametrize("value", ["garbage", "3.0.0.0", "1.2.3", "1.-2.0.0", "x" * 500])
@@ -214,11 +247,14 @@ def test_waiting_reasons_from_the_database(
     mine = tenants[0]
     job = _submit(client, mine)
     with get_sessionmaker().begin() as session:
-        session.execute(update(Job).where(Job.id == uuid.UUID(job["id"]))
-                        .values(held_since=utcnow()))  # fmt: skip
+        session.execute(
+            update(Job).where(Job.id == uuid.UUID(job["id"])).values(held_since=utcnow())
+        )
     reason = client.get(f"/v1/jobs/{job['id']}", headers=mine.headers).json()["waiting_reason"]
     assert reason["reason"] == "running-job-limit" and reason["limit"] == 2
     assert reason["running"] == 0 and "max_running_jobs" in reason["detail"]
     cancelled = client.post(f"/v1/jobs/{job['id']}/cancel", headers=mine.headers).json()
-    assert client.get(f"/v1/jobs/{cancelled['id']}",
-                      headers=mine.headers).json()["waiting_reason"] is None  # fmt: skip
+    assert (
+        client.get(f"/v1/jobs/{cancelled['id']}", headers=mine.headers).json()["waiting_reason"]
+        is None
+    )

@@ -35,16 +35,29 @@ from celeriac.platform.storage import blob_store_from_settings, job_blob_key
 from celeriac.platform.tenant_data import tenant_blobs
 
 PLUGINS = [
-    PluginInfo(DATASET, "tabular", "1.0", {"type": "object", "additionalProperties": False,
-               "properties": {"max_columns": {"type": "integer", "minimum": 1}}},
-               produces="table"),
+    PluginInfo(
+        DATASET,
+        "tabular",
+        "1.0",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"max_columns": {"type": "integer", "minimum": 1}},
+        },
+        produces="table",
+    ),
     PluginInfo(DATASET, "text", "1.0", {"type": "object"}, produces="text"),
     PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-    PluginInfo(ANALYZER, "anomalies", "1.2", {"type": "object", "properties": {
-               "threshold": {"type": "number", "exclusiveMinimum": 0}}}, accepts=("table",)),
+    PluginInfo(
+        ANALYZER,
+        "anomalies",
+        "1.2",
+        {"type": "object", "properties": {"threshold": {"type": "number", "exclusiveMinimum": 0}}},
+        accepts=("table",),
+    ),
     PluginInfo(ANALYZER, "sentiment", "1.0", {"type": "object"}, accepts=("text",)),
     PluginInfo(ANALYZER, "keywords", "1.0", {"type": "object"}, accepts=("text",)),
-]  # fmt: skip
+]
 SPEC = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
 RECORDS = [{"id": i, "amount": i * 1.5, "note": f"record {i}"} for i in range(5)]
 
@@ -82,18 +95,30 @@ def _queued_messages(broker_url: str, queue: str) -> list[Any]:
 def test_inline_job_is_stored_encrypted_and_published_by_id(
     client: TestClient, tenant: TenantFixture, redis_broker_url: str, api_settings: Settings
 ) -> None:
-    answer = client.post("/v1/jobs", json={"pipeline": SPEC, "records": RECORDS,
-                         "priority": "high", "metadata": {"source": "test"}},
-                         headers=tenant.headers)  # fmt: skip
+    answer = client.post(
+        "/v1/jobs",
+        json={
+            "pipeline": SPEC,
+            "records": RECORDS,
+            "priority": "high",
+            "metadata": {"source": "test"},
+        },
+        headers=tenant.headers,
+    )
     assert answer.status_code == 202, answer.text
     body = answer.json()
     assert answer.headers["Location"] == f"/v1/jobs/{body['id']}" == body["status_url"]
     assert (body["state"], body["priority"], body["record_count"]) == ("queued", "high", 5)
 
     (job,) = _jobs()
-    assert job.pipeline["analyzers"][0] == {"name": "summary", "version": "1.0", "params": {},
-                                            "produces": None, "accepts": ["table"],
-                                            "rowwise": False}  # fmt: skip
+    assert job.pipeline["analyzers"][0] == {
+        "name": "summary",
+        "version": "1.0",
+        "params": {},
+        "produces": None,
+        "accepts": ["table"],
+        "rowwise": False,
+    }
     assert job.checkpoints == {"payload": {"chunks": 1}, "slices": 1}
     stored = tenant_blobs().get(tenant.id, job.payload_key + "00000.ndjson")
     assert [json.loads(line) for line in stored.splitlines()] == RECORDS
@@ -116,10 +141,11 @@ def test_file_upload_jobs(
     client: TestClient, tenant: TenantFixture, filename: str, content_type: str, content: bytes
 ) -> None:
     answer = client.post(
-        "/v1/jobs", headers=tenant.headers,
+        "/v1/jobs",
+        headers=tenant.headers,
         data={"pipeline": "tabular-summary", "priority": "low", "metadata": '{"batch": 7}'},
         files={"file": (filename, content, content_type)},
-    )  # fmt: skip
+    )
     assert answer.status_code == 202, answer.text
     assert answer.json()["record_count"] == 3
     (job,) = _jobs()
@@ -130,33 +156,79 @@ def test_file_upload_jobs(
     ("body", "status", "pointer"),
     [
         ({"pipeline": "nope", "records": RECORDS}, 422, "#/body/pipeline"),
-        ({"pipeline": {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "nope"}]},
-          "records": RECORDS}, 422, "#/body/pipeline/analyzers/0/name"),
-        ({"pipeline": {"datasets": [{"name": "tabular"}],
-                       "analyzers": [{"name": "anomalies", "params": {"threshold": -1}}]},
-          "records": RECORDS}, 422, "#/body/pipeline/analyzers/0/params/threshold"),
-        ({"pipeline": {"datasets": [{"name": "tabular", "params": {"colour": 1}}],
-                       "analyzers": [{"name": "summary"}]},
-          "records": RECORDS}, 422, "#/body/pipeline/datasets/0/params"),
-        ({"pipeline": {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "sentiment"}]},
-          "records": RECORDS}, 422, "#/body/pipeline/analyzers/0/name"),
+        (
+            {
+                "pipeline": {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "nope"}]},
+                "records": RECORDS,
+            },
+            422,
+            "#/body/pipeline/analyzers/0/name",
+        ),
+        (
+            {
+                "pipeline": {
+                    "datasets": [{"name": "tabular"}],
+                    "analyzers": [{"name": "anomalies", "params": {"threshold": -1}}],
+                },
+                "records": RECORDS,
+            },
+            422,
+            "#/body/pipeline/analyzers/0/params/threshold",
+        ),
+        (
+            {
+                "pipeline": {
+                    "datasets": [{"name": "tabular", "params": {"colour": 1}}],
+                    "analyzers": [{"name": "summary"}],
+                },
+                "records": RECORDS,
+            },
+            422,
+            "#/body/pipeline/datasets/0/params",
+        ),
+        (
+            {
+                "pipeline": {
+                    "datasets": [{"name": "tabular"}],
+                    "analyzers": [{"name": "sentiment"}],
+                },
+                "records": RECORDS,
+            },
+            422,
+            "#/body/pipeline/analyzers/0/name",
+        ),
         ({"pipeline": SPEC, "records": []}, 422, "#/body/records"),
         ({"pipeline": SPEC, "records": [1, 2]}, 422, "#/body/records/0"),
         ({"pipeline": SPEC, "records": RECORDS, "priority": "urgent"}, 422, "#/body/priority"),
         ({"pipeline": SPEC, "records": RECORDS, "extra": 1}, 422, "#/body/extra"),
         ({"records": RECORDS}, 422, "#/body/pipeline"),
         # PostgreSQL's JSONB refuses NUL: caught as the client's error, not a failed store
-        ({"pipeline": SPEC, "records": RECORDS, "metadata": {"k": "a\u0000b"}}, 422,
-         "#/body/metadata"),
-        ({"pipeline": {"datasets": [{"name": "tabular", "params": {"x": ["\u0000"]}}],
-                       "analyzers": [{"name": "summary"}]}, "records": RECORDS}, 422,
-         "#/body/pipeline/PipelineSpec/datasets/0/params"),
+        (
+            {"pipeline": SPEC, "records": RECORDS, "metadata": {"k": "a\u0000b"}},
+            422,
+            "#/body/metadata",
+        ),
+        (
+            {
+                "pipeline": {
+                    "datasets": [{"name": "tabular", "params": {"x": ["\u0000"]}}],
+                    "analyzers": [{"name": "summary"}],
+                },
+                "records": RECORDS,
+            },
+            422,
+            "#/body/pipeline/PipelineSpec/datasets/0/params",
+        ),
     ],
-)  # fmt: skip
+)
 def test_invalid_jobs_are_422_with_pointers_and_leave_nothing(
-    client: TestClient, tenant: TenantFixture, api_settings: Settings,
-    body: dict[str, Any], status: int, pointer: str,
-) -> None:  # fmt: skip
+    client: TestClient,
+    tenant: TenantFixture,
+    api_settings: Settings,
+    body: dict[str, Any],
+    status: int,
+    pointer: str,
+) -> None:
     answer = client.post("/v1/jobs", json=body, headers=tenant.headers)
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"] == "application/problem+json"
@@ -172,15 +244,24 @@ def test_invalid_jobs_are_422_with_pointers_and_leave_nothing(
 def test_bad_files_are_422(
     client: TestClient, tenant: TenantFixture, content: bytes, detail: str
 ) -> None:
-    answer = client.post("/v1/jobs", headers=tenant.headers, data={"pipeline": "full"},
-                         files={"file": ("x.csv", content, "text/csv")})  # fmt: skip
+    answer = client.post(
+        "/v1/jobs",
+        headers=tenant.headers,
+        data={"pipeline": "full"},
+        files={"file": ("x.csv", content, "text/csv")},
+    )
     assert answer.status_code == 422 and detail in answer.json()["detail"]
     ndjson = ("x.ndjson", b'{"a":1}\n[1]\n', "application/x-ndjson")
-    bad_json = client.post("/v1/jobs", headers=tenant.headers, data={"pipeline": "full"},
-                           files={"file": ndjson})  # fmt: skip
+    bad_json = client.post(
+        "/v1/jobs", headers=tenant.headers, data={"pipeline": "full"}, files={"file": ndjson}
+    )
     assert bad_json.json()["errors"][0]["pointer"] == "#/body/file/2"
-    other = client.post("/v1/jobs", headers=tenant.headers, data={"pipeline": "full"},
-                        files={"file": ("x.xml", b"<a/>", "application/xml")})  # fmt: skip
+    other = client.post(
+        "/v1/jobs",
+        headers=tenant.headers,
+        data={"pipeline": "full"},
+        files={"file": ("x.xml", b"<a/>", "application/xml")},
+    )
     assert other.status_code == 422 and _jobs() == []
 
 
@@ -190,8 +271,9 @@ def test_malformed_wrong_type_and_oversized_bodies(
     headers = tenant.headers | {"Content-Type": "application/json"}
     malformed = client.post("/v1/jobs", content=b'{"pipeline": ', headers=headers)
     assert malformed.status_code == 400 and malformed.json()["code"] == "malformed-body"
-    text = client.post("/v1/jobs", content=b"hello", headers=tenant.headers | {
-        "Content-Type": "text/plain"})  # fmt: skip
+    text = client.post(
+        "/v1/jobs", content=b"hello", headers=tenant.headers | {"Content-Type": "text/plain"}
+    )
     assert text.status_code == 415 and "application/json" in text.json()["detail"]
     huge = json.dumps({"pipeline": SPEC, "records": [{"x": "y" * 1000}] * 11_000}).encode()
     assert len(huge) > 10 * 1024 * 1024
@@ -220,16 +302,18 @@ def test_body_limit_is_configurable_and_counts_chunked_bodies(
             yield body[start : start + 500]
 
     answer = small_limit_client.post(
-        "/v1/jobs", content=chunks(),
+        "/v1/jobs",
+        content=chunks(),
         headers=tenant.headers | {"Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     assert answer.status_code == 413
     assert _jobs() == []
 
 
 def _submit(client: TestClient, tenant: TenantFixture, **extra: Any) -> str:
-    answer = client.post("/v1/jobs", json={"pipeline": SPEC, "records": RECORDS, **extra},
-                         headers=tenant.headers)  # fmt: skip
+    answer = client.post(
+        "/v1/jobs", json={"pipeline": SPEC, "records": RECORDS, **extra}, headers=tenant.headers
+    )
     assert answer.status_code == 202, answer.text
     return str(answer.json()["id"])
 
@@ -240,16 +324,19 @@ def test_list_filters_and_pages(client: TestClient, tenant: TenantFixture) -> No
         conn.execute(update(Job).where(Job.id == ids[0]).values(state=JobState.SUCCEEDED))
     page = client.get("/v1/jobs", params={"limit": 2}, headers=tenant.headers).json()
     assert [j["id"] for j in page["data"]] == ids[::-1][:2] and page["next_cursor"]
-    rest = client.get("/v1/jobs", params={"cursor": page["next_cursor"], "limit": 10},
-                      headers=tenant.headers).json()  # fmt: skip
+    rest = client.get(
+        "/v1/jobs", params={"cursor": page["next_cursor"], "limit": 10}, headers=tenant.headers
+    ).json()
     assert [j["id"] for j in rest["data"]] == ids[::-1][2:] and rest["next_cursor"] is None
     done = client.get("/v1/jobs", params={"state": "succeeded"}, headers=tenant.headers).json()
     assert [j["id"] for j in done["data"]] == [ids[0]]
-    future = client.get("/v1/jobs", params={"created_after": "2999-01-01T00:00:00Z"},
-                        headers=tenant.headers).json()  # fmt: skip
+    future = client.get(
+        "/v1/jobs", params={"created_after": "2999-01-01T00:00:00Z"}, headers=tenant.headers
+    ).json()
     assert future["data"] == []
-    naive = client.get("/v1/jobs", params={"created_after": "2020-01-01T00:00:00"},
-                       headers=tenant.headers)  # fmt: skip
+    naive = client.get(
+        "/v1/jobs", params={"created_after": "2020-01-01T00:00:00"}, headers=tenant.headers
+    )
     assert naive.status_code == 422
 
 
@@ -264,24 +351,45 @@ def test_status_shows_progress_errors_and_results(
         job = session.get(Job, job_id)
         assert job is not None
         for chunk, state in enumerate([TaskState.SUCCEEDED, TaskState.SUCCEEDED, TaskState.FAILED]):
-            session.add(JobTask(
-                tenant_id=job.tenant_id, job_id=job.id, task_key=f"datasets:tabular:{chunk}",
-                stage=JobStage.DATASETS, plugin="tabular", chunk=chunk, input_key="k",
-                state=state, attempts=3 if state is TaskState.FAILED else 1,
-                error="ValueError: bad row" if state is TaskState.FAILED else None,
-            ))  # fmt: skip
+            session.add(
+                JobTask(
+                    tenant_id=job.tenant_id,
+                    job_id=job.id,
+                    task_key=f"datasets:tabular:{chunk}",
+                    stage=JobStage.DATASETS,
+                    plugin="tabular",
+                    chunk=chunk,
+                    input_key="k",
+                    state=state,
+                    attempts=3 if state is TaskState.FAILED else 1,
+                    error="ValueError: bad row" if state is TaskState.FAILED else None,
+                )
+            )
         result_key = job_blob_key(tenant.id, job_id, "result.json")
         tenant_blobs().put(tenant.id, result_key, b'{"summary": {"rows": 5}}')
         job.state, job.result_key = JobState.PARTIAL, result_key
 
     detail = client.get(f"/v1/jobs/{job_id}", headers=tenant.headers).json()
     assert detail["state"] == "partial"
-    assert detail["progress"]["datasets"] == {"total": 3, "pending": 0, "running": 0,
-                                             "succeeded": 2, "failed": 1, "timed_out": 0,
-                                             "cancelled": 0}  # fmt: skip
-    assert detail["errors"] == [{"stage": "datasets", "plugin": "tabular", "chunk": 2,
-                                 "state": "failed", "error": "ValueError: bad row",
-                                 "attempts": 3}]  # fmt: skip
+    assert detail["progress"]["datasets"] == {
+        "total": 3,
+        "pending": 0,
+        "running": 0,
+        "succeeded": 2,
+        "failed": 1,
+        "timed_out": 0,
+        "cancelled": 0,
+    }
+    assert detail["errors"] == [
+        {
+            "stage": "datasets",
+            "plugin": "tabular",
+            "chunk": 2,
+            "state": "failed",
+            "error": "ValueError: bad row",
+            "attempts": 3,
+        }
+    ]
     results = client.get(f"/v1/jobs/{job_id}/results", headers=tenant.headers)
     assert results.status_code == 200 and results.json() == {"summary": {"rows": 5}}
 
@@ -304,8 +412,9 @@ def test_scopes_guard_job_routes(
     client: TestClient, make_tenant: Callable[..., TenantFixture]
 ) -> None:
     reader = make_tenant(scopes=["jobs:read"])
-    answer = client.post("/v1/jobs", json={"pipeline": SPEC, "records": RECORDS},
-                         headers=reader.headers)  # fmt: skip
+    answer = client.post(
+        "/v1/jobs", json={"pipeline": SPEC, "records": RECORDS}, headers=reader.headers
+    )
     assert answer.status_code == 403 and answer.json()["missing_scopes"] == ["jobs:write"]
     with get_engine().connect() as conn:
         assert conn.execute(select(func.count()).select_from(Job)).scalar_one() == 0
@@ -331,9 +440,13 @@ def test_a_job_that_fails_to_store_fails_alone_and_leaves_nothing(
 
     def submission(metadata: dict[str, Any]) -> Submission:
         return Submission(
-            tenant_id=tenant_id, tenant_slug=tenant.slug, pipeline=resolved,
-            payload=from_records(RECORDS), priority=Priority.NORMAL, metadata=metadata,
-        )  # fmt: skip
+            tenant_id=tenant_id,
+            tenant_slug=tenant.slug,
+            pipeline=resolved,
+            payload=from_records(RECORDS),
+            priority=Priority.NORMAL,
+            metadata=metadata,
+        )
 
     good, bad = submission({"ok": True}), submission({"bad": "\x00"})  # skips API checks
 
@@ -347,8 +460,10 @@ def test_a_job_that_fails_to_store_fails_alone_and_leaves_nothing(
     outcome = asyncio.run(write_both())
     assert outcome[0] is None and isinstance(outcome[1], ValidationFailed)
     assert [job.id for job in _jobs()] == [good.id]
-    assert [m[1]["job_id"] for m in _queued_messages(
-        redis_broker_url, f"orchestration.normal.{tenant.slug}")] == [str(good.id)]  # fmt: skip
+    assert [
+        m[1]["job_id"]
+        for m in _queued_messages(redis_broker_url, f"orchestration.normal.{tenant.slug}")
+    ] == [str(good.id)]
     store = blob_store_from_settings(api_settings)
     assert store.exists(good.payload_prefix + "00000.ndjson")
     assert not store.exists(bad.payload_prefix + "00000.ndjson")
@@ -364,11 +479,16 @@ def test_concurrent_submissions_are_each_stored_once(
         app = create_app(api_settings)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            answers = await asyncio.gather(*(
-                http.post("/v1/jobs", headers=tenant.headers,
-                          json={"pipeline": SPEC, "records": [{"n": n}]})
-                for n in range(40)
-            ))  # fmt: skip
+            answers = await asyncio.gather(
+                *(
+                    http.post(
+                        "/v1/jobs",
+                        headers=tenant.headers,
+                        json={"pipeline": SPEC, "records": [{"n": n}]},
+                    )
+                    for n in range(40)
+                )
+            )
         ingest_writer(app).close()
         return list(answers)
 

@@ -18,8 +18,9 @@ def test_key_is_shown_once_and_stored_only_as_a_digest(
     client: TestClient, make_tenant: Callable[..., TenantFixture]
 ) -> None:
     tenant = make_tenant()
-    created = client.post("/v1/keys", json={"name": "ci", "scopes": ["jobs:read"]},
-                          headers=tenant.headers)  # fmt: skip
+    created = client.post(
+        "/v1/keys", json={"name": "ci", "scopes": ["jobs:read"]}, headers=tenant.headers
+    )
     assert created.status_code == 201 and created.headers["Cache-Control"] == "no-store"
     key = created.json()["key"]
     assert key.startswith(created.json()["prefix"] + "_")
@@ -56,12 +57,15 @@ def test_missing_malformed_unknown_expired_and_revoked_keys_are_401(
     tenant = make_tenant()
     unknown, _ = generate_key(KeyEnvironment.LIVE)
     soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
-    expiring = client.post("/v1/keys", json={"scopes": ["keys:manage"], "expires_at": soon},
-                           headers=tenant.headers).json()  # fmt: skip
-    revoked = client.post("/v1/keys", json={"scopes": ["keys:manage"]},
-                          headers=tenant.headers).json()  # fmt: skip
-    assert client.post(f"/v1/keys/{revoked['id']}/revoke",
-                       headers=tenant.headers).json()["revoked_at"]  # fmt: skip
+    expiring = client.post(
+        "/v1/keys", json={"scopes": ["keys:manage"], "expires_at": soon}, headers=tenant.headers
+    ).json()
+    revoked = client.post(
+        "/v1/keys", json={"scopes": ["keys:manage"]}, headers=tenant.headers
+    ).json()
+    assert client.post(f"/v1/keys/{revoked['id']}/revoke", headers=tenant.headers).json()[
+        "revoked_at"
+    ]
 
     with get_engine().begin() as conn:  # move the expiry into the past without waiting
         conn.execute(
@@ -88,10 +92,14 @@ def test_roll_returns_a_new_key_and_keeps_the_old_one_for_the_grace(
     client: TestClient, make_tenant: Callable[..., TenantFixture]
 ) -> None:
     tenant = make_tenant()
-    old = client.post("/v1/keys", json={"name": "svc", "scopes": ["keys:manage"]},
-                      headers=tenant.headers).json()  # fmt: skip
-    rolled = client.post(f"/v1/keys/{old['id']}/roll", json={"old_key_expires_in_seconds": 3600},
-                         headers=tenant.headers)  # fmt: skip
+    old = client.post(
+        "/v1/keys", json={"name": "svc", "scopes": ["keys:manage"]}, headers=tenant.headers
+    ).json()
+    rolled = client.post(
+        f"/v1/keys/{old['id']}/roll",
+        json={"old_key_expires_in_seconds": 3600},
+        headers=tenant.headers,
+    )
     assert rolled.status_code == 201
     new = rolled.json()
     assert new["key"] != old["key"] and new["name"] == "svc"
@@ -104,9 +112,10 @@ def test_roll_returns_a_new_key_and_keeps_the_old_one_for_the_grace(
     assert timedelta(minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=1)
 
     immediate = client.post(
-        f"/v1/keys/{new['id']}/roll", json={"old_key_expires_in_seconds": 0},
+        f"/v1/keys/{new['id']}/roll",
+        json={"old_key_expires_in_seconds": 0},
         headers=tenant.headers,
-    )  # fmt: skip
+    )
     assert immediate.status_code == 201
     gone = client.get("/v1/keys", headers={"Authorization": f"Bearer {new['key']}"})
     assert gone.status_code == 401
@@ -122,8 +131,9 @@ def test_admin_manages_any_tenants_keys(
     revoked = client.post(f"{base}/{only['id']}/revoke", headers=admin_headers)
     assert revoked.status_code == 200
     assert client.get("/v1/keys", headers=tenant.headers).status_code == 401
-    missing = client.get("/v1/admin/tenants/00000000-0000-0000-0000-000000000000/keys",
-                         headers=admin_headers)  # fmt: skip
+    missing = client.get(
+        "/v1/admin/tenants/00000000-0000-0000-0000-000000000000/keys", headers=admin_headers
+    )
     assert missing.status_code == 404
 
 
@@ -132,8 +142,9 @@ def test_past_expiry_is_refused(
 ) -> None:
     tenant = make_tenant()
     past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-    answer = client.post("/v1/keys", json={"scopes": ["jobs:read"], "expires_at": past},
-                         headers=tenant.headers)  # fmt: skip
+    answer = client.post(
+        "/v1/keys", json={"scopes": ["jobs:read"], "expires_at": past}, headers=tenant.headers
+    )
     assert (
         answer.status_code == 422 and answer.json()["errors"][0]["pointer"] == "#/body/expires_at"
     )

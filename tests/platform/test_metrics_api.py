@@ -21,10 +21,13 @@ SPEC = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
 @pytest.fixture(autouse=True)
 def _registry(api_settings: Settings) -> None:
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
 
 
 @pytest.fixture
@@ -52,8 +55,11 @@ def _value(text: str, name: str, **labels: str) -> float:
 
 
 def _submit(client: TestClient, tenant: TenantFixture, priority: str = "normal") -> str:
-    answer = client.post("/v1/jobs", headers=tenant.headers, json={
-        "pipeline": SPEC, "priority": priority, "records": [{"a": 1}]})  # fmt: skip
+    answer = client.post(
+        "/v1/jobs",
+        headers=tenant.headers,
+        json={"pipeline": SPEC, "priority": priority, "records": [{"a": 1}]},
+    )
     assert answer.status_code == 202, answer.text
     return str(answer.json()["id"])
 
@@ -67,8 +73,12 @@ def test_metrics_count_requests_by_route_template_and_jobs_by_band(
         _submit(client, tenant, "high")
     job_id = _submit(client, tenant, "low")
     assert client.get(f"/v1/jobs/{job_id}", headers=tenant.headers).status_code == 200
-    assert client.get("/v1/jobs/00000000-0000-0000-0000-000000000000",
-                      headers=tenant.headers).status_code == 404  # fmt: skip
+    assert (
+        client.get(
+            "/v1/jobs/00000000-0000-0000-0000-000000000000", headers=tenant.headers
+        ).status_code
+        == 404
+    )
     answer = client.get("/metrics")
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")

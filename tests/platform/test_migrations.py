@@ -69,13 +69,30 @@ def test_usage_records_are_append_only_on_both_databases(empty_db: tuple[str, En
     migrate.upgrade(url)
     tenant_id, now = uuid.uuid4(), utcnow()
     with engine.begin() as conn:
-        conn.execute(insert(Tenant.__table__).values(
-            id=tenant_id, slug="append-only", name="a", status="active", plan="free",
-            created_at=now, updated_at=now))  # fmt: skip
-        conn.execute(insert(UsageRecord.__table__).values(
-            id="job_1:jobs.submitted", tenant_id=tenant_id, metric="jobs.submitted",
-            quantity=1, unit="job", occurred_at=now, recorded_at=now, properties={},
-            source="test"))  # fmt: skip
+        conn.execute(
+            insert(Tenant.__table__).values(
+                id=tenant_id,
+                slug="append-only",
+                name="a",
+                status="active",
+                plan="free",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            insert(UsageRecord.__table__).values(
+                id="job_1:jobs.submitted",
+                tenant_id=tenant_id,
+                metric="jobs.submitted",
+                quantity=1,
+                unit="job",
+                occurred_at=now,
+                recorded_at=now,
+                properties={},
+                source="test",
+            )
+        )
     for statement in (
         update(UsageRecord.__table__).values(quantity=2),
         delete(UsageRecord.__table__),

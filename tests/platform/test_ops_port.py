@@ -27,9 +27,11 @@ pytestmark = [
     pytest.mark.slow,
     # One cluster for the module: its tests run on one xdist worker (--dist loadgroup).
     pytest.mark.xdist_group("own-postgresql-cluster"),
-    pytest.mark.skipif(shutil.which("pg_createcluster") is None, reason="needs Debian's "
-                       "postgresql-common (pg_createcluster) to run a database it may stop"),
-]  # fmt: skip
+    pytest.mark.skipif(
+        shutil.which("pg_createcluster") is None,
+        reason="needs Debian's postgresql-common (pg_createcluster) to run a database it may stop",
+    ),
+]
 TOKEN = "k" * 40
 
 
@@ -41,13 +43,25 @@ class OwnCluster:
         # One per xdist worker, should the module's tests be spread over several.
         self.name = f"{DB_PREFIX}_ops_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
         self.port = free_port()
-        subprocess.run(["pg_dropcluster", "--stop", self.version, self.name],
-                       capture_output=True, check=False)  # fmt: skip
+        subprocess.run(
+            ["pg_dropcluster", "--stop", self.version, self.name], capture_output=True, check=False
+        )
         created = subprocess.run(
-            ["pg_createcluster", self.version, self.name, "-p", str(self.port), "--",
-             "--auth-local=trust", "--auth-host=trust"],
-            capture_output=True, text=True, check=False, timeout=120,
-        )  # fmt: skip
+            [
+                "pg_createcluster",
+                self.version,
+                self.name,
+                "-p",
+                str(self.port),
+                "--",
+                "--auth-local=trust",
+                "--auth-host=trust",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
         assert created.returncode == 0, created.stderr
         self.start()
         with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
@@ -58,10 +72,18 @@ class OwnCluster:
 
     def _ctl(self, action: str, *options: str) -> None:
         subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, action,
-             *options],
-            capture_output=True, check=True, timeout=120,
-        )  # fmt: skip
+            [
+                "pg_ctlcluster",
+                "--skip-systemctl-redirect",
+                self.version,
+                self.name,
+                action,
+                *options,
+            ],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
 
     def start(self) -> None:
         self._ctl("start")
@@ -70,8 +92,12 @@ class OwnCluster:
         self._ctl("stop", "-m", "fast")
 
     def drop(self) -> None:
-        subprocess.run(["pg_dropcluster", "--stop", self.version, self.name],
-                       capture_output=True, check=False, timeout=120)  # fmt: skip
+        subprocess.run(
+            ["pg_dropcluster", "--stop", self.version, self.name],
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +127,12 @@ def api_process(
     log = (var_dir / "api.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "celeriac.platform.cli", "api", "--port", str(port)],
-        env=celeriac_env(var_dir, **settings), cwd=var_dir.parent, stdout=log, stderr=log,
+        env=celeriac_env(var_dir, **settings),
+        cwd=var_dir.parent,
+        stdout=log,
+        stderr=log,
         start_new_session=True,
-    )  # fmt: skip
+    )
     public, ops = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ops_port}"
 
     def up() -> bool:

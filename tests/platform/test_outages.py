@@ -38,10 +38,13 @@ def relays(api_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         get_engine().dispose()
         clear_process_caches()
         with get_sessionmaker().begin() as session:
-            register_plugins(session, [
-                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-            ])  # fmt: skip
+            register_plugins(
+                session,
+                [
+                    PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                    PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+                ],
+            )
         yield {"pg": pg, "broker": broker, "cache": cache}
         get_engine().dispose()
 
@@ -52,11 +55,15 @@ def live(relays: dict[str, Relay]) -> Iterator[tuple[TestClient, dict[str, str]]
     settings = get_settings()
     admin = {"Authorization": f"Bearer {mint_token(settings, 'ops@test', Role.ADMIN)}"}
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        tenant = client.post("/v1/admin/tenants", json={"slug": "outage", "name": "o"},
-                             headers=admin)  # fmt: skip
+        tenant = client.post(
+            "/v1/admin/tenants", json={"slug": "outage", "name": "o"}, headers=admin
+        )
         assert tenant.status_code == 201, tenant.text
-        key = client.post(f"/v1/admin/tenants/{tenant.json()['id']}/keys",
-                          json={"scopes": ["jobs:write", "jobs:read"]}, headers=admin)  # fmt: skip
+        key = client.post(
+            f"/v1/admin/tenants/{tenant.json()['id']}/keys",
+            json={"scopes": ["jobs:write", "jobs:read"]},
+            headers=admin,
+        )
         assert key.status_code == 201, key.text
         yield client, {"Authorization": f"Bearer {key.json()['key']}"}
 
@@ -82,8 +89,11 @@ def test_get_job_with_postgresql_down_is_503_then_recovers(
     _assert_unavailable(client.get(url, headers=headers))
     _assert_unavailable(client.get("/v1/jobs", headers=headers))
     relays["pg"].restore()
-    wait_until(lambda: client.get(url, headers=headers).status_code == 200,
-               timeout=30, what="the job readable again after PostgreSQL came back")  # fmt: skip
+    wait_until(
+        lambda: client.get(url, headers=headers).status_code == 200,
+        timeout=30,
+        what="the job readable again after PostgreSQL came back",
+    )
 
 
 def test_submit_with_redis_hung_is_503_then_recovers(
@@ -96,8 +106,11 @@ def test_submit_with_redis_hung_is_503_then_recovers(
     _assert_unavailable(client.get("/v1/jobs", headers=headers))
     relays["broker"].restore()
     relays["cache"].restore()
-    wait_until(lambda: client.post("/v1/jobs", json=JOB, headers=headers).status_code == 202,
-               timeout=30, what="submissions accepted again after Redis came back")  # fmt: skip
+    wait_until(
+        lambda: client.post("/v1/jobs", json=JOB, headers=headers).status_code == 202,
+        timeout=30,
+        what="submissions accepted again after Redis came back",
+    )
 
 
 def test_submit_with_redis_refusing_is_503_then_recovers(
@@ -109,5 +122,8 @@ def test_submit_with_redis_refusing_is_503_then_recovers(
     _assert_unavailable(client.post("/v1/jobs", json=JOB, headers=headers))
     relays["broker"].restore()
     relays["cache"].restore()
-    wait_until(lambda: client.post("/v1/jobs", json=JOB, headers=headers).status_code == 202,
-               timeout=30, what="submissions accepted again after Redis came back")  # fmt: skip
+    wait_until(
+        lambda: client.post("/v1/jobs", json=JOB, headers=headers).status_code == 202,
+        timeout=30,
+        what="submissions accepted again after Redis came back",
+    )

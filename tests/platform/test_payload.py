@@ -118,6 +118,10 @@ def test_records_leave_the_collector_as_it_was() -> None:
 
 
 def test_a_json_document_is_what_json_loads_gives() -> None:
-    for raw in (b'{"a": [1, 2.5, null], "b": {"c": "\\u00e9"}}', b'{"n": 18446744073709551616}',
-                b'{"x": NaN}', b"[]"):  # fmt: skip
+    for raw in (
+        b'{"a": [1, 2.5, null], "b": {"c": "\\u00e9"}}',
+        b'{"n": 18446744073709551616}',
+        b'{"x": NaN}',
+        b"[]",
+    ):
         assert _same(payload.json_document(raw), json.loads(raw))

@@ -15,9 +15,17 @@ def test_name_round_trips() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["compute", "compute.high", "gpu.high.acme", "compute.urgent.acme",
-             "compute.high.Acme", "compute.high.acme.extra", "celery"],
-)  # fmt: skip
+    "name",
+    [
+        "compute",
+        "compute.high",
+        "gpu.high.acme",
+        "compute.urgent.acme",
+        "compute.high.Acme",
+        "compute.high.acme.extra",
+        "celery",
+    ],
+)
 def test_other_names_are_not_tenant_queues(name: str) -> None:
     assert parse_queue(name) is None
 
@@ -29,5 +37,7 @@ def test_bad_slug_cannot_make_a_queue() -> None:
 
 def test_tenant_queues_are_ordered_by_band() -> None:
     assert [q.band for q in tenant_queues(Pool.ORCHESTRATION, "acme")] == [
-        Priority.HIGH, Priority.NORMAL, Priority.LOW,
-    ]  # fmt: skip
+        Priority.HIGH,
+        Priority.NORMAL,
+        Priority.LOW,
+    ]

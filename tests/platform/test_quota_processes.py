@@ -27,13 +27,18 @@ pytestmark = pytest.mark.slow
 def _start_api(api_settings: Settings, var_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = celeriac_env(
-        var_dir, database_url=api_settings.database_url, broker_url=api_settings.broker_url,
+        var_dir,
+        database_url=api_settings.database_url,
+        broker_url=api_settings.broker_url,
         redis_url=str(api_settings.redis_url),
-    )  # fmt: skip
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "celeriac.platform.cli", "api", "--port", str(port)],
-        env=env, cwd=var_dir.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        env=env,
+        cwd=var_dir.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -61,22 +66,25 @@ def two_apis(api_settings: Settings, var_dir: Path) -> Iterator[list[str]]:
 
 
 def test_parallel_clients_on_two_processes_are_admitted_up_to_the_limit(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
-    admin_headers: dict[str, str], two_apis: list[str],
-) -> None:  # fmt: skip
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    admin_headers: dict[str, str],
+    two_apis: list[str],
+) -> None:
     tenant = make_tenant()
     burst, rate = 40, 1
-    client.put(f"/v1/admin/tenants/{tenant.id}/quotas",
-               json={"request_burst": burst, "requests_per_second": rate},
-               headers=admin_headers)  # fmt: skip
+    client.put(
+        f"/v1/admin/tenants/{tenant.id}/quotas",
+        json={"request_burst": burst, "requests_per_second": rate},
+        headers=admin_headers,
+    )
     clients, per_client = 12, 10
     statuses: list[int] = []
     lock = threading.Lock()
     go = threading.Barrier(clients)
 
     def run(index: int) -> None:
-        with httpx.Client(base_url=two_apis[index % 2], headers=tenant.headers,
-                          timeout=30) as http:  # fmt: skip
+        with httpx.Client(base_url=two_apis[index % 2], headers=tenant.headers, timeout=30) as http:
             go.wait()
             for _ in range(per_client):
                 answer = http.get("/v1/jobs", params={"limit": 1})
@@ -101,13 +109,14 @@ _POLICY = re.compile(r'"requests";q=(\d+);w=\d+')
 
 
 def test_an_admin_change_reaches_every_process_within_five_seconds(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
-    admin_headers: dict[str, str], two_apis: list[str],
-) -> None:  # fmt: skip
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    admin_headers: dict[str, str],
+    two_apis: list[str],
+) -> None:
     tenant = make_tenant()
     path = f"/v1/admin/tenants/{tenant.id}/quotas"
-    client.put(path, json={"request_burst": 500, "requests_per_second": 500},
-               headers=admin_headers)  # fmt: skip
+    client.put(path, json={"request_burst": 500, "requests_per_second": 500}, headers=admin_headers)
 
     def burst_seen(url: str) -> int:
         answer = httpx.get(f"{url}/v1/quotas", headers=tenant.headers, timeout=5)
@@ -116,12 +125,17 @@ def test_an_admin_change_reaches_every_process_within_five_seconds(
 
     for url in two_apis:  # both processes have the limits cached
         assert wait_until(lambda url=url: burst_seen(url) == 500, 10, "the first limits")
-    assert client.put(path, json={"request_burst": 77, "requests_per_second": 500},
-                      headers=admin_headers).status_code == 200  # fmt: skip
+    assert (
+        client.put(
+            path, json={"request_burst": 77, "requests_per_second": 500}, headers=admin_headers
+        ).status_code
+        == 200
+    )
     changed_at = time.monotonic()
     for url in two_apis:
-        wait_until(lambda url=url: burst_seen(url) == 77, 10, f"{url} to apply the change",
-                   every=0.05)  # fmt: skip
+        wait_until(
+            lambda url=url: burst_seen(url) == 77, 10, f"{url} to apply the change", every=0.05
+        )
         assert time.monotonic() - changed_at < 5.0
     body = httpx.get(f"{two_apis[1]}/v1/quotas", headers=tenant.headers).json()
     assert body["limits"]["request_burst"] == 77

@@ -42,8 +42,7 @@ def test_admin_overrides_are_audited_and_null_follows_the_plan(
     assert first["plan"] == "free" and first["limits"] == FREE == first["plan_defaults"]
     assert set(first["overrides"].values()) == {None} and first["updated_at"] is None
 
-    put = client.put(path, json={"max_running_jobs": 1, "jobs_per_month": 5},
-                     headers=admin_headers)  # fmt: skip
+    put = client.put(path, json={"max_running_jobs": 1, "jobs_per_month": 5}, headers=admin_headers)
     assert put.status_code == 200, put.text
     assert put.json()["limits"] == FREE | {"max_running_jobs": 1, "jobs_per_month": 5}
     # PUT replaces: what is left out follows the plan again
@@ -53,9 +52,10 @@ def test_admin_overrides_are_audited_and_null_follows_the_plan(
 
     with get_sessionmaker()() as session:
         entries = session.scalars(
-            select(AuditEntry).where(AuditEntry.action == "tenant.quotas.update")
+            select(AuditEntry)
+            .where(AuditEntry.action == "tenant.quotas.update")
             .order_by(AuditEntry.occurred_at)
-        ).all()  # fmt: skip
+        ).all()
     assert [(e.actor, str(e.tenant_id)) for e in entries] == [("ops@test", tenant.id)] * 2
     assert entries[1].details["before"]["max_running_jobs"] == 1
     assert entries[1].details["after"]["jobs_per_month"] == 7
@@ -68,9 +68,15 @@ def test_admin_overrides_are_audited_and_null_follows_the_plan(
 
 
 @pytest.mark.parametrize(
-    "body", [{"max_running_jobs": 0}, {"jobs_per_month": -1}, {"colour": 1},
-             {"request_burst": 3_000_000_000}, {"max_payload_bytes": "big"}],
-)  # fmt: skip
+    "body",
+    [
+        {"max_running_jobs": 0},
+        {"jobs_per_month": -1},
+        {"colour": 1},
+        {"request_burst": 3_000_000_000},
+        {"max_payload_bytes": "big"},
+    ],
+)
 def test_invalid_overrides_are_422_and_change_nothing(
     client: TestClient, tenant: TenantFixture, admin_headers: dict[str, str], body: object
 ) -> None:
@@ -82,9 +88,11 @@ def test_invalid_overrides_are_422_and_change_nothing(
 
 
 def test_quota_routes_check_roles_and_tenants(
-    client: TestClient, tenant: TenantFixture, api_settings: Settings,
+    client: TestClient,
+    tenant: TenantFixture,
+    api_settings: Settings,
     admin_headers: dict[str, str],
-) -> None:  # fmt: skip
+) -> None:
     billing = {"Authorization": f"Bearer {mint_token(api_settings, 'bill', Role.BILLING)}"}
     assert client.get(_quotas_path(tenant), headers=billing).status_code == 403
     assert client.put(_quotas_path(tenant), json={}, headers=tenant.headers).status_code == 401
@@ -106,8 +114,7 @@ def test_a_tenant_reads_its_limits_and_use(
     body = answer.json()
     assert body["plan"] == "free" and body["limits"] == FREE | {"max_webhook_targets": 4}
     usage = body["usage"]
-    assert usage["webhook_targets"] == {"limit": 4, "used": 0, "remaining": 4,
-                                        "resets_at": None}  # fmt: skip
+    assert usage["webhook_targets"] == {"limit": 4, "used": 0, "remaining": 4, "resets_at": None}
     assert usage["running_jobs"]["used"] == 0
     assert usage["jobs_this_month"]["limit"] == FREE["jobs_per_month"]
     assert usage["jobs_this_month"]["resets_at"].endswith("T00:00:00Z")
@@ -118,12 +125,16 @@ _STATUS = re.compile(r'^"requests";r=(\d+);t=(\d+)$')
 
 
 def test_rate_limit_headers_429_and_failed_auth_consumes_nothing(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
     admin_headers: dict[str, str],
-) -> None:  # fmt: skip
+) -> None:
     tenant = make_tenant(scopes=["jobs:read"])
-    client.put(_quotas_path(tenant), json={"requests_per_second": 1, "request_burst": 3},
-               headers=admin_headers)  # fmt: skip
+    client.put(
+        _quotas_path(tenant),
+        json={"requests_per_second": 1, "request_burst": 3},
+        headers=admin_headers,
+    )
     bad = {"Authorization": "Bearer ck_live_" + "x" * 40}
     for _ in range(5):  # neither a bad key nor a missing scope is counted
         assert client.get("/v1/jobs", headers=bad).status_code == 401
@@ -157,10 +168,13 @@ SPEC = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
 @pytest.fixture
 def registry(api_settings: Settings) -> None:
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
 
 
 def _job_count() -> int:
@@ -170,20 +184,30 @@ def _job_count() -> int:
 
 def _submitted_records() -> int:
     with get_engine().connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(UsageRecord).where(
-            UsageRecord.metric == "jobs.submitted")).scalar_one())  # fmt: skip
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(UsageRecord)
+                .where(UsageRecord.metric == "jobs.submitted")
+            ).scalar_one()
+        )
 
 
 def test_payload_over_the_tenants_limits_is_413_and_stores_nothing(
     client: TestClient, tenant: TenantFixture, admin_headers: dict[str, str], registry: None
 ) -> None:
-    client.put(_quotas_path(tenant), json={"max_payload_bytes": 600, "max_records_per_job": 3},
-               headers=admin_headers)  # fmt: skip
-    ok = client.post("/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}] * 3},
-                     headers=tenant.headers)  # fmt: skip
+    client.put(
+        _quotas_path(tenant),
+        json={"max_payload_bytes": 600, "max_records_per_job": 3},
+        headers=admin_headers,
+    )
+    ok = client.post(
+        "/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}] * 3}, headers=tenant.headers
+    )
     assert ok.status_code == 202, ok.text
-    too_many = client.post("/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}] * 4},
-                           headers=tenant.headers)  # fmt: skip
+    too_many = client.post(
+        "/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}] * 4}, headers=tenant.headers
+    )
     assert too_many.status_code == 413 and too_many.json()["policy"] == "records-per-job"
     assert "limit is 3" in too_many.json()["detail"]
     big = {"pipeline": SPEC, "records": [{"text": "x" * 700}]}
@@ -197,18 +221,24 @@ def test_payload_over_the_tenants_limits_is_413_and_stores_nothing(
     streamed = client.post(
         "/v1/jobs", content=chunked(), headers=tenant.headers | {"Content-Type": "application/json"}
     )
-    assert streamed.status_code == 413  # fmt: skip
-    upload = client.post("/v1/jobs", headers=tenant.headers, data={"pipeline": "full"},
-                         files={"file": ("x.ndjson", b'{"t": "' + b"y" * 700 + b'"}\n',
-                                         "application/x-ndjson")})  # fmt: skip
+    assert streamed.status_code == 413
+    upload = client.post(
+        "/v1/jobs",
+        headers=tenant.headers,
+        data={"pipeline": "full"},
+        files={"file": ("x.ndjson", b'{"t": "' + b"y" * 700 + b'"}\n', "application/x-ndjson")},
+    )
     assert upload.status_code == 413 and upload.json()["policy"] == "payload-bytes"
     assert _job_count() == 1 and _submitted_records() == 1
 
 
 def test_monthly_job_quota_is_429_replays_do_not_count_and_raising_it_applies(
-    client: TestClient, tenant: TenantFixture, admin_headers: dict[str, str], registry: None,
+    client: TestClient,
+    tenant: TenantFixture,
+    admin_headers: dict[str, str],
+    registry: None,
     api_settings: Settings,
-) -> None:  # fmt: skip
+) -> None:
     client.put(_quotas_path(tenant), json={"jobs_per_month": 2}, headers=admin_headers)
     job = {"pipeline": SPEC, "records": [{"n": 1}]}
     first = client.post("/v1/jobs", json=job, headers=tenant.headers | {"Idempotency-Key": "a"})
@@ -229,8 +259,9 @@ def test_monthly_job_quota_is_429_replays_do_not_count_and_raising_it_applies(
     assert int(refused.headers["Retry-After"]) >= 1
     assert _job_count() == 2 and _submitted_records() == 2
     # A retried request still gets its first answer, the quota used up or not.
-    late_replay = client.post("/v1/jobs", json=job,
-                              headers=tenant.headers | {"Idempotency-Key": "a"})  # fmt: skip
+    late_replay = client.post(
+        "/v1/jobs", json=job, headers=tenant.headers | {"Idempotency-Key": "a"}
+    )
     assert late_replay.status_code == 202 and late_replay.json()["id"] == first.json()["id"]
 
     # A lost counter (Redis flushed) is seeded again from the usage records.
@@ -246,9 +277,12 @@ def test_monthly_job_quota_is_429_replays_do_not_count_and_raising_it_applies(
 
 
 def test_a_drifted_monthly_counter_is_corrected_after_two_runs(
-    client: TestClient, tenant: TenantFixture, admin_headers: dict[str, str], registry: None,
+    client: TestClient,
+    tenant: TenantFixture,
+    admin_headers: dict[str, str],
+    registry: None,
     api_settings: Settings,
-) -> None:  # fmt: skip
+) -> None:
     job = {"pipeline": SPEC, "records": [{"n": 1}]}
     assert client.post("/v1/jobs", json=job, headers=tenant.headers).status_code == 202
     cache = redis.Redis.from_url(str(api_settings.redis_url))
@@ -266,31 +300,39 @@ def test_a_drifted_monthly_counter_is_corrected_after_two_runs(
 def test_a_submission_that_fails_gives_its_monthly_reservation_back(
     client: TestClient, tenant: TenantFixture, admin_headers: dict[str, str], registry: None
 ) -> None:
-    client.put(_quotas_path(tenant), json={"jobs_per_month": 1, "max_records_per_job": 2},
-               headers=admin_headers)  # fmt: skip
+    client.put(
+        _quotas_path(tenant),
+        json={"jobs_per_month": 1, "max_records_per_job": 2},
+        headers=admin_headers,
+    )
     for bad in (
         {"pipeline": "nope", "records": [{"n": 1}]},  # 422
         {"pipeline": SPEC, "records": [{"n": 1}] * 3},
     ):  # 413
         answer = client.post("/v1/jobs", json=bad, headers=tenant.headers)
         assert answer.status_code in (413, 422), answer.text
-    malformed = client.post("/v1/jobs", content=b"{", headers=tenant.headers | {
-        "Content-Type": "application/json"})  # fmt: skip
+    malformed = client.post(
+        "/v1/jobs", content=b"{", headers=tenant.headers | {"Content-Type": "application/json"}
+    )
     assert malformed.status_code == 400
-    ok = client.post("/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}]},
-                     headers=tenant.headers)  # fmt: skip
+    ok = client.post(
+        "/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}]}, headers=tenant.headers
+    )
     assert ok.status_code == 202, ok.text
     assert '"jobs-monthly";r=0;' in ok.headers["RateLimit"]
-    over = client.post("/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}]},
-                       headers=tenant.headers)  # fmt: skip
+    over = client.post(
+        "/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}]}, headers=tenant.headers
+    )
     assert over.status_code == 429 and over.json()["policy"] == "jobs-monthly"
     assert _job_count() == 1
 
 
 def test_dispatch_weight_follows_the_plan_and_an_admin_override_reaches_the_dispatcher(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
-    admin_headers: dict[str, str], api_settings: Settings,
-) -> None:  # fmt: skip
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    admin_headers: dict[str, str],
+    api_settings: Settings,
+) -> None:
     from celeriac.platform.dispatch import get_dispatcher
     from celeriac.platform.quotas.weights import sync_weights
 
@@ -301,8 +343,9 @@ def test_dispatch_weight_follows_the_plan_and_an_admin_override_reaches_the_disp
     assert client.get(path, headers=admin_headers).json()["limits"]["dispatch_weight"] == 1
     assert dispatcher.weights() == {}  # the free plan's weight is the default
 
-    moved = client.patch(f"/v1/admin/tenants/{tenant.id}", json={"plan": "enterprise"},
-                         headers=admin_headers)  # fmt: skip
+    moved = client.patch(
+        f"/v1/admin/tenants/{tenant.id}", json={"plan": "enterprise"}, headers=admin_headers
+    )
     assert moved.status_code == 200, moved.text
     assert dispatcher.weights() == {"weighty": 4}
 

@@ -29,8 +29,9 @@ def test_concurrent_requests_are_batched_and_admitted_up_to_the_burst(
     api_settings: Settings,
 ) -> None:
     limiter = RedisRateLimiter(str(api_settings.redis_url))
-    limits = PLANS["free"].__class__(**(PLANS["free"].as_dict() | {
-        "requests_per_second": 1, "request_burst": 30}))  # fmt: skip
+    limits = PLANS["free"].__class__(
+        **(PLANS["free"].as_dict() | {"requests_per_second": 1, "request_burst": 30})
+    )
     tenant = uuid.uuid4()
     calls = 0
 

@@ -34,8 +34,11 @@ def second_api(api_settings: Settings, var_dir: Path) -> Iterator[str]:
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "celeriac.platform.cli", "api", "--port", str(port)],
-        env=env, cwd=var_dir.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        env=env,
+        cwd=var_dir.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -57,8 +60,9 @@ def test_revocation_reaches_another_process_within_five_seconds(
     client: TestClient, make_tenant: Callable[..., TenantFixture], second_api: str
 ) -> None:
     tenant = make_tenant()
-    victim = client.post("/v1/keys", json={"scopes": ["keys:manage"]},
-                         headers=tenant.headers).json()  # fmt: skip
+    victim = client.post(
+        "/v1/keys", json={"scopes": ["keys:manage"]}, headers=tenant.headers
+    ).json()
     victim_headers = {"Authorization": f"Bearer {victim['key']}"}
     # Warm the other process's cache with the key.
     assert httpx.get(f"{second_api}/v1/keys", headers=victim_headers).status_code == 200

@@ -93,22 +93,39 @@ def test_an_unhandled_api_error_arrives_once_with_tags_and_no_tenant_data(
 
 def test_scrubber_keeps_the_location_and_drops_the_values() -> None:
     event = {
-        "exception": {"values": [{
-            "type": "ValueError", "value": f'Unable to parse string "{MARKER}" at position 0',
-            "stacktrace": {"frames": [{"function": "analyze", "lineno": 3,
-                                       "vars": {"row": MARKER}}]},
-        }]},
-        "logentry": {"message": "could not parse %s", "params": [MARKER],
-                     "formatted": f"could not parse {MARKER}"},
-        "request": {"data": {"records": [MARKER]}, "cookies": {"s": MARKER},
-                    "query_string": f"q={MARKER}",
-                    "headers": {"Authorization": f"Bearer {MARKER}", "User-Agent": "curl"}},
-        "extra": {"celery-job": {"task_name": "celeriac.compute.run_task",
-                                 "args": [MARKER], "kwargs": {"x": MARKER}},
-                  "sys.argv": [MARKER]},
+        "exception": {
+            "values": [
+                {
+                    "type": "ValueError",
+                    "value": f'Unable to parse string "{MARKER}" at position 0',
+                    "stacktrace": {
+                        "frames": [{"function": "analyze", "lineno": 3, "vars": {"row": MARKER}}]
+                    },
+                }
+            ]
+        },
+        "logentry": {
+            "message": "could not parse %s",
+            "params": [MARKER],
+            "formatted": f"could not parse {MARKER}",
+        },
+        "request": {
+            "data": {"records": [MARKER]},
+            "cookies": {"s": MARKER},
+            "query_string": f"q={MARKER}",
+            "headers": {"Authorization": f"Bearer {MARKER}", "User-Agent": "curl"},
+        },
+        "extra": {
+            "celery-job": {
+                "task_name": "celeriac.compute.run_task",
+                "args": [MARKER],
+                "kwargs": {"x": MARKER},
+            },
+            "sys.argv": [MARKER],
+        },
         "breadcrumbs": {"values": [{"message": "x", "data": {"value": MARKER}}]},
         "user": {"ip_address": "127.0.0.1"},
-    }  # fmt: skip
+    }
     scrubbed = scrub_event(event, {})
     assert MARKER not in repr(scrubbed)
     frame = scrubbed["exception"]["values"][0]["stacktrace"]["frames"][0]

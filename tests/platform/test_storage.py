@@ -273,11 +273,18 @@ def test_factory_builds_the_s3_store_with_tenant_sse_kms(tmp_path: Path, aws: Aw
     env = aws.settings_env(bucket)
     settings = Settings(
         var_dir=tmp_path,
-        blob={"backend": "s3", "s3_bucket": bucket, "s3_endpoint_url": aws.endpoint_url,
-              "s3_sse": "tenant_key"},
-        keys={"provider": "kms", "kms_endpoint_url": aws.endpoint_url,
-              "kms_alias_prefix": env["KEYS__KMS_ALIAS_PREFIX"]},
-    )  # fmt: skip
+        blob={
+            "backend": "s3",
+            "s3_bucket": bucket,
+            "s3_endpoint_url": aws.endpoint_url,
+            "s3_sse": "tenant_key",
+        },
+        keys={
+            "provider": "kms",
+            "kms_endpoint_url": aws.endpoint_url,
+            "kms_alias_prefix": env["KEYS__KMS_ALIAS_PREFIX"],
+        },
+    )
     store = blob_store_from_settings(settings)
     assert isinstance(store, S3BlobStore)
     key_arn = KmsKeyProvider(
@@ -289,8 +296,10 @@ def test_factory_builds_the_s3_store_with_tenant_sse_kms(tmp_path: Path, aws: Aw
         head = aws.s3().head_object(Bucket=bucket, Key=job_blob_key("acme", "j1", name))
         assert head["ServerSideEncryption"] == "aws:kms"
         assert head["SSEKMSKeyId"] in (key_arn, f"{env['KEYS__KMS_ALIAS_PREFIX']}acme")
-    plain = Settings(var_dir=tmp_path, blob={"backend": "s3", "s3_bucket": bucket,
-                                             "s3_endpoint_url": aws.endpoint_url})  # fmt: skip
+    plain = Settings(
+        var_dir=tmp_path,
+        blob={"backend": "s3", "s3_bucket": bucket, "s3_endpoint_url": aws.endpoint_url},
+    )
     default = blob_store_from_settings(plain)
     default.put(job_blob_key("acme", "j1", "other"), b"x")
     head = aws.s3().head_object(Bucket=bucket, Key=job_blob_key("acme", "j1", "other"))

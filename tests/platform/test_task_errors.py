@@ -28,10 +28,13 @@ JOB = {
 @pytest.fixture(autouse=True)
 def _registry(api_settings: Settings) -> None:
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
 
 
 def _failed_task(tenant_id: str, job_id: str, exc: BaseException) -> None:
@@ -39,12 +42,22 @@ def _failed_task(tenant_id: str, job_id: str, exc: BaseException) -> None:
     task_id = uuid.uuid4()
     sealed = task_errors.seal_exception(tenant_id, str(task_id), exc)
     with get_sessionmaker().begin() as session:
-        session.add(JobTask(
-            id=task_id, tenant_id=uuid.UUID(tenant_id), job_id=uuid.UUID(job_id),
-            task_key="analysis/summary/tabular", stage=JobStage.ANALYSIS, plugin="summary",
-            chunk=None, input_key="in/", state=TaskState.FAILED, attempts=1,
-            error=sealed.clear, error_detail=sealed.detail,
-        ))  # fmt: skip
+        session.add(
+            JobTask(
+                id=task_id,
+                tenant_id=uuid.UUID(tenant_id),
+                job_id=uuid.UUID(job_id),
+                task_key="analysis/summary/tabular",
+                stage=JobStage.ANALYSIS,
+                plugin="summary",
+                chunk=None,
+                input_key="in/",
+                state=TaskState.FAILED,
+                attempts=1,
+                error=sealed.clear,
+                error_detail=sealed.detail,
+            )
+        )
 
 
 def test_error_details_are_encrypted_and_shown_to_the_tenant(
@@ -62,9 +75,16 @@ def test_error_details_are_encrypted_and_shown_to_the_tenant(
     assert MARKER.encode() not in bytes(row.error_detail)
 
     shown = client.get(f"/v1/jobs/{job['id']}", headers=tenant.headers).json()["errors"]
-    assert shown == [{"stage": "analysis", "plugin": "summary", "chunk": None,
-                      "state": "failed", "attempts": 1,
-                      "error": f"ValueError: {failure}"}]  # fmt: skip
+    assert shown == [
+        {
+            "stage": "analysis",
+            "plugin": "summary",
+            "chunk": None,
+            "state": "failed",
+            "attempts": 1,
+            "error": f"ValueError: {failure}",
+        }
+    ]
     assert client.get(f"/v1/jobs/{job['id']}", headers=other.headers).status_code == 404
     # the clear part is a class name or "Error", never free text
     odd = task_errors.seal(tenant.id, str(uuid.uuid4()), f"not a class '{MARKER}'", "x")

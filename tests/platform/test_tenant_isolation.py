@@ -35,21 +35,34 @@ def owner_objects(
 ) -> tuple[TenantFixture, dict[str, str]]:
     client.app.dependency_overrides[destination_resolver] = lambda: _public  # type: ignore[attr-defined]
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
     owner = make_tenant("owner")
     spec = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
-    job = client.post("/v1/jobs", headers=owner.headers, json={
-        "pipeline": spec, "records": [{"secret": "owner-data"}]}).json()  # fmt: skip
+    job = client.post(
+        "/v1/jobs",
+        headers=owner.headers,
+        json={"pipeline": spec, "records": [{"secret": "owner-data"}]},
+    ).json()
     key = client.post("/v1/keys", json={"scopes": ["jobs:read"]}, headers=owner.headers).json()
-    target = client.post("/v1/webhooks", headers=owner.headers, json={
-        "url": "https://hooks.example.com/x", "event_types": ["job.*"]}).json()  # fmt: skip
+    target = client.post(
+        "/v1/webhooks",
+        headers=owner.headers,
+        json={"url": "https://hooks.example.com/x", "event_types": ["job.*"]},
+    ).json()
     test = client.post(f"/v1/webhooks/{target['id']}/test", headers=owner.headers)
     assert test.status_code == 202, test.text
-    return owner, {"job_id": job["id"], "key_id": key["id"], "target_id": target["id"],
-                   "message_id": test.json()["message_id"]}  # fmt: skip
+    return owner, {
+        "job_id": job["id"],
+        "key_id": key["id"],
+        "target_id": target["id"],
+        "message_id": test.json()["message_id"],
+    }
 
 
 def _tenant_operations(client: TestClient) -> list[tuple[str, str]]:
@@ -73,8 +86,12 @@ def test_every_tenant_route_hides_other_tenants_objects(
     intruder = make_tenant("intruder")
     checked = []
     for method, template in _tenant_operations(client):
-        answer = client.request(method, template.format(**ids), headers=intruder.headers,
-                                json=BODIES.get((method, template)))  # fmt: skip
+        answer = client.request(
+            method,
+            template.format(**ids),
+            headers=intruder.headers,
+            json=BODIES.get((method, template)),
+        )
         assert answer.status_code == 404, (method, template, answer.text)
         assert all(value not in answer.text for value in ("owner-data", owner.id))
         checked.append((method, template))
@@ -82,9 +99,12 @@ def test_every_tenant_route_hides_other_tenants_objects(
     assert len(checked) >= 12, checked
 
     # The owner still sees everything, unchanged by the intruder's attempts.
-    for path in (f"/v1/jobs/{ids['job_id']}", f"/v1/keys/{ids['key_id']}",
-                 f"/v1/webhooks/{ids['target_id']}",
-                 f"/v1/webhook-messages/{ids['message_id']}"):  # fmt: skip
+    for path in (
+        f"/v1/jobs/{ids['job_id']}",
+        f"/v1/keys/{ids['key_id']}",
+        f"/v1/webhooks/{ids['target_id']}",
+        f"/v1/webhook-messages/{ids['message_id']}",
+    ):
         assert client.get(path, headers=owner.headers).status_code == 200
     assert client.get(f"/v1/jobs/{ids['job_id']}", headers=owner.headers).json()["state"] == (
         "queued"
@@ -111,12 +131,16 @@ def test_quotas_show_only_the_callers_own_limits_and_use(
 ) -> None:
     owner, _ = owner_objects
     intruder = make_tenant("intruder")
-    client.put(f"/v1/admin/tenants/{owner.id}/quotas", json={"jobs_per_month": 9},
-               headers=admin_headers)  # fmt: skip
+    client.put(
+        f"/v1/admin/tenants/{owner.id}/quotas", json={"jobs_per_month": 9}, headers=admin_headers
+    )
     mine = client.get("/v1/quotas", headers=intruder.headers).json()
     theirs = client.get("/v1/quotas", headers=owner.headers).json()
-    assert theirs["usage"]["jobs_this_month"] == {**theirs["usage"]["jobs_this_month"],
-                                                  "limit": 9, "used": 1}  # fmt: skip
+    assert theirs["usage"]["jobs_this_month"] == {
+        **theirs["usage"]["jobs_this_month"],
+        "limit": 9,
+        "used": 1,
+    }
     assert theirs["usage"]["webhook_targets"]["used"] == 1
     assert mine["limits"]["jobs_per_month"] != 9
     assert mine["usage"]["jobs_this_month"]["used"] == 0

@@ -58,8 +58,9 @@ def client(backend_settings: Settings) -> Iterator[TestClient]:
 
 
 def _submit(client: TestClient, tenant: TenantFixture) -> Job:
-    answer = client.post("/v1/jobs", json={"pipeline": SPEC, "records": RECORDS},
-                         headers=tenant.headers)  # fmt: skip
+    answer = client.post(
+        "/v1/jobs", json={"pipeline": SPEC, "records": RECORDS}, headers=tenant.headers
+    )
     assert answer.status_code == 202, answer.text
     with get_sessionmaker()() as session:
         job = session.get(Job, answer.json()["id"])
@@ -88,10 +89,13 @@ def _tenant_row(tenant_id: str) -> Tenant:
 
 def _audit_actions(tenant_id: str) -> list[str]:
     with get_sessionmaker()() as session:
-        return list(session.scalars(
-            select(AuditEntry.action).where(AuditEntry.tenant_id == tenant_id)
-            .order_by(AuditEntry.occurred_at)
-        ))  # fmt: skip
+        return list(
+            session.scalars(
+                select(AuditEntry.action)
+                .where(AuditEntry.tenant_id == tenant_id)
+                .order_by(AuditEntry.occurred_at)
+            )
+        )
 
 
 def test_deleting_a_tenant_shreds_its_key_then_deletes_its_blobs_and_keeps_usage(
@@ -128,8 +132,10 @@ def test_deleting_a_tenant_shreds_its_key_then_deletes_its_blobs_and_keeps_usage
     assert row.key_destroyed_at is not None and row.blobs_deleted_at is not None
     assert destruction.destroy_deleted_tenants() == 0  # nothing left to do
     assert _audit_actions(tenant.id)[-3:] == [
-        "tenant.delete", "tenant.key_destroyed", "tenant.blobs_deleted",
-    ]  # fmt: skip
+        "tenant.delete",
+        "tenant.key_destroyed",
+        "tenant.blobs_deleted",
+    ]
     with get_sessionmaker()() as session:
         usage = session.scalar(
             select(func.count()).select_from(UsageRecord).where(UsageRecord.tenant_id == tenant.id)
@@ -207,6 +213,7 @@ def test_rotation_errors_are_problems(
     missing = "00000000-0000-4000-8000-000000000000"
     answer = client.post(f"/v1/admin/tenants/{missing}/rotate-key", headers=admin_headers)
     assert answer.status_code == 404
-    answer = client.post(f"/v1/admin/tenants/{tenant.id}/rotate-key",
-                         headers=make_tenant("caller").headers)  # fmt: skip
+    answer = client.post(
+        f"/v1/admin/tenants/{tenant.id}/rotate-key", headers=make_tenant("caller").headers
+    )
     assert answer.status_code in (401, 403)

@@ -15,9 +15,10 @@ from celeriac.platform.models import AuditEntry
 
 def test_create_get_and_audit(client: TestClient, admin_headers: dict[str, str]) -> None:
     created = client.post(
-        "/v1/admin/tenants", json={"slug": "acme", "name": "Acme", "plan": "pro"},
+        "/v1/admin/tenants",
+        json={"slug": "acme", "name": "Acme", "plan": "pro"},
         headers=admin_headers,
-    )  # fmt: skip
+    )
     assert created.status_code == 201
     body = created.json()
     assert (body["slug"], body["status"], body["plan"]) == ("acme", "active", "pro")
@@ -53,8 +54,9 @@ def test_list_pages_through_every_tenant_once(
     client: TestClient, admin_headers: dict[str, str]
 ) -> None:
     for i in range(7):
-        client.post("/v1/admin/tenants", json={"slug": f"page-{i}", "name": "x"},
-                    headers=admin_headers)  # fmt: skip
+        client.post(
+            "/v1/admin/tenants", json={"slug": f"page-{i}", "name": "x"}, headers=admin_headers
+        )
     seen: list[str] = []
     cursor = None
     while True:
@@ -78,14 +80,14 @@ def test_suspend_answers_403_and_delete_revokes_keys(
     tenant = make_tenant()
     assert client.get("/v1/keys", headers=tenant.headers).status_code == 200
 
-    suspended = client.patch(f"/v1/admin/tenants/{tenant.id}", json={"status": "suspended"},
-                             headers=admin_headers)  # fmt: skip
+    suspended = client.patch(
+        f"/v1/admin/tenants/{tenant.id}", json={"status": "suspended"}, headers=admin_headers
+    )
     assert suspended.json()["status"] == "suspended"
     answer = client.get("/v1/keys", headers=tenant.headers)
     assert answer.status_code == 403 and "suspended" in answer.json()["detail"]
 
-    client.patch(f"/v1/admin/tenants/{tenant.id}", json={"status": "active"},
-                 headers=admin_headers)  # fmt: skip
+    client.patch(f"/v1/admin/tenants/{tenant.id}", json={"status": "active"}, headers=admin_headers)
     assert client.get("/v1/keys", headers=tenant.headers).status_code == 200
 
     deleted = client.delete(f"/v1/admin/tenants/{tenant.id}", headers=admin_headers)
@@ -94,8 +96,9 @@ def test_suspend_answers_403_and_delete_revokes_keys(
     assert answer.status_code == 401 and "WWW-Authenticate" in answer.headers
     keys = client.get(f"/v1/admin/tenants/{tenant.id}/keys", headers=admin_headers)
     assert keys.status_code == 404  # a deleted tenant's keys are not managed any more
-    patch = client.patch(f"/v1/admin/tenants/{tenant.id}", json={"plan": "pro"},
-                         headers=admin_headers)  # fmt: skip
+    patch = client.patch(
+        f"/v1/admin/tenants/{tenant.id}", json={"plan": "pro"}, headers=admin_headers
+    )
     assert patch.status_code == 409
 
 

@@ -41,23 +41,32 @@ def usage(client: TestClient, make_tenant: Callable[..., TenantFixture]) -> list
     """Two tenants with submitted and cancelled jobs, and records spread over hours, days
     and two months."""
     with get_sessionmaker().begin() as session:
-        register_plugins(session, [
-            PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
-            PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
-        ])  # fmt: skip
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
     tenants = [make_tenant("billed-a"), make_tenant("billed-b")]
     for index, tenant in enumerate(tenants):
         for _ in range(index + 2):
-            job = client.post("/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}]},
-                              headers=tenant.headers).json()  # fmt: skip
+            job = client.post(
+                "/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}]}, headers=tenant.headers
+            ).json()
         assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant.headers).is_success
         rows = [
-            usage_row(cause=f"test_{index}_{n}", tenant_id=uuid.UUID(tenant.id),
-                      metric=Metric.COMPUTE_SECONDS, quantity=Decimal(n) / 4,
-                      occurred_at=BASE + timedelta(minutes=37 * n), properties={"n": n},
-                      source="test")
+            usage_row(
+                cause=f"test_{index}_{n}",
+                tenant_id=uuid.UUID(tenant.id),
+                metric=Metric.COMPUTE_SECONDS,
+                quantity=Decimal(n) / 4,
+                occurred_at=BASE + timedelta(minutes=37 * n),
+                properties={"n": n},
+                source="test",
+            )
             for n in range(12)
-        ]  # fmt: skip
+        ]
         with get_sessionmaker().begin() as session:
             insert_usage(session, rows)
     return tenants
@@ -66,8 +75,11 @@ def usage(client: TestClient, make_tenant: Callable[..., TenantFixture]) -> list
 def _all_records(client: TestClient, headers: dict[str, str], **params: Any) -> list[Any]:
     found, cursor = [], None
     while True:
-        page = client.get("/v1/usage/records", headers=headers,
-                          params=params | ({"cursor": cursor} if cursor else {}))  # fmt: skip
+        page = client.get(
+            "/v1/usage/records",
+            headers=headers,
+            params=params | ({"cursor": cursor} if cursor else {}),
+        )
         assert page.status_code == 200, page.text
         found += page.json()["data"]
         cursor = page.json()["next_cursor"]
@@ -90,9 +102,14 @@ def test_records_page_in_a_stable_order_with_filters(
     assert set(every[0]) == set(RECORD_COLUMNS)
 
     a = usage[0]
-    mine = _all_records(client, billing_headers, tenant_id=a.id, metric="compute.seconds",
-                        occurred_after=(BASE + timedelta(hours=1)).isoformat(),
-                        occurred_before=(BASE + timedelta(hours=4)).isoformat())  # fmt: skip
+    mine = _all_records(
+        client,
+        billing_headers,
+        tenant_id=a.id,
+        metric="compute.seconds",
+        occurred_after=(BASE + timedelta(hours=1)).isoformat(),
+        occurred_before=(BASE + timedelta(hours=4)).isoformat(),
+    )
     assert [r["properties"]["n"] for r in mine] == [2, 3, 4, 5, 6]
     assert {r["tenant_id"] for r in mine} == {a.id}
     assert mine[0]["quantity"] == "0.500000" and mine[0]["unit"] == "second"
@@ -105,8 +122,9 @@ def test_csv_has_the_same_columns_and_rows(
 ) -> None:
     params = {"limit": 7}
     as_json = client.get("/v1/usage/records", params=params, headers=billing_headers)
-    as_csv = client.get("/v1/usage/records", params=params,
-                        headers=billing_headers | {"Accept": "text/csv"})  # fmt: skip
+    as_csv = client.get(
+        "/v1/usage/records", params=params, headers=billing_headers | {"Accept": "text/csv"}
+    )
     assert as_csv.status_code == 200 and as_csv.headers["content-type"].startswith("text/csv")
     assert as_csv.headers["Link"] == as_json.headers["Link"]
     rows = list(csv.DictReader(io.StringIO(as_csv.text)))
@@ -114,7 +132,8 @@ def test_csv_has_the_same_columns_and_rows(
     for row, record in zip(rows, as_json.json()["data"], strict=True):
         assert row["id"] == record["id"] and row["quantity"] == record["quantity"]
         assert datetime.fromisoformat(row["occurred_at"]) == datetime.fromisoformat(
-            record["occurred_at"])  # fmt: skip
+            record["occurred_at"]
+        )
         assert row["adjusts_id"] == (record["adjusts_id"] or "")
 
 
@@ -129,37 +148,51 @@ def _truncate(at: datetime, granularity: str) -> datetime:
 
 @pytest.mark.parametrize("granularity", ["hour", "day", "month"])
 def test_summary_equals_the_sum_of_the_records_and_counts_finished_jobs(
-    client: TestClient, usage: list[TenantFixture], billing_headers: dict[str, str],
-    admin_headers: dict[str, str], granularity: str,
-) -> None:  # fmt: skip
+    client: TestClient,
+    usage: list[TenantFixture],
+    billing_headers: dict[str, str],
+    admin_headers: dict[str, str],
+    granularity: str,
+) -> None:
     records = _all_records(client, billing_headers, limit=1000)
-    original = next(r for r in records if r["metric"] == "compute.seconds"
-                    and r["quantity"] != "0.000000")  # fmt: skip
+    original = next(
+        r for r in records if r["metric"] == "compute.seconds" and r["quantity"] != "0.000000"
+    )
     adjusted = client.post(
         "/v1/admin/usage/adjustments",
         headers=admin_headers,
         json={"adjusts_id": original["id"], "quantity": "-0.25", "reason": "double count"},
     )
-    assert adjusted.status_code == 201, adjusted.text  # fmt: skip
+    assert adjusted.status_code == 201, adjusted.text
     records = _all_records(client, billing_headers, limit=1000)
 
     expected: dict[tuple[str, str, datetime], list[Decimal]] = defaultdict(list)
     for r in records:
         period = _truncate(datetime.fromisoformat(r["occurred_at"]), granularity)
         expected[(r["tenant_id"], r["metric"], period)].append(Decimal(r["quantity"]))
-    answer = client.get("/v1/usage/summary", params={"granularity": granularity},
-                        headers=billing_headers)  # fmt: skip
+    answer = client.get(
+        "/v1/usage/summary", params={"granularity": granularity}, headers=billing_headers
+    )
     assert answer.status_code == 200, answer.text
-    totals = {(t["tenant_id"], t["metric"], datetime.fromisoformat(t["period_start"])):
-              (Decimal(t["quantity"]), t["records"]) for t in answer.json()["data"]}  # fmt: skip
+    totals = {
+        (t["tenant_id"], t["metric"], datetime.fromisoformat(t["period_start"])): (
+            Decimal(t["quantity"]),
+            t["records"],
+        )
+        for t in answer.json()["data"]
+    }
     assert totals == {k: (sum(v, Decimal(0)), len(v)) for k, v in expected.items()}
     periods = {k[2] for k in totals}
     assert len(periods) > 1 and all(p == _truncate(p, granularity) for p in periods)
 
     with get_engine().connect() as conn:
-        finished = dict(conn.execute(
-            select(Job.tenant_id, func.count()).where(Job.state.in_(list(FINAL_JOB_STATES)))
-            .group_by(Job.tenant_id)).all())  # fmt: skip
+        finished = dict(
+            conn.execute(
+                select(Job.tenant_id, func.count())
+                .where(Job.state.in_(list(FINAL_JOB_STATES)))
+                .group_by(Job.tenant_id)
+            ).all()
+        )
     completed: dict[str, Decimal] = defaultdict(Decimal)
     for (tenant_id, metric, _), (quantity, _) in totals.items():
         if metric == "jobs.completed":
@@ -169,9 +202,11 @@ def test_summary_equals_the_sum_of_the_records_and_counts_finished_jobs(
 
 
 def test_adjustments_reference_the_original_are_audited_and_checked(
-    client: TestClient, usage: list[TenantFixture], billing_headers: dict[str, str],
+    client: TestClient,
+    usage: list[TenantFixture],
+    billing_headers: dict[str, str],
     admin_headers: dict[str, str],
-) -> None:  # fmt: skip
+) -> None:
     original = _all_records(client, billing_headers, metric="jobs.submitted")[0]
 
     def adjust(headers: dict[str, str], **body: Any) -> Any:
@@ -187,7 +222,10 @@ def test_adjustments_reference_the_original_are_audited_and_checked(
     correction = made.json()
     assert correction["adjusts_id"] == original["id"] and correction["quantity"] == "-1.000000"
     assert (correction["tenant_id"], correction["metric"], correction["unit"]) == (
-        original["tenant_id"], original["metric"], original["unit"])  # fmt: skip
+        original["tenant_id"],
+        original["metric"],
+        original["unit"],
+    )
     assert adjust(admin_headers, adjusts_id=correction["id"]).status_code == 422
     assert adjust(admin_headers).status_code == 422  # the record already totals 0
 
@@ -212,8 +250,12 @@ def test_the_database_refuses_to_change_or_delete_a_record(
         with pytest.raises(IntegrityError, match="append-only"), get_engine().begin() as conn:
             conn.execute(statement)
     with get_engine().connect() as conn:
-        assert conn.execute(select(func.count()).select_from(UsageRecord).where(
-            UsageRecord.id == record_id)).scalar_one() == 1  # fmt: skip
+        assert (
+            conn.execute(
+                select(func.count()).select_from(UsageRecord).where(UsageRecord.id == record_id)
+            ).scalar_one()
+            == 1
+        )
 
 
 def test_billing_reads_every_tenant_and_a_key_needs_usage_read(
@@ -232,8 +274,11 @@ def test_billing_reads_every_tenant_and_a_key_needs_usage_read(
 def _usage_key(
     client: TestClient, admin_headers: dict[str, str], tenant: TenantFixture
 ) -> dict[str, str]:
-    created = client.post(f"/v1/admin/tenants/{tenant.id}/keys", json={"scopes": ["usage:read"]},
-                          headers=admin_headers)  # fmt: skip
+    created = client.post(
+        f"/v1/admin/tenants/{tenant.id}/keys",
+        json={"scopes": ["usage:read"]},
+        headers=admin_headers,
+    )
     assert created.status_code == 201, created.text
     return {"Authorization": f"Bearer {created.json()['key']}"}
 
@@ -257,8 +302,9 @@ def test_a_tenant_reads_only_its_own_usage_records_json_and_csv(
             break
     assert sorted(seen) == expected
 
-    csv_answer = client.get("/v1/usage/records?limit=1000",
-                            headers={**headers, "Accept": "text/csv"})  # fmt: skip
+    csv_answer = client.get(
+        "/v1/usage/records?limit=1000", headers={**headers, "Accept": "text/csv"}
+    )
     assert csv_answer.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(csv_answer.text)))
     assert sorted(r["id"] for r in rows) == expected
@@ -270,5 +316,7 @@ def test_a_tenant_reads_only_its_own_usage_records_json_and_csv(
         answer = client.get(path, params={"tenant_id": other.id}, headers=headers)
         assert answer.status_code == 404
         assert answer.headers["content-type"] == "application/problem+json"
-    assert client.get("/v1/usage/records", params={"tenant_id": mine.id},
-                      headers=headers).status_code == 200  # fmt: skip
+    assert (
+        client.get("/v1/usage/records", params={"tenant_id": mine.id}, headers=headers).status_code
+        == 200
+    )

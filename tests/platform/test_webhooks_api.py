@@ -112,10 +112,14 @@ def test_create_shows_the_secret_once_and_stores_it_only_encrypted(
 ) -> None:
     answer = client.post(
         "/v1/webhooks",
-        json={"url": HOOK, "event_types": ["job.succeeded", "job.failed"],
-              "description": "billing", "max_deliveries_per_second": 5},
+        json={
+            "url": HOOK,
+            "event_types": ["job.succeeded", "job.failed"],
+            "description": "billing",
+            "max_deliveries_per_second": 5,
+        },
         headers=tenant.headers,
-    )  # fmt: skip
+    )
     assert answer.status_code == 201, answer.text
     assert answer.headers["Cache-Control"] == "no-store"
     created = answer.json()
@@ -136,8 +140,9 @@ def test_create_shows_the_secret_once_and_stores_it_only_encrypted(
     fetched = client.get(answer.headers["Location"], headers=tenant.headers)
     assert fetched.status_code == 200 and "Cache-Control" not in fetched.headers
     listed = client.get("/v1/webhooks", headers=tenant.headers).json()["data"]
-    patched = client.patch(answer.headers["Location"], json={"description": "x"},
-                           headers=tenant.headers).json()  # fmt: skip
+    patched = client.patch(
+        answer.headers["Location"], json={"description": "x"}, headers=tenant.headers
+    ).json()
     for shown in (fetched.json(), *listed, patched):
         assert not {"secret", "secret_ciphertext", "previous_secret_ciphertext"} & shown.keys()
     assert fetched.json() == {k: v for k, v in created.items() if k != "secret"}
@@ -177,14 +182,20 @@ def test_rotation_keeps_the_previous_secret_for_the_grace(
     later = expires + timedelta(seconds=1)
     assert _signing_secrets(created["id"], now=later) == [_raw(new["secret"])]
 
-    hour = client.post(f"{base}/rotate-secret", json={"previous_secret_expires_in_seconds": 3600},
-                       headers=tenant.headers).json()  # fmt: skip
+    hour = client.post(
+        f"{base}/rotate-secret",
+        json={"previous_secret_expires_in_seconds": 3600},
+        headers=tenant.headers,
+    ).json()
     assert _signing_secrets(created["id"]) == [_raw(hour["secret"]), _raw(new["secret"])]
     expires = datetime.fromisoformat(hour["previous_secret_expires_at"])
     assert timedelta(minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=1)
 
-    now = client.post(f"{base}/rotate-secret", json={"previous_secret_expires_in_seconds": 0},
-                      headers=tenant.headers).json()  # fmt: skip
+    now = client.post(
+        f"{base}/rotate-secret",
+        json={"previous_secret_expires_in_seconds": 0},
+        headers=tenant.headers,
+    ).json()
     assert now["previous_secret_expires_at"] is None
     assert _signing_secrets(created["id"]) == [_raw(now["secret"])]
     assert "secret" not in client.get(base, headers=tenant.headers).json()
@@ -197,8 +208,9 @@ def test_rotation_grace_is_bounded(
     created = _create(client, tenant)
     answer = client.post(
         f"/v1/webhooks/{created['id']}/rotate-secret",
-        json={"previous_secret_expires_in_seconds": seconds}, headers=tenant.headers,
-    )  # fmt: skip
+        json={"previous_secret_expires_in_seconds": seconds},
+        headers=tenant.headers,
+    )
     assert answer.status_code == 422 and answer.headers["content-type"] == PROBLEM
     assert answer.json()["errors"][0]["pointer"] == "#/body/previous_secret_expires_in_seconds"
     assert _signing_secrets(created["id"]) == [_raw(created["secret"])]
@@ -229,8 +241,9 @@ def test_every_known_type_and_wildcard_is_accepted(
 def test_bad_event_types_are_422_with_a_pointer(
     client: TestClient, tenant: TenantFixture, event_types: object, pointer: str
 ) -> None:
-    answer = client.post("/v1/webhooks", json={"url": HOOK, "event_types": event_types},
-                         headers=tenant.headers)  # fmt: skip
+    answer = client.post(
+        "/v1/webhooks", json={"url": HOOK, "event_types": event_types}, headers=tenant.headers
+    )
     assert answer.status_code == 422 and answer.headers["content-type"] == PROBLEM
     assert [e["pointer"] for e in answer.json()["errors"]] == [pointer]
 
@@ -284,8 +297,9 @@ def test_allowlisted_loopback_is_accepted_over_http_in_the_test_settings(
 def test_unsafe_destinations_are_422_on_the_url(
     client: TestClient, tenant: TenantFixture, url: str, reason: str
 ) -> None:
-    answer = client.post("/v1/webhooks", json={"url": url, "event_types": ["*"]},
-                         headers=tenant.headers)  # fmt: skip
+    answer = client.post(
+        "/v1/webhooks", json={"url": url, "event_types": ["*"]}, headers=tenant.headers
+    )
     assert answer.status_code == 422 and answer.headers["content-type"] == PROBLEM
     body = answer.json()
     assert reason in body["detail"]
@@ -301,14 +315,19 @@ def test_https_is_required_unless_http_is_allowed(
     )
     _app(client).dependency_overrides[get_settings] = lambda: strict
     try:
-        plain = client.post("/v1/webhooks", json={"url": "http://hooks.example.com/",
-                                                  "event_types": ["*"]},
-                            headers=tenant.headers)  # fmt: skip
-        loopback = client.post("/v1/webhooks", json={"url": "https://127.0.0.1:9/",
-                                                     "event_types": ["*"]},
-                               headers=tenant.headers)  # fmt: skip
-        secure = client.post("/v1/webhooks", json={"url": HOOK, "event_types": ["*"]},
-                             headers=tenant.headers)  # fmt: skip
+        plain = client.post(
+            "/v1/webhooks",
+            json={"url": "http://hooks.example.com/", "event_types": ["*"]},
+            headers=tenant.headers,
+        )
+        loopback = client.post(
+            "/v1/webhooks",
+            json={"url": "https://127.0.0.1:9/", "event_types": ["*"]},
+            headers=tenant.headers,
+        )
+        secure = client.post(
+            "/v1/webhooks", json={"url": HOOK, "event_types": ["*"]}, headers=tenant.headers
+        )
     finally:
         _app(client).dependency_overrides.pop(get_settings, None)
     assert plain.status_code == 422 and "must use https" in plain.json()["detail"]
@@ -331,8 +350,9 @@ def test_patch_changes_only_what_is_sent_and_rechecks_the_url(
 
     unchanged = patch({}).json()
     assert unchanged["updated_at"] == created["updated_at"]
-    changed = patch({"url": "https://other.example.com/v2", "event_types": ["webhook.*"],
-                     "description": "new"})  # fmt: skip
+    changed = patch(
+        {"url": "https://other.example.com/v2", "event_types": ["webhook.*"], "description": "new"}
+    )
     assert changed.status_code == 200, changed.text
     body = changed.json()
     assert (body["url"], body["event_types"]) == ("https://other.example.com/v2", ["webhook.*"])
@@ -394,15 +414,28 @@ def test_delete_removes_the_target_and_its_delivery_history(
     created, kept = _create(client, tenant), _create(client, tenant)
     target_id, tenant_id = uuid.UUID(created["id"]), uuid.UUID(tenant.id)
     with get_sessionmaker().begin() as session:
-        session.add(WebhookMessage(id="msg_1", tenant_id=tenant_id, event_type="job.failed",
-                                   event_key="job:1:finished", payload={}))  # fmt: skip
+        session.add(
+            WebhookMessage(
+                id="msg_1",
+                tenant_id=tenant_id,
+                event_type="job.failed",
+                event_key="job:1:finished",
+                payload={},
+            )
+        )
         session.flush()
         delivery = WebhookDelivery(tenant_id=tenant_id, message_id="msg_1", target_id=target_id)
         session.add(delivery)
         session.flush()
-        session.add(WebhookAttempt(tenant_id=tenant_id, delivery_id=delivery.id,
-                                   target_id=target_id, trigger=AttemptTrigger.SCHEDULED,
-                                   status_code=500))  # fmt: skip
+        session.add(
+            WebhookAttempt(
+                tenant_id=tenant_id,
+                delivery_id=delivery.id,
+                target_id=target_id,
+                trigger=AttemptTrigger.SCHEDULED,
+                status_code=500,
+            )
+        )
 
     answer = client.delete(f"/v1/webhooks/{created['id']}", headers=tenant.headers)
     assert answer.status_code == 204 and answer.content == b""
@@ -427,8 +460,9 @@ def test_the_number_of_targets_is_the_tenants_quota(
     assert client.get(quotas, headers=admin_headers).json()["limits"]["max_webhook_targets"] == 20
     assert client.put(quotas, json={"max_webhook_targets": 3}, headers=admin_headers).is_success
     ids = [_create(client, tenant)["id"] for _ in range(3)]
-    over = client.post("/v1/webhooks", json={"url": HOOK, "event_types": ["*"]},
-                       headers=tenant.headers)  # fmt: skip
+    over = client.post(
+        "/v1/webhooks", json={"url": HOOK, "event_types": ["*"]}, headers=tenant.headers
+    )
     assert over.status_code == 409 and over.headers["content-type"] == PROBLEM
     assert "at most 3 webhook targets" in over.json()["detail"]
     assert over.json()["limit"] == 3 and over.json()["policy"] == "webhook-targets"
@@ -495,8 +529,9 @@ def test_the_webhooks_scope_is_required(
         ("GET", f"/v1/webhooks/{created['id']}"),
         ("POST", f"/v1/webhooks/{created['id']}/rotate-secret"),
     ]:
-        answer = client.request(method, path, json={"url": HOOK, "event_types": ["*"]},
-                                headers=reader.headers)  # fmt: skip
+        answer = client.request(
+            method, path, json={"url": HOOK, "event_types": ["*"]}, headers=reader.headers
+        )
         assert answer.status_code == 403 and answer.headers["content-type"] == PROBLEM
         assert answer.json()["missing_scopes"] == ["webhooks:manage"]
         assert "webhooks:manage" in answer.json()["detail"]

@@ -39,10 +39,22 @@ def test_plugins_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(package, copy, ignore=shutil.ignore_patterns("build", "*.egg-info"))
             packages.append(str(copy))
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-         "--no-build-isolation", "--target", str(target), *packages],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            *packages,
+        ],
+        check=True,
+        capture_output=True,
+    )
     return target
 
 
@@ -58,8 +70,9 @@ def worker_env(api_settings: Settings, var_dir: Path, test_plugins_path: Path) -
     # Webhook receivers in tests listen on loopback over http, as the API's settings allow.
     env["CELERIAC_WEBHOOKS__ALLOW_HTTP"] = "true"
     env["CELERIAC_WEBHOOKS__ALLOWED_CIDRS"] = '["127.0.0.0/8", "::1/128"]'
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(test_plugins_path),
-                                                      env.get("PYTHONPATH")]))  # fmt: skip
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(test_plugins_path), env.get("PYTHONPATH")])
+    )
     return env
 
 
@@ -67,17 +80,27 @@ def worker_env(api_settings: Settings, var_dir: Path, test_plugins_path: Path) -
 def workers(worker_env: dict[str, str], var_dir: Path) -> Iterator[Workers]:
     """All three pools running; the compute pool has published its plugin registry."""
     running = Workers(var_dir, worker_env)
-    running.start("orchestration", "worker", "--pool", Pool.ORCHESTRATION.value,
-                  "--concurrency", "20")  # fmt: skip
-    running.start("distribution", "worker", "--pool", Pool.DISTRIBUTION.value,
-                  "--concurrency", "20")  # fmt: skip
+    running.start(
+        "orchestration", "worker", "--pool", Pool.ORCHESTRATION.value, "--concurrency", "20"
+    )
+    running.start(
+        "distribution", "worker", "--pool", Pool.DISTRIBUTION.value, "--concurrency", "20"
+    )
     running.start("compute", "worker", "--pool", Pool.COMPUTE.value)
     try:
-        wait_until(lambda: all(
-            "ready." in running.log(name) for name in ("orchestration", "distribution", "compute")
-        ), 90, "the three pools to start")  # fmt: skip
-        wait_until(lambda: "plugin registry published" in running.log("compute"), 60,
-                   "the compute pool to publish its plugins")  # fmt: skip
+        wait_until(
+            lambda: all(
+                "ready." in running.log(name)
+                for name in ("orchestration", "distribution", "compute")
+            ),
+            90,
+            "the three pools to start",
+        )
+        wait_until(
+            lambda: "plugin registry published" in running.log("compute"),
+            60,
+            "the compute pool to publish its plugins",
+        )
         yield running
     finally:
         running.stop_all()

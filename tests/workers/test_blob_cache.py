@@ -62,15 +62,18 @@ def _redis_values(url: str) -> list[tuple[bytes, bytes]]:
 
 
 def test_a_job_leaves_only_ciphertext_in_redis(
-    client: TestClient, workers: Workers, make_tenant: Callable[..., TenantFixture],
+    client: TestClient,
+    workers: Workers,
+    make_tenant: Callable[..., TenantFixture],
     api_settings: Settings,
-) -> None:  # fmt: skip
+) -> None:
     tenant = make_tenant()
     records = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:100]]
     for record in records:
         record["text"] = f"{record['text']} {NEEDLE} says hello."
-    submitted = client.post("/v1/jobs", headers=tenant.headers,
-                            json={"pipeline": "full", "records": records})  # fmt: skip
+    submitted = client.post(
+        "/v1/jobs", headers=tenant.headers, json={"pipeline": "full", "records": records}
+    )
     assert submitted.status_code == 202, submitted.text
     job = wait_for_job(client, tenant.headers, submitted.json()["id"])
     assert job["state"] == "succeeded", (job, workers.log("compute")[-3000:])
@@ -83,8 +86,12 @@ def test_a_job_leaves_only_ciphertext_in_redis(
     # by both dataset generators) and each dataset partial (read by two analyzers); not for
     # what is read once (analysis outputs, the result document).
     prefix = f"celeriac:cache:blob:tenants/{tenant.id}/jobs/{job['id']}/".encode()
-    cached = {key.removeprefix(prefix): value for key, value in cache_values
-              if key.startswith(prefix)}  # fmt: skip
-    assert sorted(cached) == [b"datasets/tabular/00000.parquet", b"datasets/text/00000.parquet",
-                              b"payload/00000.ndjson"]  # fmt: skip
+    cached = {
+        key.removeprefix(prefix): value for key, value in cache_values if key.startswith(prefix)
+    }
+    assert sorted(cached) == [
+        b"datasets/tabular/00000.parquet",
+        b"datasets/text/00000.parquet",
+        b"payload/00000.ndjson",
+    ]
     assert all(value.startswith(b"CLRE") for value in cached.values())

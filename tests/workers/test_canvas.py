@@ -31,13 +31,18 @@ def test_small_job_runs_through_every_stage(
     client: TestClient, workers: Workers, make_tenant: Callable[..., TenantFixture]
 ) -> None:
     tenant, hook = make_tenant(), Receiver()
-    target = client.post("/v1/webhooks", headers=tenant.headers,
-                         json={"url": hook.url, "event_types": ["job.*"]}).json()  # fmt: skip
+    target = client.post(
+        "/v1/webhooks", headers=tenant.headers, json={"url": hook.url, "event_types": ["job.*"]}
+    ).json()
     records = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:100]]
-    submitted = client.post("/v1/jobs", headers=tenant.headers, json={
-        "pipeline": {"datasets": [{"name": "tabular"}],
-                     "analyzers": [{"name": "summary"}]},
-        "records": records})  # fmt: skip
+    submitted = client.post(
+        "/v1/jobs",
+        headers=tenant.headers,
+        json={
+            "pipeline": {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]},
+            "records": records,
+        },
+    )
     assert submitted.status_code == 202, submitted.text
     job = wait_for_job(client, tenant.headers, submitted.json()["id"])
     assert job["state"] == "succeeded", (job, workers.log("compute")[-3000:])
@@ -66,33 +71,48 @@ def test_small_job_runs_through_every_stage(
         ("analysis/summary/tabular", "succeeded"),
         ("datasets/tabular/00000", "succeeded"),
     ]
-    assert usage == {"jobs.submitted", "jobs.completed", "records.processed",
-                     "compute.seconds", "storage.bytes", "webhooks.delivered"}  # fmt: skip
+    assert usage == {
+        "jobs.submitted",
+        "jobs.completed",
+        "records.processed",
+        "compute.seconds",
+        "storage.bytes",
+        "webhooks.delivered",
+    }
 
 
 def test_a_sliced_job_gives_what_the_plugins_give_on_the_whole_input(
-    client: TestClient, workers: Workers, make_tenant: Callable[..., TenantFixture],
+    client: TestClient,
+    workers: Workers,
+    make_tenant: Callable[..., TenantFixture],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     # 250 records in chunks of 100 and slices of 100: sentiment runs as 3 slices and a merge.
     monkeypatch.setenv("CELERIAC_JOBS__CHUNK_RECORDS", "100")
     monkeypatch.setenv("CELERIAC_JOBS__SLICE_RECORDS", "100")
     get_settings.cache_clear()
     tenant = make_tenant()
     records = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:250]]
-    submitted = client.post("/v1/jobs", headers=tenant.headers,
-                            json={"pipeline": "full", "records": records})  # fmt: skip
+    submitted = client.post(
+        "/v1/jobs", headers=tenant.headers, json={"pipeline": "full", "records": records}
+    )
     assert submitted.status_code == 202, submitted.text
     job = wait_for_job(client, tenant.headers, submitted.json()["id"])
     assert job["state"] == "succeeded", (job, workers.log("compute")[-3000:])
     assert job["progress"]["analysis"]["succeeded"] == 3 + 4  # 3 slices, 4 results
 
     results = client.get(f"/v1/jobs/{job['id']}/results", headers=tenant.headers).json()
-    datasets = {"tabular": build_dataset("tabular", [records]),
-                "text": build_dataset("text", [records])}  # fmt: skip
+    datasets = {
+        "tabular": build_dataset("tabular", [records]),
+        "text": build_dataset("text", [records]),
+    }
     expected = {
         analyzer: {dataset: json.loads(json.dumps(analyze_dataset(analyzer, datasets[dataset])))}
-        for analyzer, dataset in (("summary", "tabular"), ("anomalies", "tabular"),
-                                  ("sentiment", "text"), ("keywords", "text"))
-    }  # fmt: skip
+        for analyzer, dataset in (
+            ("summary", "tabular"),
+            ("anomalies", "tabular"),
+            ("sentiment", "text"),
+            ("keywords", "text"),
+        )
+    }
     assert results["analyses"] == expected

@@ -112,11 +112,20 @@ def test_a_job_names_the_installed_plugin_and_real_workers_run_it(
     # pipeline naming it, and the result document carries its numbers.
     tenant = make_tenant()
     records = _records()
-    submitted = client.post("/v1/jobs", headers=tenant.headers, json={
-        "pipeline": {"datasets": [{"name": "tabular"}],
-                     "analyzers": [{"name": "row_count", "params": {"by": "customer.segment"}},
-                                   {"name": "summary"}]},
-        "records": records})  # fmt: skip
+    submitted = client.post(
+        "/v1/jobs",
+        headers=tenant.headers,
+        json={
+            "pipeline": {
+                "datasets": [{"name": "tabular"}],
+                "analyzers": [
+                    {"name": "row_count", "params": {"by": "customer.segment"}},
+                    {"name": "summary"},
+                ],
+            },
+            "records": records,
+        },
+    )
     assert submitted.status_code == 202, submitted.text
     job = wait_for_job(client, tenant.headers, submitted.json()["id"])
     assert job["state"] == "succeeded", (job, workers.log("compute")[-3000:])

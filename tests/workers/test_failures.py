@@ -29,9 +29,14 @@ RECORDS = [{"id": i, "amount": float(i), "text": "fine"} for i in range(20)]
 
 
 def _submit(client: TestClient, tenant: TenantFixture, *analyzers: dict[str, Any]) -> str:
-    answer = client.post("/v1/jobs", headers=tenant.headers, json={
-        "pipeline": {"datasets": [{"name": "tabular"}], "analyzers": list(analyzers)},
-        "records": RECORDS})  # fmt: skip
+    answer = client.post(
+        "/v1/jobs",
+        headers=tenant.headers,
+        json={
+            "pipeline": {"datasets": [{"name": "tabular"}], "analyzers": list(analyzers)},
+            "records": RECORDS,
+        },
+    )
     assert answer.status_code == 202, answer.text
     return str(answer.json()["id"])
 
@@ -50,18 +55,31 @@ def tenant(make_tenant: Callable[..., TenantFixture]) -> TenantFixture:
 
 @pytest.fixture
 def fast_retries(worker_env: dict[str, str]) -> None:
-    worker_env.update({"CELERIAC_JOBS__TASK_MAX_RETRIES": "2",
-                       "CELERIAC_JOBS__RETRY_BACKOFF_SECONDS": "0.2"})  # fmt: skip
+    worker_env.update(
+        {"CELERIAC_JOBS__TASK_MAX_RETRIES": "2", "CELERIAC_JOBS__RETRY_BACKOFF_SECONDS": "0.2"}
+    )
 
 
 def test_retries_then_partial_with_the_failed_branch_recorded(
-    client: TestClient, tenant: TenantFixture, fast_retries: None, workers: Workers,
+    client: TestClient,
+    tenant: TenantFixture,
+    fast_retries: None,
+    workers: Workers,
     tmp_path: Path,
-) -> None:  # fmt: skip
-    recovers = _submit(client, tenant, {"name": "summary"}, {"name": "chaos_flaky", "params": {
-        "marker": str(tmp_path / "once"), "failures": 1}})  # fmt: skip
-    gives_up = _submit(client, tenant, {"name": "summary"}, {"name": "chaos_flaky", "params": {
-        "marker": str(tmp_path / "always"), "failures": 99}}, {"name": "chaos_fail"})  # fmt: skip
+) -> None:
+    recovers = _submit(
+        client,
+        tenant,
+        {"name": "summary"},
+        {"name": "chaos_flaky", "params": {"marker": str(tmp_path / "once"), "failures": 1}},
+    )
+    gives_up = _submit(
+        client,
+        tenant,
+        {"name": "summary"},
+        {"name": "chaos_flaky", "params": {"marker": str(tmp_path / "always"), "failures": 99}},
+        {"name": "chaos_fail"},
+    )
 
     assert wait_for_job(client, tenant.headers, recovers)["state"] == "succeeded"
     assert _tasks(recovers)["analysis/chaos_flaky/tabular"][:2] == ("succeeded", 2)
@@ -86,14 +104,22 @@ def test_retries_then_partial_with_the_failed_branch_recorded(
 
 
 def test_soft_time_limit_records_a_timeout(
-    client: TestClient, tenant: TenantFixture, worker_env: dict[str, str], tmp_path: Path,
+    client: TestClient,
+    tenant: TenantFixture,
+    worker_env: dict[str, str],
+    tmp_path: Path,
     request: pytest.FixtureRequest,
-) -> None:  # fmt: skip
-    worker_env.update({"CELERIAC_WORKERS__COMPUTE_SOFT_TIME_LIMIT": "2",
-                       "CELERIAC_WORKERS__COMPUTE_HARD_TIME_LIMIT": "30"})  # fmt: skip
+) -> None:
+    worker_env.update(
+        {
+            "CELERIAC_WORKERS__COMPUTE_SOFT_TIME_LIMIT": "2",
+            "CELERIAC_WORKERS__COMPUTE_HARD_TIME_LIMIT": "30",
+        }
+    )
     request.getfixturevalue("workers")
-    job_id = _submit(client, tenant, {"name": "summary"},
-                     {"name": "chaos_sleep", "params": {"seconds": 20}})  # fmt: skip
+    job_id = _submit(
+        client, tenant, {"name": "summary"}, {"name": "chaos_sleep", "params": {"seconds": 20}}
+    )
     job = wait_for_job(client, tenant.headers, job_id, timeout=120)
     assert job["state"] == "partial", job
     state, _, error = _tasks(job_id)["analysis/chaos_sleep/tabular"]
@@ -104,13 +130,17 @@ def test_cancel_stops_running_compute_and_ends_cancelled(
     client: TestClient, tenant: TenantFixture, workers: Workers, tmp_path: Path
 ) -> None:
     marker = tmp_path / "started"
-    job_id = _submit(client, tenant, {"name": "chaos_sleep", "params": {
-        "seconds": 120, "marker": str(marker)}})  # fmt: skip
+    job_id = _submit(
+        client, tenant, {"name": "chaos_sleep", "params": {"seconds": 120, "marker": str(marker)}}
+    )
     wait_until(marker.exists, 60, "the long task to start")
     cancelled = client.post(f"/v1/jobs/{job_id}/cancel", headers=tenant.headers)
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
-    wait_until(lambda: _tasks(job_id)["analysis/chaos_sleep/tabular"][0] == "cancelled", 30,
-               "the task to be marked cancelled")  # fmt: skip
+    wait_until(
+        lambda: _tasks(job_id)["analysis/chaos_sleep/tabular"][0] == "cancelled",
+        30,
+        "the task to be marked cancelled",
+    )
     # The slot is free again long before the 120 s task would have ended.
     follow_up = _submit(client, tenant, {"name": "summary"})
     assert wait_for_job(client, tenant.headers, follow_up, timeout=60)["state"] == "succeeded"
@@ -124,16 +154,24 @@ def _compute_children(workers: Workers) -> list[int]:
 
 
 def test_worker_killed_mid_task_the_job_still_completes_once(
-    client: TestClient, tenant: TenantFixture, worker_env: dict[str, str], tmp_path: Path,
+    client: TestClient,
+    tenant: TenantFixture,
+    worker_env: dict[str, str],
+    tmp_path: Path,
     request: pytest.FixtureRequest,
-) -> None:  # fmt: skip
-    worker_env.update({"CELERIAC_JOBS__RECONCILE_INTERVAL_SECONDS": "1",
-                       "CELERIAC_JOBS__STALL_SECONDS": "5"})  # fmt: skip
+) -> None:
+    worker_env.update(
+        {"CELERIAC_JOBS__RECONCILE_INTERVAL_SECONDS": "1", "CELERIAC_JOBS__STALL_SECONDS": "5"}
+    )
     workers: Workers = request.getfixturevalue("workers")
     workers.start("beat", "beat")
     marker = tmp_path / "runs"
-    job_id = _submit(client, tenant, {"name": "summary"}, {"name": "chaos_sleep", "params": {
-        "seconds": 3, "marker": str(marker)}})  # fmt: skip
+    job_id = _submit(
+        client,
+        tenant,
+        {"name": "summary"},
+        {"name": "chaos_sleep", "params": {"seconds": 3, "marker": str(marker)}},
+    )
     wait_until(marker.exists, 60, "the task to start")
     for pid in _compute_children(workers):  # SIGKILL the prefork children mid-task
         os.kill(pid, signal.SIGKILL)
@@ -146,17 +184,24 @@ def test_worker_killed_mid_task_the_job_still_completes_once(
     results = client.get(f"/v1/jobs/{job_id}/results", headers=tenant.headers).json()
     assert results["analyses"]["chaos_sleep"]["tabular"] == {"slept": 3.0, "rows": len(RECORDS)}
     with get_engine().connect() as conn:
-        completed = conn.execute(select(func.count()).select_from(UsageRecord).where(
-            UsageRecord.metric == "jobs.completed")).scalar_one()  # fmt: skip
+        completed = conn.execute(
+            select(func.count())
+            .select_from(UsageRecord)
+            .where(UsageRecord.metric == "jobs.completed")
+        ).scalar_one()
     assert completed == 1
 
 
 def test_lost_broker_messages_are_redispatched_by_the_reconciler(
-    client: TestClient, tenant: TenantFixture, worker_env: dict[str, str],
-    api_settings: Settings, request: pytest.FixtureRequest,
-) -> None:  # fmt: skip
-    worker_env.update({"CELERIAC_JOBS__RECONCILE_INTERVAL_SECONDS": "1",
-                       "CELERIAC_JOBS__STALL_SECONDS": "4"})  # fmt: skip
+    client: TestClient,
+    tenant: TenantFixture,
+    worker_env: dict[str, str],
+    api_settings: Settings,
+    request: pytest.FixtureRequest,
+) -> None:
+    worker_env.update(
+        {"CELERIAC_JOBS__RECONCILE_INTERVAL_SECONDS": "1", "CELERIAC_JOBS__STALL_SECONDS": "4"}
+    )
     workers: Workers = request.getfixturevalue("workers")
     workers.start("beat", "beat")
     jobs = [
@@ -165,8 +210,14 @@ def test_lost_broker_messages_are_redispatched_by_the_reconciler(
         )
         for _ in range(6)
     ]
-    wait_until(lambda: any(client.get(f"/v1/jobs/{j}", headers=tenant.headers).json()["state"]
-                           == "running" for j in jobs), 60, "a job to run")  # fmt: skip
+    wait_until(
+        lambda: any(
+            client.get(f"/v1/jobs/{j}", headers=tenant.headers).json()["state"] == "running"
+            for j in jobs
+        ),
+        60,
+        "a job to run",
+    )
     redis.Redis.from_url(api_settings.broker_url).flushdb()  # every queued message is gone
     started = time.monotonic()
     finals = [wait_for_job(client, tenant.headers, j, timeout=120)["state"] for j in jobs]

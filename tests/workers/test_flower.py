@@ -32,10 +32,20 @@ def test_flower_lists_the_pools_and_a_finished_task(
     port = free_port()
     log = (var_dir / "flower.log").open("wb")
     flower = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "celeriac.workers.celery_app", "flower",
-         "--address=127.0.0.1", f"--port={port}"],
-        env={**worker_env, "FLOWER_UNAUTHENTICATED_API": "true"}, stdout=log, stderr=log,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celeriac.workers.celery_app",
+            "flower",
+            "--address=127.0.0.1",
+            f"--port={port}",
+        ],
+        env={**worker_env, "FLOWER_UNAUTHENTICATED_API": "true"},
+        stdout=log,
+        stderr=log,
+    )
     base = f"http://127.0.0.1:{port}/api"
     try:
 
@@ -56,10 +66,17 @@ def test_flower_lists_the_pools_and_a_finished_task(
         def a_finished_compute_task() -> list[dict[str, Any]]:
             # Flower turns task events on when it starts; a job run before they reached
             # the workers goes unseen, so each try runs another job.
-            submitted = client.post("/v1/jobs", headers=tenant.headers, json={
-                "pipeline": {"datasets": [{"name": "tabular"}],
-                             "analyzers": [{"name": "summary"}]},
-                "records": [{"id": 1, "amount": 2.0}]})  # fmt: skip
+            submitted = client.post(
+                "/v1/jobs",
+                headers=tenant.headers,
+                json={
+                    "pipeline": {
+                        "datasets": [{"name": "tabular"}],
+                        "analyzers": [{"name": "summary"}],
+                    },
+                    "records": [{"id": 1, "amount": 2.0}],
+                },
+            )
             assert submitted.status_code == 202, submitted.text
             assert wait_for_job(client, tenant.headers, submitted.json()["id"])["state"] == (
                 "succeeded"

@@ -34,14 +34,18 @@ def limited(
     with get_sessionmaker().begin() as session:
         register_plugins(session, discover().plugin_infos())
     tenant = make_tenant("limited")
-    client.put(f"/v1/admin/tenants/{tenant.id}/quotas", json={"max_running_jobs": 1},
-               headers=admin_headers)  # fmt: skip
+    client.put(
+        f"/v1/admin/tenants/{tenant.id}/quotas", json={"max_running_jobs": 1}, headers=admin_headers
+    )
     return tenant
 
 
 def _submit(client: TestClient, tenant: TenantFixture, priority: str = "normal") -> str:
-    answer = client.post("/v1/jobs", headers=tenant.headers, json={
-        "pipeline": PIPELINE, "records": [{"n": 1}], "priority": priority})  # fmt: skip
+    answer = client.post(
+        "/v1/jobs",
+        headers=tenant.headers,
+        json={"pipeline": PIPELINE, "records": [{"n": 1}], "priority": priority},
+    )
     assert answer.status_code == 202, answer.text
     return str(answer.json()["id"])
 
@@ -65,8 +69,11 @@ def _end(tenant: TenantFixture, job_id: str, send: RecordingPublisher) -> None:
 def test_start_holds_over_the_limit_and_an_end_releases_by_band_then_age(
     client: TestClient, limited: TenantFixture
 ) -> None:
-    first, low, normal = _submit(client, limited), _submit(client, limited, "low"), _submit(
-        client, limited)  # fmt: skip
+    first, low, normal = (
+        _submit(client, limited),
+        _submit(client, limited, "low"),
+        _submit(client, limited),
+    )
     send = RecordingPublisher()
     assert orchestration.start_job(limited.id, first, publisher=send) == "datasets"
     assert orchestration.start_job(limited.id, low, publisher=send) == orchestration.HELD
@@ -93,8 +100,7 @@ def test_the_reconciler_keeps_held_jobs_and_releases_stranded_ones(
     assert orchestration.start_job(limited.id, second, publisher=send) == orchestration.HELD
     long_ago = utcnow() - timedelta(hours=1)
     with get_sessionmaker().begin() as session:
-        session.execute(update(Job).where(Job.id == uuid.UUID(second))
-                        .values(updated_at=long_ago))  # fmt: skip
+        session.execute(update(Job).where(Job.id == uuid.UUID(second)).values(updated_at=long_ago))
     sent = RecordingPublisher()
     orchestration.reconcile(publisher=sent)
     assert (TaskName.START_JOB, second) not in sent.messages  # waiting, not stalled
@@ -104,8 +110,14 @@ def test_the_reconciler_keeps_held_jobs_and_releases_stranded_ones(
     with get_sessionmaker().begin() as session:
         job = repository.load_job(session, limited.id, first)
         assert job is not None  # the end's compare-and-set alone, without its effects
-        repository.end(session, job, JobState.SUCCEEDED, sources=[JobState.RUNNING],
-                       result_key=None, error=None)  # fmt: skip
+        repository.end(
+            session,
+            job,
+            JobState.SUCCEEDED,
+            sources=[JobState.RUNNING],
+            result_key=None,
+            error=None,
+        )
     assert orchestration.release_stranded(publisher=sent) == 1
     assert sent.messages[-1] == (TaskName.START_JOB, second)
     assert orchestration.start_job(limited.id, second, publisher=sent) == "datasets"

@@ -27,8 +27,11 @@ MAX_AGE_SECONDS = 3
 def _probe(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(ALIVE), str(path), str(MAX_AGE_SECONDS)],
-        capture_output=True, text=True, timeout=10, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
 
 
 @pytest.mark.slow

@@ -30,10 +30,14 @@ pytestmark = pytest.mark.slow
 
 MARKER = "zqxMARKERw7Kp9vTenantSecret"
 RECORDS = [
-    {"id": i, "amount": 10 + i, "text": f"{MARKER} review {i}: great product, {MARKER}",
-     "customer": {"name": f"{MARKER}-{i}"}}
+    {
+        "id": i,
+        "amount": 10 + i,
+        "text": f"{MARKER} review {i}: great product, {MARKER}",
+        "customer": {"name": f"{MARKER}-{i}"},
+    }
     for i in range(200)
-]  # fmt: skip
+]
 PIPELINE = {
     "datasets": [{"name": "tabular"}, {"name": "text"}],
     "analyzers": [{"name": "summary"}, {"name": "keywords"}, {"name": "sentiment"}],
@@ -131,11 +135,13 @@ def _database_hits() -> list[str]:
     """Every text, JSON or bytea column of every table, searched in SQL."""
     hits = []
     with get_engine().connect() as conn:
-        columns = conn.execute(text(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = 'public' AND data_type IN "
-            "('text', 'character varying', 'character', 'json', 'jsonb', 'bytea', 'ARRAY')"
-        )).all()  # fmt: skip
+        columns = conn.execute(
+            text(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND data_type IN "
+                "('text', 'character varying', 'character', 'json', 'jsonb', 'bytea', 'ARRAY')"
+            )
+        ).all()
         assert any(c.table_name == "job_tasks" for c in columns)
         for table, column, data_type in columns:
             for form in FORMS:
@@ -166,12 +172,16 @@ def test_no_record_content_in_broker_redis_database_or_logs(
     admin = {"Authorization": f"Bearer {mint_token(api_settings, 'ops@test', Role.ADMIN)}"}
     tenant = api.post("/v1/admin/tenants", json={"slug": "secretive", "name": "S"}, headers=admin)
     assert tenant.status_code == 201, tenant.text
-    key = api.post(f"/v1/admin/tenants/{tenant.json()['id']}/keys", headers=admin,
-                   json={"scopes": ["jobs:write", "jobs:read"]}).json()["key"]  # fmt: skip
+    key = api.post(
+        f"/v1/admin/tenants/{tenant.json()['id']}/keys",
+        headers=admin,
+        json={"scopes": ["jobs:write", "jobs:read"]},
+    ).json()["key"]
     headers = {"Authorization": f"Bearer {key}"}
     kms_before = aws.kms_calls()
-    submitted = api.post("/v1/jobs", json={"pipeline": PIPELINE, "records": RECORDS},
-                         headers=headers)  # fmt: skip
+    submitted = api.post(
+        "/v1/jobs", json={"pipeline": PIPELINE, "records": RECORDS}, headers=headers
+    )
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["id"]
 
@@ -228,13 +238,19 @@ def test_a_task_failing_on_a_marked_value_keeps_it_out_of_the_database_and_logs(
     admin = {"Authorization": f"Bearer {mint_token(api_settings, 'ops@test', Role.ADMIN)}"}
     tenant = api.post("/v1/admin/tenants", json={"slug": "failing", "name": "F"}, headers=admin)
     assert tenant.status_code == 201, tenant.text
-    key = api.post(f"/v1/admin/tenants/{tenant.json()['id']}/keys", headers=admin,
-                   json={"scopes": ["jobs:write", "jobs:read"]}).json()["key"]  # fmt: skip
+    key = api.post(
+        f"/v1/admin/tenants/{tenant.json()['id']}/keys",
+        headers=admin,
+        json={"scopes": ["jobs:write", "jobs:read"]},
+    ).json()["key"]
     headers = {"Authorization": f"Bearer {key}"}
-    pipeline = {"datasets": [{"name": "tabular"}],
-                "analyzers": [{"name": "summary"}, {"name": "chaos_cast"}]}  # fmt: skip
-    submitted = api.post("/v1/jobs", json={"pipeline": pipeline, "records": RECORDS},
-                         headers=headers)  # fmt: skip
+    pipeline = {
+        "datasets": [{"name": "tabular"}],
+        "analyzers": [{"name": "summary"}, {"name": "chaos_cast"}],
+    }
+    submitted = api.post(
+        "/v1/jobs", json={"pipeline": pipeline, "records": RECORDS}, headers=headers
+    )
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["id"]
 

@@ -41,8 +41,10 @@ pytestmark = pytest.mark.slow
 
 MARKER = "tenant-secret-7f3a9c"
 RECORDS = [{"id": i, "amount": float(i), "secret": f"{MARKER}-{i}"} for i in range(10)]
-PIPELINE = {"datasets": [{"name": "tabular"}],
-            "analyzers": [{"name": "summary"}, {"name": "chaos_leak"}]}  # fmt: skip
+PIPELINE = {
+    "datasets": [{"name": "tabular"}],
+    "analyzers": [{"name": "summary"}, {"name": "chaos_leak"}],
+}
 POOLS = ("orchestration", "distribution", "compute")
 
 
@@ -66,24 +68,36 @@ def stack(
     make_tenant: Callable[..., TenantFixture],
 ) -> Iterator[Stack]:
     sentry, otlp, hook = Receiver(), Receiver(), Receiver()
-    worker_env.update({
-        "CELERIAC_SENTRY_DSN": sentry_dsn(sentry),
-        "CELERIAC_ENVIRONMENT": "observability-test",
-        "CELERIAC_OBSERVABILITY__OTLP_ENDPOINT": otlp_endpoint(otlp),
-        "CELERIAC_OBSERVABILITY__TRACE_EXPORT_DELAY_MS": "200",
-    })  # fmt: skip
+    worker_env.update(
+        {
+            "CELERIAC_SENTRY_DSN": sentry_dsn(sentry),
+            "CELERIAC_ENVIRONMENT": "observability-test",
+            "CELERIAC_OBSERVABILITY__OTLP_ENDPOINT": otlp_endpoint(otlp),
+            "CELERIAC_OBSERVABILITY__TRACE_EXPORT_DELAY_MS": "200",
+        }
+    )
     ports = {name: free_port() for name in (*POOLS, "beat", "api")}
     running = Workers(var_dir, worker_env)
     try:
         for pool in POOLS:
-            running.start(pool, "worker", "--pool", pool, "--metrics-port", str(ports[pool]),
-                          *(["--concurrency", "10"] if pool != "compute" else []))  # fmt: skip
+            running.start(
+                pool,
+                "worker",
+                "--pool",
+                pool,
+                "--metrics-port",
+                str(ports[pool]),
+                *(["--concurrency", "10"] if pool != "compute" else []),
+            )
         running.start("beat", "beat", "--metrics-port", str(ports["beat"]))
         running.start("api", "api", "--workers", "2", "--port", str(ports["api"]))
         api_url = f"http://127.0.0.1:{ports['api']}"
         wait_until(lambda: all("ready." in running.log(p) for p in POOLS), 90, "the pools")
-        wait_until(lambda: "plugin registry published" in running.log("compute"), 60,
-                   "the compute pool's plugins")  # fmt: skip
+        wait_until(
+            lambda: "plugin registry published" in running.log("compute"),
+            60,
+            "the compute pool's plugins",
+        )
 
         def api_up() -> bool:
             try:
@@ -93,11 +107,11 @@ def stack(
 
         wait_until(api_up, 60, "the API")
         tenant = make_tenant("observed")
-        client.post("/v1/webhooks", headers=tenant.headers,
-                    json={"url": hook.url, "event_types": ["job.*"]})  # fmt: skip
+        client.post(
+            "/v1/webhooks", headers=tenant.headers, json={"url": hook.url, "event_types": ["job.*"]}
+        )
         body = {"pipeline": PIPELINE, "records": RECORDS}
-        submitted = httpx.post(f"{api_url}/v1/jobs", headers=tenant.headers, json=body,
-                               timeout=30)  # fmt: skip
+        submitted = httpx.post(f"{api_url}/v1/jobs", headers=tenant.headers, json=body, timeout=30)
         assert submitted.status_code == 202, submitted.text
         job = wait_for_job(client, tenant.headers, submitted.json()["id"])
         assert job["state"] == "partial", (job, running.log("compute")[-3000:])
@@ -207,21 +221,28 @@ def _each_process_serves_metrics(stack: Stack) -> None:
     run_task = {"task": "celeriac.compute.run_task", "pool": "compute"}
     assert total(compute, "celeriac_tasks_total", **run_task, outcome="failed") == 1
     assert total(compute, "celeriac_tasks_total", **run_task, outcome="succeeded") >= 2
-    assert total(compute, "celeriac_task_duration_seconds_count", **run_task,
-                 plugin="chaos_leak") == 1  # fmt: skip
+    assert (
+        total(compute, "celeriac_task_duration_seconds_count", **run_task, plugin="chaos_leak") == 1
+    )
     assert total(compute, "celeriac_worker_slots", pool="compute", state="free") == 2
     distribution = scrape(f"http://127.0.0.1:{stack.ports['distribution']}/metrics")
     assert total(distribution, "celeriac_webhook_attempts_total", outcome="2xx") == 1
     assert total(distribution, "celeriac_webhook_delivery_seconds_count") == 1
     # The job's end is counted where its lifecycle transition happens (finalize, in the
     # distribution pool); its start, which ends its queue wait, in orchestration.
-    assert total(distribution, "celeriac_jobs_finished_total", state="partial",
-                 band="normal") == 1  # fmt: skip
+    assert total(distribution, "celeriac_jobs_finished_total", state="partial", band="normal") == 1
     assert total(distribution, "celeriac_job_duration_seconds_count", band="normal") == 1
     orchestration = scrape(f"http://127.0.0.1:{stack.ports['orchestration']}/metrics")
     assert total(orchestration, "celeriac_job_queue_wait_seconds_count", band="normal") == 1
-    assert total(orchestration, "celeriac_tasks_total",
-                 task="celeriac.orchestration.start_job", outcome="succeeded") == 1  # fmt: skip
+    assert (
+        total(
+            orchestration,
+            "celeriac_tasks_total",
+            task="celeriac.orchestration.start_job",
+            outcome="succeeded",
+        )
+        == 1
+    )
     # Two uvicorn processes, one sum: the POST went to one of them.
     api = scrape(f"{stack.api_url}/metrics")
     assert total(api, "celeriac_jobs_submitted_total") == 1
@@ -239,21 +260,33 @@ def _prometheus_scrapes_every_component_and_agrees_with_the_database(
     targets = [f"127.0.0.1:{stack.ports[name]}" for name in (*POOLS, "beat", "api")]
     port = free_port()
     config = tmp_path / "prometheus.yml"
-    config.write_text(json.dumps({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "celeriac", "static_configs": [{"targets": targets}]}],
-    }))  # fmt: skip
+    config.write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {"job_name": "celeriac", "static_configs": [{"targets": targets}]}
+                ],
+            }
+        )
+    )
     server = subprocess.Popen(
-        [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"),
-    )  # fmt: skip
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("wb"),
+    )
     try:
 
         def query(expression: str) -> float | None:
             try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query",
-                                   params={"query": expression}, timeout=5).json()  # fmt: skip
+                answer = httpx.get(
+                    f"http://127.0.0.1:{port}/api/v1/query", params={"query": expression}, timeout=5
+                ).json()
             except (httpx.TransportError, ValueError):
                 return None
             result = answer.get("data", {}).get("result", [])

@@ -133,10 +133,15 @@ def test_named_pipelines_resolve_against_the_published_registry(pg_url: str) -> 
             for name in NAMED_PIPELINES:
                 resolved = resolve_pipeline(session, name)
                 assert all(step["version"] == "1.0.0" for step in resolved["datasets"])
-            rowwise = {a["name"]: a["rowwise"] for a in resolve_pipeline(session, "full")[
-                "analyzers"]}  # fmt: skip
-            assert rowwise == {"summary": False, "anomalies": False, "sentiment": True,
-                               "keywords": False}  # fmt: skip
+            rowwise = {
+                a["name"]: a["rowwise"] for a in resolve_pipeline(session, "full")["analyzers"]
+            }
+            assert rowwise == {
+                "summary": False,
+                "anomalies": False,
+                "sentiment": True,
+                "keywords": False,
+            }
             resolve_pipeline(
                 session,
                 {

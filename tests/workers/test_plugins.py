@@ -677,11 +677,42 @@ def test_generators_accept_no_records() -> None:
 
 
 def test_json_safe_lists_of_plain_and_numpy_values() -> None:
-    values = [1.5, math.nan, math.inf, -math.inf, None, True, 3, "x", np.float64(2.5),
-              np.float64(math.nan), np.int64(7), np.bool_(False), [math.nan, {"k": np.nan}],
-              (1, math.inf), pd.Timestamp("2024-01-01T00:00:00Z")]  # fmt: skip
-    assert json_safe(values) == [1.5, None, None, None, None, True, 3, "x", 2.5, None, 7,
-                                 False, [None, {"k": None}], [1, None],
-                                 "2024-01-01T00:00:00+00:00"]  # fmt: skip
+    values = [
+        1.5,
+        math.nan,
+        math.inf,
+        -math.inf,
+        None,
+        True,
+        3,
+        "x",
+        np.float64(2.5),
+        np.float64(math.nan),
+        np.int64(7),
+        np.bool_(False),
+        [math.nan, {"k": np.nan}],
+        (1, math.inf),
+        pd.Timestamp("2024-01-01T00:00:00Z"),
+    ]
+    assert json_safe(values) == [
+        1.5,
+        None,
+        None,
+        None,
+        None,
+        True,
+        3,
+        "x",
+        2.5,
+        None,
+        7,
+        False,
+        [None, {"k": None}],
+        [1, None],
+        "2024-01-01T00:00:00+00:00",
+    ]
     assert [type(v) for v in json_safe([np.float64(1), np.int64(1), np.bool_(True)])] == [
-        float, int, bool]  # fmt: skip
+        float,
+        int,
+        bool,
+    ]

@@ -31,8 +31,11 @@ PIPELINE = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}
 
 
 def _submit(client: TestClient, tenant: TenantFixture, records: list[Any], **headers: str) -> str:
-    answer = client.post("/v1/jobs", headers=tenant.headers | headers,
-                         json={"pipeline": PIPELINE, "records": records})  # fmt: skip
+    answer = client.post(
+        "/v1/jobs",
+        headers=tenant.headers | headers,
+        json={"pipeline": PIPELINE, "records": records},
+    )
     assert answer.status_code == 202, answer.text
     return str(answer.json()["id"])
 
@@ -44,11 +47,15 @@ def _at(value: str) -> datetime:
 def _usage_totals() -> list[tuple[str, str, Decimal, int]]:
     with get_engine().connect() as conn:
         rows = conn.execute(
-            select(UsageRecord.tenant_id, UsageRecord.metric, func.sum(UsageRecord.quantity),
-                   func.count())
+            select(
+                UsageRecord.tenant_id,
+                UsageRecord.metric,
+                func.sum(UsageRecord.quantity),
+                func.count(),
+            )
             .group_by(UsageRecord.tenant_id, UsageRecord.metric)
             .order_by(UsageRecord.tenant_id, UsageRecord.metric)
-        ).all()  # fmt: skip
+        ).all()
     return [(str(t), m, Decimal(q), int(n)) for t, m, q, n in rows]
 
 
@@ -63,12 +70,15 @@ def _finished_jobs_by_tenant() -> dict[str, int]:
 
 
 def test_running_job_limit_holds_a_tenants_jobs_and_usage_is_exactly_once(
-    client: TestClient, workers: Workers, make_tenant: Callable[..., TenantFixture],
+    client: TestClient,
+    workers: Workers,
+    make_tenant: Callable[..., TenantFixture],
     admin_headers: dict[str, str],
-) -> None:  # fmt: skip
+) -> None:
     a, b = make_tenant("limited"), make_tenant("neighbour")
-    put = client.put(f"/v1/admin/tenants/{a.id}/quotas", json={"max_running_jobs": 1},
-                     headers=admin_headers)  # fmt: skip
+    put = client.put(
+        f"/v1/admin/tenants/{a.id}/quotas", json={"max_running_jobs": 1}, headers=admin_headers
+    )
     assert put.status_code == 200, put.text
     records = [json.loads(line) for line in SAMPLE.read_text().splitlines()[:200]]
 
@@ -104,9 +114,15 @@ def test_running_job_limit_holds_a_tenants_jobs_and_usage_is_exactly_once(
     default_publisher().publish(
         Publication(TaskName.FINALIZE, "normal", a.slug, {"tenant_id": a.id, "job_id": a_ids[0]})
     )
-    wait_until(lambda: workers.log("distribution").count('"job finished"') > log_lines, 60,
-               "the redelivered finalize to run")  # fmt: skip
-    replay = client.post("/v1/jobs", headers=b.headers | {"Idempotency-Key": "b-first"},
-                         json={"pipeline": PIPELINE, "records": records})  # fmt: skip
+    wait_until(
+        lambda: workers.log("distribution").count('"job finished"') > log_lines,
+        60,
+        "the redelivered finalize to run",
+    )
+    replay = client.post(
+        "/v1/jobs",
+        headers=b.headers | {"Idempotency-Key": "b-first"},
+        json={"pipeline": PIPELINE, "records": records},
+    )
     assert replay.headers.get("Idempotent-Replayed") == "true" and replay.json()["id"] == b_id
     assert _usage_totals() == totals

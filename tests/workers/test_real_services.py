@@ -33,11 +33,21 @@ def services(
 def compute_worker(var_dir: Path, services: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     with (var_dir / "worker.log").open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celeriac.platform.cli", "worker", "--pool", "compute",
-             "--concurrency", "1"],
-            env=celeriac_env(var_dir, **services), cwd=var_dir.parent,
-            stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "celeriac.platform.cli",
+                "worker",
+                "--pool",
+                "compute",
+                "--concurrency",
+                "1",
+            ],
+            env=celeriac_env(var_dir, **services),
+            cwd=var_dir.parent,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
         yield process
         process.terminate()
         process.wait(timeout=60)
@@ -71,7 +81,10 @@ def test_migrate_admin_and_worker_on_postgresql_and_redis(
     assert compute_worker.poll() is None
 
     # The task's log line is JSON and carries the task and tenant it ran for.
-    lines = [json.loads(line) for line in (var_dir / "worker.log").read_text().splitlines()
-             if line.startswith("{")]  # fmt: skip
+    lines = [
+        json.loads(line)
+        for line in (var_dir / "worker.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
     (ping,) = [line for line in lines if line["message"] == "ping"]
     assert (ping["task_id"], ping["tenant_id"]) == (result.id, str(tenant.id))

@@ -109,22 +109,33 @@ def test_a_tenant_flooding_high_does_not_hold_up_another_tenants_normal(
 
 
 def test_plans_weights_share_the_slots(
-    app: Celery, compute_worker: Workers, client: TestClient,
-    make_tenant: Callable[..., TenantFixture], admin_headers: dict[str, str],
-) -> None:  # fmt: skip
+    app: Celery,
+    compute_worker: Workers,
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    admin_headers: dict[str, str],
+) -> None:
     plans = {"free": 1, "pro": 2, "enterprise": 4}
     for plan in plans:
         tenant = make_tenant(f"plan-{plan}")
         if plan != "free":
-            changed = client.patch(f"/v1/admin/tenants/{tenant.id}", json={"plan": plan},
-                                   headers=admin_headers)  # fmt: skip
+            changed = client.patch(
+                f"/v1/admin/tenants/{tenant.id}", json={"plan": plan}, headers=admin_headers
+            )
             assert changed.status_code == 200, changed.text
     per_tenant = 1000
-    Publisher(app).publish_many([
-        Publication(TaskName.NOOP, "normal", f"plan-{plan}",
-                    {"label": f"{plan}-{i}", "sent_at": time.time()})
-        for i in range(per_tenant) for plan in plans
-    ])  # fmt: skip
+    Publisher(app).publish_many(
+        [
+            Publication(
+                TaskName.NOOP,
+                "normal",
+                f"plan-{plan}",
+                {"label": f"{plan}-{i}", "sent_at": time.time()},
+            )
+            for i in range(per_tenant)
+            for plan in plans
+        ]
+    )
     # Every tenant has a backlog until enterprise's runs out, after 1,750 starts.
     window = 1700
     wait_until(lambda: len(_started(compute_worker)) >= window, 180, "the backlogs to run")
@@ -151,9 +162,14 @@ def test_aging_lets_low_through_a_permanent_high_flood_of_its_tenant(
 
 
 def _flood(app: Celery, tenant: str, band: str, count: int, work_ms: int) -> None:
-    Publisher(app).publish_many([
-        Publication(TaskName.NOOP, band, tenant,
-                    {"label": f"{tenant}-{band}-{i}", "sent_at": time.time(),
-                     "work_ms": work_ms})
-        for i in range(count)
-    ])  # fmt: skip
+    Publisher(app).publish_many(
+        [
+            Publication(
+                TaskName.NOOP,
+                band,
+                tenant,
+                {"label": f"{tenant}-{band}-{i}", "sent_at": time.time(), "work_ms": work_ms},
+            )
+            for i in range(count)
+        ]
+    )

@@ -24,8 +24,7 @@ from celeriac.workers.compute import analyze_dataset, build_dataset, discover
 from celeriac.workers.flow import compute, distribution, orchestration, plan
 
 RECORDS = [{"id": i, "amount": i * 1.5, "note": f"record {i}"} for i in range(4)]
-PIPELINE = {"datasets": [{"name": "tabular"}, {"name": "text"}],
-            "analyzers": [{"name": "summary"}]}  # fmt: skip
+PIPELINE = {"datasets": [{"name": "tabular"}, {"name": "text"}], "analyzers": [{"name": "summary"}]}
 
 
 def _run_task_message_ids(broker_url: str, slug: str) -> list[str]:
@@ -102,8 +101,9 @@ def test_the_last_sibling_to_finish_moves_the_job_on_once(
 ) -> None:
     tenant, job_id = started_job
     distribution.fan_out(tenant.id, job_id, "datasets")
-    claimed = [compute.claim(tenant.id, str(t.id), t.celery_task_id or "")
-               for t in _tasks(job_id).values()]  # fmt: skip
+    claimed = [
+        compute.claim(tenant.id, str(t.id), t.celery_task_id or "") for t in _tasks(job_id).values()
+    ]
     assert all(c is not None for c in claimed)
     first, second = (c for c in claimed if c is not None)
     assert compute.finish(tenant.id, job_id, first, TaskState.SUCCEEDED) is False
@@ -116,12 +116,24 @@ def test_the_last_sibling_to_finish_moves_the_job_on_once(
 
 # --- a row-wise analyzer in slices ------------------------------------------------------
 
-TEXTS = ["Great product, I love it!", "Terrible. Never again.", None, "It is okay, I guess.",
-         "Not bad at all :)", "The worst support ever!!!", "fine", "Absolutely wonderful.",
-         "meh"]  # fmt: skip
-SLICED = {"datasets": [{"name": "text"}],
-          "analyzers": [{"name": "sentiment", "params": {"include_records": False}},
-                        {"name": "keywords"}]}  # fmt: skip
+TEXTS = [
+    "Great product, I love it!",
+    "Terrible. Never again.",
+    None,
+    "It is okay, I guess.",
+    "Not bad at all :)",
+    "The worst support ever!!!",
+    "fine",
+    "Absolutely wonderful.",
+    "meh",
+]
+SLICED = {
+    "datasets": [{"name": "text"}],
+    "analyzers": [
+        {"name": "sentiment", "params": {"include_records": False}},
+        {"name": "keywords"},
+    ],
+}
 
 
 @pytest.fixture
@@ -136,8 +148,9 @@ def sliced_job(
         register_plugins(session, discover().plugin_infos())
     tenant = make_tenant("slices")
     records = [{"id": i, "text": text} for i, text in enumerate(TEXTS)]
-    answer = client.post("/v1/jobs", json={"pipeline": SLICED, "records": records},
-                         headers=tenant.headers)  # fmt: skip
+    answer = client.post(
+        "/v1/jobs", json={"pipeline": SLICED, "records": records}, headers=tenant.headers
+    )
     assert answer.status_code == 202, answer.text
     job_id = answer.json()["id"]
     orchestration.start_job(tenant.id, job_id)
@@ -193,7 +206,10 @@ def test_slices_run_first_and_the_last_one_publishes_the_merge(
     merge, keywords = "analysis/sentiment/text", "analysis/keywords/text"
     # Whole analyses first, then the slices that fill in behind them, then the merge.
     assert [p.key for p in plan.planned(_job(job_id), JobStage.ANALYSIS)] == [
-        keywords, *slices, merge]  # fmt: skip
+        keywords,
+        *slices,
+        merge,
+    ]
     assert distribution.fan_out(tenant.id, job_id, "analysis") == 4  # 3 slices and keywords
     tasks = _by_key(job_id)
     published = set(_run_task_message_ids(redis_broker_url, tenant.slug))
@@ -229,8 +245,11 @@ def test_a_failed_slice_fails_the_merge_and_the_job_is_partial(
     distribution.fan_out(tenant.id, job_id, "analysis")
     tasks = _by_key(job_id)
     _run(tenant, job_id, tasks["analysis/sentiment/text/00001"], fail="boom")
-    for key in ("analysis/sentiment/text/00000", "analysis/sentiment/text/00002",
-                "analysis/keywords/text"):  # fmt: skip
+    for key in (
+        "analysis/sentiment/text/00000",
+        "analysis/sentiment/text/00002",
+        "analysis/keywords/text",
+    ):
         _run(tenant, job_id, tasks[key])
     merged = _by_key(job_id)["analysis/sentiment/text"]
     assert _run(tenant, job_id, merged) is not None
@@ -242,7 +261,9 @@ def test_a_failed_slice_fails_the_merge_and_the_job_is_partial(
     document = json.loads(tenant_blobs().get(tenant.id, _job(job_id).result_key or ""))
     assert set(document["analyses"]) == {"keywords"}
     assert {(e["plugin"], e["chunk"]) for e in document["errors"]} == {
-        ("sentiment", 1), ("sentiment", None)}  # fmt: skip
+        ("sentiment", 1),
+        ("sentiment", None),
+    }
 
 
 def test_a_lost_merge_message_is_published_again_by_the_next_fan_out(

@@ -54,8 +54,9 @@ def test_no_module_but_the_registry_spells_a_task_name() -> None:
                 if (
                     isinstance(node, ast.Constant)
                     and isinstance(node.value, str)
-                    and node.value.startswith(("celeriac.orchestration.", "celeriac.distribution.",
-                                               "celeriac.compute."))
-                ):  # fmt: skip
+                    and node.value.startswith(
+                        ("celeriac.orchestration.", "celeriac.distribution.", "celeriac.compute.")
+                    )
+                ):
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value}")
     assert offenders == []

@@ -71,8 +71,9 @@ class Target:
 
 
 def _target(client: TestClient, tenant: TenantFixture, url: str, **extra: Any) -> Target:
-    answer = client.post("/v1/webhooks", headers=tenant.headers,
-                         json={"url": url, "event_types": ["*"], **extra})  # fmt: skip
+    answer = client.post(
+        "/v1/webhooks", headers=tenant.headers, json={"url": url, "event_types": ["*"], **extra}
+    )
     assert answer.status_code == 201, answer.text
     return Target(answer.json()["id"], answer.json()["secret"])
 
@@ -100,9 +101,10 @@ class Sent:
 
 @pytest.fixture
 def sent(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
     receiver: Callable[..., Receiver],
-) -> Callable[..., Sent]:  # fmt: skip
+) -> Callable[..., Sent]:
     def send(*replies: Reply) -> Sent:
         tenant, hook = make_tenant(), receiver(*replies)
         target = _target(client, tenant, hook.url)
@@ -150,9 +152,11 @@ def _run_until_final(delivery_id: uuid.UUID, deadline_seconds: float = 20) -> De
 
 
 def test_a_delivery_verifies_with_the_standard_webhooks_library(
-    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    sent: Callable[..., Sent],
     receiver: Callable[..., Receiver],
-) -> None:  # fmt: skip
+) -> None:
     it = sent()
     hook, target = it.hook, it.target
     message_id = it.message_id
@@ -200,9 +204,10 @@ def test_a_delivery_is_billed_once_however_often_it_is_attempted_or_resent(
 
 
 def test_after_a_rotation_both_secrets_sign_until_the_overlap_ends(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
     receiver: Callable[..., Receiver],
-) -> None:  # fmt: skip
+) -> None:
     tenant, hook = make_tenant(), receiver()
     old = _target(client, tenant, hook.url)
     rotated = client.post(f"/v1/webhooks/{old.id}/rotate-secret", headers=tenant.headers)
@@ -223,9 +228,11 @@ def test_after_a_rotation_both_secrets_sign_until_the_overlap_ends(
 
 
 def test_failures_are_retried_on_schedule_then_succeed_once(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
-    receiver: Callable[..., Receiver], fast_retries: Settings,
-) -> None:  # fmt: skip
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    receiver: Callable[..., Receiver],
+    fast_retries: Settings,
+) -> None:
     tenant = make_tenant()
     hook = receiver(Reply(500, body=b"down"), Reply(502), Reply(200))
     target = _target(client, tenant, hook.url)
@@ -239,8 +246,9 @@ def test_failures_are_retried_on_schedule_then_succeed_once(
     assert webhooks.deliver(str(delivery.id)) is None and len(hook.received) == 3
     listed = client.get(f"/v1/webhooks/{target.id}/attempts", headers=tenant.headers).json()
     assert [a["status_code"] for a in listed["data"]] == [200, 502, 500]
-    failed_only = client.get(f"/v1/webhooks/{target.id}/attempts?succeeded=false",
-                             headers=tenant.headers).json()  # fmt: skip
+    failed_only = client.get(
+        f"/v1/webhooks/{target.id}/attempts?succeeded=false", headers=tenant.headers
+    ).json()
     assert [a["status_code"] for a in failed_only["data"]] == [502, 500]
     with get_sessionmaker()() as session:
         stored = session.get(WebhookTarget, uuid.UUID(target.id))
@@ -248,9 +256,12 @@ def test_failures_are_retried_on_schedule_then_succeed_once(
 
 
 def test_after_the_last_retry_the_delivery_fails_and_can_be_recovered(
-    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
-    receiver: Callable[..., Receiver], fast_retries: Settings,
-) -> None:  # fmt: skip
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    sent: Callable[..., Sent],
+    receiver: Callable[..., Receiver],
+    fast_retries: Settings,
+) -> None:
     it = sent(Reply(500))
     tenant, hook, target = it.tenant, it.hook, it.target
     message_id = it.message_id
@@ -262,17 +273,21 @@ def test_after_the_last_retry_the_delivery_fails_and_can_be_recovered(
 
     hook.replies = [Reply(204)]
     since = (utcnow() - timedelta(hours=1)).isoformat()
-    recovered = client.post(f"/v1/webhooks/{target.id}/recover", headers=tenant.headers,
-                            json={"since": since})  # fmt: skip
+    recovered = client.post(
+        f"/v1/webhooks/{target.id}/recover", headers=tenant.headers, json={"since": since}
+    )
     assert recovered.status_code == 202 and len(recovered.json()["deliveries"]) == 1
     assert _run_until_final(delivery.id) is DeliveryState.SUCCEEDED
     assert len(_attempts(delivery.id)) == 5  # the log keeps the earlier round
 
 
 def test_no_answer_within_the_timeout_is_a_failure(
-    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
-    receiver: Callable[..., Receiver], fast_retries: Settings,
-) -> None:  # fmt: skip
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    sent: Callable[..., Sent],
+    receiver: Callable[..., Receiver],
+    fast_retries: Settings,
+) -> None:
     it = sent(Reply(200, delay=3.0))
     delivery = it.delivery
     assert webhooks.deliver(str(delivery.id)) is DeliveryState.PENDING
@@ -281,9 +296,11 @@ def test_no_answer_within_the_timeout_is_a_failure(
 
 
 def test_a_redirect_is_a_failure_and_is_not_followed(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
-    receiver: Callable[..., Receiver], fast_retries: Settings,
-) -> None:  # fmt: skip
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    receiver: Callable[..., Receiver],
+    fast_retries: Settings,
+) -> None:
     tenant, elsewhere = make_tenant(), receiver()
     hook = receiver(Reply(307, headers={"location": elsewhere.url}))
     delivery = _delivery(_test_event(client, tenant, _target(client, tenant, hook.url)))
@@ -294,24 +311,30 @@ def test_a_redirect_is_a_failure_and_is_not_followed(
 
 
 def test_410_gone_disables_the_target_at_once(
-    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    sent: Callable[..., Sent],
     receiver: Callable[..., Receiver],
-) -> None:  # fmt: skip
+) -> None:
     it = sent(Reply(410))
     tenant, target = it.tenant, it.target
     delivery = it.delivery
     assert webhooks.deliver(str(delivery.id)) is DeliveryState.FAILED
     shown = client.get(f"/v1/webhooks/{target.id}", headers=tenant.headers).json()
     assert shown["state"] == "disabled" and "410" in shown["disabled_reason"]
-    events = client.get("/v1/webhook-messages?event_type=webhook.disabled",
-                        headers=tenant.headers).json()["data"]  # fmt: skip
+    events = client.get(
+        "/v1/webhook-messages?event_type=webhook.disabled", headers=tenant.headers
+    ).json()["data"]
     assert [e["payload"]["data"]["target_id"] for e in events] == [target.id]
 
 
 def test_429_with_retry_after_sets_the_next_attempt(
-    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
-    receiver: Callable[..., Receiver], fast_retries: Settings,
-) -> None:  # fmt: skip
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    sent: Callable[..., Sent],
+    receiver: Callable[..., Receiver],
+    fast_retries: Settings,
+) -> None:
     it = sent(Reply(429, headers={"retry-after": "120"}))
     delivery = it.delivery
     before = utcnow()
@@ -323,9 +346,13 @@ def test_429_with_retry_after_sets_the_next_attempt(
 
 
 def test_a_target_failing_for_too_long_is_disabled(
-    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
-    receiver: Callable[..., Receiver], fast_retries: Settings, monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    sent: Callable[..., Sent],
+    receiver: Callable[..., Receiver],
+    fast_retries: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Waits of 0.2 s (+-10%): the third attempt comes at least 0.36 s after the first
     # failure, past the 0.3 s after which a failing target is disabled.
     monkeypatch.setenv("CELERIAC_WEBHOOKS__RETRY_SCHEDULE_SECONDS", "[0.2, 0.2, 0.2]")
@@ -345,9 +372,10 @@ def test_a_target_failing_for_too_long_is_disabled(
 
 
 def test_deliveries_to_one_target_are_throttled(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
     receiver: Callable[..., Receiver],
-) -> None:  # fmt: skip
+) -> None:
     tenant, hook = make_tenant(), receiver()
     target = _target(client, tenant, hook.url, max_deliveries_per_second=2)
     deliveries = [_delivery(_test_event(client, tenant, target)) for _ in range(6)]
@@ -364,9 +392,11 @@ def test_deliveries_to_one_target_are_throttled(
 
 
 def test_the_address_is_checked_again_at_delivery_and_connected_to(
-    client: TestClient, make_tenant: Callable[..., TenantFixture],
-    receiver: Callable[..., Receiver], monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    receiver: Callable[..., Receiver],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """hooks.example.test resolved to a public address at registration, to 127.0.0.1 at
     delivery: refused unless loopback is allowlisted; when it is, the connection goes to
     the address just checked, with the name in the Host header."""
@@ -405,14 +435,19 @@ def test_the_address_is_checked_again_at_delivery_and_connected_to(
 
 
 def test_the_event_payload_is_small_and_points_at_the_results(
-    client: TestClient, make_tenant: Callable[..., TenantFixture], sent: Callable[..., Sent],
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    sent: Callable[..., Sent],
     receiver: Callable[..., Receiver],
-) -> None:  # fmt: skip
+) -> None:
     it = sent()
     tenant, hook, target = it.tenant, it.hook, it.target
     message_id = it.message_id
-    resent = client.post(f"/v1/webhook-messages/{message_id}/resend", headers=tenant.headers,
-                         json={"target_id": target.id})  # fmt: skip
+    resent = client.post(
+        f"/v1/webhook-messages/{message_id}/resend",
+        headers=tenant.headers,
+        json={"target_id": target.id},
+    )
     assert resent.status_code == 202 and resent.json()["deliveries"][0]["state"] == "pending"
     webhooks.deliver(resent.json()["deliveries"][0]["id"])
     body = json.loads(hook.received[-1].body)

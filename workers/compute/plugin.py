@@ -140,8 +140,9 @@ class Plugin(ABC, Generic[P]):
                 }
                 for error in exc.errors()
             ]
-            lines = "; ".join(f"{e['pointer'].lstrip('/') or '(parameters)'}: {e['detail']}"
-                              for e in errors)  # fmt: skip
+            lines = "; ".join(
+                f"{e['pointer'].lstrip('/') or '(parameters)'}: {e['detail']}" for e in errors
+            )
             raise ParameterError(
                 f"invalid parameters for {self.kind} {self.name!r}: {lines}", errors
             ) from None

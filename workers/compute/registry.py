@@ -81,8 +81,10 @@ class Registry:
 
     def plugins(self) -> list[Plugin[Any]]:
         """Every plugin, datasets first, each group by name."""
-        return [*(self.datasets[n] for n in sorted(self.datasets)),
-                *(self.analyzers[n] for n in sorted(self.analyzers))]  # fmt: skip
+        return [
+            *(self.datasets[n] for n in sorted(self.datasets)),
+            *(self.analyzers[n] for n in sorted(self.analyzers)),
+        ]
 
     def plugin_infos(self) -> list[PluginInfo]:
         """The rows for ``celeriac.platform.jobs.pipelines.register_plugins``."""
@@ -128,8 +130,11 @@ def discover(*, builtins: bool = True) -> Registry:
                 continue
             problems = interface_problems(plugin, group, entry_point.name)
             if existing is not None:
-                taken_by = "a built-in" if (group, entry_point.name) in builtin_names else (
-                    sources[(existing.kind, existing.name)])  # fmt: skip
+                taken_by = (
+                    "a built-in"
+                    if (group, entry_point.name) in builtin_names
+                    else (sources[(existing.kind, existing.name)])
+                )
                 problems.append(f"the name {entry_point.name!r} is taken by {taken_by}")
             if problems:
                 logger.error(

@@ -68,8 +68,11 @@ def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) ->
         except Exception as exc:
             # The class and the frames, not the message: a plugin's message can quote a
             # record's value (it is stored encrypted, celeriac.platform.jobs.task_errors).
-            logger.warning("compute task failed: %s\n%s", type(exc).__name__,
-                           "".join(traceback.format_tb(exc.__traceback__)).rstrip())  # fmt: skip
+            logger.warning(
+                "compute task failed: %s\n%s",
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+            )
             # Sentry gets it once, with its stack trace; before_send drops the message.
             sentry_sdk.capture_exception(exc)
             outcome, error = TaskState.FAILED, _error_text(exc)

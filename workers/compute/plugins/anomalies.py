@@ -37,9 +37,10 @@ class AnomaliesParameters(Parameters):
         default="robust_z", description="Per-column robust z-score, or IsolationForest on rows."
     )
     threshold: float = Field(
-        default=3.5, gt=0, description="robust_z: |modified z-score| above which a value "
-        "is anomalous."
-    )  # fmt: skip
+        default=3.5,
+        gt=0,
+        description="robust_z: |modified z-score| above which a value is anomalous.",
+    )
     contamination: Literal["auto"] | Annotated[float, Field(gt=0, le=0.5)] = Field(
         default="auto", description="isolation_forest: expected share of outliers."
     )
@@ -64,9 +65,12 @@ class Anomalies(Analyzer[AnomaliesParameters]):
         if params.method == "isolation_forest":
             return isolation_forest(dataset, columns, params)
         result: dict[str, Any] = {
-            "method": "robust_z", "threshold": params.threshold, "rows": len(dataset),
-            "columns": {}, "count": 0,
-        }  # fmt: skip
+            "method": "robust_z",
+            "threshold": params.threshold,
+            "rows": len(dataset),
+            "columns": {},
+            "count": 0,
+        }
         for column in columns:
             values = dataset[column].to_numpy(dtype=np.float64, na_value=np.nan)
             found = robust_z_outliers(values, params.threshold)
@@ -75,9 +79,9 @@ class Anomalies(Analyzer[AnomaliesParameters]):
         return result
 
 
-def robust_z_scores(values: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[
-    np.ndarray[Any, np.dtype[np.float64]], float, float
-]:  # fmt: skip
+def robust_z_scores(
+    values: np.ndarray[Any, np.dtype[np.float64]],
+) -> tuple[np.ndarray[Any, np.dtype[np.float64]], float, float]:
     """Modified z-scores of ``values`` (NaN stays NaN), the median and the MAD."""
     present = values[~np.isnan(values)]
     if present.size == 0:
@@ -115,9 +119,14 @@ def isolation_forest(
     """Rows that IsolationForest predicts as outliers, with their decision scores
     (negative; lower is more anomalous)."""
     result: dict[str, Any] = {
-        "method": "isolation_forest", "contamination": params.contamination,
-        "rows": len(dataset), "features": columns, "count": 0, "indexes": [], "scores": [],
-    }  # fmt: skip
+        "method": "isolation_forest",
+        "contamination": params.contamination,
+        "rows": len(dataset),
+        "features": columns,
+        "count": 0,
+        "indexes": [],
+        "scores": [],
+    }
     matrix = feature_matrix(dataset, columns)
     if matrix.shape[0] < 2 or matrix.shape[1] == 0:
         return result

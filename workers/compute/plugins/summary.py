@@ -66,9 +66,13 @@ def describe(present: np.ndarray[Any, np.dtype[np.float64]]) -> list[float]:
         quartiles = np.percentile(present, (25, 50, 75))
         std = float(np.std(present, ddof=1)) if count > 1 else float("nan")
         return [
-            float(count), float(np.mean(present)), std, float(present.min()),
-            *map(float, quartiles), float(present.max()),
-        ]  # fmt: skip
+            float(count),
+            float(np.mean(present)),
+            std,
+            float(present.min()),
+            *map(float, quartiles),
+            float(present.max()),
+        ]
 
 
 def _other(column: pd.Series[Any], nulls: int) -> dict[str, Any]:

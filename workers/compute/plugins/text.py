@@ -155,8 +155,13 @@ def character_flags() -> np.ndarray[Any, np.dtype[np.uint8]]:
     """Bit flags of every Unicode code point (built once per process, ~0.3 s)."""
     everything = "".join(map(chr, range(sys.maxunicode + 1)))
     flags = np.zeros(sys.maxunicode + 1, dtype=np.uint8)
-    for flag, pattern in ((WORD_CHAR, r"\w"), (SPACE, r"\s"), (DIGIT, r"\d"),
-                          (TERMINATOR, r"[.!?]"), (APOSTROPHE, "['\u2019]")):  # fmt: skip
+    for flag, pattern in (
+        (WORD_CHAR, r"\w"),
+        (SPACE, r"\s"),
+        (DIGIT, r"\d"),
+        (TERMINATOR, r"[.!?]"),
+        (APOSTROPHE, "['\u2019]"),
+    ):
         flags[[m.start() for m in re.finditer(pattern, everything)]] |= flag
     for flag, test in ((LETTER, str.isalpha), (UPPER, str.isupper)):
         mask = np.fromiter(map(test, everything), dtype=bool, count=len(everything))

@@ -43,9 +43,12 @@ TIMESTAMP_DTYPE: Final = "datetime64[ns, UTC]"
 Aggregate = Literal["mean", "sum", "count", "min", "max"]
 # The pieces each aggregate is rebuilt from, and how pieces of one bin combine.
 PIECES: dict[str, tuple[str, ...]] = {
-    "mean": ("sum", "count"), "sum": ("sum",), "count": ("count",),
-    "min": ("min",), "max": ("max",),
-}  # fmt: skip
+    "mean": ("sum", "count"),
+    "sum": ("sum",),
+    "count": ("count",),
+    "min": ("min",),
+    "max": ("max",),
+}
 REJECTED = "rejected"  # piece marking a field that is not numeric in some chunk
 BIN = "@bin"
 RECORDS = "@records"
@@ -131,9 +134,9 @@ class Timeseries(DatasetGenerator[TimeseriesParameters]):
         if params.value_fields is not None:
             fields = list(params.value_fields)
         else:
-            fields = list(dict.fromkeys(
-                field for piece, field in pieces if field and field not in rejected
-            ))  # fmt: skip
+            fields = list(
+                dict.fromkeys(field for piece, field in pieces if field and field not in rejected)
+            )
             if frames and not fields:
                 raise DatasetError(
                     "timeseries: no field holds only numbers; name them in value_fields"
@@ -220,9 +223,10 @@ def _value_fields(
     if params.value_fields is not None:
         return {
             f: pd.to_numeric(frame[f], errors="coerce")
-            if f in frame.columns else pd.Series(np.nan, index=frame.index)
+            if f in frame.columns
+            else pd.Series(np.nan, index=frame.index)
             for f in params.value_fields
-        }, []  # fmt: skip
+        }, []
     fields: dict[str, pd.Series[Any]] = {}
     rejected: list[str] = []
     for name in frame.columns:
