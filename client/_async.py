@@ -91,6 +91,7 @@ class AsyncClient:
         self.keys = Keys(self)
         self.quotas = Quotas(self)
         self.usage = Usage(self)
+        self.metrics = Metrics(self)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -586,6 +587,16 @@ class Quotas(_Resource):
     async def get(self) -> QuotaStatus:
         """The tenant's limits and what it uses of them."""
         return await self._client._model(QuotaStatus, "GET", "/v1/quotas")
+
+
+class Metrics(_Resource):
+    """``/v1/metrics``: the tenant's own Prometheus series (scope ``metrics:read``)."""
+
+    @operation("GET", "/v1/metrics")
+    async def prometheus_text(self) -> str:
+        """The tenant's series in Prometheus' text format, for its own scraper."""
+        answer = await self._client.request("GET", "/v1/metrics")
+        return answer.text
 
 
 class Usage(_Resource):

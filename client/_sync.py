@@ -89,6 +89,7 @@ class Client:
         self.keys = Keys(self)
         self.quotas = Quotas(self)
         self.usage = Usage(self)
+        self.metrics = Metrics(self)
 
     def __enter__(self) -> Client:
         return self
@@ -564,6 +565,16 @@ class Quotas(_Resource):
     def get(self) -> QuotaStatus:
         """The tenant's limits and what it uses of them."""
         return self._client._model(QuotaStatus, "GET", "/v1/quotas")
+
+
+class Metrics(_Resource):
+    """``/v1/metrics``: the tenant's own Prometheus series (scope ``metrics:read``)."""
+
+    @operation("GET", "/v1/metrics")
+    def prometheus_text(self) -> str:
+        """The tenant's series in Prometheus' text format, for its own scraper."""
+        answer = self._client.request("GET", "/v1/metrics")
+        return answer.text
 
 
 class Usage(_Resource):

@@ -39,7 +39,8 @@ PACKAGE_ROOTS = {
     "celeriac.platform": "platform",
     "celeriac.workers": "workers",
     "celeriac.migrations": "migrations",
-    "celeriac.client": "client",
+    # celeriac.client is the tenants' SDK, a distribution of its own (ADR 0015): not in
+    # the platform's wheel, nor in the image.
 }
 DEV_ONLY = {"pytest", "moto", "schemathesis", "py-spy", "mypy", "ruff", "helm-python-sdk"}
 
