@@ -379,11 +379,12 @@ def test_large_blob_streams_both_ways_in_bounded_memory(encrypted: EncryptedBlob
     key = job_blob_key("acme", "j1", "dataset.parquet")
     # Local: about one envelope segment for a 32 MiB blob. S3: a few 5 MiB parts in
     # flight, each held in about four copies on its way through botocore (measured: 20 MiB
-    # at max_concurrency 1, 30 MiB at 4, the same for 32 and 64 MiB objects): well under
-    # half of a 64 MiB object.
+    # at max_concurrency 1, 30 MiB at 4, the same for 32 and 64 MiB objects; 38.8 MiB once
+    # on a machine at load 4-15, when more parts were in flight at the peak): bounded by the
+    # parts in flight, never the object. The bound is 3/4 of the 64 MiB object.
     local = isinstance(encrypted.store, LocalBlobStore)
     total = 32 * MiB if local else 64 * MiB
-    bound = 8 * MiB if local else 36 * MiB
+    bound = 8 * MiB if local else 48 * MiB
     produced = hashlib.sha256()
 
     def source() -> Iterator[bytes]:
