@@ -200,9 +200,9 @@ def start(session: Session, tenant_id: str, job_id: str) -> Started | Held | Non
             repository.mark_held(session, tenant, job_uuid)
             return Held(HoldReason.RUNNING_LIMIT, limit)
         if repository.mark_running(session, tenant, job_uuid):
+            # Not loaded before in this session (only its id was read): a fresh row.
             job = repository.load_job(session, tenant, job_uuid)
             assert job is not None
-            session.refresh(job)
             _transition(job, JobState.QUEUED, JobState.RUNNING)
             return _started(session, job)
     job = repository.load_job(session, tenant, job_uuid)
@@ -315,14 +315,11 @@ def redispatch(
     lease (a run that may be going on, or one lost with a broker or database outage, which
     becomes due again when the lease ends) is waiting, not looping: the re-dispatch does not
     count towards ``max_dispatches``."""
-    if repository.running_within_lease(session, job, lease_seconds):
-        repository.touch_job(session, job.tenant_id, job.id)
-        message = stage_message(ref_of(session, job), job.state, job.stage)
-        return [message] if message is not None else []
-    if job.dispatch_count >= max_dispatches:
+    waiting_on_lease = repository.running_within_lease(session, job, lease_seconds) > 0
+    if not waiting_on_lease and job.dispatch_count >= max_dispatches:
         error = f"stopped moving; re-dispatched {job.dispatch_count} times"
         return end_job(session, job, JobState.FAILED, source="reconciler", error=error) or []
-    repository.count_dispatch(session, job)
+    repository.count_dispatch(session, job, counted=not waiting_on_lease)
     message = stage_message(ref_of(session, job), job.state, job.stage)
     return [message] if message is not None else []
 

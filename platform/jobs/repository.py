@@ -242,12 +242,13 @@ def end(
     return _rowcount(ended) == 1
 
 
-def count_dispatch(session: Session, job: Job) -> None:
-    """The reconciler re-dispatches the job once more (and it counts as progress)."""
+def count_dispatch(session: Session, job: Job, *, counted: bool = True) -> None:
+    """The reconciler re-dispatches the job once more (it counts as progress; towards its
+    give-up only when ``counted``)."""
     session.execute(
         update(Job)
         .where(Job.tenant_id == job.tenant_id, Job.id == job.id)
-        .values(dispatch_count=Job.dispatch_count + 1, updated_at=utcnow())
+        .values(dispatch_count=Job.dispatch_count + int(counted), updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
 
