@@ -15,7 +15,7 @@ from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.keys.service import Scope
 from celeriac.platform.models import AttemptTrigger, WebhookDelivery, WebhookMessage
-from celeriac.platform.webhooks import log, repository, service
+from celeriac.platform.webhooks import log, payloads, repository, service
 from celeriac.platform.webhooks.destinations import Resolver, resolve_host
 from celeriac.platform.webhooks.schemas import (
     DeliveriesRestarted,
@@ -234,7 +234,8 @@ def send_test_event(
 
 def _message_out(message: WebhookMessage, deliveries: list[WebhookDelivery]) -> WebhookMessageOut:
     return WebhookMessageOut(
-        **{k: getattr(message, k) for k in ("id", "event_type", "payload", "created_at")},
+        **{k: getattr(message, k) for k in ("id", "event_type", "created_at")},
+        payload=payloads.reveal(message),
         deliveries=[WebhookDeliveryOut.model_validate(d) for d in deliveries],
     )
 

@@ -21,6 +21,7 @@ from celeriac.platform.models import Job, UsageRecord, WebhookMessage, utcnow
 from celeriac.platform.settings import Settings
 from celeriac.platform.storage.blobs import job_blob_key
 from celeriac.platform.tenant_data import tenant_blobs
+from celeriac.platform.webhooks import payloads
 
 SPEC = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
 RECORDS = [{"n": i, "label": f"r{i}"} for i in range(5)]
@@ -184,9 +185,12 @@ def test_retention_deletes_old_job_data_in_batches_with_an_expired_event(
         )
     assert _payload_exists(mine, young["id"]) and _payload_exists(other, theirs["id"])
     with get_sessionmaker()() as session:
-        expired = session.scalars(
-            select(WebhookMessage.payload).where(WebhookMessage.event_type == "job.expired")
-        ).all()
+        expired = [
+            payloads.reveal(m)
+            for m in session.scalars(
+                select(WebhookMessage).where(WebhookMessage.event_type == "job.expired")
+            ).all()
+        ]
     assert sorted(m["data"]["job_id"] for m in expired) == sorted(j["id"] for j in old)
 
 
