@@ -72,7 +72,8 @@ def update_tenant(
 
 @router.delete("/{tenant_id}", response_model=TenantOut)
 def delete_tenant(tenant_id: uuid.UUID, admin: AdminDep, session: SessionDep) -> TenantOut:
-    """Delete: revokes every API key and stops new jobs at once; then destroys the tenant's
+    """Delete: revokes every API key, disables its webhook targets and stops new jobs at
+    once (queued and running jobs end `cancelled`); then destroys the tenant's
     encryption key (its data is unreadable from then on; KMS deletes the key after
     `keys.deletion_window_days`) and deletes its stored objects. Usage records and the
     audit log stay. Idempotent."""

@@ -24,9 +24,12 @@ from celeriac.platform.models import (
     Job,
     JobState,
     JobTask,
+    TargetState,
     TaskState,
     UsageRecord,
+    WebhookDelivery,
     WebhookMessage,
+    WebhookTarget,
     utcnow,
 )
 from celeriac.platform.queues import TaskName
@@ -196,8 +199,22 @@ def test_deleting_a_tenant_ends_its_queued_jobs_cancelled_with_their_events(
             .where(UsageRecord.tenant_id == uuid.UUID(tenant.id))
             .where(UsageRecord.metric == "jobs.completed")
         ).scalar_one()
+        deliveries = conn.execute(
+            select(func.count())
+            .select_from(WebhookDelivery)
+            .where(WebhookDelivery.tenant_id == uuid.UUID(tenant.id))
+        ).scalar_one()
+        targets = conn.execute(
+            select(WebhookTarget.state, WebhookTarget.disabled_reason).where(
+                WebhookTarget.tenant_id == uuid.UUID(tenant.id)
+            )
+        ).all()
     assert sorted(events) == sorted(("job.cancelled", f"job:{j}:ended") for j in jobs)
     assert completed == 3
+    # Nothing more goes to a deleted tenant's receivers (nor is billed): its targets are
+    # disabled in the deleting transaction, so the cancellations have no delivery.
+    assert [tuple(t) for t in targets] == [(TargetState.DISABLED, "the tenant was deleted")]
+    assert deliveries == 0
     # A start_job still queued for one of them finds it ended and does nothing.
     recorder = RecordingPublisher()
     assert orchestration.start_job(tenant.id, jobs[0], publisher=recorder) is None
