@@ -281,9 +281,11 @@ def _freed_a_slot(sender: Any = None, **_: Any) -> None:
 
 
 @signals.task_revoked.connect
-def _revoked(request: Any = None, **_: Any) -> None:
-    if request is not None:
-        _count(request.task_name, request.hostname or "", -1)
+def _revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    # ``request`` is the task's Context, not the worker's Request: it has no task_name
+    # (celery/worker/request.py sends the task as the sender).
+    if sender is not None and request is not None:
+        _count(sender.name, getattr(request, "hostname", None) or "", -1)
 
 
 @signals.task_prerun.connect
