@@ -384,12 +384,20 @@ class Child:
     process: subprocess.Popen[bytes]
 
 
-def _start(name: str, args: list[str]) -> Child:
+def _start(name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
     # A session of its own: Ctrl-C reaches only `up`, which then stops children in order.
     process = subprocess.Popen(
-        [sys.executable, "-m", "celeriac.platform.cli", *args], start_new_session=True
+        [sys.executable, "-m", "celeriac.platform.cli", *args], start_new_session=True, env=env
     )
     return Child(name, process)
+
+
+def _children_env(settings: Settings, url: str) -> dict[str, str] | None:
+    """The children's environment: the webhook events' ``results_url`` names the API
+    ``up`` runs (``--port``, ``CELERIAC_API__PORT``) unless the public URL is set."""
+    if "public_api_url" in settings.webhooks.model_fields_set:
+        return None
+    return {**os.environ, "CELERIAC_WEBHOOKS__PUBLIC_API_URL": url}
 
 
 def _stop_all(children: list[Child], grace: float = 20.0) -> None:
@@ -517,11 +525,12 @@ def up(
     status = 0
     try:
         _progress("starting the API, one worker per pool and beat")
-        children.append(_start("api", ["api", "--host", host, "--port", str(port)]))
-        for pool in Pool:
-            children.append(_start(f"worker-{pool.value}", ["worker", "--pool", pool.value]))
-        children.append(_start("beat", ["beat"]))
         url = f"http://{host}:{port}"
+        env = _children_env(settings, url)
+        children.append(_start("api", ["api", "--host", host, "--port", str(port)], env))
+        for pool in Pool:
+            children.append(_start(f"worker-{pool.value}", ["worker", "--pool", pool.value], env))
+        children.append(_start("beat", ["beat"], env))
         _wait_ready(settings, url, children, timeout=settings.api.up_ready_timeout_seconds)
         banner = (
             f"Celeriac is up at {url} (docs at {url}/docs)\n"

@@ -156,3 +156,20 @@ def test_admin_token_elsewhere_refuses_instead_of_inventing_secrets(tmp_path: Pa
     assert "no Celeriac instance here" in result.stderr and "CELERIAC_VAR_DIR" in result.stderr
     assert result.stdout == ""
     assert list(elsewhere.iterdir()) == []  # no var/, no new secrets
+
+
+def test_up_on_another_port_names_that_port_in_webhook_events(
+    var_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`up --port 8123` (or CELERIAC_API__PORT): a job event's results_url points at the
+    API that runs, not at the default 8000; a public URL that is set is kept."""
+    from celeriac.platform.cli import _children_env
+
+    monkeypatch.setenv("CELERIAC_VAR_DIR", str(var_dir))
+    children = _children_env(load_settings(), "http://127.0.0.1:8123")
+    assert children is not None
+    monkeypatch.setattr("os.environ", children)
+    assert load_settings().webhooks.public_api_url == "http://127.0.0.1:8123"
+
+    monkeypatch.setenv("CELERIAC_WEBHOOKS__PUBLIC_API_URL", "https://api.example.com")
+    assert _children_env(load_settings(), "http://127.0.0.1:8123") is None
