@@ -282,10 +282,10 @@ def _freed_a_slot(sender: Any = None, **_: Any) -> None:
 
 @signals.task_revoked.connect
 def _revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
-    # ``request`` is the task's Context, not the worker's Request: it has no task_name
-    # (celery/worker/request.py sends the task as the sender).
+    # Celery sends the task as sender and the request's Context (no ``task_name``; the
+    # name is ``request.task``) from the worker's main process.
     if sender is not None and request is not None:
-        _count(sender.name, getattr(request, "hostname", None) or "", -1)
+        _count(sender.name, request.hostname or "", -1)
 
 
 @signals.task_prerun.connect
