@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -597,9 +598,10 @@ def tenant_suspended(platform: Platform) -> Outcome:
     jobs run on meanwhile."""
 
     def fault(p: Platform, outcome: Outcome) -> None:
-        # Two running jobs at a time: the other 6 are queued when the suspension comes.
-        tenant_id, key = p.new_tenant(f"chaos-held-{uuid.uuid4().hex[:6]}", "max_running_jobs=2")
-        held = [p.submit(api_key=key) for _ in range(8)]
+        # One running job at a time and 8 submitted at once: most are queued when the
+        # suspension comes (submitted one by one, they ended as fast as they came).
+        tenant_id, key = p.new_tenant(f"chaos-held-{uuid.uuid4().hex[:6]}", "max_running_jobs=1")
+        held = _submit_at_once(p, key, 8)
         answer = httpx.patch(
             f"{p.env.api_url}/v1/admin/tenants/{tenant_id}",
             headers=p.admin_headers,
@@ -609,6 +611,9 @@ def tenant_suspended(platform: Platform) -> Outcome:
         if answer.status_code != 200:
             outcome.notes.append(f"FAIL: suspending answered {answer.status_code}")
         suspended_at = _db_now(p)
+        queued_at_suspension = _queued(p, held)
+        if not queued_at_suspension:
+            outcome.notes.append("FAIL: no job was queued at the suspension (nothing tested)")
         time.sleep(15)
         # Jobs already started finish; none may start after the suspension (1 s for every
         # process to see it, as the API documents "within seconds").
@@ -618,13 +623,10 @@ def tenant_suspended(platform: Platform) -> Outcome:
                 "AND started_at > %s + interval '1 second'",
                 (held, suspended_at),
             ).fetchone()
-            waiting = conn.execute(
-                "SELECT count(*) FROM jobs WHERE id::text = ANY(%s) AND state = 'queued'",
-                (held,),
-            ).fetchone()
         outcome.notes.append(
-            f"suspended tenant: {len(held)} jobs, {waiting[0] if waiting else '?'} held "
-            f"queued, {started[0] if started else '?'} started while suspended"
+            f"suspended tenant: {len(held)} jobs, {queued_at_suspension} queued at the "
+            f"suspension, {_queued(p, held)} still queued 15 s later, "
+            f"{started[0] if started else '?'} started while suspended"
         )
         if started is None or started[0]:
             outcome.notes.append("FAIL: a job of the suspended tenant started")
@@ -741,6 +743,21 @@ def soak(platform: Platform) -> Outcome:
             f"FAIL: RSS grew {outcome.rss_end / outcome.rss_start - 1:.0%} in the soak"
         )
     return outcome
+
+
+def _submit_at_once(platform: Platform, api_key: str, jobs: int) -> list[str]:
+    """``jobs`` submitted concurrently for the tenant of ``api_key``."""
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(lambda _: platform.submit(api_key=api_key), range(jobs)))
+
+
+def _queued(platform: Platform, job_ids: list[str]) -> int:
+    with platform.env.db() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM jobs WHERE id::text = ANY(%s) AND state = 'queued'",
+            (job_ids,),
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _db_now(platform: Platform) -> Any:
