@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import select
@@ -170,6 +171,18 @@ def _transition(job: Job, before: JobState | JobStage | None, after: JobState | 
     )
     metrics.job_transitioned(job, after.value)
     job_events.announce_after_commit(object_session(job), job.id)
+
+
+def compute_started(session: Session, job: Job, at: datetime) -> None:
+    """A compute task of the running ``job`` was claimed at ``at`` (in the claim's
+    transaction). The first one ends the job's queue wait: recorded once per job by a
+    compare-and-set (a redelivered task, or a sibling claimed at the same moment, finds it
+    done), and observed after the commit, so a rolled-back claim counts nothing."""
+    if job.compute_started_at is not None or not repository.mark_compute_started(session, job, at):
+        return
+    job.compute_started_at = at
+    band, submitted = job.priority.value, job.created_at
+    run_after_commit(session, lambda: metrics.job_compute_started(band, submitted, at))
 
 
 # --- queued -> running ---------------------------------------------------------------

@@ -143,6 +143,18 @@ def mark_running(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> b
     return _rowcount(started) == 1
 
 
+def mark_compute_started(session: Session, job: Job, at: datetime) -> bool:
+    """Record the job's first compute start, once: False when a sibling task (or an
+    earlier delivery of this one) already did."""
+    marked = session.execute(
+        update(Job)
+        .where(Job.tenant_id == job.tenant_id, Job.id == job.id, Job.compute_started_at.is_(None))
+        .values(compute_started_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(marked) == 1
+
+
 _BAND_ORDER = case(
     (Job.priority == Priority.HIGH, 0), (Job.priority == Priority.NORMAL, 1), else_=2
 )

@@ -44,6 +44,9 @@ class Job(TimestampMixin, Base):
     # Times the flow was (re)dispatched; the reconciler bounds it.
     dispatch_count: Mapped[int] = mapped_column(default=0)
     started_at: Mapped[datetime | None]
+    # When the first of its compute tasks was claimed: the end of its queue wait (set
+    # once, by a compare-and-set, so a redelivered task does not move it).
+    compute_started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     # Set while a queued job waits for a free slot of its tenant's max_running_jobs quota:
     # the orchestrator deferred it, and the end of one of the tenant's jobs releases it.

@@ -71,6 +71,7 @@ def claim(tenant_id: str, task_id: str, message_id: str) -> Claimed | None:
         if claimed is None:
             return None
         task, job = claimed
+        lifecycle.compute_started(session, job, task.started_at or utcnow())
         planned = plan.planned_task(job, task.stage, task.task_key)
         if planned is not None:
             role = planned.role
