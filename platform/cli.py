@@ -105,6 +105,7 @@ def api(
         workers=workers,
         log_config=None,
         proxy_headers=True,
+        timeout_worker_healthcheck=settings.api.worker_healthcheck_seconds,
     )
     ports = [port]
     if settings.api.ops_port is not None:

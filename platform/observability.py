@@ -14,6 +14,7 @@ cookies, query strings, task arguments) from every event before it leaves.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import sentry_sdk
@@ -75,6 +76,9 @@ def init_sentry(settings: Settings, component: str, *, pool: str | None = None) 
         ],
     )
     sentry_sdk.set_tag("component", component)
+    # Which process of the component (uvicorn's --workers, prefork children) sent it: the
+    # global scope, so events from any thread of this process carry it.
+    sentry_sdk.get_global_scope().set_context("process", {"pid": os.getpid()})
     if pool is not None:
         sentry_sdk.set_tag("pool", pool)
 
