@@ -52,13 +52,9 @@ class HttpMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED
-            labels = {
-                "route": template,
-                "method": scope["method"],
-                "status_class": metrics.status_class(status),
-            }
-            metrics.HTTP_REQUESTS.labels(**labels).inc()
-            metrics.HTTP_DURATION.labels(**labels).observe(time.perf_counter() - started)
+            metrics.http_request_ended(
+                template, scope["method"], status, time.perf_counter() - started
+            )
 
 
 def install_observability(app: FastAPI, settings: Settings) -> None:
