@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, CursorResult, case, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from celeriac.platform.db import upsert_insert
 from celeriac.platform.models import (
@@ -194,7 +195,10 @@ def touch_job(session: Session, tenant_id: uuid.UUID | str, job_id: uuid.UUID | 
 
 
 def advance_stage(session: Session, job: Job, from_stage: JobStage, to_stage: JobStage) -> bool:
-    """running at ``from_stage`` -> running at ``to_stage``, once (the join)."""
+    """running at ``from_stage`` -> running at ``to_stage``, once (the join). The loaded
+    ``job`` shows the new stage afterwards (as committed, not as a change to flush): the
+    transaction that joined a stage goes on with the next one (start, the join)."""
+    checkpoints = dict(job.checkpoints) | {from_stage.value: "done"}
     moved = session.execute(
         update(Job)
         .where(
@@ -203,14 +207,14 @@ def advance_stage(session: Session, job: Job, from_stage: JobStage, to_stage: Jo
             Job.state == JobState.RUNNING,
             Job.stage == from_stage,
         )
-        .values(
-            stage=to_stage,
-            updated_at=utcnow(),
-            checkpoints=dict(job.checkpoints) | {from_stage.value: "done"},
-        )
+        .values(stage=to_stage, updated_at=utcnow(), checkpoints=checkpoints)
         .execution_options(synchronize_session=False)
     )
-    return _rowcount(moved) == 1
+    if _rowcount(moved) != 1:
+        return False
+    set_committed_value(job, "stage", to_stage)
+    set_committed_value(job, "checkpoints", checkpoints)
+    return True
 
 
 def end(
@@ -543,6 +547,46 @@ def stage_tasks(session: Session, job: Job, stage: JobStage) -> list[JobTask]:
             .order_by(JobTask.task_key)
         )
     )
+
+
+class TaskOutcome(Protocol):
+    """What finalize reads of each task (a row of :func:`task_outcomes`)."""
+
+    @property
+    def task_key(self) -> str: ...
+    @property
+    def stage(self) -> JobStage: ...
+    @property
+    def plugin(self) -> str: ...
+    @property
+    def chunk(self) -> int | None: ...
+    @property
+    def state(self) -> TaskState: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def output_key(self) -> str | None: ...
+    @property
+    def duration_ms(self) -> int | None: ...
+
+
+def task_outcomes(session: Session, job: Job) -> list[TaskOutcome]:
+    """Every task of the job as a row of what finalize needs, the datasets stage first,
+    then in key order: one statement and no ORM objects (finalize is on every job's
+    path)."""
+    rows = session.execute(
+        select(
+            JobTask.task_key,
+            JobTask.stage,
+            JobTask.plugin,
+            JobTask.chunk,
+            JobTask.state,
+            JobTask.error,
+            JobTask.output_key,
+            JobTask.duration_ms,
+        ).where(JobTask.tenant_id == job.tenant_id, JobTask.job_id == job.id)
+    ).all()
+    return sorted(rows, key=lambda r: (r.stage is not JobStage.DATASETS, r.task_key))
 
 
 def cancel_open_tasks(session: Session, job: Job) -> list[str]:
