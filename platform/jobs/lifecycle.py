@@ -296,6 +296,10 @@ def release_held(session: Session, tenant_id: uuid.UUID) -> list[Publication]:
     meanwhile holds the job again)."""
     if repository.lock_tenant(session, tenant_id) is not TenantStatus.ACTIVE:
         return []
+    # Most ends release nothing: one look for a held job (under the tenant's lock, so a
+    # start holding one at this moment is seen) before the quota and the running count.
+    if not repository.has_held_jobs(session, tenant_id):
+        return []
     free = tenant_limits(session, tenant_id).max_running_jobs
     free -= repository.running_count(session, tenant_id)
     if free <= 0:

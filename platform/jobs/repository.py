@@ -178,20 +178,36 @@ def take_held(session: Session, tenant_id: uuid.UUID, limit: int) -> list[Job]:
     return jobs
 
 
+def has_held_jobs(session: Session, tenant_id: uuid.UUID) -> bool:
+    """Whether any of the tenant's jobs is held."""
+    return (
+        session.scalar(
+            select(Job.id)
+            .where(
+                Job.tenant_id == tenant_id,
+                Job.state == JobState.QUEUED,
+                Job.held_since.is_not(None),
+            )
+            .limit(1)
+        )
+        is not None
+    )
+
+
 def touch_job(session: Session, tenant_id: uuid.UUID | str, job_id: uuid.UUID | str) -> Job | None:
     """Touch the job (the reconciler sees progress) and hold its row until commit: the
     tasks of one job that finish together then commit one after the other, so the last
     one's count of open tasks sees every sibling's outcome. (An UPDATE, not SELECT ... FOR
     UPDATE, so that SQLite, whose writers take the database lock, serialises the same.)"""
-    touched = session.execute(
+    # One statement: the touched row comes back as the job (UPDATE ... RETURNING), not
+    # read by a second SELECT (issue 16: finish is on every compute task's path).
+    return session.scalars(
         update(Job)
         .where(Job.tenant_id == _uuid(tenant_id), Job.id == _uuid(job_id))
         .values(updated_at=utcnow())
+        .returning(Job)
         .execution_options(synchronize_session=False)
-    )
-    if _rowcount(touched) != 1:
-        return None
-    return load_job(session, tenant_id, job_id)
+    ).one_or_none()
 
 
 def advance_stage(session: Session, job: Job, from_stage: JobStage, to_stage: JobStage) -> bool:
@@ -402,13 +418,17 @@ def claim_task(
     is still running, :func:`claimable` allows it and ``ready`` (the tasks it runs after
     have ended) holds. Returns the task as claimed and its job."""
     tenant = uuid.UUID(tenant_id)
-    task = session.scalars(
-        select(JobTask).where(JobTask.tenant_id == tenant, JobTask.id == uuid.UUID(task_id))
+    # The task and its job in one statement (issue 16: the claim is on every compute
+    # task's path).
+    found = session.execute(
+        select(JobTask, Job)
+        .join(Job, (Job.tenant_id == JobTask.tenant_id) & (Job.id == JobTask.job_id))
+        .where(JobTask.tenant_id == tenant, JobTask.id == uuid.UUID(task_id))
     ).one_or_none()
-    if task is None or not claimable(task, message_id, lease_seconds):
+    if found is None:
         return None
-    job = load_job(session, tenant, task.job_id)
-    if job is None or job.state is not JobState.RUNNING:
+    task, job = found
+    if not claimable(task, message_id, lease_seconds) or job.state is not JobState.RUNNING:
         return None
     if ready is not None and not ready(task, job):
         return None  # left pending: the last of the tasks it waits for publishes it
