@@ -148,7 +148,8 @@ def ref_of(session: Session, job: Job) -> JobRef:
 def stage_message(ref: JobRef, state: JobState, stage: JobStage | None) -> Publication | None:
     """The message that moves a job on from where it is: a queued job's ``start_job``, a
     running stage's ``fan_out``, the finalize stage's ``finalize``; None for an ended job.
-    Start, the join and the reconciler all ask this one function."""
+    The join and the reconciler ask this one function (start and the join then publish a
+    running stage's compute tasks themselves instead of its ``fan_out``: ADR 0018)."""
     if state is JobState.QUEUED:
         return ref.message(TaskName.START_JOB)
     if state is not JobState.RUNNING:
