@@ -149,7 +149,8 @@ def ref_of(session: Session, job: Job) -> JobRef:
 def stage_message(ref: JobRef, state: JobState, stage: JobStage | None) -> Publication | None:
     """The message that moves a job on from where it is: a queued job's ``start_job``, a
     running stage's ``fan_out``, the finalize stage's ``finalize``; None for an ended job.
-    Start, the join and the reconciler all ask this one function."""
+    The join and the reconciler ask this one function (start and the join then publish a
+    running stage's compute tasks themselves instead of its ``fan_out``: ADR 0018)."""
     if state is JobState.QUEUED:
         return ref.message(TaskName.START_JOB)
     if state is not JobState.RUNNING:
@@ -308,6 +309,10 @@ def release_held(session: Session, tenant_id: uuid.UUID) -> list[Publication]:
     it, so no free slot goes unnoticed; :func:`start` decides again (a slot taken
     meanwhile holds the job again)."""
     if repository.lock_tenant(session, tenant_id) is not TenantStatus.ACTIVE:
+        return []
+    # Most ends release nothing: one look for a held job (under the tenant's lock, so a
+    # start holding one at this moment is seen) before the quota and the running count.
+    if not repository.has_held_jobs(session, tenant_id):
         return []
     free = tenant_limits(session, tenant_id).max_running_jobs
     free -= repository.running_count(session, tenant_id)

@@ -82,7 +82,8 @@ def test_start_holds_over_the_limit_and_an_end_releases_by_band_then_age(
     shown = client.get(f"/v1/jobs/{low}", headers=limited.headers).json()
     assert shown["state"] == "queued" and shown["held_since"] is not None
     assert orchestration.start_job(limited.id, low, publisher=send) == orchestration.HELD
-    assert [name for name, _ in send.messages] == [TaskName.FAN_OUT]
+    # Only the first job's dataset tasks, published by its start.
+    assert {(name, job) for name, job in send.messages} == {(TaskName.RUN_TASK, first)}
 
     _end(limited, first, send)
     assert send.messages[-1] == (TaskName.START_JOB, normal)  # normal band before low

@@ -24,7 +24,7 @@ from celeriac.platform.queues import TaskName
 from celeriac.platform.storage import BlobNotFound
 from celeriac.platform.tasks import Publication, Publisher, default_publisher
 from celeriac.platform.tenant_data import tenant_blobs
-from celeriac.workers.flow import plan
+from celeriac.workers.flow import distribution, plan
 
 
 class TransientError(Exception):
@@ -155,7 +155,10 @@ def finish(
         ]
         following = lifecycle.advance_if_done(session, job, claimed.stage)
         if following is not None:
-            publications.append(following)
+            # The join publishes the next stage's tasks itself (or finalize's message).
+            publications += distribution.stage_publications(
+                session, job, lifecycle.NEXT_STAGE[claimed.stage]
+            )
         (publisher or default_publisher()).after_commit(session, publications)
     return following is not None
 
