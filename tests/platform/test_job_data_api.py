@@ -130,6 +130,7 @@ def test_delete_removes_the_blobs_keeps_the_row_and_usage_and_refuses_a_rerun(
 
     assert client.post(f"/v1/jobs/{queued['id']}/cancel", headers=mine.headers).is_success
     with get_sessionmaker()() as session:
+        assert session.get(Job, uuid.UUID(queued["id"])).data_key  # type: ignore[union-attr]
         usage_before = session.scalar(select(func.count()).select_from(UsageRecord))
     assert client.delete(f"/v1/jobs/{queued['id']}", headers=mine.headers).status_code == 204
     assert not _payload_exists(mine, queued["id"])
@@ -141,7 +142,11 @@ def test_delete_removes_the_blobs_keeps_the_row_and_usage_and_refuses_a_rerun(
 
     refused = _problem(client.post(f"/v1/jobs/{queued['id']}/rerun", headers=mine.headers), 410)
     assert refused["code"] == "job-data-deleted" and "cannot be re-run" in refused["detail"]
-    _problem(client.get(f"/v1/jobs/{queued['id']}/results", headers=mine.headers), 404)
+    gone = _problem(client.get(f"/v1/jobs/{queued['id']}/results", headers=mine.headers), 410)
+    assert gone["code"] == "job-data-deleted"
+    # The job's data key went with its blobs (the crypto-shred, docs/adr/0019).
+    with get_sessionmaker()() as session:
+        assert session.get(Job, uuid.UUID(queued["id"])).data_key is None  # type: ignore[union-attr]
 
 
 def test_retention_deletes_old_job_data_in_batches_with_an_expired_event(
