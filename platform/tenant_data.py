@@ -35,7 +35,7 @@ def envelope() -> Envelope:
 @lru_cache(maxsize=1)
 def tenant_blobs() -> EncryptedBlobStore:
     """Blobs encrypted under their tenant's key (payloads, datasets, results), a job's
-    under the job's own key (docs/adr/0019). When
+    under the job's own key (docs/adr/0015). When
     ``settings.caches_blobs``, a job's hot blobs are read through the shared cache, which
     holds their ciphertext (the encryption is on top of it)."""
     settings = get_settings()

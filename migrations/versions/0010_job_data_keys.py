@@ -4,7 +4,7 @@ Revision ID: 0010_job_data_keys
 Revises: 0009_console_sessions
 
 ``jobs.data_key`` holds the job's data key wrapped under the tenant's key; deleting the
-job's data nulls it, which crypto-shreds every copy of the job's blobs (docs/adr/0019).
+job's data nulls it, which crypto-shreds every copy of the job's blobs (docs/adr/0015).
 Existing jobs keep NULL: their blobs stay under the tenant's data key and read as before.
 """
 

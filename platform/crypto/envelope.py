@@ -28,7 +28,7 @@ when the iterator ends without raising: a reader must discard what it got on an 
 
 Format version 2 is the same but for the key: its header has ``"ref": <reference>`` in
 place of ``"kid"`` and ``"wdk"``. The data key is then not in the object at all: the
-platform keeps it (a job's data key, wrapped on the job's row, docs/adr/0019) and the
+platform keeps it (a job's data key, wrapped on the job's row, docs/adr/0015) and the
 reader passes a resolver from reference to key. Destroying the kept key makes every copy
 of such objects undecryptable, wherever the copies are (crypto-shredding one job).
 

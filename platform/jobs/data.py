@@ -3,7 +3,7 @@
 A job's blobs (payload chunks, datasets, analyzer outputs, the result document) all live
 under ``tenants/<tenant>/jobs/<job>/``, so deleting them is one prefix deletion (with their
 cached copies); they are encrypted under the job's own data key, which the deletion
-destroys too (``jobs.data_key``, docs/adr/0019), so a copy that escaped the deletion (an
+destroys too (``jobs.data_key``, docs/adr/0015), so a copy that escaped the deletion (an
 S3 object version, a backup) cannot be decrypted either. The job's row stays, marked
 ``data_deleted_at``: listings, ``rerun_of`` links and usage records (append-only, which
 billing reads) keep meaning something.

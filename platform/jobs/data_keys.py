@@ -1,4 +1,4 @@
-"""Per-job data keys, kept wrapped on the job's row (docs/adr/0019).
+"""Per-job data keys, kept wrapped on the job's row (docs/adr/0015).
 
 Every blob of a job is encrypted under a data key of the job's own. The key is 32 random
 bytes, wrapped as an envelope under the tenant's data key (so under the tenant's KMS key,

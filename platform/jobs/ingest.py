@@ -71,7 +71,7 @@ class Submission:
     trace_context: Any = field(default_factory=tracing.current_context)
     rerun_of: uuid.UUID | None = None
     _blob_keys: list[str] = field(default_factory=list)
-    # The job's own data key, wrapped, for its row (docs/adr/0019).
+    # The job's own data key, wrapped, for its row (docs/adr/0015).
     _data_key: bytes | None = None
     _stored_bytes: int = 0
     _chunks: int = 0

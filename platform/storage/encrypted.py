@@ -7,7 +7,7 @@ use keys under its own ``tenants/<tenant_id>/`` prefix. Both directions stream, 
 envelope segment at a time.
 
 A job's blobs (every key under ``tenants/<t>/jobs/<j>/``) are encrypted under the job's
-own data key when the job has one (:class:`JobKeys`, docs/adr/0019): the envelope names the
+own data key when the job has one (:class:`JobKeys`, docs/adr/0015): the envelope names the
 key by reference and the key is kept wrapped on the job's row, so destroying it there makes
 every copy of the job's blobs undecryptable. A job without one (submitted before per-job
 keys) keeps the tenant's data key, and its blobs (format 1) read as before.

@@ -74,7 +74,7 @@ def delete_tenant_blobs(tenant_id: uuid.UUID) -> int | None:
         tenant = session.get(Tenant, tenant_id)
         assert tenant is not None
         # Its jobs' keys were wrapped under the destroyed key already; drop them anyway,
-        # as deleting one job's data does (docs/adr/0019).
+        # as deleting one job's data does (docs/adr/0015).
         job_repository.destroy_data_keys(session, tenant_id)
         tenant.blobs_deleted_at = utcnow()
         _audit(session, tenant, "tenant.blobs_deleted", {"blobs": removed})

@@ -144,7 +144,7 @@ def test_delete_removes_the_blobs_keeps_the_row_and_usage_and_refuses_a_rerun(
     assert refused["code"] == "job-data-deleted" and "cannot be re-run" in refused["detail"]
     gone = _problem(client.get(f"/v1/jobs/{queued['id']}/results", headers=mine.headers), 410)
     assert gone["code"] == "job-data-deleted"
-    # The job's data key went with its blobs (the crypto-shred, docs/adr/0019).
+    # The job's data key went with its blobs (the crypto-shred, docs/adr/0015).
     with get_sessionmaker()() as session:
         assert session.get(Job, uuid.UUID(queued["id"])).data_key is None  # type: ignore[union-attr]
 

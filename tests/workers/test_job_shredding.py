@@ -1,4 +1,4 @@
-"""Deleting a job's data is a crypto-shred (docs/adr/0019), on real processes: real workers
+"""Deleting a job's data is a crypto-shred (docs/adr/0015), on real processes: real workers
 write the job's blobs to S3 on the tests' moto server under the job's own data key
 (wrapped under the tenant's KMS key, on the job's row). A copy of every blob taken before
 ``DELETE /v1/jobs/{id}`` and put back afterwards (a surviving S3 object version, a restored
@@ -184,6 +184,6 @@ def test_a_job_written_before_per_job_keys_still_runs_and_reads(
     for key, body in stored.items():
         info = describe_envelope(body[:4096])
         assert info.key_reference is None and info.wrapped_key, key
-    # Deleting it deletes its blobs (there is no job key to destroy; ADR 0019 says so).
+    # Deleting it deletes its blobs (there is no job key to destroy; ADR 0015 says so).
     assert client.delete(f"/v1/jobs/{job_id}", headers=tenant.headers).status_code == 204
     assert _objects(aws, aws_bucket, tenant, job_id) == {}
