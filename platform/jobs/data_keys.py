@@ -71,8 +71,12 @@ class JobDataKeys:
             cached = self._cache.get((tenant_id, job_id))
         if cached is not None:
             return None if isinstance(cached, _NoKey) else cached
+        try:
+            tenant_uuid, job_uuid = uuid.UUID(tenant_id), uuid.UUID(job_id)
+        except ValueError:
+            return None  # not a job row's ids (the platform's are UUIDs): no job key
         with get_engine().connect() as conn:
-            row = repository.job_data_key(conn, uuid.UUID(tenant_id), uuid.UUID(job_id))
+            row = repository.job_data_key(conn, tenant_uuid, job_uuid)
         if row is None:
             raise KeyUnavailable(f"job {job_id} does not exist: its blobs have no key")
         if row.data_key is None:
@@ -95,6 +99,12 @@ class JobDataKeys:
         """Drop this process's copy (other processes keep theirs until the TTL ends)."""
         with self._lock:
             self._cache.pop((tenant_id, job_id), None)
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Drop this process's copies of the tenant's job keys (its key was destroyed)."""
+        with self._lock:
+            for cached in [k for k in self._cache if k[0] == tenant_id]:
+                self._cache.pop(cached, None)
 
     def _remember(self, tenant_id: str, job_id: str, value: bytes | _NoKey) -> None:
         if self._caching:

@@ -54,6 +54,10 @@ class JobKeys(Protocol):
         """Drop this process's copy of the job's key (after its data was deleted)."""
         ...
 
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Drop this process's copies of the tenant's job keys (its key was destroyed)."""
+        ...
+
 
 class EncryptedBlobStore:
     """Encrypts on put and decrypts on get/stream, for one tenant per call."""
@@ -76,6 +80,11 @@ class EncryptedBlobStore:
         """This process forgets the job's key (its data, and the row's copy, are gone)."""
         if self.job_keys is not None:
             self.job_keys.forget(tenant_id, job_id)
+
+    def forget_tenant_job_keys(self, tenant_id: str) -> None:
+        """This process forgets every job key of the tenant (its key was destroyed)."""
+        if self.job_keys is not None:
+            self.job_keys.forget_tenant(tenant_id)
 
     def put(
         self,

@@ -52,6 +52,7 @@ def destroy_tenant_key(tenant_id: uuid.UUID) -> bool:
     if key_id:
         key_provider().destroy_tenant_key(key_id)
     envelope().forget_tenant(str(tenant_id))
+    tenant_blobs().forget_tenant_job_keys(str(tenant_id))
     with transaction() as session:
         tenant = session.get(Tenant, tenant_id)
         assert tenant is not None
