@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -22,7 +22,7 @@ from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.auth.invalidation import FileGeneration, Generation, RedisGeneration
 from celeriac.platform.auth.jwt import AdminPrincipal, InvalidToken, Role, verify_token
 from celeriac.platform.db import get_engine, get_sessionmaker
-from celeriac.platform.errors import Forbidden, Unauthorized
+from celeriac.platform.errors import Forbidden, TenantSuspended, Unauthorized
 from celeriac.platform.logging import bind_context
 from celeriac.platform.quotas.enforce import check_rate, monthly_refusal, release_job
 from celeriac.platform.redis_client import get_redis
@@ -109,10 +109,13 @@ class Authenticator:
         # makes it visible to the route function.
         token = _token(credentials)
         authenticator = api_key_authenticator()
-        context = authenticator.authenticate_cached(token)
+        context = authenticator.authenticate_cached(token, allow_suspended=True)
         if context is None:
-            context = await run_in_threadpool(authenticator.authenticate, token)
+            context = await run_in_threadpool(
+                partial(authenticator.authenticate, token, allow_suspended=True)
+            )
         bind_context(tenant_id=context.tenant_id)
+        refuse_if_suspended(request, context)
         context.require(*self.scopes)
         request.state.tenant = context
         # After authentication and scopes, so that a 401 or 403 consumes no quota; before
@@ -129,6 +132,20 @@ class Authenticator:
         if refusal is not None:
             raise refusal
         return context
+
+
+# What a suspended tenant's key may still do: read, so that it can see why its work is
+# held (waiting_reason) and what it has; every other method changes something.
+_READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def refuse_if_suspended(request: Request, context: TenantContext) -> None:
+    """403 ``tenant-suspended`` for a suspended tenant's write (docs/adr/0015)."""
+    if context.suspended and request.method not in _READ_METHODS:
+        raise TenantSuspended(
+            "the tenant is suspended: its keys may read (jobs, events, results, usage) but "
+            "not change anything; contact your administrator"
+        )
 
 
 class AdminAuthenticator:

@@ -810,12 +810,34 @@ def lock_jobs_finished_before(
 def mark_data_deleted(
     session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, when: datetime
 ) -> None:
+    """The job's blobs are gone; so is its data key (the crypto-shred of any copy)."""
     session.execute(
         update(Job)
         .where(Job.tenant_id == tenant_id, Job.id == job_id)
-        .values(data_deleted_at=when, result_key=None)
+        .values(data_deleted_at=when, result_key=None, data_key=None)
         .execution_options(synchronize_session=False)
     )
+
+
+def job_data_key(conn: Connection, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Any | None:
+    """The job's wrapped data key and ``data_deleted_at`` (a row), None for no such job."""
+    return conn.execute(
+        select(Job.data_key, Job.data_deleted_at).where(
+            Job.tenant_id == tenant_id, Job.id == job_id
+        )
+    ).one_or_none()
+
+
+def destroy_data_keys(session: Session, tenant_id: uuid.UUID) -> int:
+    """A deleted tenant's job keys (its KMS key is destroyed already: this is the second
+    lock on the same door). Returns how many were set."""
+    result = session.execute(
+        update(Job)
+        .where(Job.tenant_id == tenant_id, Job.data_key.is_not(None))
+        .values(data_key=None)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result)
 
 
 def timeline_tasks(session: Session, job: Job, limit: int) -> list[Any]:

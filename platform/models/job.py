@@ -56,6 +56,11 @@ class Job(TimestampMixin, Base):
     # Set when the job's payload, intermediate and result blobs were deleted (by the tenant,
     # or by retention): the row stays, for listings and for its usage records.
     data_deleted_at: Mapped[datetime | None]
+    # The job's own data key, wrapped under the tenant's key (an envelope); every blob of
+    # the job is encrypted under it. Nulled when the job's data is deleted: a crypto-shred
+    # of every copy of its blobs. NULL on a job submitted before per-job keys (its blobs
+    # are under the tenant's data key). docs/adr/0015.
+    data_key: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class JobTask(TimestampMixin, Base):

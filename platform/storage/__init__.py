@@ -9,12 +9,18 @@ from celeriac.platform.storage.blobs import (
     BlobNotFound,
     BlobStore,
     job_blob_key,
+    job_of_key,
     tenant_prefix,
     validate_key,
     validate_prefix,
 )
 from celeriac.platform.storage.cached import CachedBlobStore, hot_job_blob
-from celeriac.platform.storage.encrypted import ClearBlobStoreForBenchmarks, EncryptedBlobStore
+from celeriac.platform.storage.encrypted import (
+    ClearBlobStoreForBenchmarks,
+    EncryptedBlobStore,
+    JobKeys,
+    NewJobKey,
+)
 from celeriac.platform.storage.local import LocalBlobStore
 
 if TYPE_CHECKING:
@@ -27,10 +33,13 @@ __all__ = [
     "CachedBlobStore",
     "ClearBlobStoreForBenchmarks",
     "EncryptedBlobStore",
+    "JobKeys",
     "LocalBlobStore",
+    "NewJobKey",
     "blob_store_from_settings",
     "hot_job_blob",
     "job_blob_key",
+    "job_of_key",
     "tenant_prefix",
     "validate_key",
     "validate_prefix",

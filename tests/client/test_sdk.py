@@ -126,7 +126,7 @@ def test_async_client_rerun_and_delete(live_platform: LivePlatform, tenant: Tena
             with pytest.raises(Gone) as refused:
                 await first.rerun()
             assert refused.value.status == 410 and "re-run" in refused.value.detail
-            with pytest.raises(NotFound):
+            with pytest.raises(Gone):
                 await first.results()
             assert [j.id async for j in client.jobs.list(page_size=1)] == [rerun.id, first.id]
 

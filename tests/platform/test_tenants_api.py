@@ -72,7 +72,7 @@ def test_list_pages_through_every_tenant_once(
     assert bad.status_code == 400
 
 
-def test_suspend_answers_403_and_delete_revokes_keys(
+def test_suspend_refuses_writes_with_403_and_delete_revokes_keys(
     client: TestClient,
     admin_headers: dict[str, str],
     make_tenant: Callable[..., TenantFixture],
@@ -84,8 +84,11 @@ def test_suspend_answers_403_and_delete_revokes_keys(
         f"/v1/admin/tenants/{tenant.id}", json={"status": "suspended"}, headers=admin_headers
     )
     assert suspended.json()["status"] == "suspended"
-    answer = client.get("/v1/keys", headers=tenant.headers)
-    assert answer.status_code == 403 and "suspended" in answer.json()["detail"]
+    answer = client.post("/v1/keys", headers=tenant.headers, json={"name": "more"})
+    assert answer.status_code == 403 and answer.json()["code"] == "tenant-suspended"
+    assert "suspended" in answer.json()["detail"]
+    # Reads stay open (docs/adr/0015): the tenant can see why its work is held.
+    assert client.get("/v1/keys", headers=tenant.headers).status_code == 200
 
     client.patch(f"/v1/admin/tenants/{tenant.id}", json={"status": "active"}, headers=admin_headers)
     assert client.get("/v1/keys", headers=tenant.headers).status_code == 200
