@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
@@ -26,7 +29,7 @@ from celeriac.platform.api.deps import (
     invalidate_auth,
 )
 from celeriac.platform.auth.jwt import InvalidToken, verify_token
-from celeriac.platform.console import sessions, views
+from celeriac.platform.console import live, sessions, views
 from celeriac.platform.console.web import (
     CSRF_FIELD,
     PREFIX,
@@ -38,6 +41,7 @@ from celeriac.platform.console.web import (
     render,
     set_session_cookie,
     sign_in_redirect,
+    still_signed_in,
 )
 from celeriac.platform.errors import ProblemError, ValidationFailed
 from celeriac.platform.jobs import payload, pipelines, service
@@ -176,15 +180,21 @@ def _jobs_context(
         limit=PAGE_SIZE,
     )
     jobs = [service.job_summary(j) for j in rows]
+    watch = live.watch_param(jobs)
     return {
         "jobs": jobs,
+        "live_url": _live_url(watch, progress=False) if watch else None,
         "next_cursor": next_cursor,
         "state": state or "",
         "cursor": cursor or "",
         "states": [s.value for s in JobState],
-        "live": any(j.state not in FINAL_JOB_STATES for j in jobs),
         "human_ms": views.human_ms,
     }
+
+
+def _live_url(watch: list[str], *, progress: bool) -> str:
+    query = [("w", value) for value in watch] + ([("progress", "1")] if progress else [])
+    return f"{PREFIX}/jobs/live-events?{urlencode(query)}"
 
 
 @router.get("/jobs", response_class=HTMLResponse)
@@ -212,6 +222,35 @@ def jobs_rows(
     return render(request, "fragments/jobs_table.html", context, state=page.session)
 
 
+def _live_spec(
+    w: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies the default)
+    progress: bool = False,
+) -> live.WatchSpec:
+    """Checked before the stream's headers go out (afterwards an error can only end it)."""
+    return live.parse_watch(w, progress)
+
+
+@router.get("/jobs/live-events", response_class=EventSourceResponse)
+async def live_events(
+    page: TenantDep,
+    settings: SettingsDep,
+    spec: Annotated[live.WatchSpec, Depends(_live_spec)],
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """The job event stream for the console's pages (session cookie, not an API key):
+    ``changed`` when a watched job moved past the cursor its page was rendered at, then
+    ``end``. ``w`` is ``<job id>_<cursor>``; ``progress`` counts task ends as changes."""
+    session_id = page.session_id
+    async for event in live.stream(
+        page.ctx,
+        spec,
+        spec.resume(last_event_id),
+        interval=settings.console.poll_seconds,
+        signed_in=lambda: still_signed_in(session_id),
+    ):
+        yield event
+
+
 def _job_context(
     request: Request, page: TenantPage, session: SessionDep, job_id: uuid.UUID
 ) -> dict[str, Any]:
@@ -229,6 +268,9 @@ def _job_context(
     return {
         "job": detail,
         "final": detail.state in FINAL_JOB_STATES,
+        "live_url": None
+        if detail.state in FINAL_JOB_STATES
+        else _live_url(live.watch_param([detail]), progress=True),
         "waiting_reason": extra.get("waiting_reason"),
         "timeline": views.timeline(job, tasks),
         "results": results,

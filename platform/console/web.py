@@ -238,6 +238,20 @@ async def tenant_page(request: Request) -> TenantPage:
     return TenantPage(ctx=ctx, session=state, session_id=session_id)
 
 
+def still_signed_in(session_id: str) -> bool:
+    """Whether a tenant session is still live (its key valid, its tenant active), ending
+    it when not: what a long-lived answer (the live event stream) checks as it goes."""
+    state = sessions.resolve(session_id)
+    if state is None or state.kind != "tenant":
+        return False
+    try:
+        _tenant_context(state)
+    except SessionEnded:
+        sessions.end(session_id)
+        return False
+    return True
+
+
 class _AdminGate:
     def __init__(self, *roles: Role) -> None:
         self.roles = {r.value for r in roles}

@@ -320,3 +320,53 @@ def test_recover_since_a_time_is_validated(
     )
     assert good.status_code == 303
     assert good.headers["location"] == f"/console/webhooks/{target_id}"
+
+
+def _sse(text: str) -> list[tuple[str, str]]:
+    """(event, data) of a finished text/event-stream body."""
+    found = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != ":"
+        )
+        if "event" in fields:
+            found.append((fields["event"], fields.get("data", "")))
+    return found
+
+
+def test_the_live_stream_is_scoped_to_the_sessions_tenant(
+    client: TestClient, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    owner, other = make_tenant(), make_tenant()
+    job = client.post(
+        "/v1/jobs",
+        json={"pipeline": "tabular-summary", "records": [{"a": 1}]},
+        headers=owner.headers,
+    ).json()
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=owner.headers).is_success
+    path = f"/console/jobs/live-events?w={job['id']}_0.0.0.0&progress=1"
+    # Another tenant watching the job's id learns nothing: the stream just ends.
+    sign_in(client, other.key)
+    answer = client.get(path)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    assert _sse(answer.text) == [("end", '"ended"')]
+    # Its owner's page, rendered while it was queued, is told to re-read, then the end.
+    client.cookies.clear()
+    sign_in(client, owner.key)
+    events = _sse(client.get(path).text)
+    assert events == [("changed", f'["{job["id"]}"]'), ("end", '"ended"')]
+    # A page rendered after the cancel (cursor 2) is told nothing but the end.
+    assert _sse(client.get(path.replace("_0.0.0.0", "_2.0.0.0")).text) == [("end", '"ended"')]
+
+
+def test_the_live_stream_refuses_a_malformed_watch_and_needs_a_session(
+    client: TestClient, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    answer = client.get("/console/jobs/live-events?w=x", follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["location"].startswith("/console/sign-in")
+    sign_in(client, make_tenant().key)
+    for query in ("w=not-a-job_0.0.0.0", "w=00000000-0000-0000-0000-000000000001_9.9", ""):
+        answer = client.get(f"/console/jobs/live-events?{query}")
+        assert 400 <= answer.status_code < 500, (query, answer.status_code)
