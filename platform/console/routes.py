@@ -45,6 +45,7 @@ from celeriac.platform.console.web import (
 )
 from celeriac.platform.errors import ProblemError, ValidationFailed
 from celeriac.platform.jobs import payload, pipelines, service
+from celeriac.platform.jobs.repository import JobRepository
 from celeriac.platform.jobs.routes import accept_job, check_size
 from celeriac.platform.jobs.schemas import JobOptions
 from celeriac.platform.keys import service as keys
@@ -255,15 +256,22 @@ def _job_context(
     request: Request, page: TenantPage, session: SessionDep, job_id: uuid.UUID
 ) -> dict[str, Any]:
     detail = service.job_detail(session, page.ctx, job_id)
-    job, tasks = views.job_tasks(session, page.ctx, job_id)
-    results = None
-    results_error = None
-    if detail.state in FINAL_JOB_STATES and job.result_key:
-        try:
-            document = json.loads(service.job_results(session, page.ctx, job_id))
-            results = views.results_view(document, views.first_records(page.ctx, job))
-        except ProblemError as exc:
-            results_error = exc.detail
+    job = JobRepository(session, page.ctx).get(job_id)
+    key = views.finished_key(job) if detail.state in FINAL_JOB_STATES else None
+    drawn = views.cached_finished(key)
+    if drawn is None:
+        results = None
+        results_error = None
+        if detail.state in FINAL_JOB_STATES and job.result_key:
+            try:
+                document = json.loads(service.job_results(session, page.ctx, job_id))
+                results = views.results_view(document, views.first_records(page.ctx, job))
+            except ProblemError as exc:
+                results_error = exc.detail
+        timeline = views.timeline(job, views.tasks_of(session, job))
+        drawn = views.FinishedView(timeline, results, results_error)
+        if results_error is None:  # a blob that could not be read is tried again
+            views.keep_finished(key, drawn)
     extra = detail.model_dump()
     return {
         "job": detail,
@@ -272,9 +280,9 @@ def _job_context(
         if detail.state in FINAL_JOB_STATES
         else _live_url(live.watch_param([detail]), progress=True),
         "waiting_reason": extra.get("waiting_reason"),
-        "timeline": views.timeline(job, tasks),
-        "results": results,
-        "results_error": results_error,
+        "timeline": drawn.timeline,
+        "results": drawn.results,
+        "results_error": drawn.results_error,
         "human_ms": views.human_ms,
         "nav": "jobs",
     }
