@@ -44,6 +44,7 @@ from celeriac.platform.console.web import (
     still_signed_in,
 )
 from celeriac.platform.errors import ProblemError, ValidationFailed
+from celeriac.platform.jobs import data as job_data
 from celeriac.platform.jobs import payload, pipelines, service
 from celeriac.platform.jobs.repository import JobRepository
 from celeriac.platform.jobs.routes import accept_job, check_size
@@ -316,7 +317,11 @@ def cancel_job(
 
 
 async def _accept(
-    request: Request, page: TenantPage, options: JobOptions, parsed: payload.Payload
+    request: Request,
+    page: TenantPage,
+    options: JobOptions,
+    parsed: payload.Payload,
+    rerun_of: uuid.UUID | None = None,
 ) -> uuid.UUID:
     """A job from the console goes through the API's checks: scope, rate limit and monthly
     quota (reserved here, given back if the submission fails), size limits, the registry."""
@@ -326,7 +331,7 @@ async def _accept(
         refusal = monthly_refusal(request)
         if refusal is not None:
             raise refusal
-        submission = await accept_job(request, page.ctx, options, parsed, limits)
+        submission = await accept_job(request, page.ctx, options, parsed, limits, rerun_of=rerun_of)
     except BaseException:
         await release_job(request)
         raise
@@ -335,24 +340,26 @@ async def _accept(
 
 @router.post("/jobs/{job_id}/rerun")
 async def rerun_job(request: Request, job_id: uuid.UUID, page: TenantDep) -> Response:
-    """Submit the job's records again with the same pipeline and priority."""
+    """Submit the job's stored records again with the same pipeline and priority, as
+    ``POST /v1/jobs/{id}/rerun`` does: linked by ``rerun_of``, 410 once its data was
+    deleted (``job_data.stored_payload``)."""
 
     def load() -> tuple[JobOptions, payload.Payload]:
         from celeriac.platform.db import get_sessionmaker
 
         with get_sessionmaker()() as session:
-            job, _ = views.job_tasks(session, page.ctx, job_id)
+            job = JobRepository(session, page.ctx).get(job_id)
             options = JobOptions.model_validate(
                 {
                     "pipeline": views.rerun_spec(job),
                     "priority": job.priority.value,
-                    "metadata": {**(job.job_metadata or {}), "rerun_of": str(job.id)},
+                    "metadata": job.job_metadata or {},
                 }
             )
-            return options, views.rerun_payload(page.ctx, job)
+            return options, job_data.stored_payload(page.ctx, job)
 
     options, parsed = await run_in_threadpool(load)
-    new_id = await _accept(request, page, options, parsed)
+    new_id = await _accept(request, page, options, parsed, rerun_of=job_id)
     return redirect(request, f"{PREFIX}/jobs/{new_id}")
 
 

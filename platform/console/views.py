@@ -438,17 +438,6 @@ def _keywords(dataset: str, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def rerun_payload(ctx: TenantContext, job: Job) -> payload.Payload:
-    """The records of ``job`` as stored (every chunk), for a re-run."""
-    chunks = int((job.checkpoints or {}).get("payload", {}).get("chunks", 0))
-    blobs = tenant_blobs()
-    lines: list[bytes] = []
-    for index in range(chunks):
-        raw = blobs.get(str(ctx.tenant_id), payload.chunk_key(job.payload_key, index))
-        lines += [line for line in raw.splitlines() if line.strip()]
-    return payload.Payload(lines)
-
-
 def rerun_spec(job: Job) -> str | dict[str, Any]:
     """The pipeline a job ran, as a submission names it."""
     pipeline = job.pipeline or {}
