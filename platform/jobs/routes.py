@@ -182,6 +182,8 @@ async def accept_job(
     options: JobOptions,
     parsed: payload.Payload,
     limits: Limits,
+    *,
+    rerun_of: uuid.UUID | None = None,
 ) -> Submission:
     """Resolve the pipeline and hand the job to the ingest writer (the REST API and the
     console both end here, after their own parsing and the tenant's quota checks)."""
@@ -209,6 +211,7 @@ async def accept_job(
         payload=parsed,
         priority=options.priority,
         metadata=options.metadata,
+        rerun_of=rerun_of,
     )
     # Under an Idempotency-Key the job takes the reservation's id: if this process dies
     # before the answer is stored, a retry finds the job (_recover_submission).
