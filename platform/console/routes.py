@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
+from celeriac.platform.api.admission import admit
 from celeriac.platform.api.deps import (
     SessionDep,
     SettingsDep,
@@ -53,7 +54,6 @@ from celeriac.platform.models import (
     WebhookDelivery,
     utcnow,
 )
-from celeriac.platform.quotas.enforce import check_rate, monthly_refusal, release_job
 from celeriac.platform.quotas.service import quota_status
 from celeriac.platform.usage import service as usage
 from celeriac.platform.usage.schemas import Granularity
@@ -271,15 +271,10 @@ async def _accept(
     """A job from the console goes through the API's checks: scope, rate limit and monthly
     quota (reserved here, given back if the submission fails), size limits, the registry."""
     page.ctx.require(keys.Scope.JOBS_WRITE)
-    limits = await check_rate(request, page.ctx.tenant_id, counts_job=True)
-    try:
-        refusal = monthly_refusal(request)
-        if refusal is not None:
-            raise refusal
-        submission = await accept_job(request, page.ctx, options, parsed, limits)
-    except BaseException:
-        await release_job(request)
-        raise
+    # A form sends no Idempotency-Key: only the rate limit and the monthly quota apply.
+    admission = await admit(request, page.ctx, counts_job=True, idempotency=False)
+    async with admission:
+        submission = await accept_job(request, admission, options, parsed)
     return submission.id
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from celeriac.platform.api.deps import (
     AdminDep,
-    Authenticator,
+    Admit,
     SessionDep,
     SettingsDep,
     invalidate_auth,
@@ -28,7 +28,7 @@ from celeriac.platform.repository import HasTenant
 from celeriac.platform.settings import Settings
 from celeriac.platform.tenants.service import get_tenant
 
-KeysManager = Annotated[TenantContext, Depends(Authenticator(service.Scope.KEYS_MANAGE))]
+KeysManager = Annotated[TenantContext, Depends(Admit(service.Scope.KEYS_MANAGE).tenant)]
 
 tenant_router = APIRouter(prefix="/v1/keys", tags=["API keys"])
 admin_router = APIRouter(prefix="/v1/admin/tenants/{tenant_id}/keys", tags=["API keys (admin)"])
