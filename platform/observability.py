@@ -98,20 +98,8 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> di
     for thread in (event.get("threads") or {}).get("values", []):
         for frame in (thread.get("stacktrace") or {}).get("frames", []):
             frame.pop("vars", None)
-    logentry = event.get("logentry")
-    if isinstance(logentry, dict):
-        # The template is ours; the arguments may be anyone's.
-        logentry.pop("params", None)
-        logentry["formatted"] = logentry.get("message", "")
-    if isinstance(event.get("message"), str) and logentry:
-        event["message"] = logentry.get("message", "")
-    request = event.get("request")
-    if isinstance(request, dict):
-        for key in ("data", "cookies", "query_string", "env"):
-            request.pop(key, None)
-        headers = request.get("headers")
-        if isinstance(headers, dict):
-            request["headers"] = {k: v for k, v in headers.items() if k.lower() in _SAFE_HEADERS}
+    _scrub_log_message(event)
+    _scrub_request(event)
     extra = event.get("extra")
     if isinstance(extra, dict):
         job = extra.get("celery-job")
@@ -128,6 +116,26 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> di
         if name in EVENT_TAGS:
             tags.setdefault(name, value)
     return event
+
+
+def _scrub_log_message(event: dict[str, Any]) -> None:
+    logentry = event.get("logentry")
+    if isinstance(logentry, dict):
+        # The template is ours; the arguments may be anyone's.
+        logentry.pop("params", None)
+        logentry["formatted"] = logentry.get("message", "")
+    if isinstance(event.get("message"), str) and logentry:
+        event["message"] = logentry.get("message", "")
+
+
+def _scrub_request(event: dict[str, Any]) -> None:
+    request = event.get("request")
+    if isinstance(request, dict):
+        for key in ("data", "cookies", "query_string", "env"):
+            request.pop(key, None)
+        headers = request.get("headers")
+        if isinstance(headers, dict):
+            request["headers"] = {k: v for k, v in headers.items() if k.lower() in _SAFE_HEADERS}
 
 
 def scrub_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any] | None) -> dict[str, Any]:
