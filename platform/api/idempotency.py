@@ -297,7 +297,7 @@ class IdempotencyRecorder:
             raise
 
 
-def _on_replay(request: Request, exc: Exception) -> Response:
+def _on_replay(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, IdempotentReplay)
     headers = {**exc.headers, REPLAYED_HEADER: "true"}
     return Response(exc.body, status_code=exc.status, headers=headers)

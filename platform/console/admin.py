@@ -271,9 +271,7 @@ def billing_page(request: Request, page: BillingPageDep, session: SessionDep) ->
 
 
 @router.get("/billing/records.csv")
-def billing_csv(
-    request: Request, page: BillingPageDep, session: SessionDep, month: str | None = None
-) -> Response:
+def billing_csv(_page: BillingPageDep, session: SessionDep, month: str | None = None) -> Response:
     """The month's usage records (default: this month) as CSV, the API's export columns."""
     try:
         start = (

@@ -182,7 +182,7 @@ def admin_create_key(
 @admin_router.get("", response_model=Page[ApiKeyOut])
 def admin_list_keys(
     tenant_id: uuid.UUID,
-    admin: AdminDep,
+    _admin: AdminDep,
     session: SessionDep,
     cursor: str | None = None,
     limit: Limit = 50,
@@ -192,7 +192,7 @@ def admin_list_keys(
 
 @admin_router.get("/{key_id}", response_model=ApiKeyOut)
 def admin_get_key(
-    tenant_id: uuid.UUID, key_id: uuid.UUID, admin: AdminDep, session: SessionDep
+    tenant_id: uuid.UUID, key_id: uuid.UUID, _admin: AdminDep, session: SessionDep
 ) -> ApiKeyOut:
     scope = _admin_scope(session, tenant_id)
     return ApiKeyOut.model_validate(service.ApiKeyRepository(session, scope).get(key_id))

@@ -118,7 +118,7 @@ class TopTenantsCollector(Collector):
 
 
 @admin_router.get("/tenants")
-def tenant_metrics(admin: AdminDep, session: SessionDep, settings: SettingsDep) -> Response:
+def tenant_metrics(_admin: AdminDep, session: SessionDep, settings: SettingsDep) -> Response:
     """Per-tenant series for operators, bounded to the top N tenants by backlog."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(

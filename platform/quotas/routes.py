@@ -20,7 +20,7 @@ AnyTenantKey = Annotated[TenantContext, Depends(Admit().tenant)]
 
 
 @admin_router.get("", response_model=TenantQuotas)
-def get_quotas(tenant_id: uuid.UUID, admin: AdminDep, session: SessionDep) -> TenantQuotas:
+def get_quotas(tenant_id: uuid.UUID, _admin: AdminDep, session: SessionDep) -> TenantQuotas:
     """The tenant's limits in force, its overrides and its plan's defaults."""
     return service.tenant_quotas(session, get_tenant(session, tenant_id, include_deleted=False))
 
