@@ -29,8 +29,9 @@ class _Callback:
 
 class _Rich:
     def __init__(self, job_id: str) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        # Imported here: rich is optional.
+        from rich.console import Console  # noqa: PLC0415
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
 
         self.job_id = job_id
         self.progress = Progress(

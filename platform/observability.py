@@ -41,7 +41,8 @@ def init_process(settings: Settings, component: str, *, pool: str | None = None)
     endpoint is set) for ``component`` (api, worker, beat)."""
     configure_logging(settings.log.level, settings.log.json_lines)
     init_sentry(settings, component, pool=pool)
-    from celeriac.platform.tracing import init_tracing
+    # Imported here: OpenTelemetry loads only when tracing is on.
+    from celeriac.platform.tracing import init_tracing  # noqa: PLC0415
 
     init_tracing(settings, component if pool is None else f"worker-{pool}")
 
@@ -49,10 +50,11 @@ def init_process(settings: Settings, component: str, *, pool: str | None = None)
 def init_sentry(settings: Settings, component: str, *, pool: str | None = None) -> None:
     if settings.sentry_dsn is None:
         return
-    from sentry_sdk.integrations.celery import CeleryIntegration
-    from sentry_sdk.integrations.fastapi import FastApiIntegration
-    from sentry_sdk.integrations.logging import LoggingIntegration
-    from sentry_sdk.integrations.starlette import StarletteIntegration
+    # Imported here: Sentry's integrations load only with a DSN.
+    from sentry_sdk.integrations.celery import CeleryIntegration  # noqa: PLC0415
+    from sentry_sdk.integrations.fastapi import FastApiIntegration  # noqa: PLC0415
+    from sentry_sdk.integrations.logging import LoggingIntegration  # noqa: PLC0415
+    from sentry_sdk.integrations.starlette import StarletteIntegration  # noqa: PLC0415
 
     obs = settings.observability
     sentry_sdk.init(

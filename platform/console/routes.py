@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
+from jose import jwt
 from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
@@ -40,6 +41,7 @@ from celeriac.platform.console.web import (
     set_session_cookie,
     sign_in_redirect,
 )
+from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.errors import ProblemError, ValidationFailed
 from celeriac.platform.jobs import payload, pipelines, service
 from celeriac.platform.jobs.routes import accept_job, check_size
@@ -54,6 +56,7 @@ from celeriac.platform.models import (
     WebhookDelivery,
     utcnow,
 )
+from celeriac.platform.quotas.enforce import limits_for
 from celeriac.platform.quotas.service import quota_status
 from celeriac.platform.usage import service as usage
 from celeriac.platform.usage.schemas import Granularity
@@ -138,8 +141,6 @@ def sign_in(
 
 def _unverified_exp(token: str) -> float | None:
     """The ``exp`` of a token that ``verify_token`` has just accepted (so it is present)."""
-    from jose import jwt
-
     exp = jwt.get_unverified_claims(token).get("exp")
     return float(exp) if isinstance(exp, int | float) else None
 
@@ -283,8 +284,6 @@ async def rerun_job(request: Request, job_id: uuid.UUID, page: TenantDep) -> Res
     """Submit the job's records again with the same pipeline and priority."""
 
     def load() -> tuple[JobOptions, payload.Payload]:
-        from celeriac.platform.db import get_sessionmaker
-
         with get_sessionmaker()() as session:
             job, _ = views.job_tasks(session, page.ctx, job_id)
             options = JobOptions.model_validate(
@@ -360,8 +359,6 @@ async def submit(request: Request, page: TenantDep) -> Response:
 
 
 async def _limits(page: TenantPage) -> Any:
-    from celeriac.platform.quotas.enforce import limits_for
-
     return await limits_for(page.ctx.tenant_id)
 
 

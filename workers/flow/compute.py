@@ -185,7 +185,7 @@ def _parquet(frame: pd.DataFrame) -> bytes:
 def compute(tenant_id: str, job_id: str, claimed: Claimed) -> None:
     """Run the plugin and write its output blob (deterministic key: a rerun overwrites
     the same object with the same content)."""
-    from celeriac.workers.compute import (
+    from celeriac.workers.compute import (  # noqa: PLC0415 - pandas: the compute pool only
         analyze_dataset,
         analyze_slice,
         combine_partials,
