@@ -116,7 +116,8 @@ def test_a_replay_counts_as_a_request_but_not_as_a_job(
     assert limited.json()["policy"] == "requests"
     assert replays, "the burst of 3 admits the first replay"
     for replay in replays:
-        assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true"
+        assert replay.status_code == 202
+        assert replay.headers["Idempotent-Replayed"] == "true"
         assert replay.json()["id"] == first.json()["id"]
         assert _REQUESTS.search(replay.headers["RateLimit"]) is not None
 

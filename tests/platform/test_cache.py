@@ -102,7 +102,9 @@ def test_a_hot_blob_is_read_from_the_store_once_and_redis_holds_only_its_ciphert
     assert store.reads == 1
     cached = cache_client.get(blob_entry(key))
     assert cached == store.get(key)  # the bytes the store holds: the envelope
-    assert cached is not None and cached.startswith(b"CLRE") and b"4111" not in cached
+    assert cached is not None
+    assert cached.startswith(b"CLRE")
+    assert b"4111" not in cached
 
     # Served from Redis with the file gone behind the store's back (and still decrypted
     # and authenticated like the stored copy).

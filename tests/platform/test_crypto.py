@@ -521,7 +521,8 @@ def test_kms_tenant_key_is_tagged_aliased_rotating_and_created_once(aws: Aws) ->
     provider = KmsKeyProvider(kms, alias_prefix=aws.new_alias_prefix())
     arn = provider.create_tenant_key("acme")
     assert provider.create_tenant_key("acme") == arn  # a retried creation makes no second key
-    assert arn.startswith("arn:aws:kms:") and ":key/" in arn
+    assert arn.startswith("arn:aws:kms:")
+    assert ":key/" in arn
     assert provider.tenant_key_id("acme") == f"{provider.alias_prefix}acme"
     metadata = kms.describe_key(KeyId=provider.tenant_key_id("acme"))["KeyMetadata"]
     assert (metadata["Arn"], metadata["KeySpec"], metadata["KeyUsage"]) == (

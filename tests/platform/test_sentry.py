@@ -83,7 +83,8 @@ def test_an_unhandled_api_error_arrives_once_with_tags_and_no_tenant_data(
     assert event["tags"]["request_id"] == request_id
     assert event["environment"] == "sentry-test"
     (exception,) = event["exception"]["values"]
-    assert exception["type"] == "RuntimeError" and exception["value"] == REDACTED
+    assert exception["type"] == "RuntimeError"
+    assert exception["value"] == REDACTED
     assert any(f.get("function") == "explode" for f in exception["stacktrace"]["frames"])
     assert "Authorization" not in str(event.get("request", {}).get("headers", {}))
     for body in raw_envelopes(sink):

@@ -143,7 +143,8 @@ def _sentry_gets_the_failed_task_once_with_tags_and_no_tenant_data(stack: Stack)
 
     (event,) = wait_until(compute_events, 60, "the compute failure in Sentry")
     tags = event["tags"]
-    assert tags["pool"] == "compute" and tags["tenant_id"] == stack.tenant.id
+    assert tags["pool"] == "compute"
+    assert tags["tenant_id"] == stack.tenant.id
     assert tags["task"] == "celeriac.compute.run_task"
     assert event["environment"] == "observability-test"
     assert event["release"].startswith("celeriac@")
@@ -192,7 +193,8 @@ def _one_trace_from_the_request_to_the_webhook(stack: Stack) -> None:
 
     # Log lines written inside a task carry its trace.
     lines = _task_lines(stack.workers.log("compute"), stack.job["id"])
-    assert lines and all(line.get("trace_id") == start.trace_id for line in lines)
+    assert lines
+    assert all(line.get("trace_id") == start.trace_id for line in lines)
 
 
 def _every_task_end_writes_one_json_line(stack: Stack) -> None:
@@ -204,9 +206,12 @@ def _every_task_end_writes_one_json_line(stack: Stack) -> None:
     lines = _task_lines(stack.workers.log("compute"), job_id)
     assert len(lines) == compute_tasks
     for line in lines:
-        assert line["task"] == "celeriac.compute.run_task" and line["pool"] == "compute"
-        assert line["tenant_id"] == stack.tenant.id and line["task_id"]
-        assert line["duration_ms"] >= 0 and line["retries"] == 0
+        assert line["task"] == "celeriac.compute.run_task"
+        assert line["pool"] == "compute"
+        assert line["tenant_id"] == stack.tenant.id
+        assert line["task_id"]
+        assert line["duration_ms"] >= 0
+        assert line["retries"] == 0
         assert MARKER not in json.dumps(line)
     assert sorted(line["state"] for line in lines).count("failed") == 1
     assert {line["plugin"] for line in lines} == {"tabular", "summary", "chaos_leak"}

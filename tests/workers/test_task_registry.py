@@ -28,7 +28,8 @@ def test_beat_schedules_only_registered_tasks() -> None:
     from celeriac.workers.celery_app import app
 
     scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
-    assert scheduled and scheduled <= {name.value for name in TaskName}
+    assert scheduled
+    assert scheduled <= {name.value for name in TaskName}
 
 
 def test_every_task_routes_to_its_pool_by_glob() -> None:
