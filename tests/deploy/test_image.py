@@ -249,7 +249,8 @@ def test_the_images_install_steps_in_a_clean_venv_import_every_module(tmp_path: 
         text=True,
         check=False,
     )
-    assert helped.returncode == 0 and "migrate" in helped.stdout, helped.stderr
+    assert helped.returncode == 0, helped.stderr
+    assert "migrate" in helped.stdout, helped.stderr
 
 
 # --- docker-compose.yml -------------------------------------------------------------------
@@ -304,7 +305,8 @@ def test_compose_runs_every_process_unprivileged_with_settings_the_platform_acce
     }
     assert COMPOSE["services"]["prometheus"]["profiles"] == ["monitoring"]
     for name, service in services.items():
-        assert service["user"] == "10001:10001" and service["read_only"] is True, name
+        assert service["user"] == "10001:10001", name
+        assert service["read_only"] is True, name
         assert {t.split(":")[0] for t in service["tmpfs"]} == {"/tmp", "/var/lib/celeriac"}
         with monkeypatch.context() as patch:
             for variable in [v for v in os.environ if v.startswith("CELERIAC_")]:

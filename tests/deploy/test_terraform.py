@@ -91,7 +91,8 @@ def conditions(statement: dict[str, Any]) -> Iterator[tuple[str, str, list[str]]
 def test_every_file_parses_and_declares_its_inputs_and_outputs(module: Module) -> None:
     assert {p.name for p in module.files} >= {"versions.tf", "variables.tf", "outputs.tf"}
     for name, variable in module.variables.items():
-        assert variable.get("description") and variable.get("type"), name
+        assert variable.get("description"), name
+        assert variable.get("type"), name
     for name, output in module.outputs.items():
         assert output.get("description"), name
 
