@@ -57,7 +57,8 @@ class _Rich:
 
 
 class _Tqdm:
-    def __init__(self, job_id: str) -> None:
+    # ARG002: every display is built with the job's id
+    def __init__(self, job_id: str) -> None:  # noqa: ARG002
         self.bars: dict[str, Any] = {}
 
     def update(self, event: JobEvent) -> None:
@@ -82,7 +83,8 @@ class _Plain:
     def update(self, event: JobEvent) -> None:
         where = f" {event.stage} {event.done}/{event.total}" if event.stage else ""
         failed = f" ({event.failed} failed)" if event.failed else ""
-        print(f"job {self.job_id}: {event.state.value}{where}{failed}", file=sys.stderr)
+        # T201: the plain display is lines on stderr.
+        print(f"job {self.job_id}: {event.state.value}{where}{failed}", file=sys.stderr)  # noqa: T201
 
     def close(self) -> None:
         pass

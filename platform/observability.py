@@ -90,7 +90,8 @@ def _scrub_exception(exception: dict[str, Any]) -> None:
         frame.pop("vars", None)
 
 
-def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any]:
+# ARG001: sentry's before_send signature
+def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: ARG001
     """``before_send``: keep what locates an error (types, stack frames, ids, tags), drop
     what may hold tenant data (exception messages, log arguments, bodies, headers other
     than a few, query strings, cookies, extras, task arguments). Adds the context's ids

@@ -55,7 +55,8 @@ class CapacityHeartbeat(bootsteps.StartStopStep):
 
     requires = ("celery.worker.components:Timer",)
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
+    # ARG002: Celery's bootstep signature
+    def __init__(self, worker: Any, **kwargs: Any) -> None:  # noqa: ARG002
         self.tref: Any = None
         self.pool: Pool | None = None
         self.mismatch: tuple[int, int] | None = None

@@ -107,7 +107,7 @@ class Authenticator:
 
     async def __call__(
         self,
-        request: Request,
+        request: Request,  # noqa: ARG002 - for checks that depend on the method or path
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_tenant_bearer)],
     ) -> TenantContext:
         # A cached key is checked on the event loop; a lookup that may query the database

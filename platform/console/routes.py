@@ -214,7 +214,7 @@ def jobs_rows(
 
 
 def _job_context(
-    request: Request, page: TenantPage, session: SessionDep, job_id: uuid.UUID
+    _request: Request, page: TenantPage, session: SessionDep, job_id: uuid.UUID
 ) -> dict[str, Any]:
     detail = service.job_detail(session, page.ctx, job_id)
     job, tasks = views.job_tasks(session, page.ctx, job_id)
