@@ -23,7 +23,7 @@ from celeriac.platform.settings import Settings
 def client(client: TestClient) -> TestClient:
     """The API over https (not loopback): the console's cookie is then Secure, as in
     production, and a client sends it only over https."""
-    client.base_url = "https://testserver"  # type: ignore[assignment]
+    client.base_url = "https://testserver"
     return client
 
 

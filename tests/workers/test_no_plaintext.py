@@ -264,7 +264,7 @@ def test_a_task_failing_on_a_marked_value_keeps_it_out_of_the_database_and_logs(
 
     job = wait_until(final, 180, f"job {job_id} to end", every=0.2)
     assert job["state"] == "partial", (job, workers.log("compute")[-3000:])
-    (failure,) = job["errors"]  # type: ignore[misc]
+    (failure,) = job["errors"]
     assert failure["plugin"] == "chaos_cast"
     assert "could not convert string to float" in failure["error"]
     assert MARKER in failure["error"]
