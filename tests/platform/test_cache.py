@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import REDIS_SERVER, TenantFixture
+from conftest import REDIS_SERVER, TenantFixture, clear_process_caches
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
@@ -245,8 +245,6 @@ def test_a_value_loaded_before_an_invalidation_is_not_stored(cache_client: redis
 def test_without_redis_the_embedded_mode_reads_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conftest import clear_process_caches
-
     for name in list(os.environ):
         if name.startswith("CELERIAC_"):
             monkeypatch.delenv(name)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from celery import Celery
+from fastapi.testclient import TestClient
 
 from celeriac.platform.dispatch import AGE_LIMIT, FairDispatcher
 from celeriac.platform.models import Priority
@@ -233,8 +234,6 @@ def test_reconcile_finds_backlogs_whose_ring_entry_was_lost(broker: Broker) -> N
 
 
 def test_admin_backlog_view(broker: tuple, client: object, admin_headers: dict[str, str]) -> None:
-    from fastapi.testclient import TestClient
-
     assert isinstance(client, TestClient)
     app, dispatcher, _ = broker
     for i in range(3):

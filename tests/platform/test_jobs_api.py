@@ -29,7 +29,15 @@ from celeriac.platform.jobs.pipelines import (
     register_plugins,
     resolve_against,
 )
-from celeriac.platform.models import Job, JobStage, JobState, JobTask, Priority, TaskState
+from celeriac.platform.models import (
+    Job,
+    JobStage,
+    JobState,
+    JobTask,
+    Priority,
+    TaskState,
+    UsageRecord,
+)
 from celeriac.platform.settings import Settings
 from celeriac.platform.storage import blob_store_from_settings, job_blob_key
 from celeriac.platform.tenant_data import tenant_blobs
@@ -436,8 +444,6 @@ def test_scopes_guard_job_routes(
 
 
 def test_submission_counts_in_usage(client: TestClient, tenant: TenantFixture) -> None:
-    from celeriac.platform.models import UsageRecord
-
     job_id = _submit(client, tenant)
     with get_engine().connect() as conn:
         rows = conn.execute(select(UsageRecord.id, UsageRecord.metric)).all()

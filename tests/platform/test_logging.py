@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from celeriac.platform.logging import JsonLinesFormatter, log_context
+from celeriac.platform.logging import JsonLinesFormatter, configure_logging, log_context
 
 
 @pytest.fixture
@@ -57,8 +57,6 @@ def test_exceptions_stay_on_one_line(captured: io.StringIO) -> None:
 def test_beats_housekeeping_lines_are_debug(
     capfd: pytest.CaptureFixture[str], level: str, shown: bool
 ) -> None:
-    from celeriac.platform.logging import configure_logging
-
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:

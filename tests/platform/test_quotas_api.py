@@ -16,10 +16,12 @@ from sqlalchemy import func, select
 
 from celeriac.platform.auth.jwt import Role, mint_token
 from celeriac.platform.db import get_engine, get_sessionmaker
+from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
 from celeriac.platform.models import AuditEntry, Job, UsageRecord, utcnow
 from celeriac.platform.quotas.monthly import reconcile_counters
 from celeriac.platform.quotas.plans import PLANS
+from celeriac.platform.quotas.weights import sync_weights
 from celeriac.platform.settings import Settings
 
 FREE = PLANS["free"].as_dict()
@@ -349,9 +351,6 @@ def test_dispatch_weight_follows_the_plan_and_an_admin_override_reaches_the_disp
     admin_headers: dict[str, str],
     api_settings: Settings,
 ) -> None:
-    from celeriac.platform.dispatch import get_dispatcher
-    from celeriac.platform.quotas.weights import sync_weights
-
     dispatcher = get_dispatcher()
     assert dispatcher is not None
     tenant = make_tenant("weighty")

@@ -15,6 +15,7 @@ from fastapi import Depends
 from fastapi.testclient import TestClient
 
 from celeriac.platform.api.deps import Authenticator
+from celeriac.platform.api.observability import create_served_app
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.observability import REDACTED, scrub_event
 from celeriac.platform.settings import Settings
@@ -37,8 +38,6 @@ def sink() -> Iterator[Receiver]:
 def served_client(
     api_settings: Settings, sink: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[TestClient]:
-    from celeriac.platform.api.observability import create_served_app
-
     monkeypatch.setenv("CELERIAC_SENTRY_DSN", sentry_dsn(sink))
     monkeypatch.setenv("CELERIAC_ENVIRONMENT", "sentry-test")
     clear_process_caches()

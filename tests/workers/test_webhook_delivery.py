@@ -34,6 +34,7 @@ from celeriac.platform.models import (
 )
 from celeriac.platform.settings import Settings, get_settings
 from celeriac.platform.webhooks.destinations import IPAddress
+from celeriac.platform.webhooks.routes import destination_resolver
 from celeriac.workers import webhooks
 
 from worker_support import Receiver, Reply
@@ -410,8 +411,6 @@ def test_the_address_is_checked_again_at_delivery_and_connected_to(
     """hooks.example.test resolved to a public address at registration, to 127.0.0.1 at
     delivery: refused unless loopback is allowlisted; when it is, the connection goes to
     the address just checked, with the name in the Host header."""
-    from celeriac.platform.webhooks.routes import destination_resolver
-
     hook = receiver()
     port = hook.server.server_address[1]
 
