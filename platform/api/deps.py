@@ -1,7 +1,14 @@
-"""Request dependencies: the session, the settings and who is calling.
+"""Request dependencies: the session, the settings, who is calling and their admission.
 
 ``SessionDep`` commits when the route function returns (``scope="function"``: before the
 response is sent, so a 2xx means the rows exist) and rolls back on any error.
+
+Who is calling and whether they are let in are two steps: :class:`Authenticator` (the API
+key, then the route's scopes) and the admission (:mod:`celeriac.platform.api.admission`:
+rate limit, Idempotency-Key, monthly job reservation). A tenant route names both with
+:class:`Admit`, which authenticates first, so a 401 or 403 consumes nothing. Admins are
+not rate limited: :class:`AdminAdmit` verifies the JWT and the role, then reserves the
+Idempotency-Key.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from celeriac.platform.api.admission import Admission, admit
 from celeriac.platform.api.idempotency import reserve
 from celeriac.platform.auth.api_keys import ApiKeyAuthenticator
 from celeriac.platform.auth.context import TenantContext
@@ -24,7 +32,6 @@ from celeriac.platform.auth.jwt import AdminPrincipal, InvalidToken, Role, verif
 from celeriac.platform.db import get_engine, get_sessionmaker
 from celeriac.platform.errors import Forbidden, TenantSuspended, Unauthorized
 from celeriac.platform.logging import bind_context
-from celeriac.platform.quotas.enforce import check_rate, monthly_refusal, release_job
 from celeriac.platform.redis_client import get_redis
 from celeriac.platform.settings import Settings, get_settings
 
@@ -92,12 +99,11 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
 
 
 class Authenticator:
-    """Dependency resolving the calling tenant from its API key and checking scopes."""
+    """Dependency resolving the calling tenant from its API key and checking scopes; it
+    consumes nothing (see :class:`Admit` for the rate limit and quotas)."""
 
-    def __init__(self, *scopes: str, counts_job: bool = False) -> None:
+    def __init__(self, *scopes: str) -> None:
         self.scopes = scopes
-        # A job submission: also reserved against the tenant's monthly job quota.
-        self.counts_job = counts_job
 
     async def __call__(
         self,
@@ -117,20 +123,6 @@ class Authenticator:
         bind_context(tenant_id=context.tenant_id)
         refuse_if_suspended(request, context)
         context.require(*self.scopes)
-        request.state.tenant = context
-        # After authentication and scopes, so that a 401 or 403 consumes no quota; before
-        # the Idempotency-Key, so that a replay is a request like any other for the rate
-        # limit. A replay gives back its monthly job reservation, and answers as the first
-        # request did even when the month's quota is now used up.
-        await check_rate(request, context.tenant_id, counts_job=self.counts_job)
-        try:
-            await reserve(request, f"tenant:{context.tenant_id}", context.tenant_id)
-        except BaseException:
-            await release_job(request)
-            raise
-        refusal = monthly_refusal(request)
-        if refusal is not None:
-            raise refusal
         return context
 
 
@@ -148,6 +140,33 @@ def refuse_if_suspended(request: Request, context: TenantContext) -> None:
         )
 
 
+class Admit:
+    """Dependency for a tenant route: :class:`Authenticator` with ``scopes``, then
+    :func:`~celeriac.platform.api.admission.admit` (``counts_job`` for a job submission,
+    which reserves the job against the monthly quota). ``Depends(Admit(...))`` gives the
+    :class:`~celeriac.platform.api.admission.Admission`; ``Depends(Admit(...).tenant)``
+    only its tenant, for routes that need no more of it."""
+
+    def __init__(self, *scopes: str, counts_job: bool = False) -> None:
+        self.authenticator = Authenticator(*scopes)
+        self.counts_job = counts_job
+
+    async def __call__(
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_tenant_bearer)],
+    ) -> Admission:
+        context = await self.authenticator(request, credentials)
+        return await admit(request, context, counts_job=self.counts_job)
+
+    async def tenant(
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_tenant_bearer)],
+    ) -> TenantContext:
+        return (await self(request, credentials)).ctx
+
+
 class AdminAuthenticator:
     """Dependency verifying an admin/billing JWT and the roles allowed on the route."""
 
@@ -156,7 +175,6 @@ class AdminAuthenticator:
 
     async def __call__(
         self,
-        request: Request,
         settings: SettingsDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
     ) -> AdminPrincipal:
@@ -166,12 +184,29 @@ class AdminAuthenticator:
             raise Unauthorized("the bearer token is not a valid admin token") from None
         if principal.role not in self.roles:
             raise Forbidden(f"role {principal.role.value!r} may not call this route")
+        return principal
+
+
+class AdminAdmit:
+    """Dependency for an admin route: :class:`AdminAuthenticator` with ``roles``, then the
+    request's Idempotency-Key (admins have no rate limit or quota)."""
+
+    def __init__(self, *roles: Role) -> None:
+        self.authenticator = AdminAuthenticator(*roles)
+
+    async def __call__(
+        self,
+        request: Request,
+        settings: SettingsDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
+    ) -> AdminPrincipal:
+        principal = await self.authenticator(settings, credentials)
         await reserve(request, f"admin:{principal.subject}", None)
         return principal
 
 
-AdminDep = Annotated[AdminPrincipal, Depends(AdminAuthenticator(Role.ADMIN))]
-BillingDep = Annotated[AdminPrincipal, Depends(AdminAuthenticator(Role.ADMIN, Role.BILLING))]
+AdminDep = Annotated[AdminPrincipal, Depends(AdminAdmit(Role.ADMIN))]
+BillingDep = Annotated[AdminPrincipal, Depends(AdminAdmit(Role.ADMIN, Role.BILLING))]
 
 
 class TenantOrBilling:
@@ -180,8 +215,8 @@ class TenantOrBilling:
     own tenant (its id). Both security schemes appear in the OpenAPI document."""
 
     def __init__(self, *scopes: str) -> None:
-        self.tenant = Authenticator(*scopes)
-        self.billing = AdminAuthenticator(Role.ADMIN, Role.BILLING)
+        self.tenant = Admit(*scopes)
+        self.billing = AdminAdmit(Role.ADMIN, Role.BILLING)
 
     async def __call__(
         self,
@@ -191,6 +226,6 @@ class TenantOrBilling:
         token: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
     ) -> uuid.UUID | None:
         if key is not None and key.credentials.startswith(API_KEY_PREFIX):
-            return (await self.tenant(request, key)).tenant_id
+            return (await self.tenant(request, key)).ctx.tenant_id
         await self.billing(request, settings, token)
         return None

@@ -18,10 +18,12 @@ from fastapi import APIRouter, Depends, Form, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from jose import jwt
 from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
+from celeriac.platform.api.admission import admit
 from celeriac.platform.api.deps import (
     SessionDep,
     SettingsDep,
@@ -43,6 +45,7 @@ from celeriac.platform.console.web import (
     sign_in_redirect,
     still_signed_in,
 )
+from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.errors import ProblemError, ValidationFailed
 from celeriac.platform.jobs import data as job_data
 from celeriac.platform.jobs import payload, pipelines, service
@@ -59,7 +62,7 @@ from celeriac.platform.models import (
     WebhookDelivery,
     utcnow,
 )
-from celeriac.platform.quotas.enforce import check_rate, monthly_refusal, release_job
+from celeriac.platform.quotas.enforce import limits_for
 from celeriac.platform.quotas.service import quota_status
 from celeriac.platform.usage import service as usage
 from celeriac.platform.usage.schemas import Granularity
@@ -144,8 +147,6 @@ def sign_in(
 
 def _unverified_exp(token: str) -> float | None:
     """The ``exp`` of a token that ``verify_token`` has just accepted (so it is present)."""
-    from jose import jwt
-
     exp = jwt.get_unverified_claims(token).get("exp")
     return float(exp) if isinstance(exp, int | float) else None
 
@@ -254,7 +255,7 @@ async def live_events(
 
 
 def _job_context(
-    request: Request, page: TenantPage, session: SessionDep, job_id: uuid.UUID
+    _request: Request, page: TenantPage, session: SessionDep, job_id: uuid.UUID
 ) -> dict[str, Any]:
     detail = service.job_detail(session, page.ctx, job_id)
     job = JobRepository(session, page.ctx).get(job_id)
@@ -326,15 +327,10 @@ async def _accept(
     """A job from the console goes through the API's checks: scope, rate limit and monthly
     quota (reserved here, given back if the submission fails), size limits, the registry."""
     page.ctx.require(keys.Scope.JOBS_WRITE)
-    limits = await check_rate(request, page.ctx.tenant_id, counts_job=True)
-    try:
-        refusal = monthly_refusal(request)
-        if refusal is not None:
-            raise refusal
-        submission = await accept_job(request, page.ctx, options, parsed, limits, rerun_of=rerun_of)
-    except BaseException:
-        await release_job(request)
-        raise
+    # A form sends no Idempotency-Key: only the rate limit and the monthly quota apply.
+    admission = await admit(request, page.ctx, counts_job=True, idempotency=False)
+    async with admission:
+        submission = await accept_job(request, admission, options, parsed, rerun_of=rerun_of)
     return submission.id
 
 
@@ -345,8 +341,6 @@ async def rerun_job(request: Request, job_id: uuid.UUID, page: TenantDep) -> Res
     deleted (``job_data.stored_payload``)."""
 
     def load() -> tuple[JobOptions, payload.Payload]:
-        from celeriac.platform.db import get_sessionmaker
-
         with get_sessionmaker()() as session:
             job = JobRepository(session, page.ctx).get(job_id)
             options = JobOptions.model_validate(
@@ -422,8 +416,6 @@ async def submit(request: Request, page: TenantDep) -> Response:
 
 
 async def _limits(page: TenantPage) -> Any:
-    from celeriac.platform.quotas.enforce import limits_for
-
     return await limits_for(page.ctx.tenant_id)
 
 

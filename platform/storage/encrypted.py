@@ -192,7 +192,7 @@ class ClearBlobStoreForBenchmarks(EncryptedBlobStore):
         key: str,
         data: bytes | Iterable[bytes],
         *,
-        job_key: NewJobKey | None = None,
+        job_key: NewJobKey | None = None,  # noqa: ARG002 (the encrypting store's signature)
     ) -> int:
         """Store ``data`` as it is."""
         self._context(tenant_id, key)

@@ -137,12 +137,14 @@ def test_deleting_a_tenant_shreds_its_key_then_deletes_its_blobs_and_keeps_usage
     provider = key_provider()
     if isinstance(provider, KmsKeyProvider):
         metadata = provider.key_state(_tenant_row(tenant.id).key_id or "")
-        assert metadata is not None and metadata["KeyState"] == "PendingDeletion"
+        assert metadata is not None
+        assert metadata["KeyState"] == "PendingDeletion"
 
     assert destruction.destroy_deleted_tenants() == 1
     assert _stored(store, tenant.id) == []
     row = _tenant_row(tenant.id)
-    assert row.key_destroyed_at is not None and row.blobs_deleted_at is not None
+    assert row.key_destroyed_at is not None
+    assert row.blobs_deleted_at is not None
     assert destruction.destroy_deleted_tenants() == 0  # nothing left to do
     assert _audit_actions(tenant.id)[-3:] == [
         "tenant.delete",
@@ -186,7 +188,8 @@ def test_a_failed_key_destruction_is_retried_by_the_sweep(
     monkeypatch.setattr(destruction, "key_provider", lambda: real)
     assert destruction.destroy_deleted_tenants() == 1
     row = _tenant_row(tenant.id)
-    assert row.key_destroyed_at is not None and row.blobs_deleted_at is not None
+    assert row.key_destroyed_at is not None
+    assert row.blobs_deleted_at is not None
     sealed, context = _sealed_job_key(job)
     with pytest.raises(KeyUnavailable, match="destroyed"):
         Envelope(real).decrypt(tenant.id, sealed, context)

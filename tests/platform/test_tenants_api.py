@@ -47,7 +47,8 @@ def test_duplicate_slug_is_409(client: TestClient, admin_headers: dict[str, str]
     body = {"slug": "dupe", "name": "x"}
     assert client.post("/v1/admin/tenants", json=body, headers=admin_headers).status_code == 201
     again = client.post("/v1/admin/tenants", json=body, headers=admin_headers)
-    assert again.status_code == 409 and "already exists" in again.json()["detail"]
+    assert again.status_code == 409
+    assert "already exists" in again.json()["detail"]
 
 
 def test_list_pages_through_every_tenant_once(
@@ -85,7 +86,8 @@ def test_suspend_refuses_writes_with_403_and_delete_revokes_keys(
     )
     assert suspended.json()["status"] == "suspended"
     answer = client.post("/v1/keys", headers=tenant.headers, json={"name": "more"})
-    assert answer.status_code == 403 and answer.json()["code"] == "tenant-suspended"
+    assert answer.status_code == 403
+    assert answer.json()["code"] == "tenant-suspended"
     assert "suspended" in answer.json()["detail"]
     # Reads stay open (docs/adr/0015): the tenant can see why its work is held.
     assert client.get("/v1/keys", headers=tenant.headers).status_code == 200
@@ -94,9 +96,11 @@ def test_suspend_refuses_writes_with_403_and_delete_revokes_keys(
     assert client.get("/v1/keys", headers=tenant.headers).status_code == 200
 
     deleted = client.delete(f"/v1/admin/tenants/{tenant.id}", headers=admin_headers)
-    assert deleted.json()["status"] == "deleted" and deleted.json()["deleted_at"]
+    assert deleted.json()["status"] == "deleted"
+    assert deleted.json()["deleted_at"]
     answer = client.get("/v1/keys", headers=tenant.headers)
-    assert answer.status_code == 401 and "WWW-Authenticate" in answer.headers
+    assert answer.status_code == 401
+    assert "WWW-Authenticate" in answer.headers
     keys = client.get(f"/v1/admin/tenants/{tenant.id}/keys", headers=admin_headers)
     assert keys.status_code == 404  # a deleted tenant's keys are not managed any more
     patch = client.patch(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from conftest import TenantFixture, clear_process_caches
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from celeriac.platform.crypto import KeyUnavailable, describe_envelope
 from celeriac.platform.db import get_engine
@@ -103,7 +103,8 @@ def test_a_deleted_jobs_blob_copies_no_longer_decrypt_and_other_jobs_still_read(
     }, sorted(copies)
     for key, body in copies.items():
         info = describe_envelope(body[:4096])
-        assert info.key_reference == f"job:{job_id}" and info.wrapped_key == b"", key
+        assert info.key_reference == f"job:{job_id}", key
+        assert info.wrapped_key == b"", key
         assert MARKER.encode() not in body
     assert _data_key(job_id) is not None
     blobs = tenant_blobs()
@@ -129,23 +130,24 @@ def test_a_deleted_jobs_blob_copies_no_longer_decrypt_and_other_jobs_still_read(
     # Neither does the API: the results and a re-run refuse, saying the data is gone.
     assert client.get(f"/v1/jobs/{job_id}/results", headers=tenant.headers).status_code == 410
     rerun = client.post(f"/v1/jobs/{job_id}/rerun", json={}, headers=tenant.headers)
-    assert rerun.status_code == 410 and rerun.json()["code"] == "job-data-deleted"
+    assert rerun.status_code == 410
+    assert rerun.json()["code"] == "job-data-deleted"
 
     # The tenant's key is untouched: its other job reads, through the API and the store.
     results = client.get(f"/v1/jobs/{kept_id}/results", headers=tenant.headers)
-    assert results.status_code == 200 and results.json()["state"] == "succeeded"
+    assert results.status_code == 200
+    assert results.json()["state"] == "succeeded"
     for key in _objects(aws, aws_bucket, tenant, kept_id):
         assert tenant_blobs().get(tenant.id, key)
 
     # Retention destroys the key the same way.
     with get_engine().begin() as conn:
         conn.execute(
-            Job.__table__.update()
-            .where(Job.id == kept_id)
-            .values(finished_at=utcnow().replace(year=2020))
+            update(Job).where(Job.id == kept_id).values(finished_at=utcnow().replace(year=2020))
         )
     kept_copies = _objects(aws, aws_bucket, tenant, kept_id)
-    assert expire_jobs() >= 1 and _data_key(kept_id) is None
+    assert expire_jobs() >= 1
+    assert _data_key(kept_id) is None
     for key, body in kept_copies.items():
         s3.put_object(Bucket=aws_bucket, Key=key, Body=body)
         with pytest.raises(KeyUnavailable, match="crypto-shredded"):
@@ -178,12 +180,14 @@ def test_a_job_written_before_per_job_keys_still_runs_and_reads(
     # its blobs under the tenant's key, since the job has none.
     assert wait_for_job(client, tenant.headers, job_id, timeout=120)["state"] == "succeeded"
     results = client.get(f"/v1/jobs/{job_id}/results", headers=tenant.headers)
-    assert results.status_code == 200 and results.json()["state"] == "succeeded"
+    assert results.status_code == 200
+    assert results.json()["state"] == "succeeded"
     stored = _objects(aws, aws_bucket, tenant, job_id)
     assert {k.split("/")[4] for k in stored} >= {"payload", "datasets", "analysis", "result.json"}
     for key, body in stored.items():
         info = describe_envelope(body[:4096])
-        assert info.key_reference is None and info.wrapped_key, key
+        assert info.key_reference is None, key
+        assert info.wrapped_key, key
     # Deleting it deletes its blobs (there is no job key to destroy; ADR 0015 says so).
     assert client.delete(f"/v1/jobs/{job_id}", headers=tenant.headers).status_code == 204
     assert _objects(aws, aws_bucket, tenant, job_id) == {}

@@ -135,7 +135,8 @@ def test_a_job_of_a_suspended_tenant_is_held_at_start_and_released_on_resume(
 
     recorder = RecordingPublisher()
     assert orchestration.start_job(tenant.id, job_id, publisher=recorder) == orchestration.HELD
-    assert recorder.messages == [] and _state(job_id) is JobState.QUEUED
+    assert recorder.messages == []
+    assert _state(job_id) is JobState.QUEUED
 
     queue = f"orchestration.normal.{tenant.slug}"
     before = broker.llen(queue)
@@ -325,7 +326,8 @@ def test_deleting_a_tenant_on_real_workers_cancels_running_and_queued_jobs(
     assert "Signal handler" not in running_workers.log("compute")
     follow_up = _submit(client, other, {"name": "summary"})
     assert wait_for_job(client, other.headers, follow_up, timeout=90)["state"] == "succeeded"
-    assert _state(running) is JobState.CANCELLED and _state(queued) is JobState.CANCELLED
+    assert _state(running) is JobState.CANCELLED
+    assert _state(queued) is JobState.CANCELLED
 
 
 def test_a_job_waiting_on_a_running_tasks_lease_is_not_failed_by_the_reconciler(

@@ -15,6 +15,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,8 @@ def _sentry_gets_the_failed_task_once_with_tags_and_no_tenant_data(stack: Stack)
 
     (event,) = wait_until(compute_events, 60, "the compute failure in Sentry")
     tags = event["tags"]
-    assert tags["pool"] == "compute" and tags["tenant_id"] == stack.tenant.id
+    assert tags["pool"] == "compute"
+    assert tags["tenant_id"] == stack.tenant.id
     assert tags["task"] == "celeriac.compute.run_task"
     assert event["environment"] == "observability-test"
     assert event["release"].startswith("celeriac@")
@@ -196,7 +198,8 @@ def _one_trace_from_the_request_to_the_webhook(stack: Stack) -> None:
 
     # Log lines written inside a task carry its trace.
     lines = _task_lines(stack.workers.log("compute"), stack.job["id"])
-    assert lines and all(line.get("trace_id") == start.trace_id for line in lines)
+    assert lines
+    assert all(line.get("trace_id") == start.trace_id for line in lines)
 
 
 def _every_task_end_writes_one_json_line(stack: Stack) -> None:
@@ -208,9 +211,12 @@ def _every_task_end_writes_one_json_line(stack: Stack) -> None:
     lines = _task_lines(stack.workers.log("compute"), job_id)
     assert len(lines) == compute_tasks
     for line in lines:
-        assert line["task"] == "celeriac.compute.run_task" and line["pool"] == "compute"
-        assert line["tenant_id"] == stack.tenant.id and line["task_id"]
-        assert line["duration_ms"] >= 0 and line["retries"] == 0
+        assert line["task"] == "celeriac.compute.run_task"
+        assert line["pool"] == "compute"
+        assert line["tenant_id"] == stack.tenant.id
+        assert line["task_id"]
+        assert line["duration_ms"] >= 0
+        assert line["retries"] == 0
         assert MARKER not in json.dumps(line)
     assert sorted(line["state"] for line in lines).count("failed") == 1
     assert {line["plugin"] for line in lines} == {"tabular", "summary", "chaos_leak"}
@@ -414,8 +420,11 @@ def test_queue_wait_ends_at_the_first_compute_start_once_despite_a_redelivery(
                 )
             ).scalar_one()
         assert sum(claims.values()) == len(claims) + 1  # one task was claimed twice
+        assert compute_started is not None
+        assert started is not None
         # The wait ends at the first compute claim, not at the orchestrator's start.
-        assert compute_started == first_claim and compute_started > started
+        assert compute_started == first_claim
+        assert compute_started > started
         samples = scrape(f"http://127.0.0.1:{port}/metrics")
         wait = {"band": "normal"}
         assert total(samples, "celeriac_job_queue_wait_seconds_count", **wait) == 1
@@ -474,7 +483,8 @@ def test_each_api_worker_process_reports_to_sentry_and_logs_json(
         def events_from_two_processes() -> list[dict[str, Any]] | None:
             # A new connection each time: the kernel hands it to either process.
             answer = httpx.post(f"{url}/v1/jobs", headers=tenant.headers, json=body, timeout=30)
-            assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"], answer.text
             events = sentry_events(sentry)
             pids = {e["contexts"]["process"]["pid"] for e in events}
             return events if len(pids) >= 2 else None
@@ -484,9 +494,12 @@ def test_each_api_worker_process_reports_to_sentry_and_logs_json(
             int(pid) for pid in Path(f"/proc/{api.pid}/task/{api.pid}/children").read_text().split()
         }
         pids = {e["contexts"]["process"]["pid"] for e in events}
-        assert len(pids) == 2 and pids <= children and api.pid not in pids
+        assert len(pids) == 2
+        assert pids <= children
+        assert api.pid not in pids
         for event in events:
-            assert event["level"] == "error" and event["tags"]["component"] == "api"
+            assert event["level"] == "error"
+            assert event["tags"]["component"] == "api"
             assert event["logentry"]["message"].startswith("a job could not be stored")
             assert event["environment"] == "api-workers-test"
         assert not [b for b in raw_envelopes(sentry) if MARKER.encode() in b]
@@ -508,7 +521,7 @@ def test_each_api_worker_process_reports_to_sentry_and_logs_json(
             ]
 
         for pid in pids:
-            (wait_until(lambda pid=pid: errors_logged_by(pid), 30, f"process {pid}'s JSON log"))
+            wait_until(partial(errors_logged_by, pid), 30, f"process {pid}'s JSON log")
             assert all(
                 line["logger"] == "celeriac.platform.jobs.ingest" for line in errors_logged_by(pid)
             )
