@@ -320,7 +320,8 @@ def test_a_webhook_payload_is_stored_only_encrypted(
     finally:
         receiver.close()
     (event,) = [json.loads(r.body) for r in receiver.received]
-    assert event["type"] == "job.partial" and event["data"]["job_id"] == job_id
+    assert event["type"] == "job.partial"
+    assert event["data"]["job_id"] == job_id
     assert event["data"]["metadata"] == {"order": METADATA_MARKER}
     # The tenant reads its event back through the API, decrypted.
     messages = api.get("/v1/webhook-messages", headers=headers).json()["data"]
