@@ -4,7 +4,7 @@ A payload carries what the tenant sent with its job (``metadata``), so it is kep
 task's error details (``platform/jobs/task_errors.py``): ``webhook_messages.sealed_payload``
 holds the exact body sent, encrypted with the tenant's data key and the message id bound
 as encryption context; ``webhook_messages.payload`` stays empty (rows written before
-migration 0010 keep their clear payload). Deleting the tenant destroys its key, and with
+migration 0012 keep their clear payload). Deleting the tenant destroys its key, and with
 it every stored payload.
 
 :func:`seal` is called where a message is written; :func:`body` where it is sent (the
@@ -37,7 +37,7 @@ def seal(tenant_id: str, message_id: str, payload: dict[str, Any]) -> bytes:
 
 def body(message: WebhookMessage) -> bytes:
     """The bytes to send (raises CryptoError when the tenant's key is destroyed)."""
-    if message.sealed_payload is None:  # written before migration 0010
+    if message.sealed_payload is None:  # written before migration 0012
         return encode(message.payload or {})
     return envelope().decrypt(str(message.tenant_id), message.sealed_payload, _context(message.id))
 

@@ -1,7 +1,7 @@
 """webhook_messages.sealed_payload: the payload encrypted under the tenant's key
 
-Revision ID: 0010_sealed_webhook_payload
-Revises: 0009_console_sessions
+Revision ID: 0012_sealed_webhook_payload
+Revises: 0011_job_data_keys
 """
 
 from collections.abc import Sequence
@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0010_sealed_webhook_payload"
-down_revision: str | None = "0009_console_sessions"
+revision: str = "0012_sealed_webhook_payload"
+down_revision: str | None = "0011_job_data_keys"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
