@@ -100,10 +100,14 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
 
 class Authenticator:
     """Dependency resolving the calling tenant from its API key and checking scopes; it
-    consumes nothing (see :class:`Admit` for the rate limit and quotas)."""
+    consumes nothing (see :class:`Admit` for the rate limit and quotas).
 
-    def __init__(self, *scopes: str) -> None:
+    ``while_suspended`` marks a write that only takes access away (revoking a key): a
+    suspended tenant may still do it, as it may read."""
+
+    def __init__(self, *scopes: str, while_suspended: bool = False) -> None:
         self.scopes = scopes
+        self.while_suspended = while_suspended
 
     async def __call__(
         self,
@@ -121,7 +125,8 @@ class Authenticator:
                 partial(authenticator.authenticate, token, allow_suspended=True)
             )
         bind_context(tenant_id=context.tenant_id)
-        refuse_if_suspended(request, context)
+        if not self.while_suspended:
+            refuse_if_suspended(request, context)
         context.require(*self.scopes)
         return context
 
@@ -135,8 +140,8 @@ def refuse_if_suspended(request: Request, context: TenantContext) -> None:
     """403 ``tenant-suspended`` for a suspended tenant's write (docs/adr/0015)."""
     if context.suspended and request.method not in _READ_METHODS:
         raise TenantSuspended(
-            "the tenant is suspended: its keys may read (jobs, events, results, usage) but "
-            "not change anything; contact your administrator"
+            "the tenant is suspended: its keys may read (jobs, events, results, usage) and "
+            "revoke keys, but not change anything else; contact your administrator"
         )
 
 
@@ -147,8 +152,10 @@ class Admit:
     :class:`~celeriac.platform.api.admission.Admission`; ``Depends(Admit(...).tenant)``
     only its tenant, for routes that need no more of it."""
 
-    def __init__(self, *scopes: str, counts_job: bool = False) -> None:
-        self.authenticator = Authenticator(*scopes)
+    def __init__(
+        self, *scopes: str, counts_job: bool = False, while_suspended: bool = False
+    ) -> None:
+        self.authenticator = Authenticator(*scopes, while_suspended=while_suspended)
         self.counts_job = counts_job
 
     async def __call__(

@@ -29,6 +29,10 @@ from celeriac.platform.settings import Settings
 from celeriac.platform.tenants.service import get_tenant
 
 KeysManager = Annotated[TenantContext, Depends(Admit(service.Scope.KEYS_MANAGE).tenant)]
+# Revoking only takes access away: a suspended tenant may still revoke a leaked key.
+KeysRevoker = Annotated[
+    TenantContext, Depends(Admit(service.Scope.KEYS_MANAGE, while_suspended=True).tenant)
+]
 
 tenant_router = APIRouter(prefix="/v1/keys", tags=["API keys"])
 admin_router = APIRouter(prefix="/v1/admin/tenants/{tenant_id}/keys", tags=["API keys (admin)"])
@@ -140,8 +144,8 @@ def get_key(key_id: uuid.UUID, ctx: KeysManager, session: SessionDep) -> ApiKeyO
 
 
 @tenant_router.post("/{key_id}/revoke", response_model=ApiKeyOut)
-def revoke_key(key_id: uuid.UUID, ctx: KeysManager, session: SessionDep) -> ApiKeyOut:
-    """Revoke a key at once (idempotent)."""
+def revoke_key(key_id: uuid.UUID, ctx: KeysRevoker, session: SessionDep) -> ApiKeyOut:
+    """Revoke a key at once (idempotent); a suspended tenant may too."""
     revoked = service.revoke_api_key(session, ctx, key_id, invalidate=invalidate_auth)
     return ApiKeyOut.model_validate(revoked)
 

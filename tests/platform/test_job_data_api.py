@@ -263,6 +263,11 @@ def test_a_suspended_tenant_reads_its_jobs_and_usage_and_every_write_is_refused(
     mine = make_tenant("held-co", scopes=scopes)
     job = _submit(client, mine)
     finished = _finished(client, mine)
+    leaked_key = client.post(
+        "/v1/keys", json={"name": "leaked", "scopes": ["jobs:read"]}, headers=mine.headers
+    )
+    assert leaked_key.status_code == 201, leaked_key.text
+    leaked = leaked_key.json()
     suspended = client.patch(
         f"/v1/admin/tenants/{mine.id}", json={"status": "suspended"}, headers=admin_headers
     )
@@ -299,6 +304,12 @@ def test_a_suspended_tenant_reads_its_jobs_and_usage_and_every_write_is_refused(
     # Nothing was written: the same jobs, the queued one still queued, the data still there.
     assert client.get("/v1/jobs", headers=mine.headers).json()["data"] == before
     assert _payload_exists(mine, finished["id"])
+    # Revoking only takes access away: a suspended tenant may still revoke a leaked key.
+    leaked_headers = {"Authorization": f"Bearer {leaked['key']}"}
+    assert client.get("/v1/jobs", headers=leaked_headers).status_code == 200
+    revoked = client.post(f"/v1/keys/{leaked['id']}/revoke", headers=mine.headers)
+    assert revoked.status_code == 200, revoked.text
+    assert client.get("/v1/jobs", headers=leaked_headers).status_code == 401
 
     client.patch(f"/v1/admin/tenants/{mine.id}", json={"status": "active"}, headers=admin_headers)
     assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=mine.headers).is_success
