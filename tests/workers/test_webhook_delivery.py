@@ -387,18 +387,26 @@ def test_deliveries_to_one_target_are_throttled(
     make_tenant: Callable[..., TenantFixture],
     receiver: Callable[..., Receiver],
 ) -> None:
-    tenant, hook = make_tenant(), receiver()
-    target = _target(client, tenant, hook.url, max_deliveries_per_second=2)
-    deliveries = [_delivery(_test_event(client, tenant, target)) for _ in range(6)]
-    # The throttle counts per wall-clock second: start at the top of one (a clock
-    # alignment, not a wait for another process), so six quick attempts share a window.
-    time.sleep(1 - time.time() % 1 + 0.01)
-    window = int(time.time())
-    states = [webhooks.deliver(str(d.id)) for d in deliveries]
-    assert int(time.time()) == window, "six attempts took over a second"
+    """Two deliveries a second to a target: of four attempts within one wall-clock second
+    (the throttle's window), two are sent and two postponed, not attempted. On a loaded
+    machine four attempts may straddle a second; such a round says nothing and is run
+    again with a new target (at most five rounds)."""
+    tenant = make_tenant()
+    for _ in range(5):
+        hook = receiver()
+        target = _target(client, tenant, hook.url, max_deliveries_per_second=2)
+        deliveries = [_delivery(_test_event(client, tenant, target)) for _ in range(4)]
+        # Start at the top of a second (a clock alignment, not a wait for another process).
+        time.sleep(1 - time.time() % 1 + 0.01)
+        window = int(time.time())
+        states = [webhooks.deliver(str(d.id)) for d in deliveries]
+        if int(time.time()) == window:
+            break
+    else:
+        pytest.fail("four delivery attempts never fitted in one second in five rounds")
     assert len(hook.received) == 2
     assert states.count(DeliveryState.SUCCEEDED) == 2
-    assert states.count(DeliveryState.PENDING) == 4  # postponed, not attempted
+    assert states.count(DeliveryState.PENDING) == 2  # postponed, not attempted
     assert sum(len(_attempts(d.id)) for d in deliveries) == 2
 
 
