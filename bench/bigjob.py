@@ -49,23 +49,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import run_main
-from harness import (
+
+from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
+from bench.kit.env import (
     FINAL_STATES,
-    BenchError,
-    CpuMeter,
     Env,
-    Process,
-    Profiler,
     add_common_options,
     environment,
-    install_signal_handlers,
-    note,
     sample_records,
     settings_from_options,
-    summarize_profile,
-    wait_for_quiet_machine,
 )
+from bench.kit.machine import CpuMeter, wait_for_quiet_machine
+from bench.kit.procs import Process, Profiler, summarize_profile
 
 DATABASE = "celeriac_bench_bigjob"
 TARGET_SECONDS = 10.0

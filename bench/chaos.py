@@ -35,21 +35,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import harness
 import httpx
-from common import run_main
-from harness import (
-    FINAL_STATES,
-    HOST,
-    BenchError,
-    Env,
-    Process,
-    environment,
-    free_port,
-    install_signal_handlers,
-    note,
-    sample_records,
-)
+
+from bench.kit import env as harness
+from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
+from bench.kit.env import FINAL_STATES, Env, environment, sample_records
+from bench.kit.procs import HOST, Process, free_port
 
 PG_VERSION_DIR = Path("/usr/lib/postgresql")
 CLUSTER = "celeriac-chaos"
@@ -328,7 +319,7 @@ class Platform:
                 "WHERE metric = 'jobs.submitted' GROUP BY 1"
             ).fetchall()
             known = {r[0] for r in conn.execute("SELECT id::text FROM jobs").fetchall()}
-        return sum(count - 1 for _, count in rows) + sum(1 for j, _ in rows if j not in known)
+        return int(sum(count - 1 for _, count in rows) + sum(1 for j, _ in rows if j not in known))
 
 
 # --- scenarios ------------------------------------------------------------------------

@@ -37,9 +37,11 @@ import time
 from pathlib import Path
 
 import httpx
-from bigjob import Run, make_records, measured_job, one_job
-from common import run_main
-from harness import REPO, BenchError, environment, install_signal_handlers, note
+
+from bench.bigjob import Run, make_records, measured_job, one_job
+from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
+from bench.kit.env import environment
+from bench.kit.procs import REPO
 
 sys.path.insert(0, str(REPO / "tests"))
 from celeriac.platform.crypto import Envelope, LocalKeyring

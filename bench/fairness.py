@@ -51,25 +51,23 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from band_first import BAND_FIRST, use_design
-from common import percentile
-from queue_bench import (
+from bench.band_first import BAND_FIRST, use_design
+from bench.kit.cli import BenchError, install_signal_handlers, note
+from bench.kit.machine import wait_for_quiet_machine
+from bench.kit.queueing import (
     BAND_FIRST_APP,
     POOL_QUEUE,
     STARTUP_TIMEOUT_SECONDS,
     WORKER_APP,
     BenchEnv,
-    BenchError,
     Probe,
     Publisher,
     Usage,
     WorkerLog,
     bench_env,
-    install_signal_handlers,
-    note,
     wait_for,
-    wait_for_quiet_machine,
 )
+from bench.kit.report import percentile
 
 TARGET_RATIO = 2.0
 SHARE_TOLERANCE = 0.10
@@ -183,7 +181,7 @@ def run(bench: BenchEnv, case: Case, design: str, args: argparse.Namespace) -> R
     publisher = Publisher()
     noisy = case.noisy if design != ALONE else []
 
-    wait_for_quiet_machine()
+    wait_for_quiet_machine(10.0, 40.0)
     note(f"{case.title} / {design} ...")
     # The noisy backlogs, interleaved (so that no tenant starts with a head start).
     for i in range(max((x.backlog for x in noisy), default=0)):

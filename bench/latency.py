@@ -76,25 +76,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import percentile, run_main
-from harness import (
+
+from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
+from bench.kit.env import (
     FINAL_STATES,
-    BenchError,
-    CpuMeter,
     Env,
-    Profiler,
     add_common_options,
     client_app,
     environment,
-    free_port,
-    install_signal_handlers,
-    note,
     sample_records,
     settings_from_options,
-    summarize_profile,
-    wait_for_quiet_machine,
 )
-from otlp_sink import OtlpSink
+from bench.kit.machine import CpuMeter, wait_for_quiet_machine
+from bench.kit.procs import Profiler, free_port, summarize_profile
+from bench.kit.report import percentile
+from bench.otlp_sink import OtlpSink
 
 DATABASE = "celeriac_bench_latency"
 TARGET_RATIO = 1.5
@@ -467,7 +463,7 @@ def run(args: argparse.Namespace) -> bool:
     with environment(
         "latency", DATABASE, args.log_level, settings_from_options(args), args.keep_logs
     ) as env:
-        workers = env.start_workers(include=["bare_canvas"])
+        workers = env.start_workers(include=["bench.bare_canvas"])
         api = env.start_api()
         from celeriac.platform.settings import get_settings
 

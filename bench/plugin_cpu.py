@@ -37,9 +37,9 @@ from types import ModuleType
 from typing import Any
 
 import pandas as pd
-from common import run_main
-from harness import sample_records
 
+from bench.kit.cli import run_main
+from bench.kit.env import sample_records
 from celeriac.workers.compute.plugin import Analyzer, DatasetGenerator, json_safe
 
 ROOT = Path(__file__).resolve().parent.parent

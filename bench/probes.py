@@ -16,16 +16,13 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from common import flush_redis, percentile, run_main, scratch_dir
+from bench.kit.cli import BenchError, run_main
+from bench.kit.env import flush_redis, scratch_dir
+from bench.kit.procs import REPO
+from bench.kit.report import percentile
 
-REPO = Path(__file__).resolve().parent.parent
 ALIVE = REPO / "docker" / "celeriac-alive"
-
-
-class BenchError(Exception):
-    pass
 
 
 def _timed(argv: list[str], env: dict[str, str], runs: int) -> tuple[list[float], int]:

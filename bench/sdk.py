@@ -37,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import percentile, run_main
-from harness import BENCH_DIR, BenchError, Env, environment, install_signal_handlers, note
 
+from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
+from bench.kit.env import Env, environment
+from bench.kit.procs import REPO
+from bench.kit.report import percentile
 from celeriac.client import Client
 from celeriac.client._core import SSEDecoder
 
@@ -192,7 +194,8 @@ class Streams:
 def _ingest(env: Env, args: argparse.Namespace, log: Path) -> dict[str, Any]:
     argv = [
         sys.executable,
-        str(BENCH_DIR / "loadgen.py"),
+        "-m",
+        "bench.loadgen",
         "--url",
         f"{env.api_url}/v1/jobs",
         "--key",
@@ -212,6 +215,7 @@ def _ingest(env: Env, args: argparse.Namespace, log: Path) -> dict[str, Any]:
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
+            cwd=REPO,
             timeout=4 * args.ingest_seconds + 120,
             check=False,
         )
@@ -258,7 +262,7 @@ def streams_vs_ingest(env: Env, args: argparse.Namespace) -> bool:
     runs.append(("without", _ingest(env, args, log)))
 
     complete = 0
-    problems = []
+    problems: list[str] = []
     with Client(base_url=env.api_url, api_key=env.api_key) as client:
         for job_id in watched:
             expected = [e.id for e in client.jobs.events(job_id, timeout=60)]

@@ -54,25 +54,23 @@ import sys
 import time
 from dataclasses import dataclass
 
-from band_first import BAND_FIRST, use_design
-from common import percentile
-from queue_bench import (
+from bench.band_first import BAND_FIRST, use_design
+from bench.kit.cli import BenchError, install_signal_handlers, note
+from bench.kit.machine import wait_for_quiet_machine
+from bench.kit.queueing import (
     BAND_FIRST_APP,
     POOL_QUEUE,
     STARTUP_TIMEOUT_SECONDS,
     WORKER_APP,
     BenchEnv,
-    BenchError,
     Probe,
     Publisher,
     Usage,
     WorkerLog,
     bench_env,
-    install_signal_handlers,
-    note,
     wait_for,
-    wait_for_quiet_machine,
 )
+from bench.kit.report import percentile
 
 WARMUP_TASKS = 100
 TARGET_RATIO = 0.8
@@ -133,7 +131,7 @@ def run(
             publisher.direct(f"{POOL_QUEUE}.normal.{slug}", slug, label)
 
     total = WARMUP_TASKS + max(args.tasks, 2 * tenants)
-    wait_for_quiet_machine()
+    wait_for_quiet_machine(10.0, 40.0)
     note(f"{design} x {tenants} tenants: queueing {total} tasks ...")
     began = time.perf_counter()
     for i in range(total):

@@ -39,8 +39,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-from common import percentile, run_main
-from harness import BenchError, environment, install_signal_handlers, note, sample_records
+
+from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
+from bench.kit.env import environment, sample_records
+from bench.kit.report import percentile
 
 DATABASE = "celeriac_bench_webhooks"
 PIPELINE = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
@@ -222,7 +224,7 @@ def run(args: argparse.Namespace) -> bool:
         f"{len(platform) - len(set(platform))} received twice -> "
         f"{'each once' if once else 'NOT each once'}"
     )
-    return once
+    return bool(once)
 
 
 def _parse_args() -> argparse.Namespace:

@@ -1,31 +1,29 @@
-"""What ``latency.py`` and ``bigjob.py`` share: their own environment and the real
-Celeriac processes they run in it.
+"""A bench's own environment and the real Celeriac processes it runs in it.
 
 :func:`environment` builds it and removes it again, also when the bench fails or is
 stopped (Ctrl-C, SIGTERM, SIGHUP): a PostgreSQL database of the bench's own (dropped and
-created), Redis db 2 (broker) and db 3 (cache and Celery result backend), flushed at the
-start and the end, and a temporary directory (var dir: blobs and keyring; the processes'
-logs; a bytecode cache). It migrates the schema and creates tenant ``bench`` with an API
-key, both with the ``celeriac`` command.
+created), Redis db 2 (broker) and db 3 (cache and Celery result backend; other dbs when
+asked), flushed at the start and the end, and a scratch directory (var dir: blobs and
+keyring; the processes' logs; a bytecode cache). It migrates the schema and creates tenant
+``bench`` with an API key, both with the ``celeriac`` command.
 
-Processes run in sessions of their own, so that a signal meant for the bench never reaches
-them; they are stopped by process group (SIGTERM, then SIGKILL after a grace period), and
-each also gets SIGTERM from the kernel if the bench dies without cleaning up (SIGKILL).
-Everything listens on and connects to 127.0.0.1 only.
+The lower-level pieces (:func:`scratch_dir`, :func:`recreate_database`,
+:func:`flush_redis`, :func:`celeriac_command`, :func:`create_tenant`) serve the benches
+that build a smaller environment of their own (ingest: no workers; console: seeded rows).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,12 +33,12 @@ from typing import Any
 import httpx
 import psycopg
 import redis
-from common import UNLIMITED_QUOTAS, flush_redis, scratch_dir
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
+from bench.kit.cli import BenchError, note
+from bench.kit.procs import HOST, REPO, Process, free_port, py_spy_dump
+
+BENCH_DIR = REPO / "bench"
 SAMPLE = REPO / "tests" / "data" / "sample_1000.ndjson"
-HOST = "127.0.0.1"
 PG_SERVER = f"postgresql://postgres@{HOST}:5432"
 REDIS_SERVER = f"redis://{HOST}:6379"
 BROKER_DB = 2
@@ -48,41 +46,103 @@ RESULT_DB = 3
 TENANT_SLUG = "bench"
 POOLS = ("orchestration", "distribution", "compute")
 STARTUP_TIMEOUT_SECONDS = 120.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FINAL_STATES = ("succeeded", "partial", "failed", "cancelled")
 
+# Scratch space for var directories (blobs, keyring, SQLite): the repository's var/, where
+# `celeriac up` keeps its own. Not the system's temporary directory: on the machines this
+# project runs on, creating a file in /tmp measured 220-870 us against 22-33 us under the
+# work tree, on the same ext4 device, which made the filesystem the benchmark's bottleneck.
+SCRATCH_ROOT = REPO / "var" / "bench"
 
-class BenchError(Exception):
-    """Set-up or a process failed; the message says which."""
-
-
-def note(message: str) -> None:
-    """Progress goes to stderr; the tables go to stdout."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def _terminate(signum: int, _frame: object) -> None:
-    raise SystemExit(f"stopped by {signal.Signals(signum).name}")
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP unwind like Ctrl-C does, so that every ``finally`` runs."""
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    # Even when started with SIGINT ignored (as a background job of a script).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+# The bench tenant's quota overrides: limits so high that none refuses a request, so a
+# bench measures the platform with its quota checks (they still run: one Redis round trip
+# per request), not the plan's limits.
+UNLIMITED_QUOTAS = (
+    "requests_per_second=2000000000",
+    "request_burst=2000000000",
+    "max_running_jobs=2000000000",
+    "jobs_per_month=2000000000",
+    "max_payload_bytes=2000000000",
+    "max_records_per_job=2000000000",
+    "max_webhook_targets=2000000000",
+)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
+def scratch_dir(prefix: str, root: Path | None = None) -> Path:
+    """A new empty directory for one benchmark run (the caller removes it)."""
+    base = root or SCRATCH_ROOT
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
 def sample_records() -> list[dict[str, Any]]:
-    import json
-
     return [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
+
+
+def flush_redis(server: str, dbs: Sequence[int]) -> None:
+    """Empty the benchmark's own Redis dbs."""
+    for db in dbs:
+        client = redis.Redis.from_url(f"{server}/{db}", socket_connect_timeout=5)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+
+
+def _admin_conn(server: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=5)
+
+
+def recreate_database(database: str, server: str = PG_SERVER) -> None:
+    with _admin_conn(server) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{database}"')
+
+
+def drop_database(database: str, server: str = PG_SERVER) -> None:
+    with _admin_conn(server) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def sqlalchemy_url(database: str, server: str = PG_SERVER) -> str:
+    """The ``CELERIAC_DATABASE_URL`` of a bench database (psycopg 3 driver)."""
+    return server.replace("postgresql://", "postgresql+psycopg://", 1) + f"/{database}"
+
+
+def celeriac_command(env: dict[str, str], cwd: Path, *args: str, timeout: float = 300) -> str:
+    """Run a ``celeriac`` command to completion and return its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "celeriac.platform.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"celeriac {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
+    return done.stdout
+
+
+def create_tenant(env: dict[str, str], cwd: Path, slug: str = TENANT_SLUG) -> str:
+    """``celeriac admin create-tenant`` with quotas too high to refuse anything; returns
+    the tenant's API key."""
+    out = celeriac_command(env, cwd, "admin", "create-tenant", slug)
+    keys = [
+        ln.removeprefix("api_key=").strip() for ln in out.splitlines() if ln.startswith("api_key=")
+    ]
+    if not keys:
+        raise BenchError(f"celeriac admin create-tenant printed no api_key= line: {out!r}")
+    celeriac_command(env, cwd, "admin", "set-quotas", slug, *UNLIMITED_QUOTAS)
+    return keys[0]
+
+
+def bench_pythonpath(env: dict[str, str]) -> dict[str, str]:
+    """``PYTHONPATH`` with the repository root first, so that a worker started with
+    ``--include bench.<module>`` finds the bench's own tasks (the product never ships
+    them)."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))}
 
 
 # --- options both benches take -------------------------------------------------------------
@@ -144,76 +204,7 @@ def settings_from_options(args: argparse.Namespace) -> dict[str, str]:
     return settings
 
 
-# --- processes ----------------------------------------------------------------------------
-
-
-# Run before the real command (which it execs): the kernel sends it SIGTERM when the bench's
-# process goes away without cleaning up (SIGKILL), so nothing is left running.
-_LAUNCHER = """
-import ctypes, os, signal, sys
-parent = int(sys.argv[1])
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-if os.getppid() != parent:
-    sys.exit(1)
-os.execv(sys.argv[2], sys.argv[2:])
-"""
-
-
-def _launched(argv: list[str]) -> list[str]:
-    return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *argv]
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def check_alive(self) -> None:
-        if not self.alive():
-            raise BenchError(
-                f"{self.name} exited with status {self.popen.returncode}:\n{self.log_tail()}"
-            )
-
-    def stop(self, grace: float = 20.0) -> None:
-        if not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait()
-        # Pool processes a Celery parent left behind (same process group).
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(line[:400] for line in text[-lines:])
-
-    def children(self) -> list[int]:
-        """Pids of this process's direct children (a prefork worker's pool processes)."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, IndexError, ValueError):
-                    stat = (entry / "stat").read_text()
-                    if int(stat.rsplit(")", 1)[1].split()[1]) == self.pid:
-                        found.append(int(entry.name))
-        return found
+# --- the environment ------------------------------------------------------------------
 
 
 @dataclass
@@ -246,18 +237,7 @@ class Env:
 
     def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Process:
         env = {**self.child_env, **(extra_env or {})}
-        log_path = self.root / f"{name}.log"
-        with open(log_path, "ab") as log:
-            popen = subprocess.Popen(
-                _launched(argv),
-                env=env,
-                cwd=self.root,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        process = Process(name, popen, log_path)
+        process = Process.start(name, argv, env, self.root, self.root / f"{name}.log")
         self.processes.append(process)
         return process
 
@@ -304,7 +284,8 @@ class Env:
                     if kind == b"zset"
                     else None
                 )
-                lines.append(f"  broker {key!r} {kind.decode()} {size if size is not None else ''}")
+                kind_name = kind.decode() if isinstance(kind, bytes) else str(kind)
+                lines.append(f"  broker {key!r} {kind_name} {size if size is not None else ''}")
             broker.close()
         for process in self.processes:
             lines.append(f"--- {process.name} (alive: {process.alive()}), log tail:")
@@ -318,18 +299,7 @@ class Env:
 
     def celeriac(self, *args: str) -> str:
         """Run a ``celeriac`` command to completion and return its stdout."""
-        done = subprocess.run(
-            [sys.executable, "-m", "celeriac.platform.cli", *args],
-            env=self.child_env,
-            cwd=self.root,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise BenchError(f"celeriac {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
-        return done.stdout
+        return celeriac_command(self.child_env, self.root, *args)
 
     def start_api(self, extra_env: dict[str, str] | None = None) -> Process:
         """``celeriac api`` on a free loopback port; returns once /readyz answers 200."""
@@ -371,11 +341,7 @@ class Env:
         from celeriac.platform.settings import get_settings
 
         settings = get_settings()
-        extra = {
-            "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(BENCH_DIR), self.child_env.get("PYTHONPATH")])
-            )
-        }
+        extra = bench_pythonpath(self.child_env)
         workers = {}
         for pool in POOLS:
             argv = worker_argv(settings, Pool(pool), (concurrency or {}).get(pool))
@@ -412,22 +378,6 @@ class Env:
             time.sleep(0.2)
 
 
-def py_spy_dump(pid: int) -> str:
-    """The Python stacks of process ``pid`` (py-spy from the virtualenv), or why not."""
-    py_spy = Path(sys.executable).with_name("py-spy")
-    try:
-        done = subprocess.run(
-            [str(py_spy), "dump", "--pid", str(pid)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"(py-spy dump failed: {exc})"
-    return (done.stdout + done.stderr).strip()
-
-
 @contextlib.contextmanager
 def environment(
     name: str,
@@ -444,8 +394,7 @@ def environment(
     settings = {
         "CELERIAC_VAR_DIR": str(var_dir),
         # From PG_SERVER (bench/chaos.py points it at a cluster of its own).
-        "CELERIAC_DATABASE_URL": PG_SERVER.replace("postgresql://", "postgresql+psycopg://", 1)
-        + f"/{database}",
+        "CELERIAC_DATABASE_URL": sqlalchemy_url(database, PG_SERVER),
         "CELERIAC_BROKER_URL": f"{REDIS_SERVER}/{BROKER_DB}",
         "CELERIAC_REDIS_URL": f"{REDIS_SERVER}/{RESULT_DB}",
         "CELERIAC_LOG__LEVEL": log_level,
@@ -455,7 +404,7 @@ def environment(
     for key in saved:
         del os.environ[key]
     os.environ.update(settings)  # this process publishes (bare canvas) with the same config
-    _clear_process_caches()
+    clear_process_caches()
     # A bytecode cache of the bench's own: with PYTHONDONTWRITEBYTECODE (as set on this
     # machine) every worker pool process would compile pandas/scikit-learn again, and
     # Celery kills a pool process that takes over 4 s to start.
@@ -464,7 +413,7 @@ def environment(
     env = Env(name, database, root, var_dir, child_env)
     created = False
     try:
-        _recreate_database(database)
+        recreate_database(database, PG_SERVER)
         created = True
         _flush_redis()
         note(
@@ -472,18 +421,9 @@ def environment(
             f"{RESULT_DB} (cache, results), {root}"
         )
         env.celeriac("migrate")
-        out = env.celeriac("admin", "create-tenant", TENANT_SLUG)
-        keys = [
-            ln.removeprefix("api_key=").strip()
-            for ln in out.splitlines()
-            if ln.startswith("api_key=")
-        ]
-        if not keys:
-            raise BenchError(f"celeriac admin create-tenant printed no api_key= line: {out!r}")
-        env.api_key = keys[0]
-        env.celeriac("admin", "set-quotas", TENANT_SLUG, *UNLIMITED_QUOTAS)
+        env.api_key = create_tenant(child_env, root)
         note("compiling the worker code into the bench's bytecode cache ...")
-        _prewarm(child_env, root)
+        prewarm(child_env, root)
         yield env
     finally:
         # A second Ctrl-C must not cut the clean-up short; it is bounded by the grace periods.
@@ -495,14 +435,14 @@ def environment(
                 _flush_redis()
             if created:
                 with contextlib.suppress(Exception):
-                    _drop_database(database)
+                    drop_database(database, PG_SERVER)
             if keep_logs:
                 shutil.rmtree(var_dir, ignore_errors=True)
                 shutil.rmtree(root / "pycache", ignore_errors=True)
                 note(f"logs kept in {root}")
             else:
                 shutil.rmtree(root, ignore_errors=True)
-            _clear_process_caches()
+            clear_process_caches()
             for key in settings:
                 os.environ.pop(key, None)
             os.environ.update(saved)
@@ -511,26 +451,11 @@ def environment(
             signal.signal(signal.SIGTERM, previous_term)
 
 
-def _admin_conn() -> psycopg.Connection[Any]:
-    return psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True, connect_timeout=5)
-
-
-def _recreate_database(database: str) -> None:
-    with _admin_conn() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{database}"')
-
-
-def _drop_database(database: str) -> None:
-    with _admin_conn() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-
-
 def _flush_redis() -> None:
     flush_redis(REDIS_SERVER, (BROKER_DB, RESULT_DB))
 
 
-def _clear_process_caches() -> None:
+def clear_process_caches() -> None:
     from celeriac.platform import dispatch, settings, tasks
 
     for cached in (settings.get_settings, dispatch.get_dispatcher):
@@ -539,7 +464,7 @@ def _clear_process_caches() -> None:
     _client_app.cache_clear()
 
 
-def _prewarm(env: dict[str, str], cwd: Path) -> None:
+def prewarm(env: dict[str, str], cwd: Path) -> None:
     code = (
         "import celeriac.workers.celery_app\n"
         "import celeriac.platform.api.app\n"
@@ -578,174 +503,3 @@ def _client_app() -> Any:
     app = Celery("celeriac-bench", set_as_current=False)
     app.conf.update(celery_config(get_settings()))
     return app
-
-
-# --- CPU accounting -----------------------------------------------------------------------
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle, iowait
-    return (sum(values[:8]) - idle) / CLOCK_TICKS
-
-
-def wait_for_quiet_machine(max_seconds: float = 20.0, busy_pct: float = 30.0) -> float:
-    """Wait, up to ``max_seconds``, until the machine is less than ``busy_pct`` busy (in %
-    of one core) over half a second; returns the last reading."""
-    deadline = time.monotonic() + max_seconds
-    while True:
-        before = machine_busy_seconds()
-        time.sleep(0.5)
-        busy = 100 * (machine_busy_seconds() - before) / 0.5
-        if busy < busy_pct or time.monotonic() > deadline:
-            return busy
-
-
-def group_cpu_seconds(groups: dict[int, str]) -> dict[str, float]:
-    """CPU seconds (user + system, reaped children included) per named process group, plus
-    ``postgres`` and ``redis`` (server-wide: other users of those servers count too)."""
-    cpu: dict[str, float] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        name = raw[raw.index("(") + 1 : raw.rindex(")")]
-        rest = raw[raw.rindex(")") + 2 :].split()
-        ticks = sum(int(v) for v in rest[11:15])
-        pgrp = int(rest[2])
-        if pgrp in groups:
-            key = groups[pgrp]
-        elif name == "postgres":
-            key = "postgres"
-        elif name == "redis-server":
-            key = "redis"
-        else:
-            continue
-        cpu[key] = cpu.get(key, 0.0) + ticks / CLOCK_TICKS
-    return cpu
-
-
-@dataclass
-class CpuMeter:
-    """Accumulates CPU seconds per process group (and the machine's busy seconds) over
-    the phases it is told about; this process counts as ``bench``."""
-
-    groups: dict[int, str]
-    totals: dict[str, float] = field(default_factory=dict)
-    wall: float = 0.0
-    _start: tuple[float, dict[str, float], float, float] | None = None
-
-    def __enter__(self) -> CpuMeter:
-        own = os.times()
-        self._start = (
-            time.monotonic(),
-            group_cpu_seconds(self.groups),
-            machine_busy_seconds(),
-            own.user + own.system,
-        )
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        assert self._start is not None
-        at, before, busy, own_before = self._start
-        after = group_cpu_seconds(self.groups)
-        own = os.times()
-        for key, value in after.items():
-            self.totals[key] = self.totals.get(key, 0.0) + value - before.get(key, 0.0)
-        self.totals["bench"] = self.totals.get("bench", 0.0) + own.user + own.system - own_before
-        self.totals["machine"] = self.totals.get("machine", 0.0) + machine_busy_seconds() - busy
-        self.wall += time.monotonic() - at
-        self._start = None
-
-
-# --- py-spy -------------------------------------------------------------------------------
-
-_REPO_FRAME = f"({REPO}/"  # with --full-filenames
-
-
-class Profiler:
-    """py-spy ``record --format raw`` on a process and its children, until stopped."""
-
-    def __init__(self, target: Process, out: Path) -> None:
-        self.out = out
-        self.popen = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("py-spy")),
-                "record",
-                "--format",
-                "raw",
-                "--rate",
-                "100",
-                "--subprocesses",
-                "--nonblocking",
-                "--full-filenames",
-                "-o",
-                str(out),
-                "-p",
-                str(target.pid),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-def summarize_profile(path: Path, top: int = 12) -> None:
-    """Self time (leaf frames), and inclusive time of the repository's own functions."""
-    if not path.exists():
-        print(f"  (no profile written to {path})")
-        return
-    leaf: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        frames = stack.split(";")
-        if frames[-1].strip().startswith("process ") or "idle" in frames[-1]:
-            continue
-        total += n
-        leaf[_short(frames[-1])] += n
-        mine = {
-            _short(f)
-            for f in frames[1:]
-            if _REPO_FRAME in f and "/.venv/" not in f and "/platform/cli.py" not in f
-        }
-        for frame in mine:
-            inclusive[frame] += n
-    print(f"  {path.name}: {total} busy samples (100/s per process)")
-    print("    self time (leaf frames):")
-    for frame, n in leaf.most_common(top):
-        print(f"      {100 * n / max(total, 1):5.1f}%  {frame}")
-    print("    inclusive, Celeriac's own functions:")
-    for frame, n in inclusive.most_common(top):
-        print(f"      {100 * n / max(total, 1):5.1f}%  {frame}")
-
-
-def _short(frame: str) -> str:
-    # py-spy raw frames: "function (path/to/file.py:line)"; aggregated per function.
-    name, _, where = frame.partition(" (")
-    where = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", f"{REPO}/", "/lib/python3."):
-        if marker in where:
-            where = where.split(marker, 1)[1]
-            if marker == "/lib/python3.":  # 11/json/decoder.py
-                where = where.split("/", 1)[-1]
-    return f"{name.strip()} ({where})"
