@@ -52,7 +52,7 @@ from bench.kit.env import (
     sqlalchemy_url,
 )
 from bench.kit.procs import HOST, Process, free_port
-from bench.kit.report import percentile
+from bench.kit.report import percentile, summary
 
 DATABASE = "celeriac_bench_console"
 TENANT_SLUG = "bench-console"
@@ -308,6 +308,16 @@ def run(args: argparse.Namespace) -> bool:
         )
         if name != f"job detail ({args.tasks} tasks)":  # the pairs the target is judged on
             ok = ok and r50 <= TARGET_RATIO and r95 <= TARGET_RATIO
+            summary(
+                "console",
+                f"{name} p50",
+                p50,
+                "ms",
+                baseline=f"JSON {a50:.1f} ms",
+                ratio=r50,
+                target=f"<= {TARGET_RATIO}x at p50 and p95",
+                met=r50 <= TARGET_RATIO and r95 <= TARGET_RATIO,
+            )
     print(
         f"\nfirst load of /console/jobs, cold: {first_load / 1000:.1f} KB in {files} files "
         f"(target < {TARGET_FIRST_LOAD / 1000:.0f} KB)"

@@ -42,6 +42,7 @@ from bench.bigjob import Run, make_records, measured_job, one_job
 from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
 from bench.kit.env import environment
 from bench.kit.procs import REPO
+from bench.kit.report import summary
 
 sys.path.insert(0, str(REPO / "tests"))
 from celeriac.platform.crypto import Envelope, LocalKeyring
@@ -201,6 +202,14 @@ def run(args: argparse.Namespace) -> bool:
             f"{args.records / total:>11.0f}"
         )
     on, off = medians.values()
+    summary(
+        "crypto",
+        f"{args.records}-record job, encrypted",
+        on,
+        "s",
+        baseline=f"clear {off:.2f} s",
+        ratio=on / off,
+    )
     print(
         f"encryption overhead: {on - off:+.2f} s ({100 * (on - off) / off:+.1f}% of the clear job)"
     )

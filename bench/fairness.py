@@ -67,7 +67,7 @@ from bench.kit.queueing import (
     bench_env,
     wait_for,
 )
-from bench.kit.report import percentile
+from bench.kit.report import percentile, summary
 
 TARGET_RATIO = 2.0
 SHARE_TOLERANCE = 0.10
@@ -331,6 +331,16 @@ def print_case(results: list[Result], args: argparse.Namespace) -> bool:
             print(
                 f"Target {case.key}: {group}, fair p95 <= {TARGET_RATIO:.0f}x alone: "
                 f"{ratio:.2f}x -> {'met' if ratio <= TARGET_RATIO else 'NOT met'}"
+            )
+            summary(
+                "fairness",
+                f"({case.key}) {group}: quiet p95, fair",
+                percentile(values, 0.95),
+                "ms",
+                baseline="the quiet tenants alone",
+                ratio=ratio,
+                target=f"<= {TARGET_RATIO:.0f}x",
+                met=ratio <= TARGET_RATIO,
             )
     noisy_weights = {x.tenant: x.weight for x in case.noisy}
     if len(noisy_weights) > 1:

@@ -62,6 +62,7 @@ from bench.kit.loadrun import (
 )
 from bench.kit.machine import background_busy
 from bench.kit.procs import HOST, free_port
+from bench.kit.report import summary
 from bench.otlp_sink import OtlpSink
 
 # kombu's Redis transport keeps a queue as a list named after it, plus one list per
@@ -220,6 +221,16 @@ def _report(runs: list[RunResult], args: argparse.Namespace, servers: list[Serve
         f"ratio ingest/echo: {ratio:.2f} (target >= {TARGET_RATIO}: "
         f"{'met' if ratio_ok else 'NOT met'}); ingest p99 {ingest.p99:.1f} ms "
         f"(target < {TARGET_P99_MS:.0f}: {'met' if p99_ok else 'NOT met'})"
+    )
+    summary(
+        "ingest",
+        f"POST /v1/jobs, {args.concurrency} in flight (p99 {ingest.p99:.0f} ms)",
+        ingest.rate,
+        "jobs/s",
+        baseline=f"echo {echo.rate:.0f} req/s",
+        ratio=ratio,
+        target=f">= {TARGET_RATIO}x, p99 < {TARGET_P99_MS:.0f} ms",
+        met=ratio_ok and p99_ok,
     )
 
     observed_ok = True

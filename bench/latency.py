@@ -89,7 +89,7 @@ from bench.kit.env import (
 )
 from bench.kit.machine import CpuMeter, wait_for_quiet_machine
 from bench.kit.procs import Profiler, free_port, summarize_profile
-from bench.kit.report import percentile
+from bench.kit.report import percentile, summary
 from bench.otlp_sink import OtlpSink
 
 DATABASE = "celeriac_bench_latency"
@@ -274,6 +274,11 @@ class Bare:
             app=app,
         )
 
+    def canvas(self, callback_id: str) -> Any:
+        """One job's canvas, its finalize task with id ``callback_id`` (bench.throughput
+        publishes many at once)."""
+        return self._build(callback_id)
+
     def run(self) -> Sample:
         callback_id = str(uuid.uuid4())
         canvas = self._build(callback_id)
@@ -354,6 +359,16 @@ def report(
         )
     if "celeriac" in p50 and "bare+plugins" in p50:
         print(f"ratio p50 celeriac / bare+plugins: {p50['celeriac'] / p50['bare+plugins']:.2f}")
+        summary(
+            "latency",
+            "small job p50",
+            p50["celeriac"],
+            "ms",
+            baseline=f"bare+plugins {p50['bare+plugins']:.1f} ms",
+            ratio=p50["celeriac"] / p50["bare+plugins"],
+            target="<= 1.3x (issue 16)",
+            met=p50["celeriac"] / p50["bare+plugins"] <= 1.3,
+        )
     print(
         f"(celeriac end = job row seen final by polling PostgreSQL every {args.poll_ms} ms; "
         "bare end = finalize result received over Redis pub/sub)"

@@ -20,7 +20,7 @@ import time
 from bench.kit.cli import BenchError, run_main
 from bench.kit.env import flush_redis, scratch_dir
 from bench.kit.procs import REPO
-from bench.kit.report import percentile
+from bench.kit.report import percentile, summary
 
 ALIVE = REPO / "docker" / "celeriac-alive"
 
@@ -116,6 +116,16 @@ def run(args: argparse.Namespace) -> bool:
         )
     ratio = percentile(ping, 0.5) / percentile(alive, 0.5)
     print(f"\nping / celeriac-alive at the median: {ratio:.0f}x")
+    summary(
+        "probes",
+        "celeriac-alive median",
+        percentile(alive, 0.5),
+        "ms",
+        baseline=f"celery inspect ping {percentile(ping, 0.5):.0f} ms",
+        ratio=1 / ratio,
+        target="faster than the ping, healthy every run",
+        met=alive_ok == args.runs and ratio > 1,
+    )
     return alive_ok == args.runs and ratio > 1
 
 

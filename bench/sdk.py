@@ -41,7 +41,7 @@ import httpx
 from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
 from bench.kit.env import Env, environment
 from bench.kit.procs import REPO
-from bench.kit.report import percentile
+from bench.kit.report import percentile, summary
 from celeriac.client import Client
 from celeriac.client._core import SSEDecoder
 
@@ -138,6 +138,16 @@ def sdk_overhead(env: Env, args: argparse.Namespace) -> bool:
         )
     ratio = medians["SDK"] / medians["raw httpx"]
     ok = ratio <= 1.10
+    summary(
+        "sdk",
+        "SDK submit median latency",
+        medians["SDK"],
+        "ms",
+        baseline=f"raw httpx {medians['raw httpx']:.1f} ms",
+        ratio=ratio,
+        target="<= 1.10x",
+        met=ok,
+    )
     print(f"SDK / raw median latency: {ratio:.3f} (target <= 1.10): {'met' if ok else 'NOT met'}")
     return ok
 
@@ -287,6 +297,16 @@ def streams_vs_ingest(env: Env, args: argparse.Namespace) -> bool:
     without = statistics.mean(r["accepted_per_second"] for k, r in runs if k == "without")
     with_streams = statistics.mean(r["accepted_per_second"] for k, r in runs if k == "with")
     ratio = with_streams / without
+    summary(
+        "sdk",
+        f"ingest with {args.streams} event streams open",
+        with_streams,
+        "jobs/s",
+        baseline=f"no streams {without:.0f} jobs/s",
+        ratio=ratio,
+        target=">= 0.90x",
+        met=ratio >= 0.90,
+    )
     print(
         f"with / without streams: {ratio:.3f} (target >= 0.90): "
         f"{'met' if ratio >= 0.90 else 'NOT met'}"

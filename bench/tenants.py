@@ -70,7 +70,7 @@ from bench.kit.queueing import (
     bench_env,
     wait_for,
 )
-from bench.kit.report import percentile
+from bench.kit.report import percentile, summary
 
 WARMUP_TASKS = 100
 TARGET_RATIO = 0.8
@@ -312,6 +312,16 @@ def print_tables(runs: list[Run]) -> bool:
             for n in (fewest, most)
         ]
         met = ratio >= TARGET_RATIO
+        summary(
+            "tenants",
+            f"fair dispatch at {most:,} tenants",
+            ratio * 100,
+            f"% of {fewest}",
+            baseline=f"fair at {fewest} tenants",
+            ratio=ratio,
+            target=f">= {TARGET_RATIO:.0%}",
+            met=met,
+        )
         print(
             f"Target: fair at {most:,} tenants >= {TARGET_RATIO:.0%} of fair at {fewest}"
             f"{' (medians)' if rounds > 1 else ''}: {ratio:.0%} -> "

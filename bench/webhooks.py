@@ -42,7 +42,7 @@ import httpx
 
 from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
 from bench.kit.env import environment, sample_records
-from bench.kit.report import percentile
+from bench.kit.report import percentile, summary
 
 DATABASE = "celeriac_bench_webhooks"
 PIPELINE = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
@@ -223,6 +223,16 @@ def run(args: argparse.Namespace) -> bool:
         f"{len(set(platform))} messages for {args.events} events and {args.jobs} jobs, "
         f"{len(platform) - len(set(platform))} received twice -> "
         f"{'each once' if once else 'NOT each once'}"
+    )
+    summary(
+        "webhooks",
+        "signed deliveries per second",
+        delivered_per_second,
+        "deliveries/s",
+        baseline=f"direct posts {direct_rate:.0f}/s",
+        ratio=delivered_per_second / direct_rate,
+        target="each event once",
+        met=once,
     )
     return bool(once)
 

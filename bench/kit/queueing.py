@@ -1,9 +1,10 @@
-"""What ``bench.tenants`` and ``bench.fairness`` share: their environment, the compute worker they
-start, the no-op task they publish and how they read its start times.
+"""What ``bench.tenants`` and ``bench.fairness`` share: their environment, the compute
+worker they start, the no-op task they publish and how they read its start times.
 
 Both measure the queueing layer with a real Celery compute worker (prefork, two processes,
 ``-O fair``, prefetch 1, late acks: what ``celeriac worker --pool compute`` runs) on the
-real Redis broker. The task is ``celeriac.compute.noop``: it logs one JSON line, ``noop
+real Redis broker. The task is ``celeriac.compute.noop`` (bench/noop.py, loaded with
+``--include bench.noop``; the product does not ship it): it logs one JSON line, ``noop
 started``, with the delay from its ``sent_at`` argument (the publisher's ``time.time()``) to
 its start, and then sleeps ``work_ms``. The bench publishes, reads those lines back from the
 worker's log and computes each task's start time as ``sent_at + delay_ms``.
@@ -35,12 +36,12 @@ from bench.kit.cli import note
 from bench.kit.env import bench_pythonpath, clear_process_caches, prewarm, scratch_dir
 from bench.kit.machine import machine_busy_seconds, process_cpu_seconds
 from bench.kit.procs import Process, children
+from bench.noop import NOOP
 
 HOST = "127.0.0.1"
 REDIS_SERVER = f"redis://{HOST}:6379"
 BROKER_DB = 4
 RESULT_DB = 5
-NOOP = "celeriac.compute.noop"
 POOL_QUEUE = "compute"
 HOSTNAME = "compute@bench"
 CONCURRENCY = 2
@@ -80,6 +81,8 @@ def worker_argv(queues: Sequence[str], app: str = WORKER_APP) -> list[str]:
         HOSTNAME,
         "--without-mingle",
         "--without-gossip",
+        "--include",
+        "bench.noop",
     ]
 
 
@@ -198,15 +201,12 @@ class Publisher:
     def fair(self, tenant: str, label: str, work_ms: int = 0, band: str = "normal") -> None:
         """The product's path: the tenant's queue, then the fair dispatcher's release (the
         product's dispatcher or the band-first one, whichever ``use_design`` chose)."""
-        from celeriac.platform.queues import TaskName
         from celeriac.platform.tasks import Publication, default_publisher
 
         sent = time.time()
         self.sent_at[label] = sent
         kwargs = noop_kwargs(tenant, label, sent, work_ms)
-        self.task_ids[label] = default_publisher().publish(
-            Publication(TaskName.NOOP, band, tenant, kwargs)
-        )
+        self.task_ids[label] = default_publisher().publish(Publication(NOOP, band, tenant, kwargs))
 
     def direct(self, queue: str, tenant: str, label: str, work_ms: int = 0) -> None:
         """Straight to a broker queue by name, no dispatcher."""
@@ -324,9 +324,7 @@ class BenchEnv:
         self.results.flushdb()
 
     def start_worker(self, name: str, queues: Sequence[str], app: str = WORKER_APP) -> Worker:
-        env = self.child_env
-        if app == BAND_FIRST_APP:
-            env = env | bench_pythonpath(env)
+        env = self.child_env | bench_pythonpath(self.child_env)  # bench.noop, band-first
         worker = Worker(name, queues, env, self.root, self.root / f"{name}.log", app)
         self.workers.append(worker)
         worker.start()
