@@ -13,7 +13,7 @@ end of the fault until every job was final / the platform's RSS at start and end
 Targets: 0 lost, 0 wrong, 0 duplicated usage, 0 missing webhooks, every job final within
 stall + reconcile interval + 30 s after the fault ends. Exit 0 when all are met.
 
-    .venv/bin/python bench/chaos.py [--scenario NAME ...] [--list]
+    .venv/bin/python -m bench.chaos [--scenario NAME ...] [--list]
 """
 
 from __future__ import annotations

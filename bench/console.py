@@ -3,7 +3,7 @@ cold first load of the jobs page.
 
 Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1, as the tests do)::
 
-    flock /tmp/celeriac-bench.lock .venv/bin/python bench/console.py \\
+    flock /tmp/celeriac-bench.lock .venv/bin/python -m bench.console \\
         [--jobs 100000] [--tasks 1000] [--requests 200] [--redis redis://127.0.0.1:6379]
 
 Set-up: a fresh database ``celeriac_bench_console``, one tenant (quotas too high to refuse

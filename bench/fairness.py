@@ -4,7 +4,7 @@ tenant's band) and under the band-first design it replaced, in the same run.
 
 Run from the repository root (needs Redis on 127.0.0.1:6379; uses dbs 4 and 5)::
 
-    flock /tmp/celeriac-bench.lock .venv/bin/python bench/fairness.py [--cases a,b,c,d]
+    flock /tmp/celeriac-bench.lock .venv/bin/python -m bench.fairness [--cases a,b,c,d]
         [--backlog 3000] [--quiet 120] [--interval-ms 40] [--work-ms 10] [--many 1000]
 
 Scenarios (issue 13, point 7):

@@ -2,7 +2,7 @@
 
 Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1, as the tests do)::
 
-    .venv/bin/python bench/ingest.py [--seconds 10] [--requests 20000] [--warmup 200]
+    .venv/bin/python -m bench.ingest [--seconds 10] [--requests 20000] [--warmup 200]
         [--concurrency 16] [--workers 1] [--records 10] [--rounds 2] [--client raw|httpx]
         [--observability]
 

@@ -3,7 +3,7 @@ on the same workers and broker, in the same run.
 
 Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1)::
 
-    .venv/bin/python bench/latency.py [--jobs 200] [--warmup 10] [--block 20] [--poll-ms 2]
+    .venv/bin/python -m bench.latency [--jobs 200] [--warmup 10] [--block 20] [--poll-ms 2]
 
 A job is 100 records (the first 100 of tests/data/sample_1000.ndjson) through two dataset
 generators and two analyzers that each accept both datasets, so that it has 2 dataset

@@ -3,7 +3,7 @@ plugins as a git revision has them (default ``main``), interleaved, same run.
 
 Run from the repository root::
 
-    .venv/bin/python bench/plugin_cpu.py [--baseline main] [--jobs 40] [--rounds 5]
+    .venv/bin/python -m bench.plugin_cpu [--baseline main] [--jobs 40] [--rounds 5]
 
 A small job is bench/latency's: 100 records (the first 100 of tests/data/sample_1000.ndjson)
 through ``tabular`` and ``timeseries`` (timestamp_field=timestamp), then ``summary`` and

@@ -2,7 +2,7 @@
 heartbeat file the worker touches, plain sh) against ``celery inspect ping`` of the pod's own
 node (Airflow's chart), measured on one real orchestration worker in the same run.
 
-    .venv/bin/python bench/probes.py [--runs 20] [--redis redis://127.0.0.1:6379] [--db 5]
+    .venv/bin/python -m bench.probes [--runs 20] [--redis redis://127.0.0.1:6379] [--db 5]
 
 Exits 0 when celeriac-alive is faster at the median and answers healthy every time."""
 

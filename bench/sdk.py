@@ -2,7 +2,7 @@
 
 Run from the repository root (PostgreSQL and Redis on 127.0.0.1)::
 
-    flock /tmp/celeriac-bench.lock .venv/bin/python bench/sdk.py [--submissions 300]
+    flock /tmp/celeriac-bench.lock .venv/bin/python -m bench.sdk [--submissions 300]
         [--rounds 3] [--streams 200] [--ingest-seconds 8] [--concurrency 16]
 
 1. **SDK overhead** (issue 17, point 13): ``client.jobs.submit(records=..., pipeline=...)``

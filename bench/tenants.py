@@ -4,7 +4,7 @@ kombu's BRPOP over every tenant queue, in the same run.
 
 Run from the repository root (needs Redis on 127.0.0.1:6379; uses dbs 4 and 5)::
 
-    flock /tmp/celeriac-bench.lock .venv/bin/python bench/tenants.py
+    flock /tmp/celeriac-bench.lock .venv/bin/python -m bench.tenants
         [--tenants 10,1000,10000] [--tasks 3000] [--drain-seconds 30]
         [--latency-seconds 4] [--rounds 1] [--designs fair,band-first[,naive]]
 

@@ -4,7 +4,7 @@ the same rows in the same run.
 
 Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1, as the tests do)::
 
-    .venv/bin/python bench/usage.py [--seconds 10] [--concurrency 16] [--records 10]
+    .venv/bin/python -m bench.usage [--seconds 10] [--concurrency 16] [--records 10]
         [--rounds 2] [--rows 1000000] [--tenants 20] [--days 30] [--repeat 5]
 
 Part 1 uses bench/kit/loadrun.py, as bench.ingest does (its database, Redis dbs, tenant

@@ -3,7 +3,7 @@ end to the receiver's 200, next to a direct HTTP post to the same receiver in th
 
 Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1)::
 
-    .venv/bin/python bench/webhooks.py [--events 1000] [--jobs 50] [--threads 16]
+    .venv/bin/python -m bench.webhooks [--events 1000] [--jobs 50] [--threads 16]
 
 The platform runs as in production: ``celeriac api`` and the three worker pools
 (``celeriac worker --pool P``), with webhooks allowed to call http on 127.0.0.0/8 (the

@@ -301,13 +301,19 @@ class Env:
         """Run a ``celeriac`` command to completion and return its stdout."""
         return celeriac_command(self.child_env, self.root, *args)
 
-    def start_api(self, extra_env: dict[str, str] | None = None) -> Process:
-        """``celeriac api`` on a free loopback port; returns once /readyz answers 200."""
+    def start_api(
+        self, extra_env: dict[str, str] | None = None, entry: str = "celeriac.platform.cli"
+    ) -> Process:
+        """``celeriac api`` on a free loopback port; returns once /readyz answers 200.
+        ``entry``: a bench module run with ``-m`` in place of the CLI (one that patches
+        something, then runs the CLI: bench.clear_blobs)."""
         port = free_port()
+        if entry != "celeriac.platform.cli":
+            extra_env = {**bench_pythonpath(self.child_env), **(extra_env or {})}
         argv = [
             sys.executable,
             "-m",
-            "celeriac.platform.cli",
+            entry,
             "api",
             "--host",
             HOST,

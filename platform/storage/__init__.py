@@ -14,7 +14,7 @@ from celeriac.platform.storage.blobs import (
     validate_prefix,
 )
 from celeriac.platform.storage.cached import CachedBlobStore, hot_job_blob
-from celeriac.platform.storage.encrypted import ClearBlobStoreForBenchmarks, EncryptedBlobStore
+from celeriac.platform.storage.encrypted import EncryptedBlobStore
 from celeriac.platform.storage.local import LocalBlobStore
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ __all__ = [
     "BlobNotFound",
     "BlobStore",
     "CachedBlobStore",
-    "ClearBlobStoreForBenchmarks",
     "EncryptedBlobStore",
     "LocalBlobStore",
     "blob_store_from_settings",
