@@ -199,9 +199,11 @@ def wait_final(env: Env, run: Run, poll_seconds: float = 0.02) -> None:
                 run.seen = time.time()
                 run.state = row[0]
                 return
-            if time.time() - run.submitted > JOB_TIMEOUT_SECONDS:
+            # 600 s, and 2 ms per record beyond 300,000 (a loaded machine, a 1M job)
+            timeout = max(JOB_TIMEOUT_SECONDS, run.records * 0.002)
+            if time.time() - run.submitted > timeout:
                 raise BenchError(
-                    f"job {run.job_id} did not end in {JOB_TIMEOUT_SECONDS:.0f} s\n"
+                    f"job {run.job_id} did not end in {timeout:.0f} s\n"
                     + env.diagnose_job(run.job_id)
                 )
             env.check_alive()
