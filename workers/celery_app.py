@@ -281,9 +281,11 @@ def _freed_a_slot(sender: Any = None, **_: Any) -> None:
 
 
 @signals.task_revoked.connect
-def _revoked(request: Any = None, **_: Any) -> None:
-    if request is not None:
-        _count(request.task_name, request.hostname or "", -1)
+def _revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    # Celery sends the task as sender and the request's Context (no ``task_name``; the
+    # name is ``request.task``) from the worker's main process.
+    if sender is not None and request is not None:
+        _count(sender.name, request.hostname or "", -1)
 
 
 @signals.task_prerun.connect

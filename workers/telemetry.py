@@ -135,9 +135,11 @@ def _task_failed_outside(
 
 
 @signals.task_revoked.connect
-def _task_revoked(request: Any = None, **_: Any) -> None:
-    if request is not None:
-        task_ended(request.task_name, request.id, "revoked", None, request.kwargs, 0, NO_PLUGIN)
+def _task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    # ``request`` is the task's Context here, which has no ``task_name``: the name is the
+    # sender's.
+    if sender is not None and request is not None:
+        task_ended(sender.name, request.id, "revoked", None, request.kwargs, 0, NO_PLUGIN)
 
 
 def worker_slots(worker: Any) -> tuple[int, int]:

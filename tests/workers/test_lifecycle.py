@@ -5,6 +5,7 @@ distribution pools load no pandas, and a webhook delivery bills once."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -292,7 +293,7 @@ def test_deleting_a_tenant_on_real_workers_cancels_running_and_queued_jobs(
     tmp_path: Path,
 ) -> None:
     worker_env["CELERIAC_WORKERS__COMPUTE_CONCURRENCY"] = "1"
-    request.getfixturevalue("workers")
+    running_workers: Workers = request.getfixturevalue("workers")
     tenant, other = make_tenant("doomed"), make_tenant("survivor")
     marker = tmp_path / "started"
     running = _submit(
@@ -310,6 +311,18 @@ def test_deleting_a_tenant_on_real_workers_cancels_running_and_queued_jobs(
         60,
         "the running task to be cancelled",
     )
+
+    # The revoked task's end is logged (the ELK task line); no signal handler failed.
+    def revoked_line() -> bool:
+        for line in running_workers.log("compute").splitlines():
+            if line.startswith("{") and '"task finished"' in line:
+                entry = json.loads(line)
+                if entry.get("state") == "revoked" and entry.get("job_id") == str(running):
+                    return True
+        return False
+
+    wait_until(revoked_line, 60, "the revoked task's log line")
+    assert "Signal handler" not in running_workers.log("compute")
     follow_up = _submit(client, other, {"name": "summary"})
     assert wait_for_job(client, other.headers, follow_up, timeout=90)["state"] == "succeeded"
     assert _state(running) is JobState.CANCELLED and _state(queued) is JobState.CANCELLED
