@@ -40,7 +40,7 @@ import httpx
 from bench.kit import env as harness
 from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
 from bench.kit.env import FINAL_STATES, Env, environment, sample_records
-from bench.kit.procs import HOST, Process, free_port
+from bench.kit.procs import HOST, Process, api_argv, free_port
 
 PG_VERSION_DIR = Path("/usr/lib/postgresql")
 CLUSTER = "celeriac-chaos"
@@ -230,17 +230,7 @@ class Platform:
         assert self.api is not None
         self.env.stop(self.api)
         port = int(self.env.api_url.rsplit(":", 1)[1])
-        argv = [
-            sys.executable,
-            "-m",
-            "celeriac.platform.cli",
-            "api",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-        ]
-        self.api = self.env.start("api", argv)
+        self.api = self.env.start("api", api_argv(port))
 
     def restart_worker(self, pool: str, how: signal.Signals) -> None:
         from celeriac.platform.cli import worker_argv

@@ -51,7 +51,7 @@ from bench.kit.env import (
     scratch_dir,
     sqlalchemy_url,
 )
-from bench.kit.procs import HOST, Process, free_port
+from bench.kit.procs import HOST, Process, api_argv, free_port
 from bench.kit.report import percentile, summary
 
 DATABASE = "celeriac_bench_console"
@@ -188,16 +188,7 @@ tenant_blobs().put(tenant, f"tenants/{tenant}/jobs/{job}/result.json",
 
 
 def _start_api(env: dict[str, str], cwd: Path, port: int) -> Process:
-    argv = [
-        sys.executable,
-        "-m",
-        "celeriac.platform.cli",
-        "api",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-    ]
+    argv = api_argv(port)
     process = Process.start("api", argv, env, cwd, cwd / "api.log")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -61,7 +61,7 @@ from bench.kit.loadrun import (
     wait_healthy,
 )
 from bench.kit.machine import background_busy
-from bench.kit.procs import HOST, free_port
+from bench.kit.procs import HOST, api_argv, free_port
 from bench.kit.report import summary
 from bench.otlp_sink import OtlpSink
 
@@ -347,18 +347,7 @@ def run(args: argparse.Namespace) -> bool:
         try:
             api_port, echo_port = free_port(), free_port()
             workers = str(args.workers)
-            api_argv = [
-                sys.executable,
-                "-m",
-                args.api_entry,
-                "api",
-                "--host",
-                HOST,
-                "--port",
-                str(api_port),
-                "--workers",
-                workers,
-            ]
+            celeriac_argv = api_argv(api_port, args.api_entry, args.workers)
             echo_argv = [
                 sys.executable,
                 "-m",
@@ -372,11 +361,11 @@ def run(args: argparse.Namespace) -> bool:
             ]
             api.start_server("echo", echo_argv, echo_port, bench_pythonpath(api.env))
             off = {"CELERIAC_OBSERVABILITY__METRICS_ENABLED": "false"} if args.observability else {}
-            api.start_server("ingest", api_argv, api_port, off)
+            api.start_server("ingest", celeriac_argv, api_port, off)
             if args.observability:
                 sink = OtlpSink()
                 obs_port = free_port()
-                obs_argv = [*api_argv[:-4], "--port", str(obs_port), "--workers", workers]
+                obs_argv = api_argv(obs_port, args.api_entry, args.workers)
                 on = {"CELERIAC_OBSERVABILITY__OTLP_ENDPOINT": sink.endpoint}
                 api.start_server("ingest+obs", obs_argv, obs_port, on)
             servers = api.servers

@@ -28,7 +28,6 @@ import argparse
 import os
 import signal
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from bench.kit import loadrun
 from bench.kit.cli import run_main
 from bench.kit.env import PG_SERVER
 from bench.kit.machine import background_busy
-from bench.kit.procs import HOST, free_port
+from bench.kit.procs import api_argv, free_port
 from bench.kit.report import summary
 
 METRICS = [
@@ -212,19 +211,7 @@ def run(args: argparse.Namespace) -> bool:
         try:
             billing_token = api.celeriac("admin", "token", "--role", "billing").strip()
             port = free_port()
-            argv = [
-                sys.executable,
-                "-m",
-                "celeriac.platform.cli",
-                "api",
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ]
-            server = api.start_server("ingest", argv, port)
+            server = api.start_server("ingest", api_argv(port, workers=1), port)
             loadrun.wait_healthy(api.servers)
 
             print(

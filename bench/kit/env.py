@@ -35,7 +35,7 @@ import psycopg
 import redis
 
 from bench.kit.cli import BenchError, note
-from bench.kit.procs import HOST, REPO, Process, free_port, py_spy_dump
+from bench.kit.procs import HOST, REPO, Process, api_argv, free_port, py_spy_dump
 
 BENCH_DIR = REPO / "bench"
 SAMPLE = REPO / "tests" / "data" / "sample_1000.ndjson"
@@ -310,17 +310,7 @@ class Env:
         port = free_port()
         if entry != "celeriac.platform.cli":
             extra_env = {**bench_pythonpath(self.child_env), **(extra_env or {})}
-        argv = [
-            sys.executable,
-            "-m",
-            entry,
-            "api",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-        ]
-        process = self.start("api", argv, extra_env)
+        process = self.start("api", api_argv(port, entry), extra_env)
         self.api_url = f"http://{HOST}:{port}"
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         while True:

@@ -37,6 +37,15 @@ def launched(argv: list[str]) -> list[str]:
     return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *argv]
 
 
+def api_argv(
+    port: int, entry: str = "celeriac.platform.cli", workers: int | None = None
+) -> list[str]:
+    """``celeriac api`` on 127.0.0.1:``port`` (``entry``: a module run with ``-m`` in place
+    of the CLI, one that patches something and then runs it)."""
+    argv = [sys.executable, "-m", entry, "api", "--host", HOST, "--port", str(port)]
+    return argv if workers is None else [*argv, "--workers", str(workers)]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((HOST, 0))
