@@ -10,8 +10,8 @@ Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1, as the te
 Part 1 uses bench/kit/loadrun.py, as bench.ingest does (its database, Redis dbs, tenant
 with quotas too high to refuse anything, API server and load generator): every accepted
 job writes its ``jobs.submitted`` record in the job's own transaction, and the records
-committed during
-each measured phase are counted in the database (not inferred from the 202s).
+committed during each measured phase are counted in the database (not inferred from the
+202s).
 
 Part 2 adds ``--rows`` records with ``INSERT ... SELECT generate_series`` (``--tenants``
 tenants, six metrics, spread over ``--days`` days), runs ANALYZE, then times, median of
