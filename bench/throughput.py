@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -90,10 +91,15 @@ class Round:
 
 def run_celeriac(env: Env, body: bytes, jobs: int, submitters: int) -> Round:
     headers = {"Authorization": f"Bearer {env.api_key}", "Content-Type": "application/json"}
-    clients = [httpx.Client(base_url=env.api_url, headers=headers, timeout=60) for _ in range(8)]
+    clients: list[httpx.Client] = []
+    local = threading.local()  # one keep-alive client per submitting thread
 
-    def submit(index: int) -> str:
-        answer = clients[index % len(clients)].post("/v1/jobs", content=body)
+    def submit(_index: int) -> str:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(base_url=env.api_url, headers=headers, timeout=60)
+            clients.append(client)
+        answer = client.post("/v1/jobs", content=body)
         if answer.status_code != 202:
             raise BenchError(f"POST /v1/jobs answered {answer.status_code}: {answer.text[:300]}")
         return str(answer.json()["id"])
