@@ -19,8 +19,15 @@ from celeriac.platform.storage.encrypted import EncryptedBlobStore
 logger = logging.getLogger(__name__)
 
 
-def _put(self: EncryptedBlobStore, tenant_id: str, key: str, data: bytes | Iterable[bytes]) -> int:
-    """Store ``data`` as it is."""
+def _put(
+    self: EncryptedBlobStore,
+    tenant_id: str,
+    key: str,
+    data: bytes | Iterable[bytes],
+    *,
+    job_key: object = None,
+) -> int:
+    """Store ``data`` as it is (``job_key``: the encrypting store's per-job key, unused)."""
     self._context(tenant_id, key)
     return self.store.put(key, data)
 

@@ -14,8 +14,10 @@ from typing import Any
 
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.worker import state as worker_state
 
 from celeriac.platform import metrics
+from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.queues import Pool
 from celeriac.platform.settings import get_settings
 
@@ -144,8 +146,6 @@ def _task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
 
 def worker_slots(worker: Any) -> tuple[int, int]:
     """(slots, busy) of a running worker: its concurrency and the tasks it holds."""
-    from celery.worker import state as worker_state
-
     return int(worker.concurrency), len(worker_state.active_requests)
 
 
@@ -167,7 +167,6 @@ def serve_beat_metrics() -> None:
     obs = get_settings().observability
     if obs.metrics_port is None or not obs.metrics_enabled:
         return
-    from celeriac.platform.dispatch import get_dispatcher
 
     def read() -> metrics.BacklogSnapshot:
         dispatcher = get_dispatcher()

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from celeriac.platform.api.deps import Authenticator, SessionDep, SettingsDep
+from celeriac.platform.api.deps import Admit, SessionDep, SettingsDep
 from celeriac.platform.api.problems import problem_openapi
 from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
@@ -37,7 +37,7 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 # /v1/webhooks/{target_id} for every method the target routes have.
 messages_router = APIRouter(prefix="/v1/webhook-messages", tags=["webhooks"])
 
-WebhooksManager = Annotated[TenantContext, Depends(Authenticator(Scope.WEBHOOKS_MANAGE))]
+WebhooksManager = Annotated[TenantContext, Depends(Admit(Scope.WEBHOOKS_MANAGE).tenant)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 

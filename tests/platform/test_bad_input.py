@@ -246,7 +246,8 @@ def test_a_deleted_tenants_sub_resources_follow_one_rule(
     assert client.delete(f"/v1/admin/tenants/{tenant.id}", headers=admin_headers).is_success
     base = f"/v1/admin/tenants/{tenant.id}"
     record = client.get(base, headers=admin_headers)  # the tombstone stays readable
-    assert record.status_code == 200 and record.json()["status"] == "deleted"
+    assert record.status_code == 200
+    assert record.json()["status"] == "deleted"
     for answer in (
         client.get(f"{base}/quotas", headers=admin_headers),
         client.put(f"{base}/quotas", json={"max_running_jobs": 3}, headers=admin_headers),
