@@ -11,7 +11,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 # The Compose specification's JSON schema (tests/deploy validate docker-compose.yml with it).
 COMPOSE_SCHEMA := $(VENV)/share/compose-spec/compose_spec.json
 
-.PHONY: up test lint fmt typecheck pytest install lock clean chaos prometheus image vendor browser
+.PHONY: up test lint fmt typecheck pytest install lock clean chaos bench prometheus image vendor browser
 
 # The container image (Dockerfile). Docker where an engine answers, else podman; e.g. on a
 # machine without a registry: make image PYTHON_IMAGE=localhost/base PYTHON_TAG=bookworm
@@ -104,7 +104,13 @@ pytest: $(STAMP) $(CHECKOV_STAMP) $(COMPOSE_SCHEMA) prometheus browser
 ## The fault suite (not part of test): its own PostgreSQL cluster and Redis, real processes,
 ## named scenarios; prints a table and exits 1 when a target is missed (docs/reliability.md).
 chaos: $(STAMP)
-	flock /tmp/celeriac-bench.lock $(PY) bench/chaos.py $(CHAOS_ARGS)
+	flock /tmp/celeriac-bench.lock $(PY) -m bench.chaos $(CHAOS_ARGS)
+
+## Every benchmark with short settings, under the bench lock, and one summary table of
+## their headline figures against their same-run baselines (bench/README.md; not part of
+## test). BENCH_ARGS="--only latency,throughput" runs some.
+bench: $(STAMP)
+	flock /tmp/celeriac-bench.lock $(PY) -m bench.all $(BENCH_ARGS)
 
 ## Re-resolve requirements.lock after changing dependencies, then the image's runtime-only
 ## lock (the same pins, without the dev extra; hashed) and requirements-checkov.lock.

@@ -13,7 +13,7 @@ end of the fault until every job was final / the platform's RSS at start and end
 Targets: 0 lost, 0 wrong, 0 duplicated usage, 0 missing webhooks, every job final within
 stall + reconcile interval + 30 s after the fault ends. Exit 0 when all are met.
 
-    .venv/bin/python bench/chaos.py [--scenario NAME ...] [--list]
+    .venv/bin/python -m bench.chaos [--scenario NAME ...] [--list]
 """
 
 from __future__ import annotations
@@ -36,21 +36,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import harness
 import httpx
-from common import run_main
-from harness import (
-    FINAL_STATES,
-    HOST,
-    BenchError,
-    Env,
-    Process,
-    environment,
-    free_port,
-    install_signal_handlers,
-    note,
-    sample_records,
-)
+
+from bench.kit import env as harness
+from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
+from bench.kit.env import FINAL_STATES, Env, environment, sample_records
+from bench.kit.procs import HOST, Process, api_argv, free_port
 
 PG_VERSION_DIR = Path("/usr/lib/postgresql")
 CLUSTER = "celeriac-chaos"
@@ -297,17 +288,7 @@ class Platform:
         assert self.api is not None
         self.env.stop(self.api)
         port = int(self.env.api_url.rsplit(":", 1)[1])
-        argv = [
-            sys.executable,
-            "-m",
-            "celeriac.platform.cli",
-            "api",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-        ]
-        self.api = self.env.start("api", argv)
+        self.api = self.env.start("api", api_argv(port))
 
     def restart_worker(self, pool: str, how: signal.Signals) -> None:
         from celeriac.platform.cli import worker_argv
@@ -394,7 +375,7 @@ class Platform:
                 "WHERE metric = 'jobs.submitted' GROUP BY 1"
             ).fetchall()
             known = {r[0] for r in conn.execute("SELECT id::text FROM jobs").fetchall()}
-        return sum(count - 1 for _, count in rows) + sum(1 for j, _ in rows if j not in known)
+        return int(sum(count - 1 for _, count in rows) + sum(1 for j, _ in rows if j not in known))
 
 
 # --- scenarios ------------------------------------------------------------------------

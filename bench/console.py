@@ -3,7 +3,7 @@ cold first load of the jobs page.
 
 Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1, as the tests do)::
 
-    flock /tmp/celeriac-bench.lock .venv/bin/python bench/console.py \\
+    flock /tmp/celeriac-bench.lock .venv/bin/python -m bench.console \\
         [--jobs 100000] [--tasks 1000] [--requests 200] [--redis redis://127.0.0.1:6379]
 
 Set-up: a fresh database ``celeriac_bench_console``, one tenant (quotas too high to refuse
@@ -41,10 +41,21 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from common import UNLIMITED_QUOTAS, flush_redis, percentile, run_main, scratch_dir
 
-HOST = "127.0.0.1"
-PG_SERVER = f"postgresql+psycopg://postgres@{HOST}:5432"
+from bench.kit.cli import BenchError, run_main
+from bench.kit.env import (
+    PG_SERVER,
+    UNLIMITED_QUOTAS,
+    celeriac_command,
+    drop_database,
+    flush_redis,
+    recreate_database,
+    scratch_dir,
+    sqlalchemy_url,
+)
+from bench.kit.procs import HOST, Process, api_argv, free_port
+from bench.kit.report import percentile, summary
+
 DATABASE = "celeriac_bench_console"
 TENANT_SLUG = "bench-console"
 REDIS_DBS = (4, 5)
@@ -59,22 +70,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--redis", default=f"redis://{HOST}:6379")
     return parser.parse_args()
-
-
-def _pg(dbname: str) -> str:
-    return PG_SERVER.replace("postgresql+psycopg://", "postgresql://") + f"/{dbname}"
-
-
-def _fresh_database() -> str:
-    with psycopg.connect(_pg("postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    return f"{PG_SERVER}/{DATABASE}"
-
-
-def _drop_database() -> None:
-    with psycopg.connect(_pg("postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
 
 
 def _env(var_dir: Path, database_url: str, redis: str) -> dict[str, str]:
@@ -113,7 +108,7 @@ def _seed(env: dict[str, str], var_dir: Path, jobs: int, tasks: int) -> tuple[st
     key = re.search(r"api_key=(\S+)", out)
     tenant = re.search(r"tenant_id=(\S+)", out)
     assert key and tenant, out
-    _celeriac(env, var_dir.parent, "admin", "set-quotas", TENANT_SLUG, *UNLIMITED_QUOTAS)
+    celeriac_command(env, var_dir.parent, "admin", "set-quotas", TENANT_SLUG, *UNLIMITED_QUOTAS)
     tenant_id = tenant.group(1)
     big_job = str(uuid.uuid4())
     started = datetime.now(UTC) - timedelta(minutes=5)
@@ -122,7 +117,7 @@ def _seed(env: dict[str, str], var_dir: Path, jobs: int, tasks: int) -> tuple[st
         "datasets": [{"name": "tabular"}, {"name": "text"}],
         "analyzers": [{"name": "summary"}, {"name": "anomalies"}],
     }
-    with psycopg.connect(_pg(DATABASE), autocommit=True) as conn:
+    with psycopg.connect(f"{PG_SERVER}/{DATABASE}", autocommit=True) as conn:
         conn.execute(
             """
             INSERT INTO jobs (id, tenant_id, priority, pipeline, state, stage, checkpoints,
@@ -246,23 +241,19 @@ tenant_blobs().put(tenant, f"tenants/{tenant}/jobs/{job}/result.json",
         raise RuntimeError(done.stderr[-400:])
 
 
-def _start_api(env: dict[str, str], cwd: Path, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celeriac.platform.cli", "api", "--host", HOST, "--port", str(port)],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def _start_api(env: dict[str, str], cwd: Path, port: int) -> Process:
+    argv = api_argv(port)
+    process = Process.start("api", argv, env, cwd, cwd / "api.log")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        process.check_alive()
         try:
             if httpx.get(f"http://{HOST}:{port}/healthz", timeout=1).status_code == 200:
                 return process
         except httpx.TransportError:
             time.sleep(0.2)
-    process.terminate()
-    raise RuntimeError("the API did not start")
+    process.stop()
+    raise BenchError("the API did not start")
 
 
 def _timed(client: httpx.Client, paths: list[str], headers: dict[str, str]) -> float:
@@ -289,18 +280,19 @@ def run(args: argparse.Namespace) -> bool:
     var_dir = scratch_dir("console") / "var"
     var_dir.mkdir(parents=True, exist_ok=True)
     flush_redis(args.redis, REDIS_DBS)
-    database_url = _fresh_database()
+    recreate_database(DATABASE)
+    database_url = sqlalchemy_url(DATABASE)
     env = _env(var_dir, database_url, args.redis)
     api = None
     try:
-        _celeriac(env, var_dir.parent, "migrate")
+        celeriac_command(env, var_dir.parent, "migrate")
         seeded = time.perf_counter()
         key, big_job, running_job = _seed(env, var_dir, args.jobs, args.tasks)
         print(
             f"seeded {args.jobs} jobs and a job of {args.tasks} tasks in "
             f"{time.perf_counter() - seeded:.1f} s"
         )
-        port = _free_port()
+        port = free_port()
         api = _start_api(env, var_dir.parent, port)
         url = f"http://{HOST}:{port}"
         bearer = {"Authorization": f"Bearer {key}"}
@@ -344,9 +336,8 @@ def run(args: argparse.Namespace) -> bool:
             first_load, files = _first_load(url, console)
     finally:
         if api is not None:
-            api.terminate()
-            api.wait(timeout=30)
-        _drop_database()
+            api.stop()
+        drop_database(DATABASE)
         flush_redis(args.redis, REDIS_DBS)
         shutil.rmtree(var_dir.parent, ignore_errors=True)
 
@@ -371,6 +362,16 @@ def run(args: argparse.Namespace) -> bool:
         )
         if name != f"job detail ({args.tasks} tasks)":  # the pairs the target is judged on
             ok = ok and r50 <= TARGET_RATIO and r95 <= TARGET_RATIO
+            summary(
+                "console",
+                f"{name} p50",
+                p50,
+                "ms",
+                baseline=f"JSON {a50:.1f} ms",
+                ratio=r50,
+                target=f"<= {TARGET_RATIO}x at p50 and p95",
+                met=r50 <= TARGET_RATIO and r95 <= TARGET_RATIO,
+            )
     print(f"\nfirst read of the finished job's page (drawn, one sample): {first_view:.1f} ms")
     print(
         f"\nfirst load of /console/jobs, cold: {first_load / 1000:.1f} KB in {files} files "
@@ -384,19 +385,11 @@ def run(args: argparse.Namespace) -> bool:
     return ok
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 if __name__ == "__main__":
     run_main(
         "console",
         parse_args,
         run,
-        (RuntimeError, psycopg.Error, httpx.HTTPError),
+        (BenchError, RuntimeError, psycopg.Error, httpx.HTTPError),
         "the scratch database may be left behind",
     )

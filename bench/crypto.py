@@ -4,7 +4,7 @@ with encryption off, with the KMS calls each job made.
 
 Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1)::
 
-    flock /tmp/celeriac-bench.lock .venv/bin/python bench/crypto.py [--records 100000]
+    flock /tmp/celeriac-bench.lock .venv/bin/python -m bench.crypto [--records 100000]
         [--runs 2] [--sizes 1024,65536,1048576,16777216] [--repeats 7] [--skip-job]
 
 1. **Envelope throughput** (in process): ``Envelope.encrypt`` / ``decrypt`` of random bytes
@@ -16,8 +16,9 @@ Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1)::
 
    * ``encrypted``: ``CELERIAC_KEYS__PROVIDER=kms`` against tests/aws_server.py (moto on
      127.0.0.1, which counts the KMS calls it answers); blobs on the local disk;
-   * ``clear``: ``CELERIAC_KEYS__ENCRYPTION=false`` with ``CELERIAC_ENVIRONMENT=benchmark``
-     (the only environment in which the settings accept it): the same blobs, unencrypted.
+   * ``clear``: the workers with ``--include bench.clear_blobs`` and the API run as
+     ``python -m bench.clear_blobs api`` (bench/clear_blobs.py: a patch the product never
+     ships), the blob cache off: the same blobs, unencrypted.
 
    In the encrypted environment a 100-record job and then (processes restarted) one
    ``--records`` job run first on fresh processes, so that the KMS calls of a small and a
@@ -37,9 +38,12 @@ import time
 from pathlib import Path
 
 import httpx
-from bigjob import Run, make_records, measured_job, one_job
-from common import run_main
-from harness import REPO, BenchError, environment, install_signal_handlers, note
+
+from bench.bigjob import Run, make_records, measured_job, one_job
+from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
+from bench.kit.env import environment
+from bench.kit.procs import REPO
+from bench.kit.report import summary
 
 sys.path.insert(0, str(REPO / "tests"))
 from celeriac.platform.crypto import Envelope, LocalKeyring
@@ -88,6 +92,7 @@ def envelope_throughput(sizes: list[int], repeats: int, scratch: Path) -> None:
 def job_runs(
     label: str,
     extra: dict[str, str],
+    clear: bool,
     data: bytes,
     small: bytes | None,
     args: argparse.Namespace,
@@ -105,8 +110,9 @@ def job_runs(
         headers = {"Authorization": f"Bearer {env.api_key}"}
 
         def start() -> tuple[httpx.Client, dict[int, str]]:
-            workers = env.start_workers(concurrency={"compute": 2})
-            api = env.start_api()
+            hook = ["bench.clear_blobs"] if clear else []
+            workers = env.start_workers(include=hook, concurrency={"compute": 2})
+            api = env.start_api(entry=hook[0] if clear else "celeriac.platform.cli")
             groups = {api.pid: "api", **{w.pid: pool for pool, w in workers.items()}}
             client = httpx.Client(base_url=env.api_url, headers=headers, timeout=600)
             return client, groups
@@ -166,6 +172,7 @@ def run(args: argparse.Namespace) -> bool:
         encrypted, calls = job_runs(
             "encrypted",
             {"CELERIAC_KEYS__PROVIDER": "kms", "CELERIAC_KEYS__KMS_ENDPOINT_URL": aws.endpoint_url},
+            False,
             data,
             small,
             args,
@@ -173,7 +180,8 @@ def run(args: argparse.Namespace) -> bool:
         )
     clear, _ = job_runs(
         "clear",
-        {"CELERIAC_ENVIRONMENT": "benchmark", "CELERIAC_KEYS__ENCRYPTION": "false"},
+        {"CELERIAC_CACHE__BLOBS": "off"},
+        True,
         data,
         None,
         args,
@@ -199,6 +207,14 @@ def run(args: argparse.Namespace) -> bool:
             f"{args.records / total:>11.0f}"
         )
     on, off = medians.values()
+    summary(
+        "crypto",
+        f"{args.records}-record job, encrypted",
+        on,
+        "s",
+        baseline=f"clear {off:.2f} s",
+        ratio=on / off,
+    )
     print(
         f"encryption overhead: {on - off:+.2f} s ({100 * (on - off) / off:+.1f}% of the clear job)"
     )

@@ -4,7 +4,7 @@ tenant's band) and under the band-first design it replaced, in the same run.
 
 Run from the repository root (needs Redis on 127.0.0.1:6379; uses dbs 4 and 5)::
 
-    flock /tmp/celeriac-bench.lock .venv/bin/python bench/fairness.py [--cases a,b,c,d]
+    flock /tmp/celeriac-bench.lock .venv/bin/python -m bench.fairness [--cases a,b,c,d]
         [--backlog 3000] [--quiet 120] [--interval-ms 40] [--work-ms 10] [--many 1000]
 
 Scenarios (issue 13, point 7):
@@ -51,25 +51,23 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from band_first import BAND_FIRST, use_design
-from common import percentile
-from queue_bench import (
+from bench.band_first import BAND_FIRST, use_design
+from bench.kit.cli import BenchError, install_signal_handlers, note
+from bench.kit.machine import wait_for_quiet_machine
+from bench.kit.queueing import (
     BAND_FIRST_APP,
     POOL_QUEUE,
     STARTUP_TIMEOUT_SECONDS,
     WORKER_APP,
     BenchEnv,
-    BenchError,
     Probe,
     Publisher,
     Usage,
     WorkerLog,
     bench_env,
-    install_signal_handlers,
-    note,
     wait_for,
-    wait_for_quiet_machine,
 )
+from bench.kit.report import percentile, summary
 
 TARGET_RATIO = 2.0
 SHARE_TOLERANCE = 0.10
@@ -183,7 +181,7 @@ def run(bench: BenchEnv, case: Case, design: str, args: argparse.Namespace) -> R
     publisher = Publisher()
     noisy = case.noisy if design != ALONE else []
 
-    wait_for_quiet_machine()
+    wait_for_quiet_machine(10.0, 40.0)
     note(f"{case.title} / {design} ...")
     # The noisy backlogs, interleaved (so that no tenant starts with a head start).
     for i in range(max((x.backlog for x in noisy), default=0)):
@@ -333,6 +331,16 @@ def print_case(results: list[Result], args: argparse.Namespace) -> bool:
             print(
                 f"Target {case.key}: {group}, fair p95 <= {TARGET_RATIO:.0f}x alone: "
                 f"{ratio:.2f}x -> {'met' if ratio <= TARGET_RATIO else 'NOT met'}"
+            )
+            summary(
+                "fairness",
+                f"({case.key}) {group}: quiet p95, fair",
+                percentile(values, 0.95),
+                "ms",
+                baseline="the quiet tenants alone",
+                ratio=ratio,
+                target=f"<= {TARGET_RATIO:.0f}x",
+                met=ratio <= TARGET_RATIO,
             )
     noisy_weights = {x.tenant: x.weight for x in case.noisy}
     if len(noisy_weights) > 1:

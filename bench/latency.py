@@ -3,7 +3,7 @@ on the same workers and broker, in the same run.
 
 Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1)::
 
-    .venv/bin/python bench/latency.py [--jobs 200] [--warmup 10] [--block 20] [--poll-ms 2]
+    .venv/bin/python -m bench.latency [--jobs 200] [--warmup 10] [--block 20] [--poll-ms 2]
 
 A job is 100 records (the first 100 of tests/data/sample_1000.ndjson) through two dataset
 generators and two analyzers that each accept both datasets, so that it has 2 dataset
@@ -76,25 +76,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import percentile, run_main
-from harness import (
+
+from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
+from bench.kit.env import (
     FINAL_STATES,
-    BenchError,
-    CpuMeter,
     Env,
-    Profiler,
     add_common_options,
     client_app,
     environment,
-    free_port,
-    install_signal_handlers,
-    note,
     sample_records,
     settings_from_options,
-    summarize_profile,
-    wait_for_quiet_machine,
 )
-from otlp_sink import OtlpSink
+from bench.kit.machine import CpuMeter, wait_for_quiet_machine
+from bench.kit.procs import Profiler, free_port, summarize_profile
+from bench.kit.report import percentile, summary
+from bench.otlp_sink import OtlpSink
 
 DATABASE = "celeriac_bench_latency"
 TARGET_RATIO = 1.5
@@ -278,6 +274,11 @@ class Bare:
             app=app,
         )
 
+    def canvas(self, callback_id: str) -> Any:
+        """One job's canvas, its finalize task with id ``callback_id`` (bench.throughput
+        publishes many at once)."""
+        return self._build(callback_id)
+
     def run(self) -> Sample:
         callback_id = str(uuid.uuid4())
         canvas = self._build(callback_id)
@@ -358,6 +359,16 @@ def report(
         )
     if "celeriac" in p50 and "bare+plugins" in p50:
         print(f"ratio p50 celeriac / bare+plugins: {p50['celeriac'] / p50['bare+plugins']:.2f}")
+        summary(
+            "latency",
+            "small job p50",
+            p50["celeriac"],
+            "ms",
+            baseline=f"bare+plugins {p50['bare+plugins']:.1f} ms",
+            ratio=p50["celeriac"] / p50["bare+plugins"],
+            target="<= 1.3x (issue 16)",
+            met=p50["celeriac"] / p50["bare+plugins"] <= 1.3,
+        )
     print(
         f"(celeriac end = job row seen final by polling PostgreSQL every {args.poll_ms} ms; "
         "bare end = finalize result received over Redis pub/sub)"
@@ -467,7 +478,7 @@ def run(args: argparse.Namespace) -> bool:
     with environment(
         "latency", DATABASE, args.log_level, settings_from_options(args), args.keep_logs
     ) as env:
-        workers = env.start_workers(include=["bare_canvas"])
+        workers = env.start_workers(include=["bench.bare_canvas"])
         api = env.start_api()
         from celeriac.platform.settings import get_settings
 
@@ -652,9 +663,9 @@ def run_observability(args: argparse.Namespace) -> bool:
     )
     print(f"{'variant':<10}" + "".join(f"{c:>14}" for c in components) + f"{'sum':>9}")
     per_job = {}
-    for variant, totals in cpu.items():
+    for variant, spent in cpu.items():
         n = max(1, len(samples[variant]))
-        values = [1000 * totals.get(c, 0.0) / n for c in components]
+        values = [1000 * spent.get(c, 0.0) / n for c in components]
         per_job[variant] = sum(values)
         print(f"{variant:<10}" + "".join(f"{v:>14.1f}" for v in values) + f"{sum(values):>9.1f}")
     if per_job["off"]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import resource
 import sys
 import time
@@ -31,6 +30,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+from bench.kit.report import percentile
 
 REQUEST_TIMEOUT_SECONDS = 10.0
 MAX_ERROR_TEXT = 2000
@@ -146,12 +147,9 @@ async def _run_phase(senders: list[Sender], *, count: int, seconds: float) -> Ph
     return phase
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float | None:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return None
-    rank = min(max(1, math.ceil(fraction * len(sorted_values))), len(sorted_values))
-    return sorted_values[rank - 1]
+def _percentile(values: list[float], fraction: float) -> float | None:
+    """The kit's percentile, None (JSON null) when nothing was measured."""
+    return percentile(values, fraction) if values else None
 
 
 def _raw_senders(args: argparse.Namespace, body: bytes) -> tuple[list[Sender], Callable[[], None]]:
@@ -231,9 +229,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         "first_error": measured.first_error or warmup.first_error,
         "elapsed_seconds": elapsed,
         "accepted_per_second": accepted / elapsed if elapsed > 0 else 0.0,
-        "p50_ms": percentile(latencies, 0.50),
-        "p95_ms": percentile(latencies, 0.95),
-        "p99_ms": percentile(latencies, 0.99),
+        "p50_ms": _percentile(latencies, 0.50),
+        "p95_ms": _percentile(latencies, 0.95),
+        "p99_ms": _percentile(latencies, 0.99),
         "max_ms": latencies[-1] if latencies else None,
         "cpu_seconds": cpu_seconds,
     }

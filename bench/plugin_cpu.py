@@ -3,7 +3,7 @@ plugins as a git revision has them (default ``main``), interleaved, same run.
 
 Run from the repository root::
 
-    .venv/bin/python bench/plugin_cpu.py [--baseline main] [--jobs 40] [--rounds 5]
+    .venv/bin/python -m bench.plugin_cpu [--baseline main] [--jobs 40] [--rounds 5]
 
 A small job is bench/latency's: 100 records (the first 100 of tests/data/sample_1000.ndjson)
 through ``tabular`` and ``timeseries`` (timestamp_field=timestamp), then ``summary`` and
@@ -37,9 +37,10 @@ from types import ModuleType
 from typing import Any
 
 import pandas as pd
-from common import run_main
-from harness import sample_records
 
+from bench.kit.cli import run_main
+from bench.kit.env import sample_records
+from bench.kit.report import summary
 from celeriac.workers.compute.plugin import Analyzer, DatasetGenerator, json_safe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,6 +211,17 @@ def run(args: argparse.Namespace) -> bool:
         print(f"{step:<{width}}" + "".join(f"{c:>28}" for c in cells) + f"{ratio:8.2f}")
         ours = medians[1]
     met = ours < TARGET_MS
+    base = 1000 * statistics.median(sum(r.values()) for r in per_round[labels[0]])
+    summary(
+        "plugin_cpu",
+        "plugin CPU per small job",
+        ours,
+        "ms",
+        baseline=f"{labels[0]} {base:.1f} ms",
+        ratio=ours / base if base else None,
+        target=f"< {TARGET_MS:.0f} ms",
+        met=met,
+    )
     print(
         f"\ntarget: plugin CPU per small job under {TARGET_MS:.0f} ms: "
         f"{ours:.1f} ms, {'met' if met else 'NOT met'}"

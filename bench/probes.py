@@ -2,7 +2,7 @@
 heartbeat file the worker touches, plain sh) against ``celery inspect ping`` of the pod's own
 node (Airflow's chart), measured on one real orchestration worker in the same run.
 
-    .venv/bin/python bench/probes.py [--runs 20] [--redis redis://127.0.0.1:6379] [--db 5]
+    .venv/bin/python -m bench.probes [--runs 20] [--redis redis://127.0.0.1:6379] [--db 5]
 
 Exits 0 when celeriac-alive is faster at the median and answers healthy every time."""
 
@@ -16,16 +16,13 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from common import flush_redis, percentile, run_main, scratch_dir
+from bench.kit.cli import BenchError, run_main
+from bench.kit.env import flush_redis, scratch_dir
+from bench.kit.procs import REPO
+from bench.kit.report import percentile, summary
 
-REPO = Path(__file__).resolve().parent.parent
 ALIVE = REPO / "docker" / "celeriac-alive"
-
-
-class BenchError(Exception):
-    pass
 
 
 def _timed(argv: list[str], env: dict[str, str], runs: int) -> tuple[list[float], int]:
@@ -119,6 +116,16 @@ def run(args: argparse.Namespace) -> bool:
         )
     ratio = percentile(ping, 0.5) / percentile(alive, 0.5)
     print(f"\nping / celeriac-alive at the median: {ratio:.0f}x")
+    summary(
+        "probes",
+        "celeriac-alive median",
+        percentile(alive, 0.5),
+        "ms",
+        baseline=f"celery inspect ping {percentile(ping, 0.5):.0f} ms",
+        ratio=1 / ratio,
+        target="faster than the ping, healthy every run",
+        met=alive_ok == args.runs and ratio > 1,
+    )
     return alive_ok == args.runs and ratio > 1
 
 

@@ -2,7 +2,7 @@
 
 Run from the repository root (PostgreSQL and Redis on 127.0.0.1)::
 
-    flock /tmp/celeriac-bench.lock .venv/bin/python bench/sdk.py [--submissions 300]
+    flock /tmp/celeriac-bench.lock .venv/bin/python -m bench.sdk [--submissions 300]
         [--rounds 3] [--streams 200] [--ingest-seconds 8] [--concurrency 16]
 
 1. **SDK overhead** (issue 17, point 13): ``client.jobs.submit(records=..., pipeline=...)``
@@ -37,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import percentile, run_main
-from harness import BENCH_DIR, BenchError, Env, environment, install_signal_handlers, note
 
+from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
+from bench.kit.env import Env, environment
+from bench.kit.procs import REPO
+from bench.kit.report import percentile, summary
 from celeriac.client import Client
 from celeriac.client._core import SSEDecoder
 
@@ -136,6 +138,16 @@ def sdk_overhead(env: Env, args: argparse.Namespace) -> bool:
         )
     ratio = medians["SDK"] / medians["raw httpx"]
     ok = ratio <= 1.10
+    summary(
+        "sdk",
+        "SDK submit median latency",
+        medians["SDK"],
+        "ms",
+        baseline=f"raw httpx {medians['raw httpx']:.1f} ms",
+        ratio=ratio,
+        target="<= 1.10x",
+        met=ok,
+    )
     print(f"SDK / raw median latency: {ratio:.3f} (target <= 1.10): {'met' if ok else 'NOT met'}")
     return ok
 
@@ -192,7 +204,8 @@ class Streams:
 def _ingest(env: Env, args: argparse.Namespace, log: Path) -> dict[str, Any]:
     argv = [
         sys.executable,
-        str(BENCH_DIR / "loadgen.py"),
+        "-m",
+        "bench.loadgen",
         "--url",
         f"{env.api_url}/v1/jobs",
         "--key",
@@ -212,6 +225,7 @@ def _ingest(env: Env, args: argparse.Namespace, log: Path) -> dict[str, Any]:
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
+            cwd=REPO,
             timeout=4 * args.ingest_seconds + 120,
             check=False,
         )
@@ -258,7 +272,7 @@ def streams_vs_ingest(env: Env, args: argparse.Namespace) -> bool:
     runs.append(("without", _ingest(env, args, log)))
 
     complete = 0
-    problems = []
+    problems: list[str] = []
     with Client(base_url=env.api_url, api_key=env.api_key) as client:
         for job_id in watched:
             expected = [e.id for e in client.jobs.events(job_id, timeout=60)]
@@ -283,6 +297,16 @@ def streams_vs_ingest(env: Env, args: argparse.Namespace) -> bool:
     without = statistics.mean(r["accepted_per_second"] for k, r in runs if k == "without")
     with_streams = statistics.mean(r["accepted_per_second"] for k, r in runs if k == "with")
     ratio = with_streams / without
+    summary(
+        "sdk",
+        f"ingest with {args.streams} event streams open",
+        with_streams,
+        "jobs/s",
+        baseline=f"no streams {without:.0f} jobs/s",
+        ratio=ratio,
+        target=">= 0.90x",
+        met=ratio >= 0.90,
+    )
     print(
         f"with / without streams: {ratio:.3f} (target >= 0.90): "
         f"{'met' if ratio >= 0.90 else 'NOT met'}"

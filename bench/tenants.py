@@ -4,7 +4,7 @@ kombu's BRPOP over every tenant queue, in the same run.
 
 Run from the repository root (needs Redis on 127.0.0.1:6379; uses dbs 4 and 5)::
 
-    flock /tmp/celeriac-bench.lock .venv/bin/python bench/tenants.py
+    flock /tmp/celeriac-bench.lock .venv/bin/python -m bench.tenants
         [--tenants 10,1000,10000] [--tasks 3000] [--drain-seconds 30]
         [--latency-seconds 4] [--rounds 1] [--designs fair,band-first[,naive]]
 
@@ -54,25 +54,23 @@ import sys
 import time
 from dataclasses import dataclass
 
-from band_first import BAND_FIRST, use_design
-from common import percentile
-from queue_bench import (
+from bench.band_first import BAND_FIRST, use_design
+from bench.kit.cli import BenchError, install_signal_handlers, note
+from bench.kit.machine import wait_for_quiet_machine
+from bench.kit.queueing import (
     BAND_FIRST_APP,
     POOL_QUEUE,
     STARTUP_TIMEOUT_SECONDS,
     WORKER_APP,
     BenchEnv,
-    BenchError,
     Probe,
     Publisher,
     Usage,
     WorkerLog,
     bench_env,
-    install_signal_handlers,
-    note,
     wait_for,
-    wait_for_quiet_machine,
 )
+from bench.kit.report import percentile, summary
 
 WARMUP_TASKS = 100
 TARGET_RATIO = 0.8
@@ -133,7 +131,7 @@ def run(
             publisher.direct(f"{POOL_QUEUE}.normal.{slug}", slug, label)
 
     total = WARMUP_TASKS + max(args.tasks, 2 * tenants)
-    wait_for_quiet_machine()
+    wait_for_quiet_machine(10.0, 40.0)
     note(f"{design} x {tenants} tenants: queueing {total} tasks ...")
     began = time.perf_counter()
     for i in range(total):
@@ -314,6 +312,16 @@ def print_tables(runs: list[Run]) -> bool:
             for n in (fewest, most)
         ]
         met = ratio >= TARGET_RATIO
+        summary(
+            "tenants",
+            f"fair dispatch at {most:,} tenants",
+            ratio * 100,
+            f"% of {fewest}",
+            baseline=f"fair at {fewest} tenants",
+            ratio=ratio,
+            target=f">= {TARGET_RATIO:.0%}",
+            met=met,
+        )
         print(
             f"Target: fair at {most:,} tenants >= {TARGET_RATIO:.0%} of fair at {fewest}"
             f"{' (medians)' if rounds > 1 else ''}: {ratio:.0%} -> "

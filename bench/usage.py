@@ -4,13 +4,14 @@ the same rows in the same run.
 
 Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1, as the tests do)::
 
-    .venv/bin/python bench/usage.py [--seconds 10] [--concurrency 16] [--records 10]
+    .venv/bin/python -m bench.usage [--seconds 10] [--concurrency 16] [--records 10]
         [--rounds 2] [--rows 1000000] [--tenants 20] [--days 30] [--repeat 5]
 
-Part 1 reuses bench/ingest.py's machinery (its database, Redis dbs, tenant with quotas too
-high to refuse anything, API server and load generator): every accepted job writes its
-``jobs.submitted`` record in the job's own transaction, and the records committed during
-each measured phase are counted in the database (not inferred from the 202s).
+Part 1 uses bench/kit/loadrun.py, as bench.ingest does (its database, Redis dbs, tenant
+with quotas too high to refuse anything, API server and load generator): every accepted
+job writes its ``jobs.submitted`` record in the job's own transaction, and the records
+committed during each measured phase are counted in the database (not inferred from the
+202s).
 
 Part 2 adds ``--rows`` records with ``INSERT ... SELECT generate_series`` (``--tenants``
 tenants, six metrics, spread over ``--days`` days), runs ANALYZE, then times, median of
@@ -24,11 +25,9 @@ does.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import shutil
+import os
 import signal
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -37,9 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import ingest
 import psycopg
-from common import UNLIMITED_QUOTAS, run_main, scratch_dir
+
+from bench.kit import loadrun
+from bench.kit.cli import run_main
+from bench.kit.env import PG_SERVER
+from bench.kit.machine import background_busy
+from bench.kit.procs import api_argv, free_port
+from bench.kit.report import summary
 
 METRICS = [
     ("jobs.submitted", "job"),
@@ -52,18 +56,18 @@ METRICS = [
 
 
 def _dsn() -> str:
-    return ingest._database_url().replace("postgresql+psycopg://", "postgresql://")
+    return f"{PG_SERVER}/{loadrun.DATABASE}"
 
 
-class UsageProbe(ingest.Probe):
-    """bench/ingest's probe, which also counts usage records at each snapshot."""
+class UsageProbe(loadrun.Probe):
+    """The load run's probe, which also counts usage records at each snapshot."""
 
-    def __init__(self, servers: list[ingest.Server]) -> None:
+    def __init__(self, servers: list[loadrun.Server]) -> None:
         super().__init__(servers)
         self.db = psycopg.connect(_dsn(), autocommit=True, connect_timeout=5)
         self.counts: list[tuple[float, int]] = []
 
-    def snapshot(self) -> ingest.Snapshot:
+    def snapshot(self) -> loadrun.Snapshot:
         row = self.db.execute("SELECT count(*) FROM usage_records").fetchone()
         taken = super().snapshot()
         self.counts.append((taken.at, int(row[0]) if row else 0))
@@ -147,7 +151,7 @@ def _part_two(args: argparse.Namespace, api_url: str, billing_token: str) -> Non
         flush=True,
     )
 
-    engine = create_db_engine(ingest._database_url())
+    engine = create_db_engine(loadrun.database_url())
     rows: list[tuple[str, float, str]] = []
     try:
         with psycopg.connect(_dsn(), autocommit=True) as conn:
@@ -200,74 +204,44 @@ def _part_two(args: argparse.Namespace, api_url: str, billing_token: str) -> Non
 
 
 def run(args: argparse.Namespace) -> bool:
-    var_dir = scratch_dir("celeriac-bench-usage-", args.var_root)
-    servers: list[ingest.Server] = []
+    busy = background_busy()
+    print(f"machine: {os.cpu_count()} cores, {busy:.0f}% busy before the bench started")
     probe: UsageProbe | None = None
-    created = False
-    try:
-        busy = ingest._background_busy()
-        print(f"machine: {ingest.os.cpu_count()} cores, {busy:.0f}% busy before the bench started")
-        ingest._recreate_database()
-        created = True
-        ingest._flush_redis()
-        env = ingest._child_env(var_dir)
-        ingest._celeriac(env, var_dir, "migrate")
-        key = ingest._create_tenant(env, var_dir)
-        ingest._celeriac(env, var_dir, "admin", "set-quotas", ingest.TENANT_SLUG, *UNLIMITED_QUOTAS)
-        billing_token = ingest._celeriac(
-            env, var_dir, "admin", "token", "--role", "billing"
-        ).strip()
-        ingest._register_plugins()
-        port = ingest._free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "celeriac.platform.cli",
-            "api",
-            "--host",
-            ingest.HOST,
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ]
-        servers.append(ingest._start_server("ingest", argv, port, env, var_dir, var_dir))
-        ingest._wait_healthy(servers)
+    with loadrun.api_environment(args.var_root) as api:
+        try:
+            billing_token = api.celeriac("admin", "token", "--role", "billing").strip()
+            port = free_port()
+            server = api.start_server("ingest", api_argv(port, workers=1), port)
+            loadrun.wait_healthy(api.servers)
 
-        print(
-            f"\npart 1: usage records written under the ingest load ({args.concurrency} in "
-            f"flight, {args.records} records per job, {args.seconds:.0f} s per run)"
-        )
-        probe = UsageProbe(servers)
-        rates = []
-        for index in range(args.rounds):
-            result = ingest._drive(servers[0], probe, key, args, var_dir)
-            (t0, n0), (t1, n1) = probe.counts[-2], probe.counts[-1]
-            written = (n1 - n0) / (t1 - t0)
-            rates.append(written)
-            r = result.result
             print(
-                f"  run {index + 1}: {r['accepted_per_second']:.0f} jobs accepted/s "
-                f"(p99 {r['p99_ms']:.1f} ms, errors {r['errors']}); {n1 - n0} usage records "
-                f"committed in {t1 - t0:.1f} s = {written:.0f} records/s",
-                flush=True,
+                f"\npart 1: usage records written under the ingest load ({args.concurrency} in "
+                f"flight, {args.records} records per job, {args.seconds:.0f} s per run)"
             )
-        print(f"  median: {statistics.median(rates):.0f} usage records written per second")
-        _part_two(args, servers[0].url, billing_token)
-        return True
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if probe is not None:
-            probe.close()
-        for server in servers:
-            ingest._stop_server(server)
-        with contextlib.suppress(Exception):
-            ingest._flush_redis()
-        if created:
-            with contextlib.suppress(Exception):
-                ingest._drop_database()
-        shutil.rmtree(var_dir, ignore_errors=True)
+            probe = UsageProbe(api.servers)
+            rates = []
+            for index in range(args.rounds):
+                result = loadrun.drive(server, probe, api.api_key, args, api.var_dir)
+                (t0, n0), (t1, n1) = probe.counts[-2], probe.counts[-1]
+                written = (n1 - n0) / (t1 - t0)
+                rates.append(written)
+                r = result.result
+                print(
+                    f"  run {index + 1}: {r['accepted_per_second']:.0f} jobs accepted/s "
+                    f"(p99 {r['p99_ms']:.1f} ms, errors {r['errors']}); {n1 - n0} usage "
+                    f"records committed in {t1 - t0:.1f} s = {written:.0f} records/s",
+                    flush=True,
+                )
+            rate = statistics.median(rates)
+            print(f"  median: {rate:.0f} usage records written per second")
+            summary("usage", "usage records written under ingest load", rate, "records/s")
+            _part_two(args, server.url, billing_token)
+            return True
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if probe is not None:
+                probe.close()
 
 
 def _parse_args() -> argparse.Namespace:
@@ -302,11 +276,7 @@ def _parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, ingest._terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    run_main(
-        "usage", _parse_args, run, (ingest.BenchError,), "servers stopped and database dropped"
-    )
+    run_main("usage", _parse_args, run, on_interrupt="servers stopped and database dropped")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ end to the receiver's 200, next to a direct HTTP post to the same receiver in th
 
 Run from the repository root (needs PostgreSQL and Redis on 127.0.0.1)::
 
-    .venv/bin/python bench/webhooks.py [--events 1000] [--jobs 50] [--threads 16]
+    .venv/bin/python -m bench.webhooks [--events 1000] [--jobs 50] [--threads 16]
 
 The platform runs as in production: ``celeriac api`` and the three worker pools
 (``celeriac worker --pool P``), with webhooks allowed to call http on 127.0.0.0/8 (the
@@ -39,8 +39,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-from common import percentile, run_main
-from harness import BenchError, environment, install_signal_handlers, note, sample_records
+
+from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
+from bench.kit.env import environment, sample_records
+from bench.kit.report import percentile, summary
 
 DATABASE = "celeriac_bench_webhooks"
 PIPELINE = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
@@ -222,7 +224,17 @@ def run(args: argparse.Namespace) -> bool:
         f"{len(platform) - len(set(platform))} received twice -> "
         f"{'each once' if once else 'NOT each once'}"
     )
-    return once
+    summary(
+        "webhooks",
+        "signed deliveries per second",
+        delivered_per_second,
+        "deliveries/s",
+        baseline=f"direct posts {direct_rate:.0f}/s",
+        ratio=delivered_per_second / direct_rate,
+        target="each event once",
+        met=once,
+    )
+    return bool(once)
 
 
 def _parse_args() -> argparse.Namespace:

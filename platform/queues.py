@@ -45,7 +45,6 @@ class TaskName(StrEnum):
     PING_DISTRIBUTION = "celeriac.distribution.ping"
     RUN_TASK = "celeriac.compute.run_task"
     PING_COMPUTE = "celeriac.compute.ping"
-    NOOP = "celeriac.compute.noop"
 
     @property
     def pool(self) -> Pool:

@@ -27,8 +27,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CELERIAC_"
 NESTED_DELIMITER = "__"
-# The only environment in which keys.encryption may be turned off.
-BENCHMARK_ENVIRONMENT = "benchmark"
 
 
 def _scheme(url: str) -> str:
@@ -204,9 +202,6 @@ class KeySettings(BaseModel):
     # Plaintext data keys live only in process memory, bounded in count and age.
     data_key_cache_size: int = Field(default=1024, ge=0)
     data_key_cache_ttl_seconds: int = Field(default=300, ge=0)
-    # BENCHMARKS ONLY: false stores tenant blobs unencrypted, to measure what encryption
-    # costs. Refused unless CELERIAC_ENVIRONMENT=benchmark as well (see Settings).
-    encryption: bool = True
 
 
 class WorkerSettings(BaseModel):
@@ -346,11 +341,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _combinations(self) -> Settings:
-        if not self.keys.encryption and self.environment != BENCHMARK_ENVIRONMENT:
-            raise ValueError(
-                "CELERIAC_KEYS__ENCRYPTION=false stores tenant data in clear and is for "
-                f"benchmarks only: it needs CELERIAC_ENVIRONMENT={BENCHMARK_ENVIRONMENT} too"
-            )
         pooled = self.keys.provider == "kms" and self.keys.mode == "pooled"
         if pooled and not self.keys.kms_pooled_key_id:
             raise ValueError("CELERIAC_KEYS__MODE=pooled needs CELERIAC_KEYS__KMS_POOLED_KEY_ID")

@@ -79,7 +79,9 @@ def publisher_app() -> Celery:
 class Publication:
     """One task of a tenant's job to publish (see :meth:`Publisher.publish_many`)."""
 
-    name: TaskName
+    # A TaskName; a plain name for tasks a worker loads with ``--include`` (the benches'
+    # bench.noop), routed by the same glob.
+    name: TaskName | str
     band: Priority | str
     tenant_slug: str
     kwargs: dict[str, Any]

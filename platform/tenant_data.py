@@ -13,7 +13,6 @@ from celeriac.platform.settings import get_settings
 from celeriac.platform.storage import (
     BlobStore,
     CachedBlobStore,
-    ClearBlobStoreForBenchmarks,
     EncryptedBlobStore,
     blob_store_from_settings,
     hot_job_blob,
@@ -40,10 +39,6 @@ def tenant_blobs() -> EncryptedBlobStore:
     holds their ciphertext (the encryption is on top of it)."""
     settings = get_settings()
     store: BlobStore = blob_store_from_settings(settings, key_provider())
-    if not settings.keys.encryption:  # only with CELERIAC_ENVIRONMENT=benchmark
-        # Never cached: the cache would hold plaintext.
-        logger.warning("tenant blobs are stored UNENCRYPTED (keys.encryption=false, benchmark)")
-        return ClearBlobStoreForBenchmarks(store, envelope())
     job_keys = JobDataKeys(
         envelope(),
         cache_size=settings.keys.data_key_cache_size,

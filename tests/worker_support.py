@@ -24,10 +24,16 @@ class Workers:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        """``celeriac *args`` as process ``name``."""
+        return self.start_argv(name, [sys.executable, "-m", "celeriac.platform.cli", *args])
+
+    def start_argv(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.var_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "celeriac.platform.cli", *args],
-            env=self.env,
+            argv,
+            env=env or self.env,
             cwd=self.var_dir.parent,
             stdout=log,
             stderr=log,

@@ -17,7 +17,6 @@ from celeriac.platform.storage.blobs import (
 )
 from celeriac.platform.storage.cached import CachedBlobStore, hot_job_blob
 from celeriac.platform.storage.encrypted import (
-    ClearBlobStoreForBenchmarks,
     EncryptedBlobStore,
     JobKeys,
     NewJobKey,
@@ -32,7 +31,6 @@ __all__ = [
     "BlobNotFound",
     "BlobStore",
     "CachedBlobStore",
-    "ClearBlobStoreForBenchmarks",
     "EncryptedBlobStore",
     "JobKeys",
     "LocalBlobStore",

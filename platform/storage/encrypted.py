@@ -177,33 +177,3 @@ class EncryptedBlobStore:
         if not validate_key(key).startswith(tenant_prefix(tenant_id)):
             raise ValueError(f"blob key {key!r} is outside tenant {tenant_id!r}'s prefix")
         return {BLOB_KEY_CONTEXT: key}
-
-
-class ClearBlobStoreForBenchmarks(EncryptedBlobStore):
-    """BENCHMARKS ONLY: the same interface and tenant-prefix checks, no encryption.
-
-    Built only when ``keys.encryption`` is false, which the settings refuse outside
-    ``CELERIAC_ENVIRONMENT=benchmark``; it measures what encryption costs a job.
-    """
-
-    def put(
-        self,
-        tenant_id: str,
-        key: str,
-        data: bytes | Iterable[bytes],
-        *,
-        job_key: NewJobKey | None = None,  # noqa: ARG002 (the encrypting store's signature)
-    ) -> int:
-        """Store ``data`` as it is."""
-        self._context(tenant_id, key)
-        return self.store.put(key, data)
-
-    def get(self, tenant_id: str, key: str) -> bytes:
-        """The stored bytes."""
-        self._context(tenant_id, key)
-        return self.store.get(key)
-
-    def stream(self, tenant_id: str, key: str) -> Iterator[bytes]:
-        """The stored bytes in chunks."""
-        self._context(tenant_id, key)
-        return self.store.stream(key)

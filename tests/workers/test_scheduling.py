@@ -6,17 +6,20 @@ work through a permanent flood of its own high work."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from celery import Celery
 from conftest import TenantFixture
 from fastapi.testclient import TestClient
 
+from celeriac.platform.cli import worker_argv
 from celeriac.platform.dispatch import AGE_LIMIT
-from celeriac.platform.queues import Pool, TaskName
+from celeriac.platform.queues import Pool
 from celeriac.platform.settings import Settings
 from celeriac.platform.tasks import Publication, Publisher, celery_config
 
@@ -25,12 +28,21 @@ from worker_support import Workers, wait_until
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def compute_worker(worker_env: dict[str, str], var_dir: object) -> Iterator[Workers]:
-    from pathlib import Path
+# The benches' no-op task (bench/noop.py): not in the product, so the worker loads it with
+# ``--include``, as the queueing benches do.
+NOOP = "celeriac.compute.noop"
+REPO = Path(__file__).resolve().parents[2]
 
+
+@pytest.fixture
+def compute_worker(
+    worker_env: dict[str, str], var_dir: object, api_settings: Settings
+) -> Iterator[Workers]:
     running = Workers(Path(str(var_dir)), worker_env)
-    running.start("compute", "worker", "--pool", Pool.COMPUTE.value, "--concurrency", "1")
+    # What `celeriac worker --pool compute --concurrency 1` execs, plus the include.
+    argv = [*worker_argv(api_settings, Pool.COMPUTE, 1), "--include", "bench.noop"]
+    path = os.pathsep.join(filter(None, [str(REPO), worker_env.get("PYTHONPATH")]))
+    running.start_argv("compute", argv, {**worker_env, "PYTHONPATH": path})
     try:
         wait_until(lambda: "ready." in running.log("compute"), 90, "the compute worker")
         yield running
@@ -48,7 +60,7 @@ def _started(workers: Workers) -> list[str]:
 
 def _noop(app: Celery, tenant: str, band: str, label: str, work_ms: int = 0) -> None:
     kwargs = {"label": label, "sent_at": time.time(), "work_ms": work_ms}
-    Publisher(app).publish(Publication(TaskName.NOOP, band, tenant, kwargs))
+    Publisher(app).publish(Publication(NOOP, band, tenant, kwargs))
 
 
 @pytest.fixture
@@ -127,7 +139,7 @@ def test_plans_weights_share_the_slots(
     Publisher(app).publish_many(
         [
             Publication(
-                TaskName.NOOP,
+                NOOP,
                 "normal",
                 f"plan-{plan}",
                 {"label": f"{plan}-{i}", "sent_at": time.time()},
@@ -165,7 +177,7 @@ def _flood(app: Celery, tenant: str, band: str, count: int, work_ms: int) -> Non
     Publisher(app).publish_many(
         [
             Publication(
-                TaskName.NOOP,
+                NOOP,
                 band,
                 tenant,
                 {"label": f"{tenant}-{band}-{i}", "sent_at": time.time(), "work_ms": work_ms},

@@ -1,9 +1,10 @@
-"""What ``tenants.py`` and ``fairness.py`` share: their environment, the compute worker they
-start, the no-op task they publish and how they read its start times.
+"""What ``bench.tenants`` and ``bench.fairness`` share: their environment, the compute
+worker they start, the no-op task they publish and how they read its start times.
 
 Both measure the queueing layer with a real Celery compute worker (prefork, two processes,
 ``-O fair``, prefetch 1, late acks: what ``celeriac worker --pool compute`` runs) on the
-real Redis broker. The task is ``celeriac.compute.noop``: it logs one JSON line, ``noop
+real Redis broker. The task is ``celeriac.compute.noop`` (bench/noop.py, loaded with
+``--include bench.noop``; the product does not ship it): it logs one JSON line, ``noop
 started``, with the delay from its ``sent_at`` argument (the publisher's ``time.time()``) to
 its start, and then sleeps ``work_ms``. The bench publishes, reads those lines back from the
 worker's log and computes each task's start time as ``sent_at + delay_ms``.
@@ -21,8 +22,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,37 +30,22 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from common import scratch_dir
+from redis import Redis
+
+from bench.kit.cli import note
+from bench.kit.env import bench_pythonpath, clear_process_caches, prewarm, scratch_dir
+from bench.kit.machine import machine_busy_seconds, process_cpu_seconds
+from bench.kit.procs import Process, children
+from bench.noop import NOOP
 
 HOST = "127.0.0.1"
 REDIS_SERVER = f"redis://{HOST}:6379"
 BROKER_DB = 4
 RESULT_DB = 5
-NOOP = "celeriac.compute.noop"
 POOL_QUEUE = "compute"
 HOSTNAME = "compute@bench"
 CONCURRENCY = 2
 STARTUP_TIMEOUT_SECONDS = 120.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(Exception):
-    """Set-up or a worker failed; the message says which."""
-
-
-def _terminate(signum: int, _frame: object) -> None:
-    raise SystemExit(f"stopped by {signal.Signals(signum).name}")
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP unwind like Ctrl-C does, so that every ``finally`` runs."""
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-
-
-def note(message: str) -> None:
-    """Progress goes to stderr; the tables go to stdout."""
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- the worker ---------------------------------------------------------------------------
@@ -69,8 +53,7 @@ def note(message: str) -> None:
 
 WORKER_APP = "celeriac.workers.celery_app"
 # The same app with the band-first dispatcher of before issue 13 (bench/band_first.py).
-BAND_FIRST_APP = "band_first_app"
-BENCH_DIR = Path(__file__).resolve().parent
+BAND_FIRST_APP = "bench.band_first_app"
 
 
 def worker_argv(queues: Sequence[str], app: str = WORKER_APP) -> list[str]:
@@ -98,19 +81,9 @@ def worker_argv(queues: Sequence[str], app: str = WORKER_APP) -> list[str]:
         HOSTNAME,
         "--without-mingle",
         "--without-gossip",
+        "--include",
+        "bench.noop",
     ]
-
-
-# Runs before the worker (which it execs): the kernel sends the worker SIGTERM if the bench
-# dies without cleaning up (SIGKILL), so no worker is left running.
-_LAUNCHER = """
-import ctypes, os, signal, sys
-parent = int(sys.argv[1])
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-if os.getppid() != parent:
-    sys.exit(1)
-os.execv(sys.argv[2], sys.argv[2:])
-"""
 
 
 @dataclass
@@ -121,27 +94,11 @@ class Worker:
     cwd: Path
     log_path: Path
     app: str = WORKER_APP
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
 
     def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            # A session of its own: Ctrl-C reaches only the bench, which then stops the
-            # worker's whole process group.
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _LAUNCHER,
-                    str(os.getpid()),
-                    *worker_argv(self.queues, self.app),
-                ],
-                env=self.env,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+        argv = worker_argv(self.queues, self.app)
+        self.process = Process.start(self.name, argv, self.env, self.cwd, self.log_path, False)
 
     @property
     def pid(self) -> int:
@@ -149,30 +106,16 @@ class Worker:
         return self.process.pid
 
     def check_alive(self) -> None:
-        if self.process is not None and self.process.poll() is not None:
-            raise BenchError(
-                f"worker {self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
-            )
+        if self.process is not None:
+            self.process.check_alive()
 
     def stop(self, grace: float = 20.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process is not None:
+            process.stop(grace)
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(line[:400] for line in text[-lines:])
+        return self.process.log_tail(lines) if self.process is not None else ""
 
 
 @dataclass
@@ -258,15 +201,12 @@ class Publisher:
     def fair(self, tenant: str, label: str, work_ms: int = 0, band: str = "normal") -> None:
         """The product's path: the tenant's queue, then the fair dispatcher's release (the
         product's dispatcher or the band-first one, whichever ``use_design`` chose)."""
-        from celeriac.platform.queues import TaskName
         from celeriac.platform.tasks import Publication, default_publisher
 
         sent = time.time()
         self.sent_at[label] = sent
         kwargs = noop_kwargs(tenant, label, sent, work_ms)
-        self.task_ids[label] = default_publisher().publish(
-            Publication(TaskName.NOOP, band, tenant, kwargs)
-        )
+        self.task_ids[label] = default_publisher().publish(Publication(NOOP, band, tenant, kwargs))
 
     def direct(self, queue: str, tenant: str, label: str, work_ms: int = 0) -> None:
         """Straight to a broker queue by name, no dispatcher."""
@@ -286,50 +226,6 @@ class Publisher:
 # --- measuring ----------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
-def _machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot (user, nice, system, irq, softirq,
-    steal)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle, iowait
-    return (sum(values[:8]) - idle) / CLOCK_TICKS
-
-
-def wait_for_quiet_machine(
-    max_seconds: float = 10.0, busy_pct: float = 40.0, window: float = 0.5
-) -> float:
-    """Wait, up to ``max_seconds``, until the machine is less than ``busy_pct`` busy (in %
-    of one core) over ``window`` seconds, so that a run starts when others' load is low;
-    returns the last reading. Only lowers the odds of a noisy run: load can come back."""
-    deadline = time.monotonic() + max_seconds
-    while True:
-        before = _machine_busy_seconds()
-        time.sleep(window)
-        busy = 100 * (_machine_busy_seconds() - before) / window
-        if busy < busy_pct or time.monotonic() > deadline:
-            if busy >= busy_pct:
-                note(f"  the machine is {busy:.0f}% busy (of one core) before this run")
-            return busy
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
 @dataclass
 class Probe:
     """CPU seconds of the worker's main process, of its pool processes, of Redis, of this
@@ -346,7 +242,7 @@ class Probe:
     commands: dict[str, tuple[int, int]]
 
     @classmethod
-    def take(cls, worker: Worker, client: redis.Redis) -> Probe:
+    def take(cls, worker: Worker, client: Redis) -> Probe:
         info = client.info("commandstats")
         commands = {
             name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
@@ -355,11 +251,11 @@ class Probe:
         redis_pid = int(client.info("server")["process_id"])
         return cls(
             at=time.monotonic(),
-            main=_cpu_seconds(worker.pid),
-            children=sum(_cpu_seconds(child) for child in _children(worker.pid)),
-            redis=_cpu_seconds(redis_pid),
-            bench=_cpu_seconds(os.getpid()),
-            machine=_machine_busy_seconds(),
+            main=process_cpu_seconds(worker.pid),
+            children=sum(process_cpu_seconds(child) for child in children(worker.pid)),
+            redis=process_cpu_seconds(redis_pid),
+            bench=process_cpu_seconds(os.getpid()),
+            machine=machine_busy_seconds(),
             commands=commands,
         )
 
@@ -428,11 +324,7 @@ class BenchEnv:
         self.results.flushdb()
 
     def start_worker(self, name: str, queues: Sequence[str], app: str = WORKER_APP) -> Worker:
-        env = self.child_env
-        if app == BAND_FIRST_APP:
-            env = env | {
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
-            }
+        env = self.child_env | bench_pythonpath(self.child_env)  # bench.noop, band-first
         worker = Worker(name, queues, env, self.root, self.root / f"{name}.log", app)
         self.workers.append(worker)
         worker.start()
@@ -442,37 +334,6 @@ class BenchEnv:
         for worker in self.workers:
             worker.stop()
         self.workers.clear()
-
-
-def _clear_process_caches() -> None:
-    from celeriac.platform import dispatch, settings, tasks
-
-    for cached in (settings.get_settings, dispatch.get_dispatcher):
-        cached.cache_clear()
-    tasks.reset_default_publisher()
-
-
-def _prewarm(env: dict[str, str], cwd: Path) -> None:
-    """Import the worker's code once, plugins included, so that it is compiled into the
-    bench's bytecode cache. A pool process loads the plugins before it reports itself up,
-    and Celery kills one that takes more than ``worker_proc_alive_timeout`` (4 s): compiling
-    scikit-learn from source on every start (PYTHONDONTWRITEBYTECODE) can take longer."""
-    code = (
-        "import celeriac.workers.celery_app\n"
-        "from celeriac.workers.compute import get_registry\n"
-        "get_registry()\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise BenchError(f"importing the worker's code failed:\n{done.stderr[-2000:]}")
 
 
 @contextlib.contextmanager
@@ -497,7 +358,7 @@ def bench_env(name: str) -> Iterator[BenchEnv]:
     for key in saved:
         del os.environ[key]
     os.environ.update(settings)
-    _clear_process_caches()
+    clear_process_caches()
     child_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     child_env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
     broker = redis.Redis.from_url(settings["CELERIAC_BROKER_URL"], socket_timeout=30)
@@ -507,7 +368,7 @@ def bench_env(name: str) -> Iterator[BenchEnv]:
         bench.flush()
         migrate.upgrade(database_url)
         note("compiling the worker's code into the bench's bytecode cache ...")
-        _prewarm(child_env, root)
+        prewarm(child_env, root)
         yield bench
     finally:
         bench.stop_workers()
@@ -515,7 +376,7 @@ def bench_env(name: str) -> Iterator[BenchEnv]:
             bench.flush()
         broker.close()
         results.close()
-        _clear_process_caches()
+        clear_process_caches()
         for key in settings:
             os.environ.pop(key, None)
         os.environ.update(saved)
