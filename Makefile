@@ -68,7 +68,7 @@ up: $(STAMP)
 	@echo "make: starting $(VENV)/bin/celeriac up (it prints its progress, then a banner once every pool answers)"
 	$(VENV)/bin/celeriac up
 
-## Re-vendor the browser assets (htmx, uPlot, Swagger UI; axe-core for the tests) from
+## Re-vendor the browser assets (htmx and its SSE extension, uPlot, Swagger UI; axe-core for the tests) from
 ## web/package-lock.json. The copies are committed, so `make up` needs no npm; run this
 ## after changing a version in web/package.json (then `npm install --package-lock-only`).
 VENDOR_DIR := platform/console/static/vendor
@@ -76,6 +76,7 @@ vendor:
 	cd web && npm ci --ignore-scripts --no-audit --no-fund
 	mkdir -p $(VENDOR_DIR) tests/browser/vendor
 	cp web/node_modules/htmx.org/dist/htmx.min.js $(VENDOR_DIR)/htmx.min.js
+	cp web/node_modules/htmx-ext-sse/dist/sse.min.js $(VENDOR_DIR)/sse.min.js
 	cp web/node_modules/uplot/dist/uPlot.iife.min.js $(VENDOR_DIR)/uPlot.iife.min.js
 	cp web/node_modules/uplot/dist/uPlot.min.css $(VENDOR_DIR)/uPlot.min.css
 	cp web/node_modules/swagger-ui-dist/swagger-ui-bundle.js $(VENDOR_DIR)/swagger-ui-bundle.js
@@ -101,6 +102,7 @@ fmt: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests
 
 pytest: $(STAMP) $(CHECKOV_STAMP) $(COMPOSE_SCHEMA) prometheus browser
 	$(VENV)/bin/pytest -n auto --dist loadgroup

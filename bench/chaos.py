@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,6 +60,9 @@ STALL_SECONDS = 8.0
 RECONCILE_SECONDS = 2.0
 RECOVERY_BOUND = STALL_SECONDS + RECONCILE_SECONDS + 30.0
 RECORDS = sample_records()[:200]
+# workers/celery_app.TENANT_DESTRUCTION_INTERVAL_SECONDS (not imported: the suite
+# imports no worker code).
+TENANT_DESTRUCTION_SECONDS = 60.0
 PIPELINE = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
 
 
@@ -176,11 +180,20 @@ class RedisServer:
 
 
 class Receiver:
-    """A webhook receiver: counts deliveries per message id, answers 204."""
+    """A webhook receiver: counts deliveries per message id. It answers 204, or, as a
+    scenario sets it, 503 with Retry-After (nothing delivered) or is absent (its port
+    closed: connection refused) until :meth:`reopen`."""
 
     def __init__(self) -> None:
         self.deliveries: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()  # 503 answers per message id
         self.jobs: dict[str, str] = {}
+        self.unavailable = False
+        self.port = 0
+        self.server: ThreadingHTTPServer | None = None
+        self.reopen()
+
+    def reopen(self) -> None:
         received = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -189,6 +202,12 @@ class Receiver:
                 message_id = self.headers.get("webhook-id", "")
                 with contextlib.suppress(ValueError, KeyError):
                     received.jobs[message_id] = json.loads(body)["data"]["job_id"]
+                if received.unavailable:
+                    received.refused[message_id] += 1
+                    self.send_response(503)
+                    self.send_header("Retry-After", "2")
+                    self.end_headers()
+                    return
                 received.deliveries[message_id] += 1
                 self.send_response(204)
                 self.end_headers()
@@ -196,9 +215,21 @@ class Receiver:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
-        self.url = f"http://{HOST}:{self.server.server_address[1]}/"
+        # The same port again (HTTPServer sets SO_REUSEADDR): the registered URL stays.
+        self.server = ThreadingHTTPServer((HOST, self.port), Handler)
+        self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/"
+
+    def close(self) -> None:
+        """Absent: the port refuses connections."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
 
     def for_jobs(self, job_ids: set[str]) -> tuple[int, int, int]:
         """Webhooks ok (delivered once), duplicate (more than once), missing (never)."""
@@ -225,10 +256,37 @@ class Platform:
     workers: dict[str, Process] = field(default_factory=dict)
     beat: Process | None = None
     baseline: dict[str, Any] | None = None
+    # The API key of each job submitted for a tenant other than the bench's own.
+    job_keys: dict[str, str] = field(default_factory=dict)
+    _admin_token: str = ""
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.env.api_key}"}
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        if not self._admin_token:
+            self._admin_token = self.env.celeriac("admin", "token", "--ttl", "86400").strip()
+        return {"Authorization": f"Bearer {self._admin_token}"}
+
+    def new_tenant(self, slug: str, *quotas: str) -> tuple[str, str]:
+        """A tenant of its own (unlimited quotas but ``quotas``, a webhook to the receiver):
+        (id, API key)."""
+        out = self.env.celeriac("admin", "create-tenant", slug)
+        fields = dict(ln.split("=", 1) for ln in out.splitlines() if "=" in ln)
+        names = {q.split("=", 1)[0] for q in quotas}
+        unlimited = [q for q in harness.UNLIMITED_QUOTAS if q.split("=", 1)[0] not in names]
+        self.env.celeriac("admin", "set-quotas", slug, *unlimited, *quotas)
+        hook = httpx.post(
+            f"{self.env.api_url}/v1/webhooks",
+            headers={"Authorization": f"Bearer {fields['api_key']}"},
+            json={"url": self.receiver.url, "event_types": ["job.*"]},
+            timeout=30,
+        )
+        if hook.status_code != 201:
+            raise BenchError(f"registering the receiver for {slug} failed: {hook.text}")
+        return fields["tenant_id"].strip(), fields["api_key"].strip()
 
     def start(self) -> None:
         self.api = self.env.start_api()
@@ -275,9 +333,12 @@ class Platform:
                     total += int(line.split()[1])
         return total / 1024
 
-    def submit(self, key: str | None = None, timeout: float = 120.0) -> str:
+    def submit(
+        self, key: str | None = None, timeout: float = 120.0, api_key: str | None = None
+    ) -> str:
         """One job, retried (same Idempotency-Key) until the API accepts it."""
         key = key or uuid.uuid4().hex
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else self.headers
         body = {"pipeline": PIPELINE, "records": RECORDS}
         deadline = time.monotonic() + timeout
         while True:
@@ -286,10 +347,13 @@ class Platform:
                     f"{self.env.api_url}/v1/jobs",
                     json=body,
                     timeout=10,
-                    headers={**self.headers, "Idempotency-Key": key},
+                    headers={**headers, "Idempotency-Key": key},
                 )
                 if answer.status_code == 202:
-                    return str(answer.json()["id"])
+                    job_id = str(answer.json()["id"])
+                    if api_key:
+                        self.job_keys[job_id] = api_key
+                    return job_id
                 if answer.status_code == 500:
                     raise BenchError(f"a submission answered 500: {answer.text}")
             if time.monotonic() > deadline:
@@ -315,8 +379,10 @@ class Platform:
         return None
 
     def analyses(self, job_id: str) -> Any:
+        key = self.job_keys.get(job_id)
+        headers = {"Authorization": f"Bearer {key}"} if key else self.headers
         answer = httpx.get(
-            f"{self.env.api_url}/v1/jobs/{job_id}/results", headers=self.headers, timeout=30
+            f"{self.env.api_url}/v1/jobs/{job_id}/results", headers=headers, timeout=30
         )
         return answer.json().get("analyses") if answer.status_code == 200 else None
 
@@ -344,10 +410,16 @@ class Outcome:
     duplicated_usage: int = 0
     webhooks: tuple[int, int, int] = (0, 0, 0)
     recover_seconds: float | None = None
+    webhook_seconds: float | None = None  # until every webhook was delivered
     rss_start: float = 0.0
     rss_end: float = 0.0
     notes: list[str] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)  # jobs a fault submitted itself
+    # Jobs the fault judged itself (a deleted tenant's: cancelled, no result, no webhook):
+    # True when its outcome was right. They count as submitted, final and lost as any job.
+    judged: dict[str, bool] = field(default_factory=dict)
+    # Checks run once every job is final (what a fault must not have left behind).
+    after: list[Callable[[], None]] = field(default_factory=list)
 
     def met(self) -> bool:
         return (
@@ -387,7 +459,7 @@ def _run(platform: Platform, name: str, jobs: int, fault: Fault) -> Outcome:
     fault_ended = time.monotonic()
     thread.join(300)
     outcome.notes += [f"FAIL: submitting: {exc}" for exc in failures]
-    job_ids = set(submitted) | set(outcome.job_ids)
+    job_ids = set(submitted) | set(outcome.job_ids) | set(outcome.judged)
     outcome.submitted = len(job_ids)
     took = platform.wait_final(job_ids, fault_ended + RECOVERY_BOUND + 60)
     # From the end of the fault (the wait began when the last submission was accepted).
@@ -395,20 +467,27 @@ def _run(platform: Platform, name: str, jobs: int, fault: Fault) -> Outcome:
     states = platform.states(job_ids)
     outcome.final = sum(1 for s in states.values() if s in FINAL_STATES)
     outcome.lost = outcome.submitted - outcome.final
-    outcome.correct = sum(1 for j in job_ids if platform.analyses(j) == platform.baseline)
+    scored = job_ids - set(outcome.judged)
+    outcome.correct = sum(1 for j in scored if platform.analyses(j) == platform.baseline)
+    outcome.correct += sum(outcome.judged.values())
     with platform.env.db() as conn:
         for job_id, state, error in conn.execute(
             "SELECT id::text, state, error FROM jobs WHERE id::text = ANY(%s) "
             "AND state <> 'succeeded'",
-            (list(job_ids),),
+            (list(scored),),
         ).fetchall():
             outcome.notes.append(f"job {job_id}: {state}: {error}")
     outcome.duplicated_usage = platform.duplicated_usage(job_ids) - before
-    # Webhooks may still be on their way for the last jobs: give them the bound too.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and platform.receiver.for_jobs(job_ids)[2]:
+    # Webhooks may still be on their way for the last jobs (the retry schedule is a few
+    # seconds in this suite): give them the bound too.
+    deadline = time.monotonic() + RECOVERY_BOUND
+    while time.monotonic() < deadline and platform.receiver.for_jobs(scored)[2]:
         time.sleep(0.5)
-    outcome.webhooks = platform.receiver.for_jobs(job_ids)
+    outcome.webhooks = platform.receiver.for_jobs(scored)
+    if outcome.webhooks[2] == 0:
+        outcome.webhook_seconds = time.monotonic() - fault_ended
+    for check in outcome.after:
+        check()
     outcome.rss_end = platform.rss_mib()
     return outcome
 
@@ -513,22 +592,179 @@ def api_sigkill_idempotent_clients(platform: Platform) -> Outcome:
     return _run(platform, "api-sigkill-idempotency", 0, fault)
 
 
+def tenant_suspended(platform: Platform) -> Outcome:
+    """A second tenant's 8 queued jobs; the tenant suspended for 15 s, then resumed. No job
+    of it may start while it is suspended; all must then succeed, and the bench tenant's
+    jobs run on meanwhile."""
+
+    def fault(p: Platform, outcome: Outcome) -> None:
+        # One running job at a time and 8 submitted at once: most are queued when the
+        # suspension comes (submitted one by one, they ended as fast as they came).
+        tenant_id, key = p.new_tenant(f"chaos-held-{uuid.uuid4().hex[:6]}", "max_running_jobs=1")
+        held = _submit_at_once(p, key, 8)
+        answer = httpx.patch(
+            f"{p.env.api_url}/v1/admin/tenants/{tenant_id}",
+            headers=p.admin_headers,
+            json={"status": "suspended"},
+            timeout=30,
+        )
+        if answer.status_code != 200:
+            outcome.notes.append(f"FAIL: suspending answered {answer.status_code}")
+        suspended_at = _db_now(p)
+        queued_at_suspension = _queued(p, held)
+        if not queued_at_suspension:
+            outcome.notes.append("FAIL: no job was queued at the suspension (nothing tested)")
+        time.sleep(15)
+        # Jobs already started finish; none may start after the suspension (1 s for every
+        # process to see it, as the API documents "within seconds").
+        with p.env.db() as conn:
+            started = conn.execute(
+                "SELECT count(*) FROM jobs WHERE id::text = ANY(%s) "
+                "AND started_at > %s + interval '1 second'",
+                (held, suspended_at),
+            ).fetchone()
+        outcome.notes.append(
+            f"suspended tenant: {len(held)} jobs, {queued_at_suspension} queued at the "
+            f"suspension, {_queued(p, held)} still queued 15 s later, "
+            f"{started[0] if started else '?'} started while suspended"
+        )
+        if started is None or started[0]:
+            outcome.notes.append("FAIL: a job of the suspended tenant started")
+        answer = httpx.patch(
+            f"{p.env.api_url}/v1/admin/tenants/{tenant_id}",
+            headers=p.admin_headers,
+            json={"status": "active"},
+            timeout=30,
+        )
+        if answer.status_code != 200:
+            outcome.notes.append(f"FAIL: resuming answered {answer.status_code}")
+        outcome.job_ids = held
+
+    return _run(platform, "tenant-suspended", 8, fault)
+
+
+def tenant_deleted(platform: Platform) -> Outcome:
+    """A second tenant's 8 queued jobs; the tenant deleted. Every job of it ends
+    ``cancelled`` (or had succeeded before), nothing of it is written or billed after the
+    delete, and the bench tenant's jobs run on meanwhile."""
+
+    def fault(p: Platform, outcome: Outcome) -> None:
+        tenant_id, key = p.new_tenant(f"chaos-doomed-{uuid.uuid4().hex[:6]}", "max_running_jobs=2")
+        doomed = [p.submit(api_key=key) for _ in range(8)]
+        answer = httpx.delete(
+            f"{p.env.api_url}/v1/admin/tenants/{tenant_id}", headers=p.admin_headers, timeout=30
+        )
+        deleted_at = _db_now(p)
+        if answer.status_code != 200:
+            outcome.notes.append(f"FAIL: deleting answered {answer.status_code}")
+        with p.env.db() as conn:
+            rows = conn.execute(
+                "SELECT id::text, state, finished_at FROM jobs WHERE id::text = ANY(%s)",
+                (doomed,),
+            ).fetchall()
+        ended = Counter(state for _, state, _ in rows)
+        for job_id, state, finished_at in rows:
+            outcome.judged[job_id] = state == "cancelled" or (
+                state == "succeeded" and finished_at is not None and finished_at <= deleted_at
+            )
+        outcome.notes.append(f"deleted tenant: {len(doomed)} jobs at the delete: {dict(ended)}")
+        blobs = p.env.var_dir / "blobs" / "tenants" / tenant_id
+
+        def nothing_after_the_delete() -> None:
+            # Beat's sweep deletes the blobs (every TENANT_DESTRUCTION_INTERVAL_SECONDS).
+            deadline = time.monotonic() + TENANT_DESTRUCTION_SECONDS + RECOVERY_BOUND
+            while time.monotonic() < deadline and blobs.exists() and any(blobs.rglob("*")):
+                time.sleep(0.5)
+            left = [f for f in blobs.rglob("*") if f.is_file()] if blobs.exists() else []
+            written = [f for f in left if f.stat().st_mtime > deleted_at.timestamp()]
+            with p.env.db() as conn:
+                billed = conn.execute(
+                    "SELECT metric, count(*) FROM usage_records WHERE tenant_id = %s "
+                    "AND recorded_at > %s + interval '1 second' GROUP BY 1",
+                    (tenant_id, deleted_at),
+                ).fetchall()
+                states = Counter(
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT state FROM jobs WHERE id::text = ANY(%s)", (doomed,)
+                    ).fetchall()
+                )
+            outcome.notes.append(
+                f"deleted tenant, at the end: jobs {dict(states)}; {len(left)} blobs left, "
+                f"{len(written)} written after the delete; usage recorded after: {dict(billed)}"
+            )
+            if left or billed or set(states) - {"cancelled", "succeeded"}:
+                outcome.notes.append("FAIL: the deleted tenant's work went on after the delete")
+
+        outcome.after.append(nothing_after_the_delete)
+
+    return _run(platform, "tenant-deleted", 8, fault)
+
+
+def receiver_unavailable(platform: Platform) -> Outcome:
+    """The webhook receiver answers 503 (Retry-After: 2) for 15 s, then is absent
+    (connection refused) for 15 s, then back: every webhook arrives once."""
+
+    def fault(p: Platform, outcome: Outcome) -> None:
+        p.receiver.unavailable = True
+        time.sleep(15)
+        p.receiver.close()
+        p.receiver.unavailable = False
+        time.sleep(15)
+        p.receiver.reopen()
+        outcome.notes.append(f"503 answers while unavailable: {sum(p.receiver.refused.values())}")
+
+    return _run(platform, "receiver-503-then-absent", 12, fault)
+
+
 SOAK_SECONDS = 600.0
+SOAK_INTERVAL = 2.0
 
 
 def soak(platform: Platform) -> Outcome:
-    """A 10-minute soak: a job a second, no fault; RSS may grow at most 10 %."""
-    jobs = int(SOAK_SECONDS)
+    """A 10-minute soak: a job every 2 s, no fault; RSS may grow at most 10 %."""
 
     def fault(p: Platform, outcome: Outcome) -> None:
-        time.sleep(SOAK_SECONDS / 2)  # half-way: the rest of the submissions continue
+        samples = []
+        started = time.monotonic()
+        next_sample = started
+        while time.monotonic() - started < SOAK_SECONDS:
+            began = time.monotonic()
+            outcome.job_ids.append(p.submit(timeout=240))
+            if began >= next_sample:
+                samples.append(f"{p.rss_mib():.0f}")
+                next_sample += 60
+            time.sleep(max(0.0, SOAK_INTERVAL - (time.monotonic() - began)))
+        outcome.notes.append(f"RSS MiB each minute: {' '.join(samples)}")
 
-    outcome = _run(platform, "soak", jobs, fault)
+    outcome = _run(platform, "soak", 0, fault)
     if outcome.rss_end > outcome.rss_start * 1.10:
         outcome.notes.append(
             f"FAIL: RSS grew {outcome.rss_end / outcome.rss_start - 1:.0%} in the soak"
         )
     return outcome
+
+
+def _submit_at_once(platform: Platform, api_key: str, jobs: int) -> list[str]:
+    """``jobs`` submitted concurrently for the tenant of ``api_key``."""
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(lambda _: platform.submit(api_key=api_key), range(jobs)))
+
+
+def _queued(platform: Platform, job_ids: list[str]) -> int:
+    with platform.env.db() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM jobs WHERE id::text = ANY(%s) AND state = 'queued'",
+            (job_ids,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _db_now(platform: Platform) -> Any:
+    with platform.env.db() as conn:
+        row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return row[0]
 
 
 SCENARIOS: dict[str, Callable[[Platform], Outcome]] = {
@@ -538,6 +774,9 @@ SCENARIOS: dict[str, Callable[[Platform], Outcome]] = {
     "broker-restart": broker_restart,
     "postgres-stopped-15s": postgres_down,
     "api-sigkill-idempotency": api_sigkill_idempotent_clients,
+    "tenant-suspended": tenant_suspended,
+    "tenant-deleted": tenant_deleted,
+    "receiver-503-then-absent": receiver_unavailable,
     "soak": soak,
 }
 
@@ -556,6 +795,9 @@ def platform_up(log_level: str, keep_logs: bool) -> Iterator[Platform]:
         "CELERIAC_WEBHOOKS__ALLOW_HTTP": "true",
         "CELERIAC_WEBHOOKS__ALLOWED_CIDRS": '["127.0.0.0/8"]',
         "CELERIAC_WORKERS__COMPUTE_MAX_TASKS_PER_CHILD": str(harness.NO_REPLACEMENT),
+        # Seconds, not the production minutes, so that a receiver's outage is retried
+        # within the recovery bound.
+        "CELERIAC_WEBHOOKS__RETRY_SCHEDULE_SECONDS": "[2, 4, 8, 8, 8, 8, 8, 8, 8, 8]",
     }
     try:
         pg = PostgresCluster()
@@ -579,7 +821,7 @@ def platform_up(log_level: str, keep_logs: bool) -> Iterator[Platform]:
             yield platform
     finally:
         if receiver is not None:
-            receiver.server.shutdown()
+            receiver.close()
         if redis_server is not None:
             redis_server.kill()
         if pg is not None:
@@ -589,14 +831,15 @@ def platform_up(log_level: str, keep_logs: bool) -> Iterator[Platform]:
 def _table(outcomes: list[Outcome]) -> str:
     header = (
         f"{'scenario':<26} {'sub':>4} {'final':>5} {'ok':>4} {'lost':>4} {'dupU':>4} "
-        f"{'wh ok/dup/miss':>14} {'recover s':>9} {'RSS MiB start/end':>17}  met"
+        f"{'wh ok/dup/miss':>14} {'recover s':>9} {'wh s':>5} {'RSS MiB start/end':>17}  met"
     )
     lines = [header, "-" * len(header)]
     for o in outcomes:
         recover = f"{o.recover_seconds:.1f}" if o.recover_seconds is not None else "never"
+        hooks = f"{o.webhook_seconds:.1f}" if o.webhook_seconds is not None else "never"
         lines.append(
             f"{o.name:<26} {o.submitted:>4} {o.final:>5} {o.correct:>4} {o.lost:>4} "
-            f"{o.duplicated_usage:>4} {'/'.join(map(str, o.webhooks)):>14} {recover:>9} "
+            f"{o.duplicated_usage:>4} {'/'.join(map(str, o.webhooks)):>14} {recover:>9} {hooks:>5} "
             f"{o.rss_start:>8.0f}/{o.rss_end:<8.0f}  {'yes' if o.met() else 'NO'}"
         )
         lines += [f"    {n}" for n in o.notes]

@@ -592,6 +592,9 @@ def run_observability(args: argparse.Namespace) -> bool:
     sink = OtlpSink()
     samples: dict[str, list[Sample]] = {"off": [], "on": []}
     loads: dict[str, list[float]] = {"off": [], "on": []}
+    # CPU seconds per component, summed over a variant's measured phases (each phase starts
+    # its own processes, so one meter per phase, added up here).
+    cpu: dict[str, dict[str, float]] = {"off": {}, "on": {}}
     per_phase = max(1, args.jobs // args.phases)
     try:
         with environment(
@@ -612,8 +615,13 @@ def run_observability(args: argparse.Namespace) -> bool:
                         celeriac.run()
                     wait_for_quiet_machine()
                     note(f"phase {index + 1}/{2 * args.phases}: {variant}, {per_phase} jobs")
-                    for _ in range(per_phase):
-                        samples[variant].append(celeriac.run())
+                    groups = {api.pid: "api", **{w.pid: pool for pool, w in workers.items()}}
+                    meter = CpuMeter(groups)
+                    with meter:
+                        for _ in range(per_phase):
+                            samples[variant].append(celeriac.run())
+                    for name, seconds in meter.totals.items():
+                        cpu[variant][name] = cpu[variant].get(name, 0.0) + seconds
                     loads[variant].append(os.getloadavg()[0])
                 finally:
                     stop.set()
@@ -637,6 +645,20 @@ def run_observability(args: argparse.Namespace) -> bool:
             f"{variant:<10}{len(totals):>6}{p50[variant]:>9.1f}{percentile(totals, 0.95):>9.1f}"
             f"{percentile(totals, 0.99):>9.1f}{statistics.mean(loads[variant]):>9.2f}"
         )
+    components = ("api", "orchestration", "distribution", "compute")
+    print(
+        "\nCPU ms per job (the platform's processes; these vary far less than the wall clock "
+        "on a shared machine)"
+    )
+    print(f"{'variant':<10}" + "".join(f"{c:>14}" for c in components) + f"{'sum':>9}")
+    per_job = {}
+    for variant, totals in cpu.items():
+        n = max(1, len(samples[variant]))
+        values = [1000 * totals.get(c, 0.0) / n for c in components]
+        per_job[variant] = sum(values)
+        print(f"{variant:<10}" + "".join(f"{v:>14.1f}" for v in values) + f"{sum(values):>9.1f}")
+    if per_job["off"]:
+        print(f"CPU per job on / off: {per_job['on'] / per_job['off']:.3f}")
     cost = p50["on"] / p50["off"] - 1
     met = cost < OBSERVABILITY_TARGET
     print(

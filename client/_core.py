@@ -176,7 +176,7 @@ def as_frames(value: Any) -> Any:
     becomes a DataFrame, a mapping of column -> statistics a DataFrame indexed by
     column; other values stay as they are."""
     try:
-        import pandas as pd
+        import pandas as pd  # noqa: PLC0415 - pandas is optional for the client
     except ImportError:
         raise ImportError(
             "results(as_frame=True) needs pandas: pip install 'celeriac-client[pandas]'"

@@ -4,6 +4,8 @@ raises :class:`APIError` (a subclass per status), carrying the problem's fields.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -128,8 +130,6 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
-    from datetime import UTC, datetime
-    from email.utils import parsedate_to_datetime
 
     try:
         when = parsedate_to_datetime(value)

@@ -29,8 +29,9 @@ class _Callback:
 
 class _Rich:
     def __init__(self, job_id: str) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        # Imported here: rich is optional.
+        from rich.console import Console  # noqa: PLC0415
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
 
         self.job_id = job_id
         self.progress = Progress(
@@ -56,7 +57,8 @@ class _Rich:
 
 
 class _Tqdm:
-    def __init__(self, job_id: str) -> None:
+    # ARG002: every display is built with the job's id
+    def __init__(self, job_id: str) -> None:  # noqa: ARG002
         self.bars: dict[str, Any] = {}
 
     def update(self, event: JobEvent) -> None:
@@ -81,7 +83,8 @@ class _Plain:
     def update(self, event: JobEvent) -> None:
         where = f" {event.stage} {event.done}/{event.total}" if event.stage else ""
         failed = f" ({event.failed} failed)" if event.failed else ""
-        print(f"job {self.job_id}: {event.state.value}{where}{failed}", file=sys.stderr)
+        # T201: the plain display is lines on stderr.
+        print(f"job {self.job_id}: {event.state.value}{where}{failed}", file=sys.stderr)  # noqa: T201
 
     def close(self) -> None:
         pass

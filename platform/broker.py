@@ -34,7 +34,8 @@ class AtomicFilesystemChannel(filesystem.Channel):
     """
 
     # As kombu's filesystem Channel._put (whose stub already differs from its base).
-    def _put(self, queue: str, payload: dict[str, Any], **kwargs: Any) -> None:  # type: ignore[override]
+    # ARG002: kombu's Channel._put signature
+    def _put(self, queue: str, payload: dict[str, Any], **kwargs: Any) -> None:  # type: ignore[override]  # noqa: ARG002
         filename = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         folder = self.data_folder_out
         fd, partial = tempfile.mkstemp(prefix=".partial-", dir=folder)

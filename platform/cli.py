@@ -75,7 +75,8 @@ def migrate(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Apply database migrations (Alembic) up to REVISION."""
-    from celeriac.platform import migrate as migrations
+    # Imported here: a command imports only what it runs.
+    from celeriac.platform import migrate as migrations  # noqa: PLC0415
 
     _settings()
     migrations.upgrade(revision=revision)
@@ -89,7 +90,7 @@ def api(
     workers: Annotated[int, typer.Option(help="Uvicorn worker processes.")] = 1,
 ) -> None:
     """Run the REST API (FastAPI under uvicorn)."""
-    import uvicorn
+    import uvicorn  # noqa: PLC0415 - a command imports only what it runs
 
     settings = _settings()
     host = host or settings.api.host
@@ -105,6 +106,7 @@ def api(
         workers=workers,
         log_config=None,
         proxy_headers=True,
+        timeout_worker_healthcheck=settings.api.worker_healthcheck_seconds,
     )
     ports = [port]
     if settings.api.ops_port is not None:
@@ -116,8 +118,9 @@ def api(
 
 def _serve(config: uvicorn.Config, ports: list[int]) -> None:
     """What ``uvicorn.run`` does, with one listening socket per port (it binds only one)."""
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
+    # Imported here: a command imports only what it runs.
+    import uvicorn  # noqa: PLC0415
+    from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
 
     sockets = []
     for port in ports:
@@ -147,7 +150,8 @@ def _metrics_dir(settings: Settings, name: str, port: int | None = None) -> None
     if port is not None:
         os.environ["CELERIAC_OBSERVABILITY__METRICS_PORT"] = str(port)
     if settings.observability.metrics_enabled:
-        from celeriac.platform.metrics import prepare_multiprocess_dir
+        # Imported here: a command imports only what it runs.
+        from celeriac.platform.metrics import prepare_multiprocess_dir  # noqa: PLC0415
 
         prepare_multiprocess_dir(settings.observability.metrics_dir / name)
 
@@ -230,9 +234,10 @@ def create_tenant(
     with_key: Annotated[bool, typer.Option(help="Also issue an API key with every scope.")] = True,
 ) -> None:
     """Create a tenant and print its id (and a new API key, shown only this once)."""
-    from celeriac.platform.db import transaction
-    from celeriac.platform.keys.service import create_api_key
-    from celeriac.platform.tenants import service as tenants
+    # Imported here: a command imports only what it runs.
+    from celeriac.platform.db import transaction  # noqa: PLC0415
+    from celeriac.platform.keys.service import create_api_key  # noqa: PLC0415
+    from celeriac.platform.tenants import service as tenants  # noqa: PLC0415
 
     settings = _settings()
     try:
@@ -268,12 +273,13 @@ def set_quotas(
     ] = None,
 ) -> None:
     """Replace a tenant's quota overrides (as PUT /v1/admin/tenants/{id}/quotas; audited)."""
-    from pydantic import ValidationError
+    # Imported here: a command imports only what it runs.
+    from pydantic import ValidationError  # noqa: PLC0415
 
-    from celeriac.platform.db import transaction
-    from celeriac.platform.quotas.schemas import QuotaOverrides
-    from celeriac.platform.quotas.service import set_quotas as replace_quotas
-    from celeriac.platform.tenants import service as tenants
+    from celeriac.platform.db import transaction  # noqa: PLC0415
+    from celeriac.platform.quotas.schemas import QuotaOverrides  # noqa: PLC0415
+    from celeriac.platform.quotas.service import set_quotas as replace_quotas  # noqa: PLC0415
+    from celeriac.platform.tenants import service as tenants  # noqa: PLC0415
 
     _settings()
     values: dict[str, int | str | None] = {}
@@ -303,7 +309,8 @@ def token(
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds.", min=60)] = 3600,
 ) -> None:
     """Print a signed JWT for the admin or billing API."""
-    from celeriac.platform.auth.jwt import Role, mint_token
+    # Imported here: a command imports only what it runs.
+    from celeriac.platform.auth.jwt import Role, mint_token  # noqa: PLC0415
 
     try:
         parsed = Role(role)
@@ -354,9 +361,10 @@ def _ensure_port_free(host: str, port: int) -> None:
 
 def _ensure_demo_tenant(settings: Settings) -> str:
     """Create the demo tenant and its key on first run; the key is kept in var/secrets."""
-    from celeriac.platform.db import transaction
-    from celeriac.platform.keys.service import create_api_key
-    from celeriac.platform.tenants import service as tenants
+    # Imported here: a command imports only what it runs.
+    from celeriac.platform.db import transaction  # noqa: PLC0415
+    from celeriac.platform.keys.service import create_api_key  # noqa: PLC0415
+    from celeriac.platform.tenants import service as tenants  # noqa: PLC0415
 
     key_file = settings.var_dir / "secrets" / "demo-api-key"
     with transaction() as session:
@@ -384,12 +392,20 @@ class Child:
     process: subprocess.Popen[bytes]
 
 
-def _start(name: str, args: list[str]) -> Child:
+def _start(name: str, args: list[str], env: dict[str, str] | None = None) -> Child:
     # A session of its own: Ctrl-C reaches only `up`, which then stops children in order.
     process = subprocess.Popen(
-        [sys.executable, "-m", "celeriac.platform.cli", *args], start_new_session=True
+        [sys.executable, "-m", "celeriac.platform.cli", *args], start_new_session=True, env=env
     )
     return Child(name, process)
+
+
+def _children_env(settings: Settings, url: str) -> dict[str, str] | None:
+    """The children's environment: the webhook events' ``results_url`` names the API
+    ``up`` runs (``--port``, ``CELERIAC_API__PORT``) unless the public URL is set."""
+    if "public_api_url" in settings.webhooks.model_fields_set:
+        return None
+    return {**os.environ, "CELERIAC_WEBHOOKS__PUBLIC_API_URL": url}
 
 
 def _stop_all(children: list[Child], grace: float = 20.0) -> None:
@@ -428,7 +444,7 @@ def _wait_for(what: str, ready: Callable[[], bool], children: list[Child], deadl
 
 
 def _api_answers(url: str) -> bool:
-    import httpx
+    import httpx  # noqa: PLC0415 - a command imports only what it runs
 
     try:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
@@ -438,10 +454,11 @@ def _api_answers(url: str) -> bool:
 
 def _pool_answers(settings: Settings) -> Callable[[Pool], Callable[[], bool]]:
     """A ping task per pool, sent once and awaited: the worker consumes and answers."""
-    from celery import Celery
-    from celery.exceptions import TimeoutError as CeleryTimeout
+    # Imported here: a command imports only what it runs.
+    from celery import Celery  # noqa: PLC0415
+    from celery.exceptions import TimeoutError as CeleryTimeout  # noqa: PLC0415
 
-    from celeriac.platform.tasks import celery_config
+    from celeriac.platform.tasks import celery_config  # noqa: PLC0415
 
     client = Celery("celeriac-up", set_as_current=False)
     client.conf.update(celery_config(settings))
@@ -461,7 +478,8 @@ def _pool_answers(settings: Settings) -> Callable[[Pool], Callable[[], bool]]:
 
 
 def _registry_published() -> bool:
-    from celeriac.platform.jobs.pipelines import load_plugins
+    # Imported here: a command imports only what it runs.
+    from celeriac.platform.jobs.pipelines import load_plugins  # noqa: PLC0415
 
     return bool(load_plugins())
 
@@ -500,8 +518,9 @@ def up(
 ) -> None:
     """Run everything on one machine: migrate, then the API, one worker per pool and beat.
     Creates a demo tenant and API key on first run; Ctrl-C stops everything."""
-    from celeriac.platform import migrate as migrations
-    from celeriac.platform.auth.jwt import Role, mint_token
+    # Imported here: a command imports only what it runs.
+    from celeriac.platform import migrate as migrations  # noqa: PLC0415
+    from celeriac.platform.auth.jwt import Role, mint_token  # noqa: PLC0415
 
     settings = _settings()
     host, port = settings.api.host, port or settings.api.port
@@ -517,11 +536,12 @@ def up(
     status = 0
     try:
         _progress("starting the API, one worker per pool and beat")
-        children.append(_start("api", ["api", "--host", host, "--port", str(port)]))
-        for pool in Pool:
-            children.append(_start(f"worker-{pool.value}", ["worker", "--pool", pool.value]))
-        children.append(_start("beat", ["beat"]))
         url = f"http://{host}:{port}"
+        env = _children_env(settings, url)
+        children.append(_start("api", ["api", "--host", host, "--port", str(port)], env))
+        for pool in Pool:
+            children.append(_start(f"worker-{pool.value}", ["worker", "--pool", pool.value], env))
+        children.append(_start("beat", ["beat"], env))
         _wait_ready(settings, url, children, timeout=settings.api.up_ready_timeout_seconds)
         banner = (
             f"Celeriac is up at {url} (docs at {url}/docs)\n"

@@ -60,6 +60,13 @@ class Forbidden(ProblemError):
     title = "Forbidden"
 
 
+class TenantSuspended(Forbidden):
+    """A suspended tenant's key tried to change something (its reads still answer)."""
+
+    code = "tenant-suspended"
+    title = "Tenant suspended"
+
+
 class MissingScopes(Forbidden):
     code = "insufficient-scope"
     title = "Insufficient scope"

@@ -69,6 +69,9 @@ class JsonLinesFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            # Which process wrote it (uvicorn's --workers and Celery's prefork children
+            # share one stream).
+            "process": record.process,
         }
         line.update(_context.get())
         # The current span's ids (when tracing is on), so a log line leads to its trace.

@@ -79,7 +79,7 @@ JOB_DURATION = Histogram(
 )
 JOB_QUEUE_WAIT = Histogram(
     "celeriac_job_queue_wait_seconds",
-    "Submission to the job's start (its first compute stage sent).",
+    "Submission to the first compute start (the first of the job's compute tasks claimed).",
     ["band"],
     buckets=_JOB_BUCKETS,
 )
@@ -136,6 +136,40 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
+class _Children:
+    """A family's children by label values, looked up once each: ``labels()`` takes the
+    family's lock and builds a key from its arguments on every call, which the request
+    and task paths paid twice each (the label sets are bounded, see the module's note)."""
+
+    def __init__(self, family: Any) -> None:
+        self.family = family
+        self.found: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.found.get(values)
+        if child is None:
+            child = self.found[values] = self.family.labels(*values)
+        return child
+
+
+_http_requests = _Children(HTTP_REQUESTS)
+_http_duration = _Children(HTTP_DURATION)
+_tasks = _Children(TASKS)
+_task_duration = _Children(TASK_DURATION)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def http_request_ended(route: str, method: str, status: int, seconds: float) -> None:
+    """One API request answered (by route template, method and status class). A method
+    outside HTTP's usual ones is ``other``: the client chooses it, so it must not make
+    series (nor children here)."""
+    values = (route, method if method in _METHODS else "other", status_class(status))
+    _http_requests(*values).inc()
+    _http_duration(*values).observe(seconds)
+
+
 # --- lifecycle effects (called from the one place where each transition happens) --------
 
 
@@ -160,8 +194,8 @@ def job_finished(state: str, band: str, submitted_at: datetime, finished_at: dat
 
 
 def job_compute_started(band: str, submitted_at: datetime, started_at: datetime) -> None:
-    """The job left its queue: the orchestrator started it and sent its first compute
-    stage (the queue wait ends there, a fan-out hop before the first compute task runs)."""
+    """The first of the job's compute tasks was claimed: its queue wait ends
+    (``celeriac.platform.jobs.lifecycle.compute_started`` calls this once per job)."""
     JOB_QUEUE_WAIT.labels(band=band).observe(seconds_between(submitted_at, started_at))
 
 
@@ -170,12 +204,9 @@ _FINAL = frozenset({"succeeded", "partial", "failed", "cancelled"})
 
 def job_transitioned(job: Job, after: str) -> None:
     """A job's transition (``celeriac.platform.jobs.lifecycle._transition`` calls this for
-    each): its start ends its queue wait; a final state counts it finished."""
-    band = job.priority.value
-    if after == "running":
-        job_compute_started(band, job.created_at, job.started_at or _now())
-    elif after in _FINAL:
-        job_finished(after, band, job.created_at, job.finished_at or _now())
+    each): a final state counts it finished."""
+    if after in _FINAL:
+        job_finished(after, job.priority.value, job.created_at, job.finished_at or _now())
 
 
 def _now() -> datetime:
@@ -183,9 +214,9 @@ def _now() -> datetime:
 
 
 def task_ended(task: str, pool: str, outcome: str, seconds: float | None, plugin: str) -> None:
-    TASKS.labels(task=task, pool=pool, outcome=outcome).inc()
+    _tasks(task, pool, outcome).inc()
     if seconds is not None:
-        TASK_DURATION.labels(task=task, pool=pool, plugin=plugin).observe(seconds)
+        _task_duration(task, pool, plugin).observe(seconds)
 
 
 def webhook_attempted(outcome: str) -> None:

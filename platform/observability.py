@@ -14,6 +14,7 @@ cookies, query strings, task arguments) from every event before it leaves.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import sentry_sdk
@@ -41,7 +42,8 @@ def init_process(settings: Settings, component: str, *, pool: str | None = None)
     endpoint is set) for ``component`` (api, worker, beat)."""
     configure_logging(settings.log.level, settings.log.json_lines)
     init_sentry(settings, component, pool=pool)
-    from celeriac.platform.tracing import init_tracing
+    # Imported here: OpenTelemetry loads only when tracing is on.
+    from celeriac.platform.tracing import init_tracing  # noqa: PLC0415
 
     init_tracing(settings, component if pool is None else f"worker-{pool}")
 
@@ -49,10 +51,11 @@ def init_process(settings: Settings, component: str, *, pool: str | None = None)
 def init_sentry(settings: Settings, component: str, *, pool: str | None = None) -> None:
     if settings.sentry_dsn is None:
         return
-    from sentry_sdk.integrations.celery import CeleryIntegration
-    from sentry_sdk.integrations.fastapi import FastApiIntegration
-    from sentry_sdk.integrations.logging import LoggingIntegration
-    from sentry_sdk.integrations.starlette import StarletteIntegration
+    # Imported here: Sentry's integrations load only with a DSN.
+    from sentry_sdk.integrations.celery import CeleryIntegration  # noqa: PLC0415
+    from sentry_sdk.integrations.fastapi import FastApiIntegration  # noqa: PLC0415
+    from sentry_sdk.integrations.logging import LoggingIntegration  # noqa: PLC0415
+    from sentry_sdk.integrations.starlette import StarletteIntegration  # noqa: PLC0415
 
     obs = settings.observability
     sentry_sdk.init(
@@ -75,6 +78,9 @@ def init_sentry(settings: Settings, component: str, *, pool: str | None = None) 
         ],
     )
     sentry_sdk.set_tag("component", component)
+    # Which process of the component (uvicorn's --workers, prefork children) sent it: the
+    # global scope, so events from any thread of this process carry it.
+    sentry_sdk.get_global_scope().set_context("process", {"pid": os.getpid()})
     if pool is not None:
         sentry_sdk.set_tag("pool", pool)
 
@@ -88,7 +94,8 @@ def _scrub_exception(exception: dict[str, Any]) -> None:
         frame.pop("vars", None)
 
 
-def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any]:
+# ARG001: sentry's before_send signature
+def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: ARG001
     """``before_send``: keep what locates an error (types, stack frames, ids, tags), drop
     what may hold tenant data (exception messages, log arguments, bodies, headers other
     than a few, query strings, cookies, extras, task arguments). Adds the context's ids
@@ -98,20 +105,8 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> di
     for thread in (event.get("threads") or {}).get("values", []):
         for frame in (thread.get("stacktrace") or {}).get("frames", []):
             frame.pop("vars", None)
-    logentry = event.get("logentry")
-    if isinstance(logentry, dict):
-        # The template is ours; the arguments may be anyone's.
-        logentry.pop("params", None)
-        logentry["formatted"] = logentry.get("message", "")
-    if isinstance(event.get("message"), str) and logentry:
-        event["message"] = logentry.get("message", "")
-    request = event.get("request")
-    if isinstance(request, dict):
-        for key in ("data", "cookies", "query_string", "env"):
-            request.pop(key, None)
-        headers = request.get("headers")
-        if isinstance(headers, dict):
-            request["headers"] = {k: v for k, v in headers.items() if k.lower() in _SAFE_HEADERS}
+    _scrub_log_message(event)
+    _scrub_request(event)
     extra = event.get("extra")
     if isinstance(extra, dict):
         job = extra.get("celery-job")
@@ -128,6 +123,26 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> di
         if name in EVENT_TAGS:
             tags.setdefault(name, value)
     return event
+
+
+def _scrub_log_message(event: dict[str, Any]) -> None:
+    logentry = event.get("logentry")
+    if isinstance(logentry, dict):
+        # The template is ours; the arguments may be anyone's.
+        logentry.pop("params", None)
+        logentry["formatted"] = logentry.get("message", "")
+    if isinstance(event.get("message"), str) and logentry:
+        event["message"] = logentry.get("message", "")
+
+
+def _scrub_request(event: dict[str, Any]) -> None:
+    request = event.get("request")
+    if isinstance(request, dict):
+        for key in ("data", "cookies", "query_string", "env"):
+            request.pop(key, None)
+        headers = request.get("headers")
+        if isinstance(headers, dict):
+            request["headers"] = {k: v for k, v in headers.items() if k.lower() in _SAFE_HEADERS}
 
 
 def scrub_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any] | None) -> dict[str, Any]:

@@ -73,6 +73,11 @@ class ApiSettings(BaseModel):
     # celeriac up waits this long for every pool and the plugin registry (a compute
     # worker took 125 s to publish on a loaded machine).
     up_ready_timeout_seconds: float = Field(default=300.0, gt=0)
+    # How long uvicorn's supervisor (``celeriac api --workers N``) waits for a worker process
+    # to answer its health ping before it kills and replaces it. uvicorn's 5 s default
+    # killed every worker still importing on a loaded machine (a spawned child took over
+    # 5 s to answer at load 18), so the API never came up.
+    worker_healthcheck_seconds: int = Field(default=60, ge=1, le=600)
     # Upper bound on how long a revoked key or suspended tenant keeps working per process.
     auth_cache_poll_seconds: float = Field(default=1.0, gt=0, le=5)
     # Upper bound on how long an admin's change of a tenant's quotas takes to reach a process.
@@ -282,8 +287,10 @@ class ObservabilitySettings(BaseModel):
     # OpenTelemetry: spans go to this OTLP/HTTP endpoint (".../v1/traces"); None: no tracing.
     otlp_endpoint: str | None = None
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
-    # How long finished spans wait before export (the batch processor's schedule).
-    trace_export_delay_ms: int = Field(default=1000, ge=1)
+    # How long finished spans wait before export (the batch processor's schedule). The
+    # SDK's own default: each export costs an HTTP request and the resource's encoding, so
+    # a longer wait makes fewer, fuller batches (a batch leaves early at 512 spans anyway).
+    trace_export_delay_ms: int = Field(default=5000, ge=1)
     sentry_sample_rate: float = Field(default=1.0, ge=0, le=1)
     sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
 

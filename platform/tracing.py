@@ -22,6 +22,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from celeriac.platform.settings import Settings
+from celeriac.platform.version import VERSION
 
 _state_lock = threading.Lock()
 _provider: Any = None
@@ -48,14 +49,13 @@ def init_tracing(settings: Settings, service: str) -> None:
     with _state_lock:
         if _provider is not None:
             return
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.instrumentation.celery import CeleryInstrumentor
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-
-        from celeriac.platform.version import VERSION
+        # Imported here: OpenTelemetry's SDK loads only when tracing is on.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor  # noqa: PLC0415
+        from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+        from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased  # noqa: PLC0415
 
         provider = TracerProvider(
             resource=Resource.create(
@@ -82,7 +82,8 @@ def instrument_app(app: Any) -> None:
     """FastAPI's instrumentation on ``app`` (no-op while tracing is off)."""
     if _provider is None:
         return
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    # Imported here: OpenTelemetry's SDK loads only when tracing is on.
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: PLC0415
 
     # One server span per request: the ASGI instrumentation's per-message receive/send
     # spans would triple the spans of a POST and say nothing the request span does not.

@@ -16,6 +16,7 @@ them as JSON (``tests/workers/test_no_plaintext.py`` and ``bench/crypto.py`` rea
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -83,8 +84,6 @@ class KeyStateEnforcement:
         try:
             request = json.loads(body)
             if target == "TrentService.Decrypt":
-                import base64
-
                 blob = base64.b64decode(request["CiphertextBlob"])
                 key_id = _deserialize_ciphertext_blob(blob).key_id
             else:
@@ -102,7 +101,8 @@ class KeyStateEnforcement:
 def main() -> None:
     app = KeyStateEnforcement(DomainDispatcherApplication(create_backend_app))
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
-    print(server.server_address[1], flush=True)
+    # T201: the port, for the parent process to read.
+    print(server.server_address[1], flush=True)  # noqa: T201
     sys.stdout.close()
     server.serve_forever()
 

@@ -97,3 +97,27 @@ def sign_in(watched: Watched, url: str, credential: str) -> None:
 
 def wait_for(condition: Any, timeout: float, what: str) -> Any:
     return wait_until(condition, timeout, what, every=0.2)
+
+
+# Counts, in the page, what its live updates did: messages of the job event stream
+# (htmx's SSE extension), stream errors, and the fragment re-reads htmx made.
+_LIVE_PROBE = """() => {
+  window.__live = {changed: 0, errors: 0, opened: 0, rereads: 0};
+  const live = window.__live;
+  document.body.addEventListener("htmx:sseMessage", (e) => {
+    if (e.detail && e.detail.type === "changed") { live.changed += 1; }
+  });
+  document.body.addEventListener("htmx:sseError", () => { live.errors += 1; });
+  document.body.addEventListener("htmx:sseOpen", () => { live.opened += 1; });
+  document.body.addEventListener("htmx:beforeRequest", () => { live.rereads += 1; });
+}"""
+
+
+def watch_live(page: Page) -> None:
+    """Start counting the page's live-update activity (see :func:`live_counts`)."""
+    page.evaluate(_LIVE_PROBE)
+
+
+def live_counts(page: Page) -> dict[str, int]:
+    counts: dict[str, int] = page.evaluate("() => window.__live")
+    return counts

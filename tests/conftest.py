@@ -19,11 +19,24 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from celeriac.platform import migrate
+from celeriac.platform import (
+    cache,
+    db,
+    dispatch,
+    migrate,
+    redis_client,
+    settings,
+    tasks,
+    tenant_data,
+)
+from celeriac.platform.api import deps
 from celeriac.platform.api.app import create_app
 from celeriac.platform.auth.jwt import Role, mint_token
 from celeriac.platform.db import create_db_engine, get_engine
+from celeriac.platform.jobs import pipelines
 from celeriac.platform.models import Base
+from celeriac.platform.quotas import cache as quota_cache
+from celeriac.platform.quotas import monthly, ratelimit
 from celeriac.platform.settings import Settings, get_settings
 
 from aws_support import Aws, moto_server
@@ -112,12 +125,6 @@ def var_dir(tmp_path: Path) -> Path:
 
 def clear_process_caches() -> None:
     """Forget the process-wide settings, engine, clients and auth caches."""
-    from celeriac.platform import cache, db, dispatch, redis_client, settings, tasks, tenant_data
-    from celeriac.platform.api import deps
-    from celeriac.platform.jobs import pipelines
-    from celeriac.platform.quotas import cache as quota_cache
-    from celeriac.platform.quotas import monthly, ratelimit
-
     for cached in (
         settings.get_settings,
         db.get_engine,

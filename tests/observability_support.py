@@ -46,6 +46,11 @@ def raw_envelopes(sink: Receiver) -> list[bytes]:
 
 def sentry_events(sink: Receiver) -> list[dict[str, Any]]:
     """The error events (item type ``event``) in the envelopes received."""
+    return sentry_items(sink, "event")
+
+
+def sentry_items(sink: Receiver, item_type: str) -> list[dict[str, Any]]:
+    """The envelope items of ``item_type`` (``event``, ``check_in``...) received."""
     events = []
     for body in raw_envelopes(sink):
         lines = body.split(b"\n")
@@ -53,7 +58,7 @@ def sentry_events(sink: Receiver) -> list[dict[str, Any]]:
         while index + 1 < len(lines):
             header = json.loads(lines[index]) if lines[index].strip() else {}
             payload = lines[index + 1]
-            if header.get("type") == "event":
+            if header.get("type") == item_type:
                 events.append(json.loads(payload))
             index += 2
     return events

@@ -11,6 +11,7 @@ WEB = Path(__file__).resolve().parent
 REPO = WEB.parent
 FILES = {
     "platform/console/static/vendor/htmx.min.js": "htmx.org",
+    "platform/console/static/vendor/sse.min.js": "htmx-ext-sse",
     "platform/console/static/vendor/uPlot.iife.min.js": "uplot",
     "platform/console/static/vendor/uPlot.min.css": "uplot",
     "platform/console/static/vendor/swagger-ui-bundle.js": "swagger-ui-dist",

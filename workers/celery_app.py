@@ -12,9 +12,12 @@ import gc
 import logging
 from typing import Any
 
+import sentry_sdk
 from celery import Celery, bootsteps, signals
+from celery.worker import state as worker_state
 
-from celeriac.platform.db import transaction
+from celeriac.platform import metrics
+from celeriac.platform.db import get_engine, transaction
 from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.logging import bind_context, clear_context, demote_to_debug
 from celeriac.platform.observability import init_process, init_sentry
@@ -52,7 +55,8 @@ class CapacityHeartbeat(bootsteps.StartStopStep):
 
     requires = ("celery.worker.components:Timer",)
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
+    # ARG002: Celery's bootstep signature
+    def __init__(self, worker: Any, **kwargs: Any) -> None:  # noqa: ARG002
         self.tref: Any = None
         self.pool: Pool | None = None
         self.mismatch: tuple[int, int] | None = None
@@ -83,8 +87,6 @@ class CapacityHeartbeat(bootsteps.StartStopStep):
         seen once may be a finish in flight (the child counts it before the parent forgets
         the task), so the count is corrected only when the same difference is seen on two
         heartbeats in a row."""
-        from celery.worker import state as worker_state
-
         dispatcher = get_dispatcher()
         if dispatcher is None or self.pool is None:
             return None
@@ -185,16 +187,12 @@ def _setup_logging(**_: Any) -> None:
 def _serve_metrics(sender: Any = None, **_: Any) -> None:
     pool = pool_of_worker(getattr(sender, "hostname", ""))
     if pool is not None:
-        import sentry_sdk
-
         sentry_sdk.set_tag("pool", pool.value)
         telemetry.serve_worker_metrics(sender, pool.value)
 
 
 @signals.beat_init.connect
 def _serve_beat_metrics(**_: Any) -> None:
-    import sentry_sdk
-
     sentry_sdk.set_tag("component", "beat")
     telemetry.serve_beat_metrics()
 
@@ -207,8 +205,6 @@ def _init_child_process(**_: Any) -> None:
 
 @signals.worker_process_shutdown.connect
 def _child_exits(**_: Any) -> None:
-    from celeriac.platform import metrics
-
     metrics.process_exited()  # its live gauges leave the sum (prometheus multiprocess)
 
 
@@ -217,8 +213,9 @@ def _import_plugins_before_fork(sender: Any = None, **_: Any) -> None:
     # The compute pool's parent imports the plugins (pandas, scikit-learn: seconds) once,
     # so that prefork children inherit them instead of importing them each.
     if pool_of_worker(getattr(sender, "hostname", "")) is Pool.COMPUTE:
-        import celeriac.workers.flow.compute  # noqa: F401 - the compute steps (pandas)
-        from celeriac.workers.compute import get_registry
+        # Imported here: the compute pool only (pandas, the plugins).
+        import celeriac.workers.flow.compute  # noqa: F401, PLC0415 - the compute steps (pandas)
+        from celeriac.workers.compute import get_registry  # noqa: PLC0415
 
         get_registry()
 
@@ -228,8 +225,8 @@ def _load_plugins(**_: Any) -> None:
     # Prefork children only (the compute pool). A child must not use the database
     # connections it inherited from its parent (two processes on one socket): drop them
     # without closing them, as SQLAlchemy prescribes after a fork.
-    from celeriac.platform.db import get_engine
-    from celeriac.workers.compute import setup_plugins
+    # Imported here: the compute pool only (pandas, the plugins).
+    from celeriac.workers.compute import setup_plugins  # noqa: PLC0415
 
     get_engine().dispose(close=False)
     setup_plugins()
@@ -244,13 +241,13 @@ def _load_plugins(**_: Any) -> None:
 def _publish_registry(sender: Any = None, **_: Any) -> None:
     if pool_of_worker(getattr(sender, "hostname", "")) is not Pool.COMPUTE:
         return
-    from celeriac.platform.jobs.pipelines import register_plugins
-    from celeriac.workers.compute import get_registry
+    # Imported here: the compute pool only (pandas, the plugins).
+    from celeriac.platform.jobs.pipelines import register_plugins  # noqa: PLC0415
+    from celeriac.workers.compute import get_registry  # noqa: PLC0415
 
     with transaction() as session:
         register_plugins(session, get_registry().plugin_infos())
     # Children forked later (max_tasks_per_child) must not inherit this connection.
-    from celeriac.platform.db import get_engine
 
     get_engine().dispose()
     logger.info("plugin registry published")
@@ -281,9 +278,11 @@ def _freed_a_slot(sender: Any = None, **_: Any) -> None:
 
 
 @signals.task_revoked.connect
-def _revoked(request: Any = None, **_: Any) -> None:
-    if request is not None:
-        _count(request.task_name, request.hostname or "", -1)
+def _revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    # Celery sends the task as sender and the request's Context (no ``task_name``; the
+    # name is ``request.task``) from the worker's main process.
+    if sender is not None and request is not None:
+        _count(sender.name, request.hostname or "", -1)
 
 
 @signals.task_prerun.connect

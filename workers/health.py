@@ -54,7 +54,8 @@ class LivenessHeartbeat(bootsteps.StartStopStep):
 
     requires = ("celery.worker.components:Timer",)
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
+    # ARG002: Celery's bootstep signature
+    def __init__(self, worker: Any, **kwargs: Any) -> None:  # noqa: ARG002
         self.tref: Any = None
         self.path = heartbeat_path(get_settings(), worker.hostname.split("@", 1)[0])
 
@@ -73,7 +74,7 @@ class LivenessHeartbeat(bootsteps.StartStopStep):
             except OSError:
                 logger.warning("could not touch the liveness heartbeat", exc_info=True)
 
-    def stop(self, worker: Any) -> None:
+    def stop(self, worker: Any) -> None:  # noqa: ARG002 - Celery's bootstep signature
         if self.tref is not None:
             self.tref.cancel()
 

@@ -14,8 +14,10 @@ from typing import Any
 
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.worker import state as worker_state
 
 from celeriac.platform import metrics
+from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.queues import Pool
 from celeriac.platform.settings import get_settings
 
@@ -135,15 +137,15 @@ def _task_failed_outside(
 
 
 @signals.task_revoked.connect
-def _task_revoked(request: Any = None, **_: Any) -> None:
-    if request is not None:
-        task_ended(request.task_name, request.id, "revoked", None, request.kwargs, 0, NO_PLUGIN)
+def _task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    # ``request`` is the task's Context here, which has no ``task_name``: the name is the
+    # sender's.
+    if sender is not None and request is not None:
+        task_ended(sender.name, request.id, "revoked", None, request.kwargs, 0, NO_PLUGIN)
 
 
 def worker_slots(worker: Any) -> tuple[int, int]:
     """(slots, busy) of a running worker: its concurrency and the tasks it holds."""
-    from celery.worker import state as worker_state
-
     return int(worker.concurrency), len(worker_state.active_requests)
 
 
@@ -165,7 +167,6 @@ def serve_beat_metrics() -> None:
     obs = get_settings().observability
     if obs.metrics_port is None or not obs.metrics_enabled:
         return
-    from celeriac.platform.dispatch import get_dispatcher
 
     def read() -> metrics.BacklogSnapshot:
         dispatcher = get_dispatcher()

@@ -18,7 +18,6 @@ import base64
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import random
 import ssl
@@ -34,6 +33,7 @@ import httpx
 from sqlalchemy.orm import Session
 
 from celeriac.platform import metrics
+from celeriac.platform.crypto.errors import KeyUnavailable
 from celeriac.platform.db import transaction
 from celeriac.platform.models import (
     AttemptTrigger,
@@ -48,7 +48,7 @@ from celeriac.platform.redis_client import get_redis
 from celeriac.platform.settings import get_settings
 from celeriac.platform.tasks import default_publisher
 from celeriac.platform.usage.metrics import insert_usage, webhook_delivered_row
-from celeriac.platform.webhooks import events, repository
+from celeriac.platform.webhooks import events, payloads, repository
 from celeriac.platform.webhooks.destinations import (
     Resolver,
     UnsafeDestination,
@@ -134,7 +134,13 @@ def _claim(delivery_id: uuid.UUID) -> Claimed | None:
         if claimed is None:
             return None
         delivery, target, message = claimed
-        if target.state is not TargetState.ENABLED:
+        body: bytes | None = None
+        if target.state is TargetState.ENABLED:
+            try:
+                body = payloads.body(message)
+            except KeyUnavailable:  # a deleted tenant's key is destroyed: nothing to send
+                logger.warning("webhook message %s is unreadable: its key is gone", message.id)
+        if body is None:
             repository.set_delivery(
                 session,
                 target.tenant_id,
@@ -151,7 +157,7 @@ def _claim(delivery_id: uuid.UUID) -> Claimed | None:
             message_id=message.id,
             url=target.url,
             written_at=message.created_at,
-            body=json.dumps(message.payload, separators=(",", ":")).encode(),
+            body=body,
             secrets=tuple(signing_secrets(target, now=now)),
             per_second=target.max_deliveries_per_second
             or get_settings().webhooks.deliveries_per_second,

@@ -1,4 +1,36 @@
-"""The FastAPI control plane. Publishes tasks by name; never imports worker code."""
+"""The FastAPI control plane. Publishes tasks by name; never imports worker code.
+
+What a request passes, outermost first. Middleware (``create_app`` adds them innermost
+first; Starlette puts the last one added outside):
+
+1. OpenTelemetry's server span, when tracing is on (``install_observability``).
+2. ``ConsoleSecurityHeaders``: CSP, framing and cache headers on console and docs pages.
+3. ``HttpMetrics``: counts and times every answer, refusals included (when metrics are on).
+4. ``RequestEnvelope``: ``X-Request-ID`` and the log context; 413 for a body over
+   ``api.max_body_bytes`` and 415 for a media type the API does not take, before the body
+   is read.
+5. ``RateLimitHeaders``: writes ``RateLimit-Policy`` / ``RateLimit`` from what the
+   admission counted; outside the recorder, so a replayed answer carries them too.
+6. ``IdempotencyRecorder``: stores the 2xx answer of a request whose Idempotency-Key was
+   reserved before sending it, and deletes the reservation on any other outcome.
+7. ``StrictJsonBodies``: JSON bodies checked strictly (400 or 422) before FastAPI reads
+   them; the job route parses its own.
+8. FastAPI's exception handlers: every ``ProblemError`` as problem+json, and a replay
+   (``IdempotentReplay``) as the stored answer.
+
+Dependencies, in the order FastAPI solves them:
+
+1. ``reject_unknown_query_parameters`` (the app's own): 422 for a misspelt filter.
+2. The caller, from the route's alias (``platform/api/deps.py``). A tenant route's
+   ``Admit``: ``Authenticator`` (the API key: 401; the route's scopes: 403), then the
+   admission (``platform/api/admission.py``): the rate limit with, for a job submission, the
+   monthly job reservation (429); the Idempotency-Key (a replay, or 409 / 422); the monthly
+   refusal (429). So a 401 or 403 consumes nothing, and a replay counts as a request but
+   not as a job. An admin route's ``AdminAdmit``: the JWT (401), the role (403), the
+   Idempotency-Key.
+3. The route's other parameters, ``SessionDep`` among them: it commits when the route
+   function returns, before the answer is sent.
+"""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ can retry. A replay returns the stored answer with ``Idempotent-Replayed: true``
 An API process that dies (SIGKILL, OOM) between the request's commit and storing its answer
 leaves the reservation ``in_flight``. After ``api.idempotency_lease_seconds`` a retry treats it
 as abandoned: a route that can rebuild its answer from what it committed does so (a job
-submission stores its job under the reservation's id, see :func:`reservation_id`), and
+submission stores its job under the reservation's id, which :func:`reserve` returns), and
 otherwise the retry takes the reservation over, keeping its id, and runs again.
 """
 
@@ -57,13 +57,6 @@ def recover_abandoned(route: str, recoverer: Recoverer) -> None:
     _RECOVERERS[route] = recoverer
 
 
-def reservation_id(request: Request) -> uuid.UUID | None:
-    """The id of the request's reservation, stable across a takeover: a route that stores
-    its result under this id lets a retry find it (:func:`recover_abandoned`)."""
-    value = getattr(request.state, _STATE_KEY, None)
-    return value if isinstance(value, uuid.UUID) else None
-
-
 class IdempotentReplay(Exception):
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
         super().__init__("replay")
@@ -86,11 +79,18 @@ async def _request_digest(request: Request) -> str:
     return digest.hexdigest()
 
 
-async def reserve(request: Request, principal: str, tenant_id: uuid.UUID | None) -> None:
-    """Reserve the request's Idempotency-Key, or raise the replay / conflict it meets."""
+async def reserve(
+    request: Request, principal: str, tenant_id: uuid.UUID | None
+) -> uuid.UUID | None:
+    """Reserve the request's Idempotency-Key, or raise the replay / conflict it meets.
+
+    Returns the reservation's id (None without a key), stable across a takeover: a route
+    that stores its result under this id lets a retry find it (:func:`recover_abandoned`).
+    The id is also left in the request's scope for :class:`IdempotencyRecorder`, which
+    stores or deletes the reservation when the answer goes out."""
     key = request.headers.get(HEADER)
     if request.method != "POST" or key is None:
-        return
+        return None
     if not 1 <= len(key) <= 255 or not key.isprintable():
         raise BadRequest(f"{HEADER} must be 1 to 255 printable characters")
     digest = await _request_digest(request)
@@ -98,6 +98,7 @@ async def reserve(request: Request, principal: str, tenant_id: uuid.UUID | None)
         _reserve, principal, tenant_id, request.url.path, key, digest
     )
     setattr(request.state, _STATE_KEY, reservation)
+    return reservation
 
 
 def _reserve(
@@ -296,7 +297,7 @@ class IdempotencyRecorder:
             raise
 
 
-def _on_replay(request: Request, exc: Exception) -> Response:
+def _on_replay(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, IdempotentReplay)
     headers = {**exc.headers, REPLAYED_HEADER: "true"}
     return Response(exc.body, status_code=exc.status, headers=headers)

@@ -12,6 +12,8 @@ from fastapi import APIRouter, FastAPI, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from celeriac.platform import metrics, tracing
+from celeriac.platform.observability import init_process
+from celeriac.platform.ops.tenant_metrics import admin_router, tenant_router
 from celeriac.platform.settings import Settings, get_settings
 
 UNMATCHED = "unmatched"
@@ -52,20 +54,14 @@ class HttpMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED
-            labels = {
-                "route": template,
-                "method": scope["method"],
-                "status_class": metrics.status_class(status),
-            }
-            metrics.HTTP_REQUESTS.labels(**labels).inc()
-            metrics.HTTP_DURATION.labels(**labels).observe(time.perf_counter() - started)
+            metrics.http_request_ended(
+                template, scope["method"], status, time.perf_counter() - started
+            )
 
 
 def install_observability(app: FastAPI, settings: Settings) -> None:
     """Routes (``/metrics``, ``/metrics/tenants``, ``/v1/metrics``), the request metrics
     middleware (outermost, so refusals are counted too) and request tracing."""
-    from celeriac.platform.ops.tenant_metrics import admin_router, tenant_router
-
     app.include_router(admin_router)
     app.include_router(tenant_router)
     if settings.observability.metrics_enabled:
@@ -78,8 +74,8 @@ def create_served_app() -> FastAPI:
     """What uvicorn runs in each of its processes (``--workers N`` children included):
     logging, Sentry and tracing are set up here, in the process that serves, then the app
     is built. Tests build :func:`create_app` directly and keep their own logging."""
-    from celeriac.platform.api.app import create_app
-    from celeriac.platform.observability import init_process
+    # Imported here: import cycle (api.app imports this module).
+    from celeriac.platform.api.app import create_app  # noqa: PLC0415
 
     settings = get_settings()
     init_process(settings, "api")

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select, update
 
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.auth.invalidation import Generation
-from celeriac.platform.errors import Forbidden, Unauthorized
+from celeriac.platform.errors import TenantSuspended, Unauthorized
 from celeriac.platform.keys.tokens import key_digest, parse_key
 from celeriac.platform.models import ApiKey, Tenant, TenantStatus, utcnow
 
@@ -56,16 +56,23 @@ class ApiKeyAuthenticator:
         self._seen_generation = generation.current()
         self._checked_at = time.monotonic()
 
-    def authenticate(self, presented: str) -> TenantContext:
-        """The tenant context of a valid key, or 401 / 403. May query the database."""
+    def authenticate(self, presented: str, *, allow_suspended: bool = False) -> TenantContext:
+        """The tenant context of a valid key, or 401 / 403. May query the database.
+
+        ``allow_suspended``: a suspended tenant's key gives a context marked ``suspended``
+        instead of a 403 (the API lets it read; :class:`Authenticator` refuses its writes).
+        """
         if parse_key(presented) is None:
             raise Unauthorized("the API key is malformed")
-        return self.authenticate_digest(key_digest(self.pepper, presented))
+        return self.authenticate_digest(
+            key_digest(self.pepper, presented), allow_suspended=allow_suspended
+        )
 
-    def authenticate_digest(self, digest: str) -> TenantContext:
+    def authenticate_digest(self, digest: str, *, allow_suspended: bool = False) -> TenantContext:
         """:meth:`authenticate` from the key's digest: what a console session keeps instead
         of the key, so that revoking the key or suspending the tenant ends the session within
-        the same poll interval as it stops the key. May query the database."""
+        the same poll interval as it stops the key (the console never passes
+        ``allow_suspended``). May query the database."""
         self._drop_cache_if_invalidated()
         with self._lock:
             record = self._cache.get(digest)
@@ -74,12 +81,14 @@ class ApiKeyAuthenticator:
             with self._lock:
                 self._cache[digest] = record
         now = utcnow()
-        context = self._context(record, now)
+        context = self._context(record, now, allow_suspended)
         if _touch_due(record, now):
             self._touch(digest, record, now)
         return context
 
-    def authenticate_cached(self, presented: str) -> TenantContext | None:
+    def authenticate_cached(
+        self, presented: str, *, allow_suspended: bool = False
+    ) -> TenantContext | None:
         """:meth:`authenticate` when it needs no I/O (the key is cached, the generation was
         polled recently, ``last_used_at`` is fresh), else None: the event loop calls this
         first and leaves the thread pool to the rare request that needs the database."""
@@ -93,23 +102,25 @@ class ApiKeyAuthenticator:
         now = utcnow()
         if record is None or _touch_due(record, now):
             return None
-        return self._context(record, now)
+        return self._context(record, now, allow_suspended)
 
     @staticmethod
-    def _context(record: _KeyRecord, now: datetime) -> TenantContext:
+    def _context(record: _KeyRecord, now: datetime, allow_suspended: bool) -> TenantContext:
         if record.revoked_at is not None and record.revoked_at <= now:
             raise Unauthorized("the API key has been revoked")
         if record.expires_at is not None and record.expires_at <= now:
             raise Unauthorized("the API key has expired")
         if record.tenant_status is TenantStatus.DELETED:
             raise Unauthorized("the API key's tenant has been deleted")
-        if record.tenant_status is TenantStatus.SUSPENDED:
-            raise Forbidden("the tenant is suspended; contact your administrator")
+        suspended = record.tenant_status is TenantStatus.SUSPENDED
+        if suspended and not allow_suspended:
+            raise TenantSuspended("the tenant is suspended; contact your administrator")
         return TenantContext(
             tenant_id=record.tenant_id,
             tenant_slug=record.tenant_slug,
             key_id=record.key_id,
             scopes=record.scopes,
+            suspended=suspended,
         )
 
     def invalidate(self) -> None:

@@ -16,6 +16,8 @@ class TenantContext:
     tenant_slug: str
     key_id: uuid.UUID
     scopes: frozenset[str]
+    # The tenant is suspended: its key may read (GET), never write (docs/adr/0015).
+    suspended: bool = False
 
     @property
     def principal(self) -> str:

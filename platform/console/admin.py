@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
 from celeriac.platform import audit
@@ -23,6 +24,7 @@ from celeriac.platform.console.web import (
     redirect,
     render,
 )
+from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.errors import ProblemError, ValidationFailed
 from celeriac.platform.models import Tenant, utcnow
@@ -102,9 +104,6 @@ async def set_quotas(request: Request, tenant_id: uuid.UUID, page: AdminPageDep)
         if raw and not raw.isdigit():
             raise ValidationFailed(f"{name} must be a whole number or empty (the plan's)")
         values[name] = int(raw) if raw else None
-    from fastapi.concurrency import run_in_threadpool
-
-    from celeriac.platform.db import get_sessionmaker
 
     def save() -> None:
         with get_sessionmaker()() as session, session.begin():
@@ -271,9 +270,7 @@ def billing_page(request: Request, page: BillingPageDep, session: SessionDep) ->
 
 
 @router.get("/billing/records.csv")
-def billing_csv(
-    request: Request, page: BillingPageDep, session: SessionDep, month: str | None = None
-) -> Response:
+def billing_csv(_page: BillingPageDep, session: SessionDep, month: str | None = None) -> Response:
     """The month's usage records (default: this month) as CSV, the API's export columns."""
     try:
         start = (

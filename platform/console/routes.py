@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from jose import jwt
 from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
+from celeriac.platform.api.admission import admit
 from celeriac.platform.api.deps import (
     SessionDep,
     SettingsDep,
@@ -26,7 +31,7 @@ from celeriac.platform.api.deps import (
     invalidate_auth,
 )
 from celeriac.platform.auth.jwt import InvalidToken, verify_token
-from celeriac.platform.console import sessions, views
+from celeriac.platform.console import live, sessions, views
 from celeriac.platform.console.web import (
     CSRF_FIELD,
     PREFIX,
@@ -38,9 +43,13 @@ from celeriac.platform.console.web import (
     render,
     set_session_cookie,
     sign_in_redirect,
+    still_signed_in,
 )
+from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.errors import ProblemError, ValidationFailed
+from celeriac.platform.jobs import data as job_data
 from celeriac.platform.jobs import payload, pipelines, service
+from celeriac.platform.jobs.repository import JobRepository
 from celeriac.platform.jobs.routes import accept_job, check_size
 from celeriac.platform.jobs.schemas import JobOptions
 from celeriac.platform.keys import service as keys
@@ -53,7 +62,7 @@ from celeriac.platform.models import (
     WebhookDelivery,
     utcnow,
 )
-from celeriac.platform.quotas.enforce import check_rate, monthly_refusal, release_job
+from celeriac.platform.quotas.enforce import limits_for
 from celeriac.platform.quotas.service import quota_status
 from celeriac.platform.usage import service as usage
 from celeriac.platform.usage.schemas import Granularity
@@ -138,8 +147,6 @@ def sign_in(
 
 def _unverified_exp(token: str) -> float | None:
     """The ``exp`` of a token that ``verify_token`` has just accepted (so it is present)."""
-    from jose import jwt
-
     exp = jwt.get_unverified_claims(token).get("exp")
     return float(exp) if isinstance(exp, int | float) else None
 
@@ -176,15 +183,21 @@ def _jobs_context(
         limit=PAGE_SIZE,
     )
     jobs = [service.job_summary(j) for j in rows]
+    watch = live.watch_param(jobs)
     return {
         "jobs": jobs,
+        "live_url": _live_url(watch, progress=False) if watch else None,
         "next_cursor": next_cursor,
         "state": state or "",
         "cursor": cursor or "",
         "states": [s.value for s in JobState],
-        "live": any(j.state not in FINAL_JOB_STATES for j in jobs),
         "human_ms": views.human_ms,
     }
+
+
+def _live_url(watch: list[str], *, progress: bool) -> str:
+    query = [("w", value) for value in watch] + ([("progress", "1")] if progress else [])
+    return f"{PREFIX}/jobs/live-events?{urlencode(query)}"
 
 
 @router.get("/jobs", response_class=HTMLResponse)
@@ -212,27 +225,66 @@ def jobs_rows(
     return render(request, "fragments/jobs_table.html", context, state=page.session)
 
 
+def _live_spec(
+    w: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies the default)
+    progress: bool = False,
+) -> live.WatchSpec:
+    """Checked before the stream's headers go out (afterwards an error can only end it)."""
+    return live.parse_watch(w, progress)
+
+
+@router.get("/jobs/live-events", response_class=EventSourceResponse)
+async def live_events(
+    page: TenantDep,
+    settings: SettingsDep,
+    spec: Annotated[live.WatchSpec, Depends(_live_spec)],
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """The job event stream for the console's pages (session cookie, not an API key):
+    ``changed`` when a watched job moved past the cursor its page was rendered at, then
+    ``end``. ``w`` is ``<job id>_<cursor>``; ``progress`` counts task ends as changes."""
+    session_id = page.session_id
+    async for event in live.stream(
+        page.ctx,
+        spec,
+        spec.resume(last_event_id),
+        interval=settings.console.poll_seconds,
+        signed_in=lambda: still_signed_in(session_id),
+    ):
+        yield event
+
+
 def _job_context(
-    request: Request, page: TenantPage, session: SessionDep, job_id: uuid.UUID
+    _request: Request, page: TenantPage, session: SessionDep, job_id: uuid.UUID
 ) -> dict[str, Any]:
     detail = service.job_detail(session, page.ctx, job_id)
-    job, tasks = views.job_tasks(session, page.ctx, job_id)
-    results = None
-    results_error = None
-    if detail.state in FINAL_JOB_STATES and job.result_key:
-        try:
-            document = json.loads(service.job_results(session, page.ctx, job_id))
-            results = views.results_view(document, views.first_records(page.ctx, job))
-        except ProblemError as exc:
-            results_error = exc.detail
+    job = JobRepository(session, page.ctx).get(job_id)
+    key = views.finished_key(job) if detail.state in FINAL_JOB_STATES else None
+    drawn = views.cached_finished(key)
+    if drawn is None:
+        results = None
+        results_error = None
+        if detail.state in FINAL_JOB_STATES and job.result_key:
+            try:
+                document = json.loads(service.job_results(session, page.ctx, job_id))
+                results = views.results_view(document, views.first_records(page.ctx, job))
+            except ProblemError as exc:
+                results_error = exc.detail
+        timeline = views.timeline(job, views.tasks_of(session, job))
+        drawn = views.FinishedView(timeline, results, results_error)
+        if results_error is None:  # a blob that could not be read is tried again
+            views.keep_finished(key, drawn)
     extra = detail.model_dump()
     return {
         "job": detail,
         "final": detail.state in FINAL_JOB_STATES,
+        "live_url": None
+        if detail.state in FINAL_JOB_STATES
+        else _live_url(live.watch_param([detail]), progress=True),
         "waiting_reason": extra.get("waiting_reason"),
-        "timeline": views.timeline(job, tasks),
-        "results": results,
-        "results_error": results_error,
+        "timeline": drawn.timeline,
+        "results": drawn.results,
+        "results_error": drawn.results_error,
         "human_ms": views.human_ms,
         "nav": "jobs",
     }
@@ -266,43 +318,42 @@ def cancel_job(
 
 
 async def _accept(
-    request: Request, page: TenantPage, options: JobOptions, parsed: payload.Payload
+    request: Request,
+    page: TenantPage,
+    options: JobOptions,
+    parsed: payload.Payload,
+    rerun_of: uuid.UUID | None = None,
 ) -> uuid.UUID:
     """A job from the console goes through the API's checks: scope, rate limit and monthly
     quota (reserved here, given back if the submission fails), size limits, the registry."""
     page.ctx.require(keys.Scope.JOBS_WRITE)
-    limits = await check_rate(request, page.ctx.tenant_id, counts_job=True)
-    try:
-        refusal = monthly_refusal(request)
-        if refusal is not None:
-            raise refusal
-        submission = await accept_job(request, page.ctx, options, parsed, limits)
-    except BaseException:
-        await release_job(request)
-        raise
+    # A form sends no Idempotency-Key: only the rate limit and the monthly quota apply.
+    admission = await admit(request, page.ctx, counts_job=True, idempotency=False)
+    async with admission:
+        submission = await accept_job(request, admission, options, parsed, rerun_of=rerun_of)
     return submission.id
 
 
 @router.post("/jobs/{job_id}/rerun")
 async def rerun_job(request: Request, job_id: uuid.UUID, page: TenantDep) -> Response:
-    """Submit the job's records again with the same pipeline and priority."""
+    """Submit the job's stored records again with the same pipeline and priority, as
+    ``POST /v1/jobs/{id}/rerun`` does: linked by ``rerun_of``, 410 once its data was
+    deleted (``job_data.stored_payload``)."""
 
     def load() -> tuple[JobOptions, payload.Payload]:
-        from celeriac.platform.db import get_sessionmaker
-
         with get_sessionmaker()() as session:
-            job, _ = views.job_tasks(session, page.ctx, job_id)
+            job = JobRepository(session, page.ctx).get(job_id)
             options = JobOptions.model_validate(
                 {
                     "pipeline": views.rerun_spec(job),
                     "priority": job.priority.value,
-                    "metadata": {**(job.job_metadata or {}), "rerun_of": str(job.id)},
+                    "metadata": job.job_metadata or {},
                 }
             )
-            return options, views.rerun_payload(page.ctx, job)
+            return options, job_data.stored_payload(page.ctx, job)
 
     options, parsed = await run_in_threadpool(load)
-    new_id = await _accept(request, page, options, parsed)
+    new_id = await _accept(request, page, options, parsed, rerun_of=job_id)
     return redirect(request, f"{PREFIX}/jobs/{new_id}")
 
 
@@ -365,8 +416,6 @@ async def submit(request: Request, page: TenantDep) -> Response:
 
 
 async def _limits(page: TenantPage) -> Any:
-    from celeriac.platform.quotas.enforce import limits_for
-
     return await limits_for(page.ctx.tenant_id)
 
 

@@ -217,8 +217,10 @@ async def _state(request: Request) -> tuple[sessions.SessionState, str]:
 def _tenant_context(state: sessions.SessionState) -> TenantContext:
     try:
         return api_key_authenticator().authenticate_digest(state.key_digest)
-    except ProblemError as exc:  # revoked, expired, tenant suspended or deleted
-        raise SessionEnded("ended") from exc
+    except ProblemError as exc:
+        if exc.status not in (401, 403):
+            raise  # the database is down, say: a 503 page, the session stays
+        raise SessionEnded("ended") from exc  # revoked, expired, tenant suspended, deleted
 
 
 class SessionEnded(SignInRequired):
@@ -236,6 +238,22 @@ async def tenant_page(request: Request) -> TenantPage:
         raise
     request.state.tenant = ctx
     return TenantPage(ctx=ctx, session=state, session_id=session_id)
+
+
+def still_signed_in(session_id: str) -> bool:
+    """Whether a tenant session is still live (its key valid, its tenant active), ending
+    it when not: what a long-lived answer (the live event stream) checks as it goes."""
+    state = sessions.resolve(session_id)
+    if state is None or state.kind != "tenant":
+        return False
+    try:
+        _tenant_context(state)
+    except SessionEnded:
+        sessions.end(session_id)
+        return False
+    except ProblemError:
+        return True  # not an answer about the key (a 503): checked again in a second
+    return True
 
 
 class _AdminGate:

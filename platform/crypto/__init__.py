@@ -6,6 +6,7 @@ the segmented AES-256-GCM envelope that payloads, results and secrets are stored
 from celeriac.platform.crypto.envelope import (
     Envelope,
     EnvelopeInfo,
+    KeptKey,
     KeyProviderCalls,
     describe_envelope,
     envelope_from_settings,
@@ -33,6 +34,7 @@ __all__ = [
     "EncryptionContext",
     "Envelope",
     "EnvelopeInfo",
+    "KeptKey",
     "KeyOperationRefused",
     "KeyProvider",
     "KeyProviderCalls",

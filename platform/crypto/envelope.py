@@ -26,6 +26,12 @@ leaves a last segment sealed as "not final"; appended bytes become a segment tha
 Every segment is authenticated before its plaintext is yielded, but a stream is whole only
 when the iterator ends without raising: a reader must discard what it got on an error.
 
+Format version 2 is the same but for the key: its header has ``"ref": <reference>`` in
+place of ``"kid"`` and ``"wdk"``. The data key is then not in the object at all: the
+platform keeps it (a job's data key, wrapped on the job's row, docs/adr/0015) and the
+reader passes a resolver from reference to key. Destroying the kept key makes every copy
+of such objects undecryptable, wherever the copies are (crypto-shredding one job).
+
 The data key is wrapped with the context ``{"tenant_id": ...}`` only, so one data key
 serves every object of a tenant during the cache TTL (one provider call per TTL, not per
 blob); the object's full context (tenant plus the caller's extras, such as the blob key)
@@ -55,7 +61,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
@@ -64,7 +70,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from celeriac.platform.crypto.errors import DecryptionFailed, MalformedEnvelope, TenantMismatch
+from celeriac.platform.crypto.errors import (
+    DecryptionFailed,
+    KeyUnavailable,
+    MalformedEnvelope,
+    TenantMismatch,
+)
 from celeriac.platform.crypto.keys import (
     DATA_KEY_BYTES,
     DataKey,
@@ -79,6 +90,8 @@ if TYPE_CHECKING:
 
 MAGIC = b"CLRE"
 FORMAT_VERSION = 1
+# The data key is kept by the platform, named in the header by reference only.
+FORMAT_VERSION_KEPT_KEY = 2
 ALGORITHM = "AES-256-GCM-HKDF-SHA256-STREAM"
 TENANT_CONTEXT_KEY = "tenant_id"
 DEFAULT_SEGMENT_BYTES = 1 << 20
@@ -108,14 +121,29 @@ class KeyProviderCalls:
 
 
 @dataclass(frozen=True, slots=True)
+class KeptKey:
+    """A data key the platform keeps outside the objects it encrypts (a job's data key):
+    objects name it by ``reference`` only, so destroying the kept copy shreds them all."""
+
+    reference: str
+    plaintext: bytes = field(repr=False)  # never in logs or tracebacks
+
+
+# Reads a kept key by the reference in an object's header: its plaintext (32 bytes), or
+# raises (KeyUnavailable once the key was destroyed).
+KeyResolver = Callable[[str], bytes]
+
+
+@dataclass(frozen=True, slots=True)
 class _Header:
     context: dict[str, str]
     key_id: str
-    wrapped_key: bytes
+    wrapped_key: bytes  # empty for a kept key
     salt: bytes
     nonce_prefix: bytes
     segment_bytes: int
     digest: bytes  # SHA-256 of preamble + header bytes, bound into every segment
+    reference: str | None = None  # format 2: the kept key's reference
 
 
 class _SegmentCipher:
@@ -191,9 +219,15 @@ class Envelope:
     # -- bytes ---------------------------------------------------------------------
 
     def encrypt(
-        self, tenant_id: str, data: bytes, context: EncryptionContext | None = None
+        self,
+        tenant_id: str,
+        data: bytes,
+        context: EncryptionContext | None = None,
+        *,
+        key: KeptKey | None = None,
     ) -> bytes:
-        """The envelope of ``data`` for ``tenant_id`` (``context``: extra bound pairs)."""
+        """The envelope of ``data`` for ``tenant_id`` (``context``: extra bound pairs),
+        under ``key`` when given (format 2), else under the tenant's current data key."""
         view = memoryview(data)
         size = self.segment_bytes
         segments: Iterator[tuple[memoryview | bytes, bool]]
@@ -203,19 +237,25 @@ class Envelope:
             segments = (
                 (view[o : o + size], o + size >= len(view)) for o in range(0, len(view), size)
             )
-        return b"".join(self._seal(tenant_id, context, segments))
+        return b"".join(self._seal(tenant_id, context, segments, key))
 
     def decrypt(
-        self, tenant_id: str, blob: bytes, context: EncryptionContext | None = None
+        self,
+        tenant_id: str,
+        blob: bytes,
+        context: EncryptionContext | None = None,
+        *,
+        resolve: KeyResolver | None = None,
     ) -> bytes:
-        """The plaintext of an envelope made for ``tenant_id`` with the same ``context``."""
+        """The plaintext of an envelope made for ``tenant_id`` with the same ``context``;
+        ``resolve`` gives the kept key of a format 2 envelope."""
         view = memoryview(blob)
         header_length = _check_preamble(bytes(view[: _PREAMBLE.size]))
         body_start = _PREAMBLE.size + header_length
         if len(view) < body_start:
             raise MalformedEnvelope("envelope ends inside its header")
         header = _parse_header(bytes(view[:body_start]))
-        cipher = self._opening_cipher(tenant_id, context, header)
+        cipher = self._opening_cipher(tenant_id, context, header, resolve)
         body = view[body_start:]
         if len(body) == 0:
             raise DecryptionFailed("envelope has no final segment (truncated)")
@@ -232,16 +272,21 @@ class Envelope:
         tenant_id: str,
         chunks: Iterable[bytes],
         context: EncryptionContext | None = None,
+        *,
+        key: KeptKey | None = None,
     ) -> Iterator[bytes]:
         """Encrypt chunks of any size lazily; yields the header, then one item per segment,
         so memory stays about one segment whatever the object's size."""
-        return self._seal(tenant_id, context, _plaintext_segments(chunks, self.segment_bytes))
+        segments = _plaintext_segments(chunks, self.segment_bytes)
+        return self._seal(tenant_id, context, segments, key)
 
     def decrypt_stream(
         self,
         tenant_id: str,
         chunks: Iterable[bytes],
         context: EncryptionContext | None = None,
+        *,
+        resolve: KeyResolver | None = None,
     ) -> Iterator[bytes]:
         """Decrypt an envelope given as chunks of any size; yields one item per segment,
         each authenticated. Raises at the end if the stream was truncated."""
@@ -259,7 +304,7 @@ class Envelope:
                     continue
                 header = _parse_header(bytes(buffer[:header_end]))
                 del buffer[:header_end]
-                cipher = self._opening_cipher(tenant_id, context, header)
+                cipher = self._opening_cipher(tenant_id, context, header, resolve)
                 step = header.segment_bytes + _TAG_BYTES
             # Keep one segment back: only the end of the input tells which one is final.
             while len(buffer) > step:
@@ -329,24 +374,46 @@ class Envelope:
         tenant_id: str,
         context: EncryptionContext | None,
         segments: Iterator[tuple[memoryview | bytes | bytearray, bool]],
+        kept: KeptKey | None = None,
     ) -> Iterator[bytes]:
         full_context = _object_context(tenant_id, context)
-        data_key = self._current_data_key(tenant_id)
-        header_bytes, header = _build_header(full_context, data_key, self.segment_bytes)
-        cipher = _SegmentCipher(data_key.plaintext, header)
+        if kept is not None:
+            if len(kept.plaintext) != DATA_KEY_BYTES:
+                raise ValueError("a kept data key must be 32 bytes")
+            header_bytes, header = _build_header(full_context, kept, self.segment_bytes)
+            plaintext = kept.plaintext
+        else:
+            data_key = self._current_data_key(tenant_id)
+            header_bytes, header = _build_header(full_context, data_key, self.segment_bytes)
+            plaintext = data_key.plaintext
+        cipher = _SegmentCipher(plaintext, header)
         yield header_bytes
         for index, (segment, final) in enumerate(segments):
             yield cipher.seal(segment, index, final)
 
     def _opening_cipher(
-        self, tenant_id: str, context: EncryptionContext | None, header: _Header
+        self,
+        tenant_id: str,
+        context: EncryptionContext | None,
+        header: _Header,
+        resolve: KeyResolver | None,
     ) -> _SegmentCipher:
         expected = _object_context(tenant_id, context)
         if header.context.get(TENANT_CONTEXT_KEY) != tenant_id:
             raise TenantMismatch("envelope belongs to another tenant")
         if header.context != expected:
             raise DecryptionFailed("envelope's encryption context differs from the expected one")
-        data_key = self._unwrapped_data_key(tenant_id, header.wrapped_key)
+        if header.reference is None:
+            data_key = self._unwrapped_data_key(tenant_id, header.wrapped_key)
+        elif resolve is None:
+            raise KeyUnavailable(
+                f"envelope's data key is kept by the platform ({header.reference}); "
+                "no resolver was given"
+            )
+        else:
+            data_key = resolve(header.reference)
+            if len(data_key) != DATA_KEY_BYTES:
+                raise DecryptionFailed("kept data key has the wrong length")
         return _SegmentCipher(data_key, header)
 
 
@@ -362,9 +429,10 @@ class EnvelopeInfo:
     """What an envelope's header says, read without any key (not yet authenticated)."""
 
     context: dict[str, str]
-    key_id: str
-    wrapped_key: bytes
+    key_id: str  # empty for a kept key
+    wrapped_key: bytes  # empty for a kept key
     segment_bytes: int
+    key_reference: str | None = None  # a kept key's reference (format 2)
 
 
 def describe_envelope(blob_start: bytes) -> EnvelopeInfo:
@@ -379,6 +447,7 @@ def describe_envelope(blob_start: bytes) -> EnvelopeInfo:
         key_id=header.key_id,
         wrapped_key=header.wrapped_key,
         segment_bytes=header.segment_bytes,
+        key_reference=header.reference,
     )
 
 
@@ -423,31 +492,42 @@ def _object_context(tenant_id: str, extra: EncryptionContext | None) -> dict[str
 
 
 def _build_header(
-    context: dict[str, str], data_key: DataKey, segment_bytes: int
+    context: dict[str, str], data_key: DataKey | KeptKey, segment_bytes: int
 ) -> tuple[bytes, _Header]:
     salt = secrets.token_bytes(_SALT_BYTES)
     nonce_prefix = secrets.token_bytes(_NONCE_PREFIX_BYTES)
-    document = {
+    document: dict[str, Any] = {
         "alg": ALGORITHM,
         "ctx": context,
-        "kid": data_key.key_id,
-        "wdk": _b64(data_key.wrapped),
         "salt": _b64(salt),
         "nonce_prefix": _b64(nonce_prefix),
         "segment_bytes": segment_bytes,
     }
+    if isinstance(data_key, KeptKey):
+        version, key_id, wrapped, reference = FORMAT_VERSION_KEPT_KEY, "", b"", data_key.reference
+        document["ref"] = reference
+    else:
+        version, key_id, wrapped, reference = (
+            FORMAT_VERSION,
+            data_key.key_id,
+            data_key.wrapped,
+            None,
+        )
+        document["kid"] = key_id
+        document["wdk"] = _b64(wrapped)
     body = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
     if len(body) > MAX_HEADER_BYTES:
         raise ValueError("encryption context too large for an envelope header")
-    raw = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(body)) + body
+    raw = _PREAMBLE.pack(MAGIC, version, len(body)) + body
     header = _Header(
         context=context,
-        key_id=data_key.key_id,
-        wrapped_key=data_key.wrapped,
+        key_id=key_id,
+        wrapped_key=wrapped,
         salt=salt,
         nonce_prefix=nonce_prefix,
         segment_bytes=segment_bytes,
         digest=hashlib.sha256(raw).digest(),
+        reference=reference,
     )
     return raw, header
 
@@ -459,7 +539,7 @@ def _check_preamble(preamble: bytes) -> int:
     magic, version, header_length = _PREAMBLE.unpack(preamble)
     if magic != MAGIC:
         raise MalformedEnvelope("not a Celeriac envelope")
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, FORMAT_VERSION_KEPT_KEY):
         raise MalformedEnvelope(f"unsupported envelope format version {version}")
     if not 0 < header_length <= MAX_HEADER_BYTES:
         raise MalformedEnvelope("envelope header length out of bounds")
@@ -468,6 +548,8 @@ def _check_preamble(preamble: bytes) -> int:
 
 def _parse_header(raw: bytes) -> _Header:
     """Parse (not yet authenticate: the first segment does that) an envelope header."""
+    kept = raw[len(MAGIC)] == FORMAT_VERSION_KEPT_KEY
+    reference: str | None = None
     try:
         document = json.loads(raw[_PREAMBLE.size :])
         context = document["ctx"]
@@ -480,15 +562,26 @@ def _parse_header(raw: bytes) -> _Header:
         segment_bytes = document["segment_bytes"]
         if type(segment_bytes) is not int or not 0 < segment_bytes <= MAX_SEGMENT_BYTES:
             raise MalformedEnvelope("envelope segment size out of bounds")
-        key_id = document["kid"]
-        if not isinstance(key_id, str):
-            raise MalformedEnvelope("envelope key id is not a string")
+        if kept:
+            # Format 2 names a kept key; a wrapped key beside it would defeat shredding.
+            if "wdk" in document or "kid" in document:
+                raise MalformedEnvelope("a kept-key envelope carries no wrapped key")
+            reference = document["ref"]
+            if not isinstance(reference, str) or not reference:
+                raise MalformedEnvelope("envelope key reference is not a string")
+            key_id, wrapped_key = "", b""
+        else:
+            key_id = document["kid"]
+            if not isinstance(key_id, str):
+                raise MalformedEnvelope("envelope key id is not a string")
+            wrapped_key = _unb64(document["wdk"])
         salt = _unb64(document["salt"])
         nonce_prefix = _unb64(document["nonce_prefix"])
-        wrapped_key = _unb64(document["wdk"])
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise MalformedEnvelope("envelope header is malformed") from None
-    if len(salt) != _SALT_BYTES or len(nonce_prefix) != _NONCE_PREFIX_BYTES or not wrapped_key:
+    if len(salt) != _SALT_BYTES or len(nonce_prefix) != _NONCE_PREFIX_BYTES:
+        raise MalformedEnvelope("envelope header is malformed")
+    if not kept and not wrapped_key:
         raise MalformedEnvelope("envelope header is malformed")
     return _Header(
         context=context,
@@ -498,6 +591,7 @@ def _parse_header(raw: bytes) -> _Header:
         nonce_prefix=nonce_prefix,
         segment_bytes=segment_bytes,
         digest=hashlib.sha256(raw).digest(),
+        reference=reference,
     )
 
 

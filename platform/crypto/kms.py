@@ -268,7 +268,7 @@ def _crypto_error(exc: ClientError, what: str) -> Exception:
 
 def kms_client(settings: Settings) -> KMSClient:
     """A boto3 KMS client for ``settings`` (credentials: boto3's usual chain, e.g. IRSA)."""
-    import boto3
+    import boto3  # noqa: PLC0415 - boto3 loads only where KMS is used
 
     return boto3.client(
         "kms",

@@ -2,8 +2,11 @@
 
 A job's blobs (payload chunks, datasets, analyzer outputs, the result document) all live
 under ``tenants/<tenant>/jobs/<job>/``, so deleting them is one prefix deletion (with their
-cached copies). The job's row stays, marked ``data_deleted_at``: listings, ``rerun_of``
-links and usage records (append-only, which billing reads) keep meaning something.
+cached copies); they are encrypted under the job's own data key, which the deletion
+destroys too (``jobs.data_key``, docs/adr/0015), so a copy that escaped the deletion (an
+S3 object version, a backup) cannot be decrypted either. The job's row stays, marked
+``data_deleted_at``: listings, ``rerun_of`` links and usage records (append-only, which
+billing reads) keep meaning something.
 
 Retention: a finished job's data is kept ``retention_days`` (the plan's, or the admin's
 override in ``quotas``) after it finished; beat's sweep deletes what is past it, in bounded
@@ -94,10 +97,18 @@ def delete_job_data(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> 
             extra={"state": job.state.value},
         )
     if job.data_deleted_at is None:
-        removed = tenant_blobs().store.delete_prefix(job_prefix(ctx.tenant_id, job.id))
+        blobs = tenant_blobs()
+        removed = blobs.store.delete_prefix(job_prefix(ctx.tenant_id, job.id))
         job.data_deleted_at = utcnow()
         job.result_key = None
-        logger.info("job data deleted", extra={"job_id": str(job.id), "blobs": removed})
+        # The crypto-shred: without its key no copy of the job's blobs decrypts again.
+        shredded = job.data_key is not None
+        job.data_key = None
+        blobs.forget_job_key(str(ctx.tenant_id), str(job.id))
+        logger.info(
+            "job data deleted",
+            extra={"job_id": str(job.id), "blobs": removed, "key_destroyed": shredded},
+        )
     return job
 
 
@@ -132,7 +143,8 @@ def expire_jobs(batch: int = SWEEP_BATCH, now: datetime | None = None) -> int:
             jobs = repository.lock_jobs_finished_before(session, tenant_id, cutoff, batch - expired)
             for job in jobs:
                 tenant_blobs().store.delete_prefix(job_prefix(tenant_id, job.id))
-                repository.mark_data_deleted(session, tenant_id, job.id, now)
+                repository.mark_data_deleted(session, tenant_id, job.id, now)  # and its key
+                tenant_blobs().forget_job_key(str(tenant_id), str(job.id))
                 session.refresh(job)
                 _expired_event(session, job)
             expired += len(jobs)

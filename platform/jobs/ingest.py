@@ -71,6 +71,8 @@ class Submission:
     trace_context: Any = field(default_factory=tracing.current_context)
     rerun_of: uuid.UUID | None = None
     _blob_keys: list[str] = field(default_factory=list)
+    # The job's own data key, wrapped, for its row (docs/adr/0015).
+    _data_key: bytes | None = None
     _stored_bytes: int = 0
     _chunks: int = 0
     _slices: int = 1
@@ -226,10 +228,13 @@ def _store_payload(submission: Submission) -> None:
     blobs = tenant_blobs()
     jobs = get_settings().jobs
     pieces = chunks(submission.payload, jobs.chunk_records)
+    # Every blob of the job is encrypted under a key of its own, wrapped on its row.
+    job_key = blobs.new_job_key(tenant, str(submission.id))
+    submission._data_key = job_key.wrapped if job_key is not None else None
     for index, piece in enumerate(pieces):
         key = chunk_key(submission.payload_prefix, index)
         submission._blob_keys.append(key)
-        submission._stored_bytes += blobs.put(tenant, key, piece)
+        submission._stored_bytes += blobs.put(tenant, key, piece, job_key=job_key)
     submission._chunks = len(pieces)
     # Fixed with the job, like its chunks, so that every planning of its analysis stage
     # (a redelivery, the reconciler, a worker with other settings) plans the same tasks.
@@ -269,6 +274,7 @@ def _job_row(s: Submission) -> dict[str, Any]:
         "checkpoints": {"payload": {"chunks": s._chunks}, "slices": s._slices},
         "dispatch_count": 0,
         "rerun_of": s.rerun_of,
+        "data_key": s._data_key,
         "created_at": s.created_at,
         "updated_at": s.created_at,
     }

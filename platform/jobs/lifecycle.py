@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import select
@@ -148,7 +149,8 @@ def ref_of(session: Session, job: Job) -> JobRef:
 def stage_message(ref: JobRef, state: JobState, stage: JobStage | None) -> Publication | None:
     """The message that moves a job on from where it is: a queued job's ``start_job``, a
     running stage's ``fan_out``, the finalize stage's ``finalize``; None for an ended job.
-    Start, the join and the reconciler all ask this one function."""
+    The join and the reconciler ask this one function (start and the join then publish a
+    running stage's compute tasks themselves instead of its ``fan_out``: ADR 0018)."""
     if state is JobState.QUEUED:
         return ref.message(TaskName.START_JOB)
     if state is not JobState.RUNNING:
@@ -170,6 +172,18 @@ def _transition(job: Job, before: JobState | JobStage | None, after: JobState | 
     )
     metrics.job_transitioned(job, after.value)
     job_events.announce_after_commit(object_session(job), job.id)
+
+
+def compute_started(session: Session, job: Job, at: datetime) -> None:
+    """A compute task of the running ``job`` was claimed at ``at`` (in the claim's
+    transaction). The first one ends the job's queue wait: recorded once per job by a
+    compare-and-set (a redelivered task, or a sibling claimed at the same moment, finds it
+    done), and observed after the commit, so a rolled-back claim counts nothing."""
+    if job.compute_started_at is not None or not repository.mark_compute_started(session, job, at):
+        return
+    job.compute_started_at = at
+    band, submitted = job.priority.value, job.created_at
+    run_after_commit(session, lambda: metrics.job_compute_started(band, submitted, at))
 
 
 # --- queued -> running ---------------------------------------------------------------
@@ -295,6 +309,10 @@ def release_held(session: Session, tenant_id: uuid.UUID) -> list[Publication]:
     it, so no free slot goes unnoticed; :func:`start` decides again (a slot taken
     meanwhile holds the job again)."""
     if repository.lock_tenant(session, tenant_id) is not TenantStatus.ACTIVE:
+        return []
+    # Most ends release nothing: one look for a held job (under the tenant's lock, so a
+    # start holding one at this moment is seen) before the quota and the running count.
+    if not repository.has_held_jobs(session, tenant_id):
         return []
     free = tenant_limits(session, tenant_id).max_running_jobs
     free -= repository.running_count(session, tenant_id)

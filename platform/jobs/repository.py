@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, CursorResult, case, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from celeriac.platform.db import upsert_insert
 from celeriac.platform.models import (
@@ -143,6 +144,18 @@ def mark_running(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> b
     return _rowcount(started) == 1
 
 
+def mark_compute_started(session: Session, job: Job, at: datetime) -> bool:
+    """Record the job's first compute start, once: False when a sibling task (or an
+    earlier delivery of this one) already did."""
+    marked = session.execute(
+        update(Job)
+        .where(Job.tenant_id == job.tenant_id, Job.id == job.id, Job.compute_started_at.is_(None))
+        .values(compute_started_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(marked) == 1
+
+
 _BAND_ORDER = case(
     (Job.priority == Priority.HIGH, 0), (Job.priority == Priority.NORMAL, 1), else_=2
 )
@@ -177,24 +190,43 @@ def take_held(session: Session, tenant_id: uuid.UUID, limit: int) -> list[Job]:
     return jobs
 
 
+def has_held_jobs(session: Session, tenant_id: uuid.UUID) -> bool:
+    """Whether any of the tenant's jobs is held."""
+    return (
+        session.scalar(
+            select(Job.id)
+            .where(
+                Job.tenant_id == tenant_id,
+                Job.state == JobState.QUEUED,
+                Job.held_since.is_not(None),
+            )
+            .limit(1)
+        )
+        is not None
+    )
+
+
 def touch_job(session: Session, tenant_id: uuid.UUID | str, job_id: uuid.UUID | str) -> Job | None:
     """Touch the job (the reconciler sees progress) and hold its row until commit: the
     tasks of one job that finish together then commit one after the other, so the last
     one's count of open tasks sees every sibling's outcome. (An UPDATE, not SELECT ... FOR
     UPDATE, so that SQLite, whose writers take the database lock, serialises the same.)"""
-    touched = session.execute(
+    # One statement: the touched row comes back as the job (UPDATE ... RETURNING), not
+    # read by a second SELECT (issue 16: finish is on every compute task's path).
+    return session.scalars(
         update(Job)
         .where(Job.tenant_id == _uuid(tenant_id), Job.id == _uuid(job_id))
         .values(updated_at=utcnow())
+        .returning(Job)
         .execution_options(synchronize_session=False)
-    )
-    if _rowcount(touched) != 1:
-        return None
-    return load_job(session, tenant_id, job_id)
+    ).one_or_none()
 
 
 def advance_stage(session: Session, job: Job, from_stage: JobStage, to_stage: JobStage) -> bool:
-    """running at ``from_stage`` -> running at ``to_stage``, once (the join)."""
+    """running at ``from_stage`` -> running at ``to_stage``, once (the join). The loaded
+    ``job`` shows the new stage afterwards (as committed, not as a change to flush): the
+    transaction that joined a stage goes on with the next one (start, the join)."""
+    checkpoints = dict(job.checkpoints) | {from_stage.value: "done"}
     moved = session.execute(
         update(Job)
         .where(
@@ -203,14 +235,14 @@ def advance_stage(session: Session, job: Job, from_stage: JobStage, to_stage: Jo
             Job.state == JobState.RUNNING,
             Job.stage == from_stage,
         )
-        .values(
-            stage=to_stage,
-            updated_at=utcnow(),
-            checkpoints=dict(job.checkpoints) | {from_stage.value: "done"},
-        )
+        .values(stage=to_stage, updated_at=utcnow(), checkpoints=checkpoints)
         .execution_options(synchronize_session=False)
     )
-    return _rowcount(moved) == 1
+    if _rowcount(moved) != 1:
+        return False
+    set_committed_value(job, "stage", to_stage)
+    set_committed_value(job, "checkpoints", checkpoints)
+    return True
 
 
 def end(
@@ -398,13 +430,17 @@ def claim_task(
     is still running, :func:`claimable` allows it and ``ready`` (the tasks it runs after
     have ended) holds. Returns the task as claimed and its job."""
     tenant = uuid.UUID(tenant_id)
-    task = session.scalars(
-        select(JobTask).where(JobTask.tenant_id == tenant, JobTask.id == uuid.UUID(task_id))
+    # The task and its job in one statement (issue 16: the claim is on every compute
+    # task's path).
+    found = session.execute(
+        select(JobTask, Job)
+        .join(Job, (Job.tenant_id == JobTask.tenant_id) & (Job.id == JobTask.job_id))
+        .where(JobTask.tenant_id == tenant, JobTask.id == uuid.UUID(task_id))
     ).one_or_none()
-    if task is None or not claimable(task, message_id, lease_seconds):
+    if found is None:
         return None
-    job = load_job(session, tenant, task.job_id)
-    if job is None or job.state is not JobState.RUNNING:
+    task, job = found
+    if not claimable(task, message_id, lease_seconds) or job.state is not JobState.RUNNING:
         return None
     if ready is not None and not ready(task, job):
         return None  # left pending: the last of the tasks it waits for publishes it
@@ -543,6 +579,46 @@ def stage_tasks(session: Session, job: Job, stage: JobStage) -> list[JobTask]:
             .order_by(JobTask.task_key)
         )
     )
+
+
+class TaskOutcome(Protocol):
+    """What finalize reads of each task (a row of :func:`task_outcomes`)."""
+
+    @property
+    def task_key(self) -> str: ...
+    @property
+    def stage(self) -> JobStage: ...
+    @property
+    def plugin(self) -> str: ...
+    @property
+    def chunk(self) -> int | None: ...
+    @property
+    def state(self) -> TaskState: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def output_key(self) -> str | None: ...
+    @property
+    def duration_ms(self) -> int | None: ...
+
+
+def task_outcomes(session: Session, job: Job) -> list[TaskOutcome]:
+    """Every task of the job as a row of what finalize needs, the datasets stage first,
+    then in key order: one statement and no ORM objects (finalize is on every job's
+    path)."""
+    rows = session.execute(
+        select(
+            JobTask.task_key,
+            JobTask.stage,
+            JobTask.plugin,
+            JobTask.chunk,
+            JobTask.state,
+            JobTask.error,
+            JobTask.output_key,
+            JobTask.duration_ms,
+        ).where(JobTask.tenant_id == job.tenant_id, JobTask.job_id == job.id)
+    ).all()
+    return sorted(rows, key=lambda r: (r.stage is not JobStage.DATASETS, r.task_key))
 
 
 def cancel_open_tasks(session: Session, job: Job) -> list[str]:
@@ -734,20 +810,44 @@ def lock_jobs_finished_before(
 def mark_data_deleted(
     session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, when: datetime
 ) -> None:
+    """The job's blobs are gone; so is its data key (the crypto-shred of any copy)."""
     session.execute(
         update(Job)
         .where(Job.tenant_id == tenant_id, Job.id == job_id)
-        .values(data_deleted_at=when, result_key=None)
+        .values(data_deleted_at=when, result_key=None, data_key=None)
         .execution_options(synchronize_session=False)
     )
+
+
+def job_data_key(conn: Connection, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Any | None:
+    """The job's wrapped data key and ``data_deleted_at`` (a row), None for no such job."""
+    return conn.execute(
+        select(Job.data_key, Job.data_deleted_at).where(
+            Job.tenant_id == tenant_id, Job.id == job_id
+        )
+    ).one_or_none()
+
+
+def destroy_data_keys(session: Session, tenant_id: uuid.UUID) -> int:
+    """A deleted tenant's job keys (its KMS key is destroyed already: this is the second
+    lock on the same door). Returns how many were set."""
+    result = session.execute(
+        update(Job)
+        .where(Job.tenant_id == tenant_id, Job.data_key.is_not(None))
+        .values(data_key=None)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(result)
 
 
 def timeline_tasks(session: Session, job: Job, limit: int) -> list[Any]:
     """Up to ``limit`` of the job's tasks, those that started first first, as rows of the
     columns the console's timeline draws (no ORM objects: a 1,000-task job is drawn on
-    every poll of its page)."""
+    every poll of its page). Executed on the connection, past the ORM layer: these are
+    plain rows, and the ORM's result handling cost more than the query."""
     return list(
-        session.execute(
+        session.connection()
+        .execute(
             select(
                 JobTask.stage,
                 JobTask.plugin,
@@ -762,5 +862,6 @@ def timeline_tasks(session: Session, job: Job, limit: int) -> list[Any]:
             .where(JobTask.tenant_id == job.tenant_id, JobTask.job_id == job.id)
             .order_by(JobTask.started_at.asc().nulls_last(), JobTask.task_key)
             .limit(limit)
-        ).all()
+        )
+        .all()
     )

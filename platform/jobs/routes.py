@@ -3,7 +3,6 @@ re-run, delete, live events."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
@@ -15,7 +14,8 @@ from pydantic import BaseModel, ValidationError
 
 from celeriac.platform import json_input
 from celeriac.platform.api import idempotency
-from celeriac.platform.api.deps import Authenticator, SessionDep
+from celeriac.platform.api.admission import Admission
+from celeriac.platform.api.deps import Admit, SessionDep
 from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.db import get_sessionmaker, run_after_commit
@@ -35,15 +35,16 @@ from celeriac.platform.jobs.repository import JobRepository
 from celeriac.platform.jobs.schemas import JobAccepted, JobCreate, JobOptions, JobOut, JobRerun
 from celeriac.platform.keys.service import Scope
 from celeriac.platform.models import Job, JobState
-from celeriac.platform.quotas.enforce import limits_for, release_job, request_limits
 from celeriac.platform.quotas.plans import Limits
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 T = TypeVar("T", bound=BaseModel)
 
-JobSubmitter = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_WRITE, counts_job=True))]
-JobWriter = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_WRITE))]
-JobReader = Annotated[TenantContext, Depends(Authenticator(Scope.JOBS_READ))]
+# Every route is admitted (rate limit, Idempotency-Key); a submission also reserves its job
+# against the tenant's monthly quota, and holds the Admission to give it back on failure.
+JobSubmission = Annotated[Admission, Depends(Admit(Scope.JOBS_WRITE, counts_job=True))]
+JobWriter = Annotated[TenantContext, Depends(Admit(Scope.JOBS_WRITE).tenant)]
+JobReader = Annotated[TenantContext, Depends(Admit(Scope.JOBS_READ).tenant)]
 
 # Referenced below by $ref; the app puts their schemas in the document's components.
 BODY_MODELS: tuple[type[BaseModel], ...] = (JobCreate,)
@@ -145,7 +146,7 @@ def _validated(model: type[T], fields: Any) -> T:
     openapi_extra=_MULTIPART_DOC,
     summary="Submit a job",
 )
-async def submit_job(request: Request, ctx: JobSubmitter, response: Response) -> JobAccepted:
+async def submit_job(request: Request, admission: JobSubmission, response: Response) -> JobAccepted:
     """Accept records inline (`application/json`) or as a CSV / NDJSON file
     (`multipart/form-data`) with a pipeline and a priority. Answers 202 with the job's id
     once the job is stored; it runs on the tenant's queues."""
@@ -153,17 +154,12 @@ async def submit_job(request: Request, ctx: JobSubmitter, response: Response) ->
     # and the plugin registry cached, a submission touches no thread pool and no database
     # before the writer (platform/jobs/ingest.py). Its monthly reservation was made with
     # the rate limit; a submission that fails gives it back.
-    try:
-        return await _submit(request, ctx, response)
-    except asyncio.CancelledError:
-        raise  # the client left; its job may be stored (beat corrects a drifted count)
-    except BaseException:
-        await release_job(request)
-        raise
+    async with admission:
+        return await _submit(request, admission, response)
 
 
-async def _submit(request: Request, ctx: TenantContext, response: Response) -> JobAccepted:
-    limits = request_limits(request) or await limits_for(ctx.tenant_id)
+async def _submit(request: Request, admission: Admission, response: Response) -> JobAccepted:
+    limits = admission.limits
     check_size(limits, request.headers.get("content-length"))
     options: JobOptions
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -173,18 +169,20 @@ async def _submit(request: Request, ctx: TenantContext, response: Response) -> J
         check_size(limits, len(body))
         job = _validated(JobCreate, json_input.parse(body))
         options, parsed = job, payload.from_records(job.records)
-    return _accepted(await accept_job(request, ctx, options, parsed, limits), response)
+    return _accepted(await accept_job(request, admission, options, parsed), response)
 
 
 async def accept_job(
     request: Request,
-    ctx: TenantContext,
+    admission: Admission,
     options: JobOptions,
     parsed: payload.Payload,
-    limits: Limits,
+    *,
+    rerun_of: uuid.UUID | None = None,
 ) -> Submission:
     """Resolve the pipeline and hand the job to the ingest writer (the REST API and the
-    console both end here, after their own parsing and the tenant's quota checks)."""
+    console both end here, after their own parsing and the tenant's admission)."""
+    ctx, limits = admission.ctx, admission.limits
     if parsed.record_count > limits.max_records_per_job:
         raise PayloadTooLarge(
             f"the job has {parsed.record_count} records; this tenant's limit is "
@@ -209,10 +207,11 @@ async def accept_job(
         payload=parsed,
         priority=options.priority,
         metadata=options.metadata,
+        rerun_of=rerun_of,
     )
     # Under an Idempotency-Key the job takes the reservation's id: if this process dies
     # before the answer is stored, a retry finds the job (_recover_submission).
-    submission.id = idempotency.reservation_id(request) or submission.id
+    submission.id = admission.idempotency_key_id or submission.id
     return await ingest_writer(request.app).submit(submission)
 
 
@@ -328,12 +327,13 @@ def cancel_job(job_id: uuid.UUID, ctx: JobWriter, session: SessionDep) -> JobOut
     summary="Re-run a job on its stored records",
 )
 async def rerun_job(
-    job_id: uuid.UUID, request: Request, ctx: JobSubmitter, response: Response
+    job_id: uuid.UUID, request: Request, admission: JobSubmission, response: Response
 ) -> JobAccepted:
     """A new job (linked by `rerun_of`) on the records stored with `job_id`, with the same
     pipeline and priority unless the body names others. Quotas and usage count it as a new
     job; 410 once the original's data was deleted."""
-    try:
+    ctx = admission.ctx
+    async with admission:
         body = await request.body()
         fields = json_input.parse(body) if body.strip() else {}
         changes = _validated(JobRerun, fields)
@@ -350,7 +350,7 @@ async def rerun_job(
                 else changes.pipeline.model_dump()
             )
         )
-        limits = request_limits(request) or await limits_for(ctx.tenant_id)
+        limits = admission.limits
         if parsed.record_count > limits.max_records_per_job:
             raise PayloadTooLarge(
                 f"the job has {parsed.record_count} records; this tenant's limit is "
@@ -367,11 +367,6 @@ async def rerun_job(
             rerun_of=original.id,
         )
         return _accepted(await ingest_writer(request.app).submit(submission), response)
-    except asyncio.CancelledError:
-        raise
-    except BaseException:
-        await release_job(request)
-        raise
 
 
 def _rerun_source(ctx: TenantContext, job_id: uuid.UUID) -> tuple[Job, payload.Payload]:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.errors import Conflict, NotFound
 from celeriac.platform.jobs import lifecycle, repository
+from celeriac.platform.jobs.data import DataDeleted
 from celeriac.platform.jobs.repository import JobRepository
 from celeriac.platform.jobs.schemas import JobOut, StageProgress, TaskError
 from celeriac.platform.models import (
@@ -102,6 +103,11 @@ def job_results(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> byte
         raise Conflict(
             f"job {job.id} is {job.state.value}; results are available when it ends",
             headers={"Retry-After": "2"},
+        )
+    if job.data_deleted_at is not None:
+        raise DataDeleted(
+            f"job {job.id}'s data, its results included, was deleted on "
+            f"{job.data_deleted_at:%Y-%m-%d}"
         )
     if job.result_key is None:
         raise NotFound(f"job {job.id} ended {job.state.value} without results")

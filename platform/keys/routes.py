@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from celeriac.platform.api.deps import (
     AdminDep,
-    Authenticator,
+    Admit,
     SessionDep,
     SettingsDep,
     invalidate_auth,
@@ -28,7 +28,11 @@ from celeriac.platform.repository import HasTenant
 from celeriac.platform.settings import Settings
 from celeriac.platform.tenants.service import get_tenant
 
-KeysManager = Annotated[TenantContext, Depends(Authenticator(service.Scope.KEYS_MANAGE))]
+KeysManager = Annotated[TenantContext, Depends(Admit(service.Scope.KEYS_MANAGE).tenant)]
+# Revoking only takes access away: a suspended tenant may still revoke a leaked key.
+KeysRevoker = Annotated[
+    TenantContext, Depends(Admit(service.Scope.KEYS_MANAGE, while_suspended=True).tenant)
+]
 
 tenant_router = APIRouter(prefix="/v1/keys", tags=["API keys"])
 admin_router = APIRouter(prefix="/v1/admin/tenants/{tenant_id}/keys", tags=["API keys (admin)"])
@@ -140,8 +144,8 @@ def get_key(key_id: uuid.UUID, ctx: KeysManager, session: SessionDep) -> ApiKeyO
 
 
 @tenant_router.post("/{key_id}/revoke", response_model=ApiKeyOut)
-def revoke_key(key_id: uuid.UUID, ctx: KeysManager, session: SessionDep) -> ApiKeyOut:
-    """Revoke a key at once (idempotent)."""
+def revoke_key(key_id: uuid.UUID, ctx: KeysRevoker, session: SessionDep) -> ApiKeyOut:
+    """Revoke a key at once (idempotent); a suspended tenant may too."""
     revoked = service.revoke_api_key(session, ctx, key_id, invalidate=invalidate_auth)
     return ApiKeyOut.model_validate(revoked)
 
@@ -182,7 +186,7 @@ def admin_create_key(
 @admin_router.get("", response_model=Page[ApiKeyOut])
 def admin_list_keys(
     tenant_id: uuid.UUID,
-    admin: AdminDep,
+    _admin: AdminDep,
     session: SessionDep,
     cursor: str | None = None,
     limit: Limit = 50,
@@ -192,7 +196,7 @@ def admin_list_keys(
 
 @admin_router.get("/{key_id}", response_model=ApiKeyOut)
 def admin_get_key(
-    tenant_id: uuid.UUID, key_id: uuid.UUID, admin: AdminDep, session: SessionDep
+    tenant_id: uuid.UUID, key_id: uuid.UUID, _admin: AdminDep, session: SessionDep
 ) -> ApiKeyOut:
     scope = _admin_scope(session, tenant_id)
     return ApiKeyOut.model_validate(service.ApiKeyRepository(session, scope).get(key_id))

@@ -44,6 +44,9 @@ class Job(TimestampMixin, Base):
     # Times the flow was (re)dispatched; the reconciler bounds it.
     dispatch_count: Mapped[int] = mapped_column(default=0)
     started_at: Mapped[datetime | None]
+    # When the first of its compute tasks was claimed: the end of its queue wait (set
+    # once, by a compare-and-set, so a redelivered task does not move it).
+    compute_started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     # Set while a queued job waits for a free slot of its tenant's max_running_jobs quota:
     # the orchestrator deferred it, and the end of one of the tenant's jobs releases it.
@@ -53,6 +56,11 @@ class Job(TimestampMixin, Base):
     # Set when the job's payload, intermediate and result blobs were deleted (by the tenant,
     # or by retention): the row stays, for listings and for its usage records.
     data_deleted_at: Mapped[datetime | None]
+    # The job's own data key, wrapped under the tenant's key (an envelope); every blob of
+    # the job is encrypted under it. Nulled when the job's data is deleted: a crypto-shred
+    # of every copy of its blobs. NULL on a job submitted before per-job keys (its blobs
+    # are under the tenant's data key). docs/adr/0015.
+    data_key: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class JobTask(TimestampMixin, Base):

@@ -55,7 +55,10 @@ class WebhookMessage(Base):
     event_type: Mapped[str] = mapped_column(String(100))
     # What caused it (e.g. "job:<id>:finished"): makes enqueueing the same event a no-op.
     event_key: Mapped[str] = mapped_column(String(200))
-    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # Empty since migration 0012: the payload holds tenant metadata, so it is stored
+    # encrypted under the tenant's key in sealed_payload (platform/webhooks/payloads.py).
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    sealed_payload: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

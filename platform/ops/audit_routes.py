@@ -33,7 +33,7 @@ class AuditEntryOut(BaseModel):
 
 @router.get("", response_model=Page[AuditEntryOut])
 def list_audit_log(
-    admin: AdminDep,
+    _admin: AdminDep,
     session: SessionDep,
     tenant_id: uuid.UUID | None = None,
     action: str | None = None,

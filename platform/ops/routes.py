@@ -47,7 +47,7 @@ class PoolDemand(BaseModel):
 
 
 @router.get("", response_model=Backlog)
-def backlog(admin: AdminDep) -> Backlog:
+def backlog(_admin: AdminDep) -> Backlog:
     """Messages waiting in every tenant queue and in each pool's ready queue (what KEDA
     scales on). Empty without a Redis broker: other brokers have no tenant queues."""
     dispatcher = get_dispatcher()

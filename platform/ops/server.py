@@ -66,7 +66,8 @@ def create_asgi_app() -> ASGIApp:
     """uvicorn's factory for ``celeriac api``, run in each of its processes: the public API
     (with this process's observability set up), plus the ops app when
     ``CELERIAC_API__OPS_PORT`` is set."""
-    from celeriac.platform.api.observability import create_served_app
+    # Imported here: every router, built only in the process that serves them.
+    from celeriac.platform.api.observability import create_served_app  # noqa: PLC0415
 
     settings = get_settings()
     public = create_served_app()  # logging, Sentry and tracing of this process, then the app

@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from celeriac.platform.api.deps import AdminDep, Authenticator, SessionDep, SettingsDep
+from celeriac.platform.api.deps import AdminDep, Admit, SessionDep, SettingsDep
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.dispatch import FairDispatcher, get_dispatcher
 from celeriac.platform.jobs import repository as jobs
@@ -48,7 +48,7 @@ DURATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 tenant_router = APIRouter(tags=["metrics"])
 admin_router = APIRouter(prefix="/metrics", include_in_schema=False)
-MetricsReader = Annotated[TenantContext, Depends(Authenticator(Scope.METRICS_READ))]
+MetricsReader = Annotated[TenantContext, Depends(Admit(Scope.METRICS_READ).tenant)]
 
 
 # --- /metrics/tenants ----------------------------------------------------------------------
@@ -118,7 +118,7 @@ class TopTenantsCollector(Collector):
 
 
 @admin_router.get("/tenants")
-def tenant_metrics(admin: AdminDep, session: SessionDep, settings: SettingsDep) -> Response:
+def tenant_metrics(_admin: AdminDep, session: SessionDep, settings: SettingsDep) -> Response:
     """Per-tenant series for operators, bounded to the top N tenants by backlog."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(

@@ -1,10 +1,13 @@
 """The checks tenant requests go through, on the event loop, and the headers they leave.
 
 A tenant request's rate limit is checked once it is authenticated and its scopes allow the
-route (a 401 or 403 consumes nothing): the tenant's limits come from the process's cache
-(no I/O while it is fresh) and the decision from one round trip to Redis. What the checks
-learn is kept in the request's state, and :class:`RateLimitHeaders` writes it into the
-answer as ``RateLimit-Policy`` and ``RateLimit`` (IETF httpapi ratelimit-headers draft).
+route (a 401 or 403 consumes nothing; the order is :func:`celeriac.platform.api.admission.admit`'s):
+the tenant's limits come from the process's cache (no I/O while it is fresh) and the
+decision from one round trip to Redis. :func:`check_rate` returns what it learnt, typed
+(:class:`RateCheck`); the one thing left in the request's scope is the list of policies
+that :class:`RateLimitHeaders` writes into the answer as ``RateLimit-Policy`` and
+``RateLimit`` (IETF httpapi ratelimit-headers draft), since a middleware sees every answer,
+refusals and Idempotency-Key replays included.
 """
 
 from __future__ import annotations
@@ -34,8 +37,6 @@ from celeriac.platform.quotas.ratelimit import (
 from celeriac.platform.quotas.service import next_month_start
 
 _POLICIES = "quota_policies"
-_LIMITS = "tenant_limits"
-_MONTHLY = "monthly_reservation"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,35 @@ class MonthlyReservation:
     limit: int
     reserved: bool
     status: PolicyStatus
+
+    def refusal(self) -> QuotaExceeded | None:
+        """The 429 of a submission over its tenant's monthly quota, if it is."""
+        if self.reserved:
+            return None
+        return QuotaExceeded(
+            f"the tenant's quota of {self.limit} jobs per calendar month is used up; it renews "
+            f"on {next_month_start(self.at):%Y-%m-%d} 00:00 UTC (an admin can raise it)",
+            policy=POLICY,
+            limit=self.limit,
+            retry_after=self.status.reset,
+        )
+
+    async def release(self) -> None:
+        """Give the reservation back (no-op when none was made)."""
+        if self.reserved:
+            release = monthly_counter().release
+            # Shielded: a request cancelled meanwhile still gives its reservation back.
+            await asyncio.shield(run_in_threadpool(release, {self.tenant_id: 1}, self.at))
+
+
+@dataclass(frozen=True)
+class RateCheck:
+    """What :func:`check_rate` admitted: the tenant's limits and, for a job submission,
+    its monthly reservation (None when not asked, or when the counter was unavailable:
+    admitted, uncounted)."""
+
+    limits: Limits
+    monthly: MonthlyReservation | None = None
 
 
 async def limits_for(tenant_id: uuid.UUID) -> Limits:
@@ -60,28 +90,30 @@ async def limits_for(tenant_id: uuid.UUID) -> Limits:
 
 def add_policy(request: Request, status: PolicyStatus) -> None:
     """Show ``status`` in the answer's RateLimit headers."""
-    policies: list[PolicyStatus] = request.scope.setdefault("state", {}).setdefault(_POLICIES, [])
-    policies[:] = [p for p in policies if p.name != status.name] + [status]
+    state = request.scope.setdefault("state", {})
+    policies = [p for p in _policies(request.scope) if p.name != status.name]
+    state[_POLICIES] = (*policies, status)
 
 
-def request_limits(request: Request) -> Limits | None:
-    """The limits :func:`check_rate` found for this request's tenant."""
-    limits = request.scope.get("state", {}).get(_LIMITS)
-    return limits if isinstance(limits, Limits) else None
+def _policies(scope: Scope) -> tuple[PolicyStatus, ...]:
+    """The policies :func:`add_policy` left for the answer's headers."""
+    found = scope.get("state", {}).get(_POLICIES, ())
+    return found if isinstance(found, tuple) else ()
 
 
-async def check_rate(request: Request, tenant_id: uuid.UUID, *, counts_job: bool = False) -> Limits:
+async def check_rate(
+    request: Request, tenant_id: uuid.UUID, *, counts_job: bool = False
+) -> RateCheck:
     """Count the request against the tenant's rate limit (429 when it is over) and, for a
     job submission (``counts_job``), reserve the job against the monthly quota in the same
-    round trip; :func:`monthly_refusal` says whether the quota was used up."""
+    round trip; the reservation's :meth:`~MonthlyReservation.refusal` says whether the
+    quota was used up (raised by the caller, after the Idempotency-Key)."""
     limits = await limits_for(tenant_id)
-    state = request.scope.setdefault("state", {})
-    state[_LIMITS] = limits
     now = utcnow()
     ask = MonthlyAsk(counter_key(tenant_id, now), limits.jobs_per_month) if counts_job else None
     decision = await rate_limiter().hit(tenant_id, limits, ask)
     if decision is None:  # Redis failed: admitted and uncounted, without headers
-        return limits
+        return RateCheck(limits)
     add_policy(request, decision.status)
     if not decision.admitted:
         raise QuotaExceeded(
@@ -92,14 +124,17 @@ async def check_rate(request: Request, tenant_id: uuid.UUID, *, counts_job: bool
             limit=limits.requests_per_second,
             retry_after=decision.retry_after,
         )
-    if counts_job:
-        await _reserve_job(request, tenant_id, limits, now, decision)
-    return limits
+    if not counts_job:
+        return RateCheck(limits)
+    monthly = await _reserve_job(tenant_id, limits, now, decision)
+    if monthly is not None:
+        add_policy(request, monthly.status)
+    return RateCheck(limits, monthly)
 
 
 async def _reserve_job(
-    request: Request, tenant_id: uuid.UUID, limits: Limits, now: datetime, decision: RateDecision
-) -> None:
+    tenant_id: uuid.UUID, limits: Limits, now: datetime, decision: RateDecision
+) -> MonthlyReservation | None:
     outcome = decision.monthly
     if outcome is None or outcome[0] == MONTHLY_UNSEEDED:
         # A new month or a lost counter (seeded from the usage records, once), or a limiter
@@ -108,40 +143,13 @@ async def _reserve_job(
             monthly_counter().reserve, {tenant_id: (1, limits.jobs_per_month)}, now
         )
         if counts is None:  # unavailable: admitted, uncounted
-            return
+            return None
         admitted, used = counts[tenant_id]
         reserved = admitted == 1
     else:
         reserved, used = outcome[0] == MONTHLY_RESERVED, outcome[1]
     status = monthly_status(limits.jobs_per_month, used, now)
-    add_policy(request, status)
-    request.scope["state"][_MONTHLY] = MonthlyReservation(
-        tenant_id, now, limits.jobs_per_month, reserved, status
-    )
-
-
-def monthly_refusal(request: Request) -> QuotaExceeded | None:
-    """The 429 of a job submission over its tenant's monthly quota, if it is."""
-    found = request.scope.get("state", {}).get(_MONTHLY)
-    if not isinstance(found, MonthlyReservation) or found.reserved:
-        return None
-    return QuotaExceeded(
-        f"the tenant's quota of {found.limit} jobs per calendar month is used up; it renews "
-        f"on {next_month_start(found.at):%Y-%m-%d} 00:00 UTC (an admin can raise it)",
-        policy=POLICY,
-        limit=found.limit,
-        retry_after=found.status.reset,
-    )
-
-
-async def release_job(request: Request) -> None:
-    """Give back the request's monthly reservation: its job was not stored (invalid, too
-    large, failed) or it was an Idempotency-Key replay of one that was."""
-    found = request.scope.get("state", {}).pop(_MONTHLY, None)
-    if isinstance(found, MonthlyReservation) and found.reserved:
-        release = monthly_counter().release
-        # Shielded: a request cancelled meanwhile still gives its reservation back.
-        await asyncio.shield(run_in_threadpool(release, {found.tenant_id: 1}, found.at))
+    return MonthlyReservation(tenant_id, now, limits.jobs_per_month, reserved, status)
 
 
 class RateLimitHeaders:
@@ -157,7 +165,7 @@ class RateLimitHeaders:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                policies: list[PolicyStatus] = scope.get("state", {}).get(_POLICIES) or []
+                policies = _policies(scope)
                 if policies:
                     message["headers"] = [
                         *message.get("headers", []),

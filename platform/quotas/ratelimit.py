@@ -285,7 +285,10 @@ class LocalRateLimiter:
         self._lock = threading.Lock()
 
     async def hit(
-        self, tenant_id: uuid.UUID, limits: Limits, monthly: MonthlyAsk | None = None
+        self,
+        tenant_id: uuid.UUID,
+        limits: Limits,
+        monthly: MonthlyAsk | None = None,  # noqa: ARG002 - the RateLimiter protocol's
     ) -> RateDecision | None:
         # Months are counted by the monthly counter (celeriac.platform.quotas.monthly).
         return self.hit_now(tenant_id, limits, time.monotonic() * 1_000_000)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from celeriac.platform.api.deps import AdminDep, Authenticator, SessionDep
+from celeriac.platform.api.deps import AdminDep, Admit, SessionDep
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.quotas import service
 from celeriac.platform.quotas.schemas import QuotaOverrides, QuotaStatus, TenantQuotas
@@ -16,11 +16,11 @@ from celeriac.platform.tenants.service import get_tenant
 admin_router = APIRouter(prefix="/v1/admin/tenants/{tenant_id}/quotas", tags=["quotas (admin)"])
 tenant_router = APIRouter(prefix="/v1/quotas", tags=["quotas"])
 
-AnyTenantKey = Annotated[TenantContext, Depends(Authenticator())]
+AnyTenantKey = Annotated[TenantContext, Depends(Admit().tenant)]
 
 
 @admin_router.get("", response_model=TenantQuotas)
-def get_quotas(tenant_id: uuid.UUID, admin: AdminDep, session: SessionDep) -> TenantQuotas:
+def get_quotas(tenant_id: uuid.UUID, _admin: AdminDep, session: SessionDep) -> TenantQuotas:
     """The tenant's limits in force, its overrides and its plan's defaults."""
     return service.tenant_quotas(session, get_tenant(session, tenant_id, include_deleted=False))
 

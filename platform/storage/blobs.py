@@ -106,3 +106,12 @@ def tenant_prefix(tenant_id: str) -> str:
 def job_blob_key(tenant_id: str, job_id: str, name: str) -> str:
     """``tenants/<tenant_id>/jobs/<job_id>/<name>``; ``name`` may contain ``/``."""
     return validate_key(f"{tenant_prefix(tenant_id)}jobs/{_segment('job id', job_id)}/{name}")
+
+
+def job_of_key(tenant_id: str, key: str) -> str | None:
+    """The job id of a blob under ``tenants/<tenant_id>/jobs/<job_id>/``, else None."""
+    head = f"{tenant_prefix(tenant_id)}jobs/"
+    if not key.startswith(head):
+        return None
+    job_id, slash, _ = key[len(head) :].partition("/")
+    return job_id if slash and job_id else None

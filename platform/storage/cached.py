@@ -42,7 +42,7 @@ class CachedBlobStore:
         *,
         max_entry_bytes: int,
         ttl_seconds: float,
-        cacheable: Callable[[str], bool] = lambda key: True,
+        cacheable: Callable[[str], bool] = lambda _key: True,
     ) -> None:
         self.store = store
         self.cache = cache

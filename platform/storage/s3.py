@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any, cast
 
+import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -246,8 +247,6 @@ def _code(exc: ClientError) -> str:
 
 def s3_client(settings: Settings) -> S3Client:
     """A boto3 S3 client for ``settings`` (credentials: boto3's usual chain, e.g. IRSA)."""
-    import boto3
-
     return boto3.client(
         "s3",
         region_name=settings.blob.region,

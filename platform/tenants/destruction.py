@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from celeriac.platform.audit import record_admin_action
 from celeriac.platform.db import transaction
+from celeriac.platform.jobs import repository as job_repository
 from celeriac.platform.models import Tenant, TenantStatus, utcnow
 from celeriac.platform.tenant_data import envelope, key_provider, tenant_blobs
 
@@ -51,6 +52,7 @@ def destroy_tenant_key(tenant_id: uuid.UUID) -> bool:
     if key_id:
         key_provider().destroy_tenant_key(key_id)
     envelope().forget_tenant(str(tenant_id))
+    tenant_blobs().forget_tenant_job_keys(str(tenant_id))
     with transaction() as session:
         tenant = session.get(Tenant, tenant_id)
         assert tenant is not None
@@ -72,6 +74,9 @@ def delete_tenant_blobs(tenant_id: uuid.UUID) -> int | None:
     with transaction() as session:
         tenant = session.get(Tenant, tenant_id)
         assert tenant is not None
+        # Its jobs' keys were wrapped under the destroyed key already; drop them anyway,
+        # as deleting one job's data does (docs/adr/0015).
+        job_repository.destroy_data_keys(session, tenant_id)
         tenant.blobs_deleted_at = utcnow()
         _audit(session, tenant, "tenant.blobs_deleted", {"blobs": removed})
     logger.info("tenant blobs deleted", extra={"tenant_id": str(tenant_id), "blobs": removed})

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from celeriac.platform.api.deps import AdminDep, SessionDep, SettingsDep, invalidate_auth
+from celeriac.platform.api.deps import AdminDep, SessionDep, invalidate_auth
 from celeriac.platform.api.problems import problem_openapi
 from celeriac.platform.api.schemas import Page
 from celeriac.platform.models import TenantStatus
@@ -36,9 +36,8 @@ def create_tenant(
 
 @router.get("", response_model=Page[TenantOut])
 def list_tenants(
-    admin: AdminDep,
+    _admin: AdminDep,
     session: SessionDep,
-    settings: SettingsDep,
     status: TenantStatus | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
@@ -49,7 +48,7 @@ def list_tenants(
 
 
 @router.get("/{tenant_id}", response_model=TenantOut)
-def get_tenant(tenant_id: uuid.UUID, admin: AdminDep, session: SessionDep) -> TenantOut:
+def get_tenant(tenant_id: uuid.UUID, _admin: AdminDep, session: SessionDep) -> TenantOut:
     return TenantOut.model_validate(service.get_tenant(session, tenant_id))
 
 
@@ -72,7 +71,8 @@ def update_tenant(
 
 @router.delete("/{tenant_id}", response_model=TenantOut)
 def delete_tenant(tenant_id: uuid.UUID, admin: AdminDep, session: SessionDep) -> TenantOut:
-    """Delete: revokes every API key and stops new jobs at once; then destroys the tenant's
+    """Delete: revokes every API key, disables its webhook targets and stops new jobs at
+    once (queued and running jobs end `cancelled`); then destroys the tenant's
     encryption key (its data is unreadable from then on; KMS deletes the key after
     `keys.deletion_window_days`) and deletes its stored objects. Usage records and the
     audit log stay. Idempotent."""

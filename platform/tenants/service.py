@@ -23,6 +23,7 @@ from celeriac.platform.tasks import default_publisher
 from celeriac.platform.tenant_data import envelope, key_provider
 from celeriac.platform.tenants.destruction import destroy_key_after_commit
 from celeriac.platform.tenants.profile import profile_entry
+from celeriac.platform.webhooks import repository as webhook_repository
 
 _SLUG = re.compile(SLUG_PATTERN)
 
@@ -137,6 +138,9 @@ def delete_tenant(
         .values(revoked_at=now)
     )
     session.flush()
+    # Nothing more is sent to its receivers (nor billed): a delivery already due finds its
+    # target disabled; the cancellations below write their events with no delivery.
+    webhook_repository.disable_tenant_targets(session, tenant.id, "the tenant was deleted")
     # Its queued and running jobs end cancelled now, before its key is destroyed.
     default_publisher().after_commit(session, lifecycle.end_tenant_jobs(session, tenant.id))
     run_after_commit(session, invalidate_auth)

@@ -87,10 +87,12 @@ def insert_usage(session: Session | Connection, rows: Sequence[Mapping[str, Any]
     if not rows:
         return
     usage_recorded(str(row["metric"]) for row in rows)
+    # The rows as parameters of one constant statement (SQLAlchemy batches them into one
+    # multi-row INSERT, "insertmanyvalues"), not in the statement: a VALUES clause built
+    # from the rows made a new cache key out of every value on each call (issue 16).
     session.execute(
-        upsert_insert(session, UsageRecord)
-        .values(list(rows))
-        .on_conflict_do_nothing(index_elements=["id"])
+        upsert_insert(session, UsageRecord).on_conflict_do_nothing(index_elements=["id"]),
+        [dict(row) for row in rows],
     )
 
 

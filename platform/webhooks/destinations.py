@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 IPAddress: TypeAlias = IPv4Address | IPv6Address
 IPNetwork: TypeAlias = IPv4Network | IPv6Network
@@ -133,6 +133,18 @@ def check_destination(
     metadata endpoints (the last even when allowlisted). IP literals are checked without
     resolving. Returns the checked addresses, which delivery must connect to.
     """
+    parts, hostname, port = _split_url(url, allow_http=allow_http)
+    bracketed = parts.netloc.startswith("[")
+    addresses = _checked_addresses(hostname, port, bracketed, allowed_networks, resolve)
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    return Destination(parts.scheme, hostname, port, path, addresses)
+
+
+def _split_url(url: str, *, allow_http: bool) -> tuple[SplitResult, str, int]:
+    """``url``'s parts, host and port (the scheme's default when absent); refuses what
+    :func:`check_destination` refuses in the URL itself."""
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeDestination(f"webhook URL is longer than {MAX_URL_LENGTH} characters")
     # urlsplit silently drops tabs and newlines and strips leading spaces, and other
@@ -158,34 +170,40 @@ def check_destination(
         port = _DEFAULT_PORTS[parts.scheme]
     elif not 1 <= port <= 65535:
         raise UnsafeDestination(f"webhook URL port {port} is not between 1 and 65535")
+    return parts, hostname, port
 
-    literal = _parse_host(hostname, bracketed=parts.netloc.startswith("["))
+
+def _checked_addresses(
+    hostname: str,
+    port: int,
+    bracketed: bool,
+    allowed_networks: Sequence[IPNetwork],
+    resolve: Resolver,
+) -> tuple[IPAddress, ...]:
+    """The addresses of ``hostname`` (itself when it is an IP literal, checked without
+    resolving), every one of them allowed."""
+    literal = _parse_host(hostname, bracketed=bracketed)
     if literal is not None:
         problem = _address_problem(literal, allowed_networks)
         if problem is not None:
             raise UnsafeDestination(f"host {hostname} is {problem}{_PUBLIC_ONLY}")
-        addresses: tuple[IPAddress, ...] = (literal,)
-    else:
-        try:
-            addresses = tuple(resolve(hostname, port))
-        except (OSError, UnicodeError) as exc:
+        return (literal,)
+    try:
+        addresses = tuple(resolve(hostname, port))
+    except (OSError, UnicodeError) as exc:
+        raise UnsafeDestination(
+            f"cannot resolve host {hostname}; check the name and that it has public DNS"
+        ) from exc
+    if not addresses:
+        raise UnsafeDestination(f"host {hostname} resolves to no addresses")
+    # Every address, not the first: the HTTP client may try any of them.
+    for address in addresses:
+        problem = _address_problem(address, allowed_networks)
+        if problem is not None:
             raise UnsafeDestination(
-                f"cannot resolve host {hostname}; check the name and that it has public DNS"
-            ) from exc
-        if not addresses:
-            raise UnsafeDestination(f"host {hostname} resolves to no addresses")
-        # Every address, not the first: the HTTP client may try any of them.
-        for address in addresses:
-            problem = _address_problem(address, allowed_networks)
-            if problem is not None:
-                raise UnsafeDestination(
-                    f"host {hostname} resolves to {address}, {problem}{_PUBLIC_ONLY}"
-                )
-
-    path = parts.path or "/"
-    if parts.query:
-        path = f"{path}?{parts.query}"
-    return Destination(parts.scheme, hostname, port, path, addresses)
+                f"host {hostname} resolves to {address}, {problem}{_PUBLIC_ONLY}"
+            )
+    return addresses
 
 
 def _parse_host(hostname: str, *, bracketed: bool) -> IPAddress | None:
@@ -222,6 +240,23 @@ def _parse_host(hostname: str, *, bracketed: bool) -> IPAddress | None:
     return None
 
 
+# What refuses an address that is neither a metadata endpoint nor allowlisted, asked in
+# this order: the first that holds names the address.
+_REFUSED_KINDS: tuple[tuple[Callable[[IPAddress], bool], str], ...] = (
+    (lambda a: a.is_unspecified, "an unspecified address"),
+    (lambda a: a.is_loopback, "a loopback address"),
+    (lambda a: a.is_link_local, "a link-local address"),
+    (lambda a: a.is_multicast, "a multicast address"),  # ipaddress: most multicast is_global
+    (lambda a: a == _LIMITED_BROADCAST, "the broadcast address"),
+    (lambda a: a.is_reserved, "a reserved address"),
+    # is_global on 3.11
+    (lambda a: isinstance(a, IPv6Address) and a.is_site_local, "a site-local address"),
+    (lambda a: a.is_private, "a private address"),
+    (lambda a: a in _CARRIER_GRADE_NAT, "a carrier-grade NAT address"),
+    (lambda a: not a.is_global, "an address that is not publicly routable"),
+)
+
+
 def _address_problem(address: IPAddress, allowed: Sequence[IPNetwork]) -> str | None:
     """Why ``address`` may not be called (a phrase such as "a private address"), or None."""
     if address in _METADATA_ADDRESSES:
@@ -229,37 +264,29 @@ def _address_problem(address: IPAddress, allowed: Sequence[IPNetwork]) -> str | 
     if any(address in network for network in allowed):
         return None
     if isinstance(address, IPv6Address):
-        embedded = _embedded_ipv4(address)
-        if embedded is not None:
-            kind, ipv4 = embedded
-            problem = _address_problem(ipv4, allowed)
-            if problem is not None:
-                return f"{kind} embedding {ipv4}, {problem}"
-            # Mapped and NAT64 addresses reach exactly the embedded IPv4 host, which passed;
-            # ipaddress's verdict on their prefix (reserved) says nothing about that host.
-            if kind in (_MAPPED, _NAT64_KIND):
-                return None
-    if address.is_unspecified:
-        return "an unspecified address"
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_link_local:
-        return "a link-local address"
-    if address.is_multicast:  # ipaddress counts most multicast as is_global
-        return "a multicast address"
-    if address == _LIMITED_BROADCAST:
-        return "the broadcast address"
-    if address.is_reserved:
-        return "a reserved address"
-    if isinstance(address, IPv6Address) and address.is_site_local:  # is_global on 3.11
-        return "a site-local address"
-    if address.is_private:
-        return "a private address"
-    if address in _CARRIER_GRADE_NAT:
-        return "a carrier-grade NAT address"
-    if not address.is_global:
-        return "an address that is not publicly routable"
-    return None
+        decided, problem = _embedding_verdict(address, allowed)
+        if decided:
+            return problem
+    return next((kind for refused, kind in _REFUSED_KINDS if refused(address)), None)
+
+
+def _embedding_verdict(
+    address: IPv6Address, allowed: Sequence[IPNetwork]
+) -> tuple[bool, str | None]:
+    """(True, the problem or None) when the IPv4 address that ``address`` embeds decides;
+    (False, None) when ``address`` is to be judged as an IPv6 address."""
+    embedded = _embedded_ipv4(address)
+    if embedded is None:
+        return False, None
+    kind, ipv4 = embedded
+    problem = _address_problem(ipv4, allowed)
+    if problem is not None:
+        return True, f"{kind} embedding {ipv4}, {problem}"
+    # Mapped and NAT64 addresses reach exactly the embedded IPv4 host, which passed;
+    # ipaddress's verdict on their prefix (reserved) says nothing about that host.
+    if kind in (_MAPPED, _NAT64_KIND):
+        return True, None
+    return False, None
 
 
 def _embedded_ipv4(address: IPv6Address) -> tuple[str, IPv4Address] | None:

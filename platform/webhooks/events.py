@@ -29,7 +29,7 @@ from celeriac.platform.models import (
 from celeriac.platform.queues import TaskName
 from celeriac.platform.settings import get_settings
 from celeriac.platform.tasks import Publication, default_publisher
-from celeriac.platform.webhooks import repository
+from celeriac.platform.webhooks import payloads, repository
 from celeriac.platform.webhooks.service import EventType, event_type_matches
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def enqueue(
     Deliveries are published when ``session`` commits."""
     now = utcnow()
     payload = {"type": event_type.value, "timestamp": _timestamp(now), "data": data}
-    if len(json.dumps(payload, separators=(",", ":")).encode()) > MAX_PAYLOAD_BYTES:
+    if len(payloads.encode(payload)) > MAX_PAYLOAD_BYTES:
         raise ValueError(f"a webhook payload is limited to {MAX_PAYLOAD_BYTES} bytes")
     message_id = "msg_" + uuid.uuid4().hex
     if not repository.insert_message(
@@ -68,7 +68,7 @@ def enqueue(
         message_id=message_id,
         event_type=event_type.value,
         event_key=event_key,
-        payload=payload,
+        sealed_payload=payloads.seal(str(tenant_id), message_id, payload),
         created_at=now,
     ):
         return None

@@ -59,7 +59,7 @@ def insert_message(
     message_id: str,
     event_type: str,
     event_key: str,
-    payload: dict[str, Any],
+    sealed_payload: bytes,
     created_at: datetime,
 ) -> bool:
     """The event's message, once per (tenant, event key); False if it existed already."""
@@ -70,7 +70,7 @@ def insert_message(
             tenant_id=tenant_id,
             event_type=event_type,
             event_key=event_key,
-            payload=payload,
+            sealed_payload=sealed_payload,
             created_at=created_at,
         )
         .on_conflict_do_nothing(index_elements=["tenant_id", "event_key"])
@@ -87,6 +87,19 @@ def enabled_targets(session: Session, tenant_id: uuid.UUID) -> list[WebhookTarge
             )
         )
     )
+
+
+def disable_tenant_targets(session: Session, tenant_id: uuid.UUID, reason: str) -> int:
+    """Disable every enabled target of the tenant (a deleted tenant's: from the commit on
+    nothing more is sent to them, and no delivery is billed); returns how many."""
+    now = utcnow()
+    result = session.execute(
+        update(WebhookTarget)
+        .where(WebhookTarget.tenant_id == tenant_id, WebhookTarget.state == TargetState.ENABLED)
+        .values(state=TargetState.DISABLED, disabled_reason=reason[:200], updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def insert_deliveries(

@@ -9,13 +9,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from celeriac.platform.api.deps import Authenticator, SessionDep, SettingsDep
+from celeriac.platform.api.deps import Admit, SessionDep, SettingsDep
 from celeriac.platform.api.problems import problem_openapi
 from celeriac.platform.api.schemas import Page, Timestamp
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.keys.service import Scope
 from celeriac.platform.models import AttemptTrigger, WebhookDelivery, WebhookMessage
-from celeriac.platform.webhooks import log, repository, service
+from celeriac.platform.webhooks import log, payloads, repository, service
 from celeriac.platform.webhooks.destinations import Resolver, resolve_host
 from celeriac.platform.webhooks.schemas import (
     DeliveriesRestarted,
@@ -37,7 +37,7 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 # /v1/webhooks/{target_id} for every method the target routes have.
 messages_router = APIRouter(prefix="/v1/webhook-messages", tags=["webhooks"])
 
-WebhooksManager = Annotated[TenantContext, Depends(Authenticator(Scope.WEBHOOKS_MANAGE))]
+WebhooksManager = Annotated[TenantContext, Depends(Admit(Scope.WEBHOOKS_MANAGE).tenant)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
@@ -234,7 +234,8 @@ def send_test_event(
 
 def _message_out(message: WebhookMessage, deliveries: list[WebhookDelivery]) -> WebhookMessageOut:
     return WebhookMessageOut(
-        **{k: getattr(message, k) for k in ("id", "event_type", "payload", "created_at")},
+        **{k: getattr(message, k) for k in ("id", "event_type", "created_at")},
+        payload=payloads.reveal(message),
         deliveries=[WebhookDeliveryOut.model_validate(d) for d in deliveries],
     )
 

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import BrowserContext, Response, expect
 
-from browser_support import LivePlatform, check_page, new_page, sign_in, wait_for
+from browser_support import (
+    LivePlatform,
+    check_page,
+    live_counts,
+    new_page,
+    sign_in,
+    wait_for,
+    watch_live,
+)
 from worker_support import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]
@@ -66,11 +74,17 @@ def test_tenant_submits_watches_and_reads_the_results(
 
     # Watched without reloading: a marker set in this document must survive to the end.
     page.evaluate("() => { window.__sameDocument = true; }")
+    watch_live(page)
     state = page.locator("#job-state")
     first = state.get_attribute("data-state")
     assert first in ("queued", "running"), first
     expect(state).to_have_attribute("data-state", "succeeded", timeout=120_000)
     assert page.evaluate("() => window.__sameDocument === true")
+    # Driven by the job event stream: every re-read of the page followed a "changed"
+    # event, and the stream never failed (which would have started the fallback polling).
+    live = live_counts(page)
+    assert live["errors"] == 0, live
+    assert 1 <= live["rereads"] <= live["changed"], live
 
     # One bar per task, as the API counts them.
     job = live_platform.http.get(
@@ -112,12 +126,29 @@ def test_a_job_list_updates_while_its_job_runs(
     page = tenant.page
     page.goto(f"{live_platform.url}/console/jobs")
     page.evaluate("() => { window.__sameDocument = true; }")
+    watch_live(page)
     state = page.locator(f"tr[data-job-id='{submitted['id']}'] .state")
     expect(state).not_to_have_text("succeeded")
+    # A second page whose event stream is cut off: it falls back to polling.
+    cut_off = new_page(new_context())
+    sign_in(cut_off, live_platform.url, key)
+    cut_off.page.route("**/console/jobs/live-events*", lambda route: route.abort())
+    cut_off.page.goto(f"{live_platform.url}/console/jobs")
+    watch_live(cut_off.page)
     live_platform.workers.start("compute", "worker", "--pool", "compute", "--concurrency", "1")
     expect(state).to_have_text("succeeded", timeout=120_000)
     assert page.evaluate("() => window.__sameDocument === true")
+    live = live_counts(page)
+    assert live["errors"] == 0, live
+    assert 1 <= live["rereads"] <= live["changed"], live
     check_page(tenant, output_dir, "jobs-updated")
+    polled = cut_off.page.locator(f"tr[data-job-id='{submitted['id']}'] .state")
+    expect(polled).to_have_text("succeeded", timeout=60_000)
+    fallback = live_counts(cut_off.page)
+    assert fallback["changed"] == 0, fallback
+    assert fallback["rereads"] >= 1, fallback
+    cut_off.errors.clear()  # the aborted stream requests are logged as errors
+    check_page(cut_off, output_dir, "jobs-updated-by-polling")
 
 
 def test_tenant_manages_webhooks_and_keys(

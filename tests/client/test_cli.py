@@ -62,9 +62,12 @@ def test_submit_wait_list_get_results_rerun_watch(
     assert any(line.split()[:2] == ["summary", "tabular"] for line in table[2:])
 
     listed = run(live_platform, tenant, "jobs", "list")
-    assert listed.returncode == 0 and job_id in listed.stdout and "succeeded" in listed.stdout
+    assert listed.returncode == 0
+    assert job_id in listed.stdout
+    assert "succeeded" in listed.stdout
     got = json.loads(run(live_platform, tenant, "jobs", "get", job_id).stdout)
-    assert got["state"] == "succeeded" and got["record_count"] == 30
+    assert got["state"] == "succeeded"
+    assert got["record_count"] == 30
 
     output = tmp_path / "results.json"
     results = run(live_platform, tenant, "jobs", "results", job_id, "--output", str(output))
@@ -74,7 +77,8 @@ def test_submit_wait_list_get_results_rerun_watch(
         f"{live_platform.url}/v1/jobs/{job_id}/results",
         headers={"Authorization": f"Bearer {tenant.key}"},
     ).json()
-    assert stored == api and stored["analyses"]["summary"]["tabular"]["rows"] == 30
+    assert stored == api
+    assert stored["analyses"]["summary"]["tabular"]["rows"] == 30
 
     rerun = run(live_platform, tenant, "jobs", "rerun", job_id, "--priority", "high")
     assert rerun.returncode == 0, rerun.stderr
@@ -82,14 +86,17 @@ def test_submit_wait_list_get_results_rerun_watch(
     watched = run(live_platform, tenant, "jobs", "watch", again["id"], "--timeout", "120")
     assert watched.returncode == 0, watched.stderr
     lines = watched.stdout.splitlines()
-    assert lines[0].split()[1] == "queued" and lines[-1].split()[1] == "succeeded"
+    assert lines[0].split()[1] == "queued"
+    assert lines[-1].split()[1] == "succeeded"
     assert any(" progress " in line for line in lines)
 
     refused = run(live_platform, tenant, "jobs", "cancel", job_id)
-    assert refused.returncode == 1 and "409" in refused.stderr
+    assert refused.returncode == 1
+    assert "409" in refused.stderr
     assert run(live_platform, tenant, "jobs", "delete", job_id).returncode == 0
     gone = run(live_platform, tenant, "jobs", "rerun", job_id)
-    assert gone.returncode == 1 and "410" in gone.stderr
+    assert gone.returncode == 1
+    assert "410" in gone.stderr
 
 
 def test_bad_input_is_a_readable_error(
@@ -98,11 +105,14 @@ def test_bad_input_is_a_readable_error(
     text = tmp_path / "records.txt"
     text.write_text("hello")
     wrong_type = run(live_api, tenant, "jobs", "submit", str(text), "--pipeline", "full")
-    assert wrong_type.returncode == 1 and ".csv, .ndjson or .jsonl" in wrong_type.stderr
+    assert wrong_type.returncode == 1
+    assert ".csv, .ndjson or .jsonl" in wrong_type.stderr
     unknown = run(live_api, tenant, "jobs", "get", "00000000-0000-0000-0000-000000000000")
-    assert unknown.returncode == 1 and "404" in unknown.stderr
+    assert unknown.returncode == 1
+    assert "404" in unknown.stderr
     no_key = run(live_api, tenant, "jobs", "list", CELERIAC_API_KEY="")
-    assert no_key.returncode == 1 and "CELERIAC_API_KEY" in no_key.stderr
+    assert no_key.returncode == 1
+    assert "CELERIAC_API_KEY" in no_key.stderr
 
 
 def test_webhooks_listen_verifies_and_prints_each_event(tmp_path: Path) -> None:
@@ -147,7 +157,8 @@ def test_webhooks_listen_verifies_and_prints_each_event(tmp_path: Path) -> None:
             "content-type": "application/json",
         }
         accepted = httpx.post(url, content=body, headers=headers)
-        assert accepted.status_code == 200 and accepted.json() == {"received": "job.succeeded"}
+        assert accepted.status_code == 200
+        assert accepted.json() == {"received": "job.succeeded"}
         forged = httpx.post(url, content=body.replace("j1", "j2"), headers=headers)
         assert forged.status_code == 400
         wait_until(lambda: len(printed) >= 3, 30, "three lines from the listener")

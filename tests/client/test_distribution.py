@@ -136,7 +136,8 @@ with Client(base_url={live_platform.url!r}, api_key={tenant_key!r}) as client:
         text=True,
         check=False,
     )
-    assert cli.returncode == 0 and "jobs" in cli.stdout
+    assert cli.returncode == 0
+    assert "jobs" in cli.stdout
 
 
 def test_beside_the_platform_both_import(tmp_path: Path) -> None:

@@ -59,7 +59,8 @@ def test_a_stream_cut_on_one_api_process_resumes_on_another_without_loss_or_repe
             tail = list(second.jobs.events(job.id, last_event_id=head[-1].id, timeout=120))
             whole = list(first.jobs.events(job.id, timeout=30))
         assert [e.id for e in head + tail] == [e.id for e in whole]
-        assert tail[-1].final and tail[-1].state is JobState.SUCCEEDED
+        assert tail[-1].final
+        assert tail[-1].state is JobState.SUCCEEDED
     finally:
         other.close()
 

@@ -50,18 +50,23 @@ def test_submit_wait_with_progress_and_results_as_frames(
         job = client.jobs.submit(
             records=RECORDS, pipeline="tabular-summary", metadata={"run": "sdk"}
         )
-        assert job.state is JobState.QUEUED and job.record_count == len(RECORDS)
+        assert job.state is JobState.QUEUED
+        assert job.record_count == len(RECORDS)
         done = job.wait(progress=seen.append, timeout=120)
-        assert done.state is JobState.SUCCEEDED and done.finished_at is not None
-        assert done.expires_at is not None and done.expires_at > done.finished_at
+        assert done.state is JobState.SUCCEEDED
+        assert done.finished_at is not None
+        assert done.expires_at is not None
+        assert done.expires_at > done.finished_at
         document = done.results()
         frames = done.results(as_frame=True)
 
     # The stream: queued, running, one progress event per task in stage order, the end.
     assert [e.state for e in seen][:2] == [JobState.QUEUED, JobState.RUNNING]
-    assert seen[-1].final and seen[-1].state is JobState.SUCCEEDED
+    assert seen[-1].final
+    assert seen[-1].state is JobState.SUCCEEDED
     progress = [e for e in seen if e.type == "progress"]
-    assert progress and all(e.total and e.done <= e.total for e in progress)  # type: ignore[operator]
+    assert progress
+    assert all(e.total and e.done <= e.total for e in progress)
     for stage in {e.stage for e in progress}:
         counts = [e.done for e in progress if e.stage == stage]
         assert counts == list(range(1, len(counts) + 1)), (stage, counts)
@@ -70,7 +75,8 @@ def test_submit_wait_with_progress_and_results_as_frames(
     summary = document["analyses"]["summary"]["tabular"]
     assert summary["rows"] == len(RECORDS)
     numeric = frames["analyses"]["summary"]["tabular"]["numeric"]
-    assert isinstance(numeric, pd.DataFrame) and set(numeric.index) == {"id", "amount"}
+    assert isinstance(numeric, pd.DataFrame)
+    assert set(numeric.index) == {"id", "amount"}
     described = pd.DataFrame(RECORDS)["amount"].describe()
     assert numeric.loc["amount", "mean"] == pytest.approx(described["mean"])
     assert numeric.loc["amount", "std"] == pytest.approx(described["std"])
@@ -114,19 +120,23 @@ def test_async_client_rerun_and_delete(live_platform: LivePlatform, tenant: Tena
             again = await first.rerun(priority="high")
             assert again.id != first.id
             rerun = await again.wait(timeout=120)
-            assert rerun.rerun_of == first.id and rerun.priority.value == "high"
+            assert rerun.rerun_of == first.id
+            assert rerun.priority.value == "high"
             assert rerun.record_count == first.record_count
             assert (await rerun.results())["analyses"] == (await first.results())["analyses"]
             events = [e async for e in client.jobs.events(first.id)]
-            assert events[-1].final and events[-1].state is JobState.SUCCEEDED
+            assert events[-1].final
+            assert events[-1].state is JobState.SUCCEEDED
 
             await first.delete()
             gone = await first.refresh()
-            assert gone.data_deleted_at is not None and gone.expires_at is None
+            assert gone.data_deleted_at is not None
+            assert gone.expires_at is None
             with pytest.raises(Gone) as refused:
                 await first.rerun()
-            assert refused.value.status == 410 and "re-run" in refused.value.detail
-            with pytest.raises(NotFound):
+            assert refused.value.status == 410
+            assert "re-run" in refused.value.detail
+            with pytest.raises(Gone):
                 await first.results()
             assert [j.id async for j in client.jobs.list(page_size=1)] == [rerun.id, first.id]
 
@@ -153,8 +163,10 @@ def test_errors_carry_the_problem_fields(
         job = client.jobs.submit(records=RECORDS[:3], pipeline=spec)
         with pytest.raises(NotFound) as missing:
             others.jobs.get(job.id)  # another tenant's job is a 404
-        assert missing.value.status == 404 and missing.value.code == "not-found"
-        assert missing.value.instance == f"/v1/jobs/{job.id}" and missing.value.request_id
+        assert missing.value.status == 404
+        assert missing.value.code == "not-found"
+        assert missing.value.instance == f"/v1/jobs/{job.id}"
+        assert missing.value.request_id
         with pytest.raises(NotFound):
             client.jobs.get(uuid.uuid4())
         with pytest.raises(Conflict) as running:
@@ -197,8 +209,10 @@ def test_429_is_retried_after_retry_after_within_the_budget(
             return None
 
         refused = throttled() or throttled()
-        assert refused is not None and refused.retry_after is not None
-        assert refused.code == "quota-exceeded" and refused.extra["policy"] == "requests"
+        assert refused is not None
+        assert refused.retry_after is not None
+        assert refused.code == "quota-exceeded"
+        assert refused.extra["policy"] == "requests"
     with Client(
         base_url=live_api.url, api_key=tenant.key, retry=RetryPolicy(max_retries=5, max_wait=30)
     ) as patient:
@@ -278,7 +292,8 @@ def test_503_is_retried_with_the_same_idempotency_key_and_the_budget_is_bounded(
             job = client.jobs.submit(records=[{"a": 1}], pipeline="full")
         assert job.state is JobState.QUEUED
         keys = {headers["Idempotency-Key"] for _, headers in server.requests}
-        assert len(server.requests) == 3 and len(keys) == 1
+        assert len(server.requests) == 3
+        assert len(keys) == 1
     finally:
         server.close()
     down = Scripted(UNAVAILABLE)
@@ -289,7 +304,8 @@ def test_503_is_retried_with_the_same_idempotency_key_and_the_budget_is_bounded(
             pytest.raises(ServiceUnavailable) as refused,
         ):
             client.quotas.get()
-        assert refused.value.detail == "db down" and refused.value.retry_after == 0
+        assert refused.value.detail == "db down"
+        assert refused.value.retry_after == 0
         assert len(down.requests) == 3  # the first try and two retries, then the error
     finally:
         down.close()
@@ -309,7 +325,8 @@ def test_a_retry_after_longer_than_the_budget_is_not_waited_for() -> None:
         ):
             client.jobs.submit(records=[{"a": 1}], pipeline="full")
         assert refused.value.extra["policy"] == "jobs-monthly"
-        assert refused.value.retry_after == 2000000 and len(server.requests) == 1
+        assert refused.value.retry_after == 2000000
+        assert len(server.requests) == 1
     finally:
         server.close()
 
@@ -326,9 +343,11 @@ def test_the_event_stream_resumes_after_last_event_id(
         # Past the final event the server's stream is empty and ends.
         headers = {"Authorization": f"Bearer {tenant.key}", "Last-Event-ID": whole[-1].id}
         after = httpx.get(f"{live_platform.url}/v1/jobs/{job.id}/events", headers=headers)
-        assert after.status_code == 200 and "data:" not in after.text
+        assert after.status_code == 200
+        assert "data:" not in after.text
         # Raw SSE as a browser's EventSource would read it.
         headers = {"Authorization": f"Bearer {tenant.key}", "Last-Event-ID": whole[0].id}
         raw = httpx.get(f"{live_platform.url}/v1/jobs/{job.id}/events", headers=headers)
         assert raw.headers["content-type"].startswith("text/event-stream")
-        assert f"id: {whole[-1].id}" in raw.text and f"id: {whole[0].id}\n" not in raw.text
+        assert f"id: {whole[-1].id}" in raw.text
+        assert f"id: {whole[0].id}\n" not in raw.text

@@ -210,7 +210,8 @@ def _container_env(obj: dict[str, Any], objects: list[dict[str, Any]]) -> dict[s
             env[item["name"]] = item["value"]
             continue
         ref = item["valueFrom"]["secretKeyRef"]
-        assert ref["name"] == "celeriac-env" and ref["key"] == item["name"]
+        assert ref["name"] == "celeriac-env"
+        assert ref["key"] == item["name"]
         if ref["key"] in SECRET_ENV:
             env[item["name"]] = SECRET_ENV[ref["key"]]
         else:
@@ -247,7 +248,8 @@ def test_every_pod_gets_settings_the_platform_accepts(
     for obj in pods:
         settings = _settings_from(_container_env(obj, objects), monkeypatch)
         assert settings.api.host == "0.0.0.0"
-        assert settings.blob.backend == "s3" and settings.blob.s3_bucket == "celeriac-blobs"
+        assert settings.blob.backend == "s3"
+        assert settings.blob.s3_bucket == "celeriac-blobs"
         assert settings.keys.provider == "kms"
         assert str(settings.var_dir) == "/var/lib/celeriac"
         mounts = {
@@ -274,7 +276,8 @@ def test_one_worker_deployment_per_pool_with_its_own_scaled_object(
         assert trigger["type"] == "metrics-api"
         meta = trigger["metadata"]
         field = meta["valueLocation"].split(".")
-        assert field == [pool, "demand"] and "demand" in PoolDemand.model_fields
+        assert field == [pool, "demand"]
+        assert "demand" in PoolDemand.model_fields
         assert meta["url"] == (
             f"http://{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local:"
             f"{service['spec']['ports'][0]['port']}{backlog_route}"
@@ -369,7 +372,8 @@ def test_every_pod_runs_unprivileged_on_a_read_only_root(objects: list[dict[str,
             assert context["readOnlyRootFilesystem"] is True
             assert context["allowPrivilegeEscalation"] is False
             assert context["capabilities"]["drop"] == ["ALL"]
-            assert container["resources"]["requests"] and container["resources"]["limits"]
+            assert container["resources"]["requests"]
+            assert container["resources"]["limits"]
 
 
 def test_the_chart_spells_no_queue_name(objects: list[dict[str, Any]]) -> None:
@@ -507,9 +511,9 @@ def test_rollouts_keep_every_replica_and_spread_across_zones(
             for c in pod["spec"]["topologySpreadConstraints"]
             if c["topologyKey"] == "topology.kubernetes.io/zone"
         ]
+        assert zone
         assert (
-            zone
-            and zone[0]["labelSelector"]["matchLabels"]
+            zone[0]["labelSelector"]["matchLabels"]
             == (deployment["spec"]["selector"]["matchLabels"])
         )
     compute = workers(objects)["compute"]["spec"]["template"]["metadata"]["annotations"]
@@ -523,7 +527,8 @@ def test_the_api_waits_before_it_stops(objects: list[dict[str, Any]]) -> None:
     api = of_kind(objects, "Deployment")[f"{RELEASE}-api"]["spec"]["template"]["spec"]
     (container,) = api["containers"]
     command = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep" and 0 < int(command[1]) < api["terminationGracePeriodSeconds"]
+    assert command[0] == "sleep"
+    assert 0 < int(command[1]) < api["terminationGracePeriodSeconds"]
 
 
 def test_phase_one_of_an_upgrade_needs_the_running_api() -> None:
@@ -597,7 +602,8 @@ def test_the_backlog_port_admits_only_keda_and_ignores_readiness(
     settings = _settings_from(_container_env(api, objects), monkeypatch)
     (container,) = api["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports["ops"] == settings.api.ops_port and ports["http"] == settings.api.port
+    assert ports["ops"] == settings.api.ops_port
+    assert ports["http"] == settings.api.port
     ops = of_kind(objects, "Service")[f"{RELEASE}-api-ops"]
     assert ops["spec"]["publishNotReadyAddresses"] is True  # /readyz follows PostgreSQL
     assert ops["spec"]["selector"] == api["spec"]["selector"]["matchLabels"]
@@ -662,7 +668,8 @@ def test_external_secrets_give_each_component_its_own_secret_and_restart_on_rota
         assert obj["spec"]["target"]["creationPolicy"] == "Orphan"
         assert "pre-install" in obj["metadata"]["annotations"]["helm.sh/hook"]  # before migrate
         url = obj["spec"]["target"]["template"]["data"]["CELERIAC_DATABASE_URL"]
-        assert "{{ .db_password | urlquery }}" in url and "sslmode=verify-full" in url
+        assert "{{ .db_password | urlquery }}" in url
+        assert "sslmode=verify-full" in url
     fetched = {
         o["metadata"]["name"]: {d["secretKey"] for d in o["spec"]["data"]}
         for o in external.values()

@@ -102,7 +102,8 @@ def test_the_image_runs_as_the_chart_user_from_a_venv_of_the_runtime_lock() -> N
     (user,) = [args for op, args in runtime if op == "USER"]
     values = yaml.safe_load((REPO / "helm" / "celeriac" / "values.yaml").read_text())
     uid = values["podSecurityContext"]["runAsUser"]
-    assert user == f"{uid}:{values['podSecurityContext']['runAsGroup']}" and uid != 0
+    assert user == f"{uid}:{values['podSecurityContext']['runAsGroup']}"
+    assert uid != 0
     env = " ".join(args for op, args in runtime if op == "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in env  # nothing written under a read-only root
     assert "PGSSLROOTCERT=/etc/ssl/certs/rds-global-bundle.pem" in env
@@ -253,7 +254,8 @@ def test_the_images_install_steps_in_a_clean_venv_import_every_module(tmp_path: 
         text=True,
         check=False,
     )
-    assert helped.returncode == 0 and "migrate" in helped.stdout, helped.stderr
+    assert helped.returncode == 0, helped.stderr
+    assert "migrate" in helped.stdout, helped.stderr
 
 
 # --- the RDS CA bundle ---------------------------------------------------------------------
@@ -383,7 +385,8 @@ def test_compose_runs_every_process_unprivileged_with_settings_the_platform_acce
     }
     assert COMPOSE["services"]["prometheus"]["profiles"] == ["monitoring"]
     for name, service in services.items():
-        assert service["user"] == "10001:10001" and service["read_only"] is True, name
+        assert service["user"] == "10001:10001", name
+        assert service["read_only"] is True, name
         assert {t.split(":")[0] for t in service["tmpfs"]} == {"/tmp", "/var/lib/celeriac"}
         with monkeypatch.context() as patch:
             for variable in [v for v in os.environ if v.startswith("CELERIAC_")]:
@@ -403,4 +406,5 @@ def test_compose_runs_every_process_unprivileged_with_settings_the_platform_acce
     grace = services["worker-compute"]["stop_grace_period"]
     assert int(grace.removesuffix("s")) >= Settings().workers.compute_hard_time_limit + 30
     broker = " ".join(COMPOSE["services"]["redis-broker"]["command"])
-    assert "--maxmemory-policy noeviction" in broker and "--appendonly yes" in broker
+    assert "--maxmemory-policy noeviction" in broker
+    assert "--appendonly yes" in broker

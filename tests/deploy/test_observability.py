@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
 from prometheus_client import Counter, Gauge, Histogram
@@ -37,8 +38,6 @@ def _merged(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    import helm_python as helm
-
     with helm.Chart.load(CHART) as chart:
         manifests = chart.render(
             _merged(BASE_VALUES, values or {}),

@@ -91,7 +91,8 @@ def conditions(statement: dict[str, Any]) -> Iterator[tuple[str, str, list[str]]
 def test_every_file_parses_and_declares_its_inputs_and_outputs(module: Module) -> None:
     assert {p.name for p in module.files} >= {"versions.tf", "variables.tf", "outputs.tf"}
     for name, variable in module.variables.items():
-        assert variable.get("description") and variable.get("type"), name
+        assert variable.get("description"), name
+        assert variable.get("type"), name
     for name, output in module.outputs.items():
         assert output.get("description"), name
 
@@ -118,10 +119,14 @@ def test_every_reference_points_at_a_declaration(module: Module) -> None:
 
 def test_postgresql_15_private_encrypted_and_tls_only(module: Module) -> None:
     db = module.resources[("aws_db_instance", "this")]
-    assert db["engine"] == "postgres" and str(db["engine_version"]).split(".")[0] == "15"
-    assert db["storage_encrypted"] is True and db["publicly_accessible"] is False
-    assert db["multi_az"] is True and db["deletion_protection"] is True
-    assert db["manage_master_user_password"] is True and "password" not in db
+    assert db["engine"] == "postgres"
+    assert str(db["engine_version"]).split(".")[0] == "15"
+    assert db["storage_encrypted"] is True
+    assert db["publicly_accessible"] is False
+    assert db["multi_az"] is True
+    assert db["deletion_protection"] is True
+    assert db["manage_master_user_password"] is True
+    assert "password" not in db
     params = module.resources[("aws_db_parameter_group", "this")]
     assert params["family"] == "postgres15"
     assert {"name": "rds.force_ssl", "value": "1"} in params["parameter"]
@@ -133,8 +138,10 @@ def test_redis_is_one_shard_with_a_replica_tls_and_an_auth_token(module: Module)
     # Cluster mode disabled: kombu cannot use Redis Cluster (CROSSSLOT), and the fair
     # dispatcher's Lua script touches keys of many tenants.
     assert redis["num_cache_clusters"] == 2
-    assert "num_node_groups" not in redis and "replicas_per_node_group" not in redis
-    assert redis["automatic_failover_enabled"] is True and redis["multi_az_enabled"] is True
+    assert "num_node_groups" not in redis
+    assert "replicas_per_node_group" not in redis
+    assert redis["automatic_failover_enabled"] is True
+    assert redis["multi_az_enabled"] is True
     assert redis["transit_encryption_enabled"] is True
     assert redis["at_rest_encryption_enabled"] is True
     assert redis["auth_token"] == "${random_password.redis_auth.result}"
@@ -155,7 +162,8 @@ def test_blob_bucket_is_versioned_kms_encrypted_private_and_expires_old_versions
     )
     (rule,) = r[("aws_s3_bucket_server_side_encryption_configuration", "blobs")]["rule"]
     (default,) = rule["apply_server_side_encryption_by_default"]
-    assert default["sse_algorithm"] == "aws:kms" and default["kms_master_key_id"]
+    assert default["sse_algorithm"] == "aws:kms"
+    assert default["kms_master_key_id"]
     block = r[("aws_s3_bucket_public_access_block", "blobs")]
     for setting in (
         "block_public_acls",
@@ -166,14 +174,11 @@ def test_blob_bucket_is_versioned_kms_encrypted_private_and_expires_old_versions
         assert block[setting] is True, setting
     (lifecycle,) = r[("aws_s3_bucket_lifecycle_configuration", "blobs")]["rule"]
     assert lifecycle["status"] == "Enabled"
-    assert (
-        lifecycle["noncurrent_version_expiration"]
-        and lifecycle["abort_incomplete_multipart_upload"]
-    )
+    assert lifecycle["noncurrent_version_expiration"]
+    assert lifecycle["abort_incomplete_multipart_upload"]
     (deny,) = statements(module, "blobs_bucket")
-    assert deny["effect"] == "Deny" and ("Bool", "aws:SecureTransport", ["false"]) in list(
-        conditions(deny)
-    )
+    assert deny["effect"] == "Deny"
+    assert ("Bool", "aws:SecureTransport", ["false"]) in list(conditions(deny))
 
 
 def test_tenant_key_permissions_are_scoped_by_alias_prefix_and_tenant_tag(
@@ -212,7 +217,8 @@ def test_tenant_key_permissions_are_scoped_by_alias_prefix_and_tenant_tag(
                 ] == [tag]
             elif any(":alias/" in r for r in resources):
                 (alias,) = resources
-                assert alias.startswith("arn:") and alias.endswith(
+                assert alias.startswith("arn:")
+                assert alias.endswith(
                     f":kms:${{var.region}}:"
                     "${data.aws_caller_identity.current.account_id}:"
                     f"{prefix}*"
@@ -256,9 +262,11 @@ def test_keda_is_installed_at_the_version_the_chart_is_validated_against(
     module: Module,
 ) -> None:
     keda = module.resources[("helm_release", "keda")]
-    assert keda["chart"] == "keda" and "kedacore" in keda["repository"]
+    assert keda["chart"] == "keda"
+    assert "kedacore" in keda["repository"]
     version = module.variables["keda_chart_version"]["default"]
-    assert keda["version"] == "${var.keda_chart_version}" and version.startswith("2.20.")
+    assert keda["version"] == "${var.keda_chart_version}"
+    assert version.startswith("2.20.")
 
 
 # --- the operations baseline --------------------------------------------------------------
@@ -292,7 +300,8 @@ def test_the_cache_has_its_own_redis_that_may_evict_what_expires(module: Module)
     cache = module.resources[("aws_elasticache_replication_group", "cache")]
     broker = module.resources[("aws_elasticache_replication_group", "this")]
     assert cache["replication_group_id"] != broker["replication_group_id"]
-    assert cache["transit_encryption_enabled"] is True and cache["auth_token"]
+    assert cache["transit_encryption_enabled"] is True
+    assert cache["auth_token"]
     params = module.resources[("aws_elasticache_parameter_group", "cache")]["parameter"]
     assert {p["name"]: p["value"] for p in params}["maxmemory-policy"] == "volatile-lru"
     urls = module.resources[("aws_secretsmanager_secret_version", "redis")]["secret_string"]
@@ -334,7 +343,8 @@ def test_state_lives_in_s3_with_a_dynamodb_lock(module: Module) -> None:
     assert versioning[0]["status"] == "Enabled"
     assert ("aws_s3_bucket_public_access_block", "state") in resources
     locks = resources[("aws_dynamodb_table", "locks")]
-    assert locks["hash_key"] == "LockID" and locks["point_in_time_recovery"][0]["enabled"]
+    assert locks["hash_key"] == "LockID"
+    assert locks["point_in_time_recovery"][0]["enabled"]
 
 
 def test_ecr_and_the_optional_rds_proxy(module: Module) -> None:

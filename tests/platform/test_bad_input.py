@@ -246,7 +246,8 @@ def test_a_deleted_tenants_sub_resources_follow_one_rule(
     assert client.delete(f"/v1/admin/tenants/{tenant.id}", headers=admin_headers).is_success
     base = f"/v1/admin/tenants/{tenant.id}"
     record = client.get(base, headers=admin_headers)  # the tombstone stays readable
-    assert record.status_code == 200 and record.json()["status"] == "deleted"
+    assert record.status_code == 200
+    assert record.json()["status"] == "deleted"
     for answer in (
         client.get(f"{base}/quotas", headers=admin_headers),
         client.put(f"{base}/quotas", json={"max_running_jobs": 3}, headers=admin_headers),
@@ -283,3 +284,38 @@ def test_an_admin_jwt_with_deep_claims_is_401(client: TestClient, api_settings: 
         ).status_code
         == 200
     )
+
+
+@pytest.mark.parametrize(
+    ("metadata", "words"),
+    [
+        ({f"k{i}": i for i in range(51)}, ["at most 50 metadata keys"]),
+        ({"k" * 101: 1}, ["metadata keys are 1 to 100 characters"]),
+        ({"": 1}, ["metadata keys are 1 to 100 characters"]),
+        ({"note": "v" * 1001}, ["longer than 1000 characters"]),
+        ({"records": [{"amount": 1}]}, []),  # scalars only: no record content in metadata
+        ({"nested": {"a": 1}}, []),
+    ],
+)
+def test_metadata_beyond_its_documented_limit_is_422(
+    client: TestClient, tenant: TenantFixture, metadata: dict[str, Any], words: list[str]
+) -> None:
+    """The README's limit (50 keys of 1-100 characters, scalar values, strings of at most
+    1,000 characters: the metadata is stored in clear, for the tenant's references) is
+    enforced, in JSON bodies and multipart fields alike, and nothing is written."""
+    answer = client.post(
+        "/v1/jobs",
+        json={"pipeline": SPEC, "records": [{"id": 1}], "metadata": metadata},
+        headers=tenant.headers,
+    )
+    problem = _refused(answer, 422)
+    assert any("metadata" in e["pointer"] for e in problem["errors"]), problem
+    assert all(any(w in e["detail"] for e in problem["errors"]) for w in words), problem
+    multipart = client.post(
+        "/v1/jobs",
+        data={"pipeline": PIPE, "metadata": json.dumps(metadata)},
+        files={"file": ("r.ndjson", b'{"id": 1}\n', "application/x-ndjson")},
+        headers=tenant.headers,
+    )
+    _refused(multipart, 422)
+    _no_jobs()

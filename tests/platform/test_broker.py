@@ -10,7 +10,7 @@ from queue import Empty
 from typing import Any
 
 from kombu import Connection
-from kombu.transport import filesystem
+from kombu.transport import filesystem, get_transport_cls
 
 from celeriac.platform.broker import AtomicFilesystemTransport
 
@@ -72,9 +72,5 @@ def test_messages_appear_only_when_written_whole(tmp_path: Path) -> None:
 
 
 def test_filesystem_urls_use_the_atomic_transport() -> None:
-    from kombu.transport import get_transport_cls
-
-    import celeriac.platform.broker  # noqa: F401  (registers the transport)
-
     assert get_transport_cls("filesystem") is AtomicFilesystemTransport
     assert issubclass(AtomicFilesystemTransport, filesystem.Transport)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import REDIS_SERVER, TenantFixture
+from conftest import REDIS_SERVER, TenantFixture, clear_process_caches
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
@@ -102,7 +102,9 @@ def test_a_hot_blob_is_read_from_the_store_once_and_redis_holds_only_its_ciphert
     assert store.reads == 1
     cached = cache_client.get(blob_entry(key))
     assert cached == store.get(key)  # the bytes the store holds: the envelope
-    assert cached is not None and cached.startswith(b"CLRE") and b"4111" not in cached
+    assert cached is not None
+    assert cached.startswith(b"CLRE")
+    assert b"4111" not in cached
 
     # Served from Redis with the file gone behind the store's back (and still decrypted
     # and authenticated like the stored copy).
@@ -243,8 +245,6 @@ def test_a_value_loaded_before_an_invalidation_is_not_stored(cache_client: redis
 def test_without_redis_the_embedded_mode_reads_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conftest import clear_process_caches
-
     for name in list(os.environ):
         if name.startswith("CELERIAC_"):
             monkeypatch.delenv(name)

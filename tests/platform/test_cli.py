@@ -41,13 +41,15 @@ def test_bad_setting_is_one_line_naming_it(var_dir: Path) -> None:
     result = run_celeriac(var_dir, "migrate", broker_url="kafka://b:9092")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert "CELERIAC_BROKER_URL" in result.stderr and "Traceback" not in result.stderr
+    assert "CELERIAC_BROKER_URL" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_unknown_pool_is_a_usage_error(var_dir: Path) -> None:
     result = run_celeriac(var_dir, "worker", "--pool", "gpu")
     assert result.returncode == 2
-    assert "'gpu' is not one of" in result.stderr and "Traceback" not in result.stderr
+    assert "'gpu' is not one of" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_up_on_a_port_in_use_says_so(var_dir: Path) -> None:
@@ -71,10 +73,12 @@ def test_create_tenant_prints_a_working_key_once(
     assert parse_key(fields["api_key"]) is not None
 
     again = run_celeriac(var_dir, "admin", "create-tenant", "acme-corp")
-    assert again.returncode == 1 and "already exists" in again.stderr
+    assert again.returncode == 1
+    assert "already exists" in again.stderr
 
     bad = run_celeriac(var_dir, "admin", "create-tenant", "Acme Corp")
-    assert bad.returncode == 1 and "lowercase letters" in bad.stderr
+    assert bad.returncode == 1
+    assert "lowercase letters" in bad.stderr
 
 
 def test_set_quotas_overrides_the_plan_and_says_what_is_wrong(var_dir: Path) -> None:
@@ -85,11 +89,14 @@ def test_set_quotas_overrides_the_plan_and_says_what_is_wrong(var_dir: Path) -> 
     )
     assert done.returncode == 0, done.stderr
     limits = dict(line.split("=", 1) for line in done.stdout.split())
-    assert limits["max_running_jobs"] == "7" and limits["request_burst"] == "50"
+    assert limits["max_running_jobs"] == "7"
+    assert limits["request_burst"] == "50"
     bad = run_celeriac(var_dir, "admin", "set-quotas", "quota-cli", "max_running_jobs=0")
-    assert bad.returncode == 1 and "max_running_jobs" in bad.stderr
+    assert bad.returncode == 1
+    assert "max_running_jobs" in bad.stderr
     missing = run_celeriac(var_dir, "admin", "set-quotas", "nobody", "jobs_per_month=1")
-    assert missing.returncode == 1 and "no tenant with slug" in missing.stderr
+    assert missing.returncode == 1
+    assert "no tenant with slug" in missing.stderr
 
 
 def test_admin_token_verifies_with_the_same_settings(
@@ -103,7 +110,8 @@ def test_admin_token_verifies_with_the_same_settings(
     assert (principal.subject, principal.role) == ("ops", Role.BILLING)
 
     wrong = run_celeriac(var_dir, "admin", "token", "--role", "root")
-    assert wrong.returncode == 1 and "--role must be one of" in wrong.stderr
+    assert wrong.returncode == 1
+    assert "--role must be one of" in wrong.stderr
 
 
 def _time_wait_on(port: int) -> None:
@@ -153,6 +161,24 @@ def test_admin_token_elsewhere_refuses_instead_of_inventing_secrets(tmp_path: Pa
         check=False,
     )
     assert result.returncode == 1, result.stdout
-    assert "no Celeriac instance here" in result.stderr and "CELERIAC_VAR_DIR" in result.stderr
+    assert "no Celeriac instance here" in result.stderr
+    assert "CELERIAC_VAR_DIR" in result.stderr
     assert result.stdout == ""
     assert list(elsewhere.iterdir()) == []  # no var/, no new secrets
+
+
+def test_up_on_another_port_names_that_port_in_webhook_events(
+    var_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`up --port 8123` (or CELERIAC_API__PORT): a job event's results_url points at the
+    API that runs, not at the default 8000; a public URL that is set is kept."""
+    from celeriac.platform.cli import _children_env
+
+    monkeypatch.setenv("CELERIAC_VAR_DIR", str(var_dir))
+    children = _children_env(load_settings(), "http://127.0.0.1:8123")
+    assert children is not None
+    monkeypatch.setattr("os.environ", children)
+    assert load_settings().webhooks.public_api_url == "http://127.0.0.1:8123"
+
+    monkeypatch.setenv("CELERIAC_WEBHOOKS__PUBLIC_API_URL", "https://api.example.com")
+    assert _children_env(load_settings(), "http://127.0.0.1:8123") is None

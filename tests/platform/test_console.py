@@ -23,7 +23,7 @@ from celeriac.platform.settings import Settings
 def client(client: TestClient) -> TestClient:
     """The API over https (not loopback): the console's cookie is then Secure, as in
     production, and a client sends it only over https."""
-    client.base_url = "https://testserver"  # type: ignore[assignment]
+    client.base_url = "https://testserver"
     return client
 
 
@@ -320,3 +320,116 @@ def test_recover_since_a_time_is_validated(
     )
     assert good.status_code == 303
     assert good.headers["location"] == f"/console/webhooks/{target_id}"
+
+
+def _sse(text: str) -> list[tuple[str, str]]:
+    """(event, data) of a finished text/event-stream body."""
+    found = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != ":"
+        )
+        if "event" in fields:
+            found.append((fields["event"], fields.get("data", "")))
+    return found
+
+
+def test_the_live_stream_is_scoped_to_the_sessions_tenant(
+    client: TestClient, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    owner, other = make_tenant(), make_tenant()
+    job = client.post(
+        "/v1/jobs",
+        json={"pipeline": "tabular-summary", "records": [{"a": 1}]},
+        headers=owner.headers,
+    ).json()
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=owner.headers).is_success
+    path = f"/console/jobs/live-events?w={job['id']}_0.0.0.0&progress=1"
+    # Another tenant watching the job's id learns nothing: the stream just ends.
+    sign_in(client, other.key)
+    answer = client.get(path)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    assert _sse(answer.text) == [("end", '"ended"')]
+    # Its owner's page, rendered while it was queued, is told to re-read, then the end.
+    client.cookies.clear()
+    sign_in(client, owner.key)
+    events = _sse(client.get(path).text)
+    assert events == [("changed", f'["{job["id"]}"]'), ("end", '"ended"')]
+    # A page rendered after the cancel (cursor 2) is told nothing but the end.
+    assert _sse(client.get(path.replace("_0.0.0.0", "_2.0.0.0")).text) == [("end", '"ended"')]
+
+
+def test_the_live_stream_refuses_a_malformed_watch_and_needs_a_session(
+    client: TestClient, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    answer = client.get("/console/jobs/live-events?w=x", follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["location"].startswith("/console/sign-in")
+    sign_in(client, make_tenant().key)
+    for query in ("w=not-a-job_0.0.0.0", "w=00000000-0000-0000-0000-000000000001_9.9", ""):
+        answer = client.get(f"/console/jobs/live-events?{query}")
+        assert 400 <= answer.status_code < 500, (query, answer.status_code)
+
+
+def test_a_tenant_filters_pages_cancels_and_reruns_jobs(
+    client: TestClient, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    tenant = make_tenant()
+    ids = [
+        client.post(
+            "/v1/jobs",
+            json={"pipeline": "tabular-summary", "records": [{"a": i}]},
+            headers=tenant.headers,
+        ).json()["id"]
+        for i in range(27)
+    ]
+    token = sign_in(client, tenant.key)
+    # Cancel the newest from its page: it shows cancelled and offers a re-run.
+    cancelled = client.post(
+        f"/console/jobs/{ids[-1]}/cancel", data={"csrf_token": token}, follow_redirects=False
+    )
+    assert cancelled.status_code == 303
+    page = client.get(cancelled.headers["location"]).text
+    assert 'data-state="cancelled"' in page
+    assert "Re-run" in page
+    assert "Cancel job" not in page
+    # Re-run it: a new job with the same records, linked to the first.
+    rerun = client.post(
+        f"/console/jobs/{ids[-1]}/rerun", data={"csrf_token": token}, follow_redirects=False
+    )
+    assert rerun.status_code == 303, rerun.text
+    new_id = rerun.headers["location"].rsplit("/", 1)[1]
+    again = client.get(f"/v1/jobs/{new_id}", headers=tenant.headers).json()
+    assert again["record_count"] == 1
+    assert again["rerun_of"] == ids[-1]
+    # Filter by state, then page: 25 a page, the rest behind "Older jobs".
+    only = client.get("/console/jobs", params={"state": "cancelled"}).text
+    assert only.count("<tr data-job-id=") == 1
+    assert ids[-1] in only
+    first = client.get("/console/jobs").text
+    assert first.count("<tr data-job-id=") == 25
+    older = re.search(r'href="(/console/jobs\?state=&amp;cursor=[^"]+)">Older jobs', first)
+    assert older is not None
+    rest = client.get(older.group(1).replace("&amp;", "&")).text
+    assert rest.count("<tr data-job-id=") == 3  # 27 + the re-run - 25
+    assert ids[0] in rest
+    assert ids[0] not in first
+    # Queued jobs on the page: it follows their event stream, the cancelled one not.
+    assert 'sse-connect="/console/jobs/live-events?w=' in first
+
+
+def test_a_tenant_rolls_a_key_and_sees_the_new_one_once(
+    client: TestClient, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    tenant = make_tenant()
+    token = sign_in(client, tenant.key)
+    key_id = client.get("/v1/keys", headers=tenant.headers).json()["data"][0]["id"]
+    rolled = client.post(f"/console/keys/{key_id}/roll", data={"csrf_token": token})
+    assert rolled.status_code == 201
+    shown = re.search(r'<code class="reveal">(ck_live_[^<]+)</code>', rolled.text)
+    assert shown is not None
+    new_key = {"Authorization": f"Bearer {shown.group(1)}"}
+    assert client.get("/v1/jobs", headers=new_key).status_code == 200
+    assert client.get("/v1/jobs", headers=tenant.headers).status_code == 200  # grace
+    assert shown.group(1) not in client.get("/console/keys").text

@@ -13,14 +13,17 @@ from collections.abc import Iterator
 import pytest
 import redis
 from celery import Celery
+from fastapi.testclient import TestClient
 
 from celeriac.platform.dispatch import AGE_LIMIT, FairDispatcher
 from celeriac.platform.models import Priority
 from celeriac.platform.queues import Pool, queue_for
 
+Broker = tuple[Celery, FairDispatcher, redis.Redis]
+
 
 @pytest.fixture
-def broker(redis_broker_url: str) -> Iterator[tuple[Celery, FairDispatcher, redis.Redis]]:
+def broker(redis_broker_url: str) -> Iterator[Broker]:
     app = Celery("dispatch-test", broker=redis_broker_url, set_as_current=False)
     app.conf.task_serializer = "json"
     client = redis.Redis.from_url(redis_broker_url)
@@ -50,7 +53,7 @@ def _drain(client: redis.Redis, dispatcher: FairDispatcher, pool: Pool = Pool.CO
     return taken
 
 
-def test_a_backlog_does_not_hold_up_another_tenant(broker: tuple) -> None:
+def test_a_backlog_does_not_hold_up_another_tenant(broker: Broker) -> None:
     app, dispatcher, client = broker
     noisy = queue_for(Pool.COMPUTE, "normal", "noisy")
     for i in range(2000):
@@ -66,7 +69,7 @@ def test_a_backlog_does_not_hold_up_another_tenant(broker: tuple) -> None:
     assert [x for x in order if x.startswith("noisy")] == [f"noisy-{i}" for i in range(2000)]
 
 
-def test_high_band_before_normal_before_low(broker: tuple) -> None:
+def test_high_band_before_normal_before_low(broker: Broker) -> None:
     app, dispatcher, client = broker
     for band in ("low", "normal", "high"):
         for i in range(3):
@@ -87,7 +90,7 @@ def test_high_band_before_normal_before_low(broker: tuple) -> None:
     ]
 
 
-def test_a_tenant_flooding_high_does_not_hold_up_another_tenants_normal(broker: tuple) -> None:
+def test_a_tenant_flooding_high_does_not_hold_up_another_tenants_normal(broker: Broker) -> None:
     app, dispatcher, client = broker
     for i in range(2000):
         _publish(app, "noisy", "high", f"noisy-{i}")
@@ -105,7 +108,7 @@ def test_a_tenant_flooding_high_does_not_hold_up_another_tenants_normal(broker: 
     assert order.index("quiet-low") == 6
 
 
-def test_weights_share_the_slots(broker: tuple) -> None:
+def test_weights_share_the_slots(broker: Broker) -> None:
     app, dispatcher, client = broker
     weights = {"free": 1, "pro": 2, "ent": 4}
     for tenant, weight in weights.items():
@@ -121,7 +124,7 @@ def test_weights_share_the_slots(broker: tuple) -> None:
     assert order[:7] == ["free-0", "pro-0", "pro-1", "ent-0", "ent-1", "ent-2", "ent-3"]
 
 
-def test_a_weight_change_applies_from_the_next_turn(broker: tuple) -> None:
+def test_a_weight_change_applies_from_the_next_turn(broker: Broker) -> None:
     app, dispatcher, client = broker
     for tenant in ("aaa", "bbb"):
         for i in range(20):
@@ -134,7 +137,7 @@ def test_a_weight_change_applies_from_the_next_turn(broker: tuple) -> None:
     assert order[:6] == ["aaa-0", "bbb-0", "bbb-1", "bbb-2", "aaa-1", "bbb-3"]
 
 
-def test_sync_weights_repairs_a_lost_hash(broker: tuple) -> None:
+def test_sync_weights_repairs_a_lost_hash(broker: Broker) -> None:
     _, dispatcher, client = broker
     dispatcher.set_weight("gone", 3)
     client.delete("celeriac:weights")  # a Redis restart
@@ -145,7 +148,7 @@ def test_sync_weights_repairs_a_lost_hash(broker: tuple) -> None:
     assert dispatcher.sync_weights({"pro": 2}) == 0
 
 
-def test_aging_releases_low_under_a_permanent_high_flood_of_its_tenant(broker: tuple) -> None:
+def test_aging_releases_low_under_a_permanent_high_flood_of_its_tenant(broker: Broker) -> None:
     app, dispatcher, client = broker
     _publish(app, "acme", "low", "low-0")
     _publish(app, "acme", "normal", "normal-0")
@@ -162,7 +165,7 @@ def test_aging_releases_low_under_a_permanent_high_flood_of_its_tenant(broker: t
     assert sum(label.startswith("high") for label in order) >= 3 * AGE_LIMIT - 2
 
 
-def test_idle_tenants_leave_no_state(broker: tuple) -> None:
+def test_idle_tenants_leave_no_state(broker: Broker) -> None:
     app, dispatcher, client = broker
     for tenant in ("aaa", "bbb"):
         for band in ("high", "normal", "low"):
@@ -180,7 +183,7 @@ def test_idle_tenants_leave_no_state(broker: tuple) -> None:
     assert dispatcher.weights() == {"bbb": 2}  # the configuration stays
 
 
-def test_round_robin_across_tenants_within_a_band(broker: tuple) -> None:
+def test_round_robin_across_tenants_within_a_band(broker: Broker) -> None:
     app, dispatcher, client = broker
     for tenant in ("aaa", "bbb", "ccc"):
         for i in range(3):
@@ -193,7 +196,7 @@ def test_round_robin_across_tenants_within_a_band(broker: tuple) -> None:
     ]
 
 
-def test_expired_capacity_stops_counting(broker: tuple) -> None:
+def test_expired_capacity_stops_counting(broker: Broker) -> None:
     app, dispatcher, client = broker
     for i in range(20):
         _publish(app, "acme", "normal", f"t-{i}")
@@ -203,7 +206,7 @@ def test_expired_capacity_stops_counting(broker: tuple) -> None:
     assert dispatcher.ready_depth(Pool.COMPUTE) == 1  # min depth: no live slots
 
 
-def test_suspended_tenants_are_held_back(broker: tuple) -> None:
+def test_suspended_tenants_are_held_back(broker: Broker) -> None:
     app, dispatcher, client = broker
     _publish(app, "paused", "normal", "paused-0")
     dispatcher.set_suspended("paused", True)
@@ -214,7 +217,7 @@ def test_suspended_tenants_are_held_back(broker: tuple) -> None:
     assert _take(client) == "paused-0"
 
 
-def test_reconcile_finds_backlogs_whose_ring_entry_was_lost(broker: tuple) -> None:
+def test_reconcile_finds_backlogs_whose_ring_entry_was_lost(broker: Broker) -> None:
     app, dispatcher, client = broker
     for pool in (Pool.ORCHESTRATION, Pool.COMPUTE):
         _publish(app, "acme", "high", f"{pool.value}-0", pool=pool)
@@ -231,8 +234,6 @@ def test_reconcile_finds_backlogs_whose_ring_entry_was_lost(broker: tuple) -> No
 
 
 def test_admin_backlog_view(broker: tuple, client: object, admin_headers: dict[str, str]) -> None:
-    from fastapi.testclient import TestClient
-
     assert isinstance(client, TestClient)
     app, dispatcher, _ = broker
     for i in range(3):

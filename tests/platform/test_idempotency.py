@@ -40,7 +40,8 @@ def test_same_key_with_another_body_is_422(
     headers = admin_headers | {"Idempotency-Key": "k"}
     client.post("/v1/admin/tenants", json={"slug": "one", "name": "x"}, headers=headers)
     other = client.post("/v1/admin/tenants", json={"slug": "two", "name": "x"}, headers=headers)
-    assert other.status_code == 422 and "different request body" in other.json()["detail"]
+    assert other.status_code == 422
+    assert "different request body" in other.json()["detail"]
     assert _count(Tenant) == 1
 
 
@@ -58,7 +59,8 @@ def test_rejected_requests_are_not_stored(
     assert unauthenticated.status_code == 401
     assert _count(IdempotencyKey) == 0
     fixed = client.post("/v1/admin/tenants", json={"slug": "ok-slug", "name": "x"}, headers=headers)
-    assert fixed.status_code == 201 and "Idempotent-Replayed" not in fixed.headers
+    assert fixed.status_code == 201
+    assert "Idempotent-Replayed" not in fixed.headers
 
 
 def test_key_in_flight_is_409_with_retry_after(
@@ -73,7 +75,8 @@ def test_key_in_flight_is_409_with_retry_after(
         row = session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == "busy")).one()
         row.state = IdempotencyState.IN_FLIGHT
     again = client.post("/v1/keys", json={"scopes": ["jobs:read"]}, headers=headers)
-    assert again.status_code == 409 and again.headers["Retry-After"] == "1"
+    assert again.status_code == 409
+    assert again.headers["Retry-After"] == "1"
 
 
 def test_keys_are_per_tenant(client: TestClient, make_tenant: Callable[..., TenantFixture]) -> None:
@@ -93,7 +96,8 @@ def test_expired_keys_are_forgotten(client: TestClient, admin_headers: dict[str,
         row = session.scalars(select(IdempotencyKey)).one()
         row.expires_at = utcnow() - timedelta(seconds=1)
     fresh = client.post("/v1/admin/tenants", json={"slug": "second", "name": "x"}, headers=headers)
-    assert fresh.status_code == 201 and fresh.json()["slug"] == "second"
+    assert fresh.status_code == 201
+    assert fresh.json()["slug"] == "second"
 
 
 def test_stored_answers_never_hold_a_secret_in_clear(
@@ -112,7 +116,8 @@ def test_stored_answers_never_hold_a_secret_in_clear(
     created = client.post(url, json={"scopes": ["jobs:read"]}, headers=admin)
     again = client.post(url, json={"scopes": ["jobs:read"]}, headers=admin)
     assert created.status_code == 201
-    assert again.status_code == 409 and "shown only once" in again.json()["detail"]
+    assert again.status_code == 409
+    assert "shown only once" in again.json()["detail"]
 
     with get_engine().connect() as conn:
         bodies = [bytes(b or b"") for (b,) in conn.execute(select(IdempotencyKey.response_body))]

@@ -70,7 +70,8 @@ def test_a_retry_after_the_api_died_gets_the_job_it_created(
 
     _as_a_dead_api_left_it("died-after-commit", age=lease / 2)
     busy = client.post("/v1/jobs", json=JOB, headers=headers)  # may still be running
-    assert busy.status_code == 409 and busy.headers["Retry-After"] == "1"
+    assert busy.status_code == 409
+    assert busy.headers["Retry-After"] == "1"
 
     _as_a_dead_api_left_it("died-after-commit", age=lease + timedelta(seconds=1))
     retried = client.post("/v1/jobs", json=JOB, headers=headers)
@@ -80,7 +81,8 @@ def test_a_retry_after_the_api_died_gets_the_job_it_created(
     assert retried.headers["Location"] == f"/v1/jobs/{first.json()['id']}"
     assert _jobs() == [uuid.UUID(first.json()["id"])]
     again = client.post("/v1/jobs", json=JOB, headers=headers)  # completed now: a replay
-    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
 
 
 def test_a_retry_takes_over_a_reservation_whose_job_was_never_stored(

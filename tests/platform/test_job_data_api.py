@@ -21,6 +21,7 @@ from celeriac.platform.models import Job, UsageRecord, WebhookMessage, utcnow
 from celeriac.platform.settings import Settings
 from celeriac.platform.storage.blobs import job_blob_key
 from celeriac.platform.tenant_data import tenant_blobs
+from celeriac.platform.webhooks import payloads
 
 SPEC = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
 RECORDS = [{"n": i, "label": f"r{i}"} for i in range(5)]
@@ -75,8 +76,10 @@ def test_rerun_makes_a_linked_job_on_the_stored_records(
     )
     assert again.status_code == 202, again.text
     rerun = client.get(f"/v1/jobs/{again.json()['id']}", headers=tenant.headers).json()
-    assert rerun["rerun_of"] == original["id"] and rerun["priority"] == "high"
-    assert rerun["record_count"] == len(RECORDS) and rerun["state"] == "queued"
+    assert rerun["rerun_of"] == original["id"]
+    assert rerun["priority"] == "high"
+    assert rerun["record_count"] == len(RECORDS)
+    assert rerun["state"] == "queued"
     assert rerun["pipeline"]["datasets"][0]["name"] == "tabular"
     # The same records, stored again under the new job.
     key = job_blob_key(tenant.id, rerun["id"], "payload/00000.ndjson")
@@ -122,7 +125,8 @@ def test_delete_removes_the_blobs_keeps_the_row_and_usage_and_refuses_a_rerun(
     mine, other = tenants
     queued = _submit(client, mine)
     problem = _problem(client.delete(f"/v1/jobs/{queued['id']}", headers=mine.headers), 409)
-    assert problem["state"] == "queued" and "cancel it first" in problem["detail"]
+    assert problem["state"] == "queued"
+    assert "cancel it first" in problem["detail"]
     assert _payload_exists(mine, queued["id"])
 
     _problem(client.delete(f"/v1/jobs/{queued['id']}", headers=other.headers), 404)
@@ -130,18 +134,25 @@ def test_delete_removes_the_blobs_keeps_the_row_and_usage_and_refuses_a_rerun(
 
     assert client.post(f"/v1/jobs/{queued['id']}/cancel", headers=mine.headers).is_success
     with get_sessionmaker()() as session:
+        assert session.get(Job, uuid.UUID(queued["id"])).data_key  # type: ignore[union-attr]
         usage_before = session.scalar(select(func.count()).select_from(UsageRecord))
     assert client.delete(f"/v1/jobs/{queued['id']}", headers=mine.headers).status_code == 204
     assert not _payload_exists(mine, queued["id"])
     assert client.delete(f"/v1/jobs/{queued['id']}", headers=mine.headers).status_code == 204
     job = client.get(f"/v1/jobs/{queued['id']}", headers=mine.headers).json()
-    assert job["data_deleted_at"] is not None and job["expires_at"] is None
+    assert job["data_deleted_at"] is not None
+    assert job["expires_at"] is None
     with get_sessionmaker()() as session:
         assert session.scalar(select(func.count()).select_from(UsageRecord)) == usage_before
 
     refused = _problem(client.post(f"/v1/jobs/{queued['id']}/rerun", headers=mine.headers), 410)
-    assert refused["code"] == "job-data-deleted" and "cannot be re-run" in refused["detail"]
-    _problem(client.get(f"/v1/jobs/{queued['id']}/results", headers=mine.headers), 404)
+    assert refused["code"] == "job-data-deleted"
+    assert "cannot be re-run" in refused["detail"]
+    gone = _problem(client.get(f"/v1/jobs/{queued['id']}/results", headers=mine.headers), 410)
+    assert gone["code"] == "job-data-deleted"
+    # The job's data key went with its blobs (the crypto-shred, docs/adr/0015).
+    with get_sessionmaker()() as session:
+        assert session.get(Job, uuid.UUID(queued["id"])).data_key is None  # type: ignore[union-attr]
 
 
 def test_retention_deletes_old_job_data_in_batches_with_an_expired_event(
@@ -182,11 +193,15 @@ def test_retention_deletes_old_job_data_in_batches_with_an_expired_event(
             client.get(f"/v1/jobs/{job['id']}", headers=mine.headers).json()["data_deleted_at"]
             is not None
         )
-    assert _payload_exists(mine, young["id"]) and _payload_exists(other, theirs["id"])
+    assert _payload_exists(mine, young["id"])
+    assert _payload_exists(other, theirs["id"])
     with get_sessionmaker()() as session:
-        expired = session.scalars(
-            select(WebhookMessage.payload).where(WebhookMessage.event_type == "job.expired")
-        ).all()
+        expired = [
+            payloads.reveal(m)
+            for m in session.scalars(
+                select(WebhookMessage).where(WebhookMessage.event_type == "job.expired")
+            ).all()
+        ]
     assert sorted(m["data"]["job_id"] for m in expired) == sorted(j["id"] for j in old)
 
 
@@ -238,6 +253,68 @@ def test_event_stream_of_an_unknown_or_foreign_job_is_a_404(
     _problem(client.get("/v1/jobs/not-a-uuid/events", headers=mine.headers), 422)
 
 
+def test_a_suspended_tenant_reads_its_jobs_and_usage_and_every_write_is_refused(
+    client: TestClient,
+    tenants: list[TenantFixture],
+    make_tenant: Callable[..., TenantFixture],
+    admin_headers: dict[str, str],
+) -> None:
+    scopes = ["jobs:write", "jobs:read", "webhooks:manage", "keys:manage", "usage:read"]
+    mine = make_tenant("held-co", scopes=scopes)
+    job = _submit(client, mine)
+    finished = _finished(client, mine)
+    leaked_key = client.post(
+        "/v1/keys", json={"name": "leaked", "scopes": ["jobs:read"]}, headers=mine.headers
+    )
+    assert leaked_key.status_code == 201, leaked_key.text
+    leaked = leaked_key.json()
+    suspended = client.patch(
+        f"/v1/admin/tenants/{mine.id}", json={"status": "suspended"}, headers=admin_headers
+    )
+    assert suspended.status_code == 200, suspended.text
+
+    read = client.get(f"/v1/jobs/{job['id']}", headers=mine.headers)
+    assert read.status_code == 200, read.text
+    reason = read.json()["waiting_reason"]
+    assert reason["reason"] == "tenant-suspended"
+    assert "suspended" in reason["detail"]
+    listed = client.get("/v1/jobs", headers=mine.headers)
+    assert {j["id"] for j in listed.json()["data"]} == {job["id"], finished["id"]}
+    events = client.get(f"/v1/jobs/{finished['id']}/events", headers=mine.headers)
+    assert events.status_code == 200
+    assert '"state":"cancelled"' in events.text.replace(" ", "")
+    assert client.get("/v1/quotas", headers=mine.headers).status_code == 200
+    usage = client.get("/v1/usage/records", headers=mine.headers)
+    assert usage.status_code == 200, usage.text
+    assert {r["tenant_id"] for r in usage.json()["data"]} == {mine.id}
+
+    before = client.get("/v1/jobs", headers=mine.headers).json()["data"]
+    writes = [
+        client.post("/v1/jobs", json={"pipeline": SPEC, "records": RECORDS}, headers=mine.headers),
+        client.post(f"/v1/jobs/{finished['id']}/rerun", json={}, headers=mine.headers),
+        client.post(f"/v1/jobs/{job['id']}/cancel", headers=mine.headers),
+        client.delete(f"/v1/jobs/{finished['id']}", headers=mine.headers),
+        client.post("/v1/keys", json={"name": "another"}, headers=mine.headers),
+        client.post("/v1/webhooks", json={"url": "https://example.com/h"}, headers=mine.headers),
+    ]
+    for answer in writes:
+        problem = _problem(answer, 403)
+        assert problem["code"] == "tenant-suspended", problem
+        assert "suspended" in problem["detail"]
+    # Nothing was written: the same jobs, the queued one still queued, the data still there.
+    assert client.get("/v1/jobs", headers=mine.headers).json()["data"] == before
+    assert _payload_exists(mine, finished["id"])
+    # Revoking only takes access away: a suspended tenant may still revoke a leaked key.
+    leaked_headers = {"Authorization": f"Bearer {leaked['key']}"}
+    assert client.get("/v1/jobs", headers=leaked_headers).status_code == 200
+    revoked = client.post(f"/v1/keys/{leaked['id']}/revoke", headers=mine.headers)
+    assert revoked.status_code == 200, revoked.text
+    assert client.get("/v1/jobs", headers=leaked_headers).status_code == 401
+
+    client.patch(f"/v1/admin/tenants/{mine.id}", json={"status": "active"}, headers=admin_headers)
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=mine.headers).is_success
+
+
 def test_waiting_reasons_from_the_database(
     client: TestClient,
     tenants: list[TenantFixture],
@@ -251,8 +328,10 @@ def test_waiting_reasons_from_the_database(
             update(Job).where(Job.id == uuid.UUID(job["id"])).values(held_since=utcnow())
         )
     reason = client.get(f"/v1/jobs/{job['id']}", headers=mine.headers).json()["waiting_reason"]
-    assert reason["reason"] == "running-job-limit" and reason["limit"] == 2
-    assert reason["running"] == 0 and "max_running_jobs" in reason["detail"]
+    assert reason["reason"] == "running-job-limit"
+    assert reason["limit"] == 2
+    assert reason["running"] == 0
+    assert "max_running_jobs" in reason["detail"]
     cancelled = client.post(f"/v1/jobs/{job['id']}/cancel", headers=mine.headers).json()
     assert (
         client.get(f"/v1/jobs/{cancelled['id']}", headers=mine.headers).json()["waiting_reason"]

@@ -29,7 +29,15 @@ from celeriac.platform.jobs.pipelines import (
     register_plugins,
     resolve_against,
 )
-from celeriac.platform.models import Job, JobStage, JobState, JobTask, Priority, TaskState
+from celeriac.platform.models import (
+    Job,
+    JobStage,
+    JobState,
+    JobTask,
+    Priority,
+    TaskState,
+    UsageRecord,
+)
 from celeriac.platform.settings import Settings
 from celeriac.platform.storage import blob_store_from_settings, job_blob_key
 from celeriac.platform.tenant_data import tenant_blobs
@@ -123,11 +131,13 @@ def test_inline_job_is_stored_encrypted_and_published_by_id(
     stored = tenant_blobs().get(tenant.id, job.payload_key + "00000.ndjson")
     assert [json.loads(line) for line in stored.splitlines()] == RECORDS
     on_disk = blob_store_from_settings(api_settings).get(job.payload_key + "00000.ndjson")
-    assert b"record 3" not in on_disk and b"amount" not in on_disk
+    assert b"record 3" not in on_disk
+    assert b"amount" not in on_disk
 
     (message,) = _queued_messages(redis_broker_url, f"orchestration.high.{tenant.slug}")
     args, kwargs, _ = message
-    assert args == [] and kwargs == {"tenant_id": tenant.id, "job_id": body["id"]}
+    assert args == []
+    assert kwargs == {"tenant_id": tenant.id, "job_id": body["id"]}
 
 
 @pytest.mark.parametrize(
@@ -149,7 +159,8 @@ def test_file_upload_jobs(
     assert answer.status_code == 202, answer.text
     assert answer.json()["record_count"] == 3
     (job,) = _jobs()
-    assert job.job_metadata == {"batch": 7} and job.pipeline["name"] == "tabular-summary"
+    assert job.job_metadata == {"batch": 7}
+    assert job.pipeline["name"] == "tabular-summary"
 
 
 @pytest.mark.parametrize(
@@ -250,7 +261,8 @@ def test_bad_files_are_422(
         data={"pipeline": "full"},
         files={"file": ("x.csv", content, "text/csv")},
     )
-    assert answer.status_code == 422 and detail in answer.json()["detail"]
+    assert answer.status_code == 422
+    assert detail in answer.json()["detail"]
     ndjson = ("x.ndjson", b'{"a":1}\n[1]\n', "application/x-ndjson")
     bad_json = client.post(
         "/v1/jobs", headers=tenant.headers, data={"pipeline": "full"}, files={"file": ndjson}
@@ -262,7 +274,8 @@ def test_bad_files_are_422(
         data={"pipeline": "full"},
         files={"file": ("x.xml", b"<a/>", "application/xml")},
     )
-    assert other.status_code == 422 and _jobs() == []
+    assert other.status_code == 422
+    assert _jobs() == []
 
 
 def test_malformed_wrong_type_and_oversized_bodies(
@@ -270,15 +283,18 @@ def test_malformed_wrong_type_and_oversized_bodies(
 ) -> None:
     headers = tenant.headers | {"Content-Type": "application/json"}
     malformed = client.post("/v1/jobs", content=b'{"pipeline": ', headers=headers)
-    assert malformed.status_code == 400 and malformed.json()["code"] == "malformed-body"
+    assert malformed.status_code == 400
+    assert malformed.json()["code"] == "malformed-body"
     text = client.post(
         "/v1/jobs", content=b"hello", headers=tenant.headers | {"Content-Type": "text/plain"}
     )
-    assert text.status_code == 415 and "application/json" in text.json()["detail"]
+    assert text.status_code == 415
+    assert "application/json" in text.json()["detail"]
     huge = json.dumps({"pipeline": SPEC, "records": [{"x": "y" * 1000}] * 11_000}).encode()
     assert len(huge) > 10 * 1024 * 1024
     too_big = client.post("/v1/jobs", content=huge, headers=headers)
-    assert too_big.status_code == 413 and too_big.json()["code"] == "payload-too-large"
+    assert too_big.status_code == 413
+    assert too_big.json()["code"] == "payload-too-large"
     assert _jobs() == []
 
 
@@ -323,11 +339,13 @@ def test_list_filters_and_pages(client: TestClient, tenant: TenantFixture) -> No
     with get_engine().begin() as conn:
         conn.execute(update(Job).where(Job.id == ids[0]).values(state=JobState.SUCCEEDED))
     page = client.get("/v1/jobs", params={"limit": 2}, headers=tenant.headers).json()
-    assert [j["id"] for j in page["data"]] == ids[::-1][:2] and page["next_cursor"]
+    assert [j["id"] for j in page["data"]] == ids[::-1][:2]
+    assert page["next_cursor"]
     rest = client.get(
         "/v1/jobs", params={"cursor": page["next_cursor"], "limit": 10}, headers=tenant.headers
     ).json()
-    assert [j["id"] for j in rest["data"]] == ids[::-1][2:] and rest["next_cursor"] is None
+    assert [j["id"] for j in rest["data"]] == ids[::-1][2:]
+    assert rest["next_cursor"] is None
     done = client.get("/v1/jobs", params={"state": "succeeded"}, headers=tenant.headers).json()
     assert [j["id"] for j in done["data"]] == [ids[0]]
     future = client.get(
@@ -345,7 +363,8 @@ def test_status_shows_progress_errors_and_results(
 ) -> None:
     job_id = _submit(client, tenant)
     pending = client.get(f"/v1/jobs/{job_id}/results", headers=tenant.headers)
-    assert pending.status_code == 409 and pending.headers["Retry-After"]
+    assert pending.status_code == 409
+    assert pending.headers["Retry-After"]
 
     with get_sessionmaker().begin() as session:  # what the workers record as they go
         job = session.get(Job, job_id)
@@ -391,7 +410,8 @@ def test_status_shows_progress_errors_and_results(
         }
     ]
     results = client.get(f"/v1/jobs/{job_id}/results", headers=tenant.headers)
-    assert results.status_code == 200 and results.json() == {"summary": {"rows": 5}}
+    assert results.status_code == 200
+    assert results.json() == {"summary": {"rows": 5}}
 
 
 def test_cancel_is_compare_and_set_and_asks_the_orchestrator(
@@ -399,9 +419,11 @@ def test_cancel_is_compare_and_set_and_asks_the_orchestrator(
 ) -> None:
     job_id = _submit(client, tenant)
     cancelled = client.post(f"/v1/jobs/{job_id}/cancel", headers=tenant.headers)
-    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert cancelled.status_code == 200
+    assert cancelled.json()["state"] == "cancelled"
     again = client.post(f"/v1/jobs/{job_id}/cancel", headers=tenant.headers)
-    assert again.status_code == 409 and "already ended" in again.json()["detail"]
+    assert again.status_code == 409
+    assert "already ended" in again.json()["detail"]
     (message,) = _queued_messages(redis_broker_url, f"orchestration.high.{tenant.slug}")
     assert message[1] == {"tenant_id": tenant.id, "job_id": job_id}
     no_results = client.get(f"/v1/jobs/{job_id}/results", headers=tenant.headers)
@@ -415,14 +437,13 @@ def test_scopes_guard_job_routes(
     answer = client.post(
         "/v1/jobs", json={"pipeline": SPEC, "records": RECORDS}, headers=reader.headers
     )
-    assert answer.status_code == 403 and answer.json()["missing_scopes"] == ["jobs:write"]
+    assert answer.status_code == 403
+    assert answer.json()["missing_scopes"] == ["jobs:write"]
     with get_engine().connect() as conn:
         assert conn.execute(select(func.count()).select_from(Job)).scalar_one() == 0
 
 
 def test_submission_counts_in_usage(client: TestClient, tenant: TenantFixture) -> None:
-    from celeriac.platform.models import UsageRecord
-
     job_id = _submit(client, tenant)
     with get_engine().connect() as conn:
         rows = conn.execute(select(UsageRecord.id, UsageRecord.metric)).all()
@@ -458,7 +479,8 @@ def test_a_job_that_fails_to_store_fails_alone_and_leaves_nothing(
         return [r if isinstance(r, BaseException) else None for r in results]
 
     outcome = asyncio.run(write_both())
-    assert outcome[0] is None and isinstance(outcome[1], ValidationFailed)
+    assert outcome[0] is None
+    assert isinstance(outcome[1], ValidationFailed)
     assert [job.id for job in _jobs()] == [good.id]
     assert [
         m[1]["job_id"]

@@ -21,7 +21,8 @@ def test_key_is_shown_once_and_stored_only_as_a_digest(
     created = client.post(
         "/v1/keys", json={"name": "ci", "scopes": ["jobs:read"]}, headers=tenant.headers
     )
-    assert created.status_code == 201 and created.headers["Cache-Control"] == "no-store"
+    assert created.status_code == 201
+    assert created.headers["Cache-Control"] == "no-store"
     key = created.json()["key"]
     assert key.startswith(created.json()["prefix"] + "_")
 
@@ -48,7 +49,8 @@ def test_a_key_cannot_grant_scopes_it_lacks(
 ) -> None:
     manager = make_tenant(scopes=["keys:manage", "jobs:read"])
     answer = client.post("/v1/keys", json={"scopes": ["jobs:write"]}, headers=manager.headers)
-    assert answer.status_code == 403 and "jobs:write" in answer.json()["detail"]
+    assert answer.status_code == 403
+    assert "jobs:write" in answer.json()["detail"]
 
 
 def test_missing_malformed_unknown_expired_and_revoked_keys_are_401(
@@ -102,7 +104,8 @@ def test_roll_returns_a_new_key_and_keeps_the_old_one_for_the_grace(
     )
     assert rolled.status_code == 201
     new = rolled.json()
-    assert new["key"] != old["key"] and new["name"] == "svc"
+    assert new["key"] != old["key"]
+    assert new["name"] == "svc"
     assert new["scopes"] == ["keys:manage"]
     for key in (old["key"], new["key"]):
         assert client.get("/v1/keys", headers={"Authorization": f"Bearer {key}"}).status_code == 200
@@ -145,6 +148,5 @@ def test_past_expiry_is_refused(
     answer = client.post(
         "/v1/keys", json={"scopes": ["jobs:read"], "expires_at": past}, headers=tenant.headers
     )
-    assert (
-        answer.status_code == 422 and answer.json()["errors"][0]["pointer"] == "#/body/expires_at"
-    )
+    assert answer.status_code == 422
+    assert answer.json()["errors"][0]["pointer"] == "#/body/expires_at"

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from celeriac.platform.logging import JsonLinesFormatter, log_context
+from celeriac.platform.logging import JsonLinesFormatter, configure_logging, log_context
 
 
 @pytest.fixture
@@ -35,10 +35,12 @@ def test_line_has_timestamp_level_logger_message_and_context(captured: io.String
 
     inside, outside = _lines(captured)
     assert inside["message"] == "job j1 accepted"
-    assert inside["level"] == "INFO" and inside["logger"] == "celeriac.test"
+    assert inside["level"] == "INFO"
+    assert inside["logger"] == "celeriac.test"
     assert str(inside["timestamp"]).endswith("+00:00")
     assert (inside["request_id"], inside["tenant_id"], inside["job_id"]) == ("r1", "t1", "j1")
-    assert "task_id" not in inside and inside["records"] == 3
+    assert "task_id" not in inside
+    assert inside["records"] == 3
     assert "request_id" not in outside
 
 
@@ -55,8 +57,6 @@ def test_exceptions_stay_on_one_line(captured: io.StringIO) -> None:
 def test_beats_housekeeping_lines_are_debug(
     capfd: pytest.CaptureFixture[str], level: str, shown: bool
 ) -> None:
-    from celeriac.platform.logging import configure_logging
-
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:

@@ -4,6 +4,7 @@ top-N tenants plus "other") and /v1/metrics (a tenant's own series, metrics:read
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from conftest import TenantFixture
@@ -96,7 +97,9 @@ def test_metrics_count_requests_by_route_template_and_jobs_by_band(
     by_id = dict(route="/v1/jobs/{job_id}", method="GET")
     assert grew("celeriac_http_requests_total", **by_id, status_class="2xx") == 1
     assert grew("celeriac_http_requests_total", **by_id, status_class="4xx") == 1
-    assert job_id not in after and tenant.id not in after and tenant.slug not in after
+    assert job_id not in after
+    assert tenant.id not in after
+    assert tenant.slug not in after
 
 
 def test_tenant_metrics_show_only_the_callers_own_series(
@@ -116,7 +119,8 @@ def test_tenant_metrics_show_only_the_callers_own_series(
     assert _value(text, "celeriac_running_jobs") == 0
     assert _value(text, "celeriac_jobs_finished_total", state="succeeded") == 0
     assert _value(text, "celeriac_job_duration_seconds_count") == 0
-    assert "theirs" not in text and theirs.id not in text
+    assert "theirs" not in text
+    assert theirs.id not in text
     other = client.get("/v1/metrics", headers=theirs.headers).text
     assert _value(other, "celeriac_backlog", pool="orchestration", band="low") == 5
 
@@ -171,3 +175,93 @@ def test_admin_tenant_view_folds_the_rest_into_other(
     names = {labels for (name, labels) in _samples(text) if name == "celeriac_tenant_backlog"}
     assert names == {(("tenant", "fold-0"),), (("tenant", "fold-1"),), (("tenant", "other"),)}
     assert _value(text, "celeriac_tenant_backlog", tenant="other") == 3
+
+
+def test_quota_usage_and_cache_families_count_what_happened(
+    client: TestClient, make_tenant: Callable[..., TenantFixture], admin_headers: dict[str, str]
+) -> None:
+    """A refused burst counts a quota rejection by its policy, an accepted job its usage
+    record by metric, and the shared cache's look-ups count hits and misses."""
+    tenant = make_tenant("counted", scopes=ALL)
+    limited = client.put(
+        f"/v1/admin/tenants/{tenant.id}/quotas",
+        headers=admin_headers,
+        json={"requests_per_second": 1, "request_burst": 1},
+    )
+    assert limited.status_code == 200, limited.text
+    before = client.get("/metrics").text
+    answers = [
+        client.post(
+            "/v1/jobs", headers=tenant.headers, json={"pipeline": SPEC, "records": [{"a": 1}]}
+        )
+        for _ in range(3)
+    ]
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses[0] == 202, [a.text for a in answers]
+    assert statuses[-1] == 429, [a.text for a in answers]
+    after = client.get("/metrics").text
+    refused = [a for a in answers if a.status_code == 429]
+    policy = refused[0].json()["policy"]
+
+    def grew(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    assert grew("celeriac_quota_rejections_total", policy=policy) == len(refused)
+    accepted = statuses.count(202)
+    assert grew("celeriac_usage_records_total", metric="jobs.submitted") == accepted
+    looked_up = sum(
+        grew("celeriac_cache_requests_total", result=result) for result in ("hit", "miss")
+    )
+    assert looked_up > 0
+
+
+def test_kms_calls_are_counted_by_operation(
+    api_settings: Settings,
+    aws: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    admin_headers: dict[str, str],
+) -> None:
+    """With tenant keys in KMS (a moto server on loopback), creating a tenant and storing
+    its first job call KMS, and each call is counted by its operation."""
+    from conftest import clear_process_caches
+
+    from celeriac.platform.api.app import create_app
+    from celeriac.platform.settings import get_settings
+
+    for name, value in aws.settings_env(aws.new_bucket()).items():
+        monkeypatch.setenv(f"CELERIAC_{name}", value)
+    clear_process_caches()
+    settings = get_settings()
+    with get_sessionmaker().begin() as session:
+        register_plugins(
+            session,
+            [
+                PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+            ],
+        )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as kms_client:
+        before = kms_client.get("/metrics").text
+        created = kms_client.post(
+            "/v1/admin/tenants", json={"slug": "keyed", "name": "keyed"}, headers=admin_headers
+        )
+        assert created.status_code == 201, created.text
+        key = kms_client.post(
+            f"/v1/admin/tenants/{created.json()['id']}/keys",
+            json={"scopes": ALL},
+            headers=admin_headers,
+        ).json()["key"]
+        answer = kms_client.post(
+            "/v1/jobs",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"pipeline": SPEC, "records": [{"a": 1}]},
+        )
+        assert answer.status_code == 202, answer.text
+        after = kms_client.get("/metrics").text
+    calls = {
+        labels: value - _samples(before).get((name, labels), 0.0)
+        for (name, labels), value in _samples(after).items()
+        if name == "celeriac_kms_calls_total"
+    }
+    operations = {dict(labels)["operation"] for labels, grown in calls.items() if grown > 0}
+    assert {"create_key", "generate_data_key"} <= operations, calls

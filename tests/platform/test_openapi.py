@@ -40,10 +40,12 @@ def test_every_operation_documents_auth_and_problem_answers(client: TestClient) 
 
 def test_docs_page_and_health_endpoints(client: TestClient) -> None:
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json() == {"status": "ok"}
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok"}
     assert ready.headers["X-Request-ID"]
 
 

@@ -9,6 +9,7 @@ import pytest
 from conftest import clear_process_caches
 from fastapi.testclient import TestClient
 from fault_support import Relay, relay_to
+from httpx import Response
 
 from celeriac.platform.api.app import create_app
 from celeriac.platform.auth.jwt import Role, mint_token
@@ -69,8 +70,6 @@ def live(relays: dict[str, Relay]) -> Iterator[tuple[TestClient, dict[str, str]]
 
 
 def _assert_unavailable(answer: object) -> None:
-    from httpx import Response
-
     assert isinstance(answer, Response)
     assert answer.status_code == 503, answer.text
     assert answer.headers["content-type"] == "application/problem+json"

@@ -16,10 +16,12 @@ from sqlalchemy import func, select
 
 from celeriac.platform.auth.jwt import Role, mint_token
 from celeriac.platform.db import get_engine, get_sessionmaker
+from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
 from celeriac.platform.models import AuditEntry, Job, UsageRecord, utcnow
 from celeriac.platform.quotas.monthly import reconcile_counters
 from celeriac.platform.quotas.plans import PLANS
+from celeriac.platform.quotas.weights import sync_weights
 from celeriac.platform.settings import Settings
 
 FREE = PLANS["free"].as_dict()
@@ -39,8 +41,10 @@ def test_admin_overrides_are_audited_and_null_follows_the_plan(
 ) -> None:
     path = _quotas_path(tenant)
     first = client.get(path, headers=admin_headers).json()
-    assert first["plan"] == "free" and first["limits"] == FREE == first["plan_defaults"]
-    assert set(first["overrides"].values()) == {None} and first["updated_at"] is None
+    assert first["plan"] == "free"
+    assert first["limits"] == FREE == first["plan_defaults"]
+    assert set(first["overrides"].values()) == {None}
+    assert first["updated_at"] is None
 
     put = client.put(path, json={"max_running_jobs": 1, "jobs_per_month": 5}, headers=admin_headers)
     assert put.status_code == 200, put.text
@@ -81,9 +85,8 @@ def test_invalid_overrides_are_422_and_change_nothing(
     client: TestClient, tenant: TenantFixture, admin_headers: dict[str, str], body: object
 ) -> None:
     answer = client.put(_quotas_path(tenant), json=body, headers=admin_headers)
-    assert answer.status_code == 422 and answer.headers["content-type"] == (
-        "application/problem+json"
-    )
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == ("application/problem+json")
     assert client.get(_quotas_path(tenant), headers=admin_headers).json()["updated_at"] is None
 
 
@@ -112,7 +115,8 @@ def test_a_tenant_reads_its_limits_and_use(
     answer = client.get("/v1/quotas", headers=tenant.headers)
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert body["plan"] == "free" and body["limits"] == FREE | {"max_webhook_targets": 4}
+    assert body["plan"] == "free"
+    assert body["limits"] == FREE | {"max_webhook_targets": 4}
     usage = body["usage"]
     assert usage["webhook_targets"] == {"limit": 4, "used": 0, "remaining": 4, "resets_at": None}
     assert usage["running_jobs"]["used"] == 0
@@ -146,7 +150,8 @@ def test_rate_limit_headers_429_and_failed_auth_consumes_nothing(
         assert answer.status_code == 200, answer.text
         policy = _POLICY.match(answer.headers["RateLimit-Policy"])
         status = _STATUS.match(answer.headers["RateLimit"])
-        assert policy is not None and status is not None
+        assert policy is not None
+        assert status is not None
         assert policy.groups() == ("3", "3")
         seen.append(int(status.group(1)))
     assert seen == [2, 1, 0]
@@ -154,7 +159,8 @@ def test_rate_limit_headers_429_and_failed_auth_consumes_nothing(
     assert refused.status_code == 429
     assert refused.headers["content-type"] == "application/problem+json"
     problem = refused.json()
-    assert problem["type"].endswith("/quota-exceeded") and problem["policy"] == "requests"
+    assert problem["type"].endswith("/quota-exceeded")
+    assert problem["policy"] == "requests"
     assert int(refused.headers["Retry-After"]) >= 1
     assert _STATUS.match(refused.headers["RateLimit"]).group(1) == "0"  # type: ignore[union-attr]
     # other tenants have buckets of their own
@@ -208,11 +214,13 @@ def test_payload_over_the_tenants_limits_is_413_and_stores_nothing(
     too_many = client.post(
         "/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}] * 4}, headers=tenant.headers
     )
-    assert too_many.status_code == 413 and too_many.json()["policy"] == "records-per-job"
+    assert too_many.status_code == 413
+    assert too_many.json()["policy"] == "records-per-job"
     assert "limit is 3" in too_many.json()["detail"]
     big = {"pipeline": SPEC, "records": [{"text": "x" * 700}]}
     too_big = client.post("/v1/jobs", json=big, headers=tenant.headers)
-    assert too_big.status_code == 413 and too_big.json()["policy"] == "payload-bytes"
+    assert too_big.status_code == 413
+    assert too_big.json()["policy"] == "payload-bytes"
     assert too_big.headers["content-type"] == "application/problem+json"
 
     def chunked() -> Iterator[bytes]:  # no Content-Length: the body read is measured
@@ -228,8 +236,10 @@ def test_payload_over_the_tenants_limits_is_413_and_stores_nothing(
         data={"pipeline": "full"},
         files={"file": ("x.ndjson", b'{"t": "' + b"y" * 700 + b'"}\n', "application/x-ndjson")},
     )
-    assert upload.status_code == 413 and upload.json()["policy"] == "payload-bytes"
-    assert _job_count() == 1 and _submitted_records() == 1
+    assert upload.status_code == 413
+    assert upload.json()["policy"] == "payload-bytes"
+    assert _job_count() == 1
+    assert _submitted_records() == 1
 
 
 def test_monthly_job_quota_is_429_replays_do_not_count_and_raising_it_applies(
@@ -246,23 +256,28 @@ def test_monthly_job_quota_is_429_replays_do_not_count_and_raising_it_applies(
     assert '"jobs-monthly";q=2;w=' in first.headers["RateLimit-Policy"]
     assert '"jobs-monthly";r=1;t=' in first.headers["RateLimit"]
     replay = client.post("/v1/jobs", json=job, headers=tenant.headers | {"Idempotency-Key": "a"})
-    assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.status_code == 202
+    assert replay.headers["Idempotent-Replayed"] == "true"
     assert replay.json()["id"] == first.json()["id"]
     second = client.post("/v1/jobs", json=job, headers=tenant.headers)
-    assert second.status_code == 202 and '"jobs-monthly";r=0;' in second.headers["RateLimit"]
+    assert second.status_code == 202
+    assert '"jobs-monthly";r=0;' in second.headers["RateLimit"]
 
     refused = client.post("/v1/jobs", json=job, headers=tenant.headers)
     assert refused.status_code == 429, refused.text
     problem = refused.json()
-    assert problem["code"] == "quota-exceeded" and problem["policy"] == "jobs-monthly"
+    assert problem["code"] == "quota-exceeded"
+    assert problem["policy"] == "jobs-monthly"
     assert "quota of 2 jobs per calendar month is used up" in problem["detail"]
     assert int(refused.headers["Retry-After"]) >= 1
-    assert _job_count() == 2 and _submitted_records() == 2
+    assert _job_count() == 2
+    assert _submitted_records() == 2
     # A retried request still gets its first answer, the quota used up or not.
     late_replay = client.post(
         "/v1/jobs", json=job, headers=tenant.headers | {"Idempotency-Key": "a"}
     )
-    assert late_replay.status_code == 202 and late_replay.json()["id"] == first.json()["id"]
+    assert late_replay.status_code == 202
+    assert late_replay.json()["id"] == first.json()["id"]
 
     # A lost counter (Redis flushed) is seeded again from the usage records.
     cache = redis.Redis.from_url(str(api_settings.redis_url))
@@ -273,7 +288,8 @@ def test_monthly_job_quota_is_429_replays_do_not_count_and_raising_it_applies(
     client.put(_quotas_path(tenant), json={"jobs_per_month": 3}, headers=admin_headers)
     after_raise = client.post("/v1/jobs", json=job, headers=tenant.headers)
     assert after_raise.status_code == 202, after_raise.text
-    assert _job_count() == 3 and _submitted_records() == 3
+    assert _job_count() == 3
+    assert _submitted_records() == 3
 
 
 def test_a_drifted_monthly_counter_is_corrected_after_two_runs(
@@ -292,7 +308,8 @@ def test_a_drifted_monthly_counter_is_corrected_after_two_runs(
     now = utcnow()
     assert reconcile_counters(cache, now) == 0  # seen once: may be in flight
     assert reconcile_counters(cache, now) == 1
-    assert cache.get(key) == b"1" and cache.ttl(key) > 0
+    assert cache.get(key) == b"1"
+    assert cache.ttl(key) > 0
     cache.incr(key)  # moving: left alone
     assert reconcile_counters(cache, now) == 0
 
@@ -323,7 +340,8 @@ def test_a_submission_that_fails_gives_its_monthly_reservation_back(
     over = client.post(
         "/v1/jobs", json={"pipeline": SPEC, "records": [{"n": 1}]}, headers=tenant.headers
     )
-    assert over.status_code == 429 and over.json()["policy"] == "jobs-monthly"
+    assert over.status_code == 429
+    assert over.json()["policy"] == "jobs-monthly"
     assert _job_count() == 1
 
 
@@ -333,9 +351,6 @@ def test_dispatch_weight_follows_the_plan_and_an_admin_override_reaches_the_disp
     admin_headers: dict[str, str],
     api_settings: Settings,
 ) -> None:
-    from celeriac.platform.dispatch import get_dispatcher
-    from celeriac.platform.quotas.weights import sync_weights
-
     dispatcher = get_dispatcher()
     assert dispatcher is not None
     tenant = make_tenant("weighty")

@@ -55,7 +55,8 @@ def test_concurrent_requests_are_batched_and_admitted_up_to_the_burst(
     assert calls < 100  # batched: fewer calls than requests
     assert sorted(a.status.remaining for a in admitted)[:3] == [0, 1, 2]
     refused = [a for a in answers if a is not None and not a.admitted]
-    assert refused and all(a.retry_after > 0 for a in refused)
+    assert refused
+    assert all(a.retry_after > 0 for a in refused)
 
 
 def test_the_monthly_reservation_rides_along(api_settings: Settings) -> None:
@@ -69,7 +70,8 @@ def test_the_monthly_reservation_rides_along(api_settings: Settings) -> None:
         return [await limiter.hit(tenant, limits, ask) for _ in range(count)]
 
     (unseeded,) = asyncio.run(hits(1))
-    assert unseeded is not None and unseeded.monthly == (MONTHLY_UNSEEDED, 0)
+    assert unseeded is not None
+    assert unseeded.monthly == (MONTHLY_UNSEEDED, 0)
     redis.Redis.from_url(str(api_settings.redis_url)).set(key, 1)
     states = [d.monthly for d in asyncio.run(hits(2)) if d is not None]
     assert states == [(MONTHLY_RESERVED, 2), (MONTHLY_REFUSED, 2)]

@@ -15,6 +15,7 @@ from fastapi import Depends
 from fastapi.testclient import TestClient
 
 from celeriac.platform.api.deps import Authenticator
+from celeriac.platform.api.observability import create_served_app
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.observability import REDACTED, scrub_event
 from celeriac.platform.settings import Settings
@@ -37,8 +38,6 @@ def sink() -> Iterator[Receiver]:
 def served_client(
     api_settings: Settings, sink: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[TestClient]:
-    from celeriac.platform.api.observability import create_served_app
-
     monkeypatch.setenv("CELERIAC_SENTRY_DSN", sentry_dsn(sink))
     monkeypatch.setenv("CELERIAC_ENVIRONMENT", "sentry-test")
     clear_process_caches()
@@ -83,7 +82,8 @@ def test_an_unhandled_api_error_arrives_once_with_tags_and_no_tenant_data(
     assert event["tags"]["request_id"] == request_id
     assert event["environment"] == "sentry-test"
     (exception,) = event["exception"]["values"]
-    assert exception["type"] == "RuntimeError" and exception["value"] == REDACTED
+    assert exception["type"] == "RuntimeError"
+    assert exception["value"] == REDACTED
     assert any(f.get("function") == "explode" for f in exception["stacktrace"]["frames"])
     assert "Authorization" not in str(event.get("request", {}).get("headers", {}))
     for body in raw_envelopes(sink):

@@ -24,8 +24,10 @@ def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
     var = tmp_path / "var"
     assert settings.database_url == f"sqlite:///{var / 'celeriac.db'}"
     assert settings.is_embedded_broker
-    assert settings.blob.backend == "local" and settings.blob.local_dir == var / "blobs"
-    assert settings.keys.provider == "local" and settings.keys.keyring_path == var / "keyring.json"
+    assert settings.blob.backend == "local"
+    assert settings.blob.local_dir == var / "blobs"
+    assert settings.keys.provider == "local"
+    assert settings.keys.keyring_path == var / "keyring.json"
     assert settings.celery_result_backend == f"db+sqlite:///{var / 'results.db'}"
 
 
@@ -71,7 +73,8 @@ def test_bad_values_name_the_setting(
     with pytest.raises(SettingsError) as excinfo:
         load_settings()
     message = str(excinfo.value)
-    assert variable in message and "\n" not in message
+    assert variable in message
+    assert "\n" not in message
 
 
 def test_url_passwords_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -179,10 +179,10 @@ def test_stream_can_be_closed_early(store: BlobStore) -> None:
     ],
 )
 def test_invalid_keys_are_rejected(store: BlobStore, key: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="blob key"):
         store.put(key, b"x")
     for operation in (store.get, store.stream, store.exists, store.delete, store.size):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="blob key"):
             operation(key)
     assert _keys(store) == []
     if isinstance(store, LocalBlobStore):
@@ -191,7 +191,7 @@ def test_invalid_keys_are_rejected(store: BlobStore, key: str) -> None:
 
 @pytest.mark.parametrize("prefix", ["", "/", "tenants/acme", "../", "tenants/../", "/tenants/"])
 def test_invalid_prefixes_are_rejected(store: BlobStore, prefix: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"invalid blob (prefix|key)"):
         store.delete_prefix(prefix)
 
 
@@ -254,11 +254,11 @@ def test_key_layout() -> None:
     assert tenant_prefix("acme") == "tenants/acme/"
     assert job_blob_key("acme", "j1", "out/result.json") == "tenants/acme/jobs/j1/out/result.json"
     for bad in ("a/b", "..", "", ".x"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="for a blob key"):
             tenant_prefix(bad)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="for a blob key"):
             job_blob_key("acme", bad, "x")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid blob key"):
         job_blob_key("acme", "j1", "../../other/x")
 
 

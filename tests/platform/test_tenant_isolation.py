@@ -149,7 +149,8 @@ def test_quotas_show_only_the_callers_own_limits_and_use(
     # tests/platform/test_usage_api.py); these keys lack it.
     for path in ("/v1/usage/records", "/v1/usage/summary"):
         refused = client.get(path, headers=owner.headers)
-        assert refused.status_code == 403 and refused.json()["missing_scopes"] == ["usage:read"]
+        assert refused.status_code == 403
+        assert refused.json()["missing_scopes"] == ["usage:read"]
 
 
 def test_admin_routes_do_not_cross_tenants(

@@ -68,6 +68,14 @@ def _submit(client: TestClient, tenant: TenantFixture) -> Job:
         return job
 
 
+def _sealed_job_key(job: Job) -> tuple[bytes, dict[str, str]]:
+    """The job's data key as its row holds it (an envelope under the tenant's key, as a
+    database backup would keep it) and the context it opens with. A job's blobs are under
+    that key (docs/adr/0015), so the tenant's key opens them through it."""
+    assert job.data_key is not None
+    return bytes(job.data_key), {"job_id": str(job.id)}
+
+
 def _stored(store: BlobStore, tenant_id: str) -> list[str]:
     prefix = tenant_prefix(tenant_id)
     if isinstance(store, CachedBlobStore):  # S3 with the shared cache in front (ADR 0007)
@@ -118,18 +126,25 @@ def test_deleting_a_tenant_shreds_its_key_then_deletes_its_blobs_and_keeps_usage
     shown = client.get(f"/v1/admin/tenants/{tenant.id}", headers=admin_headers).json()
     assert shown["key_destroyed_at"] is not None
     assert shown["blobs_deleted_at"] is None
+    sealed, context = _sealed_job_key(job)
     for reader in (tenant_blobs().envelope, Envelope(key_provider())):
         with pytest.raises(KeyUnavailable, match="destroyed"):
-            reader.decrypt(tenant.id, ciphertext, {"blob_key": chunk})
+            reader.decrypt(tenant.id, sealed, context)
+    # Nor through the store, in the process that made the job's key: it forgot it.
+    with pytest.raises(KeyUnavailable, match="destroyed"):
+        tenant_blobs().get(tenant.id, chunk)
+    assert describe_envelope(ciphertext).key_reference == f"job:{job.id}"
     provider = key_provider()
     if isinstance(provider, KmsKeyProvider):
         metadata = provider.key_state(_tenant_row(tenant.id).key_id or "")
-        assert metadata is not None and metadata["KeyState"] == "PendingDeletion"
+        assert metadata is not None
+        assert metadata["KeyState"] == "PendingDeletion"
 
     assert destruction.destroy_deleted_tenants() == 1
     assert _stored(store, tenant.id) == []
     row = _tenant_row(tenant.id)
-    assert row.key_destroyed_at is not None and row.blobs_deleted_at is not None
+    assert row.key_destroyed_at is not None
+    assert row.blobs_deleted_at is not None
     assert destruction.destroy_deleted_tenants() == 0  # nothing left to do
     assert _audit_actions(tenant.id)[-3:] == [
         "tenant.delete",
@@ -173,11 +188,12 @@ def test_a_failed_key_destruction_is_retried_by_the_sweep(
     monkeypatch.setattr(destruction, "key_provider", lambda: real)
     assert destruction.destroy_deleted_tenants() == 1
     row = _tenant_row(tenant.id)
-    assert row.key_destroyed_at is not None and row.blobs_deleted_at is not None
-    with pytest.raises(KeyUnavailable):
-        Envelope(real).decrypt(
-            tenant.id, ciphertext, {"blob_key": job.payload_key + "00000.ndjson"}
-        )
+    assert row.key_destroyed_at is not None
+    assert row.blobs_deleted_at is not None
+    sealed, context = _sealed_job_key(job)
+    with pytest.raises(KeyUnavailable, match="destroyed"):
+        Envelope(real).decrypt(tenant.id, sealed, context)
+    assert describe_envelope(ciphertext).key_reference == f"job:{job.id}"
 
 
 def test_rotation_keeps_old_data_readable_and_is_audited(
@@ -191,14 +207,16 @@ def test_rotation_keeps_old_data_readable_and_is_audited(
     assert _audit_actions(tenant.id)[-1] == "tenant.rotate_key"
     after = _submit(client, tenant)
 
-    blobs = tenant_blobs()
-    old, new = (blobs.store.get(j.payload_key + "00000.ndjson") for j in (before, after))
-    # This process dropped its cached data key: the new payload has a new one.
+    # The jobs' keys are wrapped under the tenant's data key. This process dropped its
+    # cached one: the new job's key is wrapped under a new one.
+    (old, old_context), (new, new_context) = (_sealed_job_key(j) for j in (before, after))
     assert describe_envelope(old).wrapped_key != describe_envelope(new).wrapped_key
     reader = Envelope(key_provider())  # no cache: unwraps both through the provider
-    for job, blob in ((before, old), (after, new)):
-        key = job.payload_key + "00000.ndjson"
-        assert b"confidential 1" in reader.decrypt(tenant.id, blob, {"blob_key": key})
+    for sealed, context in ((old, old_context), (new, new_context)):
+        assert len(reader.decrypt(tenant.id, sealed, context)) == 32
+    clear_process_caches()  # and the payloads read, each through its job's key
+    for job in (before, after):
+        assert b"confidential 1" in tenant_blobs().get(tenant.id, job.payload_key + "00000.ndjson")
 
 
 def test_rotation_errors_are_problems(

@@ -47,7 +47,8 @@ def test_duplicate_slug_is_409(client: TestClient, admin_headers: dict[str, str]
     body = {"slug": "dupe", "name": "x"}
     assert client.post("/v1/admin/tenants", json=body, headers=admin_headers).status_code == 201
     again = client.post("/v1/admin/tenants", json=body, headers=admin_headers)
-    assert again.status_code == 409 and "already exists" in again.json()["detail"]
+    assert again.status_code == 409
+    assert "already exists" in again.json()["detail"]
 
 
 def test_list_pages_through_every_tenant_once(
@@ -72,7 +73,7 @@ def test_list_pages_through_every_tenant_once(
     assert bad.status_code == 400
 
 
-def test_suspend_answers_403_and_delete_revokes_keys(
+def test_suspend_refuses_writes_with_403_and_delete_revokes_keys(
     client: TestClient,
     admin_headers: dict[str, str],
     make_tenant: Callable[..., TenantFixture],
@@ -84,16 +85,22 @@ def test_suspend_answers_403_and_delete_revokes_keys(
         f"/v1/admin/tenants/{tenant.id}", json={"status": "suspended"}, headers=admin_headers
     )
     assert suspended.json()["status"] == "suspended"
-    answer = client.get("/v1/keys", headers=tenant.headers)
-    assert answer.status_code == 403 and "suspended" in answer.json()["detail"]
+    answer = client.post("/v1/keys", headers=tenant.headers, json={"name": "more"})
+    assert answer.status_code == 403
+    assert answer.json()["code"] == "tenant-suspended"
+    assert "suspended" in answer.json()["detail"]
+    # Reads stay open (docs/adr/0015): the tenant can see why its work is held.
+    assert client.get("/v1/keys", headers=tenant.headers).status_code == 200
 
     client.patch(f"/v1/admin/tenants/{tenant.id}", json={"status": "active"}, headers=admin_headers)
     assert client.get("/v1/keys", headers=tenant.headers).status_code == 200
 
     deleted = client.delete(f"/v1/admin/tenants/{tenant.id}", headers=admin_headers)
-    assert deleted.json()["status"] == "deleted" and deleted.json()["deleted_at"]
+    assert deleted.json()["status"] == "deleted"
+    assert deleted.json()["deleted_at"]
     answer = client.get("/v1/keys", headers=tenant.headers)
-    assert answer.status_code == 401 and "WWW-Authenticate" in answer.headers
+    assert answer.status_code == 401
+    assert "WWW-Authenticate" in answer.headers
     keys = client.get(f"/v1/admin/tenants/{tenant.id}/keys", headers=admin_headers)
     assert keys.status_code == 404  # a deleted tenant's keys are not managed any more
     patch = client.patch(

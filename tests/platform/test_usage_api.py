@@ -112,9 +112,11 @@ def test_records_page_in_a_stable_order_with_filters(
     )
     assert [r["properties"]["n"] for r in mine] == [2, 3, 4, 5, 6]
     assert {r["tenant_id"] for r in mine} == {a.id}
-    assert mine[0]["quantity"] == "0.500000" and mine[0]["unit"] == "second"
+    assert mine[0]["quantity"] == "0.500000"
+    assert mine[0]["unit"] == "second"
     bad = client.get("/v1/usage/records", params={"cursor": "nope"}, headers=billing_headers)
-    assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"
+    assert bad.status_code == 400
+    assert bad.headers["content-type"] == "application/problem+json"
 
 
 def test_csv_has_the_same_columns_and_rows(
@@ -125,12 +127,14 @@ def test_csv_has_the_same_columns_and_rows(
     as_csv = client.get(
         "/v1/usage/records", params=params, headers=billing_headers | {"Accept": "text/csv"}
     )
-    assert as_csv.status_code == 200 and as_csv.headers["content-type"].startswith("text/csv")
+    assert as_csv.status_code == 200
+    assert as_csv.headers["content-type"].startswith("text/csv")
     assert as_csv.headers["Link"] == as_json.headers["Link"]
     rows = list(csv.DictReader(io.StringIO(as_csv.text)))
     assert list(rows[0]) == list(RECORD_COLUMNS)
     for row, record in zip(rows, as_json.json()["data"], strict=True):
-        assert row["id"] == record["id"] and row["quantity"] == record["quantity"]
+        assert row["id"] == record["id"]
+        assert row["quantity"] == record["quantity"]
         assert datetime.fromisoformat(row["occurred_at"]) == datetime.fromisoformat(
             record["occurred_at"]
         )
@@ -183,7 +187,8 @@ def test_summary_equals_the_sum_of_the_records_and_counts_finished_jobs(
     }
     assert totals == {k: (sum(v, Decimal(0)), len(v)) for k, v in expected.items()}
     periods = {k[2] for k in totals}
-    assert len(periods) > 1 and all(p == _truncate(p, granularity) for p in periods)
+    assert len(periods) > 1
+    assert all(p == _truncate(p, granularity) for p in periods)
 
     with get_engine().connect() as conn:
         finished = dict(
@@ -220,7 +225,8 @@ def test_adjustments_reference_the_original_are_audited_and_checked(
     made = adjust(admin_headers)
     assert made.status_code == 201, made.text
     correction = made.json()
-    assert correction["adjusts_id"] == original["id"] and correction["quantity"] == "-1.000000"
+    assert correction["adjusts_id"] == original["id"]
+    assert correction["quantity"] == "-1.000000"
     assert (correction["tenant_id"], correction["metric"], correction["unit"]) == (
         original["tenant_id"],
         original["metric"],
@@ -234,7 +240,8 @@ def test_adjustments_reference_the_original_are_audited_and_checked(
     with get_sessionmaker()() as session:
         entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "usage.adjust"))
         (audited,) = entry.all()
-    assert audited.details["adjustment_id"] == correction["id"] and audited.actor == "ops@test"
+    assert audited.details["adjustment_id"] == correction["id"]
+    assert audited.actor == "ops@test"
 
 
 def test_the_database_refuses_to_change_or_delete_a_record(
@@ -310,7 +317,8 @@ def test_a_tenant_reads_only_its_own_usage_records_json_and_csv(
     assert sorted(r["id"] for r in rows) == expected
 
     summary = client.get("/v1/usage/summary?granularity=month", headers=headers).json()
-    assert summary["data"] and {t["tenant_id"] for t in summary["data"]} == {mine.id}
+    assert summary["data"]
+    assert {t["tenant_id"] for t in summary["data"]} == {mine.id}
     # Asking for another tenant's records is a 404, as for any of its objects.
     for path in ("/v1/usage/records", "/v1/usage/summary"):
         answer = client.get(path, params={"tenant_id": other.id}, headers=headers)

@@ -124,7 +124,8 @@ def test_create_shows_the_secret_once_and_stores_it_only_encrypted(
     assert answer.headers["Cache-Control"] == "no-store"
     created = answer.json()
     assert answer.headers["Location"] == f"/v1/webhooks/{created['id']}"
-    assert created["tenant_id"] == tenant.id and created["url"] == HOOK
+    assert created["tenant_id"] == tenant.id
+    assert created["url"] == HOOK
     assert created["event_types"] == ["job.succeeded", "job.failed"]
     assert (created["state"], created["description"]) == ("enabled", "billing")
     assert created["max_deliveries_per_second"] == 5
@@ -138,7 +139,8 @@ def test_create_shows_the_secret_once_and_stores_it_only_encrypted(
     assert stored.previous_secret_ciphertext is None
 
     fetched = client.get(answer.headers["Location"], headers=tenant.headers)
-    assert fetched.status_code == 200 and "Cache-Control" not in fetched.headers
+    assert fetched.status_code == 200
+    assert "Cache-Control" not in fetched.headers
     listed = client.get("/v1/webhooks", headers=tenant.headers).json()["data"]
     patched = client.patch(
         answer.headers["Location"], json={"description": "x"}, headers=tenant.headers
@@ -173,7 +175,8 @@ def test_rotation_keeps_the_previous_secret_for_the_grace(
     assert rotated.status_code == 200, rotated.text
     assert rotated.headers["Cache-Control"] == "no-store"
     new = rotated.json()
-    assert new["secret"] != created["secret"] and new["id"] == created["id"]
+    assert new["secret"] != created["secret"]
+    assert new["id"] == created["id"]
     assert _signing_secrets(created["id"]) == [_raw(new["secret"]), _raw(created["secret"])]
     assert _stored(created["id"]).previous_secret_ciphertext == before
     expires = datetime.fromisoformat(new["previous_secret_expires_at"])
@@ -211,7 +214,8 @@ def test_rotation_grace_is_bounded(
         json={"previous_secret_expires_in_seconds": seconds},
         headers=tenant.headers,
     )
-    assert answer.status_code == 422 and answer.headers["content-type"] == PROBLEM
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == PROBLEM
     assert answer.json()["errors"][0]["pointer"] == "#/body/previous_secret_expires_in_seconds"
     assert _signing_secrets(created["id"]) == [_raw(created["secret"])]
 
@@ -244,14 +248,16 @@ def test_bad_event_types_are_422_with_a_pointer(
     answer = client.post(
         "/v1/webhooks", json={"url": HOOK, "event_types": event_types}, headers=tenant.headers
     )
-    assert answer.status_code == 422 and answer.headers["content-type"] == PROBLEM
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == PROBLEM
     assert [e["pointer"] for e in answer.json()["errors"]] == [pointer]
 
 
 def test_event_type_matching() -> None:
     match = service.event_type_matches
     assert match(["*"], "webhook.test")
-    assert match(["job.*"], "job.partial") and not match(["job.*"], "webhook.disabled")
+    assert match(["job.*"], "job.partial")
+    assert not match(["job.*"], "webhook.disabled")
     assert match(["job.failed", "webhook.*"], "webhook.test")
     assert not match(["job.failed"], "job.succeeded")
     assert not match(["job.*"], "jobx.failed")
@@ -300,7 +306,8 @@ def test_unsafe_destinations_are_422_on_the_url(
     answer = client.post(
         "/v1/webhooks", json={"url": url, "event_types": ["*"]}, headers=tenant.headers
     )
-    assert answer.status_code == 422 and answer.headers["content-type"] == PROBLEM
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == PROBLEM
     body = answer.json()
     assert reason in body["detail"]
     assert body["errors"] == [{"pointer": "#/body/url", "detail": body["detail"]}]
@@ -330,9 +337,11 @@ def test_https_is_required_unless_http_is_allowed(
         )
     finally:
         _app(client).dependency_overrides.pop(get_settings, None)
-    assert plain.status_code == 422 and "must use https" in plain.json()["detail"]
+    assert plain.status_code == 422
+    assert "must use https" in plain.json()["detail"]
     assert plain.json()["errors"][0]["pointer"] == "#/body/url"
-    assert loopback.status_code == 422 and "a loopback address" in loopback.json()["detail"]
+    assert loopback.status_code == 422
+    assert "a loopback address" in loopback.json()["detail"]
     assert secure.status_code == 201
 
 
@@ -360,14 +369,14 @@ def test_patch_changes_only_what_is_sent_and_rechecks_the_url(
     assert body["updated_at"] > created["updated_at"]
 
     unsafe = patch({"url": "https://internal.example.com/", "description": "sneaky"})
-    assert unsafe.status_code == 422 and unsafe.json()["errors"][0]["pointer"] == "#/body/url"
+    assert unsafe.status_code == 422
+    assert unsafe.json()["errors"][0]["pointer"] == "#/body/url"
     bad_type = patch({"event_types": ["job.*", "job.nope"]})
     assert bad_type.json()["errors"][0]["pointer"] == "#/body/event_types/1"
     for field in ("url", "event_types"):  # a null description clears it (test_bad_input)
         nulled = patch({field: None})
-        assert nulled.status_code == 422 and nulled.json()["errors"][0]["pointer"] == (
-            f"#/body/{field}"
-        )
+        assert nulled.status_code == 422
+        assert nulled.json()["errors"][0]["pointer"] == (f"#/body/{field}")
     assert patch({"secret": "whsec_mine"}).status_code == 422
     assert patch({"max_deliveries_per_second": 0}).status_code == 422
     assert client.get(base, headers=tenant.headers).json() == body
@@ -381,7 +390,8 @@ def test_disable_and_enable(client: TestClient, tenant: TenantFixture) -> None:
     created = _create(client, tenant)
     base = f"/v1/webhooks/{created['id']}"
     disabled = client.post(f"{base}/disable", headers=tenant.headers).json()
-    assert disabled["state"] == "disabled" and disabled["disabled_reason"]
+    assert disabled["state"] == "disabled"
+    assert disabled["disabled_reason"]
     again = client.post(f"{base}/disable", headers=tenant.headers).json()
     assert again == disabled
 
@@ -438,10 +448,12 @@ def test_delete_removes_the_target_and_its_delivery_history(
         )
 
     answer = client.delete(f"/v1/webhooks/{created['id']}", headers=tenant.headers)
-    assert answer.status_code == 204 and answer.content == b""
+    assert answer.status_code == 204
+    assert answer.content == b""
     assert client.get(f"/v1/webhooks/{created['id']}", headers=tenant.headers).status_code == 404
     gone = client.delete(f"/v1/webhooks/{created['id']}", headers=tenant.headers)
-    assert gone.status_code == 404 and gone.headers["content-type"] == PROBLEM
+    assert gone.status_code == 404
+    assert gone.headers["content-type"] == PROBLEM
     with get_engine().connect() as conn:
         assert conn.execute(select(WebhookDelivery.id)).all() == []
         assert conn.execute(select(WebhookAttempt.id)).all() == []
@@ -463,9 +475,11 @@ def test_the_number_of_targets_is_the_tenants_quota(
     over = client.post(
         "/v1/webhooks", json={"url": HOOK, "event_types": ["*"]}, headers=tenant.headers
     )
-    assert over.status_code == 409 and over.headers["content-type"] == PROBLEM
+    assert over.status_code == 409
+    assert over.headers["content-type"] == PROBLEM
     assert "at most 3 webhook targets" in over.json()["detail"]
-    assert over.json()["limit"] == 3 and over.json()["policy"] == "webhook-targets"
+    assert over.json()["limit"] == 3
+    assert over.json()["policy"] == "webhook-targets"
     _create(client, other)  # the limit is per tenant
 
     client.delete(f"/v1/webhooks/{ids[0]}", headers=tenant.headers)
@@ -487,7 +501,8 @@ def test_list_pages_through_every_target_once(client: TestClient, tenant: Tenant
             break
     assert seen == list(reversed(made))
     bad = client.get("/v1/webhooks", params={"cursor": "nonsense"}, headers=tenant.headers)
-    assert bad.status_code == 400 and bad.headers["content-type"] == PROBLEM
+    assert bad.status_code == 400
+    assert bad.headers["content-type"] == PROBLEM
     assert client.get("/v1/webhooks", params={"limit": 0}, headers=tenant.headers).status_code == (
         422
     )
@@ -532,7 +547,8 @@ def test_the_webhooks_scope_is_required(
         answer = client.request(
             method, path, json={"url": HOOK, "event_types": ["*"]}, headers=reader.headers
         )
-        assert answer.status_code == 403 and answer.headers["content-type"] == PROBLEM
+        assert answer.status_code == 403
+        assert answer.headers["content-type"] == PROBLEM
         assert answer.json()["missing_scopes"] == ["webhooks:manage"]
         assert "webhooks:manage" in answer.json()["detail"]
     assert client.get("/v1/webhooks").status_code == 401
@@ -545,7 +561,8 @@ def test_openapi_documents_the_routes_and_hides_secrets(client: TestClient) -> N
     assert set(paths["/v1/webhooks/{target_id}"]) == {"get", "patch", "delete"}
     for action in ("disable", "enable", "rotate-secret"):
         operation = paths[f"/v1/webhooks/{{target_id}}/{action}"]["post"]
-        assert operation["tags"] == ["webhooks"] and operation["description"]
+        assert operation["tags"] == ["webhooks"]
+        assert operation["description"]
     components = schema["components"]["schemas"]
     assert "secret" not in components["WebhookTargetOut"]["properties"]
     assert "secret" in components["WebhookTargetWithSecret"]["properties"]

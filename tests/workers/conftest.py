@@ -93,7 +93,8 @@ def workers(worker_env: dict[str, str], var_dir: Path) -> Iterator[Workers]:
                 "ready." in running.log(name)
                 for name in ("orchestration", "distribution", "compute")
             ),
-            90,
+            # Generous: at load 20 on 2 cores the compute pool alone took 90 s to start.
+            180,
             "the three pools to start",
         )
         wait_until(

@@ -49,7 +49,8 @@ def test_small_job_runs_through_every_stage(
     results = client.get(f"/v1/jobs/{job['id']}/results", headers=tenant.headers).json()
     summary = results["analyses"]["summary"]["tabular"]
     expected = pd.json_normalize(records)["order.amount"].describe()
-    assert summary is not None and expected["count"] > 0
+    assert summary is not None
+    assert expected["count"] > 0
 
     # The tenant is called back, signed (Standard Webhooks), once the job has ended.
     def attempts() -> list[dict[str, Any]]:
@@ -62,7 +63,8 @@ def test_small_job_runs_through_every_stage(
     hook.close()
     (got,) = hook.received
     event = Webhook(target["secret"]).verify(got.body, got.headers)
-    assert event["type"] == "job.succeeded" and event["data"]["job_id"] == job["id"]
+    assert event["type"] == "job.succeeded"
+    assert event["data"]["job_id"] == job["id"]
     assert event["data"]["results_url"].endswith(f"/v1/jobs/{job['id']}/results")
     with get_engine().connect() as conn:
         tasks = conn.execute(select(JobTask.task_key, JobTask.state)).all()

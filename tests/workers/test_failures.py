@@ -90,7 +90,8 @@ def test_retries_then_partial_with_the_failed_branch_recorded(
     assert tasks["analysis/summary/tabular"][0] == "succeeded"
     state, attempts, error = tasks["analysis/chaos_flaky/tabular"]
     # In clear only the class; the message (the plugin's ConnectionError) is the tenant's.
-    assert (state, attempts) == ("failed", 3) and "TransientError" in (error or "")
+    assert (state, attempts) == ("failed", 3)
+    assert "TransientError" in (error or "")
     flaky = next(e for e in job["errors"] if e["plugin"] == "chaos_flaky")
     assert "ConnectionError" in flaky["error"]
     assert tasks["analysis/chaos_fail/tabular"][:2] == ("failed", 1)  # permanent: no retry
@@ -123,7 +124,8 @@ def test_soft_time_limit_records_a_timeout(
     job = wait_for_job(client, tenant.headers, job_id, timeout=120)
     assert job["state"] == "partial", job
     state, _, error = _tasks(job_id)["analysis/chaos_sleep/tabular"]
-    assert state == "timed_out" and "time limit" in (error or "")
+    assert state == "timed_out"
+    assert "time limit" in (error or "")
 
 
 def test_cancel_stops_running_compute_and_ends_cancelled(
@@ -135,7 +137,8 @@ def test_cancel_stops_running_compute_and_ends_cancelled(
     )
     wait_until(marker.exists, 60, "the long task to start")
     cancelled = client.post(f"/v1/jobs/{job_id}/cancel", headers=tenant.headers)
-    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert cancelled.status_code == 200
+    assert cancelled.json()["state"] == "cancelled"
     wait_until(
         lambda: _tasks(job_id)["analysis/chaos_sleep/tabular"][0] == "cancelled",
         30,

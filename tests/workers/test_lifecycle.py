@@ -5,6 +5,7 @@ distribution pools load no pandas, and a webhook delivery bills once."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -24,9 +25,12 @@ from celeriac.platform.models import (
     Job,
     JobState,
     JobTask,
+    TargetState,
     TaskState,
     UsageRecord,
+    WebhookDelivery,
     WebhookMessage,
+    WebhookTarget,
     utcnow,
 )
 from celeriac.platform.queues import TaskName
@@ -134,7 +138,8 @@ def test_a_job_of_a_suspended_tenant_is_held_at_start_and_released_on_resume(
 
     recorder = RecordingPublisher()
     assert orchestration.start_job(tenant.id, job_id, publisher=recorder) == orchestration.HELD
-    assert recorder.messages == [] and _state(job_id) is JobState.QUEUED
+    assert recorder.messages == []
+    assert _state(job_id) is JobState.QUEUED
 
     queue = f"orchestration.normal.{tenant.slug}"
     before = broker.llen(queue)
@@ -196,8 +201,22 @@ def test_deleting_a_tenant_ends_its_queued_jobs_cancelled_with_their_events(
             .where(UsageRecord.tenant_id == uuid.UUID(tenant.id))
             .where(UsageRecord.metric == "jobs.completed")
         ).scalar_one()
+        deliveries = conn.execute(
+            select(func.count())
+            .select_from(WebhookDelivery)
+            .where(WebhookDelivery.tenant_id == uuid.UUID(tenant.id))
+        ).scalar_one()
+        targets = conn.execute(
+            select(WebhookTarget.state, WebhookTarget.disabled_reason).where(
+                WebhookTarget.tenant_id == uuid.UUID(tenant.id)
+            )
+        ).all()
     assert sorted(events) == sorted(("job.cancelled", f"job:{j}:ended") for j in jobs)
     assert completed == 3
+    # Nothing more goes to a deleted tenant's receivers (nor is billed): its targets are
+    # disabled in the deleting transaction, so the cancellations have no delivery.
+    assert [tuple(t) for t in targets] == [(TargetState.DISABLED, "the tenant was deleted")]
+    assert deliveries == 0
     # A start_job still queued for one of them finds it ended and does nothing.
     recorder = RecordingPublisher()
     assert orchestration.start_job(tenant.id, jobs[0], publisher=recorder) is None
@@ -292,7 +311,7 @@ def test_deleting_a_tenant_on_real_workers_cancels_running_and_queued_jobs(
     tmp_path: Path,
 ) -> None:
     worker_env["CELERIAC_WORKERS__COMPUTE_CONCURRENCY"] = "1"
-    request.getfixturevalue("workers")
+    running_workers: Workers = request.getfixturevalue("workers")
     tenant, other = make_tenant("doomed"), make_tenant("survivor")
     marker = tmp_path / "started"
     running = _submit(
@@ -310,9 +329,22 @@ def test_deleting_a_tenant_on_real_workers_cancels_running_and_queued_jobs(
         60,
         "the running task to be cancelled",
     )
+
+    # The revoked task's end is logged (the ELK task line); no signal handler failed.
+    def revoked_line() -> bool:
+        for line in running_workers.log("compute").splitlines():
+            if line.startswith("{") and '"task finished"' in line:
+                entry = json.loads(line)
+                if entry.get("state") == "revoked" and entry.get("job_id") == str(running):
+                    return True
+        return False
+
+    wait_until(revoked_line, 60, "the revoked task's log line")
+    assert "Signal handler" not in running_workers.log("compute")
     follow_up = _submit(client, other, {"name": "summary"})
     assert wait_for_job(client, other.headers, follow_up, timeout=90)["state"] == "succeeded"
-    assert _state(running) is JobState.CANCELLED and _state(queued) is JobState.CANCELLED
+    assert _state(running) is JobState.CANCELLED
+    assert _state(queued) is JobState.CANCELLED
 
 
 def test_a_job_waiting_on_a_running_tasks_lease_is_not_failed_by_the_reconciler(
@@ -329,9 +361,7 @@ def test_a_job_waiting_on_a_running_tasks_lease_is_not_failed_by_the_reconciler(
     job_id = _submit(client, tenant, {"name": "summary"})
     recorder = RecordingPublisher()
     assert orchestration.start_job(tenant.id, job_id, publisher=recorder) == "datasets"
-    from celeriac.workers.flow import distribution
-
-    assert distribution.fan_out(tenant.id, job_id, "datasets", publisher=recorder) == 1
+    assert recorder.messages == [(TaskName.RUN_TASK.value, job_id)]  # start published it
     redis.Redis.from_url(redis_broker_url).flushdb()  # the run_task message is gone
     long_ago = utcnow() - timedelta(seconds=api_settings.jobs.stall_seconds + 60)
     with get_sessionmaker().begin() as session:

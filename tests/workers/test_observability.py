@@ -9,10 +9,13 @@ value in its error); the tests check what arrives at each sink and what does not
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,8 @@ from conftest import TenantFixture
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from celeriac.platform.db import get_engine
+from celeriac.platform.db import get_engine, get_sessionmaker
+from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
 from celeriac.platform.models import Job, JobTask
 
 from observability_support import (
@@ -32,6 +36,7 @@ from observability_support import (
     scrape,
     sentry_dsn,
     sentry_events,
+    sentry_items,
     spans,
     total,
 )
@@ -92,7 +97,7 @@ def stack(
         running.start("beat", "beat", "--metrics-port", str(ports["beat"]))
         running.start("api", "api", "--workers", "2", "--port", str(ports["api"]))
         api_url = f"http://127.0.0.1:{ports['api']}"
-        wait_until(lambda: all("ready." in running.log(p) for p in POOLS), 90, "the pools")
+        wait_until(lambda: all("ready." in running.log(p) for p in POOLS), 180, "the pools")
         wait_until(
             lambda: "plugin registry published" in running.log("compute"),
             60,
@@ -105,7 +110,7 @@ def stack(
             except httpx.TransportError:
                 return False
 
-        wait_until(api_up, 60, "the API")
+        wait_until(api_up, 120, "the API")
         tenant = make_tenant("observed")
         client.post(
             "/v1/webhooks", headers=tenant.headers, json={"url": hook.url, "event_types": ["job.*"]}
@@ -143,7 +148,8 @@ def _sentry_gets_the_failed_task_once_with_tags_and_no_tenant_data(stack: Stack)
 
     (event,) = wait_until(compute_events, 60, "the compute failure in Sentry")
     tags = event["tags"]
-    assert tags["pool"] == "compute" and tags["tenant_id"] == stack.tenant.id
+    assert tags["pool"] == "compute"
+    assert tags["tenant_id"] == stack.tenant.id
     assert tags["task"] == "celeriac.compute.run_task"
     assert event["environment"] == "observability-test"
     assert event["release"].startswith("celeriac@")
@@ -192,7 +198,8 @@ def _one_trace_from_the_request_to_the_webhook(stack: Stack) -> None:
 
     # Log lines written inside a task carry its trace.
     lines = _task_lines(stack.workers.log("compute"), stack.job["id"])
-    assert lines and all(line.get("trace_id") == start.trace_id for line in lines)
+    assert lines
+    assert all(line.get("trace_id") == start.trace_id for line in lines)
 
 
 def _every_task_end_writes_one_json_line(stack: Stack) -> None:
@@ -204,9 +211,12 @@ def _every_task_end_writes_one_json_line(stack: Stack) -> None:
     lines = _task_lines(stack.workers.log("compute"), job_id)
     assert len(lines) == compute_tasks
     for line in lines:
-        assert line["task"] == "celeriac.compute.run_task" and line["pool"] == "compute"
-        assert line["tenant_id"] == stack.tenant.id and line["task_id"]
-        assert line["duration_ms"] >= 0 and line["retries"] == 0
+        assert line["task"] == "celeriac.compute.run_task"
+        assert line["pool"] == "compute"
+        assert line["tenant_id"] == stack.tenant.id
+        assert line["task_id"]
+        assert line["duration_ms"] >= 0
+        assert line["retries"] == 0
         assert MARKER not in json.dumps(line)
     assert sorted(line["state"] for line in lines).count("failed") == 1
     assert {line["plugin"] for line in lines} == {"tabular", "summary", "chaos_leak"}
@@ -229,11 +239,12 @@ def _each_process_serves_metrics(stack: Stack) -> None:
     assert total(distribution, "celeriac_webhook_attempts_total", outcome="2xx") == 1
     assert total(distribution, "celeriac_webhook_delivery_seconds_count") == 1
     # The job's end is counted where its lifecycle transition happens (finalize, in the
-    # distribution pool); its start, which ends its queue wait, in orchestration.
+    # distribution pool); the end of its queue wait where its first compute task is claimed.
     assert total(distribution, "celeriac_jobs_finished_total", state="partial", band="normal") == 1
     assert total(distribution, "celeriac_job_duration_seconds_count", band="normal") == 1
+    assert total(compute, "celeriac_job_queue_wait_seconds_count", band="normal") == 1
     orchestration = scrape(f"http://127.0.0.1:{stack.ports['orchestration']}/metrics")
-    assert total(orchestration, "celeriac_job_queue_wait_seconds_count", band="normal") == 1
+    assert total(orchestration, "celeriac_job_queue_wait_seconds_count") == 0
     assert (
         total(
             orchestration,
@@ -312,10 +323,208 @@ def _prometheus_scrapes_every_component_and_agrees_with_the_database(
         server.wait(timeout=30)
 
 
+def _beat_checks_in_with_sentry_crons(stack: Stack) -> None:
+    """Sentry cron monitors for beat's periodic tasks: beat sends the in-progress check-in
+    when it sends the task, the worker that ran it the ok, under one check-in id. Sentry
+    Crons knows whole minutes only, so the every-second housekeeping has no monitor."""
+    slug = "destroy-deleted-tenants"  # every 60 s: the first is due a minute after start
+
+    def check_ins() -> dict[str, dict[str, Any]] | None:
+        found = [c for c in sentry_items(stack.sentry, "check_in") if c["monitor_slug"] == slug]
+        by_status = {c["status"]: c for c in found}
+        return by_status if {"in_progress", "ok"} <= set(by_status) else None
+
+    by_status = wait_until(check_ins, 150, f"the {slug} check-ins")
+    assert by_status["ok"]["check_in_id"] == by_status["in_progress"]["check_in_id"]
+    schedule = by_status["in_progress"]["monitor_config"]["schedule"]
+    assert schedule == {"type": "interval", "value": 1, "unit": "minute"}
+    assert by_status["ok"]["environment"] == "observability-test"
+    slugs = {c["monitor_slug"] for c in sentry_items(stack.sentry, "check_in")}
+    assert not slugs & {"release", "webhooks", "reconcile"}
+
+
 def test_a_failing_job_observed_from_every_process(stack: Stack, tmp_path: Path) -> None:
-    """One stack (starting it is most of the cost), five observations of the same job."""
+    """One stack (starting it is most of the cost), five observations of the same job,
+    then beat's cron check-ins."""
     _sentry_gets_the_failed_task_once_with_tags_and_no_tenant_data(stack)
     _one_trace_from_the_request_to_the_webhook(stack)
     _every_task_end_writes_one_json_line(stack)
     _each_process_serves_metrics(stack)
     _prometheus_scrapes_every_component_and_agrees_with_the_database(stack, tmp_path)
+    _beat_checks_in_with_sentry_crons(stack)
+
+
+def test_queue_wait_ends_at_the_first_compute_start_once_despite_a_redelivery(
+    client: TestClient,
+    worker_env: dict[str, str],
+    var_dir: Path,
+    tmp_path: Path,
+    make_tenant: Callable[..., TenantFixture],
+) -> None:
+    """``celeriac_job_queue_wait_seconds`` is submit -> the first compute task's claim,
+    observed once per job: three compute tasks run, one of them twice (its worker process
+    is killed in the middle and the message redelivered), and the histogram holds one
+    observation, equal to what the job row says."""
+    worker_env.update(
+        {"CELERIAC_JOBS__RECONCILE_INTERVAL_SECONDS": "1", "CELERIAC_JOBS__STALL_SECONDS": "5"}
+    )
+    port = free_port()
+    running = Workers(var_dir, worker_env)
+    try:
+        for pool in POOLS:
+            extra = ["--metrics-port", str(port)] if pool == "compute" else ["--concurrency", "10"]
+            running.start(pool, "worker", "--pool", pool, *extra)
+        running.start("beat", "beat")
+        wait_until(lambda: all("ready." in running.log(p) for p in POOLS), 180, "the pools")
+        wait_until(
+            lambda: "plugin registry published" in running.log("compute"),
+            60,
+            "the compute pool's plugins",
+        )
+        tenant = make_tenant("waiting")
+        marker = tmp_path / "runs"
+        pipeline = {
+            "datasets": [{"name": "tabular"}],
+            "analyzers": [
+                {"name": "summary"},
+                {"name": "chaos_sleep", "params": {"seconds": 3, "marker": str(marker)}},
+            ],
+        }
+        answer = client.post(
+            "/v1/jobs", headers=tenant.headers, json={"pipeline": pipeline, "records": RECORDS}
+        )
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["id"]
+        wait_until(marker.exists, 60, "the slow task to start")
+        parent = running.processes["compute"].pid
+        for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)  # mid-task: the message is delivered again
+        job = wait_for_job(client, tenant.headers, job_id, timeout=90)
+        assert job["state"] == "succeeded", job
+        assert int(marker.read_text()) == 2
+
+        with get_engine().connect() as conn:
+            submitted, started, compute_started = conn.execute(
+                select(Job.created_at, Job.started_at, Job.compute_started_at).where(
+                    Job.id == job_id
+                )
+            ).one()
+            claims = dict(
+                conn.execute(
+                    select(JobTask.task_key, JobTask.attempts).where(JobTask.job_id == job_id)
+                ).all()
+            )
+            first_claim = conn.execute(
+                select(func.min(JobTask.started_at)).where(
+                    JobTask.job_id == job_id, JobTask.stage == "datasets"
+                )
+            ).scalar_one()
+        assert sum(claims.values()) == len(claims) + 1  # one task was claimed twice
+        assert compute_started is not None
+        assert started is not None
+        # The wait ends at the first compute claim, not at the orchestrator's start.
+        assert compute_started == first_claim
+        assert compute_started > started
+        samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        wait = {"band": "normal"}
+        assert total(samples, "celeriac_job_queue_wait_seconds_count", **wait) == 1
+        observed = total(samples, "celeriac_job_queue_wait_seconds_sum", **wait)
+        assert observed == pytest.approx((compute_started - submitted).total_seconds(), abs=1e-3)
+    finally:
+        running.stop_all()
+
+
+def test_each_api_worker_process_reports_to_sentry_and_logs_json(
+    worker_env: dict[str, str],
+    var_dir: Path,
+    make_tenant: Callable[..., TenantFixture],
+) -> None:
+    """``celeriac api --workers 2``: each uvicorn worker process sets up Sentry and JSON
+    logging itself (the parent only supervises). The blob store breaks (a file where its
+    tenants' folder belongs), so every job submission fails to store: a 503 for the
+    client, and an error event in Sentry and a JSON log line from whichever process served
+    it, without the records' contents."""
+    sentry = Receiver()
+    blobs = var_dir / "broken-blobs"
+    blobs.mkdir()
+    (blobs / "tenants").write_text("not a folder")
+    port = free_port()
+    worker_env.update(
+        {
+            "CELERIAC_SENTRY_DSN": sentry_dsn(sentry),
+            "CELERIAC_ENVIRONMENT": "api-workers-test",
+            "CELERIAC_BLOB__LOCAL_DIR": str(blobs),
+        }
+    )
+    running = Workers(var_dir, worker_env)
+    try:
+        api = running.start("api", "api", "--workers", "2", "--port", str(port))
+        url = f"http://127.0.0.1:{port}"
+
+        def api_up() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(api_up, 120, "the API")
+        tenant = make_tenant("served")
+        with get_sessionmaker().begin() as session:  # what a compute worker would publish
+            register_plugins(
+                session,
+                [
+                    PluginInfo(DATASET, "tabular", "1.0", {"type": "object"}, produces="table"),
+                    PluginInfo(ANALYZER, "summary", "1.0", {"type": "object"}, accepts=("table",)),
+                ],
+            )
+        pipeline = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
+        body = {"pipeline": pipeline, "records": RECORDS}
+
+        def events_from_two_processes() -> list[dict[str, Any]] | None:
+            # A new connection each time: the kernel hands it to either process.
+            answer = httpx.post(f"{url}/v1/jobs", headers=tenant.headers, json=body, timeout=30)
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"], answer.text
+            events = sentry_events(sentry)
+            pids = {e["contexts"]["process"]["pid"] for e in events}
+            return events if len(pids) >= 2 else None
+
+        events = wait_until(events_from_two_processes, 120, "errors from both API processes")
+        children = {
+            int(pid) for pid in Path(f"/proc/{api.pid}/task/{api.pid}/children").read_text().split()
+        }
+        pids = {e["contexts"]["process"]["pid"] for e in events}
+        assert len(pids) == 2
+        assert pids <= children
+        assert api.pid not in pids
+        for event in events:
+            assert event["level"] == "error"
+            assert event["tags"]["component"] == "api"
+            assert event["logentry"]["message"].startswith("a job could not be stored")
+            assert event["environment"] == "api-workers-test"
+        assert not [b for b in raw_envelopes(sentry) if MARKER.encode() in b]
+
+        def json_lines() -> list[dict[str, Any]]:
+            lines = []
+            for line in running.log("api").splitlines():
+                try:
+                    lines.append(json.loads(line))
+                except ValueError:
+                    continue
+            return lines
+
+        def errors_logged_by(pid: int) -> list[dict[str, Any]]:
+            return [
+                line
+                for line in json_lines()
+                if line.get("process") == pid and line["level"] == "ERROR"
+            ]
+
+        for pid in pids:
+            wait_until(partial(errors_logged_by, pid), 30, f"process {pid}'s JSON log")
+            assert all(
+                line["logger"] == "celeriac.platform.jobs.ingest" for line in errors_logged_by(pid)
+            )
+    finally:
+        running.stop_all()
+        sentry.close()

@@ -38,7 +38,8 @@ def _run(code: str) -> list[Any]:
 
 def test_setup_then_many_analyses_load_the_lexicon_once() -> None:
     setup_plugins()
-    assert sentiment.loaded and sentiment.loads == 1
+    assert sentiment.loaded
+    assert sentiment.loads == 1
     texts = build_dataset("text", [[{"text": "I love it!"}, {"text": "Awful service."}]])
     for _ in range(5):
         analyze_dataset("sentiment", texts)

@@ -109,7 +109,8 @@ def test_plugin_infos_are_what_the_platform_registers() -> None:
     tabular = infos[(DATASET, "tabular")]
     assert (tabular.version, tabular.produces, tabular.accepts) == ("1.0.0", "table", ())
     anomalies = infos[(ANALYZER, "anomalies")]
-    assert anomalies.produces is None and anomalies.accepts == ("table", "timeseries")
+    assert anomalies.produces is None
+    assert anomalies.accepts == ("table", "timeseries")
     schema = anomalies.parameters_schema
     assert schema["additionalProperties"] is False
     assert schema["properties"]["threshold"] == {
@@ -208,8 +209,10 @@ def test_third_party_plugins_are_found_and_builtins_cannot_be_replaced(
     twin = registry.analyzer("twin")
     assert twin is sys.modules[module].first
     assert registry.sources[(ANALYZER, "twin")] == "fake-a 1.0"
-    assert "mismatch" not in registry.analyzers and "other_name" not in registry.analyzers
-    assert "broken" not in registry.analyzers and "nothing" not in registry.analyzers
+    assert "mismatch" not in registry.analyzers
+    assert "other_name" not in registry.analyzers
+    assert "broken" not in registry.analyzers
+    assert "nothing" not in registry.analyzers
     assert "shout" not in registry.datasets
     messages = [r.getMessage() for r in caplog.records]
     assert any("the name 'summary' is taken by a built-in" in m for m in messages), messages

@@ -166,7 +166,8 @@ def test_tabular_parameters_select_columns_and_limit_depth(
     assert picked["nope"].isna().all()
     assert picked["order.amount"].dtype == np.float64
     shallow = build_dataset("tabular", [records[:3]], {"max_depth": 0})
-    assert "customer" in shallow.columns and "customer.segment" not in shallow.columns
+    assert "customer" in shallow.columns
+    assert "customer.segment" not in shallow.columns
     assert json.loads(shallow["customer"].iloc[0]) == records[0]["customer"]
 
 
@@ -227,7 +228,8 @@ def test_text_features_match_regular_expressions_per_record(
     )
     assert texts["text"].tolist() == raw["text"].tolist()
     assert_frame_equal(texts.drop(columns="text"), expected, check_dtype=False)
-    assert texts["sentences"].max() == 3 and texts["digit_ratio"].max() > 0
+    assert texts["sentences"].max() == 3
+    assert texts["digit_ratio"].max() > 0
     assert texts.loc[raw["text"].isna(), "words"].eq(0).all()
 
 
@@ -474,7 +476,8 @@ def test_sentiment_matches_vader(texts: pd.DataFrame, raw: pd.DataFrame) -> None
     assert result["negative"] == (compounds <= -0.05).sum() > 100
     assert result["neutral"] == ((compounds > -0.05) & (compounds < 0.05)).sum() > 50
     brief = analyze_dataset("sentiment", texts, {"include_records": False})
-    assert "records" not in brief and brief["positive"] == result["positive"]
+    assert "records" not in brief
+    assert brief["positive"] == result["positive"]
 
 
 @pytest.mark.parametrize("include_records", [True, False])
@@ -608,7 +611,8 @@ def test_bad_parameters_raise_a_clear_error(
     with pytest.raises(ParameterError) as raised:
         plugin.parse_params(params)
     assert message in str(raised.value)
-    assert raised.value.errors and raised.value.errors[0]["pointer"].startswith("/")
+    assert raised.value.errors
+    assert raised.value.errors[0]["pointer"].startswith("/")
 
 
 def test_analyzers_refuse_other_dataset_kinds_and_unknown_names(texts: pd.DataFrame) -> None:

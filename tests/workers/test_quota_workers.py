@@ -124,5 +124,6 @@ def test_running_job_limit_holds_a_tenants_jobs_and_usage_is_exactly_once(
         headers=b.headers | {"Idempotency-Key": "b-first"},
         json={"pipeline": PIPELINE, "records": records},
     )
-    assert replay.headers.get("Idempotent-Replayed") == "true" and replay.json()["id"] == b_id
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+    assert replay.json()["id"] == b_id
     assert _usage_totals() == totals

@@ -14,7 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _worker_app_tasks() -> set[str]:
-    from celeriac.workers.celery_app import app
+    # Imported here: importing the worker app connects its signal handlers; only these tests
+    # want them.
+    from celeriac.workers.celery_app import app  # noqa: PLC0415
 
     app.loader.import_default_modules()
     return {name for name in app.tasks if name.startswith("celeriac.")}
@@ -25,17 +27,22 @@ def test_the_registry_is_what_the_worker_app_registers() -> None:
 
 
 def test_beat_schedules_only_registered_tasks() -> None:
-    from celeriac.workers.celery_app import app
+    # Imported here: importing the worker app connects its signal handlers; only these tests
+    # want them.
+    from celeriac.workers.celery_app import app  # noqa: PLC0415
 
     scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
-    assert scheduled and scheduled <= {name.value for name in TaskName}
+    assert scheduled
+    assert scheduled <= {name.value for name in TaskName}
 
 
 def test_every_task_routes_to_its_pool_by_glob() -> None:
     """Celery's own router, fed the glob table alone, sends each task to its pool: the
     publisher adds only the band and the tenant."""
     assert celery_config(get_settings())["task_routes"] == TASK_ROUTES
-    from celeriac.workers.celery_app import app
+    # Imported here: importing the worker app connects its signal handlers; only these tests
+    # want them.
+    from celeriac.workers.celery_app import app  # noqa: PLC0415
 
     publisher = Publisher(app)
     for name in TaskName:

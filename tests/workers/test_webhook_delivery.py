@@ -34,6 +34,7 @@ from celeriac.platform.models import (
 )
 from celeriac.platform.settings import Settings, get_settings
 from celeriac.platform.webhooks.destinations import IPAddress
+from celeriac.platform.webhooks.routes import destination_resolver
 from celeriac.workers import webhooks
 
 from worker_support import Receiver, Reply
@@ -166,7 +167,8 @@ def test_a_delivery_verifies_with_the_standard_webhooks_library(
     (got,) = hook.received
     assert got.headers["webhook-id"] == message_id
     event = Webhook(target.secret).verify(got.body, got.headers)
-    assert event["type"] == "webhook.test" and event["data"]["target_id"] == target.id
+    assert event["type"] == "webhook.test"
+    assert event["data"]["target_id"] == target.id
     assert verify(target.secret, got.headers, got.body)["webhook-id"] == message_id
     with pytest.raises(InvalidSignature):
         verify(target.secret, got.headers, got.body.replace(b"test", b"tEst"))
@@ -219,7 +221,8 @@ def test_after_a_rotation_both_secrets_sign_until_the_overlap_ends(
         Webhook(secret).verify(got.body, got.headers)
 
     ended = client.post(f"/v1/webhooks/{old.id}/end-secret-overlap", headers=tenant.headers)
-    assert ended.status_code == 200 and ended.json()["previous_secret_expires_at"] is None
+    assert ended.status_code == 200
+    assert ended.json()["previous_secret_expires_at"] is None
     webhooks.deliver(str(_delivery(_test_event(client, tenant, old)).id))
     got = hook.received[-1]
     Webhook(new_secret).verify(got.body, got.headers)
@@ -240,10 +243,12 @@ def test_failures_are_retried_on_schedule_then_succeed_once(
     assert _run_until_final(delivery.id) is DeliveryState.SUCCEEDED
     attempts = _attempts(delivery.id)
     assert [a.status_code for a in attempts] == [500, 502, 200]
-    assert attempts[0].response_body == "down" and attempts[0].next_attempt_at is not None
+    assert attempts[0].response_body == "down"
+    assert attempts[0].next_attempt_at is not None
     assert attempts[-1].next_attempt_at is None
     assert len({r.headers["webhook-id"] for r in hook.received}) == 1  # same id each time
-    assert webhooks.deliver(str(delivery.id)) is None and len(hook.received) == 3
+    assert webhooks.deliver(str(delivery.id)) is None
+    assert len(hook.received) == 3
     listed = client.get(f"/v1/webhooks/{target.id}/attempts", headers=tenant.headers).json()
     assert [a["status_code"] for a in listed["data"]] == [200, 502, 500]
     failed_only = client.get(
@@ -252,7 +257,8 @@ def test_failures_are_retried_on_schedule_then_succeed_once(
     assert [a["status_code"] for a in failed_only["data"]] == [502, 500]
     with get_sessionmaker()() as session:
         stored = session.get(WebhookTarget, uuid.UUID(target.id))
-        assert stored is not None and stored.failing_since is None  # a success resets it
+        assert stored is not None
+        assert stored.failing_since is None
 
 
 def test_after_the_last_retry_the_delivery_fails_and_can_be_recovered(
@@ -276,7 +282,8 @@ def test_after_the_last_retry_the_delivery_fails_and_can_be_recovered(
     recovered = client.post(
         f"/v1/webhooks/{target.id}/recover", headers=tenant.headers, json={"since": since}
     )
-    assert recovered.status_code == 202 and len(recovered.json()["deliveries"]) == 1
+    assert recovered.status_code == 202
+    assert len(recovered.json()["deliveries"]) == 1
     assert _run_until_final(delivery.id) is DeliveryState.SUCCEEDED
     assert len(_attempts(delivery.id)) == 5  # the log keeps the earlier round
 
@@ -292,7 +299,8 @@ def test_no_answer_within_the_timeout_is_a_failure(
     delivery = it.delivery
     assert webhooks.deliver(str(delivery.id)) is DeliveryState.PENDING
     (attempt,) = _attempts(delivery.id)
-    assert attempt.status_code is None and "no answer within 1 s" in (attempt.error or "")
+    assert attempt.status_code is None
+    assert "no answer within 1 s" in (attempt.error or "")
 
 
 def test_a_redirect_is_a_failure_and_is_not_followed(
@@ -306,7 +314,8 @@ def test_a_redirect_is_a_failure_and_is_not_followed(
     delivery = _delivery(_test_event(client, tenant, _target(client, tenant, hook.url)))
     assert webhooks.deliver(str(delivery.id)) is DeliveryState.PENDING
     (attempt,) = _attempts(delivery.id)
-    assert attempt.status_code == 307 and "not followed" in (attempt.error or "")
+    assert attempt.status_code == 307
+    assert "not followed" in (attempt.error or "")
     assert elsewhere.received == []
 
 
@@ -321,7 +330,8 @@ def test_410_gone_disables_the_target_at_once(
     delivery = it.delivery
     assert webhooks.deliver(str(delivery.id)) is DeliveryState.FAILED
     shown = client.get(f"/v1/webhooks/{target.id}", headers=tenant.headers).json()
-    assert shown["state"] == "disabled" and "410" in shown["disabled_reason"]
+    assert shown["state"] == "disabled"
+    assert "410" in shown["disabled_reason"]
     events = client.get(
         "/v1/webhook-messages?event_type=webhook.disabled", headers=tenant.headers
     ).json()["data"]
@@ -364,7 +374,8 @@ def test_a_target_failing_for_too_long_is_disabled(
     assert _run_until_final(delivery.id) is DeliveryState.FAILED
     with get_sessionmaker()() as session:
         stored = session.get(WebhookTarget, uuid.UUID(target.id))
-        assert stored is not None and stored.state is TargetState.DISABLED
+        assert stored is not None
+        assert stored.state is TargetState.DISABLED
         assert "failing for" in (stored.disabled_reason or "")
         assert (
             session.scalars(select(WebhookMessage.event_type)).all().count("webhook.disabled") == 1
@@ -400,8 +411,6 @@ def test_the_address_is_checked_again_at_delivery_and_connected_to(
     """hooks.example.test resolved to a public address at registration, to 127.0.0.1 at
     delivery: refused unless loopback is allowlisted; when it is, the connection goes to
     the address just checked, with the name in the Host header."""
-    from celeriac.platform.webhooks.routes import destination_resolver
-
     hook = receiver()
     port = hook.server.server_address[1]
 
@@ -420,7 +429,8 @@ def test_the_address_is_checked_again_at_delivery_and_connected_to(
     get_settings.cache_clear()
     assert webhooks.deliver(str(delivery.id), resolve=loopback) is DeliveryState.PENDING
     (attempt,) = _attempts(delivery.id)
-    assert "127.0.0.1" in (attempt.error or "") and "loopback" in (attempt.error or "")
+    assert "127.0.0.1" in (attempt.error or "")
+    assert "loopback" in (attempt.error or "")
     assert hook.received == []
 
     monkeypatch.setenv("CELERIAC_WEBHOOKS__ALLOWED_CIDRS", '["127.0.0.0/8"]')
@@ -448,7 +458,9 @@ def test_the_event_payload_is_small_and_points_at_the_results(
         headers=tenant.headers,
         json={"target_id": target.id},
     )
-    assert resent.status_code == 202 and resent.json()["deliveries"][0]["state"] == "pending"
+    assert resent.status_code == 202
+    assert resent.json()["deliveries"][0]["state"] == "pending"
     webhooks.deliver(resent.json()["deliveries"][0]["id"])
     body = json.loads(hook.received[-1].body)
-    assert set(body) == {"type", "timestamp", "data"} and len(hook.received[-1].body) < 20_000
+    assert set(body) == {"type", "timestamp", "data"}
+    assert len(hook.received[-1].body) < 20_000

@@ -178,7 +178,8 @@ class DatasetGenerator(Plugin[P]):
     def generate(self, records: Records, params: P) -> pd.DataFrame:
         """The partial dataset of one chunk of records."""
 
-    def combine(self, partials: Sequence[pd.DataFrame], params: P) -> pd.DataFrame:
+    # ARG002: the default ignores the params a subclass may use
+    def combine(self, partials: Sequence[pd.DataFrame], params: P) -> pd.DataFrame:  # noqa: ARG002
         """The dataset made of the partials of every chunk, in chunk order.
 
         The default concatenates them with a fresh 0..n-1 index, so that row positions

@@ -24,7 +24,7 @@ from celeriac.platform.queues import TaskName
 from celeriac.platform.storage import BlobNotFound
 from celeriac.platform.tasks import Publication, Publisher, default_publisher
 from celeriac.platform.tenant_data import tenant_blobs
-from celeriac.workers.flow import plan
+from celeriac.workers.flow import distribution, plan
 
 
 class TransientError(Exception):
@@ -71,6 +71,7 @@ def claim(tenant_id: str, task_id: str, message_id: str) -> Claimed | None:
         if claimed is None:
             return None
         task, job = claimed
+        lifecycle.compute_started(session, job, task.started_at or utcnow())
         planned = plan.planned_task(job, task.stage, task.task_key)
         if planned is not None:
             role = planned.role
@@ -154,7 +155,10 @@ def finish(
         ]
         following = lifecycle.advance_if_done(session, job, claimed.stage)
         if following is not None:
-            publications.append(following)
+            # The join publishes the next stage's tasks itself (or finalize's message).
+            publications += distribution.stage_publications(
+                session, job, lifecycle.NEXT_STAGE[claimed.stage]
+            )
         (publisher or default_publisher()).after_commit(session, publications)
     return following is not None
 
@@ -182,10 +186,11 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def compute(tenant_id: str, job_id: str, claimed: Claimed) -> None:
+# ARG001: the arguments every step of a task takes.
+def compute(tenant_id: str, job_id: str, claimed: Claimed) -> None:  # noqa: ARG001
     """Run the plugin and write its output blob (deterministic key: a rerun overwrites
     the same object with the same content)."""
-    from celeriac.workers.compute import (
+    from celeriac.workers.compute import (  # noqa: PLC0415 - pandas: the compute pool only
         analyze_dataset,
         analyze_slice,
         combine_partials,

@@ -20,10 +20,10 @@ from datetime import timedelta
 from celeriac.platform.db import transaction
 from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.jobs import lifecycle, repository
-from celeriac.platform.models import utcnow
+from celeriac.platform.models import JobStage, utcnow
 from celeriac.platform.settings import get_settings
 from celeriac.platform.tasks import Publisher, default_publisher
-from celeriac.workers.flow import plan
+from celeriac.workers.flow import distribution, plan
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +31,11 @@ HELD = "held"
 
 
 def start_job(tenant_id: str, job_id: str, publisher: Publisher | None = None) -> str | None:
-    """Mark the job running and hand its current stage to the distributor. A job that is
-    already running continues from its last finished stage. A job over its tenant's
-    running-job limit, or of a suspended tenant, stays queued, held. Returns the stage
-    dispatched, ``"held"``, or None for an ended job."""
+    """Mark the job running and publish its current stage's compute tasks, in the same
+    transaction (no ``fan_out`` hop). A job that is already running continues from its
+    last finished stage. A job over its tenant's running-job limit, or of a suspended
+    tenant, stays queued, held. Returns the stage dispatched, ``"held"``, or None for an
+    ended job."""
     with transaction() as session:
         started = lifecycle.start(session, tenant_id, job_id)
         if isinstance(started, lifecycle.Held):
@@ -42,9 +43,11 @@ def start_job(tenant_id: str, job_id: str, publisher: Publisher | None = None) -
             return HELD
         if started is None:
             return None
-        (publisher or default_publisher()).after_commit(session, [started.next])
-        stage = started.job.stage
-    return stage.value if stage is not None else None
+        job = started.job
+        stage = job.stage or JobStage.DATASETS
+        publications = distribution.stage_publications(session, job, stage)
+        (publisher or default_publisher()).after_commit(session, publications)
+    return stage.value
 
 
 def cancel_tasks(tenant_id: str, job_id: str) -> list[str]:

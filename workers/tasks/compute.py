@@ -41,7 +41,7 @@ def run_task(self: Task[Any, Any], tenant_id: str, job_id: str, task_id: str) ->
     ``jobs.task_max_deliveries`` (its worker keeps dying) is recorded failed."""
     # pandas is loaded only where compute runs: the compute pool imports the steps before
     # it forks (celery_app), the other pools register this task's name and never run it.
-    from celeriac.workers.flow import compute as steps
+    from celeriac.workers.flow import compute as steps  # noqa: PLC0415
 
     claimed = steps.claim(tenant_id, task_id, str(self.request.id))
     if claimed is None:

@@ -7,8 +7,12 @@ import logging
 from celery import shared_task
 
 from celeriac.platform.dispatch import get_dispatcher
+from celeriac.platform.jobs.data import SWEEP_BATCH, expire_jobs
+from celeriac.platform.models import utcnow
 from celeriac.platform.queues import Pool, TaskName
+from celeriac.platform.quotas.monthly import reconcile_counters
 from celeriac.platform.quotas.weights import sync_weights
+from celeriac.platform.redis_client import get_redis
 from celeriac.platform.tenants import destruction
 from celeriac.workers.flow import orchestration as steps
 
@@ -56,10 +60,6 @@ def destroy_deleted_tenants() -> int:
 def reconcile_quota_counters() -> int:
     """Correct monthly job counters that drifted from the usage records (see
     ``celeriac.platform.quotas.monthly.reconcile_counters``)."""
-    from celeriac.platform.models import utcnow
-    from celeriac.platform.quotas.monthly import reconcile_counters
-    from celeriac.platform.redis_client import get_redis
-
     client = get_redis()
     return reconcile_counters(client, utcnow()) if client is not None else 0
 
@@ -72,8 +72,6 @@ def expire_job_data() -> int:
     """Delete the data of finished jobs past their tenant's retention, a bounded batch at
     a time and at most ``EXPIRY_BATCHES_PER_RUN`` batches per run (the next run goes on):
     blob deletions and short transactions, nothing that computes."""
-    from celeriac.platform.jobs.data import SWEEP_BATCH, expire_jobs
-
     total = 0
     for _ in range(EXPIRY_BATCHES_PER_RUN):
         expired = expire_jobs(SWEEP_BATCH)

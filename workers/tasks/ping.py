@@ -18,26 +18,29 @@ def _ping(pool: str) -> str:
 
 
 @shared_task(name=TaskName.PING_ORCHESTRATION, ignore_result=False)
-def ping_orchestration(tenant_id: str | None = None) -> str:
+# ARG001: the Publisher sends every task its tenant_id.
+def ping_orchestration(tenant_id: str | None = None) -> str:  # noqa: ARG001
     """Answer from an orchestration worker (liveness check of the pool)."""
     return _ping("orchestration")
 
 
 @shared_task(name=TaskName.PING_DISTRIBUTION, ignore_result=False)
-def ping_distribution(tenant_id: str | None = None) -> str:
+# ARG001: the Publisher sends every task its tenant_id.
+def ping_distribution(tenant_id: str | None = None) -> str:  # noqa: ARG001
     """Answer from a distribution worker (liveness check of the pool)."""
     return _ping("distribution")
 
 
 @shared_task(name=TaskName.PING_COMPUTE, ignore_result=False)
-def ping_compute(tenant_id: str | None = None) -> str:
+# ARG001: the Publisher sends every task its tenant_id.
+def ping_compute(tenant_id: str | None = None) -> str:  # noqa: ARG001
     """Answer from a compute worker (liveness check of the pool)."""
     return _ping("compute")
 
 
 @shared_task(name=TaskName.NOOP, ignore_result=True)
 def noop_compute(
-    tenant_id: str | None = None,
+    tenant_id: str | None = None,  # noqa: ARG001 - the Publisher sends every task its tenant_id
     label: str | None = None,
     sent_at: float = 0.0,
     work_ms: int = 0,

@@ -68,9 +68,36 @@
     });
   }
 
+  // Live updates come from the job event stream (htmx's SSE extension: sse-connect on the
+  // page, hx-trigger="sse:changed" on the fragment to re-read). While a page's stream is
+  // down (an error, or no EventSource at all), its live fragments (data-live: a job that
+  // has not ended) poll instead: a "poll" event every data-poll-ms, until the stream
+  // opens again or the fragment comes back ended.
+  function streamDown(el) {
+    var source = el.closest("[sse-connect]");
+    return typeof EventSource === "undefined" || !source || source.dataset.sseDown === "1";
+  }
+
+  function pollWhileDown() {
+    var every = parseInt(document.body.dataset.pollMs || "2000", 10);
+    window.setInterval(function () {
+      document.querySelectorAll("[data-live]").forEach(function (el) {
+        // The element that re-reads is the stream's (the job page) or the fragment itself.
+        if (streamDown(el)) { htmx.trigger(el.closest("[hx-get]") || el, "poll"); }
+      });
+    }, every);
+    document.body.addEventListener("htmx:sseError", function (evt) {
+      evt.target.dataset.sseDown = "1";
+    });
+    document.body.addEventListener("htmx:sseOpen", function (evt) {
+      delete evt.target.dataset.sseDown;
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     drawCharts(document);
     wireBuilder();
+    if (typeof htmx !== "undefined") { pollWhileDown(); }
     // After a swap the new content may hold charts (outerHTML swaps replace the target,
     // so the whole document is searched; drawn charts are marked and skipped).
     document.body.addEventListener("htmx:afterSettle", function () { drawCharts(document); });

@@ -164,25 +164,29 @@ def infer_column(column: pd.Series[Any]) -> pd.Series[Any]:
     if kind in ("integer", "floating", "mixed-integer-float", "decimal"):
         return pd.to_numeric(column)
     if kind == "string":
-        probe = column[present].iloc[:_PROBE].tolist()
-        if all(_may_be_boolean(v) for v in probe):
-            converted = _booleans(column, present)
-            if converted is not None:
-                return converted
-        if all(_may_be_number(v) for v in probe):
-            converted = _numbers(column, present)
-            if converted is not None:
-                return converted
-        if all(_may_be_timestamp(v) for v in probe):
-            converted = _timestamps(column, present)
-            if converted is not None:
-                return converted
-        return column.astype("str")
+        return _from_strings(column, present)
     if kind == "mixed-integer":  # numbers and strings: numbers if the strings are too
         converted = _numbers(column, present)
         if converted is not None:
             return converted
     return column.map(_as_text, na_action="ignore").astype("str")
+
+
+def _from_strings(column: pd.Series[Any], present: pd.Series[bool]) -> pd.Series[Any]:
+    """A column of strings as booleans, else numbers, else timestamps, when all of its
+    values convert; else as strings."""
+    probe = column[present].iloc[:_PROBE].tolist()
+    conversions = (
+        (_may_be_boolean, _booleans),
+        (_may_be_number, _numbers),
+        (_may_be_timestamp, _timestamps),
+    )
+    for may_be, convert in conversions:
+        if all(may_be(v) for v in probe):
+            converted = convert(column, present)
+            if converted is not None:
+                return converted
+    return column.astype("str")
 
 
 # Necessary conditions for a value to convert, checked in plain Python on the probe before
