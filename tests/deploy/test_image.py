@@ -329,7 +329,8 @@ def test_the_bundle_refuses_a_certificate_that_is_not_amazons(tmp_path: Path) ->
         text=True,
         check=False,
     )
-    assert result.returncode == 1 and result.stdout == ""
+    assert result.returncode == 1
+    assert result.stdout == ""
     assert "is not an Amazon certificate authority" in result.stderr
 
 
