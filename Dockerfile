@@ -5,7 +5,8 @@
 #   make image                      # docker or podman; see the Makefile for the variables
 #
 # The RDS CA bundle comes in through the named build context `rds-ca` (a folder holding
-# global-bundle.pem): `make image` downloads and checks it; see docs/operations.md.
+# global-bundle.pem): `make image` makes it from the npm package pinned in
+# docker/rds-ca/package-lock.json and checks it (docker/rds-ca/bundle.js).
 
 # A slim Debian Python 3.11 (image and tag apart, so that a local base can stand in:
 # PYTHON_IMAGE=localhost/base PYTHON_TAG=bookworm). Pin it by digest where you build
@@ -21,15 +22,21 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python3 -m venv /opt/celeriac
 # The dependencies first, from the runtime-only lock (no test or lint tools), every file
 # checked against the lock's hashes: this layer is rebuilt only when the lock changes.
+# A build machine behind a TLS-inspecting proxy passes its CA bundle as the build secret
+# `pip-ca` (make image PIP_CA=...): used by these two pip steps only, never in a layer.
 COPY requirements-runtime.lock /src/
-RUN /opt/celeriac/bin/pip install --no-deps --require-hashes -r /src/requirements-runtime.lock
+RUN --mount=type=secret,id=pip-ca,required=false \
+    if [ -f /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+ && /opt/celeriac/bin/pip install --no-deps --require-hashes -r /src/requirements-runtime.lock
 COPY pyproject.toml README.md /src/
 COPY platform /src/platform
 COPY workers /src/workers
 COPY migrations /src/migrations
 COPY client /src/client
 # A real wheel (not the source tree): what ships is what setuptools' package list holds.
-RUN /opt/celeriac/bin/pip wheel --no-deps --wheel-dir /dist /src \
+RUN --mount=type=secret,id=pip-ca,required=false \
+    if [ -f /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+ && /opt/celeriac/bin/pip wheel --no-deps --wheel-dir /dist /src \
  && /opt/celeriac/bin/pip install --no-deps /dist/celeriac-*.whl \
  && /opt/celeriac/bin/pip uninstall --yes pip \
  && /opt/celeriac/bin/python -c "import celeriac.platform.cli"

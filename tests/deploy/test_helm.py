@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -535,6 +536,63 @@ def test_phase_one_of_an_upgrade_needs_the_running_api() -> None:
     # with a half-empty API.
     with pytest.raises(helm.HelmError, match=r"upgrade\.phase=workers"):
         render({"upgrade": {"phase": "workers"}})
+
+
+# The one cluster read of phase 1. Helm's lookup answers only with a cluster (helm upgrade,
+# or --dry-run=server); offline renders (helm template, this SDK) get an empty map.
+LOOKUP = (
+    'lookup "apps/v1" "Deployment" .Release.Namespace '
+    '(printf "%s-api" (include "celeriac.fullname" .))'
+)
+
+
+def test_phase_one_keeps_the_running_apis_pod_template_and_moves_the_workers(
+    tmp_path: Path,
+) -> None:
+    # The running API as the cluster would return it: the API Deployment of release 1.0.0.
+    running = of_kind(render({"image": {"tag": "1.0.0"}}), "Deployment")[f"{RELEASE}-api"]
+    # A copy of the chart whose lookup answers with it (Files.Get of a file in the copy);
+    # everything else is the chart as it ships.
+    chart = tmp_path / "celeriac"
+    shutil.copytree(CHART, chart)
+    (chart / "files" / "live-api.yaml").write_text(yaml.safe_dump(running))
+    api_template = chart / "templates" / "api.yaml"
+    source = api_template.read_text()
+    assert source.count(LOOKUP) == 1  # the chart still reads the running API this way
+    api_template.write_text(source.replace(LOOKUP, '.Files.Get "files/live-api.yaml" | fromYaml'))
+    with helm.Chart.load(chart) as loaded:
+        manifests = loaded.render(
+            merged(BASE_VALUES, {"image": {"tag": "2.0.0"}, "upgrade": {"phase": "workers"}}),
+            name=RELEASE,
+            namespace=NAMESPACE,
+            is_upgrade=True,
+        )
+    objects = [
+        doc
+        for name, text in sorted(manifests.items())
+        if name.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+    api = of_kind(objects, "Deployment")[f"{RELEASE}-api"]
+    assert api["spec"]["template"] == running["spec"]["template"]
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    assert container["image"].endswith(":1.0.0")
+    for name, deployment in [
+        *workers(objects).items(),
+        ("beat", of_kind(objects, "Deployment")[f"{RELEASE}-beat"]),
+    ]:
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["image"].endswith(":2.0.0"), name
+    (migrate,) = of_kind(objects, "Job")[f"{RELEASE}-migrate"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert migrate["image"].endswith(":2.0.0")
+    # What phase 1 applies is still a Deployment the API server accepts.
+    kubernetes_validate.validate(api, KUBE_VERSIONS[0], strict=True)
+    assert api["spec"]["selector"]["matchLabels"].items() <= (
+        api["spec"]["template"]["metadata"]["labels"].items()
+    )
 
 
 def test_the_backlog_port_admits_only_keda_and_ignores_readiness(

