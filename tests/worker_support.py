@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
+
+from celeriac.platform.queues import Pool
 
 
 @dataclass
@@ -136,3 +139,42 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextlib.contextmanager
+def three_pools(
+    worker_env: dict[str, str], var_dir: Path, orchestration_slots: int = 20
+) -> Iterator[Workers]:
+    """The three pools (the orchestration pool with ``orchestration_slots``), once every
+    one is ready and the compute pool has published its plugin registry."""
+    running = Workers(var_dir, worker_env)
+    running.start(
+        "orchestration",
+        "worker",
+        "--pool",
+        Pool.ORCHESTRATION.value,
+        "--concurrency",
+        str(orchestration_slots),
+    )
+    running.start(
+        "distribution", "worker", "--pool", Pool.DISTRIBUTION.value, "--concurrency", "20"
+    )
+    running.start("compute", "worker", "--pool", Pool.COMPUTE.value)
+    try:
+        wait_until(
+            lambda: all(
+                "ready." in running.log(name)
+                for name in ("orchestration", "distribution", "compute")
+            ),
+            # Generous: at load 20 on 2 cores the compute pool alone took 90 s to start.
+            180,
+            "the three pools to start",
+        )
+        wait_until(
+            lambda: "plugin registry published" in running.log("compute"),
+            60,
+            "the compute pool to publish its plugins",
+        )
+        yield running
+    finally:
+        running.stop_all()

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from celeriac.platform.queues import Pool
 from celeriac.platform.settings import Settings
 
 from support import celeriac_env
-from worker_support import Workers, wait_until
+from worker_support import Workers, three_pools
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 
@@ -79,29 +78,5 @@ def worker_env(api_settings: Settings, var_dir: Path, test_plugins_path: Path) -
 @pytest.fixture
 def workers(worker_env: dict[str, str], var_dir: Path) -> Iterator[Workers]:
     """All three pools running; the compute pool has published its plugin registry."""
-    running = Workers(var_dir, worker_env)
-    running.start(
-        "orchestration", "worker", "--pool", Pool.ORCHESTRATION.value, "--concurrency", "20"
-    )
-    running.start(
-        "distribution", "worker", "--pool", Pool.DISTRIBUTION.value, "--concurrency", "20"
-    )
-    running.start("compute", "worker", "--pool", Pool.COMPUTE.value)
-    try:
-        wait_until(
-            lambda: all(
-                "ready." in running.log(name)
-                for name in ("orchestration", "distribution", "compute")
-            ),
-            # Generous: at load 20 on 2 cores the compute pool alone took 90 s to start.
-            180,
-            "the three pools to start",
-        )
-        wait_until(
-            lambda: "plugin registry published" in running.log("compute"),
-            60,
-            "the compute pool to publish its plugins",
-        )
+    with three_pools(worker_env, var_dir) as running:
         yield running
-    finally:
-        running.stop_all()

@@ -25,7 +25,7 @@ from celeriac.platform.db import get_engine
 from celeriac.platform.dispatch import BUSY, MEMBERS, SLOTS
 from celeriac.platform.queues import Pool
 
-from worker_support import Workers, wait_for_job, wait_until
+from worker_support import Workers, three_pools, wait_for_job, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -37,29 +37,8 @@ ORCHESTRATION = Pool.ORCHESTRATION.value
 @pytest.fixture
 def one_slot_workers(worker_env: dict[str, str], var_dir: Path) -> Iterator[Workers]:
     """The three pools, the orchestration pool with a single slot."""
-    running = Workers(var_dir, worker_env)
-    running.start("orchestration", "worker", "--pool", ORCHESTRATION, "--concurrency", "1")
-    running.start(
-        "distribution", "worker", "--pool", Pool.DISTRIBUTION.value, "--concurrency", "20"
-    )
-    running.start("compute", "worker", "--pool", Pool.COMPUTE.value)
-    try:
-        wait_until(
-            lambda: all(
-                "ready." in running.log(name)
-                for name in ("orchestration", "distribution", "compute")
-            ),
-            180,
-            "the three pools to start",
-        )
-        wait_until(
-            lambda: "plugin registry published" in running.log("compute"),
-            60,
-            "the compute pool to publish its plugins",
-        )
+    with three_pools(worker_env, var_dir, orchestration_slots=1) as running:
         yield running
-    finally:
-        running.stop_all()
 
 
 @pytest.fixture
