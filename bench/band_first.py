@@ -14,6 +14,7 @@ worker's app is loaded.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -92,8 +93,6 @@ class BandFirstDispatcher(FairDispatcher):
     def release(
         self, pool: Pool, added: Iterable[TenantQueue] = (), *, host: str = "", busy: int = 0
     ) -> int:
-        import time
-
         argv: list[Any] = [pool.value, time.time(), self.min_depth, MAX_MOVES_PER_CALL, host, busy]
         for queue in added:
             argv += [queue.band.value, queue.tenant]

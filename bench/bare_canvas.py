@@ -37,7 +37,8 @@ def dataset(
     started = time.time()
     out: dict[str, Any] = {"name": name, "t0": started}
     if records is not None:
-        from celeriac.workers.compute import generate_partial
+        # Imported here: every pool loads this module (--include); pandas, the compute pool only.
+        from celeriac.workers.compute import generate_partial  # noqa: PLC0415
 
         frame = generate_partial(name, records, params)
         buffer = io.BytesIO()
@@ -59,9 +60,10 @@ def analysis(
     produced = next(d for d in datasets if d["name"] == dataset)
     result = None
     if "parquet" in produced:
-        import pandas as pd
+        # Imported here: every pool loads this module (--include); pandas, the compute pool only.
+        import pandas as pd  # noqa: PLC0415
 
-        from celeriac.workers.compute import analyze_dataset, combine_partials
+        from celeriac.workers.compute import analyze_dataset, combine_partials  # noqa: PLC0415
 
         partial = pd.read_parquet(io.BytesIO(base64.b64decode(produced["parquet"])))
         frame = combine_partials(dataset, [partial], dataset_params)

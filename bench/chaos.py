@@ -42,6 +42,9 @@ from bench.kit import env as harness
 from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
 from bench.kit.env import FINAL_STATES, Env, environment, sample_records
 from bench.kit.procs import HOST, Process, api_argv, free_port
+from celeriac.platform.cli import worker_argv
+from celeriac.platform.queues import Pool
+from celeriac.platform.settings import get_settings
 
 PG_VERSION_DIR = Path("/usr/lib/postgresql")
 CLUSTER = "celeriac-chaos"
@@ -291,10 +294,6 @@ class Platform:
         self.api = self.env.start("api", api_argv(port))
 
     def restart_worker(self, pool: str, how: signal.Signals) -> None:
-        from celeriac.platform.cli import worker_argv
-        from celeriac.platform.queues import Pool
-        from celeriac.platform.settings import get_settings
-
         process = self.workers[pool]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, how)
@@ -367,7 +366,7 @@ class Platform:
         )
         return answer.json().get("analyses") if answer.status_code == 200 else None
 
-    def duplicated_usage(self, job_ids: set[str]) -> int:
+    def duplicated_usage(self) -> int:
         """jobs.submitted rows beyond one per job, and rows of jobs that do not exist."""
         with self.env.db() as conn:
             rows = conn.execute(
@@ -421,7 +420,7 @@ def _run(platform: Platform, name: str, jobs: int, fault: Fault) -> Outcome:
     """``jobs`` submitted one every half second from a thread while ``fault`` runs (so that
     it meets jobs in every stage); then every job must end, correct, within the bound."""
     outcome = Outcome(name, rss_start=platform.rss_mib())
-    before = platform.duplicated_usage(set())
+    before = platform.duplicated_usage()
     submitted: list[str] = []
     failures: list[BaseException] = []
 
@@ -458,7 +457,7 @@ def _run(platform: Platform, name: str, jobs: int, fault: Fault) -> Outcome:
             (list(scored),),
         ).fetchall():
             outcome.notes.append(f"job {job_id}: {state}: {error}")
-    outcome.duplicated_usage = platform.duplicated_usage(job_ids) - before
+    outcome.duplicated_usage = platform.duplicated_usage() - before
     # Webhooks may still be on their way for the last jobs (the retry schedule is a few
     # seconds in this suite): give them the bound too.
     deadline = time.monotonic() + RECOVERY_BOUND
@@ -476,7 +475,7 @@ def _run(platform: Platform, name: str, jobs: int, fault: Fault) -> Outcome:
 def compute_sigkill(platform: Platform) -> Outcome:
     """The compute pool's children SIGKILLed, 6 times, 2 s apart, while jobs run."""
 
-    def fault(p: Platform, outcome: Outcome) -> None:
+    def fault(p: Platform, _outcome: Outcome) -> None:
         for _ in range(6):
             for pid in p.workers["compute"].children():
                 with contextlib.suppress(ProcessLookupError):
@@ -489,7 +488,7 @@ def compute_sigkill(platform: Platform) -> Outcome:
 def orchestration_distribution_killed(platform: Platform) -> Outcome:
     """Orchestration and distribution SIGKILLed and restarted, twice."""
 
-    def fault(p: Platform, outcome: Outcome) -> None:
+    def fault(p: Platform, _outcome: Outcome) -> None:
         for _ in range(2):
             for pool in ("orchestration", "distribution"):
                 p.restart_worker(pool, signal.SIGKILL)
@@ -502,7 +501,7 @@ def orchestration_distribution_killed(platform: Platform) -> Outcome:
 def worker_sigterm(platform: Platform) -> Outcome:
     """SIGTERM of each worker in turn (a Kubernetes scale-down), each restarted."""
 
-    def fault(p: Platform, outcome: Outcome) -> None:
+    def fault(p: Platform, _outcome: Outcome) -> None:
         for pool in ("orchestration", "distribution", "compute"):
             p.restart_worker(pool, signal.SIGTERM)
         p.env.wait_workers_ready(p.workers)
@@ -513,7 +512,7 @@ def worker_sigterm(platform: Platform) -> Outcome:
 def broker_restart(platform: Platform) -> Outcome:
     """Redis (broker, cache, results) killed and restarted empty: queued messages lost."""
 
-    def fault(p: Platform, outcome: Outcome) -> None:
+    def fault(p: Platform, _outcome: Outcome) -> None:
         p.redis.kill()
         time.sleep(3)
         p.redis.start()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 
+from celeriac.platform.cli import main as celeriac
 from celeriac.platform.storage.encrypted import EncryptedBlobStore
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def _put(
     key: str,
     data: bytes | Iterable[bytes],
     *,
-    job_key: object = None,
+    job_key: object = None,  # noqa: ARG001 - EncryptedBlobStore.put's signature
 ) -> int:
     """Store ``data`` as it is (``job_key``: the encrypting store's per-job key, unused)."""
     self._context(tenant_id, key)
@@ -51,8 +52,6 @@ logger.warning("tenant blobs are stored UNENCRYPTED (bench.clear_blobs)")
 
 
 def main() -> None:
-    from celeriac.platform.cli import main as celeriac
-
     celeriac()
 
 

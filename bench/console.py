@@ -107,7 +107,8 @@ def _seed(env: dict[str, str], var_dir: Path, jobs: int, tasks: int) -> tuple[st
     out = _celeriac(env, var_dir.parent, "admin", "create-tenant", TENANT_SLUG)
     key = re.search(r"api_key=(\S+)", out)
     tenant = re.search(r"tenant_id=(\S+)", out)
-    assert key and tenant, out
+    assert key, out
+    assert tenant, out
     celeriac_command(env, var_dir.parent, "admin", "set-quotas", TENANT_SLUG, *UNLIMITED_QUOTAS)
     tenant_id = tenant.group(1)
     big_job = str(uuid.uuid4())

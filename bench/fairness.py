@@ -68,6 +68,7 @@ from bench.kit.queueing import (
     wait_for,
 )
 from bench.kit.report import percentile, summary
+from celeriac.platform.dispatch import get_dispatcher
 
 TARGET_RATIO = 2.0
 SHARE_TOLERANCE = 0.10
@@ -172,7 +173,6 @@ class Result:
 def run(bench: BenchEnv, case: Case, design: str, args: argparse.Namespace) -> Result:
     bench.flush()
     use_design(FAIR if design == ALONE else design)
-    from celeriac.platform.dispatch import get_dispatcher
 
     dispatcher = get_dispatcher()
     assert dispatcher is not None
@@ -218,14 +218,7 @@ def run(bench: BenchEnv, case: Case, design: str, args: argparse.Namespace) -> R
         labels.append(label)
         publisher.fair(task.tenant, label, args.work_ms, task.band)
     ended_wall = time.time()
-    group_tenants: dict[str, set[str]] = {}
-    group_sent: Counter[str] = Counter()
-    for task in case.quiet:
-        group_tenants.setdefault(task.group, set()).add(task.tenant)
-        group_sent[task.group] += 1
-    quiet_rate = {
-        g: group_sent[g] / len(t) / (ended_wall - began_wall) for g, t in group_tenants.items()
-    }
+    quiet_rate = _quiet_rate(case, ended_wall - began_wall)
     after = Probe.take(worker, bench.broker)
     log.poll()
     capacity = (len(log.starts) - started_before) / (ended_wall - began_wall)
@@ -244,6 +237,38 @@ def run(bench: BenchEnv, case: Case, design: str, args: argparse.Namespace) -> R
         note(f"  worker warnings: {len(log.problems)}, first: {log.problems[0]}")
     bench.stop_workers()
 
+    completions, delays, ahead = _quiet_latencies(case, labels, publisher, log)
+    shares = _noisy_shares(publisher, log, began_wall, ended_wall)
+    return Result(
+        case,
+        design,
+        completions,
+        delays,
+        ahead,
+        shares,
+        capacity,
+        quiet_rate,
+        backlog_after,
+        Usage.between(before, after),
+        os.getloadavg()[0],
+    )
+
+
+def _quiet_rate(case: Case, seconds: float) -> dict[str, float]:
+    """Tasks/s sent per tenant of each quiet group over ``seconds`` of publishing."""
+    group_tenants: dict[str, set[str]] = {}
+    group_sent: Counter[str] = Counter()
+    for task in case.quiet:
+        group_tenants.setdefault(task.group, set()).add(task.tenant)
+        group_sent[task.group] += 1
+    return {g: group_sent[g] / len(t) / seconds for g, t in group_tenants.items()}
+
+
+def _quiet_latencies(
+    case: Case, labels: list[str], publisher: Publisher, log: WorkerLog
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[int]]]:
+    """Per quiet group: completions (publish -> end, ms), start delays (ms) and the tasks
+    started ahead of each quiet task; notes the quiet tasks that did not finish."""
     starts = sorted(publisher.started_at(log, label) for label in log.starts)
     completions: dict[str, list[float]] = {}
     delays: dict[str, list[float]] = {}
@@ -264,33 +289,39 @@ def run(bench: BenchEnv, case: Case, design: str, args: argparse.Namespace) -> R
         )
     if missing:
         note(f"  {missing} of {len(labels)} quiet tasks did not finish in time")
+    return completions, delays, ahead
+
+
+def _noisy_shares(
+    publisher: Publisher, log: WorkerLog, began_wall: float, ended_wall: float
+) -> dict[str, int]:
+    """Noisy tasks started per noisy tenant while the quiet tenants published."""
     shares: Counter[str] = Counter()
     for label in log.starts:
         if "#" in label and began_wall <= publisher.started_at(log, label) <= ended_wall:
             shares[label.split("#")[0]] += 1
-    return Result(
-        case,
-        design,
-        completions,
-        delays,
-        ahead,
-        dict(shares),
-        capacity,
-        quiet_rate,
-        backlog_after,
-        Usage.between(before, after),
-        os.getloadavg()[0],
-    )
+    return dict(shares)
 
 
-def print_case(results: list[Result], args: argparse.Namespace) -> bool:
+def print_case(results: list[Result]) -> bool:
     """One scenario's table; returns whether its targets are met."""
     case = results[0].case
     by_design = {r.design: r for r in results}
     alone, fair = by_design.get(ALONE), by_design.get(FAIR)
-    met = True
     print()
     print(case.title)
+    met = _print_latencies(results, alone)
+    if fair is not None:
+        _print_quiet_rates(case, fair)
+    if fair is not None and alone is not None:
+        _print_latency_targets(case, fair, alone)
+    met &= _print_noisy_shares(case, results, fair)
+    return met
+
+
+def _print_latencies(results: list[Result], alone: Result | None) -> bool:
+    """The latency table of every design; whether the fair design's ratios are met."""
+    met = True
     header = (
         f"{'design':<10} | {'quiet group':<20} | {'n':>4} | {'p50 ms':>8} | {'p95 ms':>8} | "
         f"{'p99 ms':>8} | {'p95/alone':>9} | {'start p95':>9} | {'ahead p95':>9} | "
@@ -313,71 +344,85 @@ def print_case(results: list[Result], args: argparse.Namespace) -> bool:
             if r.design == FAIR:
                 ok = ratio <= TARGET_RATIO
                 met &= ok
-    if fair is not None:
-        # The precondition of the target: each quiet tenant sends less than its weighted
-        # share of the slots (capacity x its weight / (noisy weights + its weight)).
-        noisy_weight = sum(x.weight for x in case.noisy)
-        tenant_of = {task.group: task.tenant for task in case.quiet}
-        for group, rate in fair.quiet_rate.items():
-            weight = case.weights.get(tenant_of[group], 1)
-            share = fair.capacity * weight / (noisy_weight + weight)
-            print(
-                f"  {group}: {rate:.1f} tasks/s per tenant against a weighted share of "
-                f"{share:.1f}/s at the fair run's capacity ({rate / share:.0%})"
-            )
-    if fair is not None and alone is not None:
-        for group, values in fair.completions.items():
-            ratio = percentile(values, 0.95) / percentile(alone.completions[group], 0.95)
-            print(
-                f"Target {case.key}: {group}, fair p95 <= {TARGET_RATIO:.0f}x alone: "
-                f"{ratio:.2f}x -> {'met' if ratio <= TARGET_RATIO else 'NOT met'}"
-            )
-            summary(
-                "fairness",
-                f"({case.key}) {group}: quiet p95, fair",
-                percentile(values, 0.95),
-                "ms",
-                baseline="the quiet tenants alone",
-                ratio=ratio,
-                target=f"<= {TARGET_RATIO:.0f}x",
-                met=ratio <= TARGET_RATIO,
-            )
-    noisy_weights = {x.tenant: x.weight for x in case.noisy}
-    if len(noisy_weights) > 1:
-        print()
-        print(f"{case.key}: noisy tenants' tasks started while the quiet tenants published")
-        header = (
-            f"{'design':<10} | {'tenant':<18} | {'weight':>6} | {'tasks':>6} | "
-            f"{'share':>6} | {'weight share':>12} | {'share/weight':>12}"
+    return met
+
+
+def _print_quiet_rates(case: Case, fair: Result) -> None:
+    """Each quiet group's sending rate against its weighted share."""
+    # The precondition of the target: each quiet tenant sends less than its weighted
+    # share of the slots (capacity x its weight / (noisy weights + its weight)).
+    noisy_weight = sum(x.weight for x in case.noisy)
+    tenant_of = {task.group: task.tenant for task in case.quiet}
+    for group, rate in fair.quiet_rate.items():
+        weight = case.weights.get(tenant_of[group], 1)
+        share = fair.capacity * weight / (noisy_weight + weight)
+        print(
+            f"  {group}: {rate:.1f} tasks/s per tenant against a weighted share of "
+            f"{share:.1f}/s at the fair run's capacity ({rate / share:.0%})"
         )
-        print(header)
-        print("-" * len(header))
-        total_weight = sum(noisy_weights.values())
-        for r in results:
-            if r.design == ALONE:
-                continue
-            total = sum(r.noisy_shares.values()) or 1
-            for tenant, weight in noisy_weights.items():
-                share = r.noisy_shares.get(tenant, 0) / total
-                expected = weight / total_weight
-                print(
-                    f"{r.design:<10} | {tenant:<18} | {weight:>6} | "
-                    f"{r.noisy_shares.get(tenant, 0):>6} | {share:>6.3f} | "
-                    f"{expected:>12.3f} | {share / expected:>12.2f}"
-                )
-                if r.design == FAIR and abs(share / expected - 1) > SHARE_TOLERANCE:
-                    met = False
-        if fair is not None:
-            total = sum(fair.noisy_shares.values()) or 1
-            worst = max(
-                abs(fair.noisy_shares.get(t, 0) / total / (w / total_weight) - 1)
-                for t, w in noisy_weights.items()
-            )
+
+
+def _print_latency_targets(case: Case, fair: Result, alone: Result) -> None:
+    """Each quiet group's fair p95 against the target ratio to alone, also as a summary row."""
+    for group, values in fair.completions.items():
+        ratio = percentile(values, 0.95) / percentile(alone.completions[group], 0.95)
+        print(
+            f"Target {case.key}: {group}, fair p95 <= {TARGET_RATIO:.0f}x alone: "
+            f"{ratio:.2f}x -> {'met' if ratio <= TARGET_RATIO else 'NOT met'}"
+        )
+        summary(
+            "fairness",
+            f"({case.key}) {group}: quiet p95, fair",
+            percentile(values, 0.95),
+            "ms",
+            baseline="the quiet tenants alone",
+            ratio=ratio,
+            target=f"<= {TARGET_RATIO:.0f}x",
+            met=ratio <= TARGET_RATIO,
+        )
+
+
+def _print_noisy_shares(case: Case, results: list[Result], fair: Result | None) -> bool:
+    """The noisy tenants' shares of the slots against their weights; whether the fair
+    design's are within the tolerance. Nothing with fewer than two noisy tenants."""
+    met = True
+    noisy_weights = {x.tenant: x.weight for x in case.noisy}
+    if len(noisy_weights) <= 1:
+        return met
+    print()
+    print(f"{case.key}: noisy tenants' tasks started while the quiet tenants published")
+    header = (
+        f"{'design':<10} | {'tenant':<18} | {'weight':>6} | {'tasks':>6} | "
+        f"{'share':>6} | {'weight share':>12} | {'share/weight':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    total_weight = sum(noisy_weights.values())
+    for r in results:
+        if r.design == ALONE:
+            continue
+        total = sum(r.noisy_shares.values()) or 1
+        for tenant, weight in noisy_weights.items():
+            share = r.noisy_shares.get(tenant, 0) / total
+            expected = weight / total_weight
             print(
-                f"Target {case.key}: fair shares within {SHARE_TOLERANCE:.0%} of the weights': "
-                f"worst {worst:.1%} off -> "
-                f"{'met' if worst <= SHARE_TOLERANCE else 'NOT met'}"
+                f"{r.design:<10} | {tenant:<18} | {weight:>6} | "
+                f"{r.noisy_shares.get(tenant, 0):>6} | {share:>6.3f} | "
+                f"{expected:>12.3f} | {share / expected:>12.2f}"
             )
+            if r.design == FAIR and abs(share / expected - 1) > SHARE_TOLERANCE:
+                met = False
+    if fair is not None:
+        total = sum(fair.noisy_shares.values()) or 1
+        worst = max(
+            abs(fair.noisy_shares.get(t, 0) / total / (w / total_weight) - 1)
+            for t, w in noisy_weights.items()
+        )
+        print(
+            f"Target {case.key}: fair shares within {SHARE_TOLERANCE:.0%} of the weights': "
+            f"worst {worst:.1%} off -> "
+            f"{'met' if worst <= SHARE_TOLERANCE else 'NOT met'}"
+        )
     return met
 
 
@@ -423,7 +468,7 @@ def main() -> None:
         "left: noisy tasks still queued when they finished; other CPU %: busy time of "
         "everything but the worker, Redis and this process (of one core; two in all)."
     )
-    met = all([print_case(results[key], args) for key in keys])  # every table printed
+    met = all([print_case(results[key]) for key in keys])  # every table printed
     sys.exit(0 if met else 1)
 
 

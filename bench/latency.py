@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from celery import chord, group
 
 from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
 from bench.kit.env import (
@@ -88,9 +89,10 @@ from bench.kit.env import (
     settings_from_options,
 )
 from bench.kit.machine import CpuMeter, wait_for_quiet_machine
-from bench.kit.procs import Profiler, free_port, summarize_profile
+from bench.kit.procs import Process, Profiler, free_port, summarize_profile
 from bench.kit.report import percentile, summary
 from bench.otlp_sink import OtlpSink
+from celeriac.platform.settings import get_settings
 
 DATABASE = "celeriac_bench_latency"
 TARGET_RATIO = 1.5
@@ -241,8 +243,6 @@ class Celeriac:
 
 class Bare:
     def __init__(self, records: list[dict[str, Any]] | None) -> None:
-        from celery import chord, group
-
         self.app = client_app()
         self.design = "bare" if records is None else "bare+plugins"
         app = self.app
@@ -473,6 +473,50 @@ def _parse_args() -> argparse.Namespace:
     return args
 
 
+def _warm_up(
+    runners: dict[str, Callable[[], Sample]], designs: list[str], jobs: int, celeriac: Celeriac
+) -> None:
+    """``jobs`` jobs of each design, then one celeriac job whose task shape is checked."""
+    note(f"warm-up: {jobs} jobs per design")
+    for design in designs:
+        for _ in range(jobs):
+            runners[design]()
+    first = runners["celeriac"]()
+    shape = celeriac.shape(first.job_id)
+    if shape != (len(PIPELINE["datasets"]), len(analysis_pairs())):
+        raise BenchError(
+            f"a celeriac job has {shape} (dataset, analysis) tasks, "
+            f"not {(2, len(analysis_pairs()))}"
+        )
+
+
+def _measure(
+    env: Env,
+    workers: dict[str, Process],
+    runners: dict[str, Callable[[], Sample]],
+    args: argparse.Namespace,
+    samples: dict[str, list[Sample]],
+    meters: dict[str, CpuMeter],
+    pool_pids: set[int],
+) -> None:
+    """``args.jobs`` jobs per design in blocks of ``args.block``, the designs in turn, each
+    block under its design's CPU meter; ``pool_pids`` gathers the compute children seen."""
+    designs = args.designs
+    started = time.monotonic()
+    while any(len(samples[d]) < args.jobs for d in designs):
+        for design in designs:
+            count = min(args.block, args.jobs - len(samples[design]))
+            if count <= 0:
+                continue
+            with meters[design]:
+                for _ in range(count):
+                    samples[design].append(runners[design]())
+            env.check_alive()
+            pool_pids |= set(workers["compute"].children())
+        done = sum(len(v) for v in samples.values())
+        note(f"  {done}/{args.jobs * len(designs)} jobs, {time.monotonic() - started:.0f} s")
+
+
 def run(args: argparse.Namespace) -> bool:
     records = sample_records()[:RECORDS]
     with environment(
@@ -480,7 +524,6 @@ def run(args: argparse.Namespace) -> bool:
     ) as env:
         workers = env.start_workers(include=["bench.bare_canvas"])
         api = env.start_api()
-        from celeriac.platform.settings import get_settings
 
         max_tasks_per_child = get_settings().workers.compute_max_tasks_per_child
         groups = {api.pid: "api", **{w.pid: pool for pool, w in workers.items()}}
@@ -493,17 +536,7 @@ def run(args: argparse.Namespace) -> bool:
         designs = args.designs
         profilers: list[Profiler] = []
         try:
-            note(f"warm-up: {args.warmup} jobs per design")
-            for design in designs:
-                for _ in range(args.warmup):
-                    runners[design]()
-            first = runners["celeriac"]()
-            shape = celeriac.shape(first.job_id)
-            if shape != (len(PIPELINE["datasets"]), len(analysis_pairs())):
-                raise BenchError(
-                    f"a celeriac job has {shape} (dataset, analysis) tasks, "
-                    f"not {(2, len(analysis_pairs()))}"
-                )
+            _warm_up(runners, designs, args.warmup, celeriac)
             busy = wait_for_quiet_machine()
             note(f"machine {busy:.0f}% busy (of one core) before measuring")
             samples: dict[str, list[Sample]] = {d: [] for d in designs}
@@ -517,21 +550,7 @@ def run(args: argparse.Namespace) -> bool:
                     Profiler(process, args.py_spy / f"latency-{name}.txt")
                     for name, process in (("api", api), *workers.items())
                 ]
-            started = time.monotonic()
-            while any(len(samples[d]) < args.jobs for d in designs):
-                for design in designs:
-                    count = min(args.block, args.jobs - len(samples[design]))
-                    if count <= 0:
-                        continue
-                    with meters[design]:
-                        for _ in range(count):
-                            samples[design].append(runners[design]())
-                    env.check_alive()
-                    pool_pids |= set(workers["compute"].children())
-                done = sum(len(v) for v in samples.values())
-                note(
-                    f"  {done}/{args.jobs * len(designs)} jobs, {time.monotonic() - started:.0f} s"
-                )
+            _measure(env, workers, runners, args, samples, meters, pool_pids)
             for profiler in profilers:
                 profiler.stop()
             profilers = []

@@ -255,7 +255,7 @@ def main() -> None:
     parser.add_argument("--wait-for-go", action="store_true", help="read a line after warm-up")
     args = parser.parse_args()
     try:
-        import uvloop
+        import uvloop  # noqa: PLC0415 - optional: the plain asyncio loop works without it
     except ImportError:  # the plain asyncio loop still works, only more slowly
         result = asyncio.run(_main(args))
     else:

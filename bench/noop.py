@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 @shared_task(name=NOOP, ignore_result=True)
 def noop_compute(
-    tenant_id: str | None = None,
+    tenant_id: str | None = None,  # noqa: ARG001 - the Publisher sends every task its tenant_id
     label: str | None = None,
     sent_at: float = 0.0,
     work_ms: int = 0,

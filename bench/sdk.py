@@ -44,6 +44,8 @@ from bench.kit.procs import REPO
 from bench.kit.report import percentile, summary
 from celeriac.client import Client
 from celeriac.client._core import SSEDecoder
+from celeriac.platform.db import get_sessionmaker
+from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
 
 SPEC = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
 
@@ -55,9 +57,6 @@ def _records(count: int) -> list[dict[str, Any]]:
 def _register_plugins() -> None:
     """What a compute worker writes at start, so that submissions validate before any
     worker runs (the workers write the real rows when they start)."""
-    from celeriac.platform.db import get_sessionmaker
-    from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
-
     with get_sessionmaker().begin() as session:
         register_plugins(
             session,

@@ -71,6 +71,7 @@ from bench.kit.queueing import (
     wait_for,
 )
 from bench.kit.report import percentile, summary
+from celeriac.platform.queues import BANDS
 
 WARMUP_TASKS = 100
 TARGET_RATIO = 0.8
@@ -111,8 +112,6 @@ def purge_backlog(bench: BenchEnv) -> int:
 def run(
     bench: BenchEnv, design: str, tenants: int, args: argparse.Namespace, round_: int = 1
 ) -> Run:
-    from celeriac.platform.queues import BANDS
-
     bench.flush()
     slugs = tenant_slugs(tenants)
     publisher = Publisher()

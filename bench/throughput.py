@@ -151,7 +151,9 @@ def run_bare(bare: Bare, jobs: int) -> Round:
 def plugin_cpu_ms() -> float:
     """CPU ms of the plugin work of one small job alone, in this process (bench.plugin_cpu's
     steps on this tree's plugins, median of 20 after 5 warm-ups)."""
-    from bench.plugin_cpu import one_job, plugins_at
+    # Imported here: pandas and the worker's plugins, for this one measurement only (not
+    # loaded in the driver while it measures the platform).
+    from bench.plugin_cpu import one_job, plugins_at  # noqa: PLC0415
 
     raw = json.dumps(sample_records()[:RECORDS]).encode()
     plugins = plugins_at(None)

@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from sqlalchemy.orm import Session
 
 from bench.kit import loadrun
 from bench.kit.cli import run_main
@@ -44,6 +45,9 @@ from bench.kit.env import PG_SERVER
 from bench.kit.machine import background_busy
 from bench.kit.procs import api_argv, free_port
 from bench.kit.report import summary
+from celeriac.platform.db import create_db_engine
+from celeriac.platform.usage.schemas import Granularity
+from celeriac.platform.usage.service import summarize
 
 METRICS = [
     ("jobs.submitted", "job"),
@@ -130,12 +134,6 @@ def _median_ms(call: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 
 def _part_two(args: argparse.Namespace, api_url: str, billing_token: str) -> None:
-    from sqlalchemy.orm import Session
-
-    from celeriac.platform.db import create_db_engine
-    from celeriac.platform.usage.schemas import Granularity
-    from celeriac.platform.usage.service import summarize
-
     print(
         f"\npart 2: generating {args.rows:,} usage records ({args.tenants} tenants, 6 metrics, "
         f"{args.days} days) ...",

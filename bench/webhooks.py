@@ -43,6 +43,10 @@ import httpx
 from bench.kit.cli import BenchError, install_signal_handlers, note, run_main
 from bench.kit.env import environment, sample_records
 from bench.kit.report import percentile, summary
+from celeriac.platform.db import transaction
+from celeriac.platform.models import Tenant, WebhookTarget
+from celeriac.platform.webhooks import events
+from celeriac.platform.webhooks.service import EventType
 
 DATABASE = "celeriac_bench_webhooks"
 PIPELINE = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
@@ -138,11 +142,6 @@ def run(args: argparse.Namespace) -> bool:
         if created.status_code != 201:
             raise BenchError(f"creating the target failed: {created.text}")
         target_id = created.json()["id"]
-
-        from celeriac.platform.db import transaction
-        from celeriac.platform.models import Tenant, WebhookTarget
-        from celeriac.platform.webhooks import events
-        from celeriac.platform.webhooks.service import EventType
 
         # Throughput: the events of one transaction, published at its commit.
         note(f"throughput: {args.events} events")

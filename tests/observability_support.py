@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker_support import Received, Receiver
@@ -76,10 +77,6 @@ class Span:
 
 def spans(sink: Receiver) -> list[Span]:
     """Spans from the OTLP/HTTP (protobuf) export requests received."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
-
     found = []
     for received in list(sink.received):
         request = ExportTraceServiceRequest()

@@ -33,9 +33,15 @@ from typing import Any
 import httpx
 import psycopg
 import redis
+from celery import Celery
 
 from bench.kit.cli import BenchError, note
 from bench.kit.procs import HOST, REPO, Process, api_argv, free_port, py_spy_dump
+from celeriac.platform import dispatch, tasks
+from celeriac.platform.cli import worker_argv
+from celeriac.platform.queues import Pool
+from celeriac.platform.settings import get_settings
+from celeriac.platform.tasks import celery_config
 
 BENCH_DIR = REPO / "bench"
 SAMPLE = REPO / "tests" / "data" / "sample_1000.ndjson"
@@ -332,10 +338,6 @@ class Env:
         execs (``celeriac.platform.cli.worker_argv``), plus ``--include`` of bench modules
         (found on PYTHONPATH = bench/) when asked. Returns once every pool answers a ping
         and the compute pool has published the plugin registry."""
-        from celeriac.platform.cli import worker_argv
-        from celeriac.platform.queues import Pool
-        from celeriac.platform.settings import get_settings
-
         settings = get_settings()
         extra = bench_pythonpath(self.child_env)
         workers = {}
@@ -452,9 +454,7 @@ def _flush_redis() -> None:
 
 
 def clear_process_caches() -> None:
-    from celeriac.platform import dispatch, settings, tasks
-
-    for cached in (settings.get_settings, dispatch.get_dispatcher):
+    for cached in (get_settings, dispatch.get_dispatcher):
         cached.cache_clear()
     tasks.reset_default_publisher()
     _client_app.cache_clear()
@@ -491,11 +491,6 @@ def client_app() -> Any:
 
 @lru_cache(maxsize=1)
 def _client_app() -> Any:
-    from celery import Celery
-
-    from celeriac.platform.settings import get_settings
-    from celeriac.platform.tasks import celery_config
-
     app = Celery("celeriac-bench", set_as_current=False)
     app.conf.update(celery_config(get_settings()))
     return app

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from typing import Any
 import httpx
 import psycopg
 import redis
+from sqlalchemy.orm import Session
 
 from bench.kit.cli import BenchError
 from bench.kit.env import (
@@ -43,6 +45,9 @@ from bench.kit.env import (
 )
 from bench.kit.machine import group_cpu_seconds, machine_ticks
 from bench.kit.procs import HOST, REPO, Process
+from celeriac.platform.db import create_db_engine
+from celeriac.platform.jobs import pipelines
+from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo
 
 DATABASE = "celeriac_bench"
 BROKER_DB = 7
@@ -114,22 +119,16 @@ def api_environment(var_root: Path | None = None) -> Iterator[ApiEnv]:
         if created:
             with contextlib.suppress(Exception):
                 drop_database(DATABASE)
-        import shutil
 
         shutil.rmtree(var_dir, ignore_errors=True)
 
 
 def register_plugins() -> None:
     """What a compute worker writes at start for the two plugins the bench pipeline uses."""
-    from sqlalchemy.orm import Session
-
-    from celeriac.platform.db import create_db_engine
-    from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
-
     engine = create_db_engine(database_url())
     try:
         with Session(engine) as session, session.begin():
-            register_plugins(
+            pipelines.register_plugins(
                 session,
                 [
                     PluginInfo(

@@ -37,6 +37,8 @@ from bench.kit.env import bench_pythonpath, clear_process_caches, prewarm, scrat
 from bench.kit.machine import machine_busy_seconds, process_cpu_seconds
 from bench.kit.procs import Process, children
 from bench.noop import NOOP
+from celeriac.platform import migrate
+from celeriac.platform.tasks import Publication, default_publisher, publisher_app
 
 HOST = "127.0.0.1"
 REDIS_SERVER = f"redis://{HOST}:6379"
@@ -201,8 +203,6 @@ class Publisher:
     def fair(self, tenant: str, label: str, work_ms: int = 0, band: str = "normal") -> None:
         """The product's path: the tenant's queue, then the fair dispatcher's release (the
         product's dispatcher or the band-first one, whichever ``use_design`` chose)."""
-        from celeriac.platform.tasks import Publication, default_publisher
-
         sent = time.time()
         self.sent_at[label] = sent
         kwargs = noop_kwargs(tenant, label, sent, work_ms)
@@ -210,11 +210,9 @@ class Publisher:
 
     def direct(self, queue: str, tenant: str, label: str, work_ms: int = 0) -> None:
         """Straight to a broker queue by name, no dispatcher."""
-        from celeriac.platform.tasks import publisher_app as publisher
-
         sent = time.time()
         self.sent_at[label] = sent
-        result = publisher().send_task(
+        result = publisher_app().send_task(
             NOOP, kwargs=noop_kwargs(tenant, label, sent, work_ms), queue=queue
         )
         self.task_ids[label] = str(result.id)
@@ -340,8 +338,6 @@ class BenchEnv:
 def bench_env(name: str) -> Iterator[BenchEnv]:
     """The bench's own settings (also in this process's environment, for ``publish``),
     Redis dbs, migrated SQLite database and temporary directory, all removed at the end."""
-    from celeriac.platform import migrate
-
     root = scratch_dir(f"celeriac-bench-{name}-")
     var_dir = root / "var"
     var_dir.mkdir()

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from celeriac.platform.auth.jwt import Role, verify_token
+from celeriac.platform.cli import CommandError, _children_env, _ensure_port_free
 from celeriac.platform.keys.tokens import parse_key
 from celeriac.platform.settings import load_settings
 
-from support import run_celeriac
+from support import celeriac_env, free_port, run_celeriac
 
 
 @pytest.mark.parametrize(
@@ -129,10 +130,6 @@ def _time_wait_on(port: int) -> None:
 
 
 def test_api_restarts_at_once_over_connections_in_time_wait(var_dir: Path) -> None:
-    from celeriac.platform.cli import CommandError, _ensure_port_free
-
-    from support import free_port
-
     port = free_port()
     _time_wait_on(port)
     _ensure_port_free("127.0.0.1", port)  # TIME_WAIT does not hold the port
@@ -145,8 +142,6 @@ def test_api_restarts_at_once_over_connections_in_time_wait(var_dir: Path) -> No
 
 
 def test_admin_token_elsewhere_refuses_instead_of_inventing_secrets(tmp_path: Path) -> None:
-    from support import celeriac_env
-
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = celeriac_env(tmp_path / "var")
@@ -172,8 +167,6 @@ def test_up_on_another_port_names_that_port_in_webhook_events(
 ) -> None:
     """`up --port 8123` (or CELERIAC_API__PORT): a job event's results_url points at the
     API that runs, not at the default 8000; a public URL that is set is kept."""
-    from celeriac.platform.cli import _children_env
-
     monkeypatch.setenv("CELERIAC_VAR_DIR", str(var_dir))
     children = _children_env(load_settings(), "http://127.0.0.1:8123")
     assert children is not None

@@ -7,13 +7,18 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import TenantFixture
+from conftest import TenantFixture, clear_process_caches
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from celeriac.platform.api.app import create_app
 from celeriac.platform.db import get_sessionmaker
+from celeriac.platform.dispatch import get_dispatcher
 from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
-from celeriac.platform.settings import Settings
+from celeriac.platform.ops.tenant_metrics import TopTenantsCollector
+from celeriac.platform.queues import Pool
+from celeriac.platform.settings import Settings, get_settings
 
 ALL = ["jobs:write", "jobs:read", "metrics:read"]
 SPEC = {"datasets": [{"name": "tabular"}], "analyzers": [{"name": "summary"}]}
@@ -35,9 +40,6 @@ def _registry(api_settings: Settings) -> None:
 def busy_pool(api_settings: Settings) -> None:
     """A live worker with no free slot: the dispatcher keeps every job in its tenant queue
     (without one it lets a message into the ready queue)."""
-    from celeriac.platform.dispatch import get_dispatcher
-    from celeriac.platform.queues import Pool
-
     dispatcher = get_dispatcher()
     assert dispatcher is not None
     dispatcher.register_capacity(Pool.ORCHESTRATION, "orchestration@busy", 0)
@@ -159,11 +161,6 @@ def test_admin_tenant_view_is_bounded_to_top_n_and_other(
 def test_admin_tenant_view_folds_the_rest_into_other(
     client: TestClient, make_tenant: Callable[..., TenantFixture], busy_pool: None
 ) -> None:
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    from celeriac.platform.dispatch import get_dispatcher
-    from celeriac.platform.ops.tenant_metrics import TopTenantsCollector
-
     tenants = [make_tenant(f"fold-{i}", scopes=ALL) for i in range(4)]
     for count, tenant in zip((6, 4, 2, 1), tenants, strict=True):
         for _ in range(count):
@@ -223,11 +220,6 @@ def test_kms_calls_are_counted_by_operation(
 ) -> None:
     """With tenant keys in KMS (a moto server on loopback), creating a tenant and storing
     its first job call KMS, and each call is counted by its operation."""
-    from conftest import clear_process_caches
-
-    from celeriac.platform.api.app import create_app
-    from celeriac.platform.settings import get_settings
-
     for name, value in aws.settings_env(aws.new_bucket()).items():
         monkeypatch.setenv(f"CELERIAC_{name}", value)
     clear_process_caches()

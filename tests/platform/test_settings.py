@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,6 @@ from celeriac.platform.settings import Settings, SettingsError, load_settings
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
     for key in list(os.environ):
         if key.startswith("CELERIAC_"):
             monkeypatch.delenv(key)

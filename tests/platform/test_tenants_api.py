@@ -9,6 +9,7 @@ from conftest import TenantFixture
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from celeriac.platform.auth.jwt import Role, mint_token
 from celeriac.platform.db import get_engine
 from celeriac.platform.models import AuditEntry
 
@@ -110,8 +111,6 @@ def test_suspend_refuses_writes_with_403_and_delete_revokes_keys(
 
 
 def test_billing_role_cannot_manage_tenants(client: TestClient, api_settings: object) -> None:
-    from celeriac.platform.auth.jwt import Role, mint_token
-
     token = mint_token(api_settings, "billing@test", Role.BILLING)  # type: ignore[arg-type]
     answer = client.get("/v1/admin/tenants", headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 403
