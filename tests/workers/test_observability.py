@@ -362,9 +362,10 @@ def test_queue_wait_ends_at_the_first_compute_start_once_despite_a_redelivery(
     make_tenant: Callable[..., TenantFixture],
 ) -> None:
     """``celeriac_job_queue_wait_seconds`` is submit -> the first compute task's claim,
-    observed once per job: three compute tasks run, one of them twice (its worker process
-    is killed in the middle and the message redelivered), and the histogram holds one
-    observation, equal to what the job row says."""
+    observed once per job: three compute tasks run, at least one of them twice (the compute
+    children are killed in the middle of the slow task and its message, with any other
+    running one, is redelivered), and the histogram holds one observation, equal to what the
+    job row says."""
     worker_env.update(
         {"CELERIAC_JOBS__RECONCILE_INTERVAL_SECONDS": "1", "CELERIAC_JOBS__STALL_SECONDS": "5"}
     )
@@ -419,7 +420,9 @@ def test_queue_wait_ends_at_the_first_compute_start_once_despite_a_redelivery(
                     JobTask.job_id == job_id, JobTask.stage == "datasets"
                 )
             ).scalar_one()
-        assert sum(claims.values()) == len(claims) + 1  # one task was claimed twice
+        # At least one task was claimed twice (both analyses may have been running when the
+        # children were killed).
+        assert sum(claims.values()) > len(claims), claims
         assert compute_started is not None
         assert started is not None
         # The wait ends at the first compute claim, not at the orchestrator's start.
