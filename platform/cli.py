@@ -151,7 +151,9 @@ def _metrics_dir(settings: Settings, name: str, port: int | None = None) -> None
         os.environ["CELERIAC_OBSERVABILITY__METRICS_PORT"] = str(port)
     if settings.observability.metrics_enabled:
         # Imported here: a command imports only what it runs.
-        from celeriac.platform.metrics import prepare_multiprocess_dir  # noqa: PLC0415
+        # metrics_dir, not metrics: that one imports prometheus-client, which would then
+        # keep this process's values in memory and serve an empty /metrics.
+        from celeriac.platform.metrics_dir import prepare_multiprocess_dir  # noqa: PLC0415
 
         prepare_multiprocess_dir(settings.observability.metrics_dir / name)
 

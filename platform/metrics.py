@@ -8,23 +8,22 @@ takes a tenant id, a job id or a URL: per-tenant numbers come from the bounded v
 Multiprocess mode (docs/adr/0013-observability.md): prometheus-client decides at import
 time, from ``PROMETHEUS_MULTIPROC_DIR``, whether values live in memory or in per-process
 files. ``celeriac api|worker|beat`` set that variable (to a directory of the component's own,
-wiped first by :func:`prepare_multiprocess_dir`) before anything imports prometheus-client,
-so uvicorn's ``--workers`` children and Celery's prefork children write files that the
-process serving ``/metrics`` adds up. Without the variable (tests that build the app
-in-process) the values are in memory and the default registry serves them.
+wiped first, :mod:`celeriac.platform.metrics_dir`, which does not import this module)
+before anything imports prometheus-client, so uvicorn's ``--workers`` children and
+Celery's prefork children write files that the process serving ``/metrics`` adds up.
+Without the variable (tests that build the app in-process) the values are in memory and
+the default registry serves them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
@@ -41,13 +40,13 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from celeriac.platform.metrics_dir import MULTIPROC_ENV
 from celeriac.platform.queues import BANDS, Pool, TenantQueue
 
 if TYPE_CHECKING:
     from celeriac.platform.dispatch import FairDispatcher
     from celeriac.platform.models import Job
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Every published task carries its publish time in this header (set in
 # celeriac.platform.observability); a queue's oldest message tells its age.
 PUBLISHED_HEADER = "celeriac_published"
@@ -246,15 +245,6 @@ def cache_looked_up(hit: bool) -> None:
 
 
 # --- exposition --------------------------------------------------------------------------
-
-
-def prepare_multiprocess_dir(path: Path) -> None:
-    """Wipe and create ``path`` and point prometheus-client at it, for this process and
-    the children it starts. Must run before anything imports prometheus-client's values:
-    the CLI calls it first thing (files of an earlier run would be added to this one's)."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ[MULTIPROC_ENV] = str(path)
 
 
 def multiprocess_mode() -> bool:

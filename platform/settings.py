@@ -404,9 +404,14 @@ def _embedded_secret(var_dir: Path, name: str) -> SecretStr:
     return SecretStr(path.read_text().strip())
 
 
+# The tenant SDK's and CLI's own variables (client/, README): a shell that exported them
+# to run ``celeriac-client`` must still run ``celeriac``; the platform never reads them.
+CLIENT_VARIABLES = frozenset({"CELERIAC_URL", "CELERIAC_API_KEY"})
+
+
 def load_settings() -> Settings:
     """Build the settings from the environment, or raise :class:`SettingsError`."""
-    unknown = sorted(set(_prefixed_variables()) - _known_variables())
+    unknown = sorted(set(_prefixed_variables()) - _known_variables() - CLIENT_VARIABLES)
     if unknown:
         raise SettingsError(f"{', '.join(unknown)}: unknown setting (a typo?)")
     try:

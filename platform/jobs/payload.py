@@ -193,7 +193,9 @@ def _csv(raw: bytes) -> Payload:
         detail = str(exc)
         if detail == "unexpected end of data":
             detail = 'a quoted value is not closed (a " is missing before the end of the file)'
-        raise _bad_line(reader.line_num, detail) from None
+        # DictReader.line_num is where the last good row ended (it is set only after a
+        # row is read), so the row that failed starts on the next line.
+        raise _bad_line(reader.line_num + 1, detail) from None
     return from_records(records)
 
 

@@ -142,7 +142,8 @@ def test_a_csv_with_an_unclosed_quote_is_refused(client: TestClient, tenant: Ten
         headers=tenant.headers,
         files={"file": ("r.csv", csv, "text/csv")},
     )
-    _refused(answer, 422, "not closed")
+    problem = _refused(answer, 422, "line 2 of the file", "not closed")
+    assert problem["errors"][0]["pointer"] == "#/body/file/2"
     _no_jobs()
     fixed = csv.replace(b"quote\n", b'quote"\n')
     accepted = client.post(

@@ -76,6 +76,19 @@ def test_bad_values_name_the_setting(
     assert "\n" not in message
 
 
+def test_the_client_variables_do_not_stop_the_platform(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README has a tenant export CELERIAC_URL and CELERIAC_API_KEY for celeriac-client;
+    ``celeriac admin ...`` in that shell refused them as typos."""
+    monkeypatch.setenv("CELERIAC_URL", "http://localhost:8000")
+    monkeypatch.setenv("CELERIAC_API_KEY", "ck_live_x")
+    assert load_settings().api.port == 8000
+    monkeypatch.setenv("CELERIAC_API_KEYS", "ck_live_x")
+    with pytest.raises(SettingsError, match="CELERIAC_API_KEYS"):
+        load_settings()
+
+
 def test_url_passwords_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CELERIAC_DATABASE_URL", "mysql://admin:hunter2@db/x")
     with pytest.raises(SettingsError) as excinfo:

@@ -531,3 +531,29 @@ def test_each_api_worker_process_reports_to_sentry_and_logs_json(
     finally:
         running.stop_all()
         sentry.close()
+
+
+def test_a_single_process_api_serves_its_own_request_metrics(
+    worker_env: dict[str, str], var_dir: Path
+) -> None:
+    """``celeriac api`` without ``--workers`` (as ``celeriac up`` runs it) answers ``/metrics``
+    with the requests it served: it set the multiprocess directory only after importing
+    prometheus-client, kept its values in memory and served an empty page."""
+    port = free_port()
+    running = Workers(var_dir, worker_env)
+    try:
+        running.start("api", "api", "--port", str(port))
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, 120, "the API")
+        assert httpx.get(f"{url}/v1/jobs", timeout=10).status_code == 401
+        samples = scrape(f"{url}/metrics")
+        assert total(samples, "celeriac_http_requests_total", route="/v1/jobs", method="GET") == 1
+    finally:
+        running.stop_all()
