@@ -47,6 +47,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from celeriac.platform import tracing
 from celeriac.platform.api.idempotency import install_idempotency
 from celeriac.platform.api.middleware import RequestEnvelope
 from celeriac.platform.api.observability import install_observability
@@ -201,6 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         dependencies=[Depends(reject_unknown_query_parameters)],
         docs_url=None,  # served by the console from vendored files (platform/console/docs.py)
+        telemetry=tracing.fastapi_telemetry(),
     )
     app.state.ingest_writer = writer
     install_problem_handlers(app)

@@ -60,14 +60,14 @@ class HttpMetrics:
 
 
 def install_observability(app: FastAPI, settings: Settings) -> None:
-    """Routes (``/metrics``, ``/metrics/tenants``, ``/v1/metrics``), the request metrics
-    middleware (outermost, so refusals are counted too) and request tracing."""
+    """Routes (``/metrics``, ``/metrics/tenants``, ``/v1/metrics``) and the request metrics
+    middleware (outermost, so refusals are counted too). Requests are traced by FastAPI
+    itself (``tracing.fastapi_telemetry``, given to the app when it is built)."""
     app.include_router(admin_router)
     app.include_router(tenant_router)
     if settings.observability.metrics_enabled:
         app.include_router(router)
         app.add_middleware(HttpMetrics)
-    tracing.instrument_app(app)
 
 
 def create_served_app() -> FastAPI:

@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from celeriac.platform import tracing
 from celeriac.platform.api.problems import install_problem_handlers
 from celeriac.platform.errors import Unauthorized
 from celeriac.platform.ops.routes import DemandCache, metrics_router
@@ -42,7 +43,12 @@ def create_ops_app(settings: Settings | None = None) -> FastAPI:
         if not hmac.compare_digest(credentials.credentials.encode(), expected):
             raise Unauthorized("the bearer token is not valid")
 
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        telemetry=tracing.fastapi_telemetry(traced=False),
+    )
     install_problem_handlers(app)
     app.state.demand_cache = DemandCache(settings.api.backlog_cache_seconds)
     app.include_router(metrics_router, dependencies=[Depends(require_token)])
