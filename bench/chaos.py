@@ -2,7 +2,7 @@
 
 It starts a PostgreSQL cluster of its own (``pg_createcluster`` on a free loopback port, so
 that stopping it harms no one else on the machine) and a Redis server of its own (no
-persistence, as ElastiCache), then through bench/harness.py the API, the three pools,
+persistence, as ElastiCache), then through bench/kit/env.py the API, the three pools,
 beat and a webhook receiver in this process. Each named scenario submits jobs of the same
 input, injects its fault in a bounded loop, and waits for every job to end. A job is
 *correct* when its analyses equal those of the same input run before any fault.

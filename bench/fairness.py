@@ -60,8 +60,8 @@ from bench.kit.queueing import (
     STARTUP_TIMEOUT_SECONDS,
     WORKER_APP,
     BenchEnv,
-    Probe,
     Publisher,
+    Snapshot,
     Usage,
     WorkerLog,
     bench_env,
@@ -204,7 +204,7 @@ def run(bench: BenchEnv, case: Case, design: str, args: argparse.Namespace) -> R
         raise BenchError(f"worker {worker.name} ran no task:\n{worker.log_tail()}")
     time.sleep(0.2)
 
-    before = Probe.take(worker, bench.broker)
+    before = Snapshot.take(worker, bench.broker)
     started_before = len(log.starts)
     interval = args.interval_ms * case.interval_factor / 1000
     labels = []
@@ -219,7 +219,7 @@ def run(bench: BenchEnv, case: Case, design: str, args: argparse.Namespace) -> R
         publisher.fair(task.tenant, label, args.work_ms, task.band)
     ended_wall = time.time()
     quiet_rate = _quiet_rate(case, ended_wall - began_wall)
-    after = Probe.take(worker, bench.broker)
+    after = Snapshot.take(worker, bench.broker)
     log.poll()
     capacity = (len(log.starts) - started_before) / (ended_wall - began_wall)
     backlog_after = sum(int(bench.broker.llen(f"{POOL_QUEUE}.{x.band}.{x.tenant}")) for x in noisy)

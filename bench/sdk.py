@@ -17,7 +17,7 @@ Run from the repository root (PostgreSQL and Redis on 127.0.0.1)::
    every event, in order. The ingest runs' own jobs are cancelled in the database before
    the workers start (only their acceptance is measured).
 
-It builds its environment with ``bench/harness.py`` (database, Redis dbs 2 and 3, a var
+It builds its environment with ``bench/kit/env.py`` (database, Redis dbs 2 and 3, a var
 directory, tenant ``bench`` with quotas that refuse nothing) and removes it at the end.
 """
 
