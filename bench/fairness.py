@@ -61,9 +61,9 @@ from bench.kit.queueing import (
     WORKER_APP,
     BenchEnv,
     Publisher,
-    Snapshot,
     Usage,
     WorkerLog,
+    WorkerReading,
     bench_env,
     wait_for,
 )
@@ -204,7 +204,7 @@ def run(bench: BenchEnv, case: Case, design: str, args: argparse.Namespace) -> R
         raise BenchError(f"worker {worker.name} ran no task:\n{worker.log_tail()}")
     time.sleep(0.2)
 
-    before = Snapshot.take(worker, bench.broker)
+    before = WorkerReading.take(worker, bench.broker)
     started_before = len(log.starts)
     interval = args.interval_ms * case.interval_factor / 1000
     labels = []
@@ -219,7 +219,7 @@ def run(bench: BenchEnv, case: Case, design: str, args: argparse.Namespace) -> R
         publisher.fair(task.tenant, label, args.work_ms, task.band)
     ended_wall = time.time()
     quiet_rate = _quiet_rate(case, ended_wall - began_wall)
-    after = Snapshot.take(worker, bench.broker)
+    after = WorkerReading.take(worker, bench.broker)
     log.poll()
     capacity = (len(log.starts) - started_before) / (ended_wall - began_wall)
     backlog_after = sum(int(bench.broker.llen(f"{POOL_QUEUE}.{x.band}.{x.tenant}")) for x in noisy)

@@ -64,9 +64,9 @@ from bench.kit.queueing import (
     WORKER_APP,
     BenchEnv,
     Publisher,
-    Snapshot,
     Usage,
     WorkerLog,
+    WorkerReading,
     bench_env,
     wait_for,
 )
@@ -148,12 +148,12 @@ def run(
         log,
     ):
         raise BenchError(f"worker {worker.name} ran no task:\n{worker.log_tail()}")
-    before = Snapshot.take(worker, bench.broker)
+    before = WorkerReading.take(worker, bench.broker)
     started_before = log.count("tp-")
     drained = wait_for(
         lambda: log.count("tp-") >= total, args.drain_seconds, "the backlog to drain", worker, log
     )
-    after = Snapshot.take(worker, bench.broker)
+    after = WorkerReading.take(worker, bench.broker)
     usage = Usage.between(before, after)
     usage_tasks = log.count("tp-") - started_before
     if not drained:
@@ -167,14 +167,14 @@ def run(
     count = int(min(2000, max(20, rate * args.latency_seconds)))
     note(f"  {tasks_per_second:.0f} tasks/s; latency: {count} tasks at {rate:.0f}/s ...")
     interval = 1 / rate
-    latency_before = Snapshot.take(worker, bench.broker)
+    latency_before = WorkerReading.take(worker, bench.broker)
     began = time.perf_counter()
     for i in range(count):
         pause = began + i * interval - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
         send(i + 7, f"lat-{i}")
-    latency_usage = Usage.between(latency_before, Snapshot.take(worker, bench.broker))
+    latency_usage = Usage.between(latency_before, WorkerReading.take(worker, bench.broker))
     wait_for(
         lambda: log.count("lat-") >= count,
         args.latency_seconds + 60,

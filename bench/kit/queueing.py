@@ -225,7 +225,7 @@ class Publisher:
 
 
 @dataclass
-class Snapshot:
+class WorkerReading:
     """CPU seconds of the worker's main process, of its pool processes, of Redis, of this
     process and of the whole machine, and Redis' per-command call counts and time, at one
     instant. Redis' command statistics
@@ -240,7 +240,7 @@ class Snapshot:
     commands: dict[str, tuple[int, int]]
 
     @classmethod
-    def take(cls, worker: Worker, client: Redis) -> Snapshot:
+    def take(cls, worker: Worker, client: Redis) -> WorkerReading:
         info = client.info("commandstats")
         commands = {
             name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
@@ -272,7 +272,7 @@ class Usage:
     commands: dict[str, tuple[int, float]]
 
     @classmethod
-    def between(cls, before: Snapshot, after: Snapshot) -> Usage:
+    def between(cls, before: WorkerReading, after: WorkerReading) -> Usage:
         seconds = max(after.at - before.at, 1e-9)
         commands = {}
         for name, (calls, usec) in after.commands.items():
