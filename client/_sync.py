@@ -484,11 +484,12 @@ class Webhooks(_Resource):
 
     @operation("POST", "/v1/webhooks/{target_id}/recover")
     def recover(self, target_id: uuid.UUID | str, *, since: datetime) -> Ids:
-        """Deliver again every failed message since ``since``; the restarted deliveries."""
+        """Deliver again every failed message since ``since``; the ids of the restarted
+        deliveries."""
         answer = self._client.request(
             "POST", f"/v1/webhooks/{target_id}/recover", json={"since": since.isoformat()}
         ).json()
-        return [str(d) for d in answer["deliveries"]]
+        return [str(d["id"]) for d in answer["deliveries"]]
 
 
 class WebhookMessages(_Resource):
@@ -502,19 +503,18 @@ class WebhookMessages(_Resource):
         return self._client._pages(WebhookMessage, "/v1/webhook-messages", params)
 
     @operation("GET", "/v1/webhook-messages/{message_id}")
-    def get(self, message_id: uuid.UUID | str) -> WebhookMessage:
+    def get(self, message_id: str) -> WebhookMessage:
         return self._client._model(WebhookMessage, "GET", f"/v1/webhook-messages/{message_id}")
 
     @operation("POST", "/v1/webhook-messages/{message_id}/resend")
-    def resend(
-        self, message_id: uuid.UUID | str, *, target_id: uuid.UUID | str | None = None
-    ) -> Ids:
-        """Deliver the message again (to one target, or to all it went to)."""
+    def resend(self, message_id: str, *, target_id: uuid.UUID | str | None = None) -> Ids:
+        """Deliver the message again (to one target, or to all it went to); the ids of
+        the restarted deliveries."""
         body = {"target_id": str(target_id)} if target_id else None
         answer = self._client.request(
             "POST", f"/v1/webhook-messages/{message_id}/resend", json=body
         ).json()
-        return [str(d) for d in answer["deliveries"]]
+        return [str(d["id"]) for d in answer["deliveries"]]
 
 
 class Keys(_Resource):

@@ -163,7 +163,7 @@ class WebhookDelivery(Model):
 
 
 class WebhookMessage(Model):
-    id: uuid.UUID
+    id: str = Field(description="``msg_`` and hex: the ``webhook-id`` of its deliveries.")
     event_type: str
     payload: dict[str, Any]
     created_at: datetime

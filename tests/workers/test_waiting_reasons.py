@@ -6,6 +6,9 @@ start blocks in the worker. With no free orchestration slot the dispatcher relea
 nothing, and the other tenants' job starts wait in their own queues, where
 ``GET /v1/jobs/{id}`` reads their position and the ring of tenants with a backlog. When the
 lock goes, every job runs to its end.
+
+The running-job limit is seen with a job that keeps its compute task busy (the chaos
+plugin's sleep, ended by cancelling the job): the tenant's next job is held at its start.
 """
 
 from __future__ import annotations
@@ -48,9 +51,9 @@ def broker(redis_broker_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def _submit(client: TestClient, tenant: TenantFixture) -> str:
+def _submit(client: TestClient, tenant: TenantFixture, pipeline: dict[str, Any] = PIPELINE) -> str:
     answer = client.post(
-        "/v1/jobs", json={"pipeline": PIPELINE, "records": RECORDS}, headers=tenant.headers
+        "/v1/jobs", json={"pipeline": pipeline, "records": RECORDS}, headers=tenant.headers
     )
     assert answer.status_code == 202, answer.text
     return str(answer.json()["id"])
@@ -175,3 +178,57 @@ def test_a_suspended_tenant_sees_its_job_held_on_real_workers(
     )
     assert resumed.status_code == 200, resumed.text
     assert wait_for_job(client, paused.headers, job_id, timeout=120)["state"] == "succeeded"
+
+
+def test_a_job_over_the_running_job_limit_is_held_with_the_limit_on_real_workers(
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    admin_headers: dict[str, str],
+    workers: Workers,
+    tmp_path: Path,
+) -> None:
+    limited = make_tenant("limited")
+    put = client.put(
+        f"/v1/admin/tenants/{limited.id}/quotas",
+        json={"max_running_jobs": 1},
+        headers=admin_headers,
+    )
+    assert put.status_code == 200, put.text
+    marker = tmp_path / "started"
+    long_running = {
+        "datasets": [{"name": "tabular"}],
+        "analyzers": [{"name": "chaos_sleep", "params": {"seconds": 300, "marker": str(marker)}}],
+    }
+    first = _submit(client, limited, long_running)
+    wait_until(marker.exists, 120, "the first job's long task to start")
+    assert client.get(f"/v1/jobs/{first}", headers=limited.headers).json()["state"] == "running"
+
+    second = _submit(client, limited)
+
+    def held() -> dict[str, Any] | None:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{second}", headers=limited.headers).json()
+        return job if job["held_since"] is not None else None
+
+    job = wait_until(held, 60, "the second job's start to be held by the limit")
+    assert job["state"] == "queued", job
+    reason = job["waiting_reason"]
+    assert reason["reason"] == "running-job-limit", reason
+    assert (reason["limit"], reason["running"]) == (1, 1), reason
+    assert "its limit is 1 (max_running_jobs)" in reason["detail"], reason
+    assert "job held" in workers.log("orchestration")  # the worker's start held it
+
+    cancelled = client.post(f"/v1/jobs/{first}/cancel", headers=limited.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["state"] == "cancelled"
+
+    # The first job's end released the held one: it runs, and no longer says why it waits.
+    def released() -> dict[str, Any] | None:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{second}", headers=limited.headers).json()
+        return job if job["state"] != "queued" else None
+
+    started: dict[str, Any] = wait_until(released, 120, "the held job to start")
+    assert started["waiting_reason"] is None, started
+    assert started["held_since"] is None, started
+    done = wait_for_job(client, limited.headers, second, timeout=120)
+    assert done["state"] == "succeeded", (done, workers.log("compute")[-2000:])
+    assert done["waiting_reason"] is None
