@@ -56,6 +56,7 @@ from celeriac.platform.keys import service as keys
 from celeriac.platform.keys.tokens import key_digest, parse_key
 from celeriac.platform.models import (
     FINAL_JOB_STATES,
+    Job,
     JobState,
     Priority,
     Tenant,
@@ -254,10 +255,9 @@ async def live_events(
         yield event
 
 
-def _finished_view(session: SessionDep, page: TenantPage, job_id: uuid.UUID) -> views.FinishedView:
+def _finished_view(session: SessionDep, page: TenantPage, job: Job) -> views.FinishedView:
     """What an ended job's page draws from its tasks and blobs: drawn once per API process
-    (``views.cached_finished``), read with the tenant-scoped repository."""
-    job = JobRepository(session, page.ctx).get(job_id)
+    (``views.cached_finished``)."""
     key = views.finished_key(job)
     drawn = views.cached_finished(key)
     if drawn is not None:
@@ -266,7 +266,7 @@ def _finished_view(session: SessionDep, page: TenantPage, job_id: uuid.UUID) -> 
     results_error = None
     if job.result_key:
         try:
-            document = json.loads(service.job_results(session, page.ctx, job_id))
+            document = json.loads(service.job_results(session, page.ctx, job.id))
             results = views.results_view(document, views.first_records(page.ctx, job))
         except ProblemError as exc:
             results_error = exc.detail
@@ -280,14 +280,20 @@ def _finished_view(session: SessionDep, page: TenantPage, job_id: uuid.UUID) -> 
 def _job_context(
     _request: Request, page: TenantPage, session: SessionDep, job_id: uuid.UUID
 ) -> dict[str, Any]:
-    detail = service.job_detail(session, page.ctx, job_id)  # 404 for another tenant's job
-    if detail.state not in FINAL_JOB_STATES:
-        # A running job: its timeline is all the page draws from its tasks, and it needs
-        # only what the detail holds (no second read of the job). Drawn anew each time.
-        tasks = views.tasks_of(session, page.ctx.tenant_id, detail.id)
-        drawn = views.FinishedView(views.timeline(detail, tasks), None, None)
+    job = JobRepository(session, page.ctx).get(job_id)  # 404 for another tenant's job
+    if job.state in FINAL_JOB_STATES:
+        detail = service.job_detail(session, page.ctx, job_id)
+        drawn = _finished_view(session, page, job)
     else:
-        drawn = _finished_view(session, page, job_id)
+        # A running job, drawn anew on each re-read: one read of its tasks gives the
+        # timeline and, unless some were left out, the detail's progress and errors.
+        tasks = views.tasks_of(session, job.tenant_id, job.id)
+        detail = (
+            views.detail_of(job, tasks)
+            if len(tasks) <= views.MAX_BARS
+            else service.job_detail(session, page.ctx, job_id)
+        )
+        drawn = views.FinishedView(views.timeline(job, tasks), None, None)
     waiting = detail.waiting_reason.model_dump() if detail.waiting_reason else None
     return {
         "job": detail,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,8 +23,9 @@ from markupsafe import Markup, escape
 from sqlalchemy.orm import Session
 
 from celeriac.platform.auth.context import TenantContext
-from celeriac.platform.jobs import payload, repository
+from celeriac.platform.jobs import payload, repository, service
 from celeriac.platform.jobs.repository import JobRepository
+from celeriac.platform.jobs.schemas import JobOut, StageProgress, TaskError
 from celeriac.platform.models import Job, JobStage, utcnow
 from celeriac.platform.storage import BlobNotFound
 from celeriac.platform.tenant_data import tenant_blobs
@@ -90,6 +92,29 @@ def tasks_of(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> list[
     tasks = repository.timeline_tasks(session, tenant_id, job_id, MAX_BARS + 1)
     tasks.sort(key=lambda t: STAGE_ORDER.get(t[0], 9))
     return tasks
+
+
+def detail_of(job: Job, tasks: Sequence[Any]) -> JobOut:
+    """What ``service.job_detail`` returns for ``job`` (per-stage progress, failed tasks),
+    computed from all of its timeline rows (``tasks_of``; the caller checks that none was
+    left out) instead of reading the same tasks twice more: a running job's page is
+    re-read on every change. tests/platform/test_console.py holds it to job_detail."""
+    out = service.job_summary(job)
+    progress: dict[str, StageProgress] = {}
+    for (stage, state), count in sorted(Counter((t[0], t[3]) for t in tasks).items()):
+        entry = progress.setdefault(stage, StageProgress())
+        setattr(entry, state, getattr(entry, state) + count)
+        entry.total += count
+    failed = [t for t in tasks if t[3] in ("failed", "timed_out")]
+    failed.sort(key=lambda t: (t[0], t[1], t[2] is None, t[2] or 0))  # stage, plugin, chunk
+    out.progress = progress
+    out.errors = [
+        TaskError(
+            stage=JobStage(t[0]), plugin=t[1], chunk=t[2], state=t[3], error=t[8], attempts=t[4]
+        )
+        for t in failed[: repository.FAILED_TASKS_SHOWN]
+    ]
+    return out
 
 
 @dataclass(frozen=True)
