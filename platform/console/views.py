@@ -14,9 +14,8 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any
 
 from cachetools import LRUCache
 from markupsafe import Markup, escape
@@ -67,17 +66,6 @@ class Timeline:
     # The task rows as SVG markup (see _rows_svg); ``drawn`` of them.
     rows_svg: Markup = field(default_factory=Markup)
     drawn: int = 0
-
-
-class TimedJob(Protocol):
-    """What the timeline reads of a job: a ``Job`` or the service's ``JobOut``."""
-
-    @property
-    def created_at(self) -> datetime: ...
-    @property
-    def started_at(self) -> datetime | None: ...
-    @property
-    def finished_at(self) -> datetime | None: ...
 
 
 def job_tasks(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> tuple[Job, list[Any]]:
@@ -174,7 +162,7 @@ def _label(plugin: str, chunk: int | None) -> str:
     return str(escape(plugin if chunk is None else f"{plugin} #{chunk}"))
 
 
-def timeline(job: TimedJob, tasks: Sequence[Any]) -> Timeline:
+def timeline(job: Job, tasks: Sequence[Any]) -> Timeline:
     """One bar per task (Gantt-style), positioned from the job's start; a row per stage
     above them spans the stage's first start to its last end.
 
