@@ -56,6 +56,7 @@ from celeriac.platform.keys import service as keys
 from celeriac.platform.keys.tokens import key_digest, parse_key
 from celeriac.platform.models import (
     FINAL_JOB_STATES,
+    Job,
     JobState,
     Priority,
     Tenant,
@@ -254,34 +255,53 @@ async def live_events(
         yield event
 
 
+def _finished_view(session: SessionDep, page: TenantPage, job: Job) -> views.FinishedView:
+    """What an ended job's page draws from its tasks and blobs: drawn once per API process
+    (``views.cached_finished``)."""
+    key = views.finished_key(job)
+    drawn = views.cached_finished(key)
+    if drawn is not None:
+        return drawn
+    results = None
+    results_error = None
+    if job.result_key:
+        try:
+            document = json.loads(service.job_results(session, page.ctx, job.id))
+            results = views.results_view(document, views.first_records(page.ctx, job))
+        except ProblemError as exc:
+            results_error = exc.detail
+    timeline = views.timeline(job, views.tasks_of(session, job.tenant_id, job.id))
+    drawn = views.FinishedView(timeline, results, results_error)
+    if results_error is None:  # a blob that could not be read is tried again
+        views.keep_finished(key, drawn)
+    return drawn
+
+
 def _job_context(
     _request: Request, page: TenantPage, session: SessionDep, job_id: uuid.UUID
 ) -> dict[str, Any]:
-    detail = service.job_detail(session, page.ctx, job_id)
-    job = JobRepository(session, page.ctx).get(job_id)
-    key = views.finished_key(job) if detail.state in FINAL_JOB_STATES else None
-    drawn = views.cached_finished(key)
-    if drawn is None:
-        results = None
-        results_error = None
-        if detail.state in FINAL_JOB_STATES and job.result_key:
-            try:
-                document = json.loads(service.job_results(session, page.ctx, job_id))
-                results = views.results_view(document, views.first_records(page.ctx, job))
-            except ProblemError as exc:
-                results_error = exc.detail
-        timeline = views.timeline(job, views.tasks_of(session, job))
-        drawn = views.FinishedView(timeline, results, results_error)
-        if results_error is None:  # a blob that could not be read is tried again
-            views.keep_finished(key, drawn)
-    extra = detail.model_dump()
+    job = JobRepository(session, page.ctx).get(job_id)  # 404 for another tenant's job
+    if job.state in FINAL_JOB_STATES:
+        detail = service.job_detail(session, page.ctx, job_id)
+        drawn = _finished_view(session, page, job)
+    else:
+        # A running job, drawn anew on each re-read: one read of its tasks gives the
+        # timeline and, unless some were left out, the detail's progress and errors.
+        tasks = views.tasks_of(session, job.tenant_id, job.id)
+        detail = (
+            views.detail_of(job, tasks)
+            if len(tasks) <= views.MAX_BARS
+            else service.job_detail(session, page.ctx, job_id)
+        )
+        drawn = views.FinishedView(views.timeline(job, tasks), None, None)
+    waiting = detail.waiting_reason.model_dump() if detail.waiting_reason else None
     return {
         "job": detail,
         "final": detail.state in FINAL_JOB_STATES,
         "live_url": None
         if detail.state in FINAL_JOB_STATES
         else _live_url(live.watch_param([detail]), progress=True),
-        "waiting_reason": extra.get("waiting_reason"),
+        "waiting_reason": waiting,
         "timeline": drawn.timeline,
         "results": drawn.results,
         "results_error": drawn.results_error,

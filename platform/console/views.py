@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,8 +22,9 @@ from markupsafe import Markup, escape
 from sqlalchemy.orm import Session
 
 from celeriac.platform.auth.context import TenantContext
-from celeriac.platform.jobs import payload, repository
+from celeriac.platform.jobs import payload, repository, service
 from celeriac.platform.jobs.repository import JobRepository
+from celeriac.platform.jobs.schemas import JobOut, StageProgress, TaskError
 from celeriac.platform.models import Job, JobStage, utcnow
 from celeriac.platform.storage import BlobNotFound
 from celeriac.platform.tenant_data import tenant_blobs
@@ -69,14 +71,38 @@ class Timeline:
 def job_tasks(session: Session, ctx: TenantContext, job_id: uuid.UUID) -> tuple[Job, list[Any]]:
     """The tenant's job (404 for another tenant's) and its tasks in stage order."""
     job = JobRepository(session, ctx).get(job_id)
-    return job, tasks_of(session, job)
+    return job, tasks_of(session, ctx.tenant_id, job.id)
 
 
-def tasks_of(session: Session, job: Job) -> list[Any]:
-    """The tasks of ``job`` (read through the tenant's repository) in stage order."""
-    tasks = repository.timeline_tasks(session, job, MAX_BARS + 1)
+def tasks_of(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> list[Any]:
+    """The tasks of the tenant's job (``repository.timeline_tasks``, filtered on the
+    tenant) in stage order. Call it with a job the tenant-scoped read has returned."""
+    tasks = repository.timeline_tasks(session, tenant_id, job_id, MAX_BARS + 1)
     tasks.sort(key=lambda t: STAGE_ORDER.get(t[0], 9))
     return tasks
+
+
+def detail_of(job: Job, tasks: Sequence[Any]) -> JobOut:
+    """What ``service.job_detail`` returns for ``job`` (per-stage progress, failed tasks),
+    computed from all of its timeline rows (``tasks_of``; the caller checks that none was
+    left out) instead of reading the same tasks twice more: a running job's page is
+    re-read on every change. tests/platform/test_console.py holds it to job_detail."""
+    out = service.job_summary(job)
+    progress: dict[str, StageProgress] = {}
+    for (stage, state), count in sorted(Counter((t[0], t[3]) for t in tasks).items()):
+        entry = progress.setdefault(stage, StageProgress())
+        setattr(entry, state, getattr(entry, state) + count)
+        entry.total += count
+    failed = [t for t in tasks if t[3] in ("failed", "timed_out")]
+    failed.sort(key=lambda t: (t[0], t[1], t[2] is None, t[2] or 0))  # stage, plugin, chunk
+    out.progress = progress
+    out.errors = [
+        TaskError(
+            stage=JobStage(t[0]), plugin=t[1], chunk=t[2], state=t[3], error=t[8], attempts=t[4]
+        )
+        for t in failed[: repository.FAILED_TASKS_SHOWN]
+    ]
+    return out
 
 
 @dataclass(frozen=True)
@@ -129,65 +155,62 @@ def human_ms(ms: float | None) -> str:
     return f"{ms / 60_000:.1f} min"
 
 
-@lru_cache(maxsize=1024)
-def _text(value: str) -> str:
-    """``value`` escaped for SVG text (labels repeat: one plugin name per many tasks)."""
-    return str(escape(value))
+@lru_cache(maxsize=4096)
+def _label(plugin: str, chunk: int | None) -> str:
+    """A task's label escaped for SVG text (``plugin #chunk``); the same few thousand
+    come back on every re-read of a running job's page."""
+    return str(escape(plugin if chunk is None else f"{plugin} #{chunk}"))
 
 
 def timeline(job: Job, tasks: Sequence[Any]) -> Timeline:
     """One bar per task (Gantt-style), positioned from the job's start; a row per stage
     above them spans the stage's first start to its last end.
 
-    Drawn on every read of a job's page, so it is one pass over plain tuples with times
-    as epoch seconds: for 1,000 tasks, SQLAlchemy ``Row`` attribute reads, a dataclass
-    per bar and datetime arithmetic took about 60% of the page's server time."""
-    rows = [tuple(t) for t in tasks]  # stage, plugin, chunk, state, attempts, start, end,
-    #                                    duration_ms, error (repository.timeline_tasks)
+    Drawn on every read of a running job's page, so it works on the plain rows of
+    ``repository.timeline_tasks`` (stage, plugin, chunk, state, attempts, start, end,
+    duration_ms, error; the stage and state as strings, the times as epoch seconds) with
+    comprehensions and one pass that writes the markup: for 1,000 tasks, SQLAlchemy
+    ``Row`` attribute reads, a dataclass per bar and datetime arithmetic took about 60% of
+    the page's server time."""
+    rows = tasks
     now = utcnow().timestamp()
     origin = (job.started_at or job.created_at).timestamp()
     end = job.finished_at.timestamp() if job.finished_at else now
-    times: list[tuple[float | None, float | None]] = []
-    for row in rows:
-        started = row[5].timestamp() if row[5] is not None else None
-        finished = row[6].timestamp() if row[6] is not None else None
-        times.append((started, finished))
-        if started is not None:
-            origin = min(origin, started)
-            stop = finished if finished is not None else now
-            end = max(end, stop)
+    starts = [r[5] for r in rows if r[5] is not None]
+    if starts:
+        origin = min(origin, *starts)
+        end = max(end, *[now if r[6] is None else r[6] for r in rows if r[5] is not None])
     span_ms = max((end - origin) * 1000, 1.0)
     scale = TIMELINE_WIDTH * 1000 / span_ms  # px per second
 
-    def geometry(start: float, stop: float) -> tuple[float, float]:
-        return round((start - origin) * scale, 1), round(max((stop - start) * scale, 2.0), 1)
-
     # A row per stage, in the order of the tasks (already sorted by stage).
     stages: dict[str, list[Any]] = {}
-    for row, (started, finished) in zip(rows, times, strict=True):
-        entry = stages.setdefault(row[0].value, [None, None, False, set(), 0])
-        entry[4] += 1
-        entry[3].add(row[3].value)
-        if started is not None:
-            entry[0] = started if entry[0] is None else min(entry[0], started)
-            if finished is None:
-                entry[2] = True
-        if finished is not None:
-            entry[1] = finished if entry[1] is None else max(entry[1], finished)
+    for row in rows:
+        group = stages.get(row[0])
+        if group is None:
+            stages[row[0]] = [row]
+        else:
+            group.append(row)
     stage_rows = []
-    for index, (stage, (first, last, running, states, count)) in enumerate(stages.items()):
+    for index, (stage, group) in enumerate(stages.items()):
+        started = [r[5] for r in group if r[5] is not None]
+        finished = [r[6] for r in group if r[6] is not None]
+        running = any(r[5] is not None and r[6] is None for r in group)
+        states = {r[3] for r in group}
         state = (
             "running"
             if running
             else ("failed" if states & {"failed", "timed_out"} else "succeeded")
         )
-        label = f"{stage} ({count} tasks)"
+        label = f"{stage} ({len(group)} tasks)"
         y = index * ROW_HEIGHT
-        if first is None:
+        if not started:
             stage_rows.append(Bar(label, stage, state, 0, 0, y, "not started", 0, None))
             continue
-        stop = now if running or last is None else last
-        x, width = geometry(first, stop)
+        first = min(started)
+        stop = now if running or not finished else max(finished)
+        x = round((first - origin) * scale, 1)
+        width = round(max((stop - first) * scale, 2.0), 1)
         duration = human_ms(round((stop - first) * 1000))
         stage_rows.append(Bar(label, stage, state, x, width, y, duration, 0, None))
     shown = rows[:MAX_BARS]
@@ -201,51 +224,78 @@ def timeline(job: Job, tasks: Sequence[Any]) -> Timeline:
         span=human_ms(span_ms),
         ticks=ticks,
         hidden=max(0, len(rows) - MAX_BARS),
-        rows_svg=_rows_svg(shown, times, first_y, now, geometry),
+        rows_svg=_rows_svg(shown, first_y, now, origin, scale),
         drawn=len(shown),
     )
 
 
-def _rows_svg(
-    rows: Sequence[tuple[Any, ...]],
-    times: Sequence[tuple[float | None, float | None]],
-    first_y: int,
-    now: float,
-    geometry: Any,
-) -> Markup:
-    """One ``<g>`` per task: its label, its bar (with a tooltip) and its duration; built
-    here rather than in a template loop (for 1,000 tasks a Jinja loop took 50-85 ms)."""
+def _row_text(
+    stage: str,
+    plugin: str,
+    chunk: int | None,
+    state: str,
+    attempts: int,
+    length_ms: int | None,
+    error: str | None,
+    y: int,
+) -> tuple[str, str, str, str]:
+    """The markup of one task's row around its three coordinates (bar start, bar width,
+    duration label): label, tooltip and duration (``length_ms``; None: not started)."""
+    label = _label(plugin, chunk)
+    duration = "not started" if length_ms is None else human_ms(length_ms)
+    note = duration
+    tip = f"{stage} {label}: {state}, {duration}"
+    if attempts > 1:
+        note += f", {attempts} attempts"
+        tip += f", {attempts} attempts"
+    if error:
+        tip += f": {escape(error)}"
+    if state in ("failed", "timed_out"):
+        note += f" {state}"
+    return (
+        f'<g class="task-row" data-state="{state}"><text class="label" x="{LABEL_WIDTH - 6}" '
+        f'y="{y + 12}" text-anchor="end">{label}</text><rect class="task-bar bar-{state}" x="',
+        f'" y="{y + 3}" width="',
+        f'" height="12"><title>{tip}</title></rect><text class="axis" x="',
+        f'" y="{y + 12}">{note}</text></g>',
+    )
+
+
+# The rows of tasks that ended or have not started: the same on every re-read of a running
+# job's page but for their coordinates (a pure function of its arguments: the text of a
+# row is reused for any page that draws the same row at the same place).
+_ended_row_text = lru_cache(maxsize=8192)(_row_text)
+
+
+def _rows_svg(rows: Sequence[Any], first_y: int, now: float, origin: float, scale: float) -> Markup:
+    """One ``<g>`` per task, built here rather than in a template loop (for 1,000 tasks a
+    Jinja loop took 50-85 ms): the text of a row that ended comes from
+    ``_ended_row_text``, its coordinates are formatted with ``%.1f``."""
     left = LABEL_WIDTH
     parts = []
-    for index, row in enumerate(rows):
-        stage, plugin, chunk, state_, attempts, _, _, duration_ms, error = row
-        state = state_._value_  # not .value: Enum's property costs a call per read
-        started, finished = times[index]
-        label = _text(plugin if chunk is None else f"{plugin} #{chunk}")
-        y = first_y + index * ROW_HEIGHT
+    y = first_y
+    for stage, plugin, chunk, state, attempts, started, finished, duration_ms, error in rows:
         if started is None:
-            x, width, duration = 0.0, 0.0, "not started"
+            head, mid, tail, end = _ended_row_text(
+                stage, plugin, chunk, state, attempts, None, error, y
+            )
+            x, width = float(left), 0.0
         else:
-            stop = finished if finished is not None else now
-            x, width = geometry(started, stop)
-            length = duration_ms if duration_ms is not None else round((stop - started) * 1000)
-            duration = human_ms(length)
-        note = duration
-        tip = f"{stage._value_} {label}: {state}, {duration}"
-        if attempts > 1:
-            note += f", {attempts} attempts"
-            tip += f", {attempts} attempts"
-        if error:
-            tip += f": {escape(error)}"
-        if state in ("failed", "timed_out"):
-            note += f" {state}"
-        parts.append(
-            f'<g class="task-row" data-state="{state}"><text class="label" x="{left - 6}" '
-            f'y="{y + 12}" text-anchor="end">{label}</text><rect class="task-bar '
-            f'bar-{state}" x="{left + x}" y="{y + 3}" width="{width}" height="12">'
-            f'<title>{tip}</title></rect><text class="axis" '
-            f'x="{left + x + width + 4}" y="{y + 12}">{note}</text></g>'
-        )
+            if finished is None:
+                stop = now
+                length = duration_ms if duration_ms is not None else round((now - started) * 1000)
+                text = _row_text
+            else:
+                stop = finished
+                length = (
+                    duration_ms if duration_ms is not None else round((finished - started) * 1000)
+                )
+                text = _ended_row_text
+            head, mid, tail, end = text(stage, plugin, chunk, state, attempts, length, error, y)
+            x = left + (started - origin) * scale
+            width = max((stop - started) * scale, 2.0)
+        parts.append(f"{head}{x:.1f}{mid}{width:.1f}{tail}{x + width + 4:.1f}{end}")
+        y += ROW_HEIGHT
     return Markup("".join(parts))  # noqa: S704 (label and error are escaped; the rest ours)
 
 

@@ -14,7 +14,19 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, CursorResult, case, func, insert, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Float,
+    String,
+    case,
+    func,
+    insert,
+    select,
+    tuple_,
+    type_coerce,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -658,8 +670,11 @@ def task_counts(
     return [(row[0], row[1], int(row[2])) for row in rows]
 
 
+FAILED_TASKS_SHOWN = 100  # failed tasks listed in a job's detail
+
+
 def failed_tasks(
-    session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, limit: int = 100
+    session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, limit: int = FAILED_TASKS_SHOWN
 ) -> list[JobTask]:
     """The job's failed and timed-out tasks, in stage, plugin and chunk order."""
     return list(
@@ -840,28 +855,44 @@ def destroy_data_keys(session: Session, tenant_id: uuid.UUID) -> int:
     return _rowcount(result)
 
 
-def timeline_tasks(session: Session, job: Job, limit: int) -> list[Any]:
+def timeline_tasks(
+    session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, limit: int
+) -> list[Any]:
     """Up to ``limit`` of the job's tasks, those that started first first, as rows of the
-    columns the console's timeline draws (no ORM objects: a 1,000-task job is drawn on
-    every poll of its page). Executed on the connection, past the ORM layer: these are
-    plain rows, and the ORM's result handling cost more than the query."""
+    columns the console's timeline draws: stage, plugin, chunk, state, attempts, start,
+    end, duration_ms, error, with the stage and state as their values and start and end as
+    epoch seconds (floats). A 1,000-task job is drawn on every re-read of its page, so
+    nothing here goes through a Python result processor: executed on the connection, past
+    the ORM (whose result handling cost more than the query), and without the enum and
+    ``UTCDateTime`` conversions (a third of the remaining read time); the database turns
+    the times into seconds."""
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":  # stored as UTC text; julianday() reads it
+
+        def seconds(column: Any) -> Any:
+            return (func.julianday(column) - 2440587.5) * 86400.0
+
+    else:
+
+        def seconds(column: Any) -> Any:
+            # date_part is double precision; EXTRACT's numeric cost 0.8 ms per 1,000 rows
+            return type_coerce(func.date_part("epoch", column), Float)
+
     return list(
-        session.connection()
-        .execute(
+        conn.execute(
             select(
-                JobTask.stage,
+                type_coerce(JobTask.stage, String),
                 JobTask.plugin,
                 JobTask.chunk,
-                JobTask.state,
+                type_coerce(JobTask.state, String),
                 JobTask.attempts,
-                JobTask.started_at,
-                JobTask.finished_at,
+                seconds(JobTask.started_at),
+                seconds(JobTask.finished_at),
                 JobTask.duration_ms,
                 JobTask.error,
             )
-            .where(JobTask.tenant_id == job.tenant_id, JobTask.job_id == job.id)
+            .where(JobTask.tenant_id == tenant_id, JobTask.job_id == job_id)
             .order_by(JobTask.started_at.asc().nulls_last(), JobTask.task_key)
             .limit(limit)
-        )
-        .all()
+        ).all()
     )

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 from conftest import TenantFixture
 from fastapi.testclient import TestClient
 
+from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.auth.jwt import Role, mint_token
-from celeriac.platform.console import sessions
+from celeriac.platform.console import sessions, views
 from celeriac.platform.console.web import CONTENT_SECURITY_POLICY
 from celeriac.platform.db import get_sessionmaker
+from celeriac.platform.jobs import service
 from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
+from celeriac.platform.jobs.repository import JobRepository
+from celeriac.platform.models import JobStage, JobTask, TaskState, utcnow
 from celeriac.platform.settings import Settings
 
 
@@ -433,3 +439,60 @@ def test_a_tenant_rolls_a_key_and_sees_the_new_one_once(
     assert client.get("/v1/jobs", headers=new_key).status_code == 200
     assert client.get("/v1/jobs", headers=tenant.headers).status_code == 200  # grace
     assert shown.group(1) not in client.get("/console/keys").text
+
+
+def test_a_running_jobs_detail_from_its_timeline_rows_is_job_details(
+    client: TestClient, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    """A running job's page computes the detail's per-stage progress and failed tasks from
+    the task rows it reads for the timeline (views.detail_of): the same as the service's
+    job_detail, which the JSON API returns."""
+    tenant = make_tenant()
+    submitted = client.post(
+        "/v1/jobs",
+        json={"pipeline": "tabular-summary", "records": [{"a": 1}]},
+        headers=tenant.headers,
+    )
+    assert submitted.status_code == 202, submitted.text
+    job_id = uuid.UUID(submitted.json()["id"])
+    tenant_id = uuid.UUID(tenant.id)
+    start = utcnow() - timedelta(minutes=1)
+    states = [TaskState.SUCCEEDED, TaskState.FAILED, TaskState.RUNNING, TaskState.TIMED_OUT]
+    with get_sessionmaker().begin() as session:
+        for n in range(40):
+            state = TaskState.PENDING if n >= 36 else states[n % 4]
+            started = None if state is TaskState.PENDING else start + timedelta(seconds=n)
+            ended = started is not None and state is not TaskState.RUNNING
+            session.add(
+                JobTask(
+                    tenant_id=tenant_id,
+                    job_id=job_id,
+                    task_key=f"task-{n}",
+                    stage=JobStage.DATASETS if n < 20 else JobStage.ANALYSIS,
+                    plugin="tabular" if n % 3 else "summary",
+                    chunk=None if n % 5 == 0 else n,
+                    input_key="in",
+                    state=state,
+                    attempts=1 + n % 2,
+                    started_at=started,
+                    finished_at=started + timedelta(seconds=2) if ended and started else None,
+                    duration_ms=2000 if ended else None,
+                    error=f"ValueError {n}" if state is TaskState.FAILED else None,
+                )
+            )
+    ctx = TenantContext(tenant_id, tenant.slug, uuid.uuid4(), frozenset())
+    with get_sessionmaker()() as session:
+        job = JobRepository(session, ctx).get(job_id)
+        expected = service.job_detail(session, ctx, job_id)
+        computed = views.detail_of(job, views.tasks_of(session, tenant_id, job_id))
+    assert computed.progress == expected.progress
+    assert computed.errors == expected.errors
+    assert len(computed.errors) == 18  # failed and timed out, chunk order within a stage
+    assert computed.model_dump(exclude={"duration_ms"}) == expected.model_dump(
+        exclude={"duration_ms"}
+    )
+    sign_in(client, tenant.key)
+    live = client.get(f"/console/jobs/{job_id}/live")
+    assert live.status_code == 200
+    assert live.text.count('class="task-bar ') == 40
+    assert "ValueError 1</td>" in live.text
