@@ -8,12 +8,15 @@ with no transaction open, so a slow plugin never holds database locks.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa  # type: ignore[import-untyped]
 from sqlalchemy.orm import Session
 
 from celeriac.platform.db import transaction
@@ -25,6 +28,23 @@ from celeriac.platform.storage import BlobNotFound
 from celeriac.platform.tasks import Publication, Publisher, default_publisher
 from celeriac.platform.tenant_data import tenant_blobs
 from celeriac.workers.flow import distribution, plan
+
+# Arrow's buffers (Parquet reads, pandas' str columns) from the C library's allocator, not
+# the bundled mimalloc, which kept what a big analysis had freed: a 1,000,000-record
+# tabular dataset read and combined peaked at 978 MiB of RSS with mimalloc, 778 with this,
+# and the read and combine took 4.2-4.6 s of CPU instead of 5.5-5.6 (ADR 0018).
+pa.set_memory_pool(pa.system_memory_pool())
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+
+
+def _give_back_freed_memory() -> None:
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim``; elsewhere
+    nothing). After the partials of a 1,000,000-record tabular dataset are combined and
+    dropped, 190 MiB of them stayed in the heap, on top of which the analysis then peaked:
+    727 MiB of RSS before the trim, 533 after it (ADR 0018)."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 class TransientError(Exception):
@@ -207,7 +227,10 @@ def _dataset(tenant_id: str, claimed: Claimed, name: str, keys: tuple[str, ...])
     from celeriac.workers.compute import combine_partials  # noqa: PLC0415 - compute pool only
 
     partials = [_partial(tenant_id, key) for key in keys]
-    return combine_partials(name, partials, claimed.dataset_params)
+    dataset = combine_partials(name, partials, claimed.dataset_params)
+    del partials
+    _give_back_freed_memory()
+    return dataset
 
 
 def _own_rows(tenant_id: str, claimed: Claimed, name: str) -> pd.DataFrame | None:
