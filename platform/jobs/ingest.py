@@ -27,7 +27,7 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -37,12 +37,17 @@ from starlette.applications import Starlette
 
 from celeriac.platform import metrics, tracing
 from celeriac.platform.db import get_engine
-from celeriac.platform.errors import ProblemError, ServiceUnavailable, ValidationFailed
+from celeriac.platform.errors import (
+    PayloadTooLarge,
+    ProblemError,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 from celeriac.platform.jobs import lifecycle, repository
-from celeriac.platform.jobs.payload import Payload, chunk_key, chunks
+from celeriac.platform.jobs.payload import Payload, chunk_key, chunks, no_records
 from celeriac.platform.models import JobState, Priority, utcnow
 from celeriac.platform.settings import get_settings
-from celeriac.platform.storage import job_blob_key
+from celeriac.platform.storage import NewJobKey, job_blob_key
 from celeriac.platform.tasks import Publication, default_publisher
 from celeriac.platform.tenant_data import tenant_blobs
 from celeriac.platform.usage.metrics import Metric, insert_usage, job_cause, usage_row
@@ -61,7 +66,7 @@ class Submission:
     tenant_id: uuid.UUID
     tenant_slug: str
     pipeline: dict[str, Any]
-    payload: Payload
+    payload: Payload | StoredPayload
     priority: Priority
     metadata: dict[str, Any]
     id: uuid.UUID = field(default_factory=uuid.uuid4)
@@ -75,6 +80,7 @@ class Submission:
     _data_key: bytes | None = None
     _stored_bytes: int = 0
     _chunks: int = 0
+    _chunk_records: int = 0
     _slices: int = 1
 
     @property
@@ -83,7 +89,93 @@ class Submission:
 
     @property
     def payload_prefix(self) -> str:
-        return job_blob_key(str(self.tenant_id), str(self.id), "payload") + "/"
+        return payload_prefix(self.tenant_id, self.id)
+
+
+def payload_prefix(tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
+    return job_blob_key(str(tenant_id), str(job_id), "payload") + "/"
+
+
+@dataclass
+class StoredPayload:
+    """A payload already written as its chunk blobs (a file streamed in by
+    :func:`store_lines`), for a job whose id was fixed before: the writer inserts its row
+    and stores nothing more. ``discard`` deletes the blobs (a job refused after them)."""
+
+    tenant_id: uuid.UUID
+    job_id: uuid.UUID
+    record_count: int
+    size: int  # bytes of the payload as NDJSON, as ``Payload.size``
+    chunks: int
+    chunk_records: int  # records in every chunk but the last
+    stored_bytes: int
+    data_key: bytes | None
+    blob_keys: list[str]
+
+    def discard(self) -> None:
+        keys, self.blob_keys = self.blob_keys, []
+        _delete_keys(self.tenant_id, keys)
+
+
+def store_lines(
+    tenant_id: uuid.UUID, job_id: uuid.UUID, lines: Iterable[bytes], max_records: int
+) -> StoredPayload:
+    """Write ``lines`` (a payload's, as :func:`payload.file_lines` gives them) as the job's
+    chunk blobs, each sealed under the job's new data key as soon as it is full, so that
+    only one chunk is ever in memory. All or nothing: when ``lines`` raises (a bad line,
+    however late in the file) or holds more than ``max_records``, the chunks written so far
+    are deleted before the error goes on, and nothing refers to them (the job's row is
+    inserted only later, by the writer)."""
+    tenant = str(tenant_id)
+    blobs = tenant_blobs()
+    per_chunk = get_settings().jobs.chunk_records
+    prefix = payload_prefix(tenant_id, job_id)
+    job_key: NewJobKey | None = blobs.new_job_key(tenant, str(job_id))
+    stored = StoredPayload(
+        tenant_id=tenant_id,
+        job_id=job_id,
+        record_count=0,
+        size=0,
+        chunks=0,
+        chunk_records=per_chunk,
+        stored_bytes=0,
+        data_key=job_key.wrapped if job_key is not None else None,
+        blob_keys=[],
+    )
+    piece: list[bytes] = []
+
+    def flush() -> None:
+        key = chunk_key(prefix, stored.chunks)
+        stored.blob_keys.append(key)  # before the put: a put that fails half-way is removed
+        stored.stored_bytes += blobs.put(tenant, key, b"\n".join(piece) + b"\n", job_key=job_key)
+        stored.chunks += 1
+        piece.clear()
+
+    try:
+        for line in lines:
+            stored.record_count += 1
+            if stored.record_count > max_records:
+                raise too_many_records(max_records)
+            stored.size += len(line) + 1
+            piece.append(line)
+            if len(piece) == per_chunk:
+                flush()
+        if piece:
+            flush()
+        if not stored.record_count:
+            raise no_records()
+    except BaseException:
+        stored.discard()
+        raise
+    return stored
+
+
+def too_many_records(limit: int, count: int | None = None) -> PayloadTooLarge:
+    has = f"{count} records" if count is not None else f"more than {limit} records"
+    return PayloadTooLarge(
+        f"the job has {has}; this tenant's limit is {limit} per job (split it into several jobs)",
+        extra={"policy": "records-per-job", "limit": limit},
+    )
 
 
 @dataclass
@@ -227,6 +319,19 @@ def _store_payload(submission: Submission) -> None:
     tenant = str(submission.tenant_id)
     blobs = tenant_blobs()
     jobs = get_settings().jobs
+    # Fixed with the job, like its chunks, so that every planning of its analysis stage
+    # (a redelivery, the reconciler, a worker with other settings) plans the same tasks.
+    submission._slices = -(-submission.record_count // jobs.slice_records)
+    if isinstance(submission.payload, StoredPayload):  # streamed in by the request
+        stored = submission.payload
+        assert stored.job_id == submission.id
+        assert stored.tenant_id == submission.tenant_id
+        submission._blob_keys = stored.blob_keys
+        submission._data_key = stored.data_key
+        submission._stored_bytes = stored.stored_bytes
+        submission._chunks = stored.chunks
+        submission._chunk_records = stored.chunk_records
+        return
     pieces = chunks(submission.payload, jobs.chunk_records)
     # Every blob of the job is encrypted under a key of its own, wrapped on its row.
     job_key = blobs.new_job_key(tenant, str(submission.id))
@@ -236,16 +341,21 @@ def _store_payload(submission: Submission) -> None:
         submission._blob_keys.append(key)
         submission._stored_bytes += blobs.put(tenant, key, piece, job_key=job_key)
     submission._chunks = len(pieces)
-    # Fixed with the job, like its chunks, so that every planning of its analysis stage
-    # (a redelivery, the reconciler, a worker with other settings) plans the same tasks.
-    submission._slices = -(-submission.record_count // jobs.slice_records)
+    submission._chunk_records = jobs.chunk_records
 
 
 def _delete_blobs(submission: Submission) -> None:
+    if isinstance(submission.payload, StoredPayload):
+        submission.payload.discard()
+        return
+    _delete_keys(submission.tenant_id, submission._blob_keys)
+
+
+def _delete_keys(tenant_id: uuid.UUID, keys: Sequence[str]) -> None:
     blobs = tenant_blobs()
-    for key in submission._blob_keys:
+    for key in keys:
         try:
-            blobs.delete(str(submission.tenant_id), key)
+            blobs.delete(str(tenant_id), key)
         except Exception:
             logger.exception("could not delete blob %s of a rejected job", key)
 
@@ -271,7 +381,12 @@ def _job_row(s: Submission) -> dict[str, Any]:
         "record_count": s.record_count,
         "payload_bytes": s.payload.size,
         "metadata": s.metadata,
-        "checkpoints": {"payload": {"chunks": s._chunks}, "slices": s._slices},
+        # chunk_records: where each record is, for a slice that reads only its chunks'
+        # datasets (workers/flow/compute.py).
+        "checkpoints": {
+            "payload": {"chunks": s._chunks, "chunk_records": s._chunk_records},
+            "slices": s._slices,
+        },
         "dispatch_count": 0,
         "rerun_of": s.rerun_of,
         "data_key": s._data_key,

@@ -23,7 +23,7 @@ import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -167,28 +167,43 @@ def _bad_line(line: int, detail: str) -> ValidationFailed:
 def from_file(raw: bytes, fmt: str) -> Payload:
     """Check a CSV (header row, values as strings) or NDJSON file and turn it into the
     payload: CSV rows become JSON objects, NDJSON lines are kept as they are."""
-    payload = _csv(raw) if fmt == "csv" else _ndjson(raw)
+    payload = Payload(list(file_lines(io.BytesIO(raw), fmt)))
     if not payload.lines:
-        raise ValidationFailed("the file holds no records")
+        raise no_records()
     return payload
 
 
-def _csv(raw: bytes) -> Payload:
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ValidationFailed("the file is not UTF-8 text") from None
-    records: list[dict[str, Any]] = []
+def no_records() -> ValidationFailed:
+    return ValidationFailed("the file holds no records")
+
+
+# How much of an uploaded file is read at a time: the file is never in memory whole.
+READ_BYTES = 1 << 20
+
+
+def file_lines(stream: BinaryIO, fmt: str, read_bytes: int = READ_BYTES) -> Iterator[bytes]:
+    """The payload's lines of a CSV or NDJSON file, read ``read_bytes`` at a time and
+    checked as they come: a bad line raises when it is reached, after the lines before it
+    were given (the caller keeps nothing of a file that raises)."""
+    if fmt == "csv":
+        return _csv_lines(stream)
+    return _ndjson_lines(stream, read_bytes)
+
+
+def _csv_lines(stream: BinaryIO) -> Iterator[bytes]:
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     # strict: without it an unclosed quote silently swallows the rest of the file into
     # one value (three lines became one record without a word).
-    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.DictReader(text, strict=True)
     try:
         if not reader.fieldnames:
             raise ValidationFailed("the CSV file has no header row")
         for row in reader:
             if None in row:
                 raise _bad_line(reader.line_num, "more values than header columns")
-            records.append(dict(row))
+            yield _encoded(dict(row))
+    except UnicodeDecodeError:
+        raise ValidationFailed("the file is not UTF-8 text") from None
     except csv.Error as exc:
         detail = str(exc)
         if detail == "unexpected end of data":
@@ -196,30 +211,60 @@ def _csv(raw: bytes) -> Payload:
         # DictReader.line_num is where the last good row ended (it is set only after a
         # row is read), so the row that failed starts on the next line.
         raise _bad_line(reader.line_num + 1, detail) from None
-    return from_records(records)
+    finally:
+        text.detach()  # the caller's stream stays open
 
 
-def _ndjson(raw: bytes) -> Payload:
-    """Every non-blank line, checked to be a JSON object (lines end at LF, CR or CRLF)."""
-    lines: list[bytes] = []
-    loads = orjson.loads
-    for number, line in enumerate(raw.removeprefix(_UTF8_BOM).splitlines(), start=1):
-        try:
-            # One record alive at a time: nothing piles up for the garbage collector.
-            record = loads(line)
-        except orjson.JSONDecodeError:
-            fallback = _python_json_line(line, number)
-            if fallback is not None:
-                lines.append(fallback)
-            continue
-        if not isinstance(record, dict):
-            raise _bad_line(number, "each line must be a JSON object")
-        try:
-            json_input.check_depth(record, line, "the line")
-        except ProblemError as exc:
-            raise _bad_line(number, exc.detail) from None
-        lines.append(line)
-    return Payload(lines)
+def _ndjson_lines(stream: BinaryIO, read_bytes: int) -> Iterator[bytes]:
+    """Every non-blank line, checked to be a JSON object (lines end at LF, CR or CRLF,
+    as ``bytes.splitlines`` ends them, numbered as it numbers them)."""
+    for number, line in enumerate(_split_lines(stream, read_bytes), start=1):
+        checked = _ndjson_line(line, number)
+        if checked is not None:
+            yield checked
+
+
+def _split_lines(stream: BinaryIO, read_bytes: int) -> Iterator[bytes]:
+    """``stream.read().removeprefix(BOM).splitlines()``, one block at a time."""
+    block = stream.read(read_bytes)
+    while 0 < len(block) < len(_UTF8_BOM) and (more := stream.read(read_bytes)):
+        block += more  # a short read: the byte order mark needs its three bytes
+    end_of_file = not block
+    block = block.removeprefix(_UTF8_BOM)
+    carry = b""
+    after_cr = False  # the lines given so far ended with a CR: a LF next is part of it
+    while not end_of_file:
+        if after_cr and block.startswith(b"\n"):
+            block, after_cr = block[1:], False
+        if block:
+            data = carry + block
+            end = max(data.rfind(b"\n"), data.rfind(b"\r"))
+            if end >= 0:
+                yield from data[: end + 1].splitlines()
+                carry = data[end + 1 :]
+                after_cr = data[end] == 0x0D and not carry
+            else:
+                carry, after_cr = data, False
+        block = stream.read(read_bytes)
+        end_of_file = not block
+    if carry:
+        yield from carry.splitlines()
+
+
+def _ndjson_line(line: bytes, number: int) -> bytes | None:
+    """The line as stored (None for a blank one), or the client's error."""
+    try:
+        # One record alive at a time: nothing piles up for the garbage collector.
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _python_json_line(line, number)
+    if not isinstance(record, dict):
+        raise _bad_line(number, "each line must be a JSON object")
+    try:
+        json_input.check_depth(record, line, "the line")
+    except ProblemError as exc:
+        raise _bad_line(number, exc.detail) from None
+    return line
 
 
 def _python_json_line(line: bytes, number: int) -> bytes | None:

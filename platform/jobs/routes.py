@@ -30,7 +30,13 @@ from celeriac.platform.jobs import data as job_data
 from celeriac.platform.jobs import events as job_events_module
 from celeriac.platform.jobs import payload, pipelines, repository, service, task_errors
 from celeriac.platform.jobs import waiting as job_waiting
-from celeriac.platform.jobs.ingest import Submission, ingest_writer
+from celeriac.platform.jobs.ingest import (
+    StoredPayload,
+    Submission,
+    ingest_writer,
+    store_lines,
+    too_many_records,
+)
 from celeriac.platform.jobs.repository import JobRepository
 from celeriac.platform.jobs.schemas import JobAccepted, JobCreate, JobOptions, JobOut, JobRerun
 from celeriac.platform.keys.service import Scope
@@ -91,7 +97,13 @@ def _accepted(job: Submission, response: Response) -> JobAccepted:
     )
 
 
-async def _multipart_job(request: Request, limits: Limits) -> tuple[JobOptions, payload.Payload]:
+async def _multipart_job(
+    request: Request, admission: Admission, job_id: uuid.UUID
+) -> tuple[JobOptions, StoredPayload]:
+    """The form's options, then its file streamed into the job's chunk blobs (never
+    whole in memory: a 1,000,000-record file is 431 MB). A bad line anywhere in the file
+    is a 422 that leaves no blob behind; the job's row is written only after."""
+    limits = admission.limits
     form = await request.form()
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
@@ -110,7 +122,16 @@ async def _multipart_job(request: Request, limits: Limits) -> tuple[JobOptions, 
         fields[name] = _form_json(name, value) if _is_json_field(name, value) else value
     options = _validated(JobOptions, fields)
     fmt = payload.file_format(upload.content_type, upload.filename)
-    return options, payload.from_file(await upload.read(), fmt)
+    # The spooled upload (memory up to 1 MiB, then a temporary file) is read in blocks on
+    # a thread: the check of a big file's lines would stall the event loop for seconds.
+    file = upload.file
+
+    def store() -> StoredPayload:
+        file.seek(0)
+        lines = payload.file_lines(file, fmt)
+        return store_lines(admission.ctx.tenant_id, job_id, lines, limits.max_records_per_job)
+
+    return options, await run_in_threadpool(store)
 
 
 def _is_json_field(name: str, value: str) -> bool:
@@ -163,7 +184,17 @@ async def _submit(request: Request, admission: Admission, response: Response) ->
     check_size(limits, request.headers.get("content-length"))
     options: JobOptions
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        options, parsed = await _multipart_job(request, limits)
+        # Under an Idempotency-Key the job takes the reservation's id (accept_job): its
+        # blobs are written under it before the job is handed to the writer.
+        job_id = admission.idempotency_key_id or uuid.uuid4()
+        options, stored = await _multipart_job(request, admission, job_id)
+        try:
+            submission = await _submission(admission, options, stored)
+        except Exception:
+            await run_in_threadpool(stored.discard)  # refused: its blobs go with it
+            raise
+        # From here the writer owns the blobs: it deletes them if it cannot store the job.
+        return _accepted(await ingest_writer(request.app).submit(submission), response)
     else:
         body = await request.body()
         check_size(limits, len(body))
@@ -176,19 +207,27 @@ async def accept_job(
     request: Request,
     admission: Admission,
     options: JobOptions,
-    parsed: payload.Payload,
+    parsed: payload.Payload | StoredPayload,
     *,
     rerun_of: uuid.UUID | None = None,
 ) -> Submission:
     """Resolve the pipeline and hand the job to the ingest writer (the REST API and the
     console both end here, after their own parsing and the tenant's admission)."""
+    submission = await _submission(admission, options, parsed, rerun_of=rerun_of)
+    return await ingest_writer(request.app).submit(submission)
+
+
+async def _submission(
+    admission: Admission,
+    options: JobOptions,
+    parsed: payload.Payload | StoredPayload,
+    *,
+    rerun_of: uuid.UUID | None = None,
+) -> Submission:
+    """The job, checked against the tenant's limits and the registry, for the writer."""
     ctx, limits = admission.ctx, admission.limits
     if parsed.record_count > limits.max_records_per_job:
-        raise PayloadTooLarge(
-            f"the job has {parsed.record_count} records; this tenant's limit is "
-            f"{limits.max_records_per_job} per job (split it into several jobs)",
-            extra={"policy": "records-per-job", "limit": limits.max_records_per_job},
-        )
+        raise too_many_records(limits.max_records_per_job, parsed.record_count)
     plugins = pipelines.cached_plugins()
     if plugins is None:
         plugins = await run_in_threadpool(pipelines.load_plugins)
@@ -210,9 +249,13 @@ async def accept_job(
         rerun_of=rerun_of,
     )
     # Under an Idempotency-Key the job takes the reservation's id: if this process dies
-    # before the answer is stored, a retry finds the job (_recover_submission).
-    submission.id = admission.idempotency_key_id or submission.id
-    return await ingest_writer(request.app).submit(submission)
+    # before the answer is stored, a retry finds the job (_recover_submission). A streamed
+    # file's blobs were written under the id already.
+    if isinstance(parsed, StoredPayload):
+        submission.id = parsed.job_id
+    else:
+        submission.id = admission.idempotency_key_id or submission.id
+    return submission
 
 
 def _recover_submission(

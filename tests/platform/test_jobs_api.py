@@ -38,7 +38,7 @@ from celeriac.platform.models import (
     TaskState,
     UsageRecord,
 )
-from celeriac.platform.settings import Settings
+from celeriac.platform.settings import Settings, get_settings
 from celeriac.platform.storage import blob_store_from_settings, job_blob_key
 from celeriac.platform.tenant_data import tenant_blobs
 
@@ -127,7 +127,7 @@ def test_inline_job_is_stored_encrypted_and_published_by_id(
         "accepts": ["table"],
         "rowwise": False,
     }
-    assert job.checkpoints == {"payload": {"chunks": 1}, "slices": 1}
+    assert job.checkpoints == {"payload": {"chunks": 1, "chunk_records": 5000}, "slices": 1}
     stored = tenant_blobs().get(tenant.id, job.payload_key + "00000.ndjson")
     assert [json.loads(line) for line in stored.splitlines()] == RECORDS
     on_disk = blob_store_from_settings(api_settings).get(job.payload_key + "00000.ndjson")
@@ -276,6 +276,136 @@ def test_bad_files_are_422(
     )
     assert other.status_code == 422
     assert _jobs() == []
+
+
+def _stored_files(api_settings: Settings) -> list[Any]:
+    return [p for p in api_settings.blob.local_dir.rglob("*") if p.is_file()]
+
+
+@pytest.fixture
+def small_chunks(api_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Chunks of 10 records: a 1,000-line upload is written as 100 chunk blobs."""
+    monkeypatch.setenv("CELERIAC_JOBS__CHUNK_RECORDS", "10")
+    get_settings.cache_clear()
+    return 10
+
+
+def test_a_big_upload_is_stored_chunk_by_chunk_sealed(
+    client: TestClient, tenant: TenantFixture, api_settings: Settings, small_chunks: int
+) -> None:
+    lines = [json.dumps({"id": i, "text": f"secret {i}"}).encode() for i in range(1005)]
+    content = b"\r\n".join(lines) + b"\r\n"
+    answer = client.post(
+        "/v1/jobs",
+        headers=tenant.headers,
+        data={"pipeline": "tabular-summary"},
+        files={"file": ("big.ndjson", content, "application/x-ndjson")},
+    )
+    assert answer.status_code == 202, answer.text
+    (job,) = _jobs()
+    assert job.record_count == 1005
+    assert job.payload_bytes == sum(len(line) + 1 for line in lines)
+    assert job.checkpoints == {"payload": {"chunks": 101, "chunk_records": 10}, "slices": 1}
+    stored = [
+        tenant_blobs().get(tenant.id, f"{job.payload_key}{index:05d}.ndjson")
+        for index in range(101)
+    ]
+    assert [piece.count(b"\n") for piece in stored] == [10] * 100 + [5]
+    assert b"".join(stored) == b"\n".join(lines) + b"\n"
+    on_disk = _stored_files(api_settings)
+    assert len(on_disk) == 101
+    assert not any(b"secret" in path.read_bytes() for path in on_disk)
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type", "content", "pointer"),
+    [
+        (
+            "big.ndjson",
+            "application/x-ndjson",
+            b"".join(b'{"id": %d}\n' % i for i in range(1000)) + b'{"id": 1000\n',
+            "#/body/file/1001",
+        ),
+        (
+            "big.ndjson",
+            "application/x-ndjson",
+            b"".join(b'{"id": %d}\n' % i for i in range(1000)) + b"[1000]",
+            "#/body/file/1001",
+        ),
+        (
+            "big.csv",
+            "text/csv",
+            b"id,text\n" + b"".join(b"%d,t%d\n" % (i, i) for i in range(1000)) + b"1000,a,b\n",
+            "#/body/file/1002",
+        ),
+    ],
+)
+def test_a_bad_line_at_the_end_of_a_big_upload_leaves_nothing(
+    client: TestClient,
+    tenant: TenantFixture,
+    api_settings: Settings,
+    small_chunks: int,
+    filename: str,
+    content_type: str,
+    content: bytes,
+    pointer: str,
+) -> None:
+    """The file is checked as it is streamed into its chunk blobs: the 100 chunks written
+    before the last line are deleted when it turns out bad, and no job is stored."""
+    answer = client.post(
+        "/v1/jobs",
+        headers=tenant.headers,
+        data={"pipeline": "tabular-summary"},
+        files={"file": (filename, content, content_type)},
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert [e["pointer"] for e in answer.json()["errors"]] == [pointer]
+    assert _jobs() == []
+    assert _stored_files(api_settings) == []
+    with get_engine().connect() as conn:
+        assert conn.execute(select(func.count()).select_from(UsageRecord)).scalar_one() == 0
+
+
+def test_an_upload_over_the_record_limit_is_413_and_leaves_nothing(
+    client: TestClient,
+    tenant: TenantFixture,
+    api_settings: Settings,
+    admin_headers: dict[str, str],
+    small_chunks: int,
+) -> None:
+    limits = client.put(
+        f"/v1/admin/tenants/{tenant.id}/quotas",
+        headers=admin_headers,
+        json={"max_records_per_job": 25},
+    )
+    assert limits.status_code == 200, limits.text
+    content = b"".join(b'{"id": %d}\n' % i for i in range(26))
+    answer = client.post(
+        "/v1/jobs",
+        headers=tenant.headers,
+        data={"pipeline": "tabular-summary"},
+        files={"file": ("x.ndjson", content, "application/x-ndjson")},
+    )
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["policy"] == "records-per-job"
+    assert _jobs() == []
+    assert _stored_files(api_settings) == []
+
+
+def test_a_refused_pipeline_deletes_the_streamed_chunks(
+    client: TestClient, tenant: TenantFixture, api_settings: Settings, small_chunks: int
+) -> None:
+    content = b"".join(b'{"id": %d}\n' % i for i in range(100))
+    answer = client.post(
+        "/v1/jobs",
+        headers=tenant.headers,
+        data={"pipeline": '{"datasets": [{"name": "tabular"}], "analyzers": [{"name": "no"}]}'},
+        files={"file": ("x.ndjson", content, "application/x-ndjson")},
+    )
+    assert answer.status_code == 422, answer.text
+    assert _jobs() == []
+    assert _stored_files(api_settings) == []
 
 
 def test_malformed_wrong_type_and_oversized_bodies(

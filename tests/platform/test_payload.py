@@ -4,8 +4,10 @@ giving exactly what ``json.loads`` gives, whichever parser it used."""
 from __future__ import annotations
 
 import gc
+import io
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,65 @@ def test_a_json_document_is_what_json_loads_gives() -> None:
         b"[]",
     ):
         assert _same(payload.json_document(raw), json.loads(raw))
+
+
+STREAMED = [
+    b'\xef\xbb\xbf{"a": 1}\r\n\r\n  \n{"b": [2]}\r{"c": {}}\n\n',
+    b'{"a": 1}\r\n{"b": 2}\r\n',
+    b'{"a": 1}\r\r\n\n{"b": 2}\r',
+    b'{"a": 1}\n{"b": 2}',
+    b'\xef\xbb\xbf{"a": "\xc3\xa9\xe2\x82\xac"}\r\n',
+    b"\xef\xbb",
+    b"",
+]
+
+
+@pytest.mark.parametrize("raw", STREAMED)
+def test_a_streamed_file_splits_into_the_lines_the_whole_one_gives(raw: bytes) -> None:
+    """Read in blocks of any size, from one byte up, a file gives the same lines, numbered
+    alike, as ``splitlines`` of the whole: a CR and its LF in two blocks are one line end,
+    a byte order mark split across blocks is still dropped."""
+    whole = raw.removeprefix(b"\xef\xbb\xbf").splitlines()
+    for size in (1, 2, 3, 4, 7, 64):
+        assert list(payload._split_lines(io.BytesIO(raw), size)) == whole, size
+
+
+def test_a_bad_line_is_numbered_alike_in_any_block_size() -> None:
+    raw = b'{"a": 1}\r\n\r\n{"b": 2}\r[3]\n'
+    for size in (1, 2, 5, 1 << 20):
+        with pytest.raises(ValidationFailed) as raised:
+            list(payload.file_lines(io.BytesIO(raw), "ndjson", size))
+        assert raised.value.errors == [
+            {"pointer": "#/body/file/4", "detail": "each line must be a JSON object"}
+        ]
+
+
+def test_file_lines_give_lines_until_the_bad_one() -> None:
+    """Lines are checked as they are read: those before a bad line come out first (the
+    caller, which writes them, deletes what it wrote when the bad one raises)."""
+    lines = payload.file_lines(io.BytesIO(b'{"a": 1}\n{"b": 2}\n{"c": \n'), "ndjson", 4)
+    assert next(lines) == b'{"a": 1}'
+    assert next(lines) == b'{"b": 2}'
+    with pytest.raises(ValidationFailed):
+        next(lines)
+
+
+def test_a_streamed_csv_gives_the_records_of_the_whole_one() -> None:
+    raw = '\ufeffid,text\r\n1,"a, ""quoted""\r\nvalue"\r\n2,é\r\n'.encode()
+    stream = io.BytesIO(raw)
+    assert [json.loads(line) for line in payload.file_lines(stream, "csv")] == [
+        {"id": "1", "text": 'a, "quoted"\r\nvalue'},
+        {"id": "2", "text": "é"},
+    ]
+    assert not stream.closed  # the caller's file is left open
+    with pytest.raises(ValidationFailed, match="not UTF-8"):
+        list(payload.file_lines(io.BytesIO(b"id\n1\n\xff\n"), "csv"))
+
+
+def test_random_line_ends_split_alike_in_any_block_size() -> None:
+    rng = random.Random(16)
+    for _ in range(300):
+        raw = bytes(rng.choice(b"\r\n\r\nab\xef\xbb\xbf") for _ in range(rng.randrange(40)))
+        whole = raw.removeprefix(b"\xef\xbb\xbf").splitlines()
+        size = rng.randrange(1, 9)
+        assert list(payload._split_lines(io.BytesIO(raw), size)) == whole, (raw, size)

@@ -30,6 +30,7 @@ from celeriac.workers.compute import (
     build_dataset,
     get_registry,
     merge_analyses,
+    rows_are_records,
 )
 from celeriac.workers.compute.plugin import flatten_records, json_safe
 from celeriac.workers.compute.plugins.text import text_features
@@ -720,3 +721,30 @@ def test_json_safe_lists_of_plain_and_numpy_values() -> None:
         int,
         bool,
     ]
+
+
+def test_text_rows_of_consecutive_chunks_are_the_whole_datasets_rows(
+    records: list[dict[str, Any]], texts: pd.DataFrame
+) -> None:
+    """What ``rows_are_records`` promises, which a sentiment slice relies on to read only
+    its chunks' partials: any run of consecutive partials, combined, is those records' rows
+    of the whole dataset (values and dtypes), and slices scored from them merge into the
+    whole dataset's result."""
+    assert rows_are_records("text")
+    assert not rows_are_records("tabular")  # combine infers types on the whole table
+    generator = get_registry().dataset("text")
+    parsed = generator.parse_params(None)
+    sizes = [250, 250, 250, 250]
+    partials = [_through_parquet(generator.generate(c, parsed)) for c in _chunks(records, sizes)]
+    whole = generator.combine(partials, parsed)
+    assert_frame_equal(whole, texts)
+    for first, last in ((0, 0), (1, 2), (0, 3), (3, 3)):
+        part = generator.combine(partials[first : last + 1], parsed)
+        start, end = first * 250, (last + 1) * 250
+        assert_frame_equal(part.set_axis(pd.RangeIndex(start, end)), whole.iloc[start:end])
+    bounds = [(0, 130), (130, 600), (600, 1000)]
+    sliced = [
+        analyze_slice("sentiment", whole.iloc[a:b], {"include_records": False}) for a, b in bounds
+    ]
+    merged = merge_analyses("sentiment", sliced, {"include_records": False})
+    assert merged == analyze_dataset("sentiment", whole, {"include_records": False})

@@ -20,7 +20,7 @@ from celeriac.platform.models import Job, JobStage, JobState, JobTask, TaskState
 from celeriac.platform.queues import TaskName
 from celeriac.platform.settings import get_settings
 from celeriac.platform.tenant_data import tenant_blobs
-from celeriac.workers.compute import analyze_dataset, build_dataset, discover
+from celeriac.workers.compute import analyze_dataset, analyze_slice, build_dataset, discover
 from celeriac.workers.flow import compute, distribution, orchestration, plan
 
 RECORDS = [{"id": i, "amount": i * 1.5, "note": f"record {i}"} for i in range(4)]
@@ -279,3 +279,51 @@ def test_a_lost_merge_message_is_published_again_by_the_next_fan_out(
     assert merge.celery_task_id in _run_task_message_ids(redis_broker_url, tenant.slug)
     assert _run(tenant, job_id, merge) is not None
     assert _by_key(job_id)["analysis/sentiment/text"].state is TaskState.SUCCEEDED
+
+
+def _slice_result(tenant: TenantFixture, job_id: str, index: int) -> dict[str, Any]:
+    claimed = compute.claim(
+        tenant.id,
+        str(_by_key(job_id)[f"analysis/sentiment/text/{index:05d}"].id),
+        str(uuid.uuid4()),
+    )
+    assert claimed is not None
+    compute.compute(tenant.id, job_id, claimed)
+    result: dict[str, Any] = json.loads(tenant_blobs().get(tenant.id, claimed.output_key))
+    return result
+
+
+def test_a_slice_reads_only_the_partials_of_its_rows(
+    sliced_job: tuple[TenantFixture, str],
+) -> None:
+    """9 records in chunks of 4 (4, 4, 1), 3 slices of rows [0, 3), [3, 6), [6, 9): with the
+    text partial of chunk 2 gone, the slices of chunks 0 and 0-1 still run, and give what
+    the slice of the whole dataset gives; the slice that needs chunk 2 cannot."""
+    tenant, job_id = sliced_job
+    job = _job(job_id)
+    whole = build_dataset("text", [[{"id": i, "text": t} for i, t in enumerate(TEXTS)]])
+    expected = [
+        analyze_slice("sentiment", whole.iloc[start:end], {"include_records": False})
+        for start, end in (plan.slice_rows(9, i, 3) for i in range(3))
+    ]
+    tenant_blobs().delete(tenant.id, f"{plan.dataset_prefix(job, 'text')}00002.parquet")
+    assert _slice_result(tenant, job_id, 0) == expected[0]
+    assert _slice_result(tenant, job_id, 1) == expected[1]
+    with pytest.raises(compute.TransientError, match="blob missing"):
+        _slice_result(tenant, job_id, 2)
+
+
+def test_a_slice_of_a_job_without_its_chunk_layout_reads_the_whole_dataset(
+    sliced_job: tuple[TenantFixture, str],
+) -> None:
+    """A job accepted before ``chunk_records`` was recorded: its slices combine every
+    partial, as they did, so slice 0 too needs chunk 2's."""
+    tenant, job_id = sliced_job
+    job = _job(job_id)
+    with get_sessionmaker().begin() as session:
+        row = session.get(Job, job.id)
+        assert row is not None
+        row.checkpoints = {"payload": {"chunks": 3}, "slices": 3}
+    tenant_blobs().delete(tenant.id, f"{plan.dataset_prefix(job, 'text')}00002.parquet")
+    with pytest.raises(compute.TransientError, match="blob missing"):
+        _slice_result(tenant, job_id, 0)

@@ -32,6 +32,7 @@ from celeriac.workers.compute.run import (
     combine_partials,
     generate_partial,
     merge_analyses,
+    rows_are_records,
 )
 
 __all__ = [
@@ -57,5 +58,6 @@ __all__ = [
     "generate_partial",
     "get_registry",
     "merge_analyses",
+    "rows_are_records",
     "setup_plugins",
 ]

@@ -173,6 +173,12 @@ class DatasetGenerator(Plugin[P]):
 
     kind: ClassVar[str] = DATASET
     produces: str
+    # One row per record: each partial holds one row per record of its chunk, in order,
+    # and ``combine`` is their concatenation with a fresh 0..n-1 index (it may also refuse
+    # the whole dataset, never change its rows). Then any consecutive run of partials,
+    # combined, is the same rows of the whole dataset, and a row-wise analyzer's slice
+    # reads only the partials its rows come from instead of all of them (ADR 0018).
+    rows_are_records: ClassVar[bool] = False
 
     @abstractmethod
     def generate(self, records: Records, params: P) -> pd.DataFrame:

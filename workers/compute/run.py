@@ -50,6 +50,13 @@ def combine_partials(
     return generator.combine(list(partials), parsed)
 
 
+def rows_are_records(name: str, *, registry: Registry | None = None) -> bool:
+    """Whether the generator's dataset has one row per record, partials concatenated
+    (``DatasetGenerator.rows_are_records``): a slice of its rows can then be combined from
+    the partials of the chunks those records are in."""
+    return bool((registry or get_registry()).dataset(name).rows_are_records)
+
+
 def build_dataset(
     name: str,
     chunks: Iterable[Records],

@@ -90,6 +90,24 @@ def slice_count(job: Job) -> int:
     return max(1, int(job.checkpoints.get("slices", 1)))
 
 
+def chunk_records(job: Job) -> int:
+    """Records in each payload chunk but the last (0: not recorded, a job accepted before
+    the ingest wrote it)."""
+    return int(job.checkpoints.get("payload", {}).get("chunk_records", 0))
+
+
+def slice_rows(rows: int, index: int, slices: int) -> tuple[int, int]:
+    """Slice ``index`` of ``slices``: rows ``[start, end)`` of a dataset of ``rows``."""
+    return rows * index // slices, rows * (index + 1) // slices
+
+
+def slice_chunks(start: int, end: int, per_chunk: int) -> range:
+    """The chunks records ``[start, end)`` are in, with ``per_chunk`` records a chunk."""
+    if end <= start:
+        return range(0)
+    return range(start // per_chunk, (end - 1) // per_chunk + 1)
+
+
 def analysis_tasks(job: Job) -> list[PlannedTask]:
     """One task per (analyzer x dataset it accepts); a row-wise analyzer on a job with
     several slices: one per slice, then the merge.

@@ -67,7 +67,9 @@ class Keywords(Analyzer[KeywordsParameters]):
             stop_words=params.stop_words,
         )
         try:
-            matrix = vectorizer.fit_transform(texts.tolist())
+            # One text at a time (the vectorizer reads them once), not a list of them all
+            # beside the dataset: 1,000,000 Python strings are about 100 MiB.
+            matrix = vectorizer.fit_transform(iter(texts))
         except ValueError as exc:
             if "empty vocabulary" in str(exc):  # no text has a term left
                 return result

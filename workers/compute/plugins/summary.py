@@ -77,7 +77,9 @@ def describe(present: np.ndarray[Any, np.dtype[np.float64]]) -> list[float]:
 
 
 def _other(column: pd.Series[Any], nulls: int) -> dict[str, Any]:
-    values = column.dropna()
+    # No copy of a column without nulls: of a 1,000,000-record text column, that is 90 MiB
+    # more at the analysis' peak for the same values.
+    values = column.dropna() if nulls else column
     try:
         counts = values.value_counts(sort=True)
     except TypeError:  # unhashable values (lists, dicts) from a third-party generator

@@ -69,6 +69,7 @@ class TextFeatures(DatasetGenerator[TextParameters]):
     "length, uppercase and digit ratios, and the text itself."
     parameters = TextParameters
     produces = "text"
+    rows_are_records = True  # a row per record; combine concatenates (and checks the whole)
 
     def load(self) -> None:
         """Build the character table once per process instead of on the first chunk."""
