@@ -49,6 +49,7 @@ from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.errors import ProblemError, ValidationFailed
 from celeriac.platform.jobs import data as job_data
 from celeriac.platform.jobs import payload, pipelines, service
+from celeriac.platform.jobs import waiting as job_waiting
 from celeriac.platform.jobs.repository import JobRepository
 from celeriac.platform.jobs.routes import accept_job, check_size
 from celeriac.platform.jobs.schemas import JobOptions
@@ -294,7 +295,10 @@ def _job_context(
             else service.job_detail(session, page.ctx, job_id)
         )
         drawn = views.FinishedView(views.timeline(job, tasks), None, None)
-    waiting = detail.waiting_reason.model_dump() if detail.waiting_reason else None
+    # What GET /v1/jobs/{id} says while the job is queued (held by the running-job limit,
+    # behind its own tasks, sharing the pool, or the tenant suspended).
+    reason = job_waiting.waiting_reason(session, page.ctx, job)
+    waiting = reason.model_dump() if reason else None
     return {
         "job": detail,
         "final": detail.state in FINAL_JOB_STATES,

@@ -3,6 +3,7 @@ tests/browser): cookie flags, CSRF, headers, tenant scoping, sessions ending."""
 
 from __future__ import annotations
 
+import html
 import re
 import time
 import uuid
@@ -12,6 +13,7 @@ from datetime import timedelta
 import pytest
 from conftest import TenantFixture
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from celeriac.platform.auth.context import TenantContext
 from celeriac.platform.auth.jwt import Role, mint_token
@@ -21,7 +23,7 @@ from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.jobs import service
 from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
 from celeriac.platform.jobs.repository import JobRepository
-from celeriac.platform.models import JobStage, JobTask, TaskState, utcnow
+from celeriac.platform.models import Job, JobStage, JobTask, TaskState, utcnow
 from celeriac.platform.settings import Settings
 
 
@@ -496,3 +498,26 @@ def test_a_running_jobs_detail_from_its_timeline_rows_is_job_details(
     assert live.status_code == 200
     assert live.text.count('class="task-bar ') == 40
     assert "ValueError 1</td>" in live.text
+
+
+def test_a_held_job_shows_why_it_waits_as_the_api_says(
+    client: TestClient, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    tenant = make_tenant()
+    job_id = client.post(
+        "/v1/jobs",
+        json={"pipeline": "tabular-summary", "records": [{"a": 1}]},
+        headers=tenant.headers,
+    ).json()["id"]
+    # What the orchestrator writes when the tenant's running-job limit holds a job.
+    with get_sessionmaker()() as session:
+        session.execute(update(Job).where(Job.id == uuid.UUID(job_id)).values(held_since=utcnow()))
+        session.commit()
+    reason = client.get(f"/v1/jobs/{job_id}", headers=tenant.headers).json()["waiting_reason"]
+    assert reason["reason"] == "running-job-limit"
+    sign_in(client, tenant.key)
+    page = client.get(f"/console/jobs/{job_id}").text
+    shown = re.search(r'<p class="alert" id="waiting-reason" data-reason="([^"]+)">(.*?)</p>', page)
+    assert shown is not None
+    assert shown.group(1) == "running-job-limit"
+    assert reason["detail"] in html.unescape(shown.group(2))
