@@ -3,12 +3,17 @@ tests/browser): cookie flags, CSRF, headers, tenant scoping, sessions ending."""
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import re
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from conftest import TenantFixture
@@ -23,7 +28,16 @@ from celeriac.platform.db import get_sessionmaker
 from celeriac.platform.jobs import service
 from celeriac.platform.jobs.pipelines import ANALYZER, DATASET, PluginInfo, register_plugins
 from celeriac.platform.jobs.repository import JobRepository
-from celeriac.platform.models import Job, JobStage, JobTask, TaskState, utcnow
+from celeriac.platform.models import (
+    DeliveryState,
+    Job,
+    JobStage,
+    JobTask,
+    TaskState,
+    WebhookDelivery,
+    utcnow,
+)
+from celeriac.platform.quotas.plans import LIMIT_NAMES, PLANS
 from celeriac.platform.settings import Settings
 
 
@@ -521,3 +535,398 @@ def test_a_held_job_shows_why_it_waits_as_the_api_says(
     assert shown is not None
     assert shown.group(1) == "running-job-limit"
     assert reason["detail"] in html.unescape(shown.group(2))
+
+
+# --- features a user sees: webhooks, submit, admin, billing, keyboard ------------------
+
+
+def _shown_secret(page: str) -> str:
+    """The secret a page shows once (the webhooks page's alert)."""
+    found = re.search(r'<code class="reveal">(whsec_[^<]+)</code>', page)
+    assert found is not None, page
+    return found.group(1)
+
+
+def _target_state(page: str, target_id: str) -> str:
+    row = re.search(
+        rf'<tr data-target-id="{target_id}">.*?<span class="state state-(\w+)">', page, re.S
+    )
+    assert row is not None, page
+    return row.group(1)
+
+
+def test_a_tenant_manages_a_webhook_target_from_the_console(
+    client: TestClient, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    tenant = make_tenant()
+    token = sign_in(client, tenant.key)
+    created = client.post(
+        "/console/webhooks",
+        data={"url": "http://127.0.0.1:9/hook", "event_types": ["*"], "csrf_token": token},
+    )
+    assert created.status_code == 201, created.text
+    secret = _shown_secret(created.text)
+    target_id = client.get("/v1/webhooks", headers=tenant.headers).json()["data"][0]["id"]
+    api = f"/v1/webhooks/{target_id}"
+    # Shown once: the page read again does not show it.
+    listed = client.get("/console/webhooks").text
+    assert secret not in listed
+    assert 'id="shown-secret"' not in listed
+    assert _target_state(listed, target_id) == "enabled"
+    # Disable, then enable: the page's state and the API's follow.
+    for action, state, offered in (
+        ("disable", "disabled", "Enable"),
+        ("enable", "enabled", "Disable"),
+    ):
+        answer = client.post(
+            f"/console/webhooks/{target_id}/{action}",
+            data={"csrf_token": token},
+            follow_redirects=False,
+        )
+        assert answer.status_code == 303, answer.text
+        assert answer.headers["location"] == f"/console/webhooks/{target_id}"
+        assert client.get(api, headers=tenant.headers).json()["state"] == state
+        page = client.get("/console/webhooks").text
+        assert _target_state(page, target_id) == state
+        assert f'aria-label="{offered} for http://127.0.0.1:9/hook"' in page
+        detail = client.get(answer.headers["location"]).text
+        assert f'<span class="state state-{state}">{state}</span>' in detail
+    # Rotate: a new secret, shown once; the API shows the old one still signs for a while.
+    assert client.get(api, headers=tenant.headers).json()["previous_secret_expires_at"] is None
+    rotated = client.post(f"/console/webhooks/{target_id}/rotate", data={"csrf_token": token})
+    assert rotated.status_code == 200, rotated.text
+    new_secret = _shown_secret(rotated.text)
+    assert new_secret != secret
+    assert new_secret not in client.get("/console/webhooks").text
+    overlap = client.get(api, headers=tenant.headers).json()["previous_secret_expires_at"]
+    assert overlap is not None
+    hours = (datetime.fromisoformat(overlap) - utcnow()).total_seconds() / 3600
+    assert 23 < hours <= 24
+
+
+def test_a_tenant_sends_a_test_event_and_resends_its_message(
+    client: TestClient, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    tenant = make_tenant()
+    token = sign_in(client, tenant.key)
+    client.post(
+        "/console/webhooks",
+        data={"url": "http://127.0.0.1:9/hook", "event_types": ["*"], "csrf_token": token},
+    )
+    target_id = client.get("/v1/webhooks", headers=tenant.headers).json()["data"][0]["id"]
+    sent = client.post(
+        f"/console/webhooks/{target_id}/test", data={"csrf_token": token}, follow_redirects=False
+    )
+    assert sent.status_code == 303, sent.text
+    assert sent.headers["location"] == f"/console/webhooks/{target_id}"
+    messages = client.get("/v1/webhook-messages", headers=tenant.headers).json()["data"]
+    assert [m["event_type"] for m in messages] == ["webhook.test"]
+    message = messages[0]
+    (delivery,) = message["deliveries"]
+    assert delivery["target_id"] == target_id
+    # What the delivery worker writes when every attempt failed (no workers run here).
+    with get_sessionmaker().begin() as session:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == uuid.UUID(delivery["id"]))
+            .values(state=DeliveryState.FAILED, attempt_count=5, next_attempt_at=None)
+        )
+    resent = client.post(
+        f"/console/webhook-messages/{message['id']}/resend",
+        data={"target_id": target_id, "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert resent.status_code == 303, resent.text
+    assert resent.headers["location"] == f"/console/webhooks/{target_id}"
+    again = client.get("/v1/webhook-messages", headers=tenant.headers).json()["data"][0]
+    assert again["deliveries"][0]["state"] == "pending"
+    assert again["deliveries"][0]["attempt_count"] == 0
+    assert again["deliveries"][0]["next_attempt_at"] is not None
+    # A message never sent to that target: a 404 page, nothing restarted.
+    other = make_tenant()
+    other_target = client.post(
+        "/v1/webhooks",
+        json={"url": "http://127.0.0.1:9/other", "event_types": ["*"]},
+        headers=other.headers,
+    )
+    assert other_target.status_code == 201, other_target.text
+    refused = client.post(
+        f"/console/webhook-messages/{message['id']}/resend",
+        data={"target_id": other_target.json()["id"], "csrf_token": token},
+    )
+    assert refused.status_code == 404
+    # A disabled target refuses a test event, and says why.
+    client.post(f"/console/webhooks/{target_id}/disable", data={"csrf_token": token})
+    blocked = client.post(f"/console/webhooks/{target_id}/test", data={"csrf_token": token})
+    assert blocked.status_code == 409
+    assert "enable it first" in blocked.text
+
+
+def _submit(
+    client: TestClient, token: str, data: dict[str, Any], name: str, body: bytes, kind: str
+) -> str:
+    """Submit the form; returns the new job's id from the redirect."""
+    answer = client.post(
+        "/console/submit",
+        data={"csrf_token": token, **data},
+        files={"file": (name, body, kind)},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303, answer.text
+    found = re.fullmatch(r"/console/jobs/([0-9a-f-]{36})", answer.headers["location"])
+    assert found is not None, answer.headers["location"]
+    return found.group(1)
+
+
+def test_the_submit_page_builds_a_pipeline_and_takes_ndjson(
+    client: TestClient, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    tenant = make_tenant()
+    token = sign_in(client, tenant.key)
+    page = client.get("/console/submit").text
+    # The builder offers what the pool registered.
+    for box in ('name="dataset" value="tabular"', 'name="analyzer" value="anomalies"'):
+        assert box in page
+    csv_body = b"a,b\n1,2\n3,4\n5,6\n"
+    custom = _submit(
+        client,
+        token,
+        {
+            "mode": "custom",
+            "dataset": ["tabular"],
+            "analyzer": ["summary", "anomalies"],
+            "priority": "high",
+        },
+        "rows.csv",
+        csv_body,
+        "text/csv",
+    )
+    job = client.get(f"/v1/jobs/{custom}", headers=tenant.headers).json()
+    assert [d["name"] for d in job["pipeline"]["datasets"]] == ["tabular"]
+    assert [a["name"] for a in job["pipeline"]["analyzers"]] == ["summary", "anomalies"]
+    assert job["record_count"] == 3
+    assert job["priority"] == "high"
+    ndjson = b'{"a": 1}\n{"a": 2}\n{"a": 3}\n{"a": 4}\n'
+    named = _submit(
+        client,
+        token,
+        {"mode": "named", "pipeline": "tabular-summary"},
+        "rows.ndjson",
+        ndjson,
+        "application/x-ndjson",
+    )
+    job = client.get(f"/v1/jobs/{named}", headers=tenant.headers).json()
+    assert job["record_count"] == 4
+    same = client.post(
+        "/v1/jobs",
+        json={"pipeline": "tabular-summary", "records": [{"a": 1}]},
+        headers=tenant.headers,
+    ).json()["id"]
+    assert (
+        job["pipeline"] == client.get(f"/v1/jobs/{same}", headers=tenant.headers).json()["pipeline"]
+    )
+    # Custom with no analyzer ticked: refused on the page, no job made.
+    before = len(client.get("/v1/jobs", headers=tenant.headers).json()["data"])
+    refused = client.post(
+        "/console/submit",
+        data={"csrf_token": token, "mode": "custom", "dataset": ["tabular"]},
+        files={"file": ("rows.csv", csv_body, "text/csv")},
+    )
+    assert refused.status_code == 422
+    assert "choose at least one dataset and one analyzer" in refused.text
+    assert len(client.get("/v1/jobs", headers=tenant.headers).json()["data"]) == before
+
+
+def _tenant_row(page: str, slug: str) -> str:
+    row = re.search(rf'<tr data-tenant="{slug}">(.*?)</tr>', page, re.S)
+    assert row is not None, page
+    return row.group(1)
+
+
+def test_an_admin_creates_suspends_resumes_and_deletes_a_tenant(
+    client: TestClient, admin_headers: dict[str, str], api_settings: Settings
+) -> None:
+    token = sign_in(client, mint_token(api_settings, "ops", Role.ADMIN))
+    slug = f"console-{uuid.uuid4().hex[:8]}"
+    created = client.post(
+        "/console/admin/tenants",
+        data={"slug": slug, "name": "Console Ltd", "plan": "pro", "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert created.status_code == 303, created.text
+    page = client.get(created.headers["location"]).text
+    assert '<span class="state state-active">active</span>' in _tenant_row(page, slug)
+    listed = client.get("/v1/admin/tenants", headers=admin_headers).json()["data"]
+    (tenant,) = [t for t in listed if t["slug"] == slug]
+    assert tenant["plan"] == "pro"
+    api = f"/v1/admin/tenants/{tenant['id']}"
+    for action, status in (("suspend", "suspended"), ("resume", "active")):
+        answer = client.post(
+            f"/console/admin/tenants/{tenant['id']}/{action}",
+            data={"csrf_token": token},
+            follow_redirects=False,
+        )
+        assert answer.status_code == 303, answer.text
+        assert client.get(api, headers=admin_headers).json()["status"] == status
+        row = _tenant_row(client.get("/console/admin/tenants").text, slug)
+        assert f'<span class="state state-{status}">{status}</span>' in row
+        assert ("Resume" if status == "suspended" else "Suspend") + f" {slug}" in row
+    # A wrong slug refuses, and the tenant stays.
+    for wrong in ("", slug.upper(), slug + "x"):
+        refused = client.post(
+            f"/console/admin/tenants/{tenant['id']}/delete",
+            data={"confirm": wrong, "csrf_token": token},
+        )
+        assert refused.status_code == 422
+        assert f"type the tenant&#39;s slug ({slug}) to delete it" in refused.text
+        assert client.get(api, headers=admin_headers).json()["status"] == "active"
+    deleted = client.post(
+        f"/console/admin/tenants/{tenant['id']}/delete",
+        data={"confirm": slug, "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert deleted.status_code == 303, deleted.text
+    assert client.get(api, headers=admin_headers).json()["status"] == "deleted"
+    row = _tenant_row(client.get("/console/admin/tenants").text, slug)
+    assert "Delete" not in row  # nothing more to do to a deleted tenant
+
+
+def test_the_quotas_page_shows_the_plan_default_beside_each_limit(
+    client: TestClient,
+    make_tenant: Callable[..., TenantFixture],
+    api_settings: Settings,
+    admin_headers: dict[str, str],
+) -> None:
+    tenant = make_tenant()
+    plan = client.get(f"/v1/admin/tenants/{tenant.id}", headers=admin_headers).json()["plan"]
+    defaults = PLANS[plan].as_dict()
+    token = sign_in(client, mint_token(api_settings, "ops", Role.ADMIN))
+    override = defaults["max_running_jobs"] + 3
+    saved = client.post(
+        f"/console/admin/tenants/{tenant.id}/quotas",
+        data={"max_running_jobs": str(override), "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert saved.status_code == 303, saved.text
+    page = client.get(saved.headers["location"]).text
+    rows = {
+        m.group(1): m.groups()[1:]
+        for m in re.finditer(
+            r'<label for="q-(\w+)">.*?value="([^"]*)"></td>\s*'
+            r'<td class="num">(\d+)</td><td class="num">(\d+)</td>',
+            page,
+            re.S,
+        )
+    }
+    assert set(rows) == set(LIMIT_NAMES)
+    for name, (value, default, in_force) in rows.items():
+        assert int(default) == defaults[name], name
+        if name == "max_running_jobs":
+            assert (value, int(in_force)) == (str(override), override)
+        else:
+            assert (value, int(in_force)) == ("", defaults[name]), name
+
+
+def test_the_billing_csv_is_the_apis_csv_for_the_month(
+    client: TestClient, make_tenant: Callable[..., TenantFixture], api_settings: Settings
+) -> None:
+    tenant = make_tenant()
+    for i in range(3):
+        submitted = client.post(
+            "/v1/jobs",
+            json={"pipeline": "tabular-summary", "records": [{"a": i}]},
+            headers=tenant.headers,
+        )
+        assert submitted.status_code == 202, submitted.text
+    billing = mint_token(api_settings, "finance", Role.BILLING)
+    sign_in(client, billing)
+    month = utcnow().strftime("%Y-%m")
+    exported = client.get("/console/billing/records.csv", params={"month": month})
+    assert exported.status_code == 200
+    assert exported.headers["content-type"].startswith("text/csv")
+    assert f'filename="usage-{month}.csv"' in exported.headers["content-disposition"]
+    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+    end = (start + timedelta(days=32)).replace(day=1)
+    api_rows: list[list[str]] = []
+    params: dict[str, str] = {
+        "occurred_after": start.isoformat(),
+        "occurred_before": end.isoformat(),
+        "limit": "1000",
+    }
+    while True:
+        page = client.get(
+            "/v1/usage/records",
+            params=params,
+            headers={"Authorization": f"Bearer {billing}", "Accept": "text/csv"},
+        )
+        assert page.status_code == 200, page.text
+        assert page.headers["content-type"].startswith("text/csv")
+        rows = list(csv.reader(io.StringIO(page.text)))
+        api_rows.extend(rows if not api_rows else rows[1:])
+        found = re.search(r"cursor=([^&>]+)", page.headers.get("link", ""))
+        if found is None:
+            break
+        params["cursor"] = unquote(found.group(1))
+    console_rows = list(csv.reader(io.StringIO(exported.text)))
+    assert console_rows[0] == api_rows[0]  # the same columns, in the same order
+    assert console_rows == api_rows
+    tenant_column = console_rows[0].index("tenant_id")
+    assert sum(row[tenant_column] == tenant.id for row in console_rows[1:]) >= 3
+
+
+TEMPLATES = Path(views.__file__).parent / "templates"
+CONSOLE_JS = Path(views.__file__).parent / "static" / "console.js"
+_CONTROL = re.compile(r"<(a|button|input|select|textarea|summary)\b[^>]*>", re.I | re.S)
+_TABINDEX = re.compile(r"""\btabindex\s*=\s*["']?\s*(-?\d+)""", re.I)
+
+
+def unreachable_controls(text: str) -> list[str]:
+    """Tags of controls taken out of the tab order (tabindex -1) or put ahead of it (> 0)."""
+    return [
+        tag.group(0)
+        for tag in _CONTROL.finditer(text)
+        if any(int(n) != 0 for n in _TABINDEX.findall(tag.group(0)))
+    ]
+
+
+def click_only_handlers(js: str) -> list[str]:
+    """Pointer-only handlers in the console's script: any ``addEventListener("click"`` (or
+    dblclick, mouse*) or ``.onclick =``. The console binds none (what it binds is "change" on
+    checkboxes, which a keyboard fires too, and htmx/DOM lifecycle events), so this is
+    stricter than "no click handler on a non-focusable element": a new click handler has to
+    come with a reason and a change here."""
+    found = re.findall(r"""addEventListener\(\s*["'](?:click|dblclick|mouse\w+)["']""", js)
+    found += re.findall(r"\.on(?:click|dblclick|mouse\w+)\s*=", js)
+    return found
+
+
+def test_no_console_control_is_out_of_keyboard_reach() -> None:
+    files = sorted(TEMPLATES.rglob("*.html"))
+    assert len(files) > 10
+    for path in files:
+        text = path.read_text()
+        assert unreachable_controls(text) == [], path
+        # Nothing in the templates carries a click handler either (htmx triggers are
+        # form submits, loads, timers and stream events).
+        assert not re.search(r"\bon(click|mouse\w+)\s*=", text, re.I), path
+        assert not re.search(r'hx-trigger="[^"]*\bclick\b', text), path
+    assert click_only_handlers(CONSOLE_JS.read_text()) == []
+    # What the script binds: change on checkboxes, and htmx/DOM lifecycle events.
+    bound = set(re.findall(r"""addEventListener\(\s*["']([\w:]+)["']""", CONSOLE_JS.read_text()))
+    assert bound == {
+        "change",
+        "htmx:sseError",
+        "htmx:sseOpen",
+        "DOMContentLoaded",
+        "htmx:afterSettle",
+    }
+
+
+def test_the_keyboard_checks_would_catch_an_unreachable_control() -> None:
+    assert unreachable_controls('<button tabindex="-1">x</button>')
+    assert unreachable_controls("<a href='/x' tabindex='2'>x</a>")
+    assert unreachable_controls('<input\n  type="text" tabindex=3>')
+    assert not unreachable_controls('<button tabindex="0">x</button><div tabindex="-1"></div>')
+    assert click_only_handlers('row.addEventListener("click", open);')
+    assert click_only_handlers("cell.onclick = open;")
+    assert not click_only_handlers('box.addEventListener("change", tick);')
