@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import httpx
 import pytest
 from conftest import TenantFixture
 from fastapi.testclient import TestClient
@@ -319,17 +320,25 @@ def test_audit_log_api_lists_admin_actions(
     assert client.get("/v1/admin/audit-log", headers=tenant.headers).status_code == 401
 
 
-def test_recover_since_a_time_is_validated(
-    client: TestClient, make_tenant: Callable[..., TenantFixture]
-) -> None:
-    tenant = make_tenant()
-    token = sign_in(client, tenant.key)
+def _create_target(
+    client: TestClient, tenant: TenantFixture, token: str
+) -> tuple[httpx.Response, str]:
+    """A webhook target created from the console's form (201), and its id from the API."""
     created = client.post(
         "/console/webhooks",
         data={"url": "http://127.0.0.1:9/hook", "event_types": ["*"], "csrf_token": token},
     )
     assert created.status_code == 201, created.text
     target_id = client.get("/v1/webhooks", headers=tenant.headers).json()["data"][0]["id"]
+    return created, target_id
+
+
+def test_recover_since_a_time_is_validated(
+    client: TestClient, make_tenant: Callable[..., TenantFixture]
+) -> None:
+    tenant = make_tenant()
+    token = sign_in(client, tenant.key)
+    _, target_id = _create_target(client, tenant, token)
     bad = client.post(
         f"/console/webhooks/{target_id}/recover", data={"since": "yesterday", "csrf_token": token}
     )
@@ -560,13 +569,8 @@ def test_a_tenant_manages_a_webhook_target_from_the_console(
 ) -> None:
     tenant = make_tenant()
     token = sign_in(client, tenant.key)
-    created = client.post(
-        "/console/webhooks",
-        data={"url": "http://127.0.0.1:9/hook", "event_types": ["*"], "csrf_token": token},
-    )
-    assert created.status_code == 201, created.text
+    created, target_id = _create_target(client, tenant, token)
     secret = _shown_secret(created.text)
-    target_id = client.get("/v1/webhooks", headers=tenant.headers).json()["data"][0]["id"]
     api = f"/v1/webhooks/{target_id}"
     # Shown once: the page read again does not show it.
     listed = client.get("/console/webhooks").text
@@ -609,11 +613,7 @@ def test_a_tenant_sends_a_test_event_and_resends_its_message(
 ) -> None:
     tenant = make_tenant()
     token = sign_in(client, tenant.key)
-    client.post(
-        "/console/webhooks",
-        data={"url": "http://127.0.0.1:9/hook", "event_types": ["*"], "csrf_token": token},
-    )
-    target_id = client.get("/v1/webhooks", headers=tenant.headers).json()["data"][0]["id"]
+    _, target_id = _create_target(client, tenant, token)
     sent = client.post(
         f"/console/webhooks/{target_id}/test", data={"csrf_token": token}, follow_redirects=False
     )
